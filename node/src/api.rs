@@ -1,0 +1,126 @@
+//! The local HTTP API (axum): the contract of ARCHITECTURE section 7.
+//!
+//! Layers, outermost first: metrics, the Host/Origin guard (DNS rebinding and
+//! CSRF defence), the body limit, then per route the bearer-token check.
+//! Every error is `{"error": {"code", "message"}}`; internal failures are
+//! logged and answered without their details.
+//!
+//! This module must never bind a non-loopback address nor answer a request
+//! whose Host is not a loopback name.
+
+mod error;
+mod extract;
+mod guard;
+mod routes;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// What the API needs to answer; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: OnceLock<Store>,
+    token: String,
+    metrics: Arc<Metrics>,
+    node: NodeFacts,
+    max_body: usize,
+    started: Instant,
+}
+
+/// Static facts about the node shown by `GET /api/v1/node`.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    pub peer_id: String,
+    pub data_dir: String,
+    pub listen: Vec<String>,
+    pub mdns: bool,
+    /// The URL the API is reachable at (its bound address).
+    pub api_url: String,
+    /// The bound port: an `Origin` must name it.
+    pub port: u16,
+}
+
+impl ApiState {
+    /// State for an API whose store is attached later with [`Self::attach_store`].
+    pub fn new(token: String, metrics: Arc<Metrics>, node: NodeFacts, max_body: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store: OnceLock::new(),
+                token,
+                metrics,
+                node,
+                max_body,
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    /// Makes the loaded store available; `/health` turns 200.
+    pub fn attach_store(&self, store: Store) {
+        if self.inner.store.set(store).is_err() {
+            tracing::warn!("the store was attached twice; keeping the first");
+        }
+    }
+
+    fn store(&self) -> Result<&Store, ApiError> {
+        self.inner.store.get().ok_or_else(ApiError::starting)
+    }
+}
+
+/// The full router of the API and the dashboard page.
+pub fn router(state: ApiState) -> Router {
+    let protected = Router::new()
+        .route("/metrics", get(routes::metrics))
+        .route("/api/v1/node", get(routes::node_info))
+        .route(
+            "/api/v1/workspaces",
+            get(routes::list_workspaces).post(routes::create_workspace),
+        )
+        .route("/api/v1/workspaces/{id}", get(routes::show_workspace))
+        .route("/api/v1/workspaces/{id}/files", get(routes::list_files))
+        .route(
+            "/api/v1/workspaces/{id}/files/{*path}",
+            get(routes::get_file)
+                .put(routes::put_file)
+                .delete(routes::remove_file),
+        )
+        .route("/api/v1/workspaces/{id}/splice", post(routes::splice))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::require_token,
+        ));
+    let max_body = state.inner.max_body;
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/", get(routes::index))
+        .merge(protected)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_host_and_origin,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::record_metrics,
+        ))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+//! Request guards: loopback Host and same-origin checks, the bearer token, and
+//! per-route metrics.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, ApiState};
+
+/// Names a browser may use to reach this API. Anything else in `Host` is a
+/// DNS-rebinding attempt (a foreign name resolving to 127.0.0.1).
+const LOOPBACK_HOSTS: &[&str] = &["127.0.0.1", "localhost", "[::1]"];
+
+/// Refuses requests whose `Host` is not a loopback name, or whose `Origin` (if
+/// any) is not this API's own origin.
+pub async fn check_host_and_origin(
+    State(state): State<ApiState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Err(e) = check_headers(req.headers(), state.inner.node.port) {
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+fn check_headers(headers: &HeaderMap, port: u16) -> Result<(), ApiError> {
+    let forbidden = |code, msg: String| Err(ApiError::new(StatusCode::FORBIDDEN, code, msg));
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !is_loopback_authority(host) {
+        return forbidden(
+            "forbidden_host",
+            "the Host header must name this machine's loopback (127.0.0.1, localhost or [::1])"
+                .into(),
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.strip_prefix("http://"))
+            .and_then(|authority| authority.rsplit_once(':'))
+            .is_some_and(|(host, p)| {
+                LOOPBACK_HOSTS.contains(&host) && p.parse::<u16>().ok() == Some(port)
+            });
+        if !ok {
+            return forbidden(
+                "forbidden_origin",
+                format!(
+                    "cross-origin requests are refused; only http://127.0.0.1:{port} may call this API from a browser"
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `host` or `host:port` with a loopback host.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.rsplit_once(':') {
+        // `[::1]` alone contains colons but ends with `]`.
+        Some((h, port)) if !authority.ends_with(']') && port.parse::<u16>().is_ok() => h,
+        _ => authority,
+    };
+    LOOPBACK_HOSTS.contains(&host)
+}
+
+/// Requires `Authorization: Bearer <api-token>`.
+pub async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.inner.token.as_bytes()) => {
+            next.run(req).await
+        }
+        Some(_) => unauthorized("the API token is wrong; use the one in <data-dir>/api-token"),
+        None => unauthorized(
+            "this request needs `Authorization: Bearer <token>` with the token from <data-dir>/api-token",
+        ),
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"xencode\""),
+    );
+    resp
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts every request and its duration by matched route.
+pub async fn record_metrics(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    state.inner.metrics.api_request(
+        &route,
+        &method,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_authorities() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:7420",
+            "localhost:1",
+            "[::1]",
+            "[::1]:7420",
+        ] {
+            assert!(is_loopback_authority(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:7420",
+            "127.0.0.1.evil.example",
+            "",
+            "localhost.:80",
+            "10.0.0.1:7420",
+            "[::2]:1",
+        ] {
+            assert!(!is_loopback_authority(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

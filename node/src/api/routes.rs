@@ -1,0 +1,200 @@
+//! Route handlers. Each validates its input, asks the store, and answers JSON
+//! (or a file's raw bytes).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use xencode_protocol::api::{
+    CreateWorkspace, FileKind, FileList, Health, NodeInfo, SpliceRequest, StoreInfo, WorkspaceList,
+};
+use xencode_protocol::{WorkspaceId, WorkspacePath};
+
+use super::extract::{ApiJson, ApiPath, RawBody};
+use super::{ApiError, ApiState};
+use crate::now_ms;
+use crate::store::tables::SCHEMA_VERSION;
+
+fn parse_ws(id: &str) -> Result<WorkspaceId, ApiError> {
+    id.parse().map_err(|e| {
+        ApiError::bad_request(
+            "invalid_workspace_id",
+            format!("{id:?} is not a workspace id: {e}"),
+        )
+    })
+}
+
+fn parse_path(path: &str) -> Result<WorkspacePath, ApiError> {
+    WorkspacePath::parse(path)
+        .map_err(|e| ApiError::bad_request("invalid_file_path", format!("invalid file path: {e}")))
+}
+
+pub async fn health(State(state): State<ApiState>) -> Response {
+    let loaded = state.inner.store.get().is_some();
+    let (status, word) = if loaded {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    };
+    (
+        status,
+        Json(Health {
+            status: word.into(),
+        }),
+    )
+        .into_response()
+}
+
+pub async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                xencode_web::CONTENT_SECURITY_POLICY,
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        Html(xencode_web::INDEX_HTML),
+    )
+        .into_response()
+}
+
+pub async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.inner.metrics.render(),
+    )
+        .into_response()
+}
+
+pub async fn node_info(State(state): State<ApiState>) -> Result<Json<NodeInfo>, ApiError> {
+    let store = state.store()?;
+    let n = &state.inner.node;
+    let stats = store.stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    Ok(Json(NodeInfo {
+        peer_id: n.peer_id.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        api_url: n.api_url.clone(),
+        data_dir: n.data_dir.clone(),
+        listen: n.listen.clone(),
+        mdns: n.mdns,
+        epoch: stats.epoch.load(Relaxed),
+        workspaces: stats.workspaces.load(Relaxed),
+        uptime_secs: state.inner.started.elapsed().as_secs(),
+        store: StoreInfo {
+            path: store.path().display().to_string(),
+            size_bytes: stats.file_size.load(Relaxed),
+            schema_version: SCHEMA_VERSION,
+        },
+    }))
+}
+
+pub async fn list_workspaces(
+    State(state): State<ApiState>,
+) -> Result<Json<WorkspaceList>, ApiError> {
+    let workspaces = state.store()?.list_workspaces().await?;
+    Ok(Json(WorkspaceList { workspaces }))
+}
+
+pub async fn create_workspace(
+    State(state): State<ApiState>,
+    ApiJson(req): ApiJson<CreateWorkspace>,
+) -> Result<Response, ApiError> {
+    let ws = state.store()?.create_workspace(req.name, now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(ws)).into_response())
+}
+
+pub async fn show_workspace(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_ws(&id)?;
+    Ok(Json(state.store()?.workspace(id).await?).into_response())
+}
+
+pub async fn list_files(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<FileList>, ApiError> {
+    let id = parse_ws(&id)?;
+    let files = state.store()?.list_files(id).await?;
+    Ok(Json(FileList { files }))
+}
+
+pub async fn get_file(
+    State(state): State<ApiState>,
+    ApiPath((id, path)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (id, path) = (parse_ws(&id)?, parse_path(&path)?);
+    let file = state.store()?.get_file(id, path).await?;
+    let (content_type, kind) = match file.kind {
+        FileKind::Text => ("text/plain; charset=utf-8", "text"),
+        FileKind::Binary => ("application/octet-stream", "binary"),
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::HeaderName::from_static("x-xencode-file-kind"), kind),
+        ],
+        file.bytes,
+    )
+        .into_response())
+}
+
+pub async fn put_file(
+    State(state): State<ApiState>,
+    ApiPath((id, path)): ApiPath<(String, String)>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let (id, path) = (parse_ws(&id)?, parse_path(&path)?);
+    let info = state
+        .store()?
+        .put_file(id, path, body.to_vec(), now_ms())
+        .await?;
+    Ok(Json(info).into_response())
+}
+
+pub async fn remove_file(
+    State(state): State<ApiState>,
+    ApiPath((id, path)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (id, path) = (parse_ws(&id)?, parse_path(&path)?);
+    state.store()?.remove_file(id, path, now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn splice(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<SpliceRequest>,
+) -> Result<Response, ApiError> {
+    let id = parse_ws(&id)?;
+    let (path, edits) = req
+        .into_edits()
+        .map_err(|m| ApiError::bad_request("invalid_splice", m))?;
+    let resp = state.store()?.splice(id, path, edits, now_ms()).await?;
+    Ok(Json(resp).into_response())
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see docs/api.md",
+    )
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see docs/api.md",
+    )
+}

@@ -1,0 +1,141 @@
+//! Command-line interface. `init` and `node` act locally; every other command
+//! is a thin client of the running node's API, found through
+//! `<data-dir>/api-url` with the token from `<data-dir>/api-token`.
+//!
+//! Output rules scripts rely on (ARCHITECTURE section 7): ids alone on the
+//! last stdout line, `file list` one sorted path per line, `file get` the
+//! exact bytes, `--json` the bare JSON object, any error a non-zero exit with
+//! a message on stderr.
+
+mod client;
+mod commands;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use xencode_node::paths::DataDir;
+
+/// Local-first, server-less collaboration node for software teams.
+#[derive(Debug, Parser)]
+#[command(name = "xencode", version, propagate_version = true)]
+pub struct Cli {
+    /// Data directory (identity, API token, config, store).
+    /// Default: the per-user data directory, e.g. ~/.local/share/xencode.
+    #[arg(long, global = true, env = "XENCODE_HOME", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Print the bare JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the identity, API token and config; print the peer id.
+    Init,
+    /// Run the node in the foreground; print its peer id, addresses and API URL.
+    Node(NodeArgs),
+    /// Print this node's peer id.
+    Id,
+    /// Show the running node's status.
+    Status,
+    /// Create, list and show workspaces.
+    #[command(subcommand)]
+    Workspace(WorkspaceCommand),
+    /// Put, get, list and remove files of a workspace.
+    #[command(subcommand)]
+    File(FileCommand),
+    /// Show the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// libp2p address to listen on (repeatable); replaces network.listen.
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// Loopback address of the local API (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    api: Option<SocketAddr>,
+    /// Peer to dial at start (repeatable); added to network.peers.
+    #[arg(long, value_name = "MULTIADDR")]
+    peer: Vec<String>,
+    /// Do not discover peers on the LAN with mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkspaceCommand {
+    /// Create a workspace; print its id.
+    Create { name: String },
+    /// List workspaces (id, name, role, files).
+    List,
+    /// Show a workspace: members, files, heads. WS is an id or a unique name.
+    Show { ws: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum FileCommand {
+    /// Store a file: FILE's bytes, or standard input if FILE is `-` or absent.
+    Put {
+        ws: String,
+        path: String,
+        file: Option<PathBuf>,
+    },
+    /// Print a file's exact bytes.
+    Get { ws: String, path: String },
+    /// Print the workspace's file paths, one per line, sorted.
+    List { ws: String },
+    /// Remove a file.
+    Rm { ws: String, path: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (config.toml plus XENCODE_* overrides).
+    Show,
+}
+
+impl Cli {
+    /// Whether this invocation runs the node (for the default log level).
+    pub fn runs_node(&self) -> bool {
+        matches!(self.command, Command::Node(_))
+    }
+
+    fn data_dir(&self) -> Result<DataDir> {
+        match &self.data_dir {
+            Some(d) => Ok(DataDir::new(d)),
+            None => DataDir::default_root().map(DataDir::new).context(
+                "cannot find a per-user data directory; pass --data-dir DIR or set XENCODE_HOME",
+            ),
+        }
+    }
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result<()> {
+    let dir = cli.data_dir()?;
+    let json = cli.json;
+    match cli.command {
+        Command::Init => commands::init(&dir),
+        Command::Node(args) => commands::node(&dir, args).await,
+        Command::Id => commands::id(&dir),
+        Command::Config(ConfigCommand::Show) => commands::config_show(&dir, json),
+        command => {
+            let client = client::Client::connect(&dir)?;
+            match command {
+                Command::Status => commands::status(&client, json).await,
+                Command::Workspace(cmd) => commands::workspace(&client, cmd, json).await,
+                Command::File(cmd) => commands::file(&client, cmd, json).await,
+                Command::Init | Command::Node(_) | Command::Id | Command::Config(_) => Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The thin HTTP client the CLI commands use to reach the running node.
+
+use anyhow::{Context, Result, anyhow, bail};
+use reqwest::{Method, RequestBuilder, Response, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use xencode_node::paths::DataDir;
+use xencode_protocol::WorkspaceId;
+use xencode_protocol::api::{ErrorBody, WorkspaceList};
+
+/// A connection to the node of one data directory.
+pub struct Client {
+    base: Url,
+    token: String,
+    http: reqwest::Client,
+    api_url_file: String,
+}
+
+impl Client {
+    /// Finds the running node through `<data-dir>/api-url`.
+    pub fn connect(dir: &DataDir) -> Result<Self> {
+        let url_path = dir.api_url();
+        let api_url_file = url_path.display().to_string();
+        let raw = match std::fs::read_to_string(&url_path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no node is running for {} (there is no {api_url_file}) — start one with `xencode node`",
+                dir.root().display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {api_url_file}")),
+        };
+        let base = Url::parse(raw.trim())
+            .with_context(|| format!("{api_url_file} does not hold a URL; restart the node"))?;
+        let token = xencode_node::identity::load_api_token(dir)?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self {
+            base,
+            token,
+            http,
+            api_url_file,
+        })
+    }
+
+    /// The URL of `segments` under the API root; each segment is
+    /// percent-encoded.
+    fn url<'a>(&self, segments: impl IntoIterator<Item = &'a str>) -> Result<Url> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| anyhow!("{} holds an unusable URL", self.api_url_file))?
+            .clear()
+            .extend(segments);
+        Ok(url)
+    }
+
+    fn request<'a>(
+        &self,
+        method: Method,
+        segments: impl IntoIterator<Item = &'a str>,
+    ) -> Result<RequestBuilder> {
+        Ok(self
+            .http
+            .request(method, self.url(segments)?)
+            .bearer_auth(&self.token))
+    }
+
+    /// Sends a request; a non-2xx answer becomes an error with the node's message.
+    async fn send(&self, req: RequestBuilder) -> Result<Response> {
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() || e.is_timeout() {
+                anyhow!(
+                    "no node answers at {} (from {}) — start one with `xencode node`",
+                    self.base,
+                    self.api_url_file
+                )
+            } else {
+                anyhow!("talking to the node at {} failed: {e}", self.base)
+            }
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.bytes().await.unwrap_or_default();
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(err) => bail!("{} [{}]", err.error.message, err.error.code),
+            Err(_) => bail!("the node answered {status}"),
+        }
+    }
+
+    pub async fn get_json<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<T> {
+        let resp = self
+            .send(self.request(Method::GET, segments.iter().copied())?)
+            .await?;
+        resp.json()
+            .await
+            .context("the node sent an unreadable answer")
+    }
+
+    pub async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: &B,
+    ) -> Result<T> {
+        let req = self
+            .request(Method::POST, segments.iter().copied())?
+            .json(body);
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .context("the node sent an unreadable answer")
+    }
+
+    /// `/api/v1/workspaces/{ws}/files/{path...}`.
+    fn file_segments<'a>(ws: &'a str, path: &'a str) -> impl Iterator<Item = &'a str> {
+        ["api", "v1", "workspaces", ws, "files"]
+            .into_iter()
+            .chain(path.split('/'))
+    }
+
+    pub async fn put_file<T: DeserializeOwned>(
+        &self,
+        ws: &str,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<T> {
+        let req = self
+            .request(Method::PUT, Self::file_segments(ws, path))?
+            .body(bytes);
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .context("the node sent an unreadable answer")
+    }
+
+    pub async fn get_file(&self, ws: &str, path: &str) -> Result<Vec<u8>> {
+        let resp = self
+            .send(self.request(Method::GET, Self::file_segments(ws, path))?)
+            .await?;
+        Ok(resp
+            .bytes()
+            .await
+            .context("reading the file from the node failed")?
+            .to_vec())
+    }
+
+    pub async fn delete_file(&self, ws: &str, path: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, Self::file_segments(ws, path))?)
+            .await?;
+        Ok(())
+    }
+
+    /// Resolves a workspace argument: an id, or the name of exactly one workspace.
+    pub async fn resolve_workspace(&self, arg: &str) -> Result<WorkspaceId> {
+        if let Ok(id) = arg.parse::<WorkspaceId>() {
+            return Ok(id);
+        }
+        let list: WorkspaceList = self.get_json(&["api", "v1", "workspaces"]).await?;
+        let matches: Vec<_> = list.workspaces.iter().filter(|w| w.name == arg).collect();
+        match matches.as_slice() {
+            [one] => Ok(one.id),
+            [] => bail!(
+                "no workspace is named or has the id {arg:?}; list them with `xencode workspace list`"
+            ),
+            many => bail!(
+                "{} workspaces are named {arg:?}; give the id instead: {}",
+                many.len(),
+                many.iter()
+                    .map(|w| w.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! What each command does and prints.
+
+use std::io::{Read, Write};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use xencode_node::config::Config;
+use xencode_node::identity::{self, Identity};
+use xencode_node::node::{self, Ready};
+use xencode_node::paths::DataDir;
+use xencode_protocol::api::{
+    CreateWorkspace, FileInfo, FileList, NodeInfo, WorkspaceDetail, WorkspaceList, WorkspaceSummary,
+};
+
+use super::client::Client;
+use super::{FileCommand, NodeArgs, WorkspaceCommand};
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).context("cannot encode JSON")?;
+    println!("{text}");
+    Ok(())
+}
+
+pub fn init(dir: &DataDir) -> Result<()> {
+    let done = identity::init(dir)?;
+    if done.created {
+        eprintln!("initialized {}", dir.root().display());
+    } else {
+        eprintln!("{} is already initialized", dir.root().display());
+    }
+    println!("{}", done.identity.peer_id());
+    Ok(())
+}
+
+pub fn id(dir: &DataDir) -> Result<()> {
+    println!("{}", Identity::load(dir)?.peer_id());
+    Ok(())
+}
+
+pub fn config_show(dir: &DataDir, json: bool) -> Result<()> {
+    let config = Config::load(&dir.config())?;
+    if json {
+        print_json(&config)
+    } else {
+        print!("{}", config.to_toml());
+        Ok(())
+    }
+}
+
+pub async fn node(dir: &DataDir, args: NodeArgs) -> Result<()> {
+    let mut config = Config::load(&dir.config())?;
+    if let Some(api) = args.api {
+        config.api.listen = api;
+    }
+    if !args.listen.is_empty() {
+        config.network.listen = args.listen;
+    }
+    config.network.peers.extend(args.peer);
+    if args.no_mdns {
+        config.network.mdns = false;
+    }
+    config.validate()?;
+    let print_ready = |ready: &Ready| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "peer id: {}", ready.peer_id);
+        for addr in &ready.listen {
+            let _ = writeln!(
+                out,
+                "listen:  {addr} (peer-to-peer networking is not enabled in this build)"
+            );
+        }
+        let _ = writeln!(out, "api:     {}", ready.api_url);
+        let _ = out.flush();
+    };
+    node::run(dir.clone(), config, print_ready, node::shutdown_signal()).await?;
+    Ok(())
+}
+
+pub async fn status(client: &Client, json: bool) -> Result<()> {
+    let info: NodeInfo = client.get_json(&["api", "v1", "node"]).await?;
+    if json {
+        return print_json(&info);
+    }
+    println!("peer id:     {}", info.peer_id);
+    println!("version:     {}", info.version);
+    println!("api:         {}", info.api_url);
+    println!("data dir:    {}", info.data_dir);
+    println!("workspaces:  {}", info.workspaces);
+    println!(
+        "store:       {} ({} bytes, schema {})",
+        info.store.path, info.store.size_bytes, info.store.schema_version
+    );
+    println!("uptime:      {}s", info.uptime_secs);
+    Ok(())
+}
+
+pub async fn workspace(client: &Client, cmd: WorkspaceCommand, json: bool) -> Result<()> {
+    match cmd {
+        WorkspaceCommand::Create { name } => {
+            let ws: WorkspaceSummary = client
+                .post_json(&["api", "v1", "workspaces"], &CreateWorkspace { name })
+                .await?;
+            if json {
+                return print_json(&ws);
+            }
+            eprintln!("created workspace {:?}", ws.name);
+            println!("{}", ws.id);
+        }
+        WorkspaceCommand::List => {
+            let list: WorkspaceList = client.get_json(&["api", "v1", "workspaces"]).await?;
+            if json {
+                return print_json(&list);
+            }
+            for w in &list.workspaces {
+                println!(
+                    "{}  {}  ({}, {} files)",
+                    w.id,
+                    w.name,
+                    w.role.as_str(),
+                    w.files
+                );
+            }
+        }
+        WorkspaceCommand::Show { ws } => {
+            let id = client.resolve_workspace(&ws).await?.to_string();
+            let d: WorkspaceDetail = client.get_json(&["api", "v1", "workspaces", &id]).await?;
+            if json {
+                return print_json(&d);
+            }
+            let s = &d.summary;
+            println!("id:        {}", s.id);
+            println!("name:      {}", s.name);
+            println!("owner:     {}", s.owner);
+            println!("your role: {}", s.role.as_str());
+            println!("files:     {}", s.files);
+            println!("members:");
+            for m in &d.members {
+                println!("  {}  {}", m.peer_id, m.role.as_str());
+            }
+            println!("heads:");
+            for h in &d.heads {
+                println!("  {h}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn file(client: &Client, cmd: FileCommand, json: bool) -> Result<()> {
+    match cmd {
+        FileCommand::Put { ws, path, file } => {
+            let id = client.resolve_workspace(&ws).await?.to_string();
+            let bytes = match file.as_deref() {
+                None => read_stdin()?,
+                Some(p) if p.as_os_str() == "-" => read_stdin()?,
+                Some(p) => {
+                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?
+                }
+            };
+            let info: FileInfo = client.put_file(&id, &path, bytes).await?;
+            if json {
+                return print_json(&info);
+            }
+            eprintln!(
+                "stored {} ({} bytes, {})",
+                info.path,
+                info.size_bytes,
+                if info.chars.is_some() {
+                    "text"
+                } else {
+                    "binary"
+                }
+            );
+        }
+        FileCommand::Get { ws, path } => {
+            let id = client.resolve_workspace(&ws).await?.to_string();
+            let bytes = client.get_file(&id, &path).await?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)
+                .context("cannot write to standard output")?;
+            out.flush().context("cannot write to standard output")?;
+        }
+        FileCommand::List { ws } => {
+            let id = client.resolve_workspace(&ws).await?.to_string();
+            let list: FileList = client
+                .get_json(&["api", "v1", "workspaces", &id, "files"])
+                .await?;
+            if json {
+                return print_json(&list);
+            }
+            let mut paths: Vec<_> = list.files.iter().map(|f| f.path.as_str()).collect();
+            paths.sort_unstable();
+            for p in paths {
+                println!("{p}");
+            }
+        }
+        FileCommand::Rm { ws, path } => {
+            let id = client.resolve_workspace(&ws).await?.to_string();
+            client.delete_file(&id, &path).await?;
+            eprintln!("removed {path}");
+        }
+    }
+    Ok(())
+}
+
+fn read_stdin() -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .context("cannot read standard input")?;
+    Ok(buf)
+}

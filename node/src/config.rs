@@ -1,0 +1,304 @@
+//! `config.toml` plus `XENCODE_*` environment overrides, validated.
+//!
+//! Precedence, lowest first: built-in defaults, `<data-dir>/config.toml`,
+//! environment variables, command-line flags (applied by the CLI).
+
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use multiaddr::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+/// Environment variables that are not configuration keys but are known.
+const KNOWN_NON_CONFIG_VARS: &[&str] =
+    &["XENCODE_HOME", "XENCODE_REQUIRE_ALL_TESTS", "XENCODE_LOG"];
+
+/// A configuration problem, with what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}={value:?} is not valid: {why}")]
+    Env {
+        var: String,
+        value: String,
+        why: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The node's effective configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub network: NetworkConfig,
+    pub store: StoreConfig,
+}
+
+/// `[api]`: the local HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Loopback address and port; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Largest request body, in bytes (a file upload is one body).
+    pub max_body_bytes: u64,
+}
+
+/// `[network]`: libp2p.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Multiaddrs to listen on.
+    pub listen: Vec<String>,
+    /// Multiaddrs of peers to dial at start.
+    pub peers: Vec<String>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+}
+
+/// `[store]`: the redb store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Compact a document into a snapshot once it has this many change records.
+    pub compact_after_changes: u64,
+    /// Also compact every document with change records this often, in seconds.
+    pub compact_interval_secs: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            max_body_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/7421".into(),
+                "/ip4/0.0.0.0/udp/7421/quic-v1".into(),
+            ],
+            peers: Vec::new(),
+            mdns: true,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            compact_after_changes: 1000,
+            compact_interval_secs: 300,
+        }
+    }
+}
+
+impl Config {
+    /// The text `init` writes: the defaults, with comments.
+    pub fn default_file_text() -> String {
+        let body = toml::to_string_pretty(&Config::default()).unwrap_or_default();
+        format!(
+            "# Xencode node configuration. Every key is optional; shown are the defaults.\n\
+             # Each key can be overridden by an environment variable named after it,\n\
+             # e.g. XENCODE_API_LISTEN, XENCODE_NETWORK_MDNS, XENCODE_STORE_COMPACT_AFTER_CHANGES.\n\n{body}"
+        )
+    }
+
+    /// Reads `path` (defaults if absent), applies the process environment and
+    /// validates the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut config = Self::from_file(path)?;
+        config.apply_env(std::env::vars())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a config file; a missing file means the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        match fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Applies `XENCODE_<SECTION>_<KEY>` overrides from `vars`. Lists are
+    /// comma-separated. Unknown `XENCODE_*` variables are warned about.
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (var, value) in vars {
+            let Some(key) = var.strip_prefix("XENCODE_") else {
+                continue;
+            };
+            let bad = |why: String| ConfigError::Env {
+                var: var.clone(),
+                value: value.clone(),
+                why,
+            };
+            match key {
+                "API_LISTEN" => {
+                    self.api.listen = value
+                        .parse()
+                        .map_err(|_| bad("expected IP:PORT, e.g. 127.0.0.1:7420".into()))?
+                }
+                "API_MAX_BODY_BYTES" => self.api.max_body_bytes = parse_u64(&value).map_err(bad)?,
+                "NETWORK_LISTEN" => self.network.listen = split_list(&value),
+                "NETWORK_PEERS" => self.network.peers = split_list(&value),
+                "NETWORK_MDNS" => self.network.mdns = parse_bool(&value).map_err(bad)?,
+                "STORE_COMPACT_AFTER_CHANGES" => {
+                    self.store.compact_after_changes = parse_u64(&value).map_err(bad)?
+                }
+                "STORE_COMPACT_INTERVAL_SECS" => {
+                    self.store.compact_interval_secs = parse_u64(&value).map_err(bad)?
+                }
+                _ if KNOWN_NON_CONFIG_VARS.contains(&var.as_str()) => {}
+                _ => tracing::warn!(%var, "unknown XENCODE_* environment variable ignored"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every value; the message says which key and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !self.api.listen.ip().is_loopback() {
+            return invalid(format!(
+                "api.listen = {} is not a loopback address; the API is local-only, use 127.0.0.1 or [::1]",
+                self.api.listen
+            ));
+        }
+        if !(1024..=1 << 30).contains(&self.api.max_body_bytes) {
+            return invalid(format!(
+                "api.max_body_bytes = {} must be between 1024 and 1073741824",
+                self.api.max_body_bytes
+            ));
+        }
+        for (key, list) in [
+            ("network.listen", &self.network.listen),
+            ("network.peers", &self.network.peers),
+        ] {
+            for addr in list {
+                if let Err(e) = addr.parse::<Multiaddr>() {
+                    return invalid(format!(
+                        "{key}: {addr:?} is not a multiaddr ({e}); example: /ip4/127.0.0.1/tcp/7421"
+                    ));
+                }
+            }
+        }
+        if self.store.compact_after_changes == 0 {
+            return invalid("store.compact_after_changes must be at least 1".into());
+        }
+        if self.store.compact_interval_secs == 0 {
+            return invalid("store.compact_interval_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn parse_u64(value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| "expected a non-negative whole number".to_owned())
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_default_file_parses_back_to_the_defaults() {
+        let parsed: Config = toml::from_str(&Config::default_file_text()).expect("parse");
+        assert_eq!(parsed, Config::default());
+        parsed.validate().expect("valid");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut c: Config = toml::from_str("[network]\nmdns = true\n").expect("parse");
+        c.apply_env(env(&[
+            ("XENCODE_NETWORK_MDNS", "false"),
+            ("XENCODE_API_LISTEN", "127.0.0.1:0"),
+            (
+                "XENCODE_NETWORK_PEERS",
+                "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2",
+            ),
+            ("PATH", "/bin"),
+        ]))
+        .expect("apply");
+        assert!(!c.network.mdns);
+        assert_eq!(c.api.listen.port(), 0);
+        assert_eq!(c.network.peers.len(), 2);
+        c.validate().expect("valid");
+    }
+
+    #[test]
+    fn bad_values_get_messages_naming_the_key() {
+        let unknown = toml::from_str::<Config>("[api]\nlisten_on = 1\n").expect_err("unknown key");
+        assert!(unknown.to_string().contains("listen_on"), "{unknown}");
+
+        let mut c = Config::default();
+        let err = c
+            .apply_env(env(&[("XENCODE_NETWORK_MDNS", "maybe")]))
+            .expect_err("bad bool");
+        assert!(err.to_string().contains("XENCODE_NETWORK_MDNS"), "{err}");
+
+        c.api.listen = "0.0.0.0:7420".parse().expect("addr");
+        let err = c.validate().expect_err("public bind");
+        assert!(err.to_string().contains("loopback"), "{err}");
+
+        let mut c = Config::default();
+        c.network.peers = vec!["not-an-address".into()];
+        let err = c.validate().expect_err("bad multiaddr");
+        assert!(err.to_string().contains("network.peers"), "{err}");
+    }
+}

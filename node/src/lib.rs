@@ -1,0 +1,25 @@
+//! The Xencode node: identity, configuration, the redb-backed workspace store,
+//! the local HTTP API, and the CLI that drives them.
+//!
+//! Architecture invariants (see `docs/ARCHITECTURE.md`):
+//! - Nothing in the workspace depends on this crate.
+//! - The store is owned by one actor thread (`store`); the API and the CLI
+//!   reach it only through its bounded channel.
+//! - The API binds loopback only and authenticates every request but `/health`
+//!   and the dashboard's static page.
+
+pub mod api;
+pub mod config;
+pub mod identity;
+pub mod metrics;
+pub mod node;
+pub mod paths;
+pub mod store;
+pub mod workspace;
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

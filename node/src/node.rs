@@ -1,0 +1,233 @@
+//! Running a node: identity, store, API, and an orderly shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, ApiState, NodeFacts};
+use crate::config::Config;
+use crate::identity::{self, IdentityError};
+use crate::metrics::Metrics;
+use crate::paths::DataDir;
+use crate::store::{AuthorKey, OpenError, Store, StoreOptions};
+
+/// Why the node could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error(
+        "cannot listen on {addr}: the port is in use. Pick another with `--api 127.0.0.1:PORT` (port 0 picks a free one)"
+    )]
+    ApiPortInUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    ApiBind { addr: SocketAddr, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    WriteApiUrl { path: String, source: io::Error },
+    #[error("the metrics registry could not be built: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("the API server failed: {0}")]
+    Serve(io::Error),
+    #[error("the store failed to load: {0}")]
+    Join(String),
+}
+
+/// What a started node reports once it is ready.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub peer_id: String,
+    pub api_url: String,
+    pub listen: Vec<String>,
+}
+
+/// Runs a node until `shutdown` completes. `on_ready` is called once the
+/// store is loaded and `<data-dir>/api-url` is written.
+pub async fn run(
+    dir: DataDir,
+    config: Config,
+    on_ready: impl FnOnce(&Ready),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let init = identity::init(&dir)?;
+    if init.created {
+        tracing::info!(data_dir = %dir.root().display(), "created a new identity");
+    }
+    let identity = init.identity;
+    let token = identity::load_api_token(&dir)?;
+    let metrics = Arc::new(Metrics::new()?);
+
+    let addr = config.api.listen;
+    let listener = TcpListener::bind(addr).await.map_err(|source| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            NodeError::ApiPortInUse { addr }
+        } else {
+            NodeError::ApiBind { addr, source }
+        }
+    })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| NodeError::ApiBind { addr, source })?;
+    let api_url = format!("http://{bound}");
+    let peer_id = identity.peer_id().to_string();
+    let state = ApiState::new(
+        token,
+        metrics.clone(),
+        NodeFacts {
+            peer_id: peer_id.clone(),
+            data_dir: dir.root().display().to_string(),
+            listen: config.network.listen.clone(),
+            mdns: config.network.mdns,
+            api_url: api_url.clone(),
+            port: bound.port(),
+        },
+        usize::try_from(config.api.max_body_bytes).unwrap_or(usize::MAX),
+    );
+
+    // Serve at once so `/health` answers 503 while the store loads.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = {
+        let mut stop_rx = stop_rx;
+        let app = api::router(state.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        })
+    };
+
+    let store_path = dir.store();
+    let author = AuthorKey {
+        peer_id: peer_id.clone(),
+        public_key: identity.public_key(),
+    };
+    let options = StoreOptions {
+        compact_after_changes: config.store.compact_after_changes,
+        ..StoreOptions::default()
+    };
+    let opened = tokio::task::spawn_blocking({
+        let metrics = metrics.clone();
+        move || Store::open(&store_path, author, options, metrics)
+    })
+    .await
+    .map_err(|e| NodeError::Join(e.to_string()));
+    let (store, store_thread) = match opened {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            return Err(e.into());
+        }
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            return Err(e);
+        }
+    };
+    state.attach_store(store.clone());
+
+    let compactor = tokio::spawn(compact_periodically(
+        store.clone(),
+        Duration::from_secs(config.store.compact_interval_secs),
+    ));
+    drop(store);
+
+    write_api_url(&dir, &api_url)?;
+    on_ready(&Ready {
+        peer_id,
+        api_url: api_url.clone(),
+        listen: config.network.listen.clone(),
+    });
+    tracing::info!(api = %api_url, "node ready");
+
+    let mut server = server;
+    let shutdown = std::pin::pin!(shutdown);
+    let served = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+            server.await
+        }
+        r = &mut server => r,
+    };
+    compactor.abort();
+    let _ = compactor.await;
+    remove_api_url(&dir, &api_url);
+    drop(state);
+    // Every store handle is gone once the server and the compactor are: the
+    // actor commits what is left and closes the file.
+    if let Err(e) = tokio::task::spawn_blocking(move || store_thread.join()).await {
+        tracing::error!(error = %e, "waiting for the store to close failed");
+    }
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(NodeError::Serve(e)),
+        Err(e) => Err(NodeError::Join(e.to_string())),
+    }
+}
+
+async fn compact_periodically(store: Store, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match store.compact().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(documents = n, "periodic compaction"),
+            Err(e) => tracing::warn!(error = %e, "periodic compaction failed"),
+        }
+    }
+}
+
+/// Writes the bound URL atomically (temp file + rename).
+fn write_api_url(dir: &DataDir, url: &str) -> Result<(), NodeError> {
+    let path = dir.api_url();
+    let tmp = path.with_extension("tmp");
+    let err = |source| NodeError::WriteApiUrl {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::write(&tmp, format!("{url}\n")).map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)
+}
+
+/// Removes `api-url` if it still names this node.
+fn remove_api_url(dir: &DataDir, url: &str) {
+    let path = dir.api_url();
+    if std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == url) {
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,329 @@
+//! The store: every workspace's Automerge documents, persisted in one redb
+//! file and owned by one actor thread fed through a bounded channel.
+//!
+//! Architecture invariants:
+//! - Only the actor thread touches the redb database and the loaded
+//!   documents; everything else sends it a [`Command`] and awaits the reply.
+//! - A write is acknowledged only after the redb transaction holding its
+//!   changes committed with `Durability::Immediate` (fsync'd). Writes that
+//!   arrive together share one commit (group commit).
+//! - Every local change is persisted as its own change record; documents are
+//!   compacted into snapshots in the background, never on the reply path.
+//! - Reads never observe a change that is not yet committed.
+//! - A file that is not a xencode store is refused and left untouched.
+
+mod actor;
+pub mod tables;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+use tokio::sync::{mpsc, oneshot};
+use xencode_protocol::api::{
+    FileInfo, SpliceEdit, SpliceResponse, WorkspaceDetail, WorkspaceSummary,
+};
+use xencode_protocol::{WorkspaceId, WorkspacePath};
+
+use crate::metrics::Metrics;
+use crate::workspace::{FileContent, WorkspaceError};
+
+/// Commands waiting for the actor; senders wait when it is full.
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// Why the store could not be opened. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error(
+        "{path} is not a xencode store (it is not a redb database); it was left untouched. Move it away or use another --data-dir"
+    )]
+    NotAStore { path: PathBuf },
+    #[error(
+        "{path} is a redb database of another program; it was left untouched. Use another --data-dir"
+    )]
+    Foreign { path: PathBuf },
+    #[error(
+        "{path} was written by a newer xencode (schema {found}, this build reads up to {supported}); upgrade xencode"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{path} is in use by another xencode node; stop it first or use another --data-dir")]
+    InUse { path: PathBuf },
+    #[error(
+        "{path} is damaged ({detail}); it was left as it is. Restore it from a backup or move it away"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("cannot open {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("no workspace {0} on this node")]
+    WorkspaceNotFound(WorkspaceId),
+    #[error("invalid workspace name: {0}")]
+    InvalidName(String),
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    #[error("the disk is full; nothing was written. Free some space and retry")]
+    DiskFull,
+    #[error("the store could not commit: {0}")]
+    Storage(String),
+    #[error("the store has shut down")]
+    Closed,
+}
+
+/// Tunables of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Compact a document once it has this many change records.
+    pub compact_after_changes: u64,
+    /// Largest number of commands folded into one commit.
+    pub max_group: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            compact_after_changes: 1000,
+            max_group: 256,
+        }
+    }
+}
+
+/// Figures the store shares without a round trip to the actor.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub workspaces: AtomicUsize,
+    pub file_size: AtomicU64,
+    pub epoch: AtomicU64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A request to the store actor.
+#[derive(Debug)]
+pub(crate) enum Command {
+    CreateWorkspace {
+        name: String,
+        now_ms: u64,
+        reply: Reply<WorkspaceSummary>,
+    },
+    ListWorkspaces {
+        reply: Reply<Vec<WorkspaceSummary>>,
+    },
+    Workspace {
+        id: WorkspaceId,
+        reply: Reply<WorkspaceDetail>,
+    },
+    PutFile {
+        ws: WorkspaceId,
+        path: WorkspacePath,
+        bytes: Vec<u8>,
+        now_ms: u64,
+        reply: Reply<FileInfo>,
+    },
+    GetFile {
+        ws: WorkspaceId,
+        path: WorkspacePath,
+        reply: Reply<FileContent>,
+    },
+    ListFiles {
+        ws: WorkspaceId,
+        reply: Reply<Vec<FileInfo>>,
+    },
+    RemoveFile {
+        ws: WorkspaceId,
+        path: WorkspacePath,
+        now_ms: u64,
+        reply: Reply<()>,
+    },
+    Splice {
+        ws: WorkspaceId,
+        path: WorkspacePath,
+        edits: Vec<SpliceEdit>,
+        now_ms: u64,
+        reply: Reply<SpliceResponse>,
+    },
+    /// Compact every document with change records.
+    Compact {
+        reply: Reply<usize>,
+    },
+}
+
+/// A cloneable handle to the store actor.
+#[derive(Clone, Debug)]
+pub struct Store {
+    tx: mpsc::Sender<Command>,
+    stats: Arc<StoreStats>,
+    path: PathBuf,
+}
+
+/// The running actor thread; join it after dropping every [`Store`] handle to
+/// be sure the database is closed.
+#[derive(Debug)]
+pub struct StoreThread(std::thread::JoinHandle<()>);
+
+impl StoreThread {
+    /// Waits for the actor to finish its last commit and close the file.
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("the store thread panicked while shutting down");
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`, loads every workspace, and
+    /// starts the actor. Blocking: call it from a blocking context.
+    pub fn open(
+        path: &Path,
+        author: AuthorKey,
+        options: StoreOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Store, StoreThread), OpenError> {
+        let stats = Arc::new(StoreStats::default());
+        let actor = actor::Actor::open(path, author, options, metrics, stats.clone())?;
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("xencode-store".into())
+            .spawn(move || actor.run(rx))
+            .map_err(|source| OpenError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok((
+            Store {
+                tx,
+                stats,
+                path: path.to_owned(),
+            },
+            StoreThread(thread),
+        ))
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Figures shared by the actor.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn create_workspace(
+        &self,
+        name: String,
+        now_ms: u64,
+    ) -> Result<WorkspaceSummary, StoreError> {
+        self.ask(|reply| Command::CreateWorkspace {
+            name,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn list_workspaces(&self) -> Result<Vec<WorkspaceSummary>, StoreError> {
+        self.ask(|reply| Command::ListWorkspaces { reply }).await
+    }
+
+    pub async fn workspace(&self, id: WorkspaceId) -> Result<WorkspaceDetail, StoreError> {
+        self.ask(|reply| Command::Workspace { id, reply }).await
+    }
+
+    pub async fn put_file(
+        &self,
+        ws: WorkspaceId,
+        path: WorkspacePath,
+        bytes: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<FileInfo, StoreError> {
+        self.ask(|reply| Command::PutFile {
+            ws,
+            path,
+            bytes,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn get_file(
+        &self,
+        ws: WorkspaceId,
+        path: WorkspacePath,
+    ) -> Result<FileContent, StoreError> {
+        self.ask(|reply| Command::GetFile { ws, path, reply }).await
+    }
+
+    pub async fn list_files(&self, ws: WorkspaceId) -> Result<Vec<FileInfo>, StoreError> {
+        self.ask(|reply| Command::ListFiles { ws, reply }).await
+    }
+
+    pub async fn remove_file(
+        &self,
+        ws: WorkspaceId,
+        path: WorkspacePath,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.ask(|reply| Command::RemoveFile {
+            ws,
+            path,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn splice(
+        &self,
+        ws: WorkspaceId,
+        path: WorkspacePath,
+        edits: Vec<SpliceEdit>,
+        now_ms: u64,
+    ) -> Result<SpliceResponse, StoreError> {
+        self.ask(|reply| Command::Splice {
+            ws,
+            path,
+            edits,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Compacts every document that has change records; returns how many.
+    pub async fn compact(&self) -> Result<usize, StoreError> {
+        self.ask(|reply| Command::Compact { reply }).await
+    }
+}
+
+/// The local author's key, from which the store derives its actor id.
+#[derive(Debug, Clone)]
+pub struct AuthorKey {
+    pub peer_id: String,
+    pub public_key: [u8; 32],
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,604 @@
+//! The store actor: owns the redb database and every loaded document.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use automerge::{ActorId, AutoCommit, Change};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use tokio::sync::mpsc;
+use xencode_protocol::api::{SpliceResponse, validate_workspace_name};
+use xencode_protocol::{DocId, WorkspaceId};
+
+use super::tables::{self, CHANGES, DOCS, DocRecord, SNAPSHOTS, WORKSPACES};
+use super::{AuthorKey, Command, OpenError, StoreError, StoreOptions, StoreStats};
+use crate::metrics::Metrics;
+use crate::workspace::{Author, Doc, DocKind, NewChange, Workspace, access_doc_id, index_doc_id};
+
+/// Per-document bookkeeping of change records.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    /// Key of the next change record.
+    next: u64,
+    /// Change records not yet folded into a snapshot.
+    pending: u64,
+}
+
+/// A reply waiting for the commit that makes its write durable.
+type Deferred = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+pub(super) struct Actor {
+    db: Option<Database>,
+    path: PathBuf,
+    author: Author,
+    options: StoreOptions,
+    metrics: Arc<Metrics>,
+    stats: Arc<StoreStats>,
+    workspaces: BTreeMap<WorkspaceId, Workspace>,
+    counters: HashMap<DocId, Counters>,
+    /// Changes made in memory, not yet committed, with their workspace.
+    staged: Vec<(WorkspaceId, NewChange)>,
+    new_workspaces: Vec<WorkspaceId>,
+    deferred: Vec<Deferred>,
+}
+
+fn open_database(path: &Path) -> Result<Database, OpenError> {
+    tables::check_magic(path)?;
+    // redb checks its own invariants with debug assertions; a damaged file
+    // must give an error, not take the node down.
+    let opened = std::panic::catch_unwind(|| Database::builder().create(path));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(OpenError::InUse {
+            path: path.to_owned(),
+        }),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+            if e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Err(OpenError::NotAStore {
+                path: path.to_owned(),
+            })
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source)))) => {
+            Err(OpenError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+        Ok(Err(e)) => Err(OpenError::Corrupt {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        }),
+        Err(_) => Err(OpenError::Corrupt {
+            path: path.to_owned(),
+            detail: "the storage engine failed an internal check while opening".into(),
+        }),
+    }
+}
+
+impl Actor {
+    pub(super) fn open(
+        path: &Path,
+        author: AuthorKey,
+        options: StoreOptions,
+        metrics: Arc<Metrics>,
+        stats: Arc<StoreStats>,
+    ) -> Result<Self, OpenError> {
+        let db = open_database(path)?;
+        let epoch = tables::prepare(&db, path)?;
+        let actor_bytes = xencode_protocol::ids::actor_id(&author.public_key, epoch);
+        let mut actor = Actor {
+            db: Some(db),
+            path: path.to_owned(),
+            author: Author {
+                peer_id: author.peer_id,
+                public_key: author.public_key,
+                actor: ActorId::from(actor_bytes.as_slice()),
+            },
+            options,
+            metrics,
+            stats,
+            workspaces: BTreeMap::new(),
+            counters: HashMap::new(),
+            staged: Vec::new(),
+            new_workspaces: Vec::new(),
+            deferred: Vec::new(),
+        };
+        stats_epoch(&actor.stats, epoch);
+        let started = Instant::now();
+        let ids = actor.workspace_ids().map_err(|e| actor.corrupt(e))?;
+        for id in ids {
+            let ws = actor.load_workspace(id).map_err(|e| actor.corrupt(e))?;
+            actor.workspaces.insert(id, ws);
+        }
+        actor.publish_stats();
+        tracing::info!(
+            workspaces = actor.workspaces.len(),
+            epoch,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            path = %path.display(),
+            "store loaded"
+        );
+        Ok(actor)
+    }
+
+    fn corrupt(&self, detail: String) -> OpenError {
+        OpenError::Corrupt {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    fn db(&self) -> Result<&Database, String> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| "the database is closed after an I/O error".to_owned())
+    }
+
+    fn workspace_ids(&self) -> Result<Vec<WorkspaceId>, String> {
+        let read = self.db()?.begin_read().map_err(|e| e.to_string())?;
+        let table = read.open_table(WORKSPACES).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| e.to_string())? {
+            let (k, _) = entry.map_err(|e| e.to_string())?;
+            out.push(WorkspaceId::from_bytes(k.value()));
+        }
+        Ok(out)
+    }
+
+    /// Loads one workspace from the committed state, resetting its counters.
+    fn load_workspace(&mut self, id: WorkspaceId) -> Result<Workspace, String> {
+        let read = self.db()?.begin_read().map_err(|e| e.to_string())?;
+        let docs = read.open_table(DOCS).map_err(|e| e.to_string())?;
+        let snapshots = read.open_table(SNAPSHOTS).map_err(|e| e.to_string())?;
+        let changes = read.open_table(CHANGES).map_err(|e| e.to_string())?;
+        let mut files = BTreeMap::new();
+        let mut access = None;
+        let mut index = None;
+        for entry in docs.iter().map_err(|e| e.to_string())? {
+            let (k, v) = entry.map_err(|e| e.to_string())?;
+            let record: DocRecord = postcard::from_bytes(v.value())
+                .map_err(|e| format!("document record is unreadable: {e}"))?;
+            if record.workspace != *id.as_bytes() {
+                continue;
+            }
+            let doc_id = DocId::from_bytes(k.value());
+            let (am, counters) = load_doc(&snapshots, &changes, doc_id)?;
+            let mut doc = Doc { id: doc_id, am };
+            doc.am.set_actor(self.author.actor.clone());
+            self.counters.insert(doc_id, counters);
+            match record.kind {
+                DocKind::Access => access = Some(doc),
+                DocKind::Index => index = Some(doc),
+                DocKind::File => {
+                    files.insert(doc_id, doc);
+                }
+            }
+        }
+        match (access, index) {
+            (Some(access), Some(index)) => Ok(Workspace {
+                id,
+                access,
+                index,
+                files,
+            }),
+            _ => Err(format!("workspace {id} lacks its access or index document")),
+        }
+    }
+
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.blocking_recv() {
+            self.handle(cmd);
+            let mut grouped = 1;
+            while grouped < self.options.max_group {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        self.handle(cmd);
+                        grouped += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.flush();
+            if let Err(e) = self.compact_due(false) {
+                tracing::warn!(error = %e, "compaction failed; the change records stay and it is retried later");
+            }
+        }
+        self.flush();
+        tracing::info!("store closed");
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::CreateWorkspace {
+                name,
+                now_ms,
+                reply,
+            } => {
+                let made = self.create_workspace(&name, now_ms);
+                self.defer(made, reply);
+            }
+            Command::PutFile {
+                ws,
+                path,
+                bytes,
+                now_ms,
+                reply,
+            } => {
+                let new_doc_nonce = random_nonce();
+                let made = self.write(ws, |w, a| {
+                    let nonce = new_doc_nonce.map_err(StoreError::Storage)?;
+                    Ok(w.put_file(&path, &bytes, a, now_ms, nonce)?)
+                });
+                self.defer(made, reply);
+            }
+            Command::RemoveFile {
+                ws,
+                path,
+                now_ms,
+                reply,
+            } => {
+                let made = self.write(ws, |w, _| Ok(((), w.remove_file(&path, now_ms)?)));
+                self.defer(made, reply);
+            }
+            Command::Splice {
+                ws,
+                path,
+                edits,
+                now_ms,
+                reply,
+            } => {
+                let made = self.write(ws, |w, a| {
+                    let (chars, heads, changes) = w.splice(&path, &edits, a, now_ms)?;
+                    let resp = SpliceResponse {
+                        path: path.clone(),
+                        edits_applied: edits.len(),
+                        chars,
+                        heads: heads.iter().map(ToString::to_string).collect(),
+                    };
+                    Ok((resp, changes))
+                });
+                self.defer(made, reply);
+            }
+            // Reads see only committed state: commit what is staged first.
+            Command::ListWorkspaces { reply } => {
+                self.flush();
+                let me = &self.author.peer_id;
+                let list = self.workspaces.values().map(|w| w.summary(me)).collect();
+                let _ = reply.send(Ok(list));
+            }
+            Command::Workspace { id, reply } => {
+                self.flush();
+                let me = self.author.peer_id.clone();
+                let r = self
+                    .workspaces
+                    .get_mut(&id)
+                    .map(|w| w.detail(&me))
+                    .ok_or(StoreError::WorkspaceNotFound(id));
+                let _ = reply.send(r);
+            }
+            Command::GetFile { ws, path, reply } => {
+                self.flush();
+                let r = self
+                    .workspaces
+                    .get(&ws)
+                    .ok_or(StoreError::WorkspaceNotFound(ws))
+                    .and_then(|w| Ok(w.get_file(&path)?));
+                let _ = reply.send(r);
+            }
+            Command::ListFiles { ws, reply } => {
+                self.flush();
+                let r = self
+                    .workspaces
+                    .get(&ws)
+                    .map(Workspace::list_files)
+                    .ok_or(StoreError::WorkspaceNotFound(ws));
+                let _ = reply.send(r);
+            }
+            Command::Compact { reply } => {
+                self.flush();
+                let _ = reply.send(self.compact_due(true));
+            }
+        }
+    }
+
+    /// Queues a write's reply until its changes are committed.
+    fn defer<T: Send + 'static>(
+        &mut self,
+        made: Result<T, StoreError>,
+        reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+    ) {
+        match made {
+            Ok(value) => self.deferred.push(Box::new(move |committed| {
+                let _ = reply.send(committed.map(|()| value));
+            })),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Runs a mutation on a loaded workspace and stages its changes.
+    fn write<T>(
+        &mut self,
+        ws: WorkspaceId,
+        op: impl FnOnce(&mut Workspace, &Author) -> Result<(T, Vec<NewChange>), StoreError>,
+    ) -> Result<T, StoreError> {
+        let workspace = self
+            .workspaces
+            .get_mut(&ws)
+            .ok_or(StoreError::WorkspaceNotFound(ws))?;
+        let (value, changes) = op(workspace, &self.author)?;
+        self.staged.extend(changes.into_iter().map(|c| (ws, c)));
+        Ok(value)
+    }
+
+    fn create_workspace(
+        &mut self,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<xencode_protocol::api::WorkspaceSummary, StoreError> {
+        validate_workspace_name(name).map_err(StoreError::InvalidName)?;
+        let nonce = random_nonce().map_err(StoreError::Storage)?;
+        let id = WorkspaceId::derive(&self.author.public_key, &nonce);
+        let (ws, changes) = Workspace::create(id, name, &self.author, now_ms)?;
+        let summary = ws.summary(&self.author.peer_id);
+        self.workspaces.insert(id, ws);
+        self.new_workspaces.push(id);
+        self.staged.extend(changes.into_iter().map(|c| (id, c)));
+        Ok(summary)
+    }
+
+    /// Commits everything staged in one durable transaction, then answers the
+    /// deferred replies. On failure, memory is rolled back to what is on disk.
+    fn flush(&mut self) {
+        if self.deferred.is_empty() && self.staged.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let result = self.commit_staged();
+        let elapsed = started.elapsed();
+        let staged = std::mem::take(&mut self.staged);
+        let new_workspaces = std::mem::take(&mut self.new_workspaces);
+        let outcome = match result {
+            Ok(bumped) => {
+                self.metrics.store_commit(elapsed.as_secs_f64(), true);
+                for (doc, n) in bumped {
+                    let c = self.counters.entry(doc).or_default();
+                    c.next += n;
+                    c.pending += n;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.store_commit(elapsed.as_secs_f64(), false);
+                tracing::error!(error = %e, "store commit failed; rolling back to the committed state");
+                self.recover(&staged, &new_workspaces);
+                Err(e)
+            }
+        };
+        for reply in self.deferred.drain(..) {
+            reply(outcome.clone());
+        }
+        self.publish_stats();
+    }
+
+    /// Writes the staged changes; returns how many records each doc got.
+    fn commit_staged(&mut self) -> Result<Vec<(DocId, u64)>, StoreError> {
+        let db = self.db.as_ref().ok_or_else(closed_db)?;
+        let mut tx = db.begin_write().map_err(classify)?;
+        tx.set_durability(Durability::Immediate).map_err(classify)?;
+        let mut added: BTreeMap<DocId, u64> = BTreeMap::new();
+        {
+            let mut workspaces = tx.open_table(WORKSPACES).map_err(classify)?;
+            for ws in &self.new_workspaces {
+                workspaces.insert(*ws.as_bytes(), ()).map_err(classify)?;
+            }
+            let mut docs = tx.open_table(DOCS).map_err(classify)?;
+            let mut changes = tx.open_table(CHANGES).map_err(classify)?;
+            for (ws, new) in &mut self.staged {
+                let counters = self.counters.get(&new.doc).copied();
+                if counters.is_none() && !added.contains_key(&new.doc) {
+                    let kind = if new.doc == access_doc_id(ws) {
+                        DocKind::Access
+                    } else if new.doc == index_doc_id(ws) {
+                        DocKind::Index
+                    } else {
+                        DocKind::File
+                    };
+                    let record = DocRecord {
+                        workspace: *ws.as_bytes(),
+                        kind,
+                    };
+                    let bytes = postcard::to_stdvec(&record)
+                        .map_err(|e| StoreError::Storage(e.to_string()))?;
+                    docs.insert(*new.doc.as_bytes(), bytes.as_slice())
+                        .map_err(classify)?;
+                }
+                let n = added.entry(new.doc).or_default();
+                let key = counters.map_or(0, |c| c.next) + *n;
+                *n += 1;
+                changes
+                    .insert((*new.doc.as_bytes(), key), new.change.bytes().as_ref())
+                    .map_err(classify)?;
+            }
+        }
+        tx.commit().map_err(classify)?;
+        Ok(added.into_iter().collect())
+    }
+
+    /// After a failed commit: reopen the database if it is poisoned, and reload
+    /// every workspace the staged changes touched from what is committed.
+    fn recover(&mut self, staged: &[(WorkspaceId, NewChange)], new_workspaces: &[WorkspaceId]) {
+        let needs_reopen = self.db.as_ref().is_none_or(|db| !usable(db));
+        if needs_reopen {
+            self.db = None;
+            match open_database(&self.path) {
+                Ok(db) => self.db = Some(db),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reopen the store; writes fail until it can")
+                }
+            }
+        }
+        let touched: BTreeSet<WorkspaceId> = staged.iter().map(|(ws, _)| *ws).collect();
+        for ws in touched {
+            if new_workspaces.contains(&ws) {
+                if let Some(w) = self.workspaces.remove(&ws) {
+                    for doc in [w.access.id, w.index.id]
+                        .into_iter()
+                        .chain(w.files.into_keys())
+                    {
+                        self.counters.remove(&doc);
+                    }
+                }
+                continue;
+            }
+            match self.load_workspace(ws) {
+                Ok(w) => {
+                    self.workspaces.insert(ws, w);
+                }
+                Err(e) => {
+                    tracing::error!(workspace = %ws, error = %e, "cannot reload workspace after a failed commit")
+                }
+            }
+        }
+    }
+
+    /// Folds change records into snapshots: every document with any when
+    /// `all`, else those past the configured threshold. Returns how many.
+    fn compact_due(&mut self, all: bool) -> Result<usize, StoreError> {
+        let threshold = if all {
+            1
+        } else {
+            self.options.compact_after_changes
+        };
+        let due: Vec<DocId> = self
+            .counters
+            .iter()
+            .filter(|(_, c)| c.pending >= threshold)
+            .map(|(d, _)| *d)
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let db = self.db.as_ref().ok_or_else(closed_db)?;
+        let mut tx = db.begin_write().map_err(classify)?;
+        tx.set_durability(Durability::Immediate).map_err(classify)?;
+        {
+            let mut snapshots = tx.open_table(SNAPSHOTS).map_err(classify)?;
+            let mut changes = tx.open_table(CHANGES).map_err(classify)?;
+            for doc_id in &due {
+                let Some(doc) = self
+                    .workspaces
+                    .values_mut()
+                    .flat_map(Workspace::docs_mut)
+                    .find(|d| d.id == *doc_id)
+                else {
+                    continue;
+                };
+                let saved = doc.am.save();
+                let next = self.counters.get(doc_id).map_or(0, |c| c.next);
+                let upto = next.saturating_sub(1);
+                snapshots
+                    .insert(*doc_id.as_bytes(), (upto, saved.as_slice()))
+                    .map_err(classify)?;
+                changes
+                    .retain_in(
+                        (*doc_id.as_bytes(), 0)..(*doc_id.as_bytes(), next),
+                        |_, _| false,
+                    )
+                    .map_err(classify)?;
+            }
+        }
+        tx.commit().map_err(classify)?;
+        for doc in &due {
+            if let Some(c) = self.counters.get_mut(doc) {
+                c.pending = 0;
+            }
+        }
+        tracing::debug!(
+            documents = due.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compacted"
+        );
+        self.publish_stats();
+        Ok(due.len())
+    }
+
+    fn publish_stats(&self) {
+        self.stats
+            .workspaces
+            .store(self.workspaces.len(), Ordering::Relaxed);
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        self.stats.file_size.store(size, Ordering::Relaxed);
+        self.metrics.store_state(self.workspaces.len(), size);
+    }
+}
+
+fn stats_epoch(stats: &StoreStats, epoch: u64) {
+    stats.epoch.store(epoch, Ordering::Relaxed);
+}
+
+/// Loads a document: its snapshot, then its change records in one batch.
+fn load_doc(
+    snapshots: &redb::ReadOnlyTable<[u8; 16], (u64, &[u8])>,
+    changes: &redb::ReadOnlyTable<([u8; 16], u64), &[u8]>,
+    id: DocId,
+) -> Result<(AutoCommit, Counters), String> {
+    let key = *id.as_bytes();
+    let (mut am, first) = match snapshots.get(key).map_err(|e| e.to_string())? {
+        Some(v) => {
+            let (upto, data) = v.value();
+            let am = AutoCommit::load(data)
+                .map_err(|e| format!("snapshot of document {id} is unreadable: {e}"))?;
+            (am, upto + 1)
+        }
+        None => (AutoCommit::new(), 0),
+    };
+    let mut batch = Vec::new();
+    let mut next = first;
+    for entry in changes
+        .range((key, 0)..=(key, u64::MAX))
+        .map_err(|e| e.to_string())?
+    {
+        let (k, v) = entry.map_err(|e| e.to_string())?;
+        let change = Change::from_bytes(v.value().to_vec())
+            .map_err(|e| format!("a change of document {id} is unreadable: {e}"))?;
+        batch.push(change);
+        next = k.value().1 + 1;
+    }
+    let pending = batch.len() as u64;
+    am.apply_changes(batch)
+        .map_err(|e| format!("changes of document {id} do not apply: {e}"))?;
+    Ok((am, Counters { next, pending }))
+}
+
+fn closed_db() -> StoreError {
+    StoreError::Storage("the database is closed after an I/O error".into())
+}
+
+/// Whether the database still accepts write transactions.
+fn usable(db: &Database) -> bool {
+    match db.begin_write() {
+        Ok(tx) => tx.abort().is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn random_nonce() -> Result<[u8; 16], String> {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| format!("the OS random source failed: {e}"))?;
+    Ok(nonce)
+}
+
+/// Maps a redb failure to what the user is told.
+fn classify(e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    match &e {
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => StoreError::DiskFull,
+        _ => StoreError::Storage(e.to_string()),
+    }
+}

@@ -1,0 +1,187 @@
+//! Every redb table of the store, in one place, with versioned names, and the
+//! schema check and migrations run at open.
+//!
+//! Tables (a schema change bumps [`SCHEMA_VERSION`], adds a migration below and
+//! a test that opens a store of the old version):
+//! - `meta-1`: `&str -> &[u8]`: `format` (= [`FORMAT`]), `schema_version` (u32
+//!   LE), `epoch` (u64 LE, the Automerge actor epoch this node writes in);
+//! - `workspaces-1`: workspace id -> unused (presence lists the workspace);
+//! - `docs-1`: document id -> postcard [`DocRecord`];
+//! - `changes-1`: (document id, counter) -> one Automerge change, compressed;
+//! - `snapshots-1`: document id -> (last counter folded in, saved document).
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, TableDefinition, TableError, TableHandle};
+use serde::{Deserialize, Serialize};
+
+use super::OpenError;
+use crate::workspace::DocKind;
+
+/// Written into `meta-1` so a foreign redb file is recognised.
+pub const FORMAT: &[u8] = b"xencode-store";
+/// The schema this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
+pub const WORKSPACES: TableDefinition<[u8; 16], ()> = TableDefinition::new("workspaces-1");
+pub const DOCS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("docs-1");
+pub const CHANGES: TableDefinition<([u8; 16], u64), &[u8]> = TableDefinition::new("changes-1");
+pub const SNAPSHOTS: TableDefinition<[u8; 16], (u64, &[u8])> = TableDefinition::new("snapshots-1");
+
+/// What `docs-1` records of a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocRecord {
+    pub workspace: [u8; 16],
+    pub kind: DocKind,
+}
+
+/// redb's file magic: a file that does not start with it is not a redb file.
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+
+/// A migration from schema `version` to `version + 1`, run in one write
+/// transaction together with the version bump.
+type Migration = fn(&redb::WriteTransaction) -> Result<(), redb::Error>;
+
+/// `MIGRATIONS[i]` upgrades schema `i + 1` to `i + 2`. Schema 1 is the first.
+const MIGRATIONS: &[Migration] = &[];
+
+/// Refuses a file that exists but is not a redb database, before redb opens
+/// (and possibly writes to) it.
+pub fn check_magic(path: &Path) -> Result<(), OpenError> {
+    let mut f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(OpenError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut head = Vec::with_capacity(REDB_MAGIC.len());
+    (&mut f)
+        .take(REDB_MAGIC.len() as u64)
+        .read_to_end(&mut head)
+        .map_err(|source| OpenError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    if head.is_empty() || head == REDB_MAGIC {
+        Ok(())
+    } else {
+        Err(OpenError::NotAStore {
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// Checks that an opened database is a xencode store of a schema this build
+/// understands, creating the tables of a new one and migrating an older one.
+/// Returns the actor epoch.
+pub fn prepare(db: &Database, path: &Path) -> Result<u64, OpenError> {
+    let internal = |e: &dyn std::fmt::Display| OpenError::Corrupt {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    };
+    let read = db.begin_read().map_err(|e| internal(&e))?;
+    let meta = match read.open_table(META) {
+        Ok(t) => Some(t),
+        Err(TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(internal(&e)),
+    };
+    let Some(meta) = meta else {
+        let has_tables = read
+            .list_tables()
+            .map_err(|e| internal(&e))?
+            .next()
+            .is_some();
+        if has_tables {
+            return Err(OpenError::Foreign {
+                path: path.to_owned(),
+            });
+        }
+        drop(read);
+        initialize(db).map_err(|e| internal(&e))?;
+        return Ok(0);
+    };
+    let get = |key: &str| -> Result<Option<Vec<u8>>, OpenError> {
+        Ok(meta
+            .get(key)
+            .map_err(|e| internal(&e))?
+            .map(|v| v.value().to_vec()))
+    };
+    if get("format")?.as_deref() != Some(FORMAT) {
+        return Err(OpenError::Foreign {
+            path: path.to_owned(),
+        });
+    }
+    let version = get("schema_version")?
+        .and_then(|v| v.try_into().ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| internal(&"schema_version is missing"))?;
+    let epoch = get("epoch")?
+        .and_then(|v| v.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0);
+    drop(meta);
+    drop(read);
+    if version > SCHEMA_VERSION {
+        return Err(OpenError::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    migrate(db, version).map_err(|e| internal(&e))?;
+    Ok(epoch)
+}
+
+fn initialize(db: &Database) -> Result<(), redb::Error> {
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(META)?;
+        meta.insert("format", FORMAT)?;
+        meta.insert("schema_version", SCHEMA_VERSION.to_le_bytes().as_slice())?;
+        meta.insert("epoch", 0u64.to_le_bytes().as_slice())?;
+        tx.open_table(WORKSPACES)?;
+        tx.open_table(DOCS)?;
+        tx.open_table(CHANGES)?;
+        tx.open_table(SNAPSHOTS)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn migrate(db: &Database, mut version: u32) -> Result<(), redb::Error> {
+    while version < SCHEMA_VERSION {
+        let step = MIGRATIONS
+            .get(version as usize - 1)
+            .ok_or_else(|| redb::Error::Corrupted(format!("no migration from schema {version}")))?;
+        let tx = db.begin_write()?;
+        step(&tx)?;
+        tx.open_table(META)?
+            .insert("schema_version", (version + 1).to_le_bytes().as_slice())?;
+        tx.commit()?;
+        tracing::info!(
+            from = version,
+            to = version + 1,
+            "migrated the store schema"
+        );
+        version += 1;
+    }
+    Ok(())
+}
+
+/// Names of the tables this schema defines (for tests and tooling).
+pub fn table_names() -> [&'static str; 5] {
+    [
+        META.name(),
+        WORKSPACES.name(),
+        DOCS.name(),
+        CHANGES.name(),
+        SNAPSHOTS.name(),
+    ]
+}

@@ -1,0 +1,554 @@
+//! The Automerge schema of a workspace, and the edits the node makes to it.
+//!
+//! A workspace is a set of Automerge documents (ARCHITECTURE section 3):
+//! - the access document: `{name, created_at, root_key, members: {peer:
+//!   {role, added_by, added_at}}, revoked: {}}`;
+//! - the index document: `{files: {path: {doc, created_by, created_at}},
+//!   documents: {}, analyses: {}}`;
+//! - one document per file: `{text: Text}` for UTF-8 files or `{data: Bytes}`
+//!   otherwise, plus `updated_by` and `updated_at`.
+//!
+//! Every operation here validates first and mutates after, so a refused
+//! request leaves no half-made change behind; each touched document gets one
+//! commit, returned to the caller as a [`NewChange`] to persist. Nothing here
+//! does I/O.
+
+use std::collections::BTreeMap;
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{
+    ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
+};
+use xencode_protocol::api::{
+    FileInfo, FileKind, Member, Role, SpliceEdit, WorkspaceDetail, WorkspaceSummary,
+};
+use xencode_protocol::{DocId, WorkspaceId, WorkspacePath};
+
+/// Who makes local changes: the node's peer id and Automerge actor.
+#[derive(Debug, Clone)]
+pub struct Author {
+    pub peer_id: String,
+    pub public_key: [u8; 32],
+    pub actor: ActorId,
+}
+
+/// A change made locally that must be persisted before it is acknowledged.
+#[derive(Debug, Clone)]
+pub struct NewChange {
+    pub doc: DocId,
+    pub change: Change,
+}
+
+/// Errors of workspace operations (all are the caller's mistakes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkspaceError {
+    #[error("no file {0} in this workspace")]
+    FileNotFound(WorkspacePath),
+    #[error("{0} is a binary file; only text files take character edits")]
+    NotText(WorkspacePath),
+    #[error(
+        "edit {edit} is out of range: pos {pos} + delete {delete} exceeds the text's {len} characters"
+    )]
+    OutOfRange {
+        edit: usize,
+        pos: u64,
+        delete: u64,
+        len: u64,
+    },
+    #[error("the workspace document is damaged: {0}")]
+    Damaged(String),
+}
+
+/// The role of a document inside its workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DocKind {
+    Access,
+    Index,
+    File,
+}
+
+/// One Automerge document.
+#[derive(Debug)]
+pub struct Doc {
+    pub id: DocId,
+    pub am: AutoCommit,
+}
+
+impl Doc {
+    /// A new empty document written by `actor`.
+    pub fn new(id: DocId, actor: &ActorId) -> Self {
+        let mut am = AutoCommit::new();
+        am.set_actor(actor.clone());
+        Self { id, am }
+    }
+
+    /// Commits pending operations; returns the change to persist, if any.
+    fn commit(&mut self, now_ms: u64) -> Option<NewChange> {
+        let secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        self.am
+            .commit_with(CommitOptions::default().with_time(secs))?;
+        self.am.get_last_local_change().map(|change| NewChange {
+            doc: self.id,
+            change,
+        })
+    }
+
+    /// Heads as hex strings.
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.am.get_heads()
+    }
+}
+
+/// The deterministic id of a workspace's access document.
+pub fn access_doc_id(ws: &WorkspaceId) -> DocId {
+    DocId::derive(ws, b"access-document\0")
+}
+
+/// The deterministic id of a workspace's index document.
+pub fn index_doc_id(ws: &WorkspaceId) -> DocId {
+    DocId::derive(ws, b"index-document\0\0")
+}
+
+/// A loaded workspace.
+#[derive(Debug)]
+pub struct Workspace {
+    pub id: WorkspaceId,
+    pub access: Doc,
+    pub index: Doc,
+    pub files: BTreeMap<DocId, Doc>,
+}
+
+/// The content of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileContent {
+    pub kind: FileKind,
+    pub bytes: Vec<u8>,
+}
+
+impl Workspace {
+    /// Creates a workspace whose creator (and first admin) is `author`.
+    /// Returns it with the changes to persist.
+    pub fn create(
+        id: WorkspaceId,
+        name: &str,
+        author: &Author,
+        now_ms: u64,
+    ) -> Result<(Self, Vec<NewChange>), WorkspaceError> {
+        let mut access = Doc::new(access_doc_id(&id), &author.actor);
+        let mut index = Doc::new(index_doc_id(&id), &author.actor);
+        build_access(&mut access.am, name, author, now_ms).map_err(damaged)?;
+        for key in ["files", "documents", "analyses"] {
+            index
+                .am
+                .put_object(ROOT, key, ObjType::Map)
+                .map_err(damaged)?;
+        }
+        let changes = [access.commit(now_ms), index.commit(now_ms)]
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok((
+            Self {
+                id,
+                access,
+                index,
+                files: BTreeMap::new(),
+            },
+            changes,
+        ))
+    }
+
+    /// Every document of the workspace, mutably.
+    pub fn docs_mut(&mut self) -> impl Iterator<Item = &mut Doc> {
+        [&mut self.access, &mut self.index]
+            .into_iter()
+            .chain(self.files.values_mut())
+    }
+
+    /// The workspace's name.
+    pub fn name(&self) -> String {
+        get_str(&self.access.am, &ROOT, "name").unwrap_or_default()
+    }
+
+    /// Summary as seen by the node whose peer id is `me`.
+    pub fn summary(&self, me: &str) -> WorkspaceSummary {
+        let members = self.members();
+        WorkspaceSummary {
+            id: self.id,
+            name: self.name(),
+            created_at: get_u64(&self.access.am, &ROOT, "created_at").unwrap_or(0),
+            owner: get_str(&self.access.am, &ROOT, "owner").unwrap_or_default(),
+            role: members
+                .iter()
+                .find(|m| m.peer_id == me)
+                .map_or(Role::Viewer, |m| m.role),
+            files: self.file_entries().len(),
+        }
+    }
+
+    /// Full detail, including the heads of every document.
+    pub fn detail(&mut self, me: &str) -> WorkspaceDetail {
+        let summary = self.summary(me);
+        let members = self.members();
+        let mut heads: Vec<String> = self
+            .docs_mut()
+            .flat_map(|d| d.heads())
+            .map(|h| h.to_string())
+            .collect();
+        heads.sort();
+        WorkspaceDetail {
+            summary,
+            members,
+            heads,
+            documents: 2 + self.files.len(),
+        }
+    }
+
+    /// Members from the access document, sorted by peer id.
+    pub fn members(&self) -> Vec<Member> {
+        let am = &self.access.am;
+        let Some(members) = get_obj(am, &ROOT, "members") else {
+            return Vec::new();
+        };
+        am.keys(&members)
+            .filter_map(|peer| {
+                let m = get_obj(am, &members, &peer)?;
+                Some(Member {
+                    role: Role::parse(&get_str(am, &m, "role")?)?,
+                    added_by: get_str(am, &m, "added_by").unwrap_or_default(),
+                    added_at: get_u64(am, &m, "added_at").unwrap_or(0),
+                    peer_id: peer,
+                })
+            })
+            .collect()
+    }
+
+    /// `(path, doc)` of every file in the index, sorted by path.
+    fn file_entries(&self) -> Vec<(WorkspacePath, DocId)> {
+        let am = &self.index.am;
+        let Some(files) = get_obj(am, &ROOT, "files") else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = am
+            .keys(&files)
+            .filter_map(|key| {
+                let path = WorkspacePath::parse(&key).ok()?;
+                let entry = get_obj(am, &files, &key)?;
+                let doc = get_str(am, &entry, "doc")?.parse().ok()?;
+                Some((path, doc))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn file_doc(&self, path: &WorkspacePath) -> Option<DocId> {
+        let am = &self.index.am;
+        let files = get_obj(am, &ROOT, "files")?;
+        let entry = get_obj(am, &files, path.as_str())?;
+        get_str(am, &entry, "doc")?.parse().ok()
+    }
+
+    /// Information on every file, sorted by path.
+    pub fn list_files(&self) -> Vec<FileInfo> {
+        self.file_entries()
+            .into_iter()
+            .filter_map(|(path, doc)| Some(file_info(path, self.files.get(&doc)?)))
+            .collect()
+    }
+
+    /// The content of a file.
+    pub fn get_file(&self, path: &WorkspacePath) -> Result<FileContent, WorkspaceError> {
+        let doc = self.existing_file(path)?;
+        let am = &doc.am;
+        if let Some(text) = get_text_obj(am) {
+            let s = am.text(&text).map_err(damaged)?;
+            return Ok(FileContent {
+                kind: FileKind::Text,
+                bytes: s.into_bytes(),
+            });
+        }
+        Ok(FileContent {
+            kind: FileKind::Binary,
+            bytes: get_bytes(am, &ROOT, "data").unwrap_or_default(),
+        })
+    }
+
+    fn existing_file(&self, path: &WorkspacePath) -> Result<&Doc, WorkspaceError> {
+        self.file_doc(path)
+            .and_then(|id| self.files.get(&id))
+            .ok_or_else(|| WorkspaceError::FileNotFound(path.clone()))
+    }
+
+    /// Creates or replaces a file. A text file that already exists is changed
+    /// by one splice over the region that differs, so concurrent edits
+    /// elsewhere in the file merge. Unchanged content makes no change.
+    /// `new_doc_nonce` names the file's document if the file is new.
+    pub fn put_file(
+        &mut self,
+        path: &WorkspacePath,
+        bytes: &[u8],
+        author: &Author,
+        now_ms: u64,
+        new_doc_nonce: [u8; 16],
+    ) -> Result<(FileInfo, Vec<NewChange>), WorkspaceError> {
+        let mut changes = Vec::new();
+        let doc_id = match self.file_doc(path) {
+            Some(id) if self.files.contains_key(&id) => id,
+            _ => {
+                let id = DocId::derive(&self.id, &new_doc_nonce);
+                let am = &mut self.index.am;
+                let files = get_obj(am, &ROOT, "files")
+                    .ok_or_else(|| WorkspaceError::Damaged("index has no files map".into()))?;
+                let entry = am
+                    .put_object(&files, path.as_str(), ObjType::Map)
+                    .map_err(damaged)?;
+                am.put(&entry, "doc", id.to_string()).map_err(damaged)?;
+                am.put(&entry, "created_by", author.peer_id.as_str())
+                    .map_err(damaged)?;
+                am.put(&entry, "created_at", now_ms).map_err(damaged)?;
+                changes.extend(self.index.commit(now_ms));
+                self.files.insert(id, Doc::new(id, &author.actor));
+                id
+            }
+        };
+        let doc = self
+            .files
+            .get_mut(&doc_id)
+            .ok_or_else(|| WorkspaceError::Damaged("file document vanished".into()))?;
+        let changed = write_content(&mut doc.am, bytes).map_err(damaged)?;
+        if changed {
+            stamp(&mut doc.am, author, now_ms).map_err(damaged)?;
+            changes.extend(doc.commit(now_ms));
+        }
+        Ok((file_info(path.clone(), doc), changes))
+    }
+
+    /// Removes a file from the index. Its document and history stay in the
+    /// store.
+    pub fn remove_file(
+        &mut self,
+        path: &WorkspacePath,
+        now_ms: u64,
+    ) -> Result<Vec<NewChange>, WorkspaceError> {
+        self.existing_file(path)?;
+        let am = &mut self.index.am;
+        let files = get_obj(am, &ROOT, "files")
+            .ok_or_else(|| WorkspaceError::Damaged("index has no files map".into()))?;
+        am.delete(&files, path.as_str()).map_err(damaged)?;
+        Ok(self.index.commit(now_ms).into_iter().collect())
+    }
+
+    /// Applies character edits to a text file as one change. Each edit's
+    /// position is relative to the text the edits before it left. Refused as
+    /// a whole if any edit is out of range.
+    pub fn splice(
+        &mut self,
+        path: &WorkspacePath,
+        edits: &[SpliceEdit],
+        author: &Author,
+        now_ms: u64,
+    ) -> Result<(u64, Vec<ChangeHash>, Vec<NewChange>), WorkspaceError> {
+        let doc_id = self.existing_file(path)?.id;
+        let doc = self
+            .files
+            .get_mut(&doc_id)
+            .ok_or_else(|| WorkspaceError::FileNotFound(path.clone()))?;
+        let text = get_text_obj(&doc.am).ok_or_else(|| WorkspaceError::NotText(path.clone()))?;
+        // Validate the whole batch before touching the document.
+        let mut len = doc.am.length(&text) as u64;
+        for (i, e) in edits.iter().enumerate() {
+            let end = e.pos.checked_add(e.delete);
+            if end.is_none_or(|end| end > len) {
+                return Err(WorkspaceError::OutOfRange {
+                    edit: i,
+                    pos: e.pos,
+                    delete: e.delete,
+                    len,
+                });
+            }
+            len = len - e.delete + e.insert.chars().count() as u64;
+        }
+        for e in edits {
+            // Both fit in usize/isize: they are bounded by the text length.
+            let applied = doc
+                .am
+                .splice_text(&text, e.pos as usize, e.delete as isize, &e.insert);
+            if let Err(err) = applied {
+                doc.am.rollback();
+                return Err(damaged(err));
+            }
+        }
+        if let Err(err) = stamp(&mut doc.am, author, now_ms) {
+            doc.am.rollback();
+            return Err(damaged(err));
+        }
+        let changes: Vec<_> = doc.commit(now_ms).into_iter().collect();
+        Ok((len, doc.heads(), changes))
+    }
+}
+
+fn build_access(
+    am: &mut AutoCommit,
+    name: &str,
+    author: &Author,
+    now_ms: u64,
+) -> Result<(), automerge::AutomergeError> {
+    am.put(ROOT, "name", name)?;
+    am.put(ROOT, "created_at", now_ms)?;
+    am.put(ROOT, "owner", author.peer_id.as_str())?;
+    am.put(ROOT, "root_key", hex::encode(author.public_key))?;
+    let members = am.put_object(ROOT, "members", ObjType::Map)?;
+    let me = am.put_object(&members, author.peer_id.as_str(), ObjType::Map)?;
+    am.put(&me, "role", Role::Admin.as_str())?;
+    am.put(&me, "added_by", author.peer_id.as_str())?;
+    am.put(&me, "added_at", now_ms)?;
+    am.put_object(ROOT, "revoked", ObjType::Map)?;
+    Ok(())
+}
+
+/// Writes `bytes` as the file's content; returns whether anything changed.
+fn write_content(am: &mut AutoCommit, bytes: &[u8]) -> Result<bool, automerge::AutomergeError> {
+    match std::str::from_utf8(bytes) {
+        Ok(new) => {
+            let text = match get_text_obj(am) {
+                Some(t) => t,
+                None => am.put_object(ROOT, "text", ObjType::Text)?,
+            };
+            if get_bytes(am, &ROOT, "data").is_some() {
+                am.delete(ROOT, "data")?;
+            }
+            let old = am.text(&text)?;
+            if old == new {
+                return Ok(am.pending_ops() > 0);
+            }
+            let (pos, delete, insert) = differing_region(&old, new);
+            am.splice_text(&text, pos, delete as isize, insert)?;
+            Ok(true)
+        }
+        Err(_) => {
+            if get_bytes(am, &ROOT, "data").as_deref() == Some(bytes) && get_text_obj(am).is_none()
+            {
+                return Ok(false);
+            }
+            if get_text_obj(am).is_some() {
+                am.delete(ROOT, "text")?;
+            }
+            am.put(ROOT, "data", ScalarValue::Bytes(bytes.to_vec()))?;
+            Ok(true)
+        }
+    }
+}
+
+/// The one splice (char position, chars to delete, text to insert) that turns
+/// `old` into `new`: everything between their common prefix and suffix.
+fn differing_region<'a>(old: &str, new: &'a str) -> (usize, usize, &'a str) {
+    let prefix_chars = old
+        .chars()
+        .zip(new.chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let prefix_bytes_old: usize = old.chars().take(prefix_chars).map(char::len_utf8).sum();
+    let prefix_bytes_new: usize = new.chars().take(prefix_chars).map(char::len_utf8).sum();
+    let (old_rest, new_rest) = (&old[prefix_bytes_old..], &new[prefix_bytes_new..]);
+    let suffix_chars = old_rest
+        .chars()
+        .rev()
+        .zip(new_rest.chars().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let old_mid = old_rest.chars().count() - suffix_chars;
+    let new_rest_chars = new_rest.chars().count();
+    let new_mid_bytes: usize = new_rest
+        .chars()
+        .take(new_rest_chars - suffix_chars)
+        .map(char::len_utf8)
+        .sum();
+    (prefix_chars, old_mid, &new_rest[..new_mid_bytes])
+}
+
+fn stamp(
+    am: &mut AutoCommit,
+    author: &Author,
+    now_ms: u64,
+) -> Result<(), automerge::AutomergeError> {
+    am.put(ROOT, "updated_by", author.peer_id.as_str())?;
+    am.put(ROOT, "updated_at", now_ms)?;
+    Ok(())
+}
+
+fn file_info(path: WorkspacePath, doc: &Doc) -> FileInfo {
+    let am = &doc.am;
+    let (kind, size_bytes, chars) = match get_text_obj(am) {
+        Some(t) => {
+            let s = am.text(&t).unwrap_or_default();
+            (FileKind::Text, s.len() as u64, Some(am.length(&t) as u64))
+        }
+        None => (
+            FileKind::Binary,
+            get_bytes(am, &ROOT, "data").map_or(0, |b| b.len() as u64),
+            None,
+        ),
+    };
+    FileInfo {
+        path,
+        kind,
+        size_bytes,
+        chars,
+        updated_by: get_str(am, &ROOT, "updated_by").unwrap_or_default(),
+        updated_at: get_u64(am, &ROOT, "updated_at").unwrap_or(0),
+    }
+}
+
+fn damaged(e: impl std::fmt::Display) -> WorkspaceError {
+    WorkspaceError::Damaged(e.to_string())
+}
+
+fn get_text_obj(am: &AutoCommit) -> Option<ObjId> {
+    match am.get(ROOT, "text") {
+        Ok(Some((Value::Object(ObjType::Text), id))) => Some(id),
+        _ => None,
+    }
+}
+
+fn get_obj(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<ObjId> {
+    match am.get(obj, key) {
+        Ok(Some((Value::Object(ObjType::Map), id))) => Some(id),
+        _ => None,
+    }
+}
+
+fn get_str(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
+    match am.get(obj, key) {
+        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+            ScalarValue::Str(s) => Some(s.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn get_u64(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<u64> {
+    match am.get(obj, key) {
+        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+            ScalarValue::Uint(n) => Some(*n),
+            ScalarValue::Int(n) => u64::try_from(*n).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn get_bytes(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<Vec<u8>> {
+    match am.get(obj, key) {
+        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+            ScalarValue::Bytes(b) => Some(b.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,227 @@
+use super::*;
+
+fn author(n: u8) -> Author {
+    Author {
+        peer_id: format!("peer-{n}"),
+        public_key: [n; 32],
+        actor: ActorId::from(xencode_protocol::ids::actor_id(&[n; 32], 0).as_slice()),
+    }
+}
+
+fn path(p: &str) -> WorkspacePath {
+    WorkspacePath::parse(p).expect("valid path")
+}
+
+fn edit(pos: u64, delete: u64, insert: &str) -> SpliceEdit {
+    SpliceEdit {
+        pos,
+        delete,
+        insert: insert.into(),
+    }
+}
+
+fn new_ws() -> Workspace {
+    let (ws, changes) =
+        Workspace::create(WorkspaceId::from_bytes([9; 16]), "team", &author(1), 1_000)
+            .expect("create");
+    assert_eq!(changes.len(), 2, "access and index each get one change");
+    ws
+}
+
+#[test]
+fn creator_is_the_admin_member_and_owner() {
+    let ws = new_ws();
+    let summary = ws.summary("peer-1");
+    assert_eq!(summary.name, "team");
+    assert_eq!(summary.owner, "peer-1");
+    assert_eq!(summary.role, Role::Admin);
+    let members = ws.members();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].role, Role::Admin);
+    assert_eq!(ws.summary("someone-else").role, Role::Viewer);
+}
+
+#[test]
+fn text_and_binary_files_round_trip_exactly() {
+    let mut ws = new_ws();
+    let a = author(1);
+    let (info, changes) = ws
+        .put_file(
+            &path("src/main.py"),
+            "print('hé')\n".as_bytes(),
+            &a,
+            2_000,
+            [1; 16],
+        )
+        .expect("put text");
+    assert_eq!(info.kind, FileKind::Text);
+    assert_eq!(info.chars, Some(12));
+    assert_eq!(changes.len(), 2, "index entry and file content");
+    let binary = [0u8, 159, 146, 150, 255];
+    ws.put_file(&path("logo.png"), &binary, &a, 2_000, [2; 16])
+        .expect("put binary");
+    assert_eq!(
+        ws.get_file(&path("src/main.py")).expect("get").bytes,
+        "print('hé')\n".as_bytes()
+    );
+    let got = ws.get_file(&path("logo.png")).expect("get");
+    assert_eq!(
+        (got.kind, got.bytes.as_slice()),
+        (FileKind::Binary, &binary[..])
+    );
+    let listed: Vec<_> = ws
+        .list_files()
+        .into_iter()
+        .map(|f| f.path.to_string())
+        .collect();
+    assert_eq!(listed, ["logo.png", "src/main.py"]);
+}
+
+#[test]
+fn rewriting_identical_content_makes_no_change() {
+    let mut ws = new_ws();
+    let a = author(1);
+    ws.put_file(&path("a.txt"), b"same", &a, 1, [1; 16])
+        .expect("put");
+    let (_, changes) = ws
+        .put_file(&path("a.txt"), b"same", &a, 2, [2; 16])
+        .expect("put");
+    assert!(changes.is_empty());
+    let (_, changes) = ws
+        .put_file(&path("a.txt"), b"", &a, 3, [3; 16])
+        .expect("put");
+    assert_eq!(changes.len(), 1);
+    assert_eq!(ws.get_file(&path("a.txt")).expect("get").bytes, b"");
+}
+
+#[test]
+fn a_file_can_switch_between_text_and_binary() {
+    let mut ws = new_ws();
+    let a = author(1);
+    ws.put_file(&path("f"), b"text", &a, 1, [1; 16])
+        .expect("put");
+    ws.put_file(&path("f"), &[0xff, 0x00], &a, 2, [1; 16])
+        .expect("put");
+    assert_eq!(ws.get_file(&path("f")).expect("get").kind, FileKind::Binary);
+    ws.put_file(&path("f"), b"again", &a, 3, [1; 16])
+        .expect("put");
+    let got = ws.get_file(&path("f")).expect("get");
+    assert_eq!((got.kind, got.bytes), (FileKind::Text, b"again".to_vec()));
+}
+
+#[test]
+fn splices_count_unicode_scalar_values() {
+    let mut ws = new_ws();
+    let a = author(1);
+    ws.put_file(&path("t.md"), "añb😀c".as_bytes(), &a, 1, [1; 16])
+        .expect("put");
+    let (len, _, changes) = ws
+        .splice(&path("t.md"), &[edit(4, 1, "C"), edit(1, 1, "n")], &a, 2)
+        .expect("splice");
+    assert_eq!(len, 5);
+    assert_eq!(changes.len(), 1, "a batch is one change");
+    assert_eq!(
+        ws.get_file(&path("t.md")).expect("get").bytes,
+        "anb😀C".as_bytes()
+    );
+}
+
+#[test]
+fn an_out_of_range_batch_changes_nothing() {
+    let mut ws = new_ws();
+    let a = author(1);
+    ws.put_file(&path("t"), b"abc", &a, 1, [1; 16])
+        .expect("put");
+    let before = ws.detail("peer-1").heads;
+    let err = ws
+        .splice(&path("t"), &[edit(0, 0, "xx"), edit(5, 1, "")], &a, 2)
+        .expect_err("second edit is past the end");
+    assert_eq!(
+        err,
+        WorkspaceError::OutOfRange {
+            edit: 1,
+            pos: 5,
+            delete: 1,
+            len: 5
+        }
+    );
+    let err = ws
+        .splice(&path("t"), &[edit(u64::MAX, u64::MAX, "")], &a, 2)
+        .expect_err("overflow");
+    assert!(matches!(err, WorkspaceError::OutOfRange { .. }));
+    assert_eq!(ws.detail("peer-1").heads, before);
+    assert_eq!(ws.get_file(&path("t")).expect("get").bytes, b"abc");
+}
+
+#[test]
+fn splicing_a_binary_or_missing_file_is_refused() {
+    let mut ws = new_ws();
+    let a = author(1);
+    ws.put_file(&path("b"), &[0xff], &a, 1, [1; 16])
+        .expect("put");
+    assert!(matches!(
+        ws.splice(&path("b"), &[edit(0, 0, "x")], &a, 2),
+        Err(WorkspaceError::NotText(_))
+    ));
+    assert!(matches!(
+        ws.splice(&path("nope"), &[edit(0, 0, "x")], &a, 2),
+        Err(WorkspaceError::FileNotFound(_))
+    ));
+    ws.remove_file(&path("b"), 3).expect("rm");
+    assert!(matches!(
+        ws.get_file(&path("b")),
+        Err(WorkspaceError::FileNotFound(_))
+    ));
+}
+
+#[test]
+fn concurrent_splices_from_two_authors_merge() {
+    let mut ws = new_ws();
+    let a = author(1);
+    let b = author(2);
+    ws.put_file(&path("doc"), b"hello world", &a, 1, [1; 16])
+        .expect("put");
+    let id = ws.file_doc(&path("doc")).expect("doc id");
+    let mut other = ws.files.get_mut(&id).expect("doc").am.fork();
+    other.set_actor(b.actor.clone());
+    // A edits the start, B the end, concurrently.
+    ws.splice(&path("doc"), &[edit(0, 5, "HELLO")], &a, 2)
+        .expect("a");
+    let text = match other.get(ROOT, "text") {
+        Ok(Some((Value::Object(ObjType::Text), t))) => t,
+        other => panic!("no text: {other:?}"),
+    };
+    other.splice_text(&text, 11, 0, "!").expect("b");
+    other.commit();
+    let theirs = other.get_changes(&[]);
+    let mine = ws.files.get_mut(&id).expect("doc");
+    mine.am.apply_changes(theirs).expect("merge");
+    assert_eq!(
+        ws.get_file(&path("doc")).expect("get").bytes,
+        b"HELLO world!"
+    );
+}
+
+#[test]
+fn the_differing_region_is_minimal() {
+    assert_eq!(
+        differing_region("hello world", "hello brave world"),
+        (6, 0, "brave ")
+    );
+    assert_eq!(differing_region("abc", "abc"), (3, 0, ""));
+    assert_eq!(differing_region("aXc", "aYc"), (1, 1, "Y"));
+    assert_eq!(differing_region("", "new"), (0, 0, "new"));
+    assert_eq!(differing_region("old", ""), (0, 3, ""));
+    assert_eq!(differing_region("aaa", "aa"), (2, 1, ""));
+    assert_eq!(differing_region("é😀x", "é😀yx"), (2, 0, "y"));
+}
+
+proptest::proptest! {
+    #[test]
+    fn applying_the_differing_region_yields_the_new_text(old in "[ab😀é]{0,12}", new in "[ab😀é]{0,12}") {
+        let (pos, delete, insert) = differing_region(&old, &new);
+        let mut chars: Vec<char> = old.chars().collect();
+        chars.splice(pos..pos + delete, insert.chars());
+        proptest::prop_assert_eq!(chars.into_iter().collect::<String>(), new);
+    }
+}

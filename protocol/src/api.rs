@@ -1,0 +1,314 @@
+//! JSON bodies of the local HTTP API (`/api/v1`), shared by the node, the CLI
+//! and the tests so the three can never disagree about a field name.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::WorkspaceId;
+use crate::path::WorkspacePath;
+
+/// Longest workspace name accepted, in characters.
+pub const MAX_WORKSPACE_NAME_CHARS: usize = 128;
+/// Most edits accepted in one splice batch.
+pub const MAX_SPLICE_EDITS: usize = 100_000;
+
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable `code` and a message that tells the user what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `"ok"` once the store is loaded, `"starting"` before.
+    pub status: String,
+}
+
+/// `GET /api/v1/node`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub peer_id: String,
+    pub version: String,
+    pub api_url: String,
+    pub data_dir: String,
+    /// Network listen addresses from the configuration.
+    pub listen: Vec<String>,
+    pub mdns: bool,
+    /// The Automerge actor epoch this node writes in.
+    pub epoch: u64,
+    pub workspaces: usize,
+    pub uptime_secs: u64,
+    pub store: StoreInfo,
+}
+
+/// The redb store behind the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreInfo {
+    pub path: String,
+    pub size_bytes: u64,
+    pub schema_version: u32,
+}
+
+/// Roles of a workspace member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Developer,
+    Admin,
+}
+
+impl Role {
+    /// The role's name as written in documents and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Developer => "developer",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a role name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "developer" => Some(Role::Developer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /api/v1/workspaces`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspace {
+    pub name: String,
+}
+
+/// Checks a workspace name: 1 to [`MAX_WORKSPACE_NAME_CHARS`] characters, no
+/// control characters, not only whitespace.
+pub fn validate_workspace_name(name: &str) -> Result<(), String> {
+    let chars = name.chars().count();
+    if name.trim().is_empty() {
+        return Err("the workspace name is empty".into());
+    }
+    if chars > MAX_WORKSPACE_NAME_CHARS {
+        return Err(format!(
+            "the workspace name has {chars} characters; the limit is {MAX_WORKSPACE_NAME_CHARS}"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("the workspace name contains a control character".into());
+    }
+    Ok(())
+}
+
+/// One workspace in `GET /api/v1/workspaces`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceSummary {
+    pub id: WorkspaceId,
+    pub name: String,
+    /// Unix milliseconds, from the creator's clock.
+    pub created_at: u64,
+    /// Peer id of the creator, whose key is the capability root.
+    pub owner: String,
+    /// This node's role in the workspace.
+    pub role: Role,
+    pub files: usize,
+}
+
+/// `GET /api/v1/workspaces`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceList {
+    pub workspaces: Vec<WorkspaceSummary>,
+}
+
+/// A member as recorded in the workspace's access document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub peer_id: String,
+    pub role: Role,
+    pub added_by: String,
+    pub added_at: u64,
+}
+
+/// `GET /api/v1/workspaces/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceDetail {
+    #[serde(flatten)]
+    pub summary: WorkspaceSummary,
+    pub members: Vec<Member>,
+    /// Sorted hex change hashes at the heads of every document of the
+    /// workspace (access, index and files): equal on two nodes exactly when
+    /// they hold the same history.
+    pub heads: Vec<String>,
+    /// Number of Automerge documents the workspace consists of.
+    pub documents: usize,
+}
+
+/// How a file's content is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// UTF-8 text in an Automerge Text: concurrent character edits merge.
+    Text,
+    /// Anything else, stored whole: the last write wins.
+    Binary,
+}
+
+/// One file in `GET /api/v1/workspaces/{id}/files` and the answer to `PUT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub path: WorkspacePath,
+    pub kind: FileKind,
+    pub size_bytes: u64,
+    /// Unicode scalar values, for text files.
+    pub chars: Option<u64>,
+    pub updated_by: String,
+    pub updated_at: u64,
+}
+
+/// `GET /api/v1/workspaces/{id}/files`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileList {
+    /// Sorted by path.
+    pub files: Vec<FileInfo>,
+}
+
+/// One character-level edit: delete `delete` characters at `pos`, then insert
+/// `insert` there. Positions count Unicode scalar values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpliceEdit {
+    pub pos: u64,
+    #[serde(default)]
+    pub delete: u64,
+    #[serde(default)]
+    pub insert: String,
+}
+
+/// `POST /api/v1/workspaces/{id}/splice`: either one edit
+/// (`{path, pos, delete, insert}`) or a batch (`{path, edits: [...]}`). A
+/// batch applies in order, each position relative to the text left by the
+/// edits before it, atomically, as one Automerge change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpliceRequest {
+    pub path: WorkspacePath,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edits: Option<Vec<SpliceEdit>>,
+}
+
+impl SpliceRequest {
+    /// A batch request.
+    pub fn batch(path: WorkspacePath, edits: Vec<SpliceEdit>) -> Self {
+        Self {
+            path,
+            pos: None,
+            delete: None,
+            insert: None,
+            edits: Some(edits),
+        }
+    }
+
+    /// The edits this request asks for, or why the request is malformed.
+    pub fn into_edits(self) -> Result<(WorkspacePath, Vec<SpliceEdit>), String> {
+        let single = self.pos.is_some() || self.delete.is_some() || self.insert.is_some();
+        match (self.edits, single) {
+            (Some(_), true) => {
+                Err("give either `edits` or `pos`/`delete`/`insert`, not both".into())
+            }
+            (Some(edits), false) if edits.is_empty() => Err("`edits` is empty".into()),
+            (Some(edits), false) if edits.len() > MAX_SPLICE_EDITS => Err(format!(
+                "{} edits in one request; the limit is {MAX_SPLICE_EDITS}",
+                edits.len()
+            )),
+            (Some(edits), false) => Ok((self.path, edits)),
+            (None, true) => match self.pos {
+                Some(pos) => Ok((
+                    self.path,
+                    vec![SpliceEdit {
+                        pos,
+                        delete: self.delete.unwrap_or(0),
+                        insert: self.insert.unwrap_or_default(),
+                    }],
+                )),
+                None => Err("`pos` is required".into()),
+            },
+            (None, false) => Err("give `pos` (with `delete` and/or `insert`) or `edits`".into()),
+        }
+    }
+}
+
+/// Answer to a splice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpliceResponse {
+    pub path: WorkspacePath,
+    pub edits_applied: usize,
+    /// Length of the text afterwards, in Unicode scalar values.
+    pub chars: u64,
+    /// Heads of the file's document after the change.
+    pub heads: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(json: &str) -> Result<(WorkspacePath, Vec<SpliceEdit>), String> {
+        serde_json::from_str::<SpliceRequest>(json)
+            .map_err(|e| e.to_string())?
+            .into_edits()
+    }
+
+    #[test]
+    fn single_and_batch_splices_parse() {
+        let (path, edits) = req(r#"{"path":"a.py","pos":3,"insert":"x"}"#).expect("single");
+        assert_eq!(path.as_str(), "a.py");
+        assert_eq!(
+            edits,
+            vec![SpliceEdit {
+                pos: 3,
+                delete: 0,
+                insert: "x".into()
+            }]
+        );
+        let (_, edits) =
+            req(r#"{"path":"a.py","edits":[{"pos":0,"delete":2},{"pos":1,"insert":"y"}]}"#)
+                .expect("batch");
+        assert_eq!(edits.len(), 2);
+    }
+
+    #[test]
+    fn malformed_splices_are_refused() {
+        assert!(req(r#"{"path":"a.py"}"#).is_err());
+        assert!(req(r#"{"path":"a.py","insert":"x"}"#).is_err());
+        assert!(req(r#"{"path":"a.py","pos":1,"edits":[{"pos":0}]}"#).is_err());
+        assert!(req(r#"{"path":"a.py","edits":[]}"#).is_err());
+        assert!(req(r#"{"path":"../a.py","pos":0}"#).is_err());
+        assert!(req(r#"{"path":"a.py","pos":-1}"#).is_err());
+        assert!(req(r#"{"path":"a.py","pos":0,"bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn workspace_names_are_checked() {
+        assert!(validate_workspace_name("team docs").is_ok());
+        assert!(validate_workspace_name("  ").is_err());
+        assert!(validate_workspace_name("a\u{7}b").is_err());
+        assert!(validate_workspace_name(&"n".repeat(MAX_WORKSPACE_NAME_CHARS + 1)).is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! Xencode's protocol layer: identifiers, the types that cross the HTTP API and
+//! (later) the network, and the pure rules that validate them.
+//!
+//! Architecture invariant: this crate performs no I/O. It has no tokio, libp2p
+//! swarm, redb, axum, filesystem, clock or OS randomness; time and randomness
+//! are parameters (`protocol/clippy.toml` forbids reading them). It depends on
+//! no other crate of the workspace.
+
+pub mod api;
+pub mod ids;
+pub mod path;
+
+pub use ids::{DocId, IdParseError, WorkspaceId};
+pub use libp2p_identity::PeerId;
+pub use path::{PathError, WorkspacePath};
