@@ -44,37 +44,54 @@ pub(super) struct Actor {
     deferred: Vec<Deferred>,
 }
 
+/// Opens the store file for writing, after checking read-only that it is a
+/// store this build may write: a refused file is never written to.
 fn open_database(path: &Path) -> Result<Database, OpenError> {
     tables::check_magic(path)?;
-    // redb checks its own invariants with debug assertions; a damaged file
-    // must give an error, not take the node down.
-    let opened = std::panic::catch_unwind(|| Database::builder().create(path));
-    match opened {
+    if path.exists() {
+        // redb checks its own invariants with debug assertions; a damaged
+        // file must give an error, not take the node down.
+        match std::panic::catch_unwind(|| Database::builder().open_read_only(path)) {
+            Ok(Ok(ro)) => {
+                tables::inspect(&ro, path)?;
+            }
+            // An unclean shutdown left the file needing a repair, which only
+            // a writable open performs; the magic already said it is redb.
+            Ok(Err(redb::DatabaseError::RepairAborted)) => {}
+            Ok(Err(e)) => return Err(open_error(path, e)),
+            Err(_) => return Err(internal_check_failed(path)),
+        }
+    }
+    match std::panic::catch_unwind(|| Database::builder().create(path)) {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(OpenError::InUse {
-            path: path.to_owned(),
-        }),
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+        Ok(Err(e)) => Err(open_error(path, e)),
+        Err(_) => Err(internal_check_failed(path)),
+    }
+}
+
+fn internal_check_failed(path: &Path) -> OpenError {
+    OpenError::Corrupt {
+        path: path.to_owned(),
+        detail: "the storage engine failed an internal check while opening".into(),
+    }
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> OpenError {
+    let path = path.to_owned();
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse { path },
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
             if e.kind() == std::io::ErrorKind::InvalidData =>
         {
-            Err(OpenError::NotAStore {
-                path: path.to_owned(),
-            })
+            OpenError::NotAStore { path }
         }
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source)))) => {
-            Err(OpenError::Io {
-                path: path.to_owned(),
-                source,
-            })
+        redb::DatabaseError::Storage(redb::StorageError::Io(source)) => {
+            OpenError::Io { path, source }
         }
-        Ok(Err(e)) => Err(OpenError::Corrupt {
-            path: path.to_owned(),
+        e => OpenError::Corrupt {
+            path,
             detail: e.to_string(),
-        }),
-        Err(_) => Err(OpenError::Corrupt {
-            path: path.to_owned(),
-            detail: "the storage engine failed an internal check while opening".into(),
-        }),
+        },
     }
 }
 

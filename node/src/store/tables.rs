@@ -78,34 +78,45 @@ pub fn check_magic(path: &Path) -> Result<(), OpenError> {
     }
 }
 
-/// Checks that an opened database is a xencode store of a schema this build
-/// understands, creating the tables of a new one and migrating an older one.
-/// Returns the actor epoch.
-pub fn prepare(db: &Database, path: &Path) -> Result<u64, OpenError> {
+/// What a database file holds, as far as the store is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inspection {
+    /// No tables at all: a new store.
+    Empty,
+    /// A xencode store of a schema this build can read (possibly older).
+    Ours { version: u32, epoch: u64 },
+}
+
+/// Reads, without writing, whether `db` is a xencode store this build can
+/// open. Works on a read-only handle, so a refused file stays untouched.
+pub fn inspect(db: &impl ReadableDatabase, path: &Path) -> Result<Inspection, OpenError> {
     let internal = |e: &dyn std::fmt::Display| OpenError::Corrupt {
         path: path.to_owned(),
         detail: e.to_string(),
     };
     let read = db.begin_read().map_err(|e| internal(&e))?;
     let meta = match read.open_table(META) {
-        Ok(t) => Some(t),
-        Err(TableError::TableDoesNotExist(_)) => None,
-        Err(e) => return Err(internal(&e)),
-    };
-    let Some(meta) = meta else {
-        let has_tables = read
-            .list_tables()
-            .map_err(|e| internal(&e))?
-            .next()
-            .is_some();
-        if has_tables {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => {
+            let has_tables = read
+                .list_tables()
+                .map_err(|e| internal(&e))?
+                .next()
+                .is_some();
+            return if has_tables {
+                Err(OpenError::Foreign {
+                    path: path.to_owned(),
+                })
+            } else {
+                Ok(Inspection::Empty)
+            };
+        }
+        Err(TableError::TableTypeMismatch { .. }) => {
             return Err(OpenError::Foreign {
                 path: path.to_owned(),
             });
         }
-        drop(read);
-        initialize(db).map_err(|e| internal(&e))?;
-        return Ok(0);
+        Err(e) => return Err(internal(&e)),
     };
     let get = |key: &str| -> Result<Option<Vec<u8>>, OpenError> {
         Ok(meta
@@ -126,8 +137,6 @@ pub fn prepare(db: &Database, path: &Path) -> Result<u64, OpenError> {
         .and_then(|v| v.try_into().ok())
         .map(u64::from_le_bytes)
         .unwrap_or(0);
-    drop(meta);
-    drop(read);
     if version > SCHEMA_VERSION {
         return Err(OpenError::NewerSchema {
             path: path.to_owned(),
@@ -135,8 +144,26 @@ pub fn prepare(db: &Database, path: &Path) -> Result<u64, OpenError> {
             supported: SCHEMA_VERSION,
         });
     }
-    migrate(db, version).map_err(|e| internal(&e))?;
-    Ok(epoch)
+    Ok(Inspection::Ours { version, epoch })
+}
+
+/// Checks an opened database, creating the tables of a new store and
+/// migrating an older one. Returns the actor epoch.
+pub fn prepare(db: &Database, path: &Path) -> Result<u64, OpenError> {
+    let internal = |e: &dyn std::fmt::Display| OpenError::Corrupt {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    };
+    match inspect(db, path)? {
+        Inspection::Empty => {
+            initialize(db).map_err(|e| internal(&e))?;
+            Ok(0)
+        }
+        Inspection::Ours { version, epoch } => {
+            migrate(db, version).map_err(|e| internal(&e))?;
+            Ok(epoch)
+        }
+    }
 }
 
 fn initialize(db: &Database) -> Result<(), redb::Error> {

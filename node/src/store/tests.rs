@@ -1,1 +1,314 @@
+use std::path::Path;
+use std::sync::Arc;
 
+use redb::{Database, ReadableDatabase, ReadableTableMetadata};
+use xencode_protocol::api::SpliceEdit;
+use xencode_protocol::{WorkspaceId, WorkspacePath};
+
+use super::tables::{CHANGES, SNAPSHOTS};
+use super::*;
+use crate::metrics::Metrics;
+
+fn author() -> AuthorKey {
+    AuthorKey {
+        peer_id: "12D3KooWtest".into(),
+        public_key: [5; 32],
+    }
+}
+
+fn open(path: &Path, compact_after: u64) -> Result<(Store, StoreThread), OpenError> {
+    let options = StoreOptions {
+        compact_after_changes: compact_after,
+        ..StoreOptions::default()
+    };
+    Store::open(
+        path,
+        author(),
+        options,
+        Arc::new(Metrics::new().expect("metrics")),
+    )
+}
+
+fn close(store: Store, thread: StoreThread) {
+    drop(store);
+    thread.join();
+}
+
+fn p(s: &str) -> WorkspacePath {
+    WorkspacePath::parse(s).expect("path")
+}
+
+fn ins(pos: u64, text: &str) -> Vec<SpliceEdit> {
+    vec![SpliceEdit {
+        pos,
+        delete: 0,
+        insert: text.into(),
+    }]
+}
+
+async fn text_of(store: &Store, ws: WorkspaceId, path: &str) -> String {
+    let f = store.get_file(ws, p(path)).await.expect("get");
+    String::from_utf8(f.bytes).expect("utf8")
+}
+
+#[tokio::test]
+async fn everything_survives_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let (store, thread) = open(&path, 1000).expect("open");
+    let ws = store
+        .create_workspace("team".into(), 1)
+        .await
+        .expect("create")
+        .id;
+    store
+        .put_file(ws, p("a.py"), b"x = 1\n".to_vec(), 2)
+        .await
+        .expect("put");
+    store
+        .put_file(ws, p("img.bin"), vec![0, 255, 7], 2)
+        .await
+        .expect("put");
+    store
+        .splice(ws, p("a.py"), ins(0, "# hi\n"), 3)
+        .await
+        .expect("splice");
+    let before = store.workspace(ws).await.expect("show");
+    close(store, thread);
+
+    let (store, thread) = open(&path, 1000).expect("reopen");
+    let after = store.workspace(ws).await.expect("show");
+    assert_eq!(after, before, "same members, files and heads");
+    assert_eq!(text_of(&store, ws, "a.py").await, "# hi\nx = 1\n");
+    assert_eq!(
+        store.get_file(ws, p("img.bin")).await.expect("get").bytes,
+        vec![0, 255, 7]
+    );
+    // Writing after a reopen continues the same actor's sequence.
+    store
+        .splice(ws, p("a.py"), ins(0, "!"), 4)
+        .await
+        .expect("splice after reopen");
+    close(store, thread);
+    let (store, thread) = open(&path, 1000).expect("reopen again");
+    assert_eq!(text_of(&store, ws, "a.py").await, "!# hi\nx = 1\n");
+    close(store, thread);
+}
+
+#[tokio::test]
+async fn concurrent_writers_are_all_acknowledged_and_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let (store, thread) = open(&path, 1000).expect("open");
+    let ws = store
+        .create_workspace("team".into(), 1)
+        .await
+        .expect("create")
+        .id;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let path = p(&format!("f{i:02}.txt"));
+            store.put_file(ws, path.clone(), Vec::new(), 1).await?;
+            store
+                .splice(ws, path, ins(0, &format!("file {i}")), 2)
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("acknowledged");
+    }
+    close(store, thread);
+    let (store, thread) = open(&path, 1000).expect("reopen");
+    let files = store.list_files(ws).await.expect("list");
+    assert_eq!(files.len(), 40);
+    for i in [0, 17, 39] {
+        assert_eq!(
+            text_of(&store, ws, &format!("f{i:02}.txt")).await,
+            format!("file {i}")
+        );
+    }
+    close(store, thread);
+}
+
+#[tokio::test]
+async fn compaction_folds_change_records_into_a_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let (store, thread) = open(&path, 10).expect("open");
+    let ws = store
+        .create_workspace("team".into(), 1)
+        .await
+        .expect("create")
+        .id;
+    store
+        .put_file(ws, p("log.txt"), Vec::new(), 1)
+        .await
+        .expect("put");
+    for i in 0..25u64 {
+        store
+            .splice(ws, p("log.txt"), ins(i, "x"), 2)
+            .await
+            .expect("splice");
+    }
+    let heads = store.workspace(ws).await.expect("show").heads;
+    close(store, thread);
+
+    let db = Database::open(&path).expect("open raw");
+    let read = db.begin_read().expect("read");
+    let changes = read
+        .open_table(CHANGES)
+        .expect("changes")
+        .len()
+        .expect("len");
+    let snapshots = read
+        .open_table(SNAPSHOTS)
+        .expect("snapshots")
+        .len()
+        .expect("len");
+    // 26 changes to the file doc crossed the threshold twice; fewer than 10
+    // records remain for it, plus the access and index documents' ones.
+    assert!(snapshots >= 1, "a snapshot was written");
+    assert!(changes < 12, "{changes} change records remain");
+    drop(read);
+    drop(db);
+
+    let (store, thread) = open(&path, 10).expect("reopen");
+    assert_eq!(text_of(&store, ws, "log.txt").await, "x".repeat(25));
+    assert_eq!(store.workspace(ws).await.expect("show").heads, heads);
+    assert!(store.compact().await.expect("compact all") >= 1);
+    store
+        .splice(ws, p("log.txt"), ins(0, "y"), 3)
+        .await
+        .expect("splice");
+    close(store, thread);
+    let (store, thread) = open(&path, 10).expect("reopen after full compaction");
+    assert_eq!(
+        text_of(&store, ws, "log.txt").await,
+        format!("y{}", "x".repeat(25))
+    );
+    close(store, thread);
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &garbage).expect("write");
+    let err = open(&path, 1000).expect_err("must refuse");
+    assert!(matches!(err, OpenError::NotAStore { .. }), "{err}");
+    assert!(err.to_string().contains("left untouched"));
+    assert_eq!(hash_of(&path), blake3::hash(&garbage));
+}
+
+#[test]
+fn a_damaged_store_gives_an_error_not_a_panic_or_a_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (store, thread) = open(&path, 1000).expect("open");
+    rt.block_on(async {
+        let ws = store
+            .create_workspace("team".into(), 1)
+            .await
+            .expect("create")
+            .id;
+        store
+            .put_file(ws, p("a"), vec![b'a'; 20_000], 1)
+            .await
+            .expect("put");
+    });
+    close(store, thread);
+    // Overwrite the middle of the file: the header is intact, the tree is not.
+    let mut bytes = std::fs::read(&path).expect("read");
+    let len = bytes.len();
+    for b in &mut bytes[4096..len - 4096] {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    match open(&path, 1000) {
+        Err(err) => assert!(
+            matches!(err, OpenError::Corrupt { .. } | OpenError::NotAStore { .. }),
+            "{err}"
+        ),
+        Ok((store, thread)) => {
+            let n = rt.block_on(store.list_workspaces()).expect("list").len();
+            close(store, thread);
+            panic!("a damaged store opened silently with {n} workspaces");
+        }
+    }
+}
+
+#[test]
+fn a_foreign_redb_file_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    {
+        let db = Database::create(&path).expect("create");
+        let tx = db.begin_write().expect("write");
+        {
+            let def: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("someone-else");
+            tx.open_table(def)
+                .expect("table")
+                .insert("k", 1)
+                .expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+    let before = hash_of(&path);
+    let err = open(&path, 1000).expect_err("must refuse");
+    assert!(matches!(err, OpenError::Foreign { .. }), "{err}");
+    assert_eq!(hash_of(&path), before, "the foreign file was modified");
+}
+
+#[test]
+fn a_store_from_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    close_after(open(&path, 1000).expect("open"));
+    {
+        let db = Database::open(&path).expect("open");
+        let tx = db.begin_write().expect("write");
+        tx.open_table(tables::META)
+            .expect("meta")
+            .insert(
+                "schema_version",
+                (tables::SCHEMA_VERSION + 1).to_le_bytes().as_slice(),
+            )
+            .expect("insert");
+        tx.commit().expect("commit");
+    }
+    let before = hash_of(&path);
+    let err = open(&path, 1000).expect_err("must refuse");
+    assert!(matches!(err, OpenError::NewerSchema { .. }), "{err}");
+    assert_eq!(hash_of(&path), before, "the newer store was modified");
+    assert!(err.to_string().contains("upgrade xencode"));
+}
+
+#[test]
+fn a_store_in_use_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let first = open(&path, 1000).expect("open");
+    let err = open(&path, 1000).expect_err("second open");
+    assert!(matches!(err, OpenError::InUse { .. }), "{err}");
+    close_after(first);
+}
+
+#[test]
+fn table_names_carry_a_version() {
+    for name in tables::table_names() {
+        let (_, version) = name.rsplit_once('-').expect("a -N suffix");
+        assert!(version.parse::<u32>().is_ok(), "{name}");
+    }
+}
+
+fn hash_of(path: &Path) -> blake3::Hash {
+    blake3::hash(&std::fs::read(path).expect("read"))
+}
+
+fn close_after((store, thread): (Store, StoreThread)) {
+    close(store, thread);
+}
