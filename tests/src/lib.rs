@@ -1,1 +1,235 @@
+//! Harness for end-to-end tests: real `xencode` processes in temporary data
+//! directories, talking over real sockets on loopback.
+//!
+//! The binary is `$XENCODE_BIN` if set, else `target/<profile>/xencode`, built
+//! once per test process with `cargo build -p xencode-node --bin xencode`.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// How long a node may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Path to the `xencode` binary, building it on first use.
+pub fn xencode_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| match build_binary() {
+        Ok(p) => p,
+        Err(e) => panic!("cannot provide the xencode binary: {e:#}"),
+    })
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn build_binary() -> Result<PathBuf> {
+    if let Ok(bin) = std::env::var("XENCODE_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let root = workspace_root();
+    let release = !cfg!(debug_assertions);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--quiet", "-p", "xencode-node", "--bin", "xencode"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of the xencode binary failed");
+    }
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
+    let bin = target
+        .join(if release { "release" } else { "debug" })
+        .join("xencode");
+    if !bin.exists() {
+        bail!("{} was not built", bin.display());
+    }
+    Ok(bin)
+}
+
+/// Runs `xencode --data-dir DIR ARGS...` to completion.
+pub fn cli(dir: &Path, args: &[&str]) -> Output {
+    cli_with_stdin(dir, args, &[])
+}
+
+/// Like [`cli`], feeding `stdin`.
+pub fn cli_with_stdin(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(xencode_bin())
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("XENCODE_HOME")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn xencode");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait for xencode")
+}
+
+/// The last line of a command's stdout.
+pub fn last_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Asserts success and returns stdout as text.
+pub fn ok_stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A running `xencode node`.
+pub struct Node {
+    pub dir: PathBuf,
+    pub api_url: String,
+    pub token: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts a node on a free API port and waits until `/health` is 200.
+    pub fn start(dir: &Path) -> Result<Self> {
+        let api_url_file = dir.join("api-url");
+        let _ = std::fs::remove_file(&api_url_file);
+        std::fs::create_dir_all(dir)?;
+        let log = dir.with_extension(format!("node-{}.log", std::process::id()));
+        let log_file = std::fs::File::create(&log)?;
+        let child = Command::new(xencode_bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .args([
+                "node",
+                "--api",
+                "127.0.0.1:0",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--no-mdns",
+            ])
+            .env_remove("XENCODE_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .context("spawning xencode node")?;
+        let mut node = Node {
+            dir: dir.to_owned(),
+            api_url: String::new(),
+            token: String::new(),
+            child,
+            log,
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = node.child.try_wait()? {
+                bail!(
+                    "the node exited with {status} before it was ready:\n{}",
+                    node.log_text()
+                );
+            }
+            if let Ok(url) = std::fs::read_to_string(&api_url_file) {
+                node.api_url = url.trim().to_owned();
+                node.token = std::fs::read_to_string(dir.join("api-token"))?
+                    .trim()
+                    .to_owned();
+                if health_ok(&node.api_url) {
+                    return Ok(node);
+                }
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "the node was not ready within {READY_TIMEOUT:?}:\n{}",
+                    node.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the node logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the orderly exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        self.child.wait().expect("wait for node")
+    }
+
+    /// An HTTP client for this node's API, with the bearer token.
+    pub fn http(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.token))
+            .expect("token is a valid header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        reqwest::Client::builder()
+            .no_proxy()
+            .default_headers(headers)
+            .build()
+            .expect("http client")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking `GET /health` over a plain socket (no runtime needed).
+fn health_ok(api_url: &str) -> bool {
+    use std::io::{Read, Write};
+    let Some(authority) = api_url.strip_prefix("http://") else {
+        return false;
+    };
+    let Ok(mut s) = std::net::TcpStream::connect(authority) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET /health HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.starts_with("HTTP/1.1 200")
+}

@@ -5,8 +5,8 @@ use reqwest::{Method, RequestBuilder, Response, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use xencode_node::paths::DataDir;
-use xencode_protocol::WorkspaceId;
 use xencode_protocol::api::{ErrorBody, WorkspaceList};
+use xencode_protocol::{WorkspaceId, WorkspacePath};
 
 /// A connection to the node of one data directory.
 pub struct Client {
@@ -114,11 +114,15 @@ impl Client {
             .context("the node sent an unreadable answer")
     }
 
-    /// `/api/v1/workspaces/{ws}/files/{path...}`.
-    fn file_segments<'a>(ws: &'a str, path: &'a str) -> impl Iterator<Item = &'a str> {
-        ["api", "v1", "workspaces", ws, "files"]
+    /// The request for `/api/v1/workspaces/{ws}/files/{path...}`. The path is
+    /// validated here first: URL building would silently resolve `..`.
+    fn file_request(&self, method: Method, ws: &str, path: &str) -> Result<RequestBuilder> {
+        let path =
+            WorkspacePath::parse(path).map_err(|e| anyhow!("invalid file path {path:?}: {e}"))?;
+        let segments = ["api", "v1", "workspaces", ws, "files"]
             .into_iter()
-            .chain(path.split('/'))
+            .chain(path.as_str().split('/'));
+        self.request(method, segments)
     }
 
     pub async fn put_file<T: DeserializeOwned>(
@@ -127,9 +131,7 @@ impl Client {
         path: &str,
         bytes: Vec<u8>,
     ) -> Result<T> {
-        let req = self
-            .request(Method::PUT, Self::file_segments(ws, path))?
-            .body(bytes);
+        let req = self.file_request(Method::PUT, ws, path)?.body(bytes);
         self.send(req)
             .await?
             .json()
@@ -138,9 +140,7 @@ impl Client {
     }
 
     pub async fn get_file(&self, ws: &str, path: &str) -> Result<Vec<u8>> {
-        let resp = self
-            .send(self.request(Method::GET, Self::file_segments(ws, path))?)
-            .await?;
+        let resp = self.send(self.file_request(Method::GET, ws, path)?).await?;
         Ok(resp
             .bytes()
             .await
@@ -149,7 +149,7 @@ impl Client {
     }
 
     pub async fn delete_file(&self, ws: &str, path: &str) -> Result<()> {
-        self.send(self.request(Method::DELETE, Self::file_segments(ws, path))?)
+        self.send(self.file_request(Method::DELETE, ws, path)?)
             .await?;
         Ok(())
     }
