@@ -72,6 +72,9 @@ pub struct StoreConfig {
     pub compact_after_changes: u64,
     /// Also compact every document with change records this often, in seconds.
     pub compact_interval_secs: u64,
+    /// UTF-8 files up to this many bytes are kept as Automerge Text (concurrent
+    /// character edits merge); larger files are stored whole (last write wins).
+    pub max_text_bytes: u64,
 }
 
 impl Default for ApiConfig {
@@ -101,6 +104,7 @@ impl Default for StoreConfig {
         Self {
             compact_after_changes: 1000,
             compact_interval_secs: 300,
+            max_text_bytes: 1 << 20,
         }
     }
 }
@@ -171,6 +175,9 @@ impl Config {
                 "STORE_COMPACT_INTERVAL_SECS" => {
                     self.store.compact_interval_secs = parse_u64(&value).map_err(bad)?
                 }
+                "STORE_MAX_TEXT_BYTES" => {
+                    self.store.max_text_bytes = parse_u64(&value).map_err(bad)?
+                }
                 _ if KNOWN_NON_CONFIG_VARS.contains(&var.as_str()) => {}
                 _ => tracing::warn!(%var, "unknown XENCODE_* environment variable ignored"),
             }
@@ -207,6 +214,12 @@ impl Config {
         }
         if self.store.compact_after_changes == 0 {
             return invalid("store.compact_after_changes must be at least 1".into());
+        }
+        if self.store.max_text_bytes > 64 << 20 {
+            return invalid(format!(
+                "store.max_text_bytes = {} is over the 67108864 limit: very large texts stall the store",
+                self.store.max_text_bytes
+            ));
         }
         if self.store.compact_interval_secs == 0 {
             return invalid("store.compact_interval_secs must be at least 1".into());

@@ -111,6 +111,7 @@ pub async fn run(
     };
     let options = StoreOptions {
         compact_after_changes: config.store.compact_after_changes,
+        max_text_bytes: usize::try_from(config.store.max_text_bytes).unwrap_or(usize::MAX),
         ..StoreOptions::default()
     };
     let opened = tokio::task::spawn_blocking({

@@ -89,6 +89,9 @@ pub struct StoreOptions {
     pub compact_after_changes: u64,
     /// Largest number of commands folded into one commit.
     pub max_group: usize,
+    /// UTF-8 files up to this size are Automerge Text; larger ones are
+    /// stored whole.
+    pub max_text_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -96,6 +99,7 @@ impl Default for StoreOptions {
         Self {
             compact_after_changes: 1000,
             max_group: 256,
+            max_text_bytes: 1 << 20,
         }
     }
 }

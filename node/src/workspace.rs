@@ -45,7 +45,9 @@ pub struct NewChange {
 pub enum WorkspaceError {
     #[error("no file {0} in this workspace")]
     FileNotFound(WorkspacePath),
-    #[error("{0} is a binary file; only text files take character edits")]
+    #[error(
+        "{0} is stored whole (binary, or text larger than store.max_text_bytes); only text files take character edits"
+    )]
     NotText(WorkspacePath),
     #[error(
         "edit {edit} is out of range: pos {pos} + delete {delete} exceeds the text's {len} characters"
@@ -284,7 +286,9 @@ impl Workspace {
     /// Creates or replaces a file. A text file that already exists is changed
     /// by one splice over the region that differs, so concurrent edits
     /// elsewhere in the file merge. Unchanged content makes no change.
-    /// `new_doc_nonce` names the file's document if the file is new.
+    /// `new_doc_nonce` names the file's document if the file is new. UTF-8
+    /// content of at most `max_text_bytes` becomes Automerge Text; anything
+    /// else is stored whole.
     pub fn put_file(
         &mut self,
         path: &WorkspacePath,
@@ -292,6 +296,7 @@ impl Workspace {
         author: &Author,
         now_ms: u64,
         new_doc_nonce: [u8; 16],
+        max_text_bytes: usize,
     ) -> Result<(FileInfo, Vec<NewChange>), WorkspaceError> {
         let mut changes = Vec::new();
         let doc_id = match self.file_doc(path) {
@@ -317,7 +322,7 @@ impl Workspace {
             .files
             .get_mut(&doc_id)
             .ok_or_else(|| WorkspaceError::Damaged("file document vanished".into()))?;
-        let changed = write_content(&mut doc.am, bytes).map_err(damaged)?;
+        let changed = write_content(&mut doc.am, bytes, max_text_bytes).map_err(damaged)?;
         if changed {
             stamp(&mut doc.am, author, now_ms).map_err(damaged)?;
             changes.extend(doc.commit(now_ms));
@@ -409,9 +414,18 @@ fn build_access(
 }
 
 /// Writes `bytes` as the file's content; returns whether anything changed.
-fn write_content(am: &mut AutoCommit, bytes: &[u8]) -> Result<bool, automerge::AutomergeError> {
-    match std::str::from_utf8(bytes) {
-        Ok(new) => {
+fn write_content(
+    am: &mut AutoCommit,
+    bytes: &[u8],
+    max_text_bytes: usize,
+) -> Result<bool, automerge::AutomergeError> {
+    let as_text = if bytes.len() <= max_text_bytes {
+        std::str::from_utf8(bytes).ok()
+    } else {
+        None
+    };
+    match as_text {
+        Some(new) => {
             let text = match get_text_obj(am) {
                 Some(t) => t,
                 None => am.put_object(ROOT, "text", ObjType::Text)?,
@@ -427,7 +441,7 @@ fn write_content(am: &mut AutoCommit, bytes: &[u8]) -> Result<bool, automerge::A
             am.splice_text(&text, pos, delete as isize, insert)?;
             Ok(true)
         }
-        Err(_) => {
+        None => {
             if get_bytes(am, &ROOT, "data").as_deref() == Some(bytes) && get_text_obj(am).is_none()
             {
                 return Ok(false);

@@ -245,9 +245,10 @@ impl Actor {
                 reply,
             } => {
                 let new_doc_nonce = random_nonce();
+                let max_text = self.options.max_text_bytes;
                 let made = self.write(ws, |w, a| {
                     let nonce = new_doc_nonce.map_err(StoreError::Storage)?;
-                    Ok(w.put_file(&path, &bytes, a, now_ms, nonce)?)
+                    Ok(w.put_file(&path, &bytes, a, now_ms, nonce, max_text)?)
                 });
                 self.defer(made, reply);
             }

@@ -8,6 +8,8 @@ fn author(n: u8) -> Author {
     }
 }
 
+const LIMIT: usize = 1 << 20;
+
 fn path(p: &str) -> WorkspacePath {
     WorkspacePath::parse(p).expect("valid path")
 }
@@ -52,13 +54,14 @@ fn text_and_binary_files_round_trip_exactly() {
             &a,
             2_000,
             [1; 16],
+            LIMIT,
         )
         .expect("put text");
     assert_eq!(info.kind, FileKind::Text);
     assert_eq!(info.chars, Some(12));
     assert_eq!(changes.len(), 2, "index entry and file content");
     let binary = [0u8, 159, 146, 150, 255];
-    ws.put_file(&path("logo.png"), &binary, &a, 2_000, [2; 16])
+    ws.put_file(&path("logo.png"), &binary, &a, 2_000, [2; 16], LIMIT)
         .expect("put binary");
     assert_eq!(
         ws.get_file(&path("src/main.py")).expect("get").bytes,
@@ -81,14 +84,14 @@ fn text_and_binary_files_round_trip_exactly() {
 fn rewriting_identical_content_makes_no_change() {
     let mut ws = new_ws();
     let a = author(1);
-    ws.put_file(&path("a.txt"), b"same", &a, 1, [1; 16])
+    ws.put_file(&path("a.txt"), b"same", &a, 1, [1; 16], LIMIT)
         .expect("put");
     let (_, changes) = ws
-        .put_file(&path("a.txt"), b"same", &a, 2, [2; 16])
+        .put_file(&path("a.txt"), b"same", &a, 2, [2; 16], LIMIT)
         .expect("put");
     assert!(changes.is_empty());
     let (_, changes) = ws
-        .put_file(&path("a.txt"), b"", &a, 3, [3; 16])
+        .put_file(&path("a.txt"), b"", &a, 3, [3; 16], LIMIT)
         .expect("put");
     assert_eq!(changes.len(), 1);
     assert_eq!(ws.get_file(&path("a.txt")).expect("get").bytes, b"");
@@ -98,12 +101,12 @@ fn rewriting_identical_content_makes_no_change() {
 fn a_file_can_switch_between_text_and_binary() {
     let mut ws = new_ws();
     let a = author(1);
-    ws.put_file(&path("f"), b"text", &a, 1, [1; 16])
+    ws.put_file(&path("f"), b"text", &a, 1, [1; 16], LIMIT)
         .expect("put");
-    ws.put_file(&path("f"), &[0xff, 0x00], &a, 2, [1; 16])
+    ws.put_file(&path("f"), &[0xff, 0x00], &a, 2, [1; 16], LIMIT)
         .expect("put");
     assert_eq!(ws.get_file(&path("f")).expect("get").kind, FileKind::Binary);
-    ws.put_file(&path("f"), b"again", &a, 3, [1; 16])
+    ws.put_file(&path("f"), b"again", &a, 3, [1; 16], LIMIT)
         .expect("put");
     let got = ws.get_file(&path("f")).expect("get");
     assert_eq!((got.kind, got.bytes), (FileKind::Text, b"again".to_vec()));
@@ -113,7 +116,7 @@ fn a_file_can_switch_between_text_and_binary() {
 fn splices_count_unicode_scalar_values() {
     let mut ws = new_ws();
     let a = author(1);
-    ws.put_file(&path("t.md"), "añb😀c".as_bytes(), &a, 1, [1; 16])
+    ws.put_file(&path("t.md"), "añb😀c".as_bytes(), &a, 1, [1; 16], LIMIT)
         .expect("put");
     let (len, _, changes) = ws
         .splice(&path("t.md"), &[edit(4, 1, "C"), edit(1, 1, "n")], &a, 2)
@@ -130,7 +133,7 @@ fn splices_count_unicode_scalar_values() {
 fn an_out_of_range_batch_changes_nothing() {
     let mut ws = new_ws();
     let a = author(1);
-    ws.put_file(&path("t"), b"abc", &a, 1, [1; 16])
+    ws.put_file(&path("t"), b"abc", &a, 1, [1; 16], LIMIT)
         .expect("put");
     let before = ws.detail("peer-1").heads;
     let err = ws
@@ -157,7 +160,7 @@ fn an_out_of_range_batch_changes_nothing() {
 fn splicing_a_binary_or_missing_file_is_refused() {
     let mut ws = new_ws();
     let a = author(1);
-    ws.put_file(&path("b"), &[0xff], &a, 1, [1; 16])
+    ws.put_file(&path("b"), &[0xff], &a, 1, [1; 16], LIMIT)
         .expect("put");
     assert!(matches!(
         ws.splice(&path("b"), &[edit(0, 0, "x")], &a, 2),
@@ -179,7 +182,7 @@ fn concurrent_splices_from_two_authors_merge() {
     let mut ws = new_ws();
     let a = author(1);
     let b = author(2);
-    ws.put_file(&path("doc"), b"hello world", &a, 1, [1; 16])
+    ws.put_file(&path("doc"), b"hello world", &a, 1, [1; 16], LIMIT)
         .expect("put");
     let id = ws.file_doc(&path("doc")).expect("doc id");
     let mut other = ws.files.get_mut(&id).expect("doc").am.fork();
@@ -224,4 +227,30 @@ proptest::proptest! {
         chars.splice(pos..pos + delete, insert.chars());
         proptest::prop_assert_eq!(chars.into_iter().collect::<String>(), new);
     }
+}
+
+#[test]
+fn text_over_the_limit_is_stored_whole() {
+    let mut ws = new_ws();
+    let a = author(1);
+    let (info, _) = ws
+        .put_file(&path("big.txt"), b"0123456789", &a, 1, [1; 16], 9)
+        .expect("put");
+    assert_eq!((info.kind, info.chars), (FileKind::Binary, None));
+    assert_eq!(
+        ws.get_file(&path("big.txt")).expect("get").bytes,
+        b"0123456789"
+    );
+    assert!(matches!(
+        ws.splice(&path("big.txt"), &[edit(0, 0, "x")], &a, 2),
+        Err(WorkspaceError::NotText(_))
+    ));
+    let (info, _) = ws
+        .put_file(&path("big.txt"), b"012345678", &a, 3, [1; 16], 9)
+        .expect("put");
+    assert_eq!(
+        info.kind,
+        FileKind::Text,
+        "back under the limit it is text again"
+    );
 }
