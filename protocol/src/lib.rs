@@ -1,5 +1,5 @@
 //! Xencode's protocol layer: identifiers, the types that cross the HTTP API and
-//! (later) the network, and the pure rules that validate them.
+//! the network, signatures, and the sans-IO sync engine.
 //!
 //! Architecture invariant: this crate performs no I/O. It has no tokio, libp2p
 //! swarm, redb, axum, filesystem, clock or OS randomness; time and randomness
@@ -7,8 +7,11 @@
 //! no other crate of the workspace.
 
 pub mod api;
+pub mod envelope;
 pub mod ids;
 pub mod path;
+pub mod sync;
+pub mod wire;
 
 pub use ids::{DocId, IdParseError, WorkspaceId};
 pub use libp2p_identity::PeerId;

@@ -1,0 +1,559 @@
+//! The sans-IO sync engine: which frames to send to which peer, which
+//! received changes to apply, what to persist.
+//!
+//! It holds no sockets, reads no clock and draws no randomness. The driver
+//! (the node's network task, or the simulator) feeds it [`Input`]s with the
+//! current time and then drains [`Output`]s until there are none:
+//!
+//! ```ignore
+//! engine.handle(&mut host, Input::Connected { peer }, now_ms);
+//! while let Some(output) = engine.poll_output() {
+//!     match output {
+//!         Output::Send { peer, frame } => network.send(peer, wire::encode(&frame)?),
+//!         Output::Persist { workspace, doc, changes, signatures } => store.persist(..),
+//!         Output::SaveSyncState { .. } => store.save_sync_state(..),
+//!         Output::Disconnect { peer, .. } => network.disconnect(peer),
+//!         Output::Event(e) => metrics.record(e),
+//!     }
+//! }
+//! ```
+//!
+//! Contract: after every `handle`, drain `poll_output` until it returns
+//! `None`. Documents are reached through the [`Host`] trait, which the driver
+//! implements over its own storage; the engine applies changes to them and
+//! reports each applied batch as [`Output::Persist`], which the driver must
+//! make durable before it relies on them.
+//!
+//! Sessions: a session is one (peer, workspace). Each side proves membership
+//! with a token (`Open` / `Accept`), which the host checks against the peer's
+//! authenticated id; nothing about a workspace is sent before the peer is
+//! admitted. Inside a session every document of the workspace runs
+//! Automerge's sync protocol for have/need only: the changes travel as raw
+//! changes beside the sync message, with the authors' [`SignedHead`]s, so the
+//! receiver can check each change before Automerge sees it.
+//!
+//! Receiving: changes go to a bounded pending buffer per document. A change is
+//! applied only once (1) a valid signature of its author covers it (the signed
+//! head is the change or one of its descendants, found by walking hashes), (2)
+//! its actor is the signing author's, (3) the host says the author may write,
+//! (4) all its dependencies are present and its sequence number is the next of
+//! its actor. Refused changes are reported and never applied, so never
+//! relayed: the engine only ever sends changes from the documents themselves.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use automerge::sync;
+use automerge::{ActorId, AutoCommit, Change, ChangeHash};
+use libp2p_identity::PeerId;
+
+use crate::envelope::SignedHead;
+use crate::ids::{DocId, WorkspaceId};
+use crate::wire::{Frame, MAX_REASON_BYTES};
+
+/// Bounds of the engine.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Bytes of received changes waiting for a signature or dependencies.
+    pub max_pending_bytes: usize,
+    /// Pending changes older than this are dropped, in milliseconds.
+    pub pending_ttl_ms: u64,
+    /// Protocol violations (bad signatures, malformed frames) before a peer
+    /// is disconnected.
+    pub max_strikes: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_pending_bytes: 64 * 1024 * 1024,
+            pending_ttl_ms: 5 * 60 * 1000,
+            max_strikes: 3,
+        }
+    }
+}
+
+/// What an admitted peer may do in a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub read: bool,
+    pub write: bool,
+}
+
+/// The engine's view of the node: documents, signatures, tokens, policy.
+pub trait Host {
+    /// Documents of `ws` held here, in a stable order (empty if the workspace
+    /// is not held).
+    fn documents(&self, ws: &WorkspaceId) -> Vec<DocId>;
+    /// A document of a held workspace, created empty if it is not here yet;
+    /// `None` if the workspace is not held or the host will not create more.
+    fn document(&mut self, ws: &WorkspaceId, doc: &DocId) -> Option<&mut AutoCommit>;
+    /// The stored author signature of a change, if any.
+    fn signature(&self, ws: &WorkspaceId, doc: &DocId, hash: &ChangeHash) -> Option<SignedHead>;
+    /// This node's own token for `ws`, presented to peers.
+    fn token(&self, ws: &WorkspaceId) -> Option<Vec<u8>>;
+    /// Workspaces to open sessions for when `peer` connects.
+    fn workspaces_for(&self, peer: &PeerId) -> Vec<WorkspaceId>;
+    /// Checks a peer's token for `ws` at `now_ms`: what the peer may do, or why not.
+    fn admit(
+        &mut self,
+        peer: &PeerId,
+        ws: &WorkspaceId,
+        token: &[u8],
+        now_ms: u64,
+    ) -> Result<Access, String>;
+    /// Whether changes by `author` to `doc` are accepted. Must give the same
+    /// answer on every node for the same history.
+    fn may_write(&mut self, ws: &WorkspaceId, doc: &DocId, author: &[u8; 32]) -> bool;
+    /// A saved Automerge sync state for (peer, doc).
+    fn sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>>;
+}
+
+/// What happens to the engine.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A connection to `peer` (its id authenticated by the transport) is up.
+    Connected { peer: PeerId },
+    /// The last connection to `peer` is gone.
+    Disconnected { peer: PeerId },
+    /// A frame arrived from `peer`.
+    Received { peer: PeerId, frame: Frame },
+    /// Bytes from `peer` that did not decode as a frame.
+    Malformed { peer: PeerId, error: String },
+    /// This node changed `doc` (already committed and signed).
+    LocalChange { workspace: WorkspaceId, doc: DocId },
+    /// Open a session for `workspace` with `peer` even if the host does not
+    /// list it (joining with an invitation).
+    Join {
+        peer: PeerId,
+        workspace: WorkspaceId,
+    },
+    /// Time passed.
+    Tick,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Send {
+        peer: PeerId,
+        frame: Frame,
+    },
+    /// Changes applied to `doc`: make them durable, with the signatures.
+    Persist {
+        workspace: WorkspaceId,
+        doc: DocId,
+        changes: Vec<Vec<u8>>,
+        signatures: Vec<SignedHead>,
+    },
+    /// An Automerge sync state to keep for the next session with `peer`.
+    SaveSyncState {
+        peer: PeerId,
+        doc: DocId,
+        state: Vec<u8>,
+    },
+    Disconnect {
+        peer: PeerId,
+        reason: String,
+    },
+    Event(Event),
+}
+
+/// Why received changes were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// A signature did not verify.
+    BadSignature,
+    /// The author may not write this document.
+    Unauthorized,
+    /// Undecodable, a skipped sequence number, or refused by Automerge.
+    Malformed,
+    /// Never covered by a signature, or dependencies never arrived.
+    Expired,
+    /// The pending buffer was full.
+    Overflow,
+}
+
+impl RejectReason {
+    /// The label used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::Unauthorized => "unauthorized",
+            RejectReason::Malformed => "malformed",
+            RejectReason::Expired => "expired",
+            RejectReason::Overflow => "overflow",
+        }
+    }
+}
+
+/// Observable happenings, for logs, metrics and the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    SessionOpened {
+        peer: PeerId,
+        workspace: WorkspaceId,
+    },
+    SessionRefused {
+        peer: PeerId,
+        workspace: WorkspaceId,
+        reason: String,
+    },
+    SessionClosed {
+        peer: PeerId,
+        workspace: WorkspaceId,
+    },
+    Applied {
+        peer: PeerId,
+        workspace: WorkspaceId,
+        doc: DocId,
+        changes: usize,
+    },
+    Rejected {
+        peer: PeerId,
+        workspace: WorkspaceId,
+        reason: RejectReason,
+        count: usize,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    /// What we admitted the peer to (after checking its token).
+    admitted: Option<Access>,
+    /// We sent `Open` and wait for `Accept`.
+    opening: bool,
+    docs: BTreeMap<DocId, DocSync>,
+}
+
+#[derive(Debug)]
+struct DocSync {
+    state: sync::State,
+    /// (our heads, their heads) of the last change-less message we sent:
+    /// an identical one would only keep two peers bouncing empty messages.
+    idle: Option<(Vec<ChangeHash>, Option<Vec<ChangeHash>>)>,
+}
+
+#[derive(Debug)]
+struct PendingChange {
+    change: Change,
+    raw: Vec<u8>,
+    actor: ActorId,
+    /// The author whose signature covers this change.
+    verified: Option<[u8; 32]>,
+    from: PeerId,
+    since_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    changes: HashMap<ChangeHash, PendingChange>,
+    /// Verified signatures whose change has not arrived yet.
+    signatures: Vec<(SignedHead, PeerId)>,
+}
+
+/// The sync engine of one node.
+#[derive(Debug, Default)]
+pub struct Engine {
+    limits: Limits,
+    connected: BTreeSet<PeerId>,
+    sessions: BTreeMap<(PeerId, WorkspaceId), Session>,
+    pending: BTreeMap<(WorkspaceId, DocId), Pending>,
+    pending_bytes: usize,
+    /// Highest sequence number applied per actor, per document (lazily built).
+    seqs: HashMap<DocId, HashMap<ActorId, u64>>,
+    strikes: HashMap<PeerId, u32>,
+    outputs: VecDeque<Output>,
+}
+
+mod receive;
+mod send;
+
+impl Engine {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// The next thing the driver must do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Peers with an open session (admitted by us) for `ws`.
+    pub fn peers_of(&self, ws: &WorkspaceId) -> Vec<PeerId> {
+        self.sessions
+            .iter()
+            .filter(|((_, w), s)| w == ws && s.admitted.is_some())
+            .map(|((p, _), _)| *p)
+            .collect()
+    }
+
+    /// Per admitted session: the peer's last advertised heads of each
+    /// document (to tell how far behind it is).
+    pub fn their_heads(
+        &self,
+        peer: &PeerId,
+        ws: &WorkspaceId,
+    ) -> Vec<(DocId, Option<Vec<ChangeHash>>)> {
+        self.sessions
+            .get(&(*peer, *ws))
+            .map(|s| {
+                s.docs
+                    .iter()
+                    .map(|(d, ds)| (*d, ds.state.their_heads.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Bytes held in the pending buffer.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, host: &mut impl Host, input: Input, now_ms: u64) {
+        match input {
+            Input::Connected { peer } => {
+                self.connected.insert(peer);
+                for ws in host.workspaces_for(&peer) {
+                    self.open(host, peer, ws);
+                }
+            }
+            Input::Disconnected { peer } => {
+                self.connected.remove(&peer);
+                let keys: Vec<_> = self
+                    .sessions
+                    .keys()
+                    .filter(|(p, _)| *p == peer)
+                    .copied()
+                    .collect();
+                for key in keys {
+                    self.close_session(key);
+                }
+                self.strikes.remove(&peer);
+            }
+            Input::Join { peer, workspace } => {
+                if self.connected.contains(&peer) {
+                    self.open(host, peer, workspace);
+                }
+            }
+            Input::Received { peer, frame } => self.received(host, peer, frame, now_ms),
+            Input::Malformed { peer, error } => {
+                self.strike(peer, &format!("malformed frame: {error}"));
+            }
+            Input::LocalChange { workspace, doc } => self.changed(host, &workspace, &doc, None),
+            Input::Tick => self.expire(now_ms),
+        }
+    }
+
+    fn open(&mut self, host: &mut impl Host, peer: PeerId, ws: WorkspaceId) {
+        let Some(token) = host.token(&ws) else { return };
+        let session = self.sessions.entry((peer, ws)).or_default();
+        if session.opening || session.admitted.is_some() {
+            return;
+        }
+        session.opening = true;
+        self.send(
+            peer,
+            Frame::Open {
+                workspace: ws,
+                token,
+            },
+        );
+    }
+
+    fn received(&mut self, host: &mut impl Host, peer: PeerId, frame: Frame, now_ms: u64) {
+        let ws = frame.workspace();
+        match frame {
+            Frame::Open { token, .. } => match self.admit(host, peer, ws, &token, now_ms) {
+                Ok(()) => {
+                    let token = host.token(&ws).unwrap_or_default();
+                    self.send(
+                        peer,
+                        Frame::Accept {
+                            workspace: ws,
+                            token,
+                        },
+                    );
+                    self.start(host, peer, ws);
+                }
+                Err(reason) => self.refuse(peer, ws, reason),
+            },
+            Frame::Accept { token, .. } => {
+                let expected = self.sessions.get(&(peer, ws)).is_some_and(|s| s.opening);
+                if !expected {
+                    return;
+                }
+                match self.admit(host, peer, ws, &token, now_ms) {
+                    Ok(()) => self.start(host, peer, ws),
+                    Err(reason) => self.refuse(peer, ws, reason),
+                }
+            }
+            Frame::Refuse { reason, .. } => {
+                if self.sessions.remove(&(peer, ws)).is_some() {
+                    self.event(Event::SessionRefused {
+                        peer,
+                        workspace: ws,
+                        reason,
+                    });
+                }
+            }
+            Frame::Close { .. } => {
+                if self.sessions.contains_key(&(peer, ws)) {
+                    self.close_session((peer, ws));
+                }
+            }
+            Frame::Sync {
+                doc,
+                message,
+                changes,
+                signatures,
+                ..
+            } => {
+                let admitted = self
+                    .sessions
+                    .get(&(peer, ws))
+                    .and_then(|s| s.admitted)
+                    .is_some();
+                if !admitted {
+                    // Content from a peer we have not admitted is dropped unread.
+                    self.strike(peer, "sync frame outside an admitted session");
+                    return;
+                }
+                self.receive_sync(host, peer, ws, doc, message, changes, signatures, now_ms);
+            }
+        }
+    }
+
+    fn admit(
+        &mut self,
+        host: &mut impl Host,
+        peer: PeerId,
+        ws: WorkspaceId,
+        token: &[u8],
+        now_ms: u64,
+    ) -> Result<(), String> {
+        if host.documents(&ws).is_empty() {
+            // Same answer as a bad token: a stranger learns nothing, not even
+            // whether this node holds the workspace.
+            return Err("not authorized".into());
+        }
+        let access = host.admit(&peer, &ws, token, now_ms)?;
+        let session = self.sessions.entry((peer, ws)).or_default();
+        session.opening = false;
+        session.admitted = Some(access);
+        Ok(())
+    }
+
+    fn refuse(&mut self, peer: PeerId, ws: WorkspaceId, mut reason: String) {
+        reason.truncate(MAX_REASON_BYTES);
+        self.sessions.remove(&(peer, ws));
+        self.send(
+            peer,
+            Frame::Refuse {
+                workspace: ws,
+                reason: reason.clone(),
+            },
+        );
+        self.event(Event::SessionRefused {
+            peer,
+            workspace: ws,
+            reason,
+        });
+    }
+
+    /// Starts syncing every document of `ws` with an admitted peer.
+    fn start(&mut self, host: &mut impl Host, peer: PeerId, ws: WorkspaceId) {
+        self.event(Event::SessionOpened {
+            peer,
+            workspace: ws,
+        });
+        for doc in host.documents(&ws) {
+            self.generate(host, peer, ws, doc);
+        }
+    }
+
+    fn close_session(&mut self, key: (PeerId, WorkspaceId)) {
+        let Some(session) = self.sessions.remove(&key) else {
+            return;
+        };
+        for (doc, ds) in session.docs {
+            self.outputs.push_back(Output::SaveSyncState {
+                peer: key.0,
+                doc,
+                state: ds.state.encode(),
+            });
+        }
+        if session.admitted.is_some() {
+            self.event(Event::SessionClosed {
+                peer: key.0,
+                workspace: key.1,
+            });
+        }
+    }
+
+    /// After `doc` of `ws` changed (locally, or by changes from `source`):
+    /// offer it to every other admitted peer, and start syncing documents the
+    /// workspace gained.
+    fn changed(
+        &mut self,
+        host: &mut impl Host,
+        ws: &WorkspaceId,
+        doc: &DocId,
+        source: Option<PeerId>,
+    ) {
+        let peers = self.peers_of(ws);
+        let docs = host.documents(ws);
+        for peer in peers {
+            let known: BTreeSet<DocId> = self
+                .sessions
+                .get(&(peer, *ws))
+                .map(|s| s.docs.keys().copied().collect())
+                .unwrap_or_default();
+            for d in docs.iter().filter(|d| !known.contains(d)) {
+                self.generate(host, peer, *ws, *d);
+            }
+            if Some(peer) != source {
+                self.generate(host, peer, *ws, *doc);
+            }
+        }
+    }
+
+    fn strike(&mut self, peer: PeerId, reason: &str) {
+        let strikes = self.strikes.entry(peer).or_default();
+        *strikes += 1;
+        if *strikes >= self.limits.max_strikes {
+            self.outputs.push_back(Output::Disconnect {
+                peer,
+                reason: format!("too many protocol violations (last: {reason})"),
+            });
+        }
+    }
+
+    fn send(&mut self, peer: PeerId, frame: Frame) {
+        self.outputs.push_back(Output::Send { peer, frame });
+    }
+
+    fn event(&mut self, e: Event) {
+        self.outputs.push_back(Output::Event(e));
+    }
+}
+
+/// Runs Automerge code on data from a peer; a panic is a refusal.
+fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+/// The sync state of (peer, doc), fresh or restored.
+fn restored_state(host: &impl Host, peer: &PeerId, doc: &DocId) -> sync::State {
+    host.sync_state(peer, doc)
+        .and_then(|bytes| sync::State::decode(&bytes).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

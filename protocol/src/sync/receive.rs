@@ -1,0 +1,343 @@
+//! Receiving: pending buffer, signature coverage, authorization, applying.
+
+use std::collections::{HashMap, HashSet};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{ActorId, Change, ChangeHash};
+use libp2p_identity::PeerId;
+
+use super::{
+    DocSync, Engine, Event, Host, Output, PendingChange, RejectReason, guarded, restored_state,
+};
+use crate::envelope::SignedHead;
+use crate::ids::{DocId, WorkspaceId};
+
+/// Most signatures kept waiting for their change, per document.
+const MAX_WAITING_SIGNATURES: usize = 4096;
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn receive_sync(
+        &mut self,
+        host: &mut impl Host,
+        peer: PeerId,
+        ws: WorkspaceId,
+        doc: DocId,
+        message: Option<Vec<u8>>,
+        changes: Vec<Vec<u8>>,
+        signatures: Vec<SignedHead>,
+        now_ms: u64,
+    ) {
+        let Some(am) = host.document(&ws, &doc) else {
+            self.strike(peer, "sync for a document this node will not hold");
+            return;
+        };
+        let mut malformed = 0;
+        let mut fresh = Vec::new();
+        for raw in changes {
+            match guarded(|| Change::from_bytes(raw.clone())) {
+                Some(Ok(change)) => {
+                    let hash = change.hash();
+                    if am.get_change_meta_by_hash(&hash).is_none() {
+                        fresh.push((hash, change, raw));
+                    }
+                }
+                _ => malformed += 1,
+            }
+        }
+        let mut overflow = 0;
+        let pending = self.pending.entry((ws, doc)).or_default();
+        for (hash, change, raw) in fresh {
+            if pending.changes.contains_key(&hash) {
+                continue;
+            }
+            if self.pending_bytes + raw.len() > self.limits.max_pending_bytes {
+                overflow += 1;
+                continue;
+            }
+            self.pending_bytes += raw.len();
+            let actor = change.actor_id().clone();
+            pending.changes.insert(
+                hash,
+                PendingChange {
+                    change,
+                    raw,
+                    actor,
+                    verified: None,
+                    from: peer,
+                    since_ms: now_ms,
+                },
+            );
+        }
+        let mut bad_signatures = 0;
+        for sig in signatures {
+            if sig.verify(&ws, &doc).is_ok() {
+                pending.signatures.push((sig, peer));
+            } else {
+                bad_signatures += 1;
+            }
+        }
+        if pending.signatures.len() > MAX_WAITING_SIGNATURES {
+            let excess = pending.signatures.len() - MAX_WAITING_SIGNATURES;
+            pending.signatures.drain(..excess);
+        }
+        for (reason, count) in [
+            (RejectReason::Malformed, malformed),
+            (RejectReason::BadSignature, bad_signatures),
+            (RejectReason::Overflow, overflow),
+        ] {
+            if count > 0 {
+                self.event(Event::Rejected {
+                    peer,
+                    workspace: ws,
+                    reason,
+                    count,
+                });
+                self.strike(peer, reason.as_str());
+            }
+        }
+        self.resolve(host, ws, doc);
+
+        if let Some(bytes) = message {
+            let Some(Ok(msg)) = guarded(|| sync::Message::decode(&bytes)) else {
+                self.event(Event::Rejected {
+                    peer,
+                    workspace: ws,
+                    reason: RejectReason::Malformed,
+                    count: 1,
+                });
+                self.strike(peer, "undecodable sync message");
+                return;
+            };
+            let Some(session) = self.sessions.get_mut(&(peer, ws)) else {
+                return;
+            };
+            let ds = session.docs.entry(doc).or_insert_with(|| DocSync {
+                state: restored_state(host, &peer, &doc),
+                idle: None,
+            });
+            let Some(am) = host.document(&ws, &doc) else {
+                return;
+            };
+            let received = guarded(|| am.sync().receive_sync_message(&mut ds.state, msg));
+            if !matches!(received, Some(Ok(()))) {
+                // The state may be half-updated: start this document afresh.
+                ds.state = sync::State::new();
+                self.strike(peer, "sync message refused by Automerge");
+            }
+            self.generate(host, peer, ws, doc);
+        }
+    }
+
+    /// Marks pending changes covered by verified signatures, drops those of
+    /// authors who may not write, and applies every change that is ready.
+    pub(super) fn resolve(&mut self, host: &mut impl Host, ws: WorkspaceId, doc: DocId) {
+        let Some(pending) = self.pending.get_mut(&(ws, doc)) else {
+            return;
+        };
+        let Some(am) = host.document(&ws, &doc) else {
+            return;
+        };
+        // 1. Signature coverage, walking hashes back from each signed head.
+        let mut used: Vec<SignedHead> = Vec::new();
+        let mut waiting = Vec::new();
+        for (sig, from) in std::mem::take(&mut pending.signatures) {
+            let head = ChangeHash(sig.hash);
+            if pending.changes.contains_key(&head) {
+                let actor = ActorId::from(sig.actor().as_slice());
+                let mut stack = vec![head];
+                let mut seen = HashSet::new();
+                while let Some(h) = stack.pop() {
+                    if !seen.insert(h) {
+                        continue;
+                    }
+                    if let Some(pc) = pending.changes.get_mut(&h) {
+                        if pc.actor == actor && pc.verified.is_none() {
+                            pc.verified = Some(sig.author);
+                        }
+                        stack.extend(pc.change.deps().iter().copied());
+                    }
+                }
+                used.push(sig);
+            } else if am.get_change_meta_by_hash(&head).is_none() {
+                waiting.push((sig, from));
+            }
+        }
+        pending.signatures = waiting;
+
+        // 2. Authorization of every newly verified author.
+        let mut allowed: HashMap<[u8; 32], bool> = HashMap::new();
+        let mut refused: Vec<ChangeHash> = Vec::new();
+        for (hash, pc) in &pending.changes {
+            if let Some(author) = pc.verified {
+                let ok = *allowed
+                    .entry(author)
+                    .or_insert_with(|| host.may_write(&ws, &doc, &author));
+                if !ok {
+                    refused.push(*hash);
+                }
+            }
+        }
+        let mut rejected: HashMap<(PeerId, RejectReason), usize> = HashMap::new();
+        for hash in refused {
+            if let Some(pc) = pending.changes.remove(&hash) {
+                self.pending_bytes -= pc.raw.len();
+                *rejected
+                    .entry((pc.from, RejectReason::Unauthorized))
+                    .or_default() += 1;
+            }
+        }
+
+        // 3. Apply what is complete: verified, dependencies present, next seq.
+        let Some(am) = host.document(&ws, &doc) else {
+            return;
+        };
+        let seqs = self.seqs.entry(doc).or_insert_with(|| {
+            let mut m: HashMap<ActorId, u64> = HashMap::new();
+            for meta in am.get_changes_meta(&[]) {
+                let e = m.entry(meta.actor.into_owned()).or_default();
+                *e = (*e).max(meta.seq);
+            }
+            m
+        });
+        let mut ready: Vec<ChangeHash> = Vec::new();
+        let mut ready_set: HashSet<ChangeHash> = HashSet::new();
+        let mut next_seq: HashMap<ActorId, u64> = HashMap::new();
+        loop {
+            let mut progressed = false;
+            let mut candidates: Vec<(&ChangeHash, &PendingChange)> = pending
+                .changes
+                .iter()
+                .filter(|(h, pc)| pc.verified.is_some() && !ready_set.contains(*h))
+                .collect();
+            candidates.sort_by_key(|(_, pc)| pc.change.seq());
+            let mut malformed_now = Vec::new();
+            for (hash, pc) in candidates {
+                let deps_ok = pc
+                    .change
+                    .deps()
+                    .iter()
+                    .all(|d| ready_set.contains(d) || am.get_change_meta_by_hash(d).is_some());
+                if !deps_ok {
+                    continue;
+                }
+                let current = next_seq
+                    .get(&pc.actor)
+                    .copied()
+                    .unwrap_or_else(|| seqs.get(&pc.actor).copied().unwrap_or(0));
+                if pc.change.seq() == current + 1 {
+                    next_seq.insert(pc.actor.clone(), current + 1);
+                    ready.push(*hash);
+                    ready_set.insert(*hash);
+                    progressed = true;
+                } else {
+                    malformed_now.push(*hash);
+                }
+            }
+            for hash in malformed_now {
+                if let Some(pc) = pending.changes.remove(&hash) {
+                    self.pending_bytes -= pc.raw.len();
+                    *rejected
+                        .entry((pc.from, RejectReason::Malformed))
+                        .or_default() += 1;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+
+        let mut applied_raw = Vec::new();
+        let mut sources: HashMap<PeerId, usize> = HashMap::new();
+        if !ready.is_empty() {
+            let batch: Vec<PendingChange> = ready
+                .iter()
+                .filter_map(|h| pending.changes.remove(h))
+                .collect();
+            for pc in &batch {
+                self.pending_bytes -= pc.raw.len();
+            }
+            let changes: Vec<Change> = batch.iter().map(|pc| pc.change.clone()).collect();
+            let all_at_once = guarded(|| am.apply_changes(changes.clone()));
+            let outcome: Vec<bool> = if matches!(all_at_once, Some(Ok(()))) {
+                vec![true; batch.len()]
+            } else {
+                // Isolate the change Automerge refuses; keep the others.
+                changes
+                    .into_iter()
+                    .map(|c| matches!(guarded(|| am.apply_changes([c])), Some(Ok(()))))
+                    .collect()
+            };
+            for (pc, ok) in batch.into_iter().zip(outcome) {
+                if ok {
+                    let e = seqs.entry(pc.actor.clone()).or_default();
+                    *e = (*e).max(pc.change.seq());
+                    *sources.entry(pc.from).or_default() += 1;
+                    applied_raw.push(pc.raw);
+                } else {
+                    *rejected
+                        .entry((pc.from, RejectReason::Malformed))
+                        .or_default() += 1;
+                }
+            }
+        }
+        for ((peer, reason), count) in rejected {
+            self.event(Event::Rejected {
+                peer,
+                workspace: ws,
+                reason,
+                count,
+            });
+        }
+        if applied_raw.is_empty() {
+            return;
+        }
+        let applied: HashSet<[u8; 32]> = ready.iter().map(|h| h.0).collect();
+        self.outputs.push_back(Output::Persist {
+            workspace: ws,
+            doc,
+            changes: applied_raw,
+            signatures: used
+                .into_iter()
+                .filter(|s| applied.contains(&s.hash))
+                .collect(),
+        });
+        let mut first_source = None;
+        for (peer, count) in sources {
+            first_source.get_or_insert(peer);
+            self.event(Event::Applied {
+                peer,
+                workspace: ws,
+                doc,
+                changes: count,
+            });
+        }
+        self.changed(host, &ws, &doc, first_source);
+    }
+
+    /// Drops pending changes that waited longer than the limit.
+    pub(super) fn expire(&mut self, now_ms: u64) {
+        let ttl = self.limits.pending_ttl_ms;
+        let mut expired: HashMap<(PeerId, WorkspaceId), usize> = HashMap::new();
+        for ((ws, _), pending) in &mut self.pending {
+            pending.changes.retain(|_, pc| {
+                let keep = now_ms.saturating_sub(pc.since_ms) < ttl;
+                if !keep {
+                    self.pending_bytes -= pc.raw.len();
+                    *expired.entry((pc.from, *ws)).or_default() += 1;
+                }
+                keep
+            });
+        }
+        self.pending
+            .retain(|_, p| !p.changes.is_empty() || !p.signatures.is_empty());
+        for ((peer, workspace), count) in expired {
+            self.event(Event::Rejected {
+                peer,
+                workspace,
+                reason: RejectReason::Expired,
+                count,
+            });
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Generating sync messages and the frames that carry them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use automerge::sync::{ChunkList, SyncDoc};
+use automerge::{Change, ChangeHash};
+use libp2p_identity::PeerId;
+
+use super::{DocSync, Engine, Host, restored_state};
+use crate::envelope::SignedHead;
+use crate::ids::{DocId, WorkspaceId};
+use crate::wire::{Frame, TARGET_CHANGES_BYTES};
+
+impl Engine {
+    /// Generates the next sync message for (peer, doc), if Automerge has one,
+    /// and sends it with the changes it offers, split into frames.
+    pub(super) fn generate(
+        &mut self,
+        host: &mut impl Host,
+        peer: PeerId,
+        ws: WorkspaceId,
+        doc: DocId,
+    ) {
+        let Some(session) = self.sessions.get_mut(&(peer, ws)) else {
+            return;
+        };
+        if !session.admitted.is_some_and(|a| a.read) {
+            return;
+        }
+        let ds = session.docs.entry(doc).or_insert_with(|| DocSync {
+            state: restored_state(host, &peer, &doc),
+            idle: None,
+        });
+        let Some(am) = host.document(&ws, &doc) else {
+            return;
+        };
+        let before = ds.state.sent_hashes.clone();
+        let Some(mut msg) = am.sync().generate_sync_message(&mut ds.state) else {
+            return;
+        };
+        msg.changes = ChunkList::empty();
+        let new: Vec<ChangeHash> = ds.state.sent_hashes.difference(&before).copied().collect();
+        if new.is_empty() {
+            let key = (am.get_heads(), ds.state.their_heads.clone());
+            if ds.idle.as_ref() == Some(&key) {
+                return;
+            }
+            ds.idle = Some(key);
+        } else {
+            ds.idle = None;
+        }
+        let message = msg.encode();
+        let changes = causal_order(
+            new.iter()
+                .filter_map(|h| am.get_change_by_hash(h))
+                .collect(),
+        );
+        let mut frames: Vec<Vec<Change>> = Vec::new();
+        let mut size = 0;
+        for c in changes {
+            let len = c.raw_bytes().len();
+            if frames.is_empty() || (size + len > TARGET_CHANGES_BYTES && size > 0) {
+                frames.push(Vec::new());
+                size = 0;
+            }
+            size += len;
+            if let Some(f) = frames.last_mut() {
+                f.push(c);
+            }
+        }
+        if frames.is_empty() {
+            frames.push(Vec::new());
+        }
+        let last = frames.len() - 1;
+        for (i, frame) in frames.into_iter().enumerate() {
+            let signatures = covering_signatures(host, &ws, &doc, &frame);
+            self.send(
+                peer,
+                Frame::Sync {
+                    workspace: ws,
+                    doc,
+                    message: (i == last).then(|| message.clone()),
+                    changes: frame.iter().map(|c| c.raw_bytes().to_vec()).collect(),
+                    signatures,
+                },
+            );
+        }
+    }
+}
+
+/// For each actor in `frame`, the signature of its newest change there that
+/// has one: one signature per author covers the author's changes before it.
+fn covering_signatures(
+    host: &impl Host,
+    ws: &WorkspaceId,
+    doc: &DocId,
+    frame: &[Change],
+) -> Vec<SignedHead> {
+    let mut by_actor: BTreeMap<Vec<u8>, Vec<&Change>> = BTreeMap::new();
+    for c in frame {
+        by_actor
+            .entry(c.actor_id().to_bytes().to_vec())
+            .or_default()
+            .push(c);
+    }
+    by_actor
+        .into_values()
+        .filter_map(|mut changes| {
+            changes.sort_by_key(|c| std::cmp::Reverse(c.seq()));
+            changes
+                .iter()
+                .find_map(|c| host.signature(ws, doc, &c.hash()))
+        })
+        .collect()
+}
+
+/// Orders changes so that every change comes after its dependencies within the set.
+fn causal_order(changes: Vec<Change>) -> Vec<Change> {
+    let index: HashMap<ChangeHash, usize> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.hash(), i))
+        .collect();
+    let mut done: HashSet<usize> = HashSet::new();
+    let mut order = Vec::with_capacity(changes.len());
+    for start in 0..changes.len() {
+        // Iterative post-order walk over dependencies inside the set.
+        let mut stack = vec![(start, false)];
+        while let Some((i, expanded)) = stack.pop() {
+            if done.contains(&i) {
+                continue;
+            }
+            if expanded {
+                done.insert(i);
+                order.push(i);
+                continue;
+            }
+            stack.push((i, true));
+            for dep in changes[i].deps() {
+                if let Some(&j) = index.get(dep)
+                    && !done.contains(&j)
+                {
+                    stack.push((j, false));
+                }
+            }
+        }
+    }
+    let mut slots: Vec<Option<Change>> = changes.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}

@@ -1,0 +1,176 @@
+//! Everything that crosses the network on `/xencode/sync/1`, encoded with
+//! postcard. Decoding checks the size first and never panics; a frame that
+//! fails to decode is a protocol violation by the sender.
+//!
+//! Versioning: the protocol name carries the major version; a new frame kind
+//! is a new variant at the end of [`Frame`] (old nodes refuse it as
+//! malformed, which closes the stream, not the node).
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::SignedHead;
+use crate::ids::{DocId, WorkspaceId};
+
+/// The libp2p stream protocol of workspace sync.
+pub const SYNC_PROTOCOL: &str = "/xencode/sync/1";
+/// Largest frame accepted, in bytes.
+pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+/// Target size of the changes carried by one frame; larger sets are split.
+pub const TARGET_CHANGES_BYTES: usize = 2 * 1024 * 1024;
+/// Longest capability token accepted.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Longest refusal reason.
+pub const MAX_REASON_BYTES: usize = 512;
+
+/// One message of a sync session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Asks to sync `workspace`, proving membership with a capability token
+    /// bound to the sender's peer id.
+    Open {
+        workspace: WorkspaceId,
+        token: Vec<u8>,
+    },
+    /// Accepts an `Open`, proving the accepting side's membership in turn.
+    Accept {
+        workspace: WorkspaceId,
+        token: Vec<u8>,
+    },
+    /// Refuses an `Open` or `Accept`; the session is not (or no longer) open.
+    Refuse {
+        workspace: WorkspaceId,
+        reason: String,
+    },
+    /// Automerge sync have/need for one document (with its changes taken
+    /// out) and raw changes with the signatures that vouch for them. The
+    /// changes of one generated sync message may be split over several
+    /// frames; only the last carries the sync message.
+    Sync {
+        workspace: WorkspaceId,
+        doc: DocId,
+        message: Option<Vec<u8>>,
+        changes: Vec<Vec<u8>>,
+        signatures: Vec<SignedHead>,
+    },
+    /// Ends the session for a workspace.
+    Close { workspace: WorkspaceId },
+}
+
+impl Frame {
+    /// The workspace the frame is about.
+    pub fn workspace(&self) -> WorkspaceId {
+        match self {
+            Frame::Open { workspace, .. }
+            | Frame::Accept { workspace, .. }
+            | Frame::Refuse { workspace, .. }
+            | Frame::Sync { workspace, .. }
+            | Frame::Close { workspace } => *workspace,
+        }
+    }
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    #[error("the frame is {0} bytes; the limit is {MAX_FRAME_BYTES}")]
+    TooLarge(usize),
+    #[error("the frame is malformed: {0}")]
+    Malformed(String),
+    #[error("a field exceeds its limit: {0}")]
+    FieldTooLarge(&'static str),
+}
+
+/// Encodes a frame.
+pub fn encode(frame: &Frame) -> Result<Vec<u8>, WireError> {
+    let bytes = postcard::to_stdvec(frame).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// Decodes a frame, checking every bound.
+pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    let frame: Frame =
+        postcard::from_bytes(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+    match &frame {
+        Frame::Open { token, .. } | Frame::Accept { token, .. }
+            if token.len() > MAX_TOKEN_BYTES =>
+        {
+            Err(WireError::FieldTooLarge("token"))
+        }
+        Frame::Refuse { reason, .. } if reason.len() > MAX_REASON_BYTES => {
+            Err(WireError::FieldTooLarge("reason"))
+        }
+        _ => Ok(frame),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let frames = [
+            Frame::Open {
+                workspace: WorkspaceId::from_bytes([1; 16]),
+                token: vec![1, 2, 3],
+            },
+            Frame::Refuse {
+                workspace: WorkspaceId::from_bytes([1; 16]),
+                reason: "no".into(),
+            },
+            Frame::Sync {
+                workspace: WorkspaceId::from_bytes([1; 16]),
+                doc: DocId::from_bytes([2; 16]),
+                message: Some(vec![0x42]),
+                changes: vec![vec![1; 10]],
+                signatures: vec![SignedHead {
+                    author: [3; 32],
+                    epoch: 1,
+                    hash: [4; 32],
+                    signature: vec![5; 64],
+                }],
+            },
+            Frame::Close {
+                workspace: WorkspaceId::from_bytes([9; 16]),
+            },
+        ];
+        for f in frames {
+            assert_eq!(decode(&encode(&f).expect("encode")), Ok(f));
+        }
+    }
+
+    #[test]
+    fn malformed_and_oversize_frames_are_errors_not_panics() {
+        assert!(matches!(decode(&[]), Err(WireError::Malformed(_))));
+        assert!(matches!(decode(&[200, 1, 2]), Err(WireError::Malformed(_))));
+        assert!(matches!(
+            decode(&vec![0; MAX_FRAME_BYTES + 1]),
+            Err(WireError::TooLarge(_))
+        ));
+        let big = Frame::Open {
+            workspace: WorkspaceId::from_bytes([1; 16]),
+            token: vec![0; MAX_TOKEN_BYTES + 1],
+        };
+        let bytes = postcard::to_stdvec(&big).expect("encode");
+        assert_eq!(decode(&bytes), Err(WireError::FieldTooLarge("token")));
+        // Every prefix of a valid frame fails cleanly.
+        let valid = encode(&Frame::Sync {
+            workspace: WorkspaceId::from_bytes([1; 16]),
+            doc: DocId::from_bytes([2; 16]),
+            message: None,
+            changes: vec![vec![7; 100]],
+            signatures: vec![],
+        })
+        .expect("encode");
+        for cut in 0..valid.len() {
+            assert!(decode(&valid[..cut]).is_err(), "prefix {cut}");
+        }
+    }
+}
