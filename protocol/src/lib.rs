@@ -7,6 +7,7 @@
 //! no other crate of the workspace.
 
 pub mod api;
+pub mod capability;
 pub mod envelope;
 pub mod ids;
 pub mod path;
