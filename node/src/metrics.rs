@@ -2,7 +2,8 @@
 //! never the global default, so tests can run several nodes in one process).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the node exports, under the `xencode_` prefix.
@@ -15,6 +16,11 @@ pub struct Metrics {
     store_commit_duration: HistogramVec,
     workspaces: IntGauge,
     store_size: IntGauge,
+    changes_applied: IntCounter,
+    changes_rejected: IntCounterVec,
+    peers_connected: IntGauge,
+    sync_frames: IntCounterVec,
+    sync_bytes: IntCounterVec,
 }
 
 /// Latency buckets from 50 µs to 10 s.
@@ -56,6 +62,40 @@ impl Metrics {
         )?;
         let workspaces = IntGauge::new("workspaces", "workspaces held by this node")?;
         let store_size = IntGauge::new("store_size_bytes", "size of the redb store file")?;
+        let changes_applied = IntCounter::new(
+            "changes_applied_total",
+            "changes received from peers and applied",
+        )?;
+        let changes_rejected = IntCounterVec::new(
+            Opts::new(
+                "changes_rejected_total",
+                "changes received from peers and refused, by reason",
+            ),
+            &["reason"],
+        )?;
+        let peers_connected = IntGauge::new("peers_connected", "peers with a live connection")?;
+        let sync_frames = IntCounterVec::new(
+            Opts::new("sync_messages_total", "sync frames by direction"),
+            &["direction"],
+        )?;
+        let sync_bytes = IntCounterVec::new(
+            Opts::new("sync_bytes_total", "sync frame bytes by direction"),
+            &["direction"],
+        )?;
+        registry.register(Box::new(changes_applied.clone()))?;
+        registry.register(Box::new(changes_rejected.clone()))?;
+        registry.register(Box::new(peers_connected.clone()))?;
+        registry.register(Box::new(sync_frames.clone()))?;
+        registry.register(Box::new(sync_bytes.clone()))?;
+        for reason in [
+            "bad_signature",
+            "unauthorized",
+            "malformed",
+            "expired",
+            "overflow",
+        ] {
+            changes_rejected.with_label_values(&[reason]);
+        }
         registry.register(Box::new(api_requests.clone()))?;
         registry.register(Box::new(api_duration.clone()))?;
         registry.register(Box::new(store_commits.clone()))?;
@@ -70,6 +110,11 @@ impl Metrics {
             store_commit_duration,
             workspaces,
             store_size,
+            changes_applied,
+            changes_rejected,
+            peers_connected,
+            sync_frames,
+            sync_bytes,
         })
     }
 
@@ -98,6 +143,27 @@ impl Metrics {
             .set(i64::try_from(workspaces).unwrap_or(i64::MAX));
         self.store_size
             .set(i64::try_from(file_size).unwrap_or(i64::MAX));
+    }
+
+    pub fn changes_applied(&self, n: u64) {
+        self.changes_applied.inc_by(n);
+    }
+
+    pub fn changes_rejected(&self, reason: &str, n: u64) {
+        self.changes_rejected.with_label_values(&[reason]).inc_by(n);
+    }
+
+    pub fn peers_connected(&self, n: usize) {
+        self.peers_connected
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one sync frame of `bytes` in `direction` ("in" or "out").
+    pub fn sync_frame(&self, direction: &str, bytes: usize) {
+        self.sync_frames.with_label_values(&[direction]).inc();
+        self.sync_bytes
+            .with_label_values(&[direction])
+            .inc_by(bytes as u64);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -108,6 +108,7 @@ pub async fn run(
     let author = AuthorKey {
         peer_id: peer_id.clone(),
         public_key: identity.public_key(),
+        secret: identity.secret_bytes(),
     };
     let options = StoreOptions {
         compact_after_changes: config.store.compact_after_changes,

@@ -13,6 +13,8 @@
 //! - A file that is not a xencode store is refused and left untouched.
 
 mod actor;
+mod host;
+mod netops;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
@@ -21,9 +23,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use tokio::sync::{mpsc, oneshot};
 use xencode_protocol::api::{
-    FileInfo, SpliceEdit, SpliceResponse, WorkspaceDetail, WorkspaceSummary,
+    FileInfo, InviteRequest, InviteResponse, PeerInfo, SpliceEdit, SpliceResponse, WorkspaceDetail,
+    WorkspaceSummary,
 };
-use xencode_protocol::{WorkspaceId, WorkspacePath};
+use xencode_protocol::sync::Input;
+use xencode_protocol::wire::Frame;
+use xencode_protocol::{PeerId, WorkspaceId, WorkspacePath};
 
 use crate::metrics::Metrics;
 use crate::workspace::{FileContent, WorkspaceError};
@@ -80,6 +85,23 @@ pub enum StoreError {
     Storage(String),
     #[error("the store has shut down")]
     Closed,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("invalid invitation: {0}")]
+    InvalidInvitation(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+}
+
+/// What the store asks of the network task.
+#[derive(Debug, Clone)]
+pub enum NetCommand {
+    /// Send a frame to a connected peer.
+    Send { peer: PeerId, frame: Frame },
+    /// Close every connection to a peer.
+    Disconnect { peer: PeerId, reason: String },
+    /// Dial a peer at these addresses (and keep redialing it).
+    Dial { peer: PeerId, addrs: Vec<String> },
 }
 
 /// Tunables of the store.
@@ -161,6 +183,44 @@ pub(crate) enum Command {
     /// Compact every document with change records.
     Compact {
         reply: Reply<usize>,
+    },
+    /// Something happened on the network.
+    Net {
+        input: Input,
+    },
+    /// Where to send frames.
+    AttachNet {
+        tx: mpsc::Sender<NetCommand>,
+    },
+    /// An address a peer was reached at.
+    PeerAddress {
+        peer: PeerId,
+        addr: String,
+    },
+    Invite {
+        ws: WorkspaceId,
+        request: InviteRequest,
+        addrs: Vec<String>,
+        now_ms: u64,
+        reply: Reply<InviteResponse>,
+    },
+    Join {
+        token: String,
+        now_ms: u64,
+        reply: Reply<WorkspaceSummary>,
+    },
+    Revoke {
+        ws: WorkspaceId,
+        target: String,
+        now_ms: u64,
+        reply: Reply<()>,
+    },
+    Peers {
+        reply: Reply<Vec<PeerInfo>>,
+    },
+    /// Peers to dial at start: inviters of joined workspaces.
+    Contacts {
+        reply: Reply<Vec<(String, Vec<String>)>>,
     },
 }
 
@@ -320,13 +380,87 @@ impl Store {
     pub async fn compact(&self) -> Result<usize, StoreError> {
         self.ask(|reply| Command::Compact { reply }).await
     }
+
+    /// Feeds a network happening to the sync engine.
+    pub async fn net_input(&self, input: Input) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Net { input })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Connects the store to the network task.
+    pub async fn attach_net(&self, tx: mpsc::Sender<NetCommand>) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::AttachNet { tx })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    pub async fn peer_address(&self, peer: PeerId, addr: String) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::PeerAddress { peer, addr })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    pub async fn invite(
+        &self,
+        ws: WorkspaceId,
+        request: InviteRequest,
+        addrs: Vec<String>,
+        now_ms: u64,
+    ) -> Result<InviteResponse, StoreError> {
+        self.ask(|reply| Command::Invite {
+            ws,
+            request,
+            addrs,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn join(&self, token: String, now_ms: u64) -> Result<WorkspaceSummary, StoreError> {
+        self.ask(|reply| Command::Join {
+            token,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn revoke(
+        &self,
+        ws: WorkspaceId,
+        target: String,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.ask(|reply| Command::Revoke {
+            ws,
+            target,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, StoreError> {
+        self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    pub async fn contacts(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        self.ask(|reply| Command::Contacts { reply }).await
+    }
 }
 
-/// The local author's key, from which the store derives its actor id.
+/// The local author's key, from which the store derives its actor id and
+/// with which it signs its changes.
 #[derive(Debug, Clone)]
 pub struct AuthorKey {
     pub peer_id: String,
     pub public_key: [u8; 32],
+    pub secret: [u8; 32],
 }
 
 #[cfg(test)]

@@ -133,6 +133,7 @@ impl Workspace {
     /// Returns it with the changes to persist.
     pub fn create(
         id: WorkspaceId,
+        nonce: &[u8; 16],
         name: &str,
         author: &Author,
         now_ms: u64,
@@ -140,6 +141,10 @@ impl Workspace {
         let mut access = Doc::new(access_doc_id(&id), &author.actor);
         let mut index = Doc::new(index_doc_id(&id), &author.actor);
         build_access(&mut access.am, name, author, now_ms).map_err(damaged)?;
+        access
+            .am
+            .put(ROOT, "nonce", hex::encode(nonce))
+            .map_err(damaged)?;
         for key in ["files", "documents", "analyses"] {
             index
                 .am
@@ -243,6 +248,21 @@ impl Workspace {
             .collect();
         out.sort();
         out
+    }
+
+    /// Documents of the files in the index.
+    pub fn file_doc_ids(&self) -> Vec<DocId> {
+        self.file_entries().into_iter().map(|(_, d)| d).collect()
+    }
+
+    /// An empty workspace shell (joined, documents not synced yet).
+    pub fn empty(id: WorkspaceId, author: &Author) -> Self {
+        Self {
+            id,
+            access: Doc::new(access_doc_id(&id), &author.actor),
+            index: Doc::new(index_doc_id(&id), &author.actor),
+            files: BTreeMap::new(),
+        }
     }
 
     fn file_doc(&self, path: &WorkspacePath) -> Option<DocId> {
@@ -482,7 +502,7 @@ fn differing_region<'a>(old: &str, new: &'a str) -> (usize, usize, &'a str) {
     (prefix_chars, old_mid, &new_rest[..new_mid_bytes])
 }
 
-fn stamp(
+pub(crate) fn stamp(
     am: &mut AutoCommit,
     author: &Author,
     now_ms: u64,
@@ -515,7 +535,7 @@ fn file_info(path: WorkspacePath, doc: &Doc) -> FileInfo {
     }
 }
 
-fn damaged(e: impl std::fmt::Display) -> WorkspaceError {
+pub(crate) fn damaged(e: impl std::fmt::Display) -> WorkspaceError {
     WorkspaceError::Damaged(e.to_string())
 }
 
@@ -526,14 +546,14 @@ fn get_text_obj(am: &AutoCommit) -> Option<ObjId> {
     }
 }
 
-fn get_obj(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<ObjId> {
+pub(crate) fn get_obj(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<ObjId> {
     match am.get(obj, key) {
         Ok(Some((Value::Object(ObjType::Map), id))) => Some(id),
         _ => None,
     }
 }
 
-fn get_str(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
+pub(crate) fn get_str(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
     match am.get(obj, key) {
         Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
             ScalarValue::Str(s) => Some(s.to_string()),
@@ -543,7 +563,7 @@ fn get_str(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
     }
 }
 
-fn get_u64(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<u64> {
+pub(crate) fn get_u64(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<u64> {
     match am.get(obj, key) {
         Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
             ScalarValue::Uint(n) => Some(*n),
@@ -563,6 +583,9 @@ fn get_bytes(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<Vec<u8>> {
         _ => None,
     }
 }
+
+mod access;
+pub use access::MemberState;
 
 #[cfg(test)]
 mod tests;

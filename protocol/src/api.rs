@@ -312,3 +312,66 @@ mod tests {
         assert!(validate_workspace_name(&"n".repeat(MAX_WORKSPACE_NAME_CHARS + 1)).is_err());
     }
 }
+
+/// `POST /api/v1/workspaces/{id}/invites`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteRequest {
+    /// The invitee's peer id (`xencode id` on their machine).
+    pub peer_id: String,
+    pub role: Role,
+    /// Lifetime of the token in seconds; none means it does not expire.
+    #[serde(default)]
+    pub expires_secs: Option<u64>,
+}
+
+/// The answer to an invite: the string to hand to `xencode join`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteResponse {
+    pub token: String,
+    /// What `revoke` names to cancel this token.
+    pub token_id: String,
+    pub peer_id: String,
+    pub role: Role,
+    pub expires_at: Option<u64>,
+}
+
+/// `POST /api/v1/join`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub token: String,
+}
+
+/// `POST /api/v1/workspaces/{id}/revoke`: a member's peer id or a token id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    pub target: String,
+}
+
+/// One peer in `GET /api/v1/peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub peer_id: String,
+    pub connected: bool,
+    pub addresses: Vec<String>,
+    pub workspaces: Vec<PeerWorkspace>,
+}
+
+/// A workspace shared with a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerWorkspace {
+    pub id: WorkspaceId,
+    /// A sync session is open.
+    pub syncing: bool,
+    /// Changes this node holds that the peer has not acknowledged; `None`
+    /// when the peer holds changes this node has not seen yet.
+    pub behind: Option<u64>,
+}
+
+/// `GET /api/v1/peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerList {
+    pub peers: Vec<PeerInfo>,
+}

@@ -10,6 +10,7 @@ pub mod api;
 pub mod capability;
 pub mod envelope;
 pub mod ids;
+pub mod invite;
 pub mod path;
 pub mod sync;
 pub mod wire;

@@ -103,10 +103,20 @@ pub trait Host {
         now_ms: u64,
     ) -> Result<Access, String>;
     /// Whether changes by `author` to `doc` are accepted. Must give the same
-    /// answer on every node for the same history.
-    fn may_write(&mut self, ws: &WorkspaceId, doc: &DocId, author: &[u8; 32]) -> bool;
+    /// answer on every node for the same history. `Unknown` (the author is not
+    /// in this node's view of the membership yet) keeps the changes pending
+    /// until the membership changes or they expire.
+    fn may_write(&mut self, ws: &WorkspaceId, doc: &DocId, author: &[u8; 32]) -> WriteDecision;
     /// A saved Automerge sync state for (peer, doc).
     fn sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>>;
+}
+
+/// The host's answer on whether an author may write a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteDecision {
+    Allow,
+    Deny,
+    Unknown,
 }
 
 /// What happens to the engine.
@@ -221,6 +231,8 @@ pub enum Event {
 struct Session {
     /// What we admitted the peer to (after checking its token).
     admitted: Option<Access>,
+    /// The token the peer presented, re-checked by [`Engine::revalidate`].
+    token: Vec<u8>,
     /// We sent `Open` and wait for `Accept`.
     opening: bool,
     docs: BTreeMap<DocId, DocSync>,
@@ -309,6 +321,39 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// Peers with a live connection.
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        self.connected.iter().copied().collect()
+    }
+
+    /// Re-checks every admitted session's token (revocations, expiry) and
+    /// closes those that no longer pass, telling the peer.
+    pub fn revalidate(&mut self, host: &mut impl Host, now_ms: u64) {
+        let sessions: Vec<((PeerId, WorkspaceId), Vec<u8>)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.admitted.is_some())
+            .map(|(k, s)| (*k, s.token.clone()))
+            .collect();
+        for ((peer, ws), token) in sessions {
+            if let Err(reason) = host.admit(&peer, &ws, &token, now_ms) {
+                self.close_session((peer, ws));
+                self.send(
+                    peer,
+                    Frame::Refuse {
+                        workspace: ws,
+                        reason: reason.clone(),
+                    },
+                );
+                self.event(Event::SessionRefused {
+                    peer,
+                    workspace: ws,
+                    reason,
+                });
+            }
+        }
+    }
+
     /// Bytes held in the pending buffer.
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes
@@ -346,7 +391,10 @@ impl Engine {
                 self.strike(peer, &format!("malformed frame: {error}"));
             }
             Input::LocalChange { workspace, doc } => self.changed(host, &workspace, &doc, None),
-            Input::Tick => self.expire(now_ms),
+            Input::Tick => {
+                self.expire(now_ms);
+                self.revalidate(host, now_ms);
+            }
         }
     }
 
@@ -446,6 +494,7 @@ impl Engine {
         let session = self.sessions.entry((peer, ws)).or_default();
         session.opening = false;
         session.admitted = Some(access);
+        session.token = token.to_vec();
         Ok(())
     }
 

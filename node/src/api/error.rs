@@ -86,6 +86,9 @@ impl From<StoreError> for ApiError {
                 "shutting_down",
                 "the node is shutting down",
             ),
+            StoreError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", msg),
+            StoreError::InvalidInvitation(_) => Self::bad_request("invalid_invitation", msg),
+            StoreError::InvalidRequest(_) => Self::bad_request("invalid_request", msg),
             StoreError::Workspace(_) | StoreError::Storage(_) => Self::internal(msg),
         }
     }

@@ -46,7 +46,8 @@ fn api() -> TestApi {
         &dir.path().join("x.redb"),
         AuthorKey {
             peer_id: "12D3KooWtest".into(),
-            public_key: [3; 32],
+            public_key: pk(3),
+            secret: [3; 32],
         },
         StoreOptions::default(),
         metrics.clone(),
@@ -538,7 +539,10 @@ async fn node_info_and_metrics_report_what_happened() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(info["workspaces"], 1);
-    assert_eq!(info["store"]["schema_version"], 1);
+    assert_eq!(
+        info["store"]["schema_version"],
+        crate::store::tables::SCHEMA_VERSION
+    );
     let (status, text) = api
         .send(req("GET", "/metrics").body(Body::empty()).expect("request"))
         .await;
@@ -575,4 +579,10 @@ async fn the_dashboard_page_is_public_with_a_strict_policy() {
             .to_str()
             .is_ok_and(|csp| csp.contains("default-src 'self'"))
     );
+}
+
+fn pk(n: u8) -> [u8; 32] {
+    ed25519_dalek::SigningKey::from_bytes(&[n; 32])
+        .verifying_key()
+        .to_bytes()
 }

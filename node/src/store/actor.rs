@@ -12,8 +12,19 @@ use tokio::sync::mpsc;
 use xencode_protocol::api::{SpliceResponse, validate_workspace_name};
 use xencode_protocol::{DocId, WorkspaceId};
 
-use super::tables::{self, CHANGES, DOCS, DocRecord, SNAPSHOTS, WORKSPACES};
-use super::{AuthorKey, Command, OpenError, StoreError, StoreOptions, StoreStats};
+use ed25519_dalek::SigningKey;
+use rand_core::OsRng;
+use xencode_protocol::PeerId;
+use xencode_protocol::api::Role;
+use xencode_protocol::capability::{self, Right};
+use xencode_protocol::envelope::SignedHead;
+use xencode_protocol::sync::{Engine, Input, Limits};
+
+use super::tables::{
+    self, CHANGES, DOCS, DocRecord, MEMBERSHIPS, Membership, SIGNATURES, SNAPSHOTS, SYNC_STATES,
+    WORKSPACES,
+};
+use super::{AuthorKey, Command, NetCommand, OpenError, StoreError, StoreOptions, StoreStats};
 use crate::metrics::Metrics;
 use crate::workspace::{Author, Doc, DocKind, NewChange, Workspace, access_doc_id, index_doc_id};
 
@@ -30,18 +41,35 @@ struct Counters {
 type Deferred = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 pub(super) struct Actor {
-    db: Option<Database>,
+    pub(super) db: Option<Database>,
     path: PathBuf,
-    author: Author,
+    pub(super) author: Author,
     options: StoreOptions,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
     stats: Arc<StoreStats>,
-    workspaces: BTreeMap<WorkspaceId, Workspace>,
+    pub(super) workspaces: BTreeMap<WorkspaceId, Workspace>,
     counters: HashMap<DocId, Counters>,
-    /// Changes made in memory, not yet committed, with their workspace.
-    staged: Vec<(WorkspaceId, NewChange)>,
-    new_workspaces: Vec<WorkspaceId>,
+    /// Changes made in memory, not yet committed.
+    pub(super) staged: Vec<Staged>,
+    pub(super) new_workspaces: Vec<WorkspaceId>,
+    pub(super) staged_memberships: Vec<(WorkspaceId, Membership)>,
+    pub(super) staged_sync_states: Vec<(String, DocId, Vec<u8>)>,
     deferred: Vec<Deferred>,
+    pub(super) signing: SigningKey,
+    pub(super) epoch: u64,
+    pub(super) memberships: BTreeMap<WorkspaceId, Membership>,
+    pub(super) engine: Engine,
+    pub(super) net: Option<mpsc::Sender<NetCommand>>,
+    pub(super) peer_addrs: BTreeMap<PeerId, Vec<String>>,
+}
+
+/// A change waiting for the next commit.
+pub(super) struct Staged {
+    pub ws: WorkspaceId,
+    pub change: NewChange,
+    pub signatures: Vec<SignedHead>,
+    /// Made on this node: announced to peers once committed.
+    pub local: bool,
 }
 
 /// Opens the store file for writing, after checking read-only that it is a
@@ -121,8 +149,17 @@ impl Actor {
             counters: HashMap::new(),
             staged: Vec::new(),
             new_workspaces: Vec::new(),
+            staged_memberships: Vec::new(),
+            staged_sync_states: Vec::new(),
             deferred: Vec::new(),
+            signing: SigningKey::from_bytes(&author.secret),
+            epoch,
+            memberships: BTreeMap::new(),
+            engine: Engine::new(Limits::default()),
+            net: None,
+            peer_addrs: BTreeMap::new(),
         };
+        actor.memberships = actor.load_memberships().map_err(|e| actor.corrupt(e))?;
         stats_epoch(&actor.stats, epoch);
         let started = Instant::now();
         let ids = actor.workspace_ids().map_err(|e| actor.corrupt(e))?;
@@ -148,7 +185,7 @@ impl Actor {
         }
     }
 
-    fn db(&self) -> Result<&Database, String> {
+    pub(super) fn db(&self) -> Result<&Database, String> {
         self.db
             .as_ref()
             .ok_or_else(|| "the database is closed after an I/O error".to_owned())
@@ -166,7 +203,7 @@ impl Actor {
     }
 
     /// Loads one workspace from the committed state, resetting its counters.
-    fn load_workspace(&mut self, id: WorkspaceId) -> Result<Workspace, String> {
+    pub(super) fn load_workspace(&mut self, id: WorkspaceId) -> Result<Workspace, String> {
         let read = self.db()?.begin_read().map_err(|e| e.to_string())?;
         let docs = read.open_table(DOCS).map_err(|e| e.to_string())?;
         let snapshots = read.open_table(SNAPSHOTS).map_err(|e| e.to_string())?;
@@ -194,15 +231,16 @@ impl Actor {
                 }
             }
         }
-        match (access, index) {
-            (Some(access), Some(index)) => Ok(Workspace {
-                id,
-                access,
-                index,
-                files,
-            }),
-            _ => Err(format!("workspace {id} lacks its access or index document")),
+        // A joined workspace may have no document synced yet.
+        let mut ws = Workspace::empty(id, &self.author);
+        if let Some(a) = access {
+            ws.access = a;
         }
+        if let Some(i) = index {
+            ws.index = i;
+        }
+        ws.files = files;
+        Ok(ws)
     }
 
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -319,11 +357,56 @@ impl Actor {
                 self.flush();
                 let _ = reply.send(self.compact_due(true));
             }
+            Command::Net { input } => self.run_engine(input),
+            Command::AttachNet { tx } => self.net = Some(tx),
+            Command::PeerAddress { peer, addr } => {
+                let addrs = self.peer_addrs.entry(peer).or_default();
+                if !addrs.contains(&addr) {
+                    addrs.push(addr);
+                    if addrs.len() > 8 {
+                        addrs.remove(0);
+                    }
+                }
+            }
+            Command::Invite {
+                ws,
+                request,
+                addrs,
+                now_ms,
+                reply,
+            } => {
+                let made = self.invite(ws, request, addrs, now_ms);
+                self.defer(made, reply);
+            }
+            Command::Join {
+                token,
+                now_ms,
+                reply,
+            } => {
+                let made = self.join(&token, now_ms);
+                self.defer(made, reply);
+            }
+            Command::Revoke {
+                ws,
+                target,
+                now_ms,
+                reply,
+            } => {
+                let made = self.revoke(ws, &target, now_ms);
+                self.defer(made, reply);
+            }
+            Command::Peers { reply } => {
+                self.flush();
+                let _ = reply.send(Ok(self.peers()));
+            }
+            Command::Contacts { reply } => {
+                let _ = reply.send(Ok(self.contacts()));
+            }
         }
     }
 
     /// Queues a write's reply until its changes are committed.
-    fn defer<T: Send + 'static>(
+    pub(super) fn defer<T: Send + 'static>(
         &mut self,
         made: Result<T, StoreError>,
         reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
@@ -348,8 +431,15 @@ impl Actor {
             .workspaces
             .get_mut(&ws)
             .ok_or(StoreError::WorkspaceNotFound(ws))?;
+        let role = workspace.role_of(&self.author.peer_id);
+        if !role.is_some_and(|r| r.allows(Right::Write)) {
+            return Err(StoreError::Forbidden(format!(
+                "your role in this workspace is {}; writing needs developer or admin",
+                role.map_or("none (not a member, or revoked)", |r| r.as_str())
+            )));
+        }
         let (value, changes) = op(workspace, &self.author)?;
-        self.staged.extend(changes.into_iter().map(|c| (ws, c)));
+        self.stage_local(ws, changes);
         Ok(value)
     }
 
@@ -361,18 +451,37 @@ impl Actor {
         validate_workspace_name(name).map_err(StoreError::InvalidName)?;
         let nonce = random_nonce().map_err(StoreError::Storage)?;
         let id = WorkspaceId::derive(&self.author.public_key, &nonce);
-        let (ws, changes) = Workspace::create(id, name, &self.author, now_ms)?;
+        let (ws, changes) = Workspace::create(id, &nonce, name, &self.author, now_ms)?;
         let summary = ws.summary(&self.author.peer_id);
+        let token = capability::mint(
+            &self.signing.to_bytes(),
+            &id,
+            &self.peer_id(),
+            Role::Admin,
+            None,
+            &mut OsRng,
+        )
+        .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let membership = Membership {
+            token,
+            root_key: self.author.public_key,
+            contacts: Vec::new(),
+        };
         self.workspaces.insert(id, ws);
         self.new_workspaces.push(id);
-        self.staged.extend(changes.into_iter().map(|c| (id, c)));
+        self.stage_membership(id, membership);
+        self.stage_local(id, changes);
         Ok(summary)
     }
 
     /// Commits everything staged in one durable transaction, then answers the
     /// deferred replies. On failure, memory is rolled back to what is on disk.
-    fn flush(&mut self) {
-        if self.deferred.is_empty() && self.staged.is_empty() {
+    pub(super) fn flush(&mut self) {
+        if self.deferred.is_empty()
+            && self.staged.is_empty()
+            && self.staged_memberships.is_empty()
+            && self.staged_sync_states.is_empty()
+        {
             return;
         }
         let started = Instant::now();
@@ -380,6 +489,8 @@ impl Actor {
         let elapsed = started.elapsed();
         let staged = std::mem::take(&mut self.staged);
         let new_workspaces = std::mem::take(&mut self.new_workspaces);
+        let staged_memberships = std::mem::take(&mut self.staged_memberships);
+        self.staged_sync_states.clear();
         let outcome = match result {
             Ok(bumped) => {
                 self.metrics.store_commit(elapsed.as_secs_f64(), true);
@@ -393,6 +504,13 @@ impl Actor {
             Err(e) => {
                 self.metrics.store_commit(elapsed.as_secs_f64(), false);
                 tracing::error!(error = %e, "store commit failed; rolling back to the committed state");
+                for (ws, _) in &staged_memberships {
+                    if let Ok(Some(m)) = self.read_membership(ws) {
+                        self.memberships.insert(*ws, m);
+                    } else {
+                        self.memberships.remove(ws);
+                    }
+                }
                 self.recover(&staged, &new_workspaces);
                 Err(e)
             }
@@ -401,6 +519,23 @@ impl Actor {
             reply(outcome.clone());
         }
         self.publish_stats();
+        if outcome.is_ok() {
+            // Committed: now, and only now, offer our own changes to peers.
+            let local: BTreeSet<(WorkspaceId, DocId)> = staged
+                .iter()
+                .filter(|s| s.local)
+                .map(|s| (s.ws, s.change.doc))
+                .collect();
+            for (workspace, doc) in local {
+                self.run_engine(Input::LocalChange { workspace, doc });
+            }
+            if staged
+                .iter()
+                .any(|s| s.change.doc == crate::workspace::access_doc_id(&s.ws))
+            {
+                self.revalidate_sessions();
+            }
+        }
     }
 
     /// Writes the staged changes; returns how many records each doc got.
@@ -416,7 +551,16 @@ impl Actor {
             }
             let mut docs = tx.open_table(DOCS).map_err(classify)?;
             let mut changes = tx.open_table(CHANGES).map_err(classify)?;
-            for (ws, new) in &mut self.staged {
+            let mut signatures = tx.open_table(SIGNATURES).map_err(classify)?;
+            for staged in &mut self.staged {
+                let (ws, new) = (&staged.ws, &mut staged.change);
+                for sig in &staged.signatures {
+                    let bytes =
+                        postcard::to_stdvec(sig).map_err(|e| StoreError::Storage(e.to_string()))?;
+                    signatures
+                        .insert((*new.doc.as_bytes(), sig.hash), bytes.as_slice())
+                        .map_err(classify)?;
+                }
                 let counters = self.counters.get(&new.doc).copied();
                 if counters.is_none() && !added.contains_key(&new.doc) {
                     let kind = if new.doc == access_doc_id(ws) {
@@ -442,6 +586,20 @@ impl Actor {
                     .insert((*new.doc.as_bytes(), key), new.change.bytes().as_ref())
                     .map_err(classify)?;
             }
+            let mut memberships = tx.open_table(MEMBERSHIPS).map_err(classify)?;
+            for (ws, m) in &self.staged_memberships {
+                let bytes =
+                    postcard::to_stdvec(m).map_err(|e| StoreError::Storage(e.to_string()))?;
+                memberships
+                    .insert(*ws.as_bytes(), bytes.as_slice())
+                    .map_err(classify)?;
+            }
+            let mut states = tx.open_table(SYNC_STATES).map_err(classify)?;
+            for (peer, doc, state) in &self.staged_sync_states {
+                states
+                    .insert((peer.as_str(), *doc.as_bytes()), state.as_slice())
+                    .map_err(classify)?;
+            }
         }
         tx.commit().map_err(classify)?;
         Ok(added.into_iter().collect())
@@ -449,7 +607,7 @@ impl Actor {
 
     /// After a failed commit: reopen the database if it is poisoned, and reload
     /// every workspace the staged changes touched from what is committed.
-    fn recover(&mut self, staged: &[(WorkspaceId, NewChange)], new_workspaces: &[WorkspaceId]) {
+    fn recover(&mut self, staged: &[Staged], new_workspaces: &[WorkspaceId]) {
         let needs_reopen = self.db.as_ref().is_none_or(|db| !usable(db));
         if needs_reopen {
             self.db = None;
@@ -460,9 +618,10 @@ impl Actor {
                 }
             }
         }
-        let touched: BTreeSet<WorkspaceId> = staged.iter().map(|(ws, _)| *ws).collect();
+        let touched: BTreeSet<WorkspaceId> = staged.iter().map(|s| s.ws).collect();
         for ws in touched {
             if new_workspaces.contains(&ws) {
+                self.memberships.remove(&ws);
                 if let Some(w) = self.workspaces.remove(&ws) {
                     for doc in [w.access.id, w.index.id]
                         .into_iter()
@@ -606,14 +765,14 @@ fn usable(db: &Database) -> bool {
     }
 }
 
-fn random_nonce() -> Result<[u8; 16], String> {
+pub(super) fn random_nonce() -> Result<[u8; 16], String> {
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| format!("the OS random source failed: {e}"))?;
     Ok(nonce)
 }
 
 /// Maps a redb failure to what the user is told.
-fn classify(e: impl Into<redb::Error>) -> StoreError {
+pub(super) fn classify(e: impl Into<redb::Error>) -> StoreError {
     let e: redb::Error = e.into();
     match &e {
         redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => StoreError::DiskFull,

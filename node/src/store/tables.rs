@@ -8,7 +8,12 @@
 //! - `workspaces-1`: workspace id -> unused (presence lists the workspace);
 //! - `docs-1`: document id -> postcard [`DocRecord`];
 //! - `changes-1`: (document id, counter) -> one Automerge change, compressed;
-//! - `snapshots-1`: document id -> (last counter folded in, saved document).
+//! - `snapshots-1`: document id -> (last counter folded in, saved document);
+//! - `signatures-1` (schema 2): (document id, change hash) -> postcard
+//!   [`SignedHead`](xencode_protocol::envelope::SignedHead) of the author;
+//! - `memberships-1` (schema 2): workspace id -> postcard [`Membership`]: this
+//!   node's token, the root key, where to find the inviter;
+//! - `sync-states-1` (schema 2): (peer id, document id) -> Automerge sync state.
 
 use std::fs;
 use std::io::Read;
@@ -23,13 +28,29 @@ use crate::workspace::DocKind;
 /// Written into `meta-1` so a foreign redb file is recognised.
 pub const FORMAT: &[u8] = b"xencode-store";
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
 pub const WORKSPACES: TableDefinition<[u8; 16], ()> = TableDefinition::new("workspaces-1");
 pub const DOCS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("docs-1");
 pub const CHANGES: TableDefinition<([u8; 16], u64), &[u8]> = TableDefinition::new("changes-1");
 pub const SNAPSHOTS: TableDefinition<[u8; 16], (u64, &[u8])> = TableDefinition::new("snapshots-1");
+pub const SIGNATURES: TableDefinition<([u8; 16], [u8; 32]), &[u8]> =
+    TableDefinition::new("signatures-1");
+pub const MEMBERSHIPS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("memberships-1");
+pub const SYNC_STATES: TableDefinition<(&str, [u8; 16]), &[u8]> =
+    TableDefinition::new("sync-states-1");
+
+/// This node's membership of a workspace, kept beside the documents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The capability token this node presents to peers.
+    pub token: Vec<u8>,
+    /// The workspace creator's public key, the capability root.
+    pub root_key: [u8; 32],
+    /// Peers to dial for this workspace (the inviter), as (peer id, multiaddrs).
+    pub contacts: Vec<(String, Vec<String>)>,
+}
 
 /// What `docs-1` records of a document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,7 +67,16 @@ const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0
 type Migration = fn(&redb::WriteTransaction) -> Result<(), redb::Error>;
 
 /// `MIGRATIONS[i]` upgrades schema `i + 1` to `i + 2`. Schema 1 is the first.
-const MIGRATIONS: &[Migration] = &[];
+const MIGRATIONS: &[Migration] = &[migrate_1_to_2];
+
+/// Schema 2 adds signatures, memberships and sync states (empty: stores of
+/// schema 1 predate networking, so their changes were never sent).
+fn migrate_1_to_2(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(SIGNATURES)?;
+    tx.open_table(MEMBERSHIPS)?;
+    tx.open_table(SYNC_STATES)?;
+    Ok(())
+}
 
 /// Refuses a file that exists but is not a redb database, before redb opens
 /// (and possibly writes to) it.
@@ -177,6 +207,9 @@ fn initialize(db: &Database) -> Result<(), redb::Error> {
         tx.open_table(DOCS)?;
         tx.open_table(CHANGES)?;
         tx.open_table(SNAPSHOTS)?;
+        tx.open_table(SIGNATURES)?;
+        tx.open_table(MEMBERSHIPS)?;
+        tx.open_table(SYNC_STATES)?;
     }
     tx.commit()?;
     Ok(())

@@ -12,7 +12,8 @@ use crate::metrics::Metrics;
 fn author() -> AuthorKey {
     AuthorKey {
         peer_id: "12D3KooWtest".into(),
-        public_key: [5; 32],
+        public_key: pk(5),
+        secret: [5; 32],
     }
 }
 
@@ -311,4 +312,63 @@ fn hash_of(path: &Path) -> blake3::Hash {
 
 fn close_after((store, thread): (Store, StoreThread)) {
     close(store, thread);
+}
+
+fn pk(n: u8) -> [u8; 32] {
+    ed25519_dalek::SigningKey::from_bytes(&[n; 32])
+        .verifying_key()
+        .to_bytes()
+}
+
+#[tokio::test]
+async fn a_schema_1_store_is_migrated_and_keeps_its_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let (store, thread) = open(&path, 1000).expect("open");
+    let ws = store
+        .create_workspace("old".into(), 1)
+        .await
+        .expect("create")
+        .id;
+    store
+        .put_file(ws, p("a.txt"), b"kept".to_vec(), 2)
+        .await
+        .expect("put");
+    close(store, thread);
+    // Turn it into what schema 1 wrote: no signatures, memberships or sync states.
+    {
+        let db = Database::open(&path).expect("open raw");
+        let tx = db.begin_write().expect("write");
+        assert!(tx.delete_table(tables::SIGNATURES).expect("delete"));
+        assert!(tx.delete_table(tables::MEMBERSHIPS).expect("delete"));
+        assert!(tx.delete_table(tables::SYNC_STATES).expect("delete"));
+        tx.open_table(tables::META)
+            .expect("meta")
+            .insert("schema_version", 1u32.to_le_bytes().as_slice())
+            .expect("insert");
+        tx.commit().expect("commit");
+    }
+    let (store, thread) = open(&path, 1000).expect("migrates");
+    assert_eq!(text_of(&store, ws, "a.txt").await, "kept");
+    store
+        .put_file(ws, p("b.txt"), b"new".to_vec(), 3)
+        .await
+        .expect("writes after migration");
+    close(store, thread);
+    let db = Database::open(&path).expect("open raw");
+    let read = db.begin_read().expect("read");
+    let version = read
+        .open_table(tables::META)
+        .expect("meta")
+        .get("schema_version")
+        .expect("get")
+        .map(|v| v.value().to_vec());
+    assert_eq!(version, Some(tables::SCHEMA_VERSION.to_le_bytes().to_vec()));
+    assert!(
+        read.open_table(tables::SIGNATURES)
+            .expect("signatures")
+            .len()
+            .expect("len")
+            >= 1
+    );
 }

@@ -23,9 +23,14 @@ fn edit(pos: u64, delete: u64, insert: &str) -> SpliceEdit {
 }
 
 fn new_ws() -> Workspace {
-    let (ws, changes) =
-        Workspace::create(WorkspaceId::from_bytes([9; 16]), "team", &author(1), 1_000)
-            .expect("create");
+    let (ws, changes) = Workspace::create(
+        WorkspaceId::from_bytes([9; 16]),
+        &[0; 16],
+        "team",
+        &author(1),
+        1_000,
+    )
+    .expect("create");
     assert_eq!(changes.len(), 2, "access and index each get one change");
     ws
 }

@@ -7,7 +7,8 @@ use automerge::{ActorId, Change, ChangeHash};
 use libp2p_identity::PeerId;
 
 use super::{
-    DocSync, Engine, Event, Host, Output, PendingChange, RejectReason, guarded, restored_state,
+    DocSync, Engine, Event, Host, Output, PendingChange, RejectReason, WriteDecision, guarded,
+    restored_state,
 };
 use crate::envelope::SignedHead;
 use crate::ids::{DocId, WorkspaceId};
@@ -165,15 +166,16 @@ impl Engine {
         }
         pending.signatures = waiting;
 
-        // 2. Authorization of every newly verified author.
-        let mut allowed: HashMap<[u8; 32], bool> = HashMap::new();
+        // 2. Authorization of every verified author: refused now, allowed, or
+        //    waiting until the membership tells.
+        let mut decisions: HashMap<[u8; 32], WriteDecision> = HashMap::new();
         let mut refused: Vec<ChangeHash> = Vec::new();
         for (hash, pc) in &pending.changes {
             if let Some(author) = pc.verified {
-                let ok = *allowed
+                let d = *decisions
                     .entry(author)
                     .or_insert_with(|| host.may_write(&ws, &doc, &author));
-                if !ok {
+                if d == WriteDecision::Deny {
                     refused.push(*hash);
                 }
             }
@@ -208,7 +210,11 @@ impl Engine {
             let mut candidates: Vec<(&ChangeHash, &PendingChange)> = pending
                 .changes
                 .iter()
-                .filter(|(h, pc)| pc.verified.is_some() && !ready_set.contains(*h))
+                .filter(|(h, pc)| {
+                    pc.verified
+                        .is_some_and(|a| decisions.get(&a) == Some(&WriteDecision::Allow))
+                        && !ready_set.contains(*h)
+                })
                 .collect();
             candidates.sort_by_key(|(_, pc)| pc.change.seq());
             let mut malformed_now = Vec::new();

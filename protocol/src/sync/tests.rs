@@ -119,8 +119,12 @@ impl Host for TestHost {
             Err("bad token".into())
         }
     }
-    fn may_write(&mut self, _ws: &WorkspaceId, _doc: &DocId, author: &[u8; 32]) -> bool {
-        self.writers.contains(author)
+    fn may_write(&mut self, _ws: &WorkspaceId, _doc: &DocId, author: &[u8; 32]) -> WriteDecision {
+        if self.writers.contains(author) {
+            WriteDecision::Allow
+        } else {
+            WriteDecision::Deny
+        }
     }
     fn sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>> {
         self.states.get(&(*peer, *doc)).cloned()
