@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 pub use error::ApiError;
 
 use crate::metrics::Metrics;
+use crate::net::NetInfo;
 use crate::store::Store;
 
 /// What the API needs to answer; cheap to clone.
@@ -34,6 +35,7 @@ pub struct ApiState {
 
 struct Inner {
     store: OnceLock<Store>,
+    net: OnceLock<Arc<NetInfo>>,
     token: String,
     metrics: Arc<Metrics>,
     node: NodeFacts,
@@ -60,6 +62,7 @@ impl ApiState {
         Self {
             inner: Arc::new(Inner {
                 store: OnceLock::new(),
+                net: OnceLock::new(),
                 token,
                 metrics,
                 node,
@@ -74,6 +77,30 @@ impl ApiState {
         if self.inner.store.set(store).is_err() {
             tracing::warn!("the store was attached twice; keeping the first");
         }
+    }
+
+    /// Makes the network's facts (listen addresses) available.
+    pub fn attach_net(&self, info: Arc<NetInfo>) {
+        let _ = self.inner.net.set(info);
+    }
+
+    /// Addresses peers can reach this node at, each ending in `/p2p/<id>`.
+    fn listen_addrs(&self) -> Vec<String> {
+        let id = &self.inner.node.peer_id;
+        self.inner
+            .net
+            .get()
+            .and_then(|n| n.listen.read().ok().map(|l| l.clone()))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| {
+                if a.contains("/p2p/") {
+                    a
+                } else {
+                    format!("{a}/p2p/{id}")
+                }
+            })
+            .collect()
     }
 
     fn store(&self) -> Result<&Store, ApiError> {
@@ -99,6 +126,10 @@ pub fn router(state: ApiState) -> Router {
                 .delete(routes::remove_file),
         )
         .route("/api/v1/workspaces/{id}/splice", post(routes::splice))
+        .route("/api/v1/workspaces/{id}/invites", post(routes::invite))
+        .route("/api/v1/workspaces/{id}/revoke", post(routes::revoke))
+        .route("/api/v1/join", post(routes::join))
+        .route("/api/v1/peers", get(routes::peers))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             guard::require_token,

@@ -44,6 +44,25 @@ enum Command {
     Id,
     /// Show the running node's status.
     Status,
+    /// Show peers: connected or not, and per workspace how far behind each is.
+    Peers,
+    /// Invite a peer to a workspace; print the invitation token for `xencode join`.
+    Invite {
+        /// Workspace id or unique name.
+        ws: String,
+        /// The invitee's peer id (they get it with `xencode id`).
+        peer_id: String,
+        /// viewer (read), developer (read, write) or admin (also invite, revoke).
+        #[arg(long, value_parser = ["viewer", "developer", "admin"])]
+        role: String,
+        /// How long the token is valid, e.g. 7d, 12h, 30m (default: no expiry).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// Accept an invitation: add the workspace and start syncing; print its id.
+    Join { token: String },
+    /// Revoke a member (by peer id) or a token (by token id).
+    Revoke { ws: String, target: String },
     /// Create, list and show workspaces.
     #[command(subcommand)]
     Workspace(WorkspaceCommand),
@@ -132,6 +151,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             let client = client::Client::connect(&dir)?;
             match command {
                 Command::Status => commands::status(&client, json).await,
+                Command::Peers => commands::peers(&client, json).await,
+                Command::Invite {
+                    ws,
+                    peer_id,
+                    role,
+                    expires,
+                } => commands::invite(&client, &ws, peer_id, &role, expires.as_deref(), json).await,
+                Command::Join { token } => commands::join(&client, token, json).await,
+                Command::Revoke { ws, target } => commands::revoke(&client, &ws, target).await,
                 Command::Workspace(cmd) => commands::workspace(&client, cmd, json).await,
                 Command::File(cmd) => commands::file(&client, cmd, json).await,
                 Command::Init | Command::Node(_) | Command::Id | Command::Config(_) => Ok(()),

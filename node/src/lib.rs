@@ -12,6 +12,7 @@ pub mod api;
 pub mod config;
 pub mod identity;
 pub mod metrics;
+pub mod net;
 pub mod node;
 pub mod paths;
 pub mod store;

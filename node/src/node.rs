@@ -12,6 +12,7 @@ use crate::api::{self, ApiState, NodeFacts};
 use crate::config::Config;
 use crate::identity::{self, IdentityError};
 use crate::metrics::Metrics;
+use crate::net::{Net, NetError, NetInfo, NetOptions};
 use crate::paths::DataDir;
 use crate::store::{AuthorKey, OpenError, Store, StoreOptions};
 
@@ -37,6 +38,8 @@ pub enum NodeError {
     Serve(io::Error),
     #[error("the store failed to load: {0}")]
     Join(String),
+    #[error(transparent)]
+    Net(#[from] NetError),
 }
 
 /// What a started node reports once it is ready.
@@ -136,6 +139,42 @@ pub async fn run(
     };
     state.attach_store(store.clone());
 
+    let net_info = Arc::new(NetInfo::default());
+    let (net_tx, net_rx) = tokio::sync::mpsc::channel(8192);
+    let _ = store.attach_net(net_tx).await;
+    let net_options = NetOptions {
+        listen: config.network.listen.clone(),
+        peers: config.network.peers.clone(),
+        mdns: config.network.mdns,
+    };
+    let net = match Net::new(
+        identity.secret_bytes(),
+        &net_options,
+        store.clone(),
+        metrics.clone(),
+        net_info.clone(),
+    ) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            drop(store);
+            drop(state);
+            let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+            return Err(e.into());
+        }
+    };
+    let (net_stop_tx, net_stop_rx) = tokio::sync::watch::channel(false);
+    let net_task = tokio::spawn(net.run(net_rx, net_stop_rx));
+    state.attach_net(net_info.clone());
+    // Give the transports a moment to report the addresses they bound.
+    for _ in 0..50 {
+        if net_info.listen.read().is_ok_and(|l| !l.is_empty()) || net_options.listen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     let compactor = tokio::spawn(compact_periodically(
         store.clone(),
         Duration::from_secs(config.store.compact_interval_secs),
@@ -143,10 +182,15 @@ pub async fn run(
     drop(store);
 
     write_api_url(&dir, &api_url)?;
+    let listening = net_info
+        .listen
+        .read()
+        .map(|l| l.clone())
+        .unwrap_or_default();
     on_ready(&Ready {
         peer_id,
         api_url: api_url.clone(),
-        listen: config.network.listen.clone(),
+        listen: listening,
     });
     tracing::info!(api = %api_url, "node ready");
 
@@ -162,6 +206,10 @@ pub async fn run(
     };
     compactor.abort();
     let _ = compactor.await;
+    let _ = net_stop_tx.send(true);
+    if let Err(e) = net_task.await {
+        tracing::error!(error = %e, "the network task failed");
+    }
     remove_api_url(&dir, &api_url);
     drop(state);
     // Every store handle is gone once the server and the compactor are: the

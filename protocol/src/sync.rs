@@ -303,22 +303,23 @@ impl Engine {
             .collect()
     }
 
-    /// Per admitted session: the peer's last advertised heads of each
-    /// document (to tell how far behind it is).
-    pub fn their_heads(
-        &self,
-        peer: &PeerId,
-        ws: &WorkspaceId,
-    ) -> Vec<(DocId, Option<Vec<ChangeHash>>)> {
-        self.sessions
-            .get(&(*peer, *ws))
-            .map(|s| {
-                s.docs
-                    .iter()
-                    .map(|(d, ds)| (*d, ds.state.their_heads.clone()))
-                    .collect()
+    /// Per admitted session and document: the hashes the peer is known to
+    /// have (its last advertised heads and the heads both sides share), to
+    /// tell how far behind it is.
+    pub fn their_heads(&self, peer: &PeerId, ws: &WorkspaceId) -> Vec<(DocId, Vec<ChangeHash>)> {
+        let Some(s) = self.sessions.get(&(*peer, *ws)) else {
+            return Vec::new();
+        };
+        s.docs
+            .iter()
+            .map(|(d, ds)| {
+                let mut known = ds.state.shared_heads.clone();
+                known.extend(ds.state.their_heads.iter().flatten().copied());
+                known.sort();
+                known.dedup();
+                (*d, known)
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     /// Peers with a live connection.

@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use xencode_protocol::api::{
-    CreateWorkspace, FileKind, FileList, Health, NodeInfo, SpliceRequest, StoreInfo, WorkspaceList,
+    CreateWorkspace, FileKind, FileList, Health, InviteRequest, JoinRequest, NodeInfo, PeerList,
+    RevokeRequest, SpliceRequest, StoreInfo, WorkspaceList,
 };
 use xencode_protocol::{WorkspaceId, WorkspacePath};
 
@@ -82,7 +83,14 @@ pub async fn node_info(State(state): State<ApiState>) -> Result<Json<NodeInfo>, 
         version: env!("CARGO_PKG_VERSION").into(),
         api_url: n.api_url.clone(),
         data_dir: n.data_dir.clone(),
-        listen: n.listen.clone(),
+        listen: {
+            let bound = state.listen_addrs();
+            if bound.is_empty() {
+                n.listen.clone()
+            } else {
+                bound
+            }
+        },
         mdns: n.mdns,
         epoch: stats.epoch.load(Relaxed),
         workspaces: stats.workspaces.load(Relaxed),
@@ -181,6 +189,41 @@ pub async fn splice(
         .map_err(|m| ApiError::bad_request("invalid_splice", m))?;
     let resp = state.store()?.splice(id, path, edits, now_ms()).await?;
     Ok(Json(resp).into_response())
+}
+
+pub async fn invite(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<InviteRequest>,
+) -> Result<Response, ApiError> {
+    let id = parse_ws(&id)?;
+    let addrs = state.listen_addrs();
+    let resp = state.store()?.invite(id, req, addrs, now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(resp)).into_response())
+}
+
+pub async fn join(
+    State(state): State<ApiState>,
+    ApiJson(req): ApiJson<JoinRequest>,
+) -> Result<Response, ApiError> {
+    let ws = state.store()?.join(req.token, now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(ws)).into_response())
+}
+
+pub async fn revoke(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<RevokeRequest>,
+) -> Result<Response, ApiError> {
+    let id = parse_ws(&id)?;
+    let target = req.target.clone();
+    state.store()?.revoke(id, req.target, now_ms()).await?;
+    Ok(Json(serde_json::json!({ "revoked": target })).into_response())
+}
+
+pub async fn peers(State(state): State<ApiState>) -> Result<Json<PeerList>, ApiError> {
+    let peers = state.store()?.peers().await?;
+    Ok(Json(PeerList { peers }))
 }
 
 pub async fn not_found() -> ApiError {

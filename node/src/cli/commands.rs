@@ -9,7 +9,8 @@ use xencode_node::identity::{self, Identity};
 use xencode_node::node::{self, Ready};
 use xencode_node::paths::DataDir;
 use xencode_protocol::api::{
-    CreateWorkspace, FileInfo, FileList, NodeInfo, WorkspaceDetail, WorkspaceList, WorkspaceSummary,
+    CreateWorkspace, FileInfo, FileList, InviteRequest, InviteResponse, JoinRequest, NodeInfo,
+    PeerList, RevokeRequest, Role, WorkspaceDetail, WorkspaceList, WorkspaceSummary,
 };
 
 use super::client::Client;
@@ -64,10 +65,7 @@ pub async fn node(dir: &DataDir, args: NodeArgs) -> Result<()> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "peer id: {}", ready.peer_id);
         for addr in &ready.listen {
-            let _ = writeln!(
-                out,
-                "listen:  {addr} (peer-to-peer networking is not enabled in this build)"
-            );
+            let _ = writeln!(out, "listen:  {addr}");
         }
         let _ = writeln!(out, "api:     {}", ready.api_url);
         let _ = out.flush();
@@ -209,4 +207,111 @@ fn read_stdin() -> Result<Vec<u8>> {
         .read_to_end(&mut buf)
         .context("cannot read standard input")?;
     Ok(buf)
+}
+
+pub async fn peers(client: &Client, json: bool) -> Result<()> {
+    let list: PeerList = client.get_json(&["api", "v1", "peers"]).await?;
+    if json {
+        return print_json(&list);
+    }
+    for p in &list.peers {
+        let state = if p.connected { "connected" } else { "offline" };
+        let ws: Vec<String> = p
+            .workspaces
+            .iter()
+            .map(|w| {
+                let lag = match (w.syncing, w.behind) {
+                    (false, _) => "not syncing".to_owned(),
+                    (true, Some(0)) => "up to date".to_owned(),
+                    (true, Some(n)) => format!("{n} changes behind"),
+                    (true, None) => "ahead of this node".to_owned(),
+                };
+                format!("{} ({lag})", w.id)
+            })
+            .collect();
+        println!("{}  {state}  {}", p.peer_id, ws.join(", "));
+    }
+    Ok(())
+}
+
+pub async fn invite(
+    client: &Client,
+    ws: &str,
+    peer_id: String,
+    role: &str,
+    expires: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let id = client.resolve_workspace(ws).await?.to_string();
+    let role = Role::parse(role).context("the role is viewer, developer or admin")?;
+    let expires_secs = expires.map(parse_duration).transpose()?;
+    let resp: InviteResponse = client
+        .post_json(
+            &["api", "v1", "workspaces", &id, "invites"],
+            &InviteRequest {
+                peer_id,
+                role,
+                expires_secs,
+            },
+        )
+        .await?;
+    if json {
+        return print_json(&resp);
+    }
+    eprintln!(
+        "invited {} as {} (token id {}); give them this token for `xencode join`:",
+        resp.peer_id,
+        resp.role.as_str(),
+        resp.token_id
+    );
+    println!("{}", resp.token);
+    Ok(())
+}
+
+pub async fn join(client: &Client, token: String, json: bool) -> Result<()> {
+    let ws: WorkspaceSummary = client
+        .post_json(&["api", "v1", "join"], &JoinRequest { token })
+        .await?;
+    if json {
+        return print_json(&ws);
+    }
+    eprintln!(
+        "joined {:?} as {}; syncing starts when the inviter is reachable",
+        ws.name,
+        ws.role.as_str()
+    );
+    println!("{}", ws.id);
+    Ok(())
+}
+
+pub async fn revoke(client: &Client, ws: &str, target: String) -> Result<()> {
+    let id = client.resolve_workspace(ws).await?.to_string();
+    let _: serde_json::Value = client
+        .post_json(
+            &["api", "v1", "workspaces", &id, "revoke"],
+            &RevokeRequest {
+                target: target.clone(),
+            },
+        )
+        .await?;
+    eprintln!("revoked {target}; every node refuses it once the revocation reaches it");
+    Ok(())
+}
+
+/// `7d`, `12h`, `30m`, `45s` or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration like 7d, 12h or 30m"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => anyhow::bail!("{s:?} is not a duration like 7d, 12h or 30m"),
+    };
+    n.checked_mul(mult).context("the duration is too long")
 }

@@ -462,19 +462,21 @@ impl Actor {
         let theirs = self.engine.their_heads(peer, ws_id);
         let ws = self.workspaces.get_mut(ws_id)?;
         let mut total = 0u64;
+        let mut ahead = false;
         for doc in ws.docs_mut() {
-            let their = theirs
+            let mut their = theirs
                 .iter()
                 .find(|(d, _)| *d == doc.id)
-                .and_then(|(_, h)| h.clone())
+                .map(|(_, h)| h.clone())
                 .unwrap_or_default();
-            if their
-                .iter()
-                .any(|h| doc.am.get_change_meta_by_hash(h).is_none())
-            {
-                return None;
-            }
+            let before = their.len();
+            their.retain(|h| doc.am.get_change_meta_by_hash(h).is_some());
+            ahead |= their.len() < before;
             total += doc.am.get_changes(&their).len() as u64;
+        }
+        // The peer holds changes this node has not seen, and lacks none of ours.
+        if ahead && total == 0 {
+            return None;
         }
         Some(total)
     }

@@ -29,8 +29,43 @@ impl Engine {
         signatures: Vec<SignedHead>,
         now_ms: u64,
     ) {
-        let Some(am) = host.document(&ws, &doc) else {
+        if host.document(&ws, &doc).is_none() {
             self.strike(peer, "sync for a document this node will not hold");
+            return;
+        }
+        // The sync message goes to Automerge before the changes are applied:
+        // applying first would make Automerge believe the sender already knows
+        // our new heads, and it would never acknowledge them.
+        let had_message = message.is_some();
+        if let Some(bytes) = message {
+            let Some(Ok(msg)) = guarded(|| sync::Message::decode(&bytes)) else {
+                self.event(Event::Rejected {
+                    peer,
+                    workspace: ws,
+                    reason: RejectReason::Malformed,
+                    count: 1,
+                });
+                self.strike(peer, "undecodable sync message");
+                return;
+            };
+            let Some(session) = self.sessions.get_mut(&(peer, ws)) else {
+                return;
+            };
+            let ds = session.docs.entry(doc).or_insert_with(|| DocSync {
+                state: restored_state(host, &peer, &doc),
+                idle: None,
+            });
+            let Some(am) = host.document(&ws, &doc) else {
+                return;
+            };
+            let received = guarded(|| am.sync().receive_sync_message(&mut ds.state, msg));
+            if !matches!(received, Some(Ok(()))) {
+                // The state may be half-updated: start this document afresh.
+                ds.state = sync::State::new();
+                self.strike(peer, "sync message refused by Automerge");
+            }
+        }
+        let Some(am) = host.document(&ws, &doc) else {
             return;
         };
         let mut malformed = 0;
@@ -99,33 +134,7 @@ impl Engine {
         }
         self.resolve(host, ws, doc);
 
-        if let Some(bytes) = message {
-            let Some(Ok(msg)) = guarded(|| sync::Message::decode(&bytes)) else {
-                self.event(Event::Rejected {
-                    peer,
-                    workspace: ws,
-                    reason: RejectReason::Malformed,
-                    count: 1,
-                });
-                self.strike(peer, "undecodable sync message");
-                return;
-            };
-            let Some(session) = self.sessions.get_mut(&(peer, ws)) else {
-                return;
-            };
-            let ds = session.docs.entry(doc).or_insert_with(|| DocSync {
-                state: restored_state(host, &peer, &doc),
-                idle: None,
-            });
-            let Some(am) = host.document(&ws, &doc) else {
-                return;
-            };
-            let received = guarded(|| am.sync().receive_sync_message(&mut ds.state, msg));
-            if !matches!(received, Some(Ok(()))) {
-                // The state may be half-updated: start this document afresh.
-                ds.state = sync::State::new();
-                self.strike(peer, "sync message refused by Automerge");
-            }
+        if had_message {
             self.generate(host, peer, ws, doc);
         }
     }

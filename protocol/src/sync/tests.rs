@@ -529,3 +529,30 @@ fn forged_signatures_and_stolen_actor_ids_are_refused() {
             .is_some()
     );
 }
+
+#[test]
+fn after_quiescence_each_side_knows_the_others_heads() {
+    for seed in 0..10 {
+        let mut rng = SmallRng::seed_from_u64(500 + seed);
+        let mut net = Net::new(2, 2);
+        net.connect(0, 1);
+        net.heal();
+        for _ in 0..20 {
+            net.edit(0, DOCS[0], &mut rng);
+        }
+        net.heal();
+        let theirs = net.nodes[0].engine.their_heads(&net.nodes[1].id, &WS);
+        let actual = net.nodes[1].host.heads();
+        for (doc, heads) in actual {
+            let known: Vec<ChangeHash> = theirs
+                .iter()
+                .find(|(d, _)| *d == doc)
+                .map(|(_, h)| h.clone())
+                .unwrap_or_default();
+            assert!(
+                heads.iter().all(|h| known.contains(h)),
+                "seed {seed}: stale view of {doc}"
+            );
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! The libp2p adapter: a thin layer between the swarm and the sync engine
+//! that runs in the store actor. Swarm events become engine inputs
+//! ([`Store::net_input`]); the engine's sends arrive as [`NetCommand`]s.
+//! Nothing about what to sync is decided here.
+//!
+//! Transports: TCP and QUIC, noise, yamux. Behaviours: identify, ping,
+//! mDNS (optional), connection limits, and `/xencode/sync/1`
+//! (request-response with [`codec::FrameCodec`]). Frames to one peer are sent
+//! one at a time — the next only after the previous was acknowledged — so a
+//! session's stream stays ordered, as Automerge sync requires.
+
+mod codec;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, connection_limits, identify, mdns, noise, ping, tcp, yamux,
+};
+use tokio::sync::{mpsc, watch};
+use xencode_protocol::sync::Input;
+use xencode_protocol::wire::{self, SYNC_PROTOCOL};
+
+use crate::metrics::Metrics;
+use crate::store::{NetCommand, Store};
+
+/// Frames queued for one peer before it is considered too slow.
+const MAX_QUEUED_FRAMES: usize = 4096;
+/// Inbound frames per peer per second before it is disconnected.
+const MAX_FRAMES_PER_SEC: u32 = 5000;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why the network could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    #[error("the identity key does not make a libp2p key: {0}")]
+    Key(String),
+    #[error("cannot set up the {0} transport: {1}")]
+    Transport(&'static str, String),
+    #[error("cannot listen on {addr}: {error}. Pick another with --listen")]
+    Listen { addr: String, error: String },
+    #[error("{0:?} is not a multiaddr")]
+    Addr(String),
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    sync: request_response::Behaviour<codec::FrameCodec>,
+}
+
+/// What the network shares with the API.
+#[derive(Debug, Default)]
+pub struct NetInfo {
+    /// Addresses this node listens on.
+    pub listen: RwLock<Vec<String>>,
+}
+
+/// Options of the network task.
+#[derive(Debug, Clone)]
+pub struct NetOptions {
+    pub listen: Vec<String>,
+    pub peers: Vec<String>,
+    pub mdns: bool,
+}
+
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<Vec<u8>>,
+    in_flight: Option<OutboundRequestId>,
+}
+
+struct Redial {
+    addrs: Vec<Multiaddr>,
+    backoff: Duration,
+    next: Instant,
+}
+
+struct RateWindow {
+    started: Instant,
+    frames: u32,
+}
+
+/// The running network task.
+pub struct Net {
+    swarm: libp2p::Swarm<Behaviour>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    info: Arc<NetInfo>,
+    outboxes: HashMap<PeerId, Outbox>,
+    /// Known peers to keep connected to (inviters, members).
+    redial: HashMap<PeerId, Redial>,
+    /// `--peer` addresses whose peer id is not known until connected.
+    bootstrap: Vec<(Multiaddr, Duration, Instant)>,
+    rates: HashMap<PeerId, RateWindow>,
+}
+
+impl Net {
+    /// Builds the swarm and starts listening.
+    pub fn new(
+        secret: [u8; 32],
+        options: &NetOptions,
+        store: Store,
+        metrics: Arc<Metrics>,
+        info: Arc<NetInfo>,
+    ) -> Result<Self, NetError> {
+        let mut secret = secret;
+        let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut secret)
+            .map_err(|e| NetError::Key(e.to_string()))?;
+        let local = keypair.public().to_peer_id();
+        let use_mdns = options.mdns;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .map_err(|e| NetError::Transport("TCP", e.to_string()))?
+            .with_quic()
+            .with_behaviour(|key| {
+                let mdns = if use_mdns {
+                    match mdns::tokio::Behaviour::new(mdns::Config::default(), local) {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "mDNS unavailable; discover peers with --peer");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                Behaviour {
+                    limits: connection_limits::Behaviour::new(
+                        connection_limits::ConnectionLimits::default()
+                            .with_max_established(Some(256))
+                            .with_max_established_per_peer(Some(2))
+                            .with_max_pending_incoming(Some(64))
+                            .with_max_pending_outgoing(Some(64)),
+                    ),
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/xencode/id/1".into(),
+                        key.public(),
+                    )),
+                    ping: ping::Behaviour::new(ping::Config::new()),
+                    mdns: Toggle::from(mdns),
+                    sync: request_response::Behaviour::with_codec(
+                        codec::FrameCodec,
+                        [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(60))
+                            .with_max_concurrent_streams(64),
+                    ),
+                }
+            })
+            .map_err(|e| NetError::Transport("behaviour", e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        for addr in &options.listen {
+            let ma: Multiaddr = addr.parse().map_err(|_| NetError::Addr(addr.clone()))?;
+            swarm.listen_on(ma).map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                error: e.to_string(),
+            })?;
+        }
+        let now = Instant::now();
+        let mut bootstrap = Vec::new();
+        for addr in &options.peers {
+            let ma: Multiaddr = addr.parse().map_err(|_| NetError::Addr(addr.clone()))?;
+            bootstrap.push((ma, Duration::from_secs(1), now));
+        }
+        Ok(Self {
+            swarm,
+            store,
+            metrics,
+            info,
+            outboxes: HashMap::new(),
+            redial: HashMap::new(),
+            bootstrap,
+            rates: HashMap::new(),
+        })
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<NetCommand>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        if let Ok(contacts) = self.store.contacts().await {
+            for (peer, addrs) in contacts {
+                self.remember(&peer, &addrs);
+            }
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(cmd) = commands.recv() => self.command(cmd),
+                event = self.swarm.select_next_some() => self.event(event).await,
+                _ = tick.tick() => {
+                    let _ = self.store.net_input(Input::Tick).await;
+                    self.redial_due();
+                }
+            }
+        }
+        tracing::info!("network stopped");
+    }
+
+    fn remember(&mut self, peer: &str, addrs: &[String]) {
+        let Ok(peer) = peer.parse::<PeerId>() else {
+            return;
+        };
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        let entry = self.redial.entry(peer).or_insert_with(|| Redial {
+            addrs: Vec::new(),
+            backoff: Duration::from_secs(1),
+            next: Instant::now(),
+        });
+        for a in addrs {
+            if !entry.addrs.contains(&a) {
+                entry.addrs.push(a);
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: NetCommand) {
+        match cmd {
+            NetCommand::Send { peer, frame } => match wire::encode(&frame) {
+                Ok(bytes) => {
+                    let outbox = self.outboxes.entry(peer).or_default();
+                    if outbox.queue.len() >= MAX_QUEUED_FRAMES {
+                        tracing::warn!(%peer, "peer is not keeping up; disconnecting to resync later");
+                        self.outboxes.remove(&peer);
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                        return;
+                    }
+                    outbox.queue.push_back(bytes);
+                    self.pump(peer);
+                }
+                Err(e) => tracing::error!(error = %e, "a frame could not be encoded"),
+            },
+            NetCommand::Disconnect { peer, reason } => {
+                tracing::info!(%peer, %reason, "disconnecting");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            NetCommand::Dial { peer, addrs } => {
+                self.remember(&peer.to_string(), &addrs);
+                if !self.swarm.is_connected(&peer) {
+                    self.dial(peer);
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self, peer: PeerId) {
+        let Some(r) = self.redial.get(&peer) else {
+            return;
+        };
+        let opts = DialOpts::peer_id(peer).addresses(r.addrs.clone()).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dial not started");
+        }
+    }
+
+    fn redial_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .redial
+            .iter()
+            .filter(|(p, r)| r.next <= now && !self.swarm.is_connected(p))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            if let Some(r) = self.redial.get_mut(&peer) {
+                r.next = now + r.backoff;
+                r.backoff = (r.backoff * 2).min(MAX_BACKOFF);
+            }
+            self.dial(peer);
+        }
+        let mut dials = Vec::new();
+        for (addr, backoff, next) in &mut self.bootstrap {
+            if *next <= now {
+                *next = now + *backoff;
+                *backoff = (*backoff * 2).min(MAX_BACKOFF);
+                dials.push(addr.clone());
+            }
+        }
+        for addr in dials {
+            // Skip addresses of peers we are connected to already.
+            let known = addr.iter().find_map(|p| match p {
+                Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            if known.is_some_and(|id| self.swarm.is_connected(&id)) {
+                continue;
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "dial not started");
+            }
+        }
+    }
+
+    /// Sends the next queued frame to `peer` if none is in flight.
+    fn pump(&mut self, peer: PeerId) {
+        if !self.swarm.is_connected(&peer) {
+            return;
+        }
+        let Some(outbox) = self.outboxes.get_mut(&peer) else {
+            return;
+        };
+        if outbox.in_flight.is_some() {
+            return;
+        }
+        if let Some(bytes) = outbox.queue.pop_front() {
+            self.metrics.sync_frame("out", bytes.len());
+            outbox.in_flight = Some(self.swarm.behaviour_mut().sync.send_request(&peer, bytes));
+        }
+    }
+
+    async fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                if let Ok(mut l) = self.info.listen.write() {
+                    l.push(address.to_string());
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let addr = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => address.clone(),
+                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
+                };
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    // A bootstrap address answered: keep that peer connected.
+                    let bare: Multiaddr = address
+                        .iter()
+                        .filter(|p| !matches!(p, Protocol::P2p(_)))
+                        .collect();
+                    self.bootstrap.retain(|(a, _, _)| {
+                        let b: Multiaddr = a
+                            .iter()
+                            .filter(|p| !matches!(p, Protocol::P2p(_)))
+                            .collect();
+                        b != bare
+                    });
+                    self.remember(&peer_id.to_string(), &[address.to_string()]);
+                }
+                if let Some(r) = self.redial.get_mut(&peer_id) {
+                    r.backoff = Duration::from_secs(1);
+                }
+                let _ = self.store.peer_address(peer_id, addr.to_string()).await;
+                if num_established.get() == 1 {
+                    self.metrics
+                        .peers_connected(self.swarm.connected_peers().count());
+                    let _ = self
+                        .store
+                        .net_input(Input::Connected { peer: peer_id })
+                        .await;
+                    self.pump(peer_id);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    self.outboxes.remove(&peer_id);
+                    self.rates.remove(&peer_id);
+                    self.metrics
+                        .peers_connected(self.swarm.connected_peers().count());
+                    let _ = self
+                        .store
+                        .net_input(Input::Disconnected { peer: peer_id })
+                        .await;
+                    if let Some(r) = self.redial.get_mut(&peer_id) {
+                        r.next = Instant::now() + r.backoff;
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, %error, "outgoing connection failed");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.sync_event(e).await,
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                // Where the peer listens: redial it there if the connection drops.
+                let addrs: Vec<String> = info
+                    .listen_addrs
+                    .iter()
+                    .filter(|a| {
+                        !a.iter()
+                            .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified()))
+                    })
+                    .take(8)
+                    .map(ToString::to_string)
+                    .collect();
+                self.remember(&peer_id.to_string(), &addrs);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let me = *self.swarm.local_peer_id();
+                for (peer, addr) in found {
+                    // Only the lower peer id dials, so two nodes never dial
+                    // each other at the same time.
+                    if me < peer && !self.swarm.is_connected(&peer) {
+                        tracing::info!(%peer, %addr, "discovered on the LAN");
+                        self.remember(&peer.to_string(), &[addr.to_string()]);
+                        self.dial(peer);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn sync_event(&mut self, event: request_response::Event<Vec<u8>, ()>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, ());
+                    self.metrics.sync_frame("in", request.len());
+                    if self.over_rate(peer) {
+                        tracing::warn!(%peer, "peer exceeds the frame rate limit; disconnecting");
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                        return;
+                    }
+                    let input = match wire::decode(&request) {
+                        Ok(frame) => Input::Received { peer, frame },
+                        Err(e) => Input::Malformed {
+                            peer,
+                            error: e.to_string(),
+                        },
+                    };
+                    let _ = self.store.net_input(input).await;
+                }
+                request_response::Message::Response { request_id, .. } => {
+                    if let Some(o) = self.outboxes.get_mut(&peer)
+                        && o.in_flight == Some(request_id)
+                    {
+                        o.in_flight = None;
+                    }
+                    self.pump(peer);
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "a frame was not delivered; resetting the connection");
+                if let Some(o) = self.outboxes.get_mut(&peer)
+                    && o.in_flight == Some(request_id)
+                {
+                    o.in_flight = None;
+                }
+                // The session's stream lost a frame: start it afresh.
+                self.outboxes.remove(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "an inbound frame failed");
+                let _ = self
+                    .store
+                    .net_input(Input::Malformed {
+                        peer,
+                        error: error.to_string(),
+                    })
+                    .await;
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn over_rate(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        let w = self.rates.entry(peer).or_insert(RateWindow {
+            started: now,
+            frames: 0,
+        });
+        if now.duration_since(w.started) >= Duration::from_secs(1) {
+            w.started = now;
+            w.frames = 0;
+        }
+        w.frames += 1;
+        w.frames > MAX_FRAMES_PER_SEC
+    }
+}

@@ -1,0 +1,73 @@
+//! The `/xencode/sync/1` stream codec: a request is one length-prefixed
+//! frame (u32 big-endian length, at most `MAX_FRAME_BYTES`), the response a
+//! single acknowledgement byte. Frames are decoded by the caller, so a
+//! malformed one is counted against its sender rather than lost in the codec.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use libp2p::request_response::Codec;
+use xencode_protocol::wire::MAX_FRAME_BYTES;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FrameCodec;
+
+impl Codec for FrameCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_FRAME_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"),
+            ));
+        }
+        let mut buf = vec![0u8; len];
+        io.read_exact(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut ack = [0u8; 1];
+        io.read_exact(&mut ack).await?;
+        Ok(())
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let len = u32::try_from(req.len())
+            .ok()
+            .filter(|l| *l as usize <= MAX_FRAME_BYTES)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+        io.write_all(&len.to_be_bytes()).await?;
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, (): ()) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&[0]).await?;
+        io.close().await
+    }
+}
