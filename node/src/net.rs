@@ -380,21 +380,19 @@ impl Net {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    self.outboxes.remove(&peer_id);
-                    self.rates.remove(&peer_id);
-                    self.metrics
-                        .peers_connected(self.swarm.connected_peers().count());
-                    let _ = self
-                        .store
-                        .net_input(Input::Disconnected { peer: peer_id })
-                        .await;
-                    if let Some(r) = self.redial.get_mut(&peer_id) {
-                        r.next = Instant::now() + r.backoff;
-                    }
+                self.outboxes.remove(&peer_id);
+                self.rates.remove(&peer_id);
+                self.metrics
+                    .peers_connected(self.swarm.connected_peers().count());
+                let _ = self
+                    .store
+                    .net_input(Input::Disconnected { peer: peer_id })
+                    .await;
+                if let Some(r) = self.redial.get_mut(&peer_id) {
+                    r.next = Instant::now() + r.backoff;
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
