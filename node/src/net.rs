@@ -168,7 +168,7 @@ impl Net {
             let ma: Multiaddr = addr.parse().map_err(|_| NetError::Addr(addr.clone()))?;
             swarm.listen_on(ma).map_err(|e| NetError::Listen {
                 addr: addr.clone(),
-                error: e.to_string(),
+                error: format!("{e:?}"),
             })?;
         }
         let now = Instant::now();

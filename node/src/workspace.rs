@@ -221,11 +221,15 @@ impl Workspace {
         am.keys(&members)
             .filter_map(|peer| {
                 let m = get_obj(am, &members, &peer)?;
+                let revoked = get_obj(am, &ROOT, "revoked")
+                    .and_then(|r| get_obj(am, &r, &peer))
+                    .is_some();
                 Some(Member {
                     role: Role::parse(&get_str(am, &m, "role")?)?,
                     added_by: get_str(am, &m, "added_by").unwrap_or_default(),
                     added_at: get_u64(am, &m, "added_at").unwrap_or(0),
                     peer_id: peer,
+                    revoked,
                 })
             })
             .collect()

@@ -138,6 +138,9 @@ pub struct Member {
     pub role: Role,
     pub added_by: String,
     pub added_at: u64,
+    /// The membership was revoked.
+    #[serde(default)]
+    pub revoked: bool,
 }
 
 /// `GET /api/v1/workspaces/{id}`.

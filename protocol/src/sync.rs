@@ -241,9 +241,9 @@ struct Session {
 #[derive(Debug)]
 struct DocSync {
     state: sync::State,
-    /// (our heads, their heads) of the last change-less message we sent:
-    /// an identical one would only keep two peers bouncing empty messages.
-    idle: Option<(Vec<ChangeHash>, Option<Vec<ChangeHash>>)>,
+    /// The last change-less message we sent: sending it again would only
+    /// keep two peers bouncing the same empty messages.
+    idle: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -262,6 +262,10 @@ struct Pending {
     changes: HashMap<ChangeHash, PendingChange>,
     /// Verified signatures whose change has not arrived yet.
     signatures: Vec<(SignedHead, PeerId)>,
+    /// Signatures that covered pending changes, kept until their head is
+    /// applied and they can be persisted (to vouch for the change when it is
+    /// relayed).
+    covering: HashMap<ChangeHash, SignedHead>,
 }
 
 /// The sync engine of one node.
@@ -276,7 +280,14 @@ pub struct Engine {
     seqs: HashMap<DocId, HashMap<ActorId, u64>>,
     strikes: HashMap<PeerId, u32>,
     outputs: VecDeque<Output>,
+    /// Signatures of changes applied recently, until the host has surely
+    /// persisted them: a change relayed right after it was applied must
+    /// travel with the signature that vouches for it.
+    recent_signatures: HashMap<(DocId, ChangeHash), SignedHead>,
 }
+
+/// Recent signatures kept in memory before the cache is cleared.
+const MAX_RECENT_SIGNATURES: usize = 65_536;
 
 mod receive;
 mod send;

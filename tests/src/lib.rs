@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use serde_json;
+
 use anyhow::{Context, Result, bail};
 
 /// How long a node may take to become ready.
@@ -102,11 +104,40 @@ pub fn ok_stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A free TCP port on loopback (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `f` every 50 ms until it is true or `timeout` passes.
+pub async fn wait_for<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if f().await {
+            return true;
+        }
+        if started.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A running `xencode node`.
 pub struct Node {
     pub dir: PathBuf,
     pub api_url: String,
     pub token: String,
+    /// The libp2p TCP port (fixed, so a restart listens where peers expect).
+    pub p2p_port: u16,
+    pub peer_id: String,
     child: Child,
     log: PathBuf,
 }
@@ -114,22 +145,30 @@ pub struct Node {
 impl Node {
     /// Starts a node on a free API port and waits until `/health` is 200.
     pub fn start(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, free_port(), &[])
+    }
+
+    /// Starts a node listening for peers on `p2p_port`, dialing `peers`.
+    pub fn start_with(dir: &Path, p2p_port: u16, peers: &[String]) -> Result<Self> {
         let api_url_file = dir.join("api-url");
         let _ = std::fs::remove_file(&api_url_file);
         std::fs::create_dir_all(dir)?;
         let log = dir.with_extension(format!("node-{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log)?;
-        let child = Command::new(xencode_bin())
-            .arg("--data-dir")
-            .arg(dir)
-            .args([
-                "node",
-                "--api",
-                "127.0.0.1:0",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--no-mdns",
-            ])
+        let listen = format!("/ip4/127.0.0.1/tcp/{p2p_port}");
+        let mut cmd = Command::new(xencode_bin());
+        cmd.arg("--data-dir").arg(dir).args([
+            "node",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            &listen,
+            "--no-mdns",
+        ]);
+        for p in peers {
+            cmd.args(["--peer", p]);
+        }
+        let child = cmd
             .env_remove("XENCODE_HOME")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -140,6 +179,8 @@ impl Node {
             dir: dir.to_owned(),
             api_url: String::new(),
             token: String::new(),
+            p2p_port,
+            peer_id: String::new(),
             child,
             log,
         };
@@ -157,6 +198,7 @@ impl Node {
                     .trim()
                     .to_owned();
                 if health_ok(&node.api_url) {
+                    node.peer_id = last_line(&cli(dir, &["id"]));
                     return Ok(node);
                 }
             }
@@ -168,6 +210,72 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The multiaddr peers dial to reach this node.
+    pub fn addr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", self.p2p_port, self.peer_id)
+    }
+
+    /// Runs a CLI command against this node's data directory.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.dir, args)
+    }
+
+    /// `GET` a JSON document from the API.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let resp = self
+            .http()
+            .get(format!("{}{path}", self.api_url))
+            .send()
+            .await
+            .expect("GET");
+        resp.json().await.unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The sorted file paths of a workspace, or empty if it is not here.
+    pub async fn files(&self, ws: &str) -> Vec<String> {
+        let list = self
+            .get_json(&format!("/api/v1/workspaces/{ws}/files"))
+            .await;
+        list["files"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .filter_map(|x| x["path"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A file's bytes, if present.
+    pub async fn file(&self, ws: &str, path: &str) -> Option<Vec<u8>> {
+        let resp = self
+            .http()
+            .get(format!(
+                "{}/api/v1/workspaces/{ws}/files/{path}",
+                self.api_url
+            ))
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.bytes().await.ok().map(|b| b.to_vec())
+    }
+
+    /// The heads of a workspace (sorted), empty if it is not here.
+    pub async fn heads(&self, ws: &str) -> Vec<String> {
+        let d = self.get_json(&format!("/api/v1/workspaces/{ws}")).await;
+        d["heads"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// What the node logged so far.

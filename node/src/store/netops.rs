@@ -79,19 +79,29 @@ impl Actor {
 
     /// Feeds the sync engine and carries out what it asks.
     pub(super) fn run_engine(&mut self, input: Input) {
-        let now = crate::now_ms();
-        let mut host = HostView {
-            workspaces: &mut self.workspaces,
-            memberships: &self.memberships,
-            db: self.db.as_ref(),
-            author: &self.author,
-        };
-        self.engine.handle(&mut host, input, now);
-        self.drain_engine();
+        self.drive_engine(|engine, host, now| engine.handle(host, input, now));
     }
 
     /// Closes sessions whose peer was revoked (or whose token no longer passes).
     pub(super) fn revalidate_sessions(&mut self) {
+        self.drive_engine(|engine, host, now| engine.revalidate(host, now));
+    }
+
+    /// Runs `step` on the engine over the loaded documents, then carries out
+    /// its outputs.
+    ///
+    /// Local changes are committed first: the engine offers peers whatever
+    /// the documents hold, and a change must be durable — and its signature
+    /// readable — before it leaves the node. Otherwise a peer receives a
+    /// change with no signature covering it, parks it, and (the change being
+    /// in Automerge's `sent_hashes`) never gets it again.
+    fn drive_engine(
+        &mut self,
+        step: impl FnOnce(&mut xencode_protocol::sync::Engine, &mut HostView<'_>, u64),
+    ) {
+        if self.staged.iter().any(|s| s.local) {
+            self.flush();
+        }
         let now = crate::now_ms();
         let mut host = HostView {
             workspaces: &mut self.workspaces,
@@ -99,7 +109,7 @@ impl Actor {
             db: self.db.as_ref(),
             author: &self.author,
         };
-        self.engine.revalidate(&mut host, now);
+        step(&mut self.engine, &mut host, now);
         self.drain_engine();
     }
 

@@ -149,7 +149,6 @@ impl Engine {
             return;
         };
         // 1. Signature coverage, walking hashes back from each signed head.
-        let mut used: Vec<SignedHead> = Vec::new();
         let mut waiting = Vec::new();
         for (sig, from) in std::mem::take(&mut pending.signatures) {
             let head = ChangeHash(sig.hash);
@@ -168,7 +167,7 @@ impl Engine {
                         stack.extend(pc.change.deps().iter().copied());
                     }
                 }
-                used.push(sig);
+                pending.covering.insert(head, sig);
             } else if am.get_change_meta_by_hash(&head).is_none() {
                 waiting.push((sig, from));
             }
@@ -296,6 +295,11 @@ impl Engine {
                 }
             }
         }
+        // Signatures whose head is now applied get persisted with it.
+        let signatures: Vec<SignedHead> = ready
+            .iter()
+            .filter_map(|h| pending.covering.remove(h))
+            .collect();
         for ((peer, reason), count) in rejected {
             self.event(Event::Rejected {
                 peer,
@@ -307,15 +311,18 @@ impl Engine {
         if applied_raw.is_empty() {
             return;
         }
-        let applied: HashSet<[u8; 32]> = ready.iter().map(|h| h.0).collect();
+        if self.recent_signatures.len() + signatures.len() > super::MAX_RECENT_SIGNATURES {
+            self.recent_signatures.clear();
+        }
+        for s in &signatures {
+            self.recent_signatures
+                .insert((doc, ChangeHash(s.hash)), s.clone());
+        }
         self.outputs.push_back(Output::Persist {
             workspace: ws,
             doc,
             changes: applied_raw,
-            signatures: used
-                .into_iter()
-                .filter(|s| applied.contains(&s.hash))
-                .collect(),
+            signatures,
         });
         let mut first_source = None;
         for (peer, count) in sources {
@@ -343,6 +350,10 @@ impl Engine {
                 }
                 keep
             });
+        }
+        for p in self.pending.values_mut() {
+            let changes = &p.changes;
+            p.covering.retain(|h, _| changes.contains_key(h));
         }
         self.pending
             .retain(|_, p| !p.changes.is_empty() || !p.signatures.is_empty());

@@ -40,16 +40,15 @@ impl Engine {
         };
         msg.changes = ChunkList::empty();
         let new: Vec<ChangeHash> = ds.state.sent_hashes.difference(&before).copied().collect();
+        let message = msg.encode();
         if new.is_empty() {
-            let key = (am.get_heads(), ds.state.their_heads.clone());
-            if ds.idle.as_ref() == Some(&key) {
+            if ds.idle.as_ref() == Some(&message) {
                 return;
             }
-            ds.idle = Some(key);
+            ds.idle = Some(message.clone());
         } else {
             ds.idle = None;
         }
-        let message = msg.encode();
         let changes = causal_order(
             new.iter()
                 .filter_map(|h| am.get_change_by_hash(h))
@@ -73,7 +72,13 @@ impl Engine {
         }
         let last = frames.len() - 1;
         for (i, frame) in frames.into_iter().enumerate() {
-            let signatures = covering_signatures(host, &ws, &doc, &frame);
+            let recent = &self.recent_signatures;
+            let signatures = covering_signatures(&ws, &doc, &frame, |h| {
+                recent
+                    .get(&(doc, *h))
+                    .cloned()
+                    .or_else(|| host.signature(&ws, &doc, h))
+            });
             self.send(
                 peer,
                 Frame::Sync {
@@ -91,10 +96,10 @@ impl Engine {
 /// For each actor in `frame`, the signature of its newest change there that
 /// has one: one signature per author covers the author's changes before it.
 fn covering_signatures(
-    host: &impl Host,
-    ws: &WorkspaceId,
-    doc: &DocId,
+    _ws: &WorkspaceId,
+    _doc: &DocId,
     frame: &[Change],
+    signature: impl Fn(&ChangeHash) -> Option<SignedHead>,
 ) -> Vec<SignedHead> {
     let mut by_actor: BTreeMap<Vec<u8>, Vec<&Change>> = BTreeMap::new();
     for c in frame {
@@ -107,9 +112,7 @@ fn covering_signatures(
         .into_values()
         .filter_map(|mut changes| {
             changes.sort_by_key(|c| std::cmp::Reverse(c.seq()));
-            changes
-                .iter()
-                .find_map(|c| host.signature(ws, doc, &c.hash()))
+            changes.iter().find_map(|c| signature(&c.hash()))
         })
         .collect()
 }

@@ -556,3 +556,42 @@ fn after_quiescence_each_side_knows_the_others_heads() {
         }
     }
 }
+
+#[test]
+fn changes_relayed_through_a_middle_node_arrive_with_their_signatures() {
+    for seed in 0..10 {
+        let mut rng = SmallRng::seed_from_u64(900 + seed);
+        let mut net = Net::new(3, 3);
+        // A line: 0 - 1 - 2. Node 2 only hears node 0 through node 1.
+        net.connect(0, 1);
+        net.connect(1, 2);
+        for _ in 0..60 {
+            let doc = DOCS[rng.random_range(0..DOCS.len())];
+            let who = if rng.random_bool(0.5) { 0 } else { 2 };
+            net.edit(who, doc, &mut rng);
+            for (a, b) in [(0, 1), (1, 0), (1, 2), (2, 1)] {
+                if rng.random_bool(0.5) {
+                    net.deliver(a, b);
+                }
+            }
+        }
+        loop {
+            let mut any = false;
+            for (a, b) in [(0, 1), (1, 0), (1, 2), (2, 1)] {
+                while net.deliver(a, b) {
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        let h0 = net.nodes[0].host.heads();
+        assert_eq!(
+            net.nodes[2].host.heads(),
+            h0,
+            "seed {seed}: node 2 is missing relayed changes"
+        );
+        assert_eq!(net.nodes[1].host.heads(), h0, "seed {seed}");
+    }
+}

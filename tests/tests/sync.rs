@@ -1,0 +1,357 @@
+//! Team sync between real `xencode` nodes over libp2p on loopback: invitations,
+//! roles, concurrent writes, revocation, offline catch-up and crashes.
+
+use std::time::Duration;
+
+use serde_json::json;
+use xencode_tests::{Node, free_port, last_line, ok_stdout, wait_for};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+struct Team {
+    _tmp: tempfile::TempDir,
+    a: Node,
+    b: Node,
+    c: Node,
+    ws: String,
+}
+
+/// A creates a workspace, invites B as developer and C as viewer; both join.
+async fn team() -> Team {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(&tmp.path().join("a")).expect("a");
+    let b = Node::start(&tmp.path().join("b")).expect("b");
+    let c = Node::start(&tmp.path().join("c")).expect("c");
+    let ws = last_line(&a.cli(&["workspace", "create", "team"]));
+    assert_eq!(ws.len(), 32);
+    for (node, role) in [(&b, "developer"), (&c, "viewer")] {
+        let invite = a.cli(&["invite", &ws, &node.peer_id, "--role", role]);
+        let token = last_line(&invite);
+        ok_stdout(&invite);
+        let joined = node.cli(&["join", &token]);
+        assert_eq!(
+            last_line(&joined),
+            ws,
+            "{}",
+            String::from_utf8_lossy(&joined.stderr)
+        );
+    }
+    for node in [&b, &c] {
+        let synced = wait_for(CONVERGE, || async {
+            let d = node.get_json(&format!("/api/v1/workspaces/{ws}")).await;
+            d["members"].as_array().is_some_and(|m| m.len() == 3) && d["name"] == "team"
+        })
+        .await;
+        assert!(
+            synced,
+            "the access document reached {}:\n{}",
+            node.peer_id,
+            node.log_text()
+        );
+    }
+    Team {
+        _tmp: tmp,
+        a,
+        b,
+        c,
+        ws,
+    }
+}
+
+async fn converged(nodes: &[&Node], ws: &str) -> bool {
+    let first = nodes[0].heads(ws).await;
+    if first.is_empty() {
+        return false;
+    }
+    for n in &nodes[1..] {
+        if n.heads(ws).await != first {
+            return false;
+        }
+    }
+    true
+}
+
+async fn splice(node: &Node, ws: &str, path: &str, pos: u64, insert: &str) -> reqwest::StatusCode {
+    node.http()
+        .post(format!("{}/api/v1/workspaces/{ws}/splice", node.api_url))
+        .json(&json!({"path": path, "pos": pos, "insert": insert}))
+        .send()
+        .await
+        .map(|r| r.status())
+        .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
+}
+
+async fn put(node: &Node, ws: &str, path: &str, body: &str) -> reqwest::StatusCode {
+    node.http()
+        .put(format!(
+            "{}/api/v1/workspaces/{ws}/files/{path}",
+            node.api_url
+        ))
+        .body(body.to_owned())
+        .send()
+        .await
+        .map(|r| r.status())
+        .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_converge_on_fifty_concurrent_writes() {
+    let t = team().await;
+    let ws = t.ws.clone();
+    assert_eq!(
+        put(&t.a, &ws, "shared.txt", "").await,
+        reqwest::StatusCode::OK
+    );
+    assert!(
+        wait_for(CONVERGE, || async {
+            t.b.file(&ws, "shared.txt").await.is_some()
+        })
+        .await
+    );
+    // 25 writes on A and 25 on B at the same time: new files, and character
+    // edits to one shared file.
+    let (a, b) = (&t.a, &t.b);
+    let writes_a = async {
+        for i in 0..25 {
+            if i % 2 == 0 {
+                assert!(
+                    put(a, &ws, &format!("a/{i}.txt"), &format!("from a {i}"))
+                        .await
+                        .is_success()
+                );
+            } else {
+                assert!(splice(a, &ws, "shared.txt", 0, "A").await.is_success());
+            }
+        }
+    };
+    let writes_b = async {
+        for i in 0..25 {
+            if i % 2 == 0 {
+                assert!(
+                    put(b, &ws, &format!("b/{i}.txt"), &format!("from b {i}"))
+                        .await
+                        .is_success()
+                );
+            } else {
+                assert!(splice(b, &ws, "shared.txt", 0, "B").await.is_success());
+            }
+        }
+    };
+    tokio::join!(writes_a, writes_b);
+    let nodes = [&t.a, &t.b, &t.c];
+    if !wait_for(CONVERGE, || converged(&nodes, &ws)).await {
+        for (name, n) in [("A", &t.a), ("B", &t.b), ("C", &t.c)] {
+            let warnings: Vec<String> = n
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .map(str::to_owned)
+                .collect();
+            eprintln!(
+                "{name}: files {:?}\nshared {:?}\npeers {}\nwarnings {:#?}",
+                n.files(&ws).await,
+                n.file(&ws, "shared.txt").await.map(String::from_utf8),
+                n.get_json("/api/v1/peers").await,
+                warnings
+            );
+        }
+        panic!("heads differ");
+    }
+    let files = t.a.files(&ws).await;
+    assert_eq!(files.len(), 1 + 13 + 13, "{files:?}");
+    for n in &nodes[1..] {
+        assert_eq!(n.files(&ws).await, files);
+    }
+    let shared = t.c.file(&ws, "shared.txt").await.expect("shared");
+    let shared = String::from_utf8(shared).expect("utf8");
+    assert_eq!(shared.matches('A').count(), 12);
+    assert_eq!(
+        shared.matches('B').count(),
+        12,
+        "concurrent character edits merged: {shared}"
+    );
+    for n in &nodes {
+        assert_eq!(
+            n.file(&ws, "b/4.txt").await.as_deref(),
+            Some(&b"from b 4"[..])
+        );
+    }
+
+    // The viewer's write is refused locally and reaches nobody.
+    let status = put(&t.c, &ws, "viewer.txt", "nope").await;
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(t.a.file(&ws, "viewer.txt").await.is_none());
+
+    // `peers` shows the others connected and caught up.
+    let peers = t.a.get_json("/api/v1/peers").await;
+    let list = peers["peers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        list.iter().filter(|p| p["connected"] == true).count(),
+        2,
+        "{peers}"
+    );
+    let caught_up = wait_for(CONVERGE, || async {
+        let peers = t.a.get_json("/api/v1/peers").await;
+        peers["peers"].as_array().is_some_and(|l| {
+            l.iter().all(|p| {
+                p["workspaces"]
+                    .as_array()
+                    .is_some_and(|w| w.iter().all(|x| x["behind"] == 0))
+            })
+        })
+    })
+    .await;
+    assert!(caught_up, "{}", t.a.get_json("/api/v1/peers").await);
+    let text = ok_stdout(&t.a.cli(&["peers"]));
+    assert!(
+        text.contains(&t.b.peer_id) && text.contains("up to date"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_learn_nothing_and_stolen_tokens_are_useless() {
+    let t = team().await;
+    assert_eq!(
+        put(&t.a, &t.ws, "secret.txt", "classified").await,
+        reqwest::StatusCode::OK
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = Node::start_with(&tmp.path().join("d"), free_port(), &[t.a.addr()]).expect("d");
+    // D connects to A but holds no token: it gets nothing.
+    assert!(
+        wait_for(CONVERGE, || async {
+            let peers = t.a.get_json("/api/v1/peers").await;
+            peers["peers"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|p| p["peer_id"] == d.peer_id.as_str()))
+        })
+        .await,
+        "D never connected to A: {}\nD's log:\n{}",
+        t.a.get_json("/api/v1/peers").await,
+        d.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let list = d.get_json("/api/v1/workspaces").await;
+    assert_eq!(list["workspaces"].as_array().map(Vec::len), Some(0));
+    // An invitation made for B does not let D in.
+    let for_b = last_line(&t.a.cli(&["invite", &t.ws, &t.b.peer_id, "--role", "developer"]));
+    let out = d.cli(&["join", &for_b]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belongs to"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(d.file(&t.ws, "secret.txt").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_developer_is_refused_by_everyone() {
+    let t = team().await;
+    let ws = t.ws.clone();
+    let b_dir = t.b.dir.clone();
+    let b_port = t.b.p2p_port;
+    let b_id = t.b.peer_id.clone();
+    // B goes offline; A revokes B while B cannot hear it.
+    t.b.stop();
+    ok_stdout(&t.a.cli(&["revoke", &ws, &b_id]));
+    assert!(
+        wait_for(CONVERGE, || async {
+            let d = t.c.get_json(&format!("/api/v1/workspaces/{ws}")).await;
+            d["members"].as_array().is_some_and(|m| {
+                m.iter()
+                    .any(|x| x["peer_id"] == b_id.as_str() && x["revoked"] == true)
+            })
+        })
+        .await,
+        "the revocation reached C"
+    );
+    // B comes back still believing it is a developer and writes.
+    let b = Node::start_with(&b_dir, b_port, &[t.a.addr()]).expect("b restarts");
+    assert_eq!(
+        put(&b, &ws, "after-revocation.txt", "should not spread").await,
+        reqwest::StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        t.a.file(&ws, "after-revocation.txt").await.is_none(),
+        "A refused B's later write"
+    );
+    assert!(
+        t.c.file(&ws, "after-revocation.txt").await.is_none(),
+        "C refused B's later write"
+    );
+    let log = t.a.log_text();
+    assert!(
+        log.contains("revoked") || log.contains("refused"),
+        "A logged the refusal:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_offline_during_a_thousand_edits_catches_up() {
+    let t = team().await;
+    let ws = t.ws.clone();
+    assert_eq!(put(&t.a, &ws, "log.txt", "").await, reqwest::StatusCode::OK);
+    assert!(
+        wait_for(CONVERGE, || async {
+            t.b.file(&ws, "log.txt").await.is_some()
+        })
+        .await
+    );
+    let (b_dir, b_port) = (t.b.dir.clone(), t.b.p2p_port);
+    t.b.stop();
+    for i in 0..1000u64 {
+        let ch = char::from(b'a' + (i % 26) as u8).to_string();
+        assert!(splice(&t.a, &ws, "log.txt", i, &ch).await.is_success());
+    }
+    let b = Node::start_with(&b_dir, b_port, &[t.a.addr()]).expect("b restarts");
+    let want = t.a.file(&ws, "log.txt").await.expect("a has it");
+    assert_eq!(want.len(), 1000);
+    assert!(
+        wait_for(CONVERGE, || async {
+            b.file(&ws, "log.txt").await.as_deref() == Some(&want[..])
+        })
+        .await,
+        "B caught up with the 1000 edits it missed"
+    );
+    let nodes = [&t.a, &b, &t.c];
+    assert!(wait_for(CONVERGE, || converged(&nodes, &ws)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_during_edits_loses_nothing_it_acknowledged() {
+    let t = team().await;
+    let ws = t.ws.clone();
+    assert_eq!(
+        put(&t.b, &ws, "journal.txt", "").await,
+        reqwest::StatusCode::OK
+    );
+    let (b_dir, b_port) = (t.b.dir.clone(), t.b.p2p_port);
+    let mut acknowledged = 0u64;
+    for i in 0..150u64 {
+        if splice(&t.b, &ws, "journal.txt", i, "x").await.is_success() {
+            acknowledged += 1;
+        }
+    }
+    assert_eq!(acknowledged, 150);
+    t.b.kill9();
+    let b = Node::start_with(&b_dir, b_port, &[t.a.addr()]).expect("b restarts after kill -9");
+    let text = b.file(&ws, "journal.txt").await.expect("journal");
+    assert_eq!(
+        text.len() as u64,
+        acknowledged,
+        "every acknowledged splice survived on B"
+    );
+    let nodes = [&t.a, &b, &t.c];
+    assert!(
+        wait_for(CONVERGE, || converged(&nodes, &ws)).await,
+        "converged after the crash"
+    );
+    assert_eq!(
+        t.a.file(&ws, "journal.txt").await.map(|v| v.len()),
+        Some(150)
+    );
+}
