@@ -21,6 +21,8 @@ pub struct Metrics {
     peers_connected: IntGauge,
     sync_frames: IntCounterVec,
     sync_bytes: IntCounterVec,
+    gossip_messages: IntCounterVec,
+    peer_violations: IntCounterVec,
 }
 
 /// Latency buckets from 50 µs to 10 s.
@@ -82,6 +84,25 @@ impl Metrics {
             Opts::new("sync_bytes_total", "sync frame bytes by direction"),
             &["direction"],
         )?;
+        let gossip_messages = IntCounterVec::new(
+            Opts::new(
+                "gossip_messages_total",
+                "gossip announcements by direction and outcome",
+            ),
+            &["direction", "outcome"],
+        )?;
+        let peer_violations = IntCounterVec::new(
+            Opts::new(
+                "peer_violations_total",
+                "protocol violations by peers, by kind",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(gossip_messages.clone()))?;
+        registry.register(Box::new(peer_violations.clone()))?;
+        for kind in ["malformed_frame", "rate_limit", "bad_announcement"] {
+            peer_violations.with_label_values(&[kind]);
+        }
         registry.register(Box::new(changes_applied.clone()))?;
         registry.register(Box::new(changes_rejected.clone()))?;
         registry.register(Box::new(peers_connected.clone()))?;
@@ -115,6 +136,8 @@ impl Metrics {
             peers_connected,
             sync_frames,
             sync_bytes,
+            gossip_messages,
+            peer_violations,
         })
     }
 
@@ -164,6 +187,18 @@ impl Metrics {
         self.sync_bytes
             .with_label_values(&[direction])
             .inc_by(bytes as u64);
+    }
+
+    /// Counts one gossip announcement ("in"/"out") and what became of it.
+    pub fn gossip(&self, direction: &str, outcome: &str) {
+        self.gossip_messages
+            .with_label_values(&[direction, outcome])
+            .inc();
+    }
+
+    /// Counts one protocol violation by a peer.
+    pub fn peer_violation(&self, kind: &str) {
+        self.peer_violations.with_label_values(&[kind]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

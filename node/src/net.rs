@@ -4,10 +4,16 @@
 //! Nothing about what to sync is decided here.
 //!
 //! Transports: TCP and QUIC, noise, yamux. Behaviours: identify, ping,
-//! mDNS (optional), connection limits, and `/xencode/sync/1`
-//! (request-response with [`codec::FrameCodec`]). Frames to one peer are sent
-//! one at a time — the next only after the previous was acknowledged — so a
-//! session's stream stays ordered, as Automerge sync requires.
+//! mDNS (optional), connection limits, gossipsub (announcements only, with
+//! peer scoring) and `/xencode/sync/1` (request-response with
+//! [`codec::FrameCodec`]). Frames to one peer are sent one at a time — the
+//! next only after the previous was acknowledged — so a session's stream
+//! stays ordered, as Automerge sync requires.
+//!
+//! Gossip carries no workspace content: a workspace's topic name is a keyed
+//! hash of its id, and a message is a 16-byte digest of the announcer's
+//! heads ([`wire::Announcement`]). What to do about one is the engine's call
+//! ([`Input::Announced`]).
 
 mod codec;
 
@@ -23,11 +29,13 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, connection_limits, identify, mdns, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, connection_limits, gossipsub, identify, mdns, noise, ping,
+    tcp, yamux,
 };
 use tokio::sync::{mpsc, watch};
+use xencode_protocol::WorkspaceId;
 use xencode_protocol::sync::Input;
-use xencode_protocol::wire::{self, SYNC_PROTOCOL};
+use xencode_protocol::wire::{self, Announcement, MAX_ANNOUNCEMENT_BYTES, SYNC_PROTOCOL};
 
 use crate::metrics::Metrics;
 use crate::store::{NetCommand, Store};
@@ -58,7 +66,46 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    gossip: gossipsub::Behaviour,
     sync: request_response::Behaviour<codec::FrameCodec>,
+}
+
+/// Gossipsub for announcements: signed messages, validated by us before they
+/// are forwarded, tiny, with peer scoring on.
+fn gossip_behaviour(
+    key: &libp2p::identity::Keypair,
+) -> Result<gossipsub::Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_secs(1))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(MAX_ANNOUNCEMENT_BYTES * 16)
+        .build()?;
+    let mut gossip =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)?;
+    gossip.with_peer_score(
+        gossipsub::PeerScoreParams::default(),
+        gossipsub::PeerScoreThresholds::default(),
+    )?;
+    Ok(gossip)
+}
+
+/// Scoring of an announcement topic. Announcements are sparse, so a peer is
+/// not penalised for delivering few (P3 off); invalid messages cost a lot:
+/// four put a peer below the graylist threshold.
+fn topic_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 100.0,
+        first_message_deliveries_weight: 1.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.5,
+        ..gossipsub::TopicScoreParams::default()
+    }
 }
 
 /// What the network shares with the API.
@@ -105,6 +152,8 @@ pub struct Net {
     /// `--peer` addresses whose peer id is not known until connected.
     bootstrap: Vec<(Multiaddr, Duration, Instant)>,
     rates: HashMap<PeerId, RateWindow>,
+    /// Gossip topics followed, and their workspaces.
+    topics: HashMap<gossipsub::TopicHash, WorkspaceId>,
 }
 
 impl Net {
@@ -126,7 +175,7 @@ impl Net {
             .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
             .map_err(|e| NetError::Transport("TCP", e.to_string()))?
             .with_quic()
-            .with_behaviour(|key| {
+            .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
                 let mdns = if use_mdns {
                     match mdns::tokio::Behaviour::new(mdns::Config::default(), local) {
                         Ok(m) => Some(m),
@@ -138,7 +187,7 @@ impl Net {
                 } else {
                     None
                 };
-                Behaviour {
+                Ok(Behaviour {
                     limits: connection_limits::Behaviour::new(
                         connection_limits::ConnectionLimits::default()
                             .with_max_established(Some(256))
@@ -152,6 +201,7 @@ impl Net {
                     )),
                     ping: ping::Behaviour::new(ping::Config::new()),
                     mdns: Toggle::from(mdns),
+                    gossip: gossip_behaviour(key)?,
                     sync: request_response::Behaviour::with_codec(
                         codec::FrameCodec,
                         [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
@@ -159,7 +209,7 @@ impl Net {
                             .with_request_timeout(Duration::from_secs(60))
                             .with_max_concurrent_streams(64),
                     ),
-                }
+                })
             })
             .map_err(|e| NetError::Transport("behaviour", e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
@@ -186,6 +236,7 @@ impl Net {
             redial: HashMap::new(),
             bootstrap,
             rates: HashMap::new(),
+            topics: HashMap::new(),
         })
     }
 
@@ -256,6 +307,33 @@ impl Net {
             NetCommand::Disconnect { peer, reason } => {
                 tracing::info!(%peer, %reason, "disconnecting");
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            NetCommand::Subscribe { workspace } => {
+                let topic = gossipsub::IdentTopic::new(workspace.topic());
+                let gossip = &mut self.swarm.behaviour_mut().gossip;
+                if let Err(e) = gossip.set_topic_params(topic.clone(), topic_params()) {
+                    tracing::warn!(error = e, "gossip topic scoring not set");
+                }
+                match gossip.subscribe(&topic) {
+                    Ok(_) => {
+                        self.topics.insert(topic.hash(), workspace);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%workspace, error = %e, "cannot follow the workspace's gossip topic")
+                    }
+                }
+            }
+            NetCommand::Announce { workspace, digest } => {
+                let topic = gossipsub::IdentTopic::new(workspace.topic());
+                let data = wire::encode_announcement(&Announcement { digest });
+                match self.swarm.behaviour_mut().gossip.publish(topic, data) {
+                    Ok(_) => self.metrics.gossip("out", "published"),
+                    // Alone in the topic: sessions carry everything anyway.
+                    Err(e) => {
+                        tracing::debug!(%workspace, error = %e, "announcement not published");
+                        self.metrics.gossip("out", "unpublished");
+                    }
+                }
             }
             NetCommand::Dial { peer, addrs } => {
                 self.remember(&peer.to_string(), &addrs);
@@ -369,6 +447,9 @@ impl Net {
                 }
                 let _ = self.store.peer_address(peer_id, addr.to_string()).await;
                 if num_established.get() == 1 {
+                    // Frames queued for an earlier connection belong to
+                    // sessions that are gone.
+                    self.outboxes.remove(&peer_id);
                     self.metrics
                         .peers_connected(self.swarm.connected_peers().count());
                     let _ = self
@@ -399,6 +480,14 @@ impl Net {
                 tracing::debug!(?peer_id, %error, "outgoing connection failed");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.sync_event(e).await,
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                self.announcement(propagation_source, message_id, message)
+                    .await
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -443,15 +532,19 @@ impl Net {
                     self.metrics.sync_frame("in", request.len());
                     if self.over_rate(peer) {
                         tracing::warn!(%peer, "peer exceeds the frame rate limit; disconnecting");
+                        self.metrics.peer_violation("rate_limit");
                         let _ = self.swarm.disconnect_peer_id(peer);
                         return;
                     }
                     let input = match wire::decode(&request) {
                         Ok(frame) => Input::Received { peer, frame },
-                        Err(e) => Input::Malformed {
-                            peer,
-                            error: e.to_string(),
-                        },
+                        Err(e) => {
+                            self.metrics.peer_violation("malformed_frame");
+                            Input::Malformed {
+                                peer,
+                                error: e.to_string(),
+                            }
+                        }
                     };
                     let _ = self.store.net_input(input).await;
                 }
@@ -482,6 +575,9 @@ impl Net {
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "an inbound frame failed");
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.metrics.peer_violation("malformed_frame");
+                }
                 let _ = self
                     .store
                     .net_input(Input::Malformed {
@@ -492,6 +588,42 @@ impl Net {
             }
             request_response::Event::ResponseSent { .. } => {}
         }
+    }
+
+    /// Validates a gossip message before gossipsub forwards it, and hands a
+    /// valid announcement to the engine.
+    async fn announcement(
+        &mut self,
+        via: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        let workspace = self.topics.get(&message.topic).copied();
+        let decoded = wire::decode_announcement(&message.data);
+        let acceptance = match (workspace, decoded, message.source) {
+            (Some(workspace), Ok(a), Some(source)) => {
+                self.metrics.gossip("in", "accepted");
+                let input = Input::Announced {
+                    peer: source,
+                    workspace,
+                    digest: a.digest,
+                };
+                let _ = self.store.net_input(input).await;
+                gossipsub::MessageAcceptance::Accept
+            }
+            // A topic we left meanwhile: neither good nor bad.
+            (None, _, _) => gossipsub::MessageAcceptance::Ignore,
+            (Some(_), _, _) => {
+                tracing::debug!(%via, "malformed announcement; penalising the peer");
+                self.metrics.gossip("in", "rejected");
+                self.metrics.peer_violation("bad_announcement");
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .report_message_validation_result(&id, &via, acceptance);
     }
 
     fn over_rate(&mut self, peer: PeerId) -> bool {

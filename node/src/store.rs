@@ -102,6 +102,13 @@ pub enum NetCommand {
     Disconnect { peer: PeerId, reason: String },
     /// Dial a peer at these addresses (and keep redialing it).
     Dial { peer: PeerId, addrs: Vec<String> },
+    /// Follow a workspace's gossip topic.
+    Subscribe { workspace: WorkspaceId },
+    /// Publish a heads digest on a workspace's gossip topic.
+    Announce {
+        workspace: WorkspaceId,
+        digest: [u8; 16],
+    },
 }
 
 /// Tunables of the store.

@@ -107,6 +107,14 @@ impl WorkspaceId {
         h.update(nonce);
         Self(truncate(h.finalize()))
     }
+
+    /// The gossipsub topic of the workspace's announcements. Derived by a
+    /// keyed hash so the topic name does not reveal the workspace id.
+    pub fn topic(&self) -> String {
+        let mut h = blake3::Hasher::new_derive_key("xencode 2026 announcement topic v1");
+        h.update(&self.0);
+        format!("/xencode/ann/1/{}", hex::encode(truncate(h.finalize())))
+    }
 }
 
 impl DocId {

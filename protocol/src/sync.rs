@@ -138,6 +138,13 @@ pub enum Input {
         peer: PeerId,
         workspace: WorkspaceId,
     },
+    /// `peer` (the gossip message's authenticated source) announced that
+    /// its copy of `workspace` now has heads with this digest.
+    Announced {
+        peer: PeerId,
+        workspace: WorkspaceId,
+        digest: [u8; 16],
+    },
     /// Time passed.
     Tick,
 }
@@ -165,6 +172,16 @@ pub enum Output {
     Disconnect {
         peer: PeerId,
         reason: String,
+    },
+    /// Publish this digest of the workspace's heads on its gossip topic.
+    Announce {
+        workspace: WorkspaceId,
+        digest: [u8; 16],
+    },
+    /// Connect to `peer`: it has changes to a shared workspace and no session
+    /// with this node is open.
+    Dial {
+        peer: PeerId,
     },
     Event(Event),
 }
@@ -284,13 +301,44 @@ pub struct Engine {
     /// persisted them: a change relayed right after it was applied must
     /// travel with the signature that vouches for it.
     recent_signatures: HashMap<(DocId, ChangeHash), SignedHead>,
+    /// Workspaces changed here since the last announcement.
+    unannounced: BTreeSet<WorkspaceId>,
+    /// When each peer was last asked to be dialed, after an announcement.
+    dialed: HashMap<PeerId, u64>,
 }
+
+/// Least time between two dials of one peer prompted by its announcements.
+const REDIAL_AFTER_ANNOUNCE_MS: u64 = 10_000;
 
 /// Recent signatures kept in memory before the cache is cleared.
 const MAX_RECENT_SIGNATURES: usize = 65_536;
 
 mod receive;
 mod send;
+
+/// A digest of a workspace's documents and their heads, as announced on its
+/// gossip topic: equal digests mean equal heads.
+pub fn digest(host: &mut impl Host, ws: &WorkspaceId) -> [u8; 16] {
+    let mut h = blake3::Hasher::new_derive_key("xencode 2026 heads digest v1");
+    h.update(ws.as_bytes());
+    let mut docs = host.documents(ws);
+    docs.sort();
+    for doc in docs {
+        let Some(am) = host.document(ws, &doc) else {
+            continue;
+        };
+        let mut heads = am.get_heads();
+        heads.sort();
+        h.update(doc.as_bytes());
+        h.update(&(heads.len() as u64).to_le_bytes());
+        for head in heads {
+            h.update(&head.0);
+        }
+    }
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out
+}
 
 impl Engine {
     pub fn new(limits: Limits) -> Self {
@@ -402,11 +450,61 @@ impl Engine {
             Input::Malformed { peer, error } => {
                 self.strike(peer, &format!("malformed frame: {error}"));
             }
-            Input::LocalChange { workspace, doc } => self.changed(host, &workspace, &doc, None),
+            Input::LocalChange { workspace, doc } => {
+                self.unannounced.insert(workspace);
+                self.changed(host, &workspace, &doc, None);
+            }
+            Input::Announced {
+                peer,
+                workspace,
+                digest,
+            } => self.announced(host, peer, workspace, digest, now_ms),
             Input::Tick => {
                 self.expire(now_ms);
                 self.revalidate(host, now_ms);
+                // Announce at most once per tick per workspace, however many
+                // local changes there were.
+                for workspace in std::mem::take(&mut self.unannounced) {
+                    let digest = digest(host, &workspace);
+                    self.outputs
+                        .push_back(Output::Announce { workspace, digest });
+                }
             }
+        }
+    }
+
+    /// Decides whom to pull from: a member announcing heads unlike ours that
+    /// has no open session with us gets a session (if connected) or a dial.
+    fn announced(
+        &mut self,
+        host: &mut impl Host,
+        peer: PeerId,
+        ws: WorkspaceId,
+        theirs: [u8; 16],
+        now_ms: u64,
+    ) {
+        if host.documents(&ws).is_empty() || digest(host, &ws) == theirs {
+            return;
+        }
+        if self
+            .sessions
+            .get(&(peer, ws))
+            .is_some_and(|s| s.admitted.is_some() || s.opening)
+        {
+            // The session pushes the changes; they are on their way.
+            return;
+        }
+        if !host.workspaces_for(&peer).contains(&ws) {
+            return;
+        }
+        if self.connected.contains(&peer) {
+            self.open(host, peer, ws);
+            return;
+        }
+        let last = self.dialed.get(&peer).copied();
+        if last.is_none_or(|t| now_ms.saturating_sub(t) >= REDIAL_AFTER_ANNOUNCE_MS) {
+            self.dialed.insert(peer, now_ms);
+            self.outputs.push_back(Output::Dial { peer });
         }
     }
 

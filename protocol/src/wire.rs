@@ -22,6 +22,39 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Longest refusal reason.
 pub const MAX_REASON_BYTES: usize = 512;
 
+/// Largest gossip announcement accepted, in bytes.
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 64;
+
+/// What a node publishes on a workspace's gossip topic after it changed the
+/// workspace: an opaque digest of its heads, nothing else. Any connected
+/// peer can subscribe to a topic, so announcements carry no content; a
+/// member that hears a digest unlike its own and has no session with the
+/// announcer dials it and syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// A keyed hash of the workspace's documents and their heads.
+    pub digest: [u8; 16],
+}
+
+/// Encodes an announcement.
+pub fn encode_announcement(a: &Announcement) -> Vec<u8> {
+    // A fixed-size array of bytes: postcard cannot fail on it.
+    postcard::to_stdvec(a).unwrap_or_default()
+}
+
+/// Decodes an announcement, refusing oversize or trailing bytes.
+pub fn decode_announcement(bytes: &[u8]) -> Result<Announcement, WireError> {
+    if bytes.len() > MAX_ANNOUNCEMENT_BYTES {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    let (a, rest) = postcard::take_from_bytes::<Announcement>(bytes)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed("trailing bytes".into()));
+    }
+    Ok(a)
+}
+
 /// One message of a sync session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
@@ -144,6 +177,24 @@ mod tests {
         for f in frames {
             assert_eq!(decode(&encode(&f).expect("encode")), Ok(f));
         }
+    }
+
+    #[test]
+    fn announcements_round_trip_and_refuse_junk() {
+        let a = Announcement { digest: [7; 16] };
+        assert_eq!(decode_announcement(&encode_announcement(&a)), Ok(a));
+        assert!(decode_announcement(&[]).is_err());
+        assert!(decode_announcement(&[1; 10]).is_err());
+        let mut long = encode_announcement(&a);
+        long.push(0);
+        assert!(matches!(
+            decode_announcement(&long),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_announcement(&[0; 65]),
+            Err(WireError::TooLarge(65))
+        ));
     }
 
     #[test]

@@ -278,6 +278,30 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// `GET` a text document from the API (empty on failure).
+    pub async fn get_text(&self, path: &str) -> String {
+        match self
+            .http()
+            .get(format!("{}{path}", self.api_url))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// The value of one sample of `/metrics`, given as the metric name with
+    /// its labels exactly as exported (e.g. `xencode_x_total{kind="a"}`);
+    /// 0 if absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        self.get_text("/metrics")
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// What the node logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

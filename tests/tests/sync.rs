@@ -177,6 +177,25 @@ async fn three_nodes_converge_on_fifty_concurrent_writes() {
         );
     }
 
+    // Gossip: B's announcement of its new heads reaches C (through A's mesh
+    // or directly); it carries a digest, never content.
+    assert!(put(&t.b, &ws, "announce.txt", "x").await.is_success());
+    let heard = wait_for(CONVERGE, || async {
+        t.c.metric(r#"xencode_gossip_messages_total{direction="in",outcome="accepted"}"#)
+            .await
+            > 0.0
+    })
+    .await;
+    assert!(heard, "C heard no announcement:\n{}", t.c.log_text());
+    let published = wait_for(CONVERGE, || async {
+        t.b.metric(r#"xencode_gossip_messages_total{direction="out",outcome="published"}"#)
+            .await
+            > 0.0
+    })
+    .await;
+    assert!(published, "{}", t.b.get_text("/metrics").await);
+    assert!(wait_for(CONVERGE, || converged(&nodes, &ws)).await);
+
     // The viewer's write is refused locally and reaches nobody.
     let status = put(&t.c, &ws, "viewer.txt", "nope").await;
     assert_eq!(status, reqwest::StatusCode::FORBIDDEN);

@@ -31,8 +31,16 @@ impl Codec for FrameCodec {
                 format!("frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"),
             ));
         }
-        let mut buf = vec![0u8; len];
-        io.read_exact(&mut buf).await?;
+        // Grow with the bytes that actually arrive: a length prefix alone
+        // must not make the node allocate megabytes.
+        let mut buf = Vec::with_capacity(len.min(64 * 1024));
+        (&mut *io).take(len as u64).read_to_end(&mut buf).await?;
+        if buf.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("frame ended after {} of {len} bytes", buf.len()),
+            ));
+        }
         Ok(buf)
     }
 

@@ -61,6 +61,9 @@ pub(super) struct Actor {
     pub(super) engine: Engine,
     pub(super) net: Option<mpsc::Sender<NetCommand>>,
     pub(super) peer_addrs: BTreeMap<PeerId, Vec<String>>,
+    /// Peers whose frames were dropped on a full network queue, to be
+    /// disconnected (see `send_net`).
+    pub(super) net_overflow: BTreeSet<PeerId>,
 }
 
 /// A change waiting for the next commit.
@@ -158,6 +161,7 @@ impl Actor {
             engine: Engine::new(Limits::default()),
             net: None,
             peer_addrs: BTreeMap::new(),
+            net_overflow: BTreeSet::new(),
         };
         actor.memberships = actor.load_memberships().map_err(|e| actor.corrupt(e))?;
         stats_epoch(&actor.stats, epoch);
@@ -357,8 +361,19 @@ impl Actor {
                 self.flush();
                 let _ = reply.send(self.compact_due(true));
             }
-            Command::Net { input } => self.run_engine(input),
-            Command::AttachNet { tx } => self.net = Some(tx),
+            Command::Net { input } => {
+                if matches!(input, Input::Tick) {
+                    self.retry_overflow_disconnects();
+                }
+                self.run_engine(input);
+            }
+            Command::AttachNet { tx } => {
+                self.net = Some(tx);
+                let held: Vec<WorkspaceId> = self.workspaces.keys().copied().collect();
+                for workspace in held {
+                    self.send_net(NetCommand::Subscribe { workspace });
+                }
+            }
             Command::PeerAddress { peer, addr } => {
                 let addrs = self.peer_addrs.entry(peer).or_default();
                 if !addrs.contains(&addr) {
@@ -520,6 +535,9 @@ impl Actor {
         }
         self.publish_stats();
         if outcome.is_ok() {
+            for workspace in new_workspaces {
+                self.send_net(NetCommand::Subscribe { workspace });
+            }
             // Committed: now, and only now, offer our own changes to peers.
             let local: BTreeSet<(WorkspaceId, DocId)> = staged
                 .iter()

@@ -131,6 +131,14 @@ impl Actor {
                     access_changed |= doc == crate::workspace::access_doc_id(&workspace);
                     self.stage_remote(workspace, doc, changes, signatures);
                 }
+                Output::Announce { workspace, digest } => {
+                    self.send_net(NetCommand::Announce { workspace, digest });
+                }
+                Output::Dial { peer } => {
+                    let addrs = self.known_addresses(&peer);
+                    tracing::debug!(%peer, "a member announced changes; dialing it");
+                    self.send_net(NetCommand::Dial { peer, addrs });
+                }
                 Output::SaveSyncState { peer, doc, state } => {
                     self.staged_sync_states.push((peer.to_string(), doc, state));
                 }
@@ -203,19 +211,66 @@ impl Actor {
         }
     }
 
-    fn send_net(&mut self, cmd: NetCommand) {
+    /// Hands a command to the network task without blocking the store.
+    ///
+    /// A session's frames form one ordered stream: once a frame to a peer is
+    /// dropped (the network task is overwhelmed), every later frame to it is
+    /// dropped too until the connection is closed, and the close is retried
+    /// until the network task takes it; the sessions then start afresh when
+    /// the peer reconnects.
+    pub(super) fn send_net(&mut self, cmd: NetCommand) {
         let Some(net) = &self.net else { return };
-        if let Err(e) = net.try_send(cmd) {
-            // The network task is overwhelmed: drop the frame; the sessions
-            // resynchronise when the peer reconnects.
-            tracing::warn!(error = %e, "network queue full; a frame was dropped");
-            if let tokio::sync::mpsc::error::TrySendError::Full(NetCommand::Send { peer, .. }) = e {
-                let _ = net.try_send(NetCommand::Disconnect {
-                    peer,
-                    reason: "send queue overflow".into(),
-                });
+        if let NetCommand::Send { peer, .. } = &cmd
+            && self.net_overflow.contains(peer)
+        {
+            return;
+        }
+        match net.try_send(cmd) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(NetCommand::Send {
+                peer, ..
+            })) => {
+                tracing::warn!(%peer, "network queue full; resetting the peer's sessions");
+                self.net_overflow.insert(peer);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "network queue unavailable; a command was dropped")
             }
         }
+    }
+
+    /// Retries the disconnects of peers whose frames were dropped.
+    pub(super) fn retry_overflow_disconnects(&mut self) {
+        let Some(net) = &self.net else { return };
+        let peers: Vec<PeerId> = self.net_overflow.iter().copied().collect();
+        for peer in peers {
+            let cmd = NetCommand::Disconnect {
+                peer,
+                reason: "frames to it were dropped".into(),
+            };
+            if net.try_send(cmd).is_err() {
+                return;
+            }
+            // The engine closes its sessions when the connection is gone and
+            // reopens them when the peer is back.
+            self.net_overflow.remove(&peer);
+        }
+    }
+
+    /// Addresses a peer was reached at or that an invitation named.
+    fn known_addresses(&self, peer: &PeerId) -> Vec<String> {
+        let mut addrs = self.peer_addrs.get(peer).cloned().unwrap_or_default();
+        let name = peer.to_string();
+        for m in self.memberships.values() {
+            for (p, a) in &m.contacts {
+                if *p == name {
+                    addrs.extend(a.iter().cloned());
+                }
+            }
+        }
+        addrs.sort();
+        addrs.dedup();
+        addrs
     }
 
     fn my_role(&self, ws: &Workspace) -> Option<Role> {

@@ -147,6 +147,10 @@ struct Net {
     now: u64,
     /// Local edits made by each node.
     edits: Vec<usize>,
+    /// Announcements published, by node.
+    announced: Vec<(usize, [u8; 16])>,
+    /// Dials requested, by node.
+    dials: Vec<(usize, PeerId)>,
 }
 
 impl Net {
@@ -177,6 +181,8 @@ impl Net {
             stale: Vec::new(),
             now: 0,
             edits: vec![0; n],
+            announced: Vec::new(),
+            dials: Vec::new(),
         }
     }
 
@@ -205,6 +211,11 @@ impl Net {
                     }
                 }
                 Output::Event(Event::Rejected { count, .. }) => self.nodes[i].rejected += count,
+                Output::Announce { workspace, digest } => {
+                    assert_eq!(workspace, WS);
+                    self.announced.push((i, digest));
+                }
+                Output::Dial { peer } => self.dials.push((i, peer)),
                 Output::Event(_) | Output::Disconnect { .. } => {}
             }
         }
@@ -594,4 +605,54 @@ fn changes_relayed_through_a_middle_node_arrive_with_their_signatures() {
         );
         assert_eq!(net.nodes[1].host.heads(), h0, "seed {seed}");
     }
+}
+
+#[test]
+fn announcements_are_coalesced_and_prompt_a_dial_only_when_heads_differ() {
+    let mut rng = SmallRng::seed_from_u64(77);
+    let mut net = Net::new(2, 2);
+    let (id0, id1) = (net.nodes[0].id, net.nodes[1].id);
+    // Many local changes, one tick: one announcement, of node 0's heads.
+    for _ in 0..5 {
+        net.edit(0, DOCS[0], &mut rng);
+    }
+    assert!(net.announced.is_empty(), "announcements wait for the tick");
+    net.input(0, Input::Tick);
+    net.input(0, Input::Tick);
+    assert_eq!(net.announced.len(), 1, "{:?}", net.announced);
+    let (_, theirs) = net.announced[0];
+    assert_eq!(theirs, digest(&mut net.nodes[0].host, &WS));
+    // Node 1 is not connected and its heads differ: it dials node 0, once
+    // per interval however often node 0 announces.
+    let announce = |peer, digest| Input::Announced {
+        peer,
+        workspace: WS,
+        digest,
+    };
+    net.input(1, announce(id0, theirs));
+    net.input(1, announce(id0, theirs));
+    assert_eq!(net.dials, vec![(1, id0)]);
+    net.now += super::REDIAL_AFTER_ANNOUNCE_MS;
+    net.input(1, announce(id0, theirs));
+    assert_eq!(net.dials.len(), 2);
+    // Connected and synced: equal digests, nothing to do.
+    net.heal();
+    assert_eq!(net.nodes[0].host.heads(), net.nodes[1].host.heads());
+    let mine = digest(&mut net.nodes[1].host, &WS);
+    assert_eq!(mine, theirs, "equal heads give equal digests");
+    net.now += super::REDIAL_AFTER_ANNOUNCE_MS;
+    net.input(1, announce(id0, theirs));
+    // Heads differ but a session is open: the session carries the changes.
+    net.input(0, announce(id1, [9; 16]));
+    assert_eq!(net.dials.len(), 2, "{:?}", net.dials);
+    // A workspace this node does not hold is ignored.
+    net.input(
+        1,
+        Input::Announced {
+            peer: id0,
+            workspace: WorkspaceId::from_bytes([1; 16]),
+            digest: [1; 16],
+        },
+    );
+    assert_eq!(net.dials.len(), 2);
 }
