@@ -17,6 +17,8 @@
 
 mod codec;
 
+use codec::RawFrame;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -405,7 +407,12 @@ impl Net {
         }
         if let Some(bytes) = outbox.queue.pop_front() {
             self.metrics.sync_frame("out", bytes.len());
-            outbox.in_flight = Some(self.swarm.behaviour_mut().sync.send_request(&peer, bytes));
+            outbox.in_flight = Some(
+                self.swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&peer, RawFrame::Frame(bytes)),
+            );
         }
     }
 
@@ -522,20 +529,34 @@ impl Net {
         }
     }
 
-    async fn sync_event(&mut self, event: request_response::Event<Vec<u8>, ()>) {
+    async fn sync_event(&mut self, event: request_response::Event<RawFrame, ()>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
                     let _ = self.swarm.behaviour_mut().sync.send_response(channel, ());
-                    self.metrics.sync_frame("in", request.len());
                     if self.over_rate(peer) {
                         tracing::warn!(%peer, "peer exceeds the frame rate limit; disconnecting");
                         self.metrics.peer_violation("rate_limit");
                         let _ = self.swarm.disconnect_peer_id(peer);
                         return;
                     }
+                    let request = match request {
+                        RawFrame::Frame(bytes) => {
+                            self.metrics.sync_frame("in", bytes.len());
+                            bytes
+                        }
+                        RawFrame::Oversize(len) => {
+                            self.metrics.peer_violation("malformed_frame");
+                            let error = format!(
+                                "a frame of {len} bytes exceeds the {}-byte limit",
+                                wire::MAX_FRAME_BYTES
+                            );
+                            let _ = self.store.net_input(Input::Malformed { peer, error }).await;
+                            return;
+                        }
+                    };
                     let input = match wire::decode(&request) {
                         Ok(frame) => Input::Received { peer, frame },
                         Err(e) => {

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 pub use serde_json;
 
+pub mod raw_peer;
+
 use anyhow::{Context, Result, bail};
 
 /// How long a node may take to become ready.
@@ -348,7 +350,7 @@ impl Drop for Node {
 }
 
 /// A blocking `GET /health` over a plain socket (no runtime needed).
-fn health_ok(api_url: &str) -> bool {
+pub fn health_ok(api_url: &str) -> bool {
     use std::io::{Read, Write};
     let Some(authority) = api_url.strip_prefix("http://") else {
         return false;
@@ -364,4 +366,49 @@ fn health_ok(api_url: &str) -> bool {
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
     resp.starts_with("HTTP/1.1 200")
+}
+
+/// Whether every node holds `ws` with the same (non-empty) heads.
+pub async fn converged(nodes: &[&Node], ws: &str) -> bool {
+    let first = nodes[0].heads(ws).await;
+    if first.is_empty() {
+        return false;
+    }
+    for n in &nodes[1..] {
+        if n.heads(ws).await != first {
+            return false;
+        }
+    }
+    true
+}
+
+/// Inserts `insert` at `pos` of a file through the splice route.
+pub async fn splice(
+    node: &Node,
+    ws: &str,
+    path: &str,
+    pos: u64,
+    insert: &str,
+) -> reqwest::StatusCode {
+    node.http()
+        .post(format!("{}/api/v1/workspaces/{ws}/splice", node.api_url))
+        .json(&serde_json::json!({"path": path, "pos": pos, "insert": insert}))
+        .send()
+        .await
+        .map(|r| r.status())
+        .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
+}
+
+/// `PUT`s a file; the status (503 if the node did not answer).
+pub async fn put(node: &Node, ws: &str, path: &str, body: &str) -> reqwest::StatusCode {
+    node.http()
+        .put(format!(
+            "{}/api/v1/workspaces/{ws}/files/{path}",
+            node.api_url
+        ))
+        .body(body.to_owned())
+        .send()
+        .await
+        .map(|r| r.status())
+        .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
 }

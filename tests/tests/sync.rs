@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-use xencode_tests::{Node, free_port, last_line, ok_stdout, wait_for};
+use xencode_tests::{Node, converged, free_port, last_line, ok_stdout, put, splice, wait_for};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -56,42 +55,6 @@ async fn team() -> Team {
         c,
         ws,
     }
-}
-
-async fn converged(nodes: &[&Node], ws: &str) -> bool {
-    let first = nodes[0].heads(ws).await;
-    if first.is_empty() {
-        return false;
-    }
-    for n in &nodes[1..] {
-        if n.heads(ws).await != first {
-            return false;
-        }
-    }
-    true
-}
-
-async fn splice(node: &Node, ws: &str, path: &str, pos: u64, insert: &str) -> reqwest::StatusCode {
-    node.http()
-        .post(format!("{}/api/v1/workspaces/{ws}/splice", node.api_url))
-        .json(&json!({"path": path, "pos": pos, "insert": insert}))
-        .send()
-        .await
-        .map(|r| r.status())
-        .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
-}
-
-async fn put(node: &Node, ws: &str, path: &str, body: &str) -> reqwest::StatusCode {
-    node.http()
-        .put(format!(
-            "{}/api/v1/workspaces/{ws}/files/{path}",
-            node.api_url
-        ))
-        .body(body.to_owned())
-        .send()
-        .await
-        .map(|r| r.status())
-        .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

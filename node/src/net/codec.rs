@@ -2,6 +2,9 @@
 //! frame (u32 big-endian length, at most `MAX_FRAME_BYTES`), the response a
 //! single acknowledgement byte. Frames are decoded by the caller, so a
 //! malformed one is counted against its sender rather than lost in the codec.
+//! An oversize length prefix is reported as [`RawFrame::Oversize`], not as a
+//! read error: request-response drops read errors without an event, and the
+//! node must see the violation to count it and strike the peer.
 
 use std::io;
 
@@ -13,12 +16,20 @@ use xencode_protocol::wire::MAX_FRAME_BYTES;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FrameCodec;
 
+/// A request on the wire: a frame's bytes (undecoded), or the length a peer
+/// declared for a frame over the limit (whose bytes were never read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawFrame {
+    Frame(Vec<u8>),
+    Oversize(usize),
+}
+
 impl Codec for FrameCodec {
     type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
+    type Request = RawFrame;
     type Response = ();
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<RawFrame>
     where
         T: AsyncRead + Unpin + Send,
     {
@@ -26,10 +37,7 @@ impl Codec for FrameCodec {
         io.read_exact(&mut len).await?;
         let len = u32::from_be_bytes(len) as usize;
         if len > MAX_FRAME_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"),
-            ));
+            return Ok(RawFrame::Oversize(len));
         }
         // Grow with the bytes that actually arrive: a length prefix alone
         // must not make the node allocate megabytes.
@@ -41,7 +49,7 @@ impl Codec for FrameCodec {
                 format!("frame ended after {} of {len} bytes", buf.len()),
             ));
         }
-        Ok(buf)
+        Ok(RawFrame::Frame(buf))
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
@@ -57,11 +65,17 @@ impl Codec for FrameCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Vec<u8>,
+        req: RawFrame,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
+        let RawFrame::Frame(req) = req else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an oversize marker is never sent",
+            ));
+        };
         let len = u32::try_from(req.len())
             .ok()
             .filter(|l| *l as usize <= MAX_FRAME_BYTES)

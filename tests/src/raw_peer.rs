@@ -1,0 +1,182 @@
+//! A raw libp2p peer for hostile tests: it speaks `/xencode/sync/1` at the
+//! byte level, so it can send what an honest node never would — garbage,
+//! oversize length prefixes, frames outside a session, stolen tokens,
+//! forged signatures — and records every frame the node sends it.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, Codec, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, noise, tcp, yamux};
+
+/// One request as it goes on the wire: a length prefix that may lie, then
+/// the body.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    pub declared_len: u32,
+    pub body: Vec<u8>,
+}
+
+impl RawRequest {
+    /// An honest length prefix for `body`.
+    pub fn honest(body: Vec<u8>) -> Self {
+        Self {
+            declared_len: u32::try_from(body.len()).unwrap_or(u32::MAX),
+            body,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+/// What the raw peer will read from the node: frames up to 16 MiB.
+const MAX_READ: usize = 16 * 1024 * 1024;
+
+impl Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = RawRequest;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<RawRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let declared_len = u32::from_be_bytes(len);
+        let mut body = Vec::new();
+        (&mut *io)
+            .take((declared_len as usize).min(MAX_READ) as u64)
+            .read_to_end(&mut body)
+            .await?;
+        Ok(RawRequest { declared_len, body })
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut ack = [0u8; 1];
+        io.read_exact(&mut ack).await?;
+        Ok(())
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: RawRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req.declared_len.to_be_bytes()).await?;
+        io.write_all(&req.body).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, (): ()) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&[1]).await?;
+        io.close().await
+    }
+}
+
+/// A libp2p peer with nothing but the sync protocol.
+pub struct RawPeer {
+    swarm: Swarm<request_response::Behaviour<RawCodec>>,
+    /// Frame bodies the node sent us, in order.
+    pub received: Vec<Vec<u8>>,
+    /// Times the connection to a node closed.
+    pub closed: usize,
+}
+
+impl RawPeer {
+    /// A peer with the ed25519 secret `secret`.
+    pub fn new(secret: [u8; 32]) -> anyhow::Result<Self> {
+        let mut secret = secret;
+        let key = libp2p::identity::Keypair::ed25519_from_bytes(&mut secret)?;
+        let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_behaviour(|_| {
+                request_response::Behaviour::with_codec(
+                    RawCodec,
+                    [(
+                        StreamProtocol::new("/xencode/sync/1"),
+                        ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(10)),
+                )
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        Ok(Self {
+            swarm,
+            received: Vec::new(),
+            closed: 0,
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.swarm.is_connected(peer)
+    }
+
+    /// Dials `addr` and waits (up to 10 s) until connected to `peer`.
+    pub async fn connect(&mut self, addr: &str, peer: &PeerId) -> anyhow::Result<()> {
+        let addr: Multiaddr = addr.parse()?;
+        self.swarm.dial(addr)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.swarm.is_connected(peer) {
+            if Instant::now() > deadline {
+                anyhow::bail!("could not connect to {peer}");
+            }
+            self.pump(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Sends one request to `peer`.
+    pub fn send(&mut self, peer: &PeerId, req: RawRequest) {
+        self.swarm.behaviour_mut().send_request(peer, req);
+    }
+
+    /// Drives the swarm for `dur`: acknowledges and records what arrives.
+    pub async fn pump(&mut self, dur: Duration) {
+        let deadline = tokio::time::Instant::now() + dur;
+        loop {
+            let event = tokio::select! {
+                e = self.swarm.select_next_some() => e,
+                () = tokio::time::sleep_until(deadline) => return,
+            };
+            match event {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                }) => {
+                    self.received.push(request.body);
+                    let _ = self.swarm.behaviour_mut().send_response(channel, ());
+                }
+                SwarmEvent::ConnectionClosed { .. } => self.closed += 1,
+                _ => {}
+            }
+        }
+    }
+}
