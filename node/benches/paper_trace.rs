@@ -8,59 +8,31 @@
 //! `../shared/data/editing-traces/automerge-paper.json.gz` beside the repo;
 //! without it the benchmark says so and does nothing.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ObjType, ROOT, ReadDoc};
-use serde::Deserialize;
+use common::{BoxError, Edit, NodeProcess, ms, percentiles, today};
 use serde_json::json;
 
 const BATCH: usize = 100;
 const PER_EDIT_SAMPLE: usize = 5_000;
 
-#[derive(Deserialize)]
-struct Trace {
-    #[serde(rename = "endContent")]
-    end_content: String,
-    txns: Vec<Txn>,
-}
-
-#[derive(Deserialize)]
-struct Txn {
-    patches: Vec<(usize, usize, String)>,
-}
-
-type Edit = (usize, usize, String);
-
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no repo root")?
-        .to_path_buf();
-    let trace_path = root.join("../shared/data/editing-traces/automerge-paper.json.gz");
-    if !trace_path.exists() {
-        println!(
-            "SKIP: {} is absent; the paper-trace benchmark needs it",
-            trace_path.display()
-        );
+fn main() -> Result<(), BoxError> {
+    let Some((edits, end_content)) = common::paper_trace()? else {
         return Ok(());
-    }
-    let mut json = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(&trace_path)?).read_to_string(&mut json)?;
-    let trace: Trace = serde_json::from_str(&json)?;
-    let edits: Vec<Edit> = trace.txns.into_iter().flat_map(|t| t.patches).collect();
+    };
     println!(
         "trace: {} edits, final text {} chars",
         edits.len(),
-        trace.end_content.chars().count()
+        end_content.chars().count()
     );
 
-    let (bare_batched, batched_changes) = bare(&edits, BATCH, &trace.end_content)?;
-    let (bare_per_edit, per_edit_changes) = bare(&edits, 1, &trace.end_content)?;
-    let (bare_extract, _) = bare_with(&edits, BATCH, &trace.end_content, true)?;
+    let (bare_batched, batched_changes) = bare(&edits, BATCH, &end_content)?;
+    let (bare_per_edit, per_edit_changes) = bare(&edits, 1, &end_content)?;
+    let (bare_extract, _) = bare_with(&edits, BATCH, &end_content, true)?;
     println!("bare automerge, {BATCH} edits/commit + change bytes: {bare_extract:?}");
     println!("bare automerge, {BATCH} edits/commit: {bare_batched:?} ({batched_changes} changes)");
     println!("bare automerge, 1 edit/commit: {bare_per_edit:?} ({per_edit_changes} changes)");
@@ -68,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let node = rt.block_on(through_node(&edits, &trace.end_content))?;
+    let node = rt.block_on(through_node(&edits, &end_content))?;
     println!(
         "node, {BATCH} edits/request: {:?}; request p50 {:?} p99 {:?}; commit mean {:.3} ms",
         node.total, node.batch_p50, node.batch_p99, node.commit_mean_ms
@@ -110,30 +82,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         s99 = ms(node.single_p99),
         cm = node.commit_mean_ms,
     );
-    write_report(&root.join("docs/benchmarks.md"), &report)?;
-    println!("wrote docs/benchmarks.md");
-    Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn today() -> String {
-    Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or_else(|| "today".into(), |s| s.trim().to_owned())
+    common::write_report("paper-trace", &report)
 }
 
 /// Replays into a bare AutoCommit, committing every `batch` edits.
-fn bare(
-    edits: &[Edit],
-    batch: usize,
-    expected: &str,
-) -> Result<(Duration, usize), Box<dyn std::error::Error>> {
+fn bare(edits: &[Edit], batch: usize, expected: &str) -> Result<(Duration, usize), BoxError> {
     bare_with(edits, batch, expected, false)
 }
 
@@ -144,7 +97,7 @@ fn bare_with(
     batch: usize,
     expected: &str,
     extract: bool,
-) -> Result<(Duration, usize), Box<dyn std::error::Error>> {
+) -> Result<(Duration, usize), BoxError> {
     let started = Instant::now();
     let mut doc = AutoCommit::new();
     let text = doc.put_object(ROOT, "text", ObjType::Text)?;
@@ -178,63 +131,16 @@ struct NodeRun {
     commit_mean_ms: f64,
 }
 
-struct NodeProcess {
-    child: Child,
-    url: String,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node() -> Result<NodeProcess, Box<dyn std::error::Error>> {
+async fn through_node(edits: &[Edit], expected: &str) -> Result<NodeRun, BoxError> {
     let dir = tempfile::tempdir()?;
-    let home: PathBuf = dir.path().join("home");
-    let child = Command::new(env!("CARGO_BIN_EXE_xencode"))
-        .arg("--data-dir")
-        .arg(&home)
-        .args(["node", "--api", "127.0.0.1:0", "--no-mdns"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let started = Instant::now();
-    loop {
-        if let Ok(url) = std::fs::read_to_string(home.join("api-url")) {
-            let token = std::fs::read_to_string(home.join("api-token"))?;
-            return Ok(NodeProcess {
-                child,
-                url: url.trim().to_owned(),
-                token: token.trim().to_owned(),
-                _dir: dir,
-            });
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            return Err("the node did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-async fn through_node(
-    edits: &[Edit],
-    expected: &str,
-) -> Result<NodeRun, Box<dyn std::error::Error>> {
-    let node = start_node()?;
-    let http = reqwest::Client::builder().no_proxy().build()?;
-    let auth = format!("Bearer {}", node.token);
-    let ws: serde_json::Value = http
-        .post(format!("{}/api/v1/workspaces", node.url))
-        .header("authorization", &auth)
-        .json(&json!({"name": "bench"}))
-        .send()
-        .await?
-        .json()
+    let node = NodeProcess::start(&dir.path().join("home"), &[])?;
+    let http = node.http.clone();
+    let auth = format!(
+        "Bearer {}",
+        std::fs::read_to_string(node.home.join("api-token"))?.trim()
+    );
+    let ws = node
+        .post("/api/v1/workspaces", &json!({"name": "bench"}))
         .await?;
     let ws = ws["id"].as_str().ok_or("no workspace id")?.to_owned();
     let file = format!("{}/api/v1/workspaces/{ws}/files/paper.tex", node.url);
@@ -273,23 +179,13 @@ async fn through_node(
     if got != expected {
         return Err("the node's replay produced the wrong text".into());
     }
-    let metrics = http
-        .get(format!("{}/metrics", node.url))
-        .header("authorization", &auth)
-        .send()
-        .await?
-        .text()
-        .await?;
-    let metric = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    let commit_mean_ms = 1e3 * metric("xencode_store_commit_duration_seconds_sum{outcome=\"ok\"}")
-        / metric("xencode_store_commit_duration_seconds_count{outcome=\"ok\"}");
+    let commit_mean_ms = 1e3
+        * node
+            .metric("xencode_store_commit_duration_seconds_sum{outcome=\"ok\"}")
+            .await?
+        / node
+            .metric("xencode_store_commit_duration_seconds_count{outcome=\"ok\"}")
+            .await?;
     let requests = latencies.len();
     let (batch_p50, batch_p99) = percentiles(&mut latencies);
 
@@ -323,23 +219,4 @@ async fn through_node(
         single_p99,
         commit_mean_ms,
     })
-}
-
-fn percentiles(v: &mut [Duration]) -> (Duration, Duration) {
-    v.sort_unstable();
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99))
-}
-
-/// Replaces the text between the paper-trace markers (or appends them).
-fn write_report(path: &Path, section: &str) -> std::io::Result<()> {
-    const START: &str = "<!-- paper-trace:start -->";
-    const END: &str = "<!-- paper-trace:end -->";
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
-    let block = format!("{START}\n{section}{END}");
-    let new = match (old.find(START), old.find(END)) {
-        (Some(s), Some(e)) if e > s => format!("{}{block}{}", &old[..s], &old[e + END.len()..]),
-        _ => format!("{old}\n{block}\n"),
-    };
-    std::fs::write(path, new)
 }

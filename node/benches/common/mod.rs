@@ -1,0 +1,217 @@
+//! What the benchmarks share: the paper trace, a real `xencode` node process
+//! driven over its HTTP API, percentiles, and writing a marked section of
+//! `docs/benchmarks.md`.
+
+#![allow(dead_code)] // each bench binary uses its own subset
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+pub type BoxError = Box<dyn std::error::Error>;
+pub type Edit = (usize, usize, String);
+
+#[derive(Deserialize)]
+struct Trace {
+    #[serde(rename = "endContent")]
+    end_content: String,
+    txns: Vec<Txn>,
+}
+
+#[derive(Deserialize)]
+struct Txn {
+    patches: Vec<(usize, usize, String)>,
+}
+
+/// The repository root.
+pub fn repo_root() -> Result<PathBuf, BoxError> {
+    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no repo root")?
+        .to_path_buf())
+}
+
+/// The automerge-paper trace's edits and final text; `None` (said on
+/// stdout) when `../shared/data` is absent.
+pub fn paper_trace() -> Result<Option<(Vec<Edit>, String)>, BoxError> {
+    let path = repo_root()?.join("../shared/data/editing-traces/automerge-paper.json.gz");
+    if !path.exists() {
+        println!(
+            "SKIP: {} is absent; this benchmark needs it",
+            path.display()
+        );
+        return Ok(None);
+    }
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&path)?).read_to_string(&mut json)?;
+    let trace: Trace = serde_json::from_str(&json)?;
+    let edits = trace.txns.into_iter().flat_map(|t| t.patches).collect();
+    Ok(Some((edits, trace.end_content)))
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+pub fn today() -> String {
+    Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "today".into(), |s| s.trim().to_owned())
+}
+
+/// (p50, p99) of `v`, which is sorted in place.
+pub fn percentiles(v: &mut [Duration]) -> (Duration, Duration) {
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// Replaces the text between `<!-- NAME:start -->` and `<!-- NAME:end -->`
+/// in `docs/benchmarks.md` (or appends the markers).
+pub fn write_report(name: &str, section: &str) -> Result<(), BoxError> {
+    let path = repo_root()?.join("docs/benchmarks.md");
+    let start = format!("<!-- {name}:start -->");
+    let end = format!("<!-- {name}:end -->");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
+    let block = format!("{start}\n{section}{end}");
+    let new = match (old.find(&start), old.find(&end)) {
+        (Some(s), Some(e)) if e > s => format!("{}{block}{}", &old[..s], &old[e + end.len()..]),
+        _ => format!("{old}\n{block}\n"),
+    };
+    std::fs::write(&path, new)?;
+    println!("wrote {} ({name})", path.display());
+    Ok(())
+}
+
+/// A real `xencode node` process (the release binary), killed on drop.
+pub struct NodeProcess {
+    child: Child,
+    pub url: String,
+    pub home: PathBuf,
+    pub http: reqwest::Client,
+    auth: String,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProcess {
+    /// Starts a node on data directory `home` with a free API port, mDNS
+    /// off, and `extra` arguments to `node`; waits until it answers.
+    pub fn start(home: &Path, extra: &[String]) -> Result<Self, BoxError> {
+        let _ = std::fs::remove_file(home.join("api-url"));
+        let child = Command::new(env!("CARGO_BIN_EXE_xencode"))
+            .arg("--data-dir")
+            .arg(home)
+            .args(["node", "--api", "127.0.0.1:0", "--no-mdns"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .env_remove("XENCODE_HOME")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let started = Instant::now();
+        loop {
+            if let Ok(url) = std::fs::read_to_string(home.join("api-url")) {
+                let token = std::fs::read_to_string(home.join("api-token"))?;
+                return Ok(Self {
+                    child,
+                    url: url.trim().to_owned(),
+                    home: home.to_owned(),
+                    http: reqwest::Client::builder().no_proxy().build()?,
+                    auth: format!("Bearer {}", token.trim()),
+                });
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err("the node did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A request to `path` (below the API URL) with the bearer token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .header("authorization", &self.auth)
+    }
+
+    /// `POST` JSON, expecting success and a JSON answer.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, BoxError> {
+        Ok(self
+            .request(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// `GET` JSON.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, BoxError> {
+        Ok(self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// `PUT` a file's bytes.
+    pub async fn put_file(&self, ws: &str, path: &str, body: Vec<u8>) -> Result<(), BoxError> {
+        self.request(
+            reqwest::Method::PUT,
+            &format!("/api/v1/workspaces/{ws}/files/{path}"),
+        )
+        .body(body)
+        .send()
+        .await?
+        .error_for_status()?;
+        Ok(())
+    }
+
+    /// A file's bytes, `None` if it is not there (yet).
+    pub async fn file(&self, ws: &str, path: &str) -> Result<Option<Vec<u8>>, BoxError> {
+        let resp = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/v1/workspaces/{ws}/files/{path}"),
+            )
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            return Ok(None);
+        }
+        Ok(Some(resp.bytes().await?.to_vec()))
+    }
+
+    /// One sample of `/metrics` (name with labels as exported); NaN if absent.
+    pub async fn metric(&self, sample: &str) -> Result<f64, BoxError> {
+        let text = self
+            .request(reqwest::Method::GET, "/metrics")
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(f64::NAN))
+    }
+}
