@@ -86,10 +86,16 @@ impl Doc {
     }
 
     /// Commits pending operations; returns the change to persist, if any.
-    fn commit(&mut self, now_ms: u64) -> Option<NewChange> {
+    /// `cites` are the access-document heads the author sees (see
+    /// [`xencode_protocol::envelope::encode_citation`]); empty for changes to
+    /// the access document itself, which are judged by their own history.
+    fn commit(&mut self, now_ms: u64, cites: &[ChangeHash]) -> Option<NewChange> {
         let secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
-        self.am
-            .commit_with(CommitOptions::default().with_time(secs))?;
+        let mut options = CommitOptions::default().with_time(secs);
+        if !cites.is_empty() {
+            options = options.with_message(xencode_protocol::envelope::encode_citation(cites));
+        }
+        self.am.commit_with(options)?;
         self.am.get_last_local_change().map(|change| NewChange {
             doc: self.id,
             change,
@@ -151,7 +157,9 @@ impl Workspace {
                 .put_object(ROOT, key, ObjType::Map)
                 .map_err(damaged)?;
         }
-        let changes = [access.commit(now_ms), index.commit(now_ms)]
+        let access_change = access.commit(now_ms, &[]);
+        let cites = access.am.get_heads();
+        let changes = [access_change, index.commit(now_ms, &cites)]
             .into_iter()
             .flatten()
             .collect();
@@ -323,6 +331,7 @@ impl Workspace {
         max_text_bytes: usize,
     ) -> Result<(FileInfo, Vec<NewChange>), WorkspaceError> {
         let mut changes = Vec::new();
+        let cites = self.access.am.get_heads();
         let doc_id = match self.file_doc(path) {
             Some(id) if self.files.contains_key(&id) => id,
             _ => {
@@ -337,7 +346,7 @@ impl Workspace {
                 am.put(&entry, "created_by", author.peer_id.as_str())
                     .map_err(damaged)?;
                 am.put(&entry, "created_at", now_ms).map_err(damaged)?;
-                changes.extend(self.index.commit(now_ms));
+                changes.extend(self.index.commit(now_ms, &cites));
                 self.files.insert(id, Doc::new(id, &author.actor));
                 id
             }
@@ -349,7 +358,7 @@ impl Workspace {
         let changed = write_content(&mut doc.am, bytes, max_text_bytes).map_err(damaged)?;
         if changed {
             stamp(&mut doc.am, author, now_ms).map_err(damaged)?;
-            changes.extend(doc.commit(now_ms));
+            changes.extend(doc.commit(now_ms, &cites));
         }
         Ok((file_info(path.clone(), doc), changes))
     }
@@ -366,7 +375,8 @@ impl Workspace {
         let files = get_obj(am, &ROOT, "files")
             .ok_or_else(|| WorkspaceError::Damaged("index has no files map".into()))?;
         am.delete(&files, path.as_str()).map_err(damaged)?;
-        Ok(self.index.commit(now_ms).into_iter().collect())
+        let cites = self.access.am.get_heads();
+        Ok(self.index.commit(now_ms, &cites).into_iter().collect())
     }
 
     /// Applies character edits to a text file as one change. Each edit's
@@ -380,6 +390,7 @@ impl Workspace {
         now_ms: u64,
     ) -> Result<(u64, Vec<ChangeHash>, Vec<NewChange>), WorkspaceError> {
         let doc_id = self.existing_file(path)?.id;
+        let cites = self.access.am.get_heads();
         let doc = self
             .files
             .get_mut(&doc_id)
@@ -413,7 +424,7 @@ impl Workspace {
             doc.am.rollback();
             return Err(damaged(err));
         }
-        let changes: Vec<_> = doc.commit(now_ms).into_iter().collect();
+        let changes: Vec<_> = doc.commit(now_ms, &cites).into_iter().collect();
         Ok((len, doc.heads(), changes))
     }
 }

@@ -136,3 +136,63 @@ mod tests {
         assert_eq!(short.verify(&ws, &doc), Err(SignatureError::BadLength));
     }
 }
+
+/// Prefix of the commit message in which a change cites the access-document
+/// heads its author saw when making it.
+const CITATION_PREFIX: &str = "xencode-access:";
+/// Most access heads a citation may name.
+pub const MAX_CITED_HEADS: usize = 64;
+
+/// The commit message citing `heads` of the access document.
+///
+/// Every change to a workspace's index and file documents carries one. The
+/// message is part of the change, so its hash — and the author's signature
+/// over a descendant — covers it: a relay cannot alter it, and every node
+/// judges the change by the same membership state, the one at these heads.
+pub fn encode_citation(heads: &[automerge::ChangeHash]) -> String {
+    let mut heads = heads.to_vec();
+    heads.sort();
+    let hex: Vec<String> = heads.iter().map(|h| hex::encode(h.0)).collect();
+    format!("{CITATION_PREFIX}{}", hex.join(","))
+}
+
+/// The access heads a change's message cites; `None` if it cites none or
+/// the citation is malformed or too long.
+pub fn decode_citation(message: Option<&str>) -> Option<Vec<automerge::ChangeHash>> {
+    let body = message?.strip_prefix(CITATION_PREFIX)?;
+    if body.is_empty() {
+        return None;
+    }
+    let mut heads = Vec::new();
+    for part in body.split(',') {
+        if heads.len() == MAX_CITED_HEADS {
+            return None;
+        }
+        let mut h = [0u8; 32];
+        hex::decode_to_slice(part, &mut h).ok()?;
+        heads.push(automerge::ChangeHash(h));
+    }
+    Some(heads)
+}
+
+#[cfg(test)]
+mod citation_tests {
+    use super::*;
+    use automerge::ChangeHash;
+
+    #[test]
+    fn citations_round_trip_and_refuse_junk() {
+        let heads = vec![ChangeHash([2; 32]), ChangeHash([1; 32])];
+        let msg = encode_citation(&heads);
+        let mut sorted = heads.clone();
+        sorted.sort();
+        assert_eq!(decode_citation(Some(&msg)), Some(sorted));
+        assert_eq!(decode_citation(None), None);
+        assert_eq!(decode_citation(Some("fix typo")), None);
+        assert_eq!(decode_citation(Some("xencode-access:")), None);
+        assert_eq!(decode_citation(Some("xencode-access:zz")), None);
+        assert_eq!(decode_citation(Some("xencode-access:0102")), None);
+        let many = vec![ChangeHash([3; 32]); MAX_CITED_HEADS + 1];
+        assert_eq!(decode_citation(Some(&encode_citation(&many))), None);
+    }
+}

@@ -102,11 +102,18 @@ pub trait Host {
         token: &[u8],
         now_ms: u64,
     ) -> Result<Access, String>;
-    /// Whether changes by `author` to `doc` are accepted. Must give the same
-    /// answer on every node for the same history. `Unknown` (the author is not
-    /// in this node's view of the membership yet) keeps the changes pending
-    /// until the membership changes or they expire.
-    fn may_write(&mut self, ws: &WorkspaceId, doc: &DocId, author: &[u8; 32]) -> WriteDecision;
+    /// Whether `change`, by `author` (whose signature covers it), is accepted
+    /// into `doc`. Must be a function of the change and its causal history
+    /// only — the same answer on every node, whenever it is asked — or nodes
+    /// diverge for good. `Unknown` (the history the decision rests on is not
+    /// all here yet) keeps the change pending until it is, or it expires.
+    fn may_write(
+        &mut self,
+        ws: &WorkspaceId,
+        doc: &DocId,
+        author: &[u8; 32],
+        change: &Change,
+    ) -> WriteDecision;
     /// A saved Automerge sync state for (peer, doc).
     fn sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>>;
 }
@@ -309,6 +316,9 @@ pub struct Engine {
 
 /// Least time between two dials of one peer prompted by its announcements.
 const REDIAL_AFTER_ANNOUNCE_MS: u64 = 10_000;
+
+/// Passes over a workspace's pending documents after one frame.
+const MAX_RESOLVE_ROUNDS: usize = 8;
 
 /// Recent signatures kept in memory before the cache is cleared.
 const MAX_RECENT_SIGNATURES: usize = 65_536;

@@ -64,6 +64,8 @@ pub(super) struct Actor {
     /// Peers whose frames were dropped on a full network queue, to be
     /// disconnected (see `send_net`).
     pub(super) net_overflow: BTreeSet<PeerId>,
+    /// Write decisions of the sync engine's host, kept across calls.
+    pub(super) write_decisions: super::host::WriteDecisions,
 }
 
 /// A change waiting for the next commit.
@@ -162,6 +164,7 @@ impl Actor {
             net: None,
             peer_addrs: BTreeMap::new(),
             net_overflow: BTreeSet::new(),
+            write_decisions: Default::default(),
         };
         actor.memberships = actor.load_memberships().map_err(|e| actor.corrupt(e))?;
         stats_epoch(&actor.stats, epoch);
@@ -530,10 +533,11 @@ impl Actor {
                 Err(e)
             }
         };
+        // Stats first: a client that got its answer must see them.
+        self.publish_stats();
         for reply in self.deferred.drain(..) {
             reply(outcome.clone());
         }
-        self.publish_stats();
         if outcome.is_ok() {
             for workspace in new_workspaces {
                 self.send_net(NetCommand::Subscribe { workspace });

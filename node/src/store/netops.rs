@@ -108,6 +108,7 @@ impl Actor {
             memberships: &self.memberships,
             db: self.db.as_ref(),
             author: &self.author,
+            write_decisions: &mut self.write_decisions,
         };
         step(&mut self.engine, &mut host, now);
         self.drain_engine();

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use automerge::transaction::Transactable;
-use automerge::{ObjType, ROOT, ReadDoc};
+use automerge::{ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
 use xencode_protocol::api::Role;
 
 use super::{Author, NewChange, Workspace, WorkspaceError, damaged, get_obj, get_str, get_u64};
@@ -38,17 +38,43 @@ impl Workspace {
 
     /// What the access document says of `peer`.
     pub fn member_state(&self, peer: &str) -> MemberState {
+        self.member_state_in(peer, None)
+    }
+
+    /// What the access document said of `peer` in the state at `heads`;
+    /// `None` if some of those heads are not here (yet).
+    pub fn member_state_at(&self, peer: &str, heads: &[ChangeHash]) -> Option<MemberState> {
+        ReadDoc::get_missing_deps(&self.access.am, heads)
+            .is_empty()
+            .then(|| self.member_state_in(peer, Some(heads)))
+    }
+
+    fn member_state_in(&self, peer: &str, heads: Option<&[ChangeHash]>) -> MemberState {
         let am = &self.access.am;
-        if get_obj(am, &ROOT, "revoked")
-            .and_then(|r| get_obj(am, &r, peer))
-            .is_some()
-        {
+        let get = |obj: &ObjId, key: &str| {
+            match heads {
+                Some(h) => am.get_at(obj, key, h),
+                None => am.get(obj, key),
+            }
+            .ok()
+            .flatten()
+        };
+        let map = |obj: &ObjId, key: &str| match get(obj, key) {
+            Some((Value::Object(ObjType::Map), id)) => Some(id),
+            _ => None,
+        };
+        if map(&ROOT, "revoked").and_then(|r| map(&r, peer)).is_some() {
             return MemberState::Revoked;
         }
-        get_obj(am, &ROOT, "members")
-            .and_then(|m| get_obj(am, &m, peer))
-            .and_then(|m| get_str(am, &m, "role"))
-            .and_then(|r| Role::parse(&r))
+        map(&ROOT, "members")
+            .and_then(|m| map(&m, peer))
+            .and_then(|m| match get(&m, "role") {
+                Some((Value::Scalar(v), _)) => match v.as_ref() {
+                    ScalarValue::Str(r) => Role::parse(r),
+                    _ => None,
+                },
+                _ => None,
+            })
             .map_or(MemberState::Unknown, MemberState::Member)
     }
 
@@ -103,7 +129,7 @@ impl Workspace {
             .map_err(damaged)?;
         am.put(&m, "added_at", now_ms).map_err(damaged)?;
         am.put(&m, "token_id", token_id).map_err(damaged)?;
-        Ok(self.access.commit(now_ms).into_iter().collect())
+        Ok(self.access.commit(now_ms, &[]).into_iter().collect())
     }
 
     /// Revokes a member (by peer id) or a token (by token id). Returns the
@@ -138,7 +164,7 @@ impl Workspace {
         if let Some(t) = token_id {
             am.put(&entry, "token_id", t).map_err(damaged)?;
         }
-        Ok(self.access.commit(now_ms).into_iter().collect())
+        Ok(self.access.commit(now_ms, &[]).into_iter().collect())
     }
 
     /// Peers listed as members (revoked or not), for dialing.

@@ -141,12 +141,35 @@ impl Engine {
 
     /// Marks pending changes covered by verified signatures, drops those of
     /// authors who may not write, and applies every change that is ready.
+    /// Resolves the pending changes of `doc`, then of the workspace's other
+    /// documents as long as anything was applied: changes elsewhere may have
+    /// waited for these (the access heads they cite), and changes here for
+    /// their dependencies.
     pub(super) fn resolve(&mut self, host: &mut impl Host, ws: WorkspaceId, doc: DocId) {
+        let mut progressed = self.resolve_doc(host, ws, doc);
+        let mut rounds = 0;
+        while progressed && rounds < super::MAX_RESOLVE_ROUNDS {
+            rounds += 1;
+            progressed = false;
+            let docs: Vec<DocId> = self
+                .pending
+                .keys()
+                .filter(|(w, _)| *w == ws)
+                .map(|(_, d)| *d)
+                .collect();
+            for d in docs {
+                progressed |= self.resolve_doc(host, ws, d);
+            }
+        }
+    }
+
+    /// One pass over the pending changes of `doc`; whether any was applied.
+    fn resolve_doc(&mut self, host: &mut impl Host, ws: WorkspaceId, doc: DocId) -> bool {
         let Some(pending) = self.pending.get_mut(&(ws, doc)) else {
-            return;
+            return false;
         };
         let Some(am) = host.document(&ws, &doc) else {
-            return;
+            return false;
         };
         // 1. Signature coverage, walking hashes back from each signed head.
         let mut waiting = Vec::new();
@@ -176,15 +199,16 @@ impl Engine {
 
         // 2. Authorization of every verified author: refused now, allowed, or
         //    waiting until the membership tells.
-        let mut decisions: HashMap<[u8; 32], WriteDecision> = HashMap::new();
+        let mut allowed: HashSet<ChangeHash> = HashSet::new();
         let mut refused: Vec<ChangeHash> = Vec::new();
         for (hash, pc) in &pending.changes {
             if let Some(author) = pc.verified {
-                let d = *decisions
-                    .entry(author)
-                    .or_insert_with(|| host.may_write(&ws, &doc, &author));
-                if d == WriteDecision::Deny {
-                    refused.push(*hash);
+                match host.may_write(&ws, &doc, &author, &pc.change) {
+                    WriteDecision::Allow => {
+                        allowed.insert(*hash);
+                    }
+                    WriteDecision::Deny => refused.push(*hash),
+                    WriteDecision::Unknown => {}
                 }
             }
         }
@@ -200,7 +224,7 @@ impl Engine {
 
         // 3. Apply what is complete: verified, dependencies present, next seq.
         let Some(am) = host.document(&ws, &doc) else {
-            return;
+            return false;
         };
         let seqs = self.seqs.entry(doc).or_insert_with(|| {
             let mut m: HashMap<ActorId, u64> = HashMap::new();
@@ -218,11 +242,7 @@ impl Engine {
             let mut candidates: Vec<(&ChangeHash, &PendingChange)> = pending
                 .changes
                 .iter()
-                .filter(|(h, pc)| {
-                    pc.verified
-                        .is_some_and(|a| decisions.get(&a) == Some(&WriteDecision::Allow))
-                        && !ready_set.contains(*h)
-                })
+                .filter(|(h, _)| allowed.contains(*h) && !ready_set.contains(*h))
                 .collect();
             candidates.sort_by_key(|(_, pc)| pc.change.seq());
             let mut malformed_now = Vec::new();
@@ -309,7 +329,7 @@ impl Engine {
             });
         }
         if applied_raw.is_empty() {
-            return;
+            return false;
         }
         if self.recent_signatures.len() + signatures.len() > super::MAX_RECENT_SIGNATURES {
             self.recent_signatures.clear();
@@ -335,6 +355,7 @@ impl Engine {
             });
         }
         self.changed(host, &ws, &doc, first_source);
+        true
     }
 
     /// Drops pending changes that waited longer than the limit.

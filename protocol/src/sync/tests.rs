@@ -119,7 +119,13 @@ impl Host for TestHost {
             Err("bad token".into())
         }
     }
-    fn may_write(&mut self, _ws: &WorkspaceId, _doc: &DocId, author: &[u8; 32]) -> WriteDecision {
+    fn may_write(
+        &mut self,
+        _ws: &WorkspaceId,
+        _doc: &DocId,
+        author: &[u8; 32],
+        _change: &Change,
+    ) -> WriteDecision {
         if self.writers.contains(author) {
             WriteDecision::Allow
         } else {
