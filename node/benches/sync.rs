@@ -279,7 +279,7 @@ async fn run() -> Result<(), BoxError> {
          durable commits. The bytes differ for a reason of design: when more than a third of a \
          document is missing, Automerge's sync sends one compressed document chunk (columnar, \
          hashes recomputed rather than sent: {:.1} bytes per change here), while xencode sends \
-         every change as a raw change ({:.0} bytes per change here, signatures included) because \
+         every change as a raw change ({:.0} bytes per change here, with the access heads it cites and the signatures) because \
          each must be checked — author, signature coverage, sequence — before Automerge sees it \
          (ARCHITECTURE section 4). A raw change carries its actor, sequence, start op, time and \
          its dependency's 32-byte hash, which no frame compression removes; shipping changes as \

@@ -12,6 +12,8 @@
 //! `ids::actor_id(author, epoch)`, so a change cannot be attributed to an
 //! author who did not make it.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
@@ -139,7 +141,7 @@ mod tests {
 
 /// Prefix of the commit message in which a change cites the access-document
 /// heads its author saw when making it.
-const CITATION_PREFIX: &str = "xencode-access:";
+const CITATION_PREFIX: &str = "xa1:";
 /// Most access heads a citation may name.
 pub const MAX_CITED_HEADS: usize = 64;
 
@@ -152,8 +154,8 @@ pub const MAX_CITED_HEADS: usize = 64;
 pub fn encode_citation(heads: &[automerge::ChangeHash]) -> String {
     let mut heads = heads.to_vec();
     heads.sort();
-    let hex: Vec<String> = heads.iter().map(|h| hex::encode(h.0)).collect();
-    format!("{CITATION_PREFIX}{}", hex.join(","))
+    let encoded: Vec<String> = heads.iter().map(|h| URL_SAFE_NO_PAD.encode(h.0)).collect();
+    format!("{CITATION_PREFIX}{}", encoded.join(","))
 }
 
 /// The access heads a change's message cites; `None` if it cites none or
@@ -168,9 +170,8 @@ pub fn decode_citation(message: Option<&str>) -> Option<Vec<automerge::ChangeHas
         if heads.len() == MAX_CITED_HEADS {
             return None;
         }
-        let mut h = [0u8; 32];
-        hex::decode_to_slice(part, &mut h).ok()?;
-        heads.push(automerge::ChangeHash(h));
+        let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
+        heads.push(automerge::ChangeHash(bytes.try_into().ok()?));
     }
     Some(heads)
 }
@@ -189,9 +190,9 @@ mod citation_tests {
         assert_eq!(decode_citation(Some(&msg)), Some(sorted));
         assert_eq!(decode_citation(None), None);
         assert_eq!(decode_citation(Some("fix typo")), None);
-        assert_eq!(decode_citation(Some("xencode-access:")), None);
-        assert_eq!(decode_citation(Some("xencode-access:zz")), None);
-        assert_eq!(decode_citation(Some("xencode-access:0102")), None);
+        assert_eq!(decode_citation(Some("xa1:")), None);
+        assert_eq!(decode_citation(Some("xa1:!!")), None);
+        assert_eq!(decode_citation(Some("xa1:AQI")), None, "2 bytes is no hash");
         let many = vec![ChangeHash([3; 32]); MAX_CITED_HEADS + 1];
         assert_eq!(decode_citation(Some(&encode_citation(&many))), None);
     }
