@@ -270,6 +270,36 @@ async fn a_revoked_developer_is_refused_by_everyone() {
         log.contains("revoked") || log.contains("refused"),
         "A logged the refusal:\n{log}"
     );
+
+    // C is revoked while connected: A closes C's session within 5 s, and
+    // what A writes afterwards does not reach C.
+    ok_stdout(&t.a.cli(&["revoke", &ws, &t.c.peer_id]));
+    let closed = wait_for(Duration::from_secs(5), || async {
+        let peers = t.a.get_json("/api/v1/peers").await;
+        peers["peers"].as_array().is_some_and(|l| {
+            l.iter().any(|p| {
+                p["peer_id"] == t.c.peer_id.as_str()
+                    && p["workspaces"]
+                        .as_array()
+                        .is_some_and(|w| w.iter().all(|x| x["syncing"] == false))
+            })
+        })
+    })
+    .await;
+    assert!(
+        closed,
+        "A still syncs with revoked C: {}",
+        t.a.get_json("/api/v1/peers").await
+    );
+    assert_eq!(
+        put(&t.a, &ws, "after-c.txt", "not for C").await,
+        reqwest::StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        t.c.file(&ws, "after-c.txt").await.is_none(),
+        "C got a write made after its revocation"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
