@@ -124,16 +124,28 @@ impl NsNode {
     /// Runs a CLI command inside the node's namespace (its API is on the
     /// namespace's own loopback).
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new("ip")
+        self.cli_with_stdin(args, &[])
+    }
+
+    /// Like [`Self::cli`], feeding `stdin`.
+    fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns])
             .arg(xencode_bin())
             .arg("--data-dir")
             .arg(&self.dir)
             .args(args)
             .env_remove("XENCODE_HOME")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run xencode in a namespace")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run xencode in a namespace");
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin).expect("write stdin");
+        }
+        child.wait_with_output().expect("wait for xencode")
     }
 
     fn log(&self) -> String {
@@ -200,25 +212,7 @@ fn two_nodes_on_a_lan_discover_each_other_by_mdns_and_sync() {
         "{}",
         String::from_utf8_lossy(&joined.stderr)
     );
-    let put = Command::new("ip")
-        .args(["netns", "exec", &lan.names[0]])
-        .arg(xencode_bin())
-        .arg("--data-dir")
-        .arg(&a.dir)
-        .args(["file", "put", &ws, "notes/lan.md"])
-        .env_remove("XENCODE_HOME")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            if let Some(mut i) = c.stdin.take() {
-                i.write_all(b"found over mDNS\n")?;
-            }
-            c.wait_with_output()
-        })
-        .expect("file put");
+    let put = a.cli_with_stdin(&["file", "put", &ws, "notes/lan.md"], b"found over mDNS\n");
     assert!(
         put.status.success(),
         "{}",

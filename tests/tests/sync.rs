@@ -342,28 +342,56 @@ async fn a_node_killed_during_edits_loses_nothing_it_acknowledged() {
         reqwest::StatusCode::OK
     );
     let (b_dir, b_port) = (t.b.dir.clone(), t.b.p2p_port);
-    let mut acknowledged = 0u64;
-    for i in 0..150u64 {
-        if splice(&t.b, &ws, "journal.txt", i, "x").await.is_success() {
-            acknowledged += 1;
-        }
+    // A writer keeps splicing into B, one acknowledged edit after another,
+    // until B stops answering; B is killed in the middle of it.
+    let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (http, url, ws, acked) = (
+            t.b.http(),
+            t.b.api_url.clone(),
+            ws.clone(),
+            acknowledged.clone(),
+        );
+        tokio::spawn(async move {
+            for i in 0..5_000u64 {
+                let ok = http
+                    .post(format!("{url}/api/v1/workspaces/{ws}/splice"))
+                    .json(&serde_json::json!({"path": "journal.txt", "pos": i, "insert": "x"}))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if !ok {
+                    break;
+                }
+                acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    while acknowledged.load(std::sync::atomic::Ordering::SeqCst) < 100 {
+        assert!(started.elapsed() < CONVERGE, "the writer never got going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(acknowledged, 150);
     t.b.kill9();
+    writer.await.expect("writer");
+    let acked = acknowledged.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (100..5_000).contains(&acked),
+        "B was killed mid-stream ({acked} acknowledged)"
+    );
     let b = Node::start_with(&b_dir, b_port, &[t.a.addr()]).expect("b restarts after kill -9");
     let text = b.file(&ws, "journal.txt").await.expect("journal");
-    assert_eq!(
-        text.len() as u64,
-        acknowledged,
-        "every acknowledged splice survived on B"
+    // Every acknowledged splice survived; at most the one in flight when B
+    // died may have been committed without its answer getting out.
+    let len = text.len() as u64;
+    assert!(
+        len == acked || len == acked + 1,
+        "B has {len} characters after {acked} acknowledged splices"
     );
     let nodes = [&t.a, &b, &t.c];
     assert!(
         wait_for(CONVERGE, || converged(&nodes, &ws)).await,
         "converged after the crash"
     );
-    assert_eq!(
-        t.a.file(&ws, "journal.txt").await.map(|v| v.len()),
-        Some(150)
-    );
+    assert_eq!(t.a.file(&ws, "journal.txt").await, Some(text));
 }
