@@ -6,6 +6,7 @@
 //! are parameters (`protocol/clippy.toml` forbids reading them). It depends on
 //! no other crate of the workspace.
 
+pub mod analysis;
 pub mod api;
 pub mod capability;
 pub mod envelope;

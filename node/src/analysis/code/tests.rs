@@ -1,0 +1,281 @@
+use super::*;
+
+/// Each finding sits on a line the assertions name.
+const FIXTURE: &str = r#"import os
+import pickle
+import subprocess
+import hashlib
+import yaml
+
+API_KEY = "sk-live-1234567890abcdef"
+
+
+def run(cmd, data):
+    eval(cmd)
+    obj = pickle.loads(data)
+    subprocess.run(cmd, shell=True)
+    os.system(cmd)
+    conf = yaml.load(data)
+    safe = yaml.load(data, Loader=yaml.SafeLoader)
+    return obj, conf, safe
+
+
+def store_password(password):
+    return hashlib.md5(password.encode()).hexdigest()
+
+
+def check(user):
+    assert user.is_admin, "admins only"
+    try:
+        return 1 / 0
+    except:
+        return None
+
+
+def build(items, allowed):
+    out = ""
+    names = ["a", "b", "c"]
+    for item in items:
+        out += "x"
+        if item in names:
+            self.stats.counter.add(item)
+    for i in range(len(items)):
+        pass
+    return out
+
+
+class Service:
+    def handle(self, a, b=[]):
+        if a and b:
+            return 1
+        elif a or b:
+            return 2
+        return 0
+"#;
+
+fn run(src: &str) -> CodeAnalysis {
+    let (parsed, reused) = parse(src, None, Limits::default()).expect("parse");
+    assert!(!reused);
+    analyze(&parsed)
+}
+
+fn lines_of(issues: &[SecurityIssue], cwe: &str) -> Vec<u32> {
+    issues
+        .iter()
+        .filter(|i| i.cwe_id == cwe)
+        .map(|i| i.line)
+        .collect()
+}
+
+#[test]
+fn security_issues_are_found_with_their_cwe_at_their_lines() {
+    let a = run(FIXTURE);
+    assert!(a.syntax_errors.is_empty(), "{:?}", a.syntax_errors);
+    let s = &a.security_issues;
+    assert_eq!(lines_of(s, "CWE-95"), vec![11], "eval");
+    assert_eq!(
+        lines_of(s, "CWE-502"),
+        vec![12, 15],
+        "pickle.loads and yaml.load without SafeLoader"
+    );
+    assert_eq!(
+        lines_of(s, "CWE-78"),
+        vec![13, 14],
+        "shell=True and os.system"
+    );
+    assert_eq!(lines_of(s, "CWE-798"), vec![7], "hard-coded API key");
+    assert_eq!(lines_of(s, "CWE-916"), vec![21], "md5 of a password");
+    assert_eq!(
+        lines_of(s, "CWE-703"),
+        vec![25],
+        "assert for access control"
+    );
+    assert_eq!(lines_of(s, "CWE-396"), vec![28], "bare except");
+}
+
+#[test]
+fn performance_hints_point_at_the_loop_lines() {
+    let a = run(FIXTURE);
+    let at = |kind: &str| -> Vec<u32> {
+        a.performance_hints
+            .iter()
+            .filter(|h| h.kind == kind)
+            .map(|h| h.line)
+            .collect()
+    };
+    assert_eq!(at("string_concatenation_in_loop"), vec![36]);
+    assert_eq!(at("list_membership_in_loop"), vec![37]);
+    assert_eq!(at("repeated_attribute_lookup"), vec![38]);
+    assert_eq!(at("range_len"), vec![39]);
+}
+
+#[test]
+fn outline_complexity_and_suggestions() {
+    let a = run(FIXTURE);
+    let names: Vec<(&str, &str, u32, u32)> = a
+        .outline
+        .iter()
+        .map(|o| (o.kind.as_str(), o.name.as_str(), o.line_start, o.line_end))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("function", "run", 10, 17),
+            ("function", "store_password", 20, 21),
+            ("function", "check", 24, 29),
+            ("function", "build", 32, 41),
+            ("class", "Service", 44, 50),
+            ("method", "handle", 45, 50),
+        ]
+    );
+    let complexity = |name: &str| {
+        a.outline
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.complexity)
+    };
+    assert_eq!(complexity("run"), Some(1));
+    assert_eq!(complexity("check"), Some(2), "one except clause");
+    // for, if, for = 3 decisions.
+    assert_eq!(complexity("build"), Some(4));
+    // if, and, elif, or.
+    assert_eq!(complexity("handle"), Some(5));
+    assert_eq!(a.complexity_score, 2.6, "mean over the five functions");
+    let kinds: Vec<(&str, u32)> = a
+        .suggestions
+        .iter()
+        .map(|s| (s.kind.as_str(), s.line_start))
+        .collect();
+    assert!(kinds.contains(&("bare_except", 28)), "{kinds:?}");
+    assert!(kinds.contains(&("use_enumerate", 39)), "{kinds:?}");
+    assert!(
+        kinds.contains(&("mutable_default_argument", 45)),
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&("missing_docstring", 10)), "{kinds:?}");
+    let fix = a
+        .suggestions
+        .iter()
+        .find(|s| s.kind == "bare_except")
+        .and_then(|s| s.suggested_fix.clone());
+    assert_eq!(fix.as_deref(), Some("except Exception:"));
+}
+
+#[test]
+fn syntax_errors_come_from_error_and_missing_nodes_with_line_and_column() {
+    let a = run("def ok():\n    return 1\n\ndef broken(:\n    pass\n");
+    assert!(!a.syntax_errors.is_empty());
+    assert!(
+        a.syntax_errors.iter().all(|e| e.line == 4),
+        "{:?}",
+        a.syntax_errors
+    );
+    assert_eq!(a.syntax_errors[0].severity, "error");
+    let a = run("x = (1 +\n");
+    assert!(
+        a.syntax_errors
+            .iter()
+            .any(|e| e.message.starts_with("missing") || e.message.starts_with("invalid")),
+        "{:?}",
+        a.syntax_errors
+    );
+    // Columns count characters, not bytes.
+    let a = run("s = 'é'\nx = = 1\n");
+    let e = &a.syntax_errors[0];
+    assert_eq!((e.line, e.column > 0), (2, true), "{e:?}");
+    // Valid code reports nothing.
+    assert!(
+        run("class A:\n    def f(self):\n        return [x for x in range(3) if x]\n")
+            .syntax_errors
+            .is_empty()
+    );
+}
+
+#[test]
+fn re_analysis_after_an_edit_reuses_the_tree_and_agrees_with_a_fresh_parse() {
+    let mut cache = ParseCache::new(4);
+    let (first, reused) = cache
+        .analyze("ws/a.py", FIXTURE, Limits::default())
+        .expect("first");
+    assert!(!reused);
+    assert_eq!(first, run(FIXTURE));
+    // An edit in the middle: eval removed, a new one added further down.
+    let edited = FIXTURE
+        .replace("    eval(cmd)\n", "    print(cmd)\n")
+        .replace("        pass\n", "        exec(items[i])\n");
+    let (second, reused) = cache
+        .analyze("ws/a.py", &edited, Limits::default())
+        .expect("second");
+    assert!(reused, "the previous tree was reused");
+    assert_eq!(second, run(&edited), "incremental and fresh parses agree");
+    assert_eq!(lines_of(&second.security_issues, "CWE-95"), vec![40]);
+}
+
+#[test]
+fn edits_are_computed_on_character_boundaries() {
+    for (old, new) in [
+        ("aé", "aè"),
+        ("", "x"),
+        ("abc", "abc"),
+        ("ab", ""),
+        ("xéx", "xx"),
+        ("éé", "é"),
+    ] {
+        let e = edit_between(old, new);
+        assert!(
+            old.is_char_boundary(e.start_byte) && old.is_char_boundary(e.old_end_byte),
+            "{old:?} -> {new:?}"
+        );
+        assert!(new.is_char_boundary(e.new_end_byte), "{old:?} -> {new:?}");
+        assert_eq!(
+            format!(
+                "{}{}{}",
+                &old[..e.start_byte],
+                &new[e.start_byte..e.new_end_byte],
+                &old[e.old_end_byte..]
+            ),
+            new
+        );
+    }
+}
+
+#[test]
+fn limits_refuse_large_files_and_stop_slow_parses() {
+    let small = Limits {
+        max_bytes: 100,
+        max_parse_time: Duration::from_secs(30),
+    };
+    let err = parse(&"x = 1\n".repeat(50), None, small).err();
+    assert_eq!(
+        err,
+        Some(AnalysisError::TooLarge {
+            size: 300,
+            limit: 100
+        })
+    );
+    let instant = Limits {
+        max_bytes: usize::MAX,
+        max_parse_time: Duration::ZERO,
+    };
+    let big = "def f(a):\n    return [x * a for x in range(10) if x % 2]\n".repeat(20_000);
+    assert_eq!(
+        parse(&big, None, instant).err(),
+        Some(AnalysisError::Timeout(Duration::ZERO))
+    );
+}
+
+#[test]
+fn deep_nesting_does_not_overflow_the_stack() {
+    // Balanced: valid. Unbalanced: reported (tree-sitter's recovery may
+    // start the ERROR node at the statement before), not a crash.
+    let deep = format!("x = {}1{}\n", "(".repeat(200_000), ")".repeat(200_000));
+    assert!(run(&deep).syntax_errors.is_empty());
+    let open = format!("y = 1\nx = {}1\n", "(".repeat(200_000));
+    let a = run(&open);
+    assert!(!a.syntax_errors.is_empty());
+    assert!(
+        a.syntax_errors
+            .iter()
+            .all(|e| e.line <= 2 && !e.message.contains('\n'))
+    );
+}
