@@ -8,6 +8,7 @@
 //! This module must never bind a non-loopback address nor answer a request
 //! whose Host is not a loopback name.
 
+mod analysis;
 mod error;
 mod extract;
 mod guard;
@@ -27,6 +28,9 @@ use crate::metrics::Metrics;
 use crate::net::NetInfo;
 use crate::store::Store;
 
+/// Files whose parse is kept for incremental re-analysis.
+const PARSE_CACHE_FILES: usize = 64;
+
 /// What the API needs to answer; cheap to clone.
 #[derive(Clone)]
 pub struct ApiState {
@@ -41,6 +45,8 @@ struct Inner {
     node: NodeFacts,
     max_body: usize,
     started: Instant,
+    /// Parses kept for incremental re-analysis of recently analysed files.
+    parses: Arc<std::sync::Mutex<crate::analysis::code::ParseCache>>,
 }
 
 /// Static facts about the node shown by `GET /api/v1/node`.
@@ -68,6 +74,9 @@ impl ApiState {
                 node,
                 max_body,
                 started: Instant::now(),
+                parses: Arc::new(std::sync::Mutex::new(
+                    crate::analysis::code::ParseCache::new(PARSE_CACHE_FILES),
+                )),
             }),
         }
     }
@@ -128,6 +137,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/workspaces/{id}/splice", post(routes::splice))
         .route("/api/v1/workspaces/{id}/invites", post(routes::invite))
         .route("/api/v1/workspaces/{id}/revoke", post(routes::revoke))
+        .route("/api/v1/workspaces/{id}/analyze", post(analysis::analyze))
+        .route("/api/v1/workspaces/{id}/analyses", get(analysis::analyses))
         .route("/api/v1/join", post(routes::join))
         .route("/api/v1/peers", get(routes::peers))
         .route_layer(middleware::from_fn_with_state(

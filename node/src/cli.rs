@@ -63,6 +63,15 @@ enum Command {
     Join { token: String },
     /// Revoke a member (by peer id) or a token (by token id).
     Revoke { ws: String, target: String },
+    /// Analyse a Python file of the workspace (syntax errors, outline,
+    /// complexity, security issues, performance hints, suggestions) and store
+    /// the result in the workspace for the team.
+    Analyze {
+        /// Workspace id or unique name.
+        ws: String,
+        /// The file's path inside the workspace.
+        path: String,
+    },
     /// Create, list and show workspaces.
     #[command(subcommand)]
     Workspace(WorkspaceCommand),
@@ -160,6 +169,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 } => commands::invite(&client, &ws, peer_id, &role, expires.as_deref(), json).await,
                 Command::Join { token } => commands::join(&client, token, json).await,
                 Command::Revoke { ws, target } => commands::revoke(&client, &ws, target).await,
+                Command::Analyze { ws, path } => commands::analyze(&client, &ws, path, json).await,
                 Command::Workspace(cmd) => commands::workspace(&client, cmd, json).await,
                 Command::File(cmd) => commands::file(&client, cmd, json).await,
                 Command::Init | Command::Node(_) | Command::Id | Command::Config(_) => Ok(()),

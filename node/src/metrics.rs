@@ -23,6 +23,7 @@ pub struct Metrics {
     sync_bytes: IntCounterVec,
     gossip_messages: IntCounterVec,
     peer_violations: IntCounterVec,
+    analysis_duration: HistogramVec,
 }
 
 /// Latency buckets from 50 µs to 10 s.
@@ -98,6 +99,15 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let analysis_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "analysis_duration_seconds",
+                "local analysis duration by kind (code, document)",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["kind"],
+        )?;
+        registry.register(Box::new(analysis_duration.clone()))?;
         registry.register(Box::new(gossip_messages.clone()))?;
         registry.register(Box::new(peer_violations.clone()))?;
         for kind in ["malformed_frame", "rate_limit", "bad_announcement"] {
@@ -138,6 +148,7 @@ impl Metrics {
             sync_bytes,
             gossip_messages,
             peer_violations,
+            analysis_duration,
         })
     }
 
@@ -194,6 +205,13 @@ impl Metrics {
         self.gossip_messages
             .with_label_values(&[direction, outcome])
             .inc();
+    }
+
+    /// Records how long one analysis took.
+    pub fn analysis(&self, kind: &str, seconds: f64) {
+        self.analysis_duration
+            .with_label_values(&[kind])
+            .observe(seconds);
     }
 
     /// Counts one protocol violation by a peer.

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use tokio::sync::{mpsc, oneshot};
+use xencode_protocol::analysis::AnalysisRecord;
 use xencode_protocol::api::{
     FileInfo, InviteRequest, InviteResponse, PeerInfo, SpliceEdit, SpliceResponse, WorkspaceDetail,
     WorkspaceSummary,
@@ -173,6 +174,17 @@ pub(crate) enum Command {
     ListFiles {
         ws: WorkspaceId,
         reply: Reply<Vec<FileInfo>>,
+    },
+    PutAnalysis {
+        ws: WorkspaceId,
+        path: WorkspacePath,
+        record: Box<AnalysisRecord>,
+        now_ms: u64,
+        reply: Reply<()>,
+    },
+    Analyses {
+        ws: WorkspaceId,
+        reply: Reply<Vec<AnalysisRecord>>,
     },
     RemoveFile {
         ws: WorkspaceId,
@@ -349,6 +361,29 @@ impl Store {
 
     pub async fn list_files(&self, ws: WorkspaceId) -> Result<Vec<FileInfo>, StoreError> {
         self.ask(|reply| Command::ListFiles { ws, reply }).await
+    }
+
+    /// Stores an analysis in the workspace (needs write rights), durably.
+    pub async fn put_analysis(
+        &self,
+        ws: WorkspaceId,
+        path: WorkspacePath,
+        record: AnalysisRecord,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.ask(|reply| Command::PutAnalysis {
+            ws,
+            path,
+            record: Box::new(record),
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// The analyses stored in a workspace.
+    pub async fn analyses(&self, ws: WorkspaceId) -> Result<Vec<AnalysisRecord>, StoreError> {
+        self.ask(|reply| Command::Analyses { ws, reply }).await
     }
 
     pub async fn remove_file(

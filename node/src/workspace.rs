@@ -600,6 +600,7 @@ fn get_bytes(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<Vec<u8>> {
 }
 
 mod access;
+mod analyses;
 pub use access::MemberState;
 
 #[cfg(test)]

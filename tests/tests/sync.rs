@@ -395,3 +395,51 @@ async fn a_node_killed_during_edits_loses_nothing_it_acknowledged() {
     );
     assert_eq!(t.a.file(&ws, "journal.txt").await, Some(text));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_analysis_run_on_one_node_reaches_its_teammates() {
+    let t = team().await;
+    let ws = t.ws.clone();
+    let src = "import pickle\n\n\ndef load(blob):\n    return pickle.loads(blob)\n";
+    assert_eq!(
+        put(&t.a, &ws, "app/load.py", src).await,
+        reqwest::StatusCode::OK
+    );
+    let out = t.a.cli(&["--json", "analyze", &ws, "app/load.py"]);
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(record["security_issues"][0]["cwe_id"], "CWE-502");
+    assert_eq!(record["security_issues"][0]["line"], 5);
+    assert_eq!(record["stored"], true);
+    assert_eq!(record["by"], t.a.peer_id.as_str());
+    // B gets A's analysis by sync, provenance and all, without running it.
+    let reached = wait_for(CONVERGE, || async {
+        let list =
+            t.b.get_json(&format!("/api/v1/workspaces/{ws}/analyses"))
+                .await;
+        list["analyses"][0]["content_hash"] == record["content_hash"]
+            && list["analyses"][0]["by"] == record["by"]
+    })
+    .await;
+    assert!(
+        reached,
+        "{}",
+        t.b.get_json(&format!("/api/v1/workspaces/{ws}/analyses"))
+            .await
+    );
+    // The text form names the finding and its CWE.
+    let text = ok_stdout(&t.b.cli(&["analyze", &ws, "app/load.py"]));
+    assert!(
+        text.contains("app/load.py:5:") && text.contains("CWE-502"),
+        "{text}"
+    );
+    // A viewer can analyse for itself but not write into the workspace.
+    let out = t.c.cli(&["--json", "analyze", &ws, "app/load.py"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let viewer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(viewer["stored"], false);
+}

@@ -16,7 +16,7 @@ use super::{ApiError, ApiState};
 use crate::now_ms;
 use crate::store::tables::SCHEMA_VERSION;
 
-fn parse_ws(id: &str) -> Result<WorkspaceId, ApiError> {
+pub(super) fn parse_ws(id: &str) -> Result<WorkspaceId, ApiError> {
     id.parse().map_err(|e| {
         ApiError::bad_request(
             "invalid_workspace_id",
@@ -25,7 +25,7 @@ fn parse_ws(id: &str) -> Result<WorkspaceId, ApiError> {
     })
 }
 
-fn parse_path(path: &str) -> Result<WorkspacePath, ApiError> {
+pub(super) fn parse_path(path: &str) -> Result<WorkspacePath, ApiError> {
     WorkspacePath::parse(path)
         .map_err(|e| ApiError::bad_request("invalid_file_path", format!("invalid file path: {e}")))
 }

@@ -586,3 +586,108 @@ fn pk(n: u8) -> [u8; 32] {
         .verifying_key()
         .to_bytes()
 }
+
+#[tokio::test]
+async fn analyze_stores_the_result_and_reanalysis_reuses_the_parse() {
+    let api = api();
+    let ws = api.workspace().await;
+    let src: &'static [u8] = b"import os\n\ndef run(cmd):\n    os.system(cmd)\n";
+    assert_eq!(api.put(&ws, "tools/run.py", src).await, StatusCode::OK);
+    let analyze = format!("/api/v1/workspaces/{ws}/analyze");
+    let (status, body) = api
+        .call(json_req("POST", &analyze, &json!({"path": "tools/run.py"})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["language"], "python");
+    assert_eq!(body["security_issues"][0]["cwe_id"], "CWE-78");
+    assert_eq!(body["security_issues"][0]["line"], 4);
+    assert_eq!(body["outline"][0]["name"], "run");
+    assert_eq!(body["ai"]["status"], "not_requested");
+    assert_eq!(body["stored"], true);
+    assert_eq!(body["incremental"], false);
+    assert_eq!(
+        body["content_hash"],
+        blake3::hash(src).to_hex().to_string().as_str()
+    );
+    // An edit, then analysis again: the previous tree is reused.
+    let (status, _) = api
+        .call(json_req(
+            "POST",
+            &format!("/api/v1/workspaces/{ws}/splice"),
+            &json!({"path": "tools/run.py", "pos": 0, "insert": "x = eval('1')\n"}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = api
+        .call(json_req("POST", &analyze, &json!({"path": "tools/run.py"})))
+        .await;
+    assert_eq!(body["incremental"], true, "{body}");
+    let cwes: Vec<&str> = body["security_issues"]
+        .as_array()
+        .expect("issues")
+        .iter()
+        .filter_map(|i| i["cwe_id"].as_str())
+        .collect();
+    assert_eq!(cwes, vec!["CWE-95", "CWE-78"]);
+    // Stored in the workspace, latest result per path.
+    let (status, list) = api
+        .call(
+            req("GET", &format!("/api/v1/workspaces/{ws}/analyses"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["analyses"].as_array().map(Vec::len), Some(1));
+    assert_eq!(list["analyses"][0]["path"], "tools/run.py");
+    assert_eq!(
+        list["analyses"][0]["security_issues"][0]["cwe_id"],
+        "CWE-95"
+    );
+}
+
+#[tokio::test]
+async fn analyze_refuses_what_it_cannot_analyse() {
+    let api = api();
+    let ws = api.workspace().await;
+    assert_eq!(api.put(&ws, "notes.txt", b"hello").await, StatusCode::OK);
+    assert_eq!(
+        api.put(&ws, "blob.py", b"\xff\xfe\x00").await,
+        StatusCode::OK
+    );
+    let analyze = format!("/api/v1/workspaces/{ws}/analyze");
+    for (body, status, want) in [
+        (
+            json!({"path": "notes.txt"}),
+            StatusCode::BAD_REQUEST,
+            "unsupported_language",
+        ),
+        (
+            json!({"path": "missing.py"}),
+            StatusCode::NOT_FOUND,
+            "file_not_found",
+        ),
+        (json!({"path": "blob.py"}), StatusCode::CONFLICT, "not_text"),
+        (
+            json!({"path": "../x.py"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_file_path",
+        ),
+        (
+            json!({"file": "x.py"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+    ] {
+        let (got, resp) = api.call(json_req("POST", &analyze, &body)).await;
+        assert_eq!((got, code(&resp)), (status, want), "{body}: {resp}");
+    }
+    let unknown = "/api/v1/workspaces/00000000000000000000000000000000/analyze";
+    let (got, resp) = api
+        .call(json_req("POST", unknown, &json!({"path": "a.py"})))
+        .await;
+    assert_eq!(
+        (got, code(&resp)),
+        (StatusCode::NOT_FOUND, "workspace_not_found")
+    );
+}

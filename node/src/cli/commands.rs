@@ -8,6 +8,7 @@ use xencode_node::config::Config;
 use xencode_node::identity::{self, Identity};
 use xencode_node::node::{self, Ready};
 use xencode_node::paths::DataDir;
+use xencode_protocol::analysis::{AnalysisRecord, AnalyzeRequest};
 use xencode_protocol::api::{
     CreateWorkspace, FileInfo, FileList, InviteRequest, InviteResponse, JoinRequest, NodeInfo,
     PeerList, RevokeRequest, Role, WorkspaceDetail, WorkspaceList, WorkspaceSummary,
@@ -295,6 +296,61 @@ pub async fn revoke(client: &Client, ws: &str, target: String) -> Result<()> {
         )
         .await?;
     eprintln!("revoked {target}; every node refuses it once the revocation reaches it");
+    Ok(())
+}
+
+pub async fn analyze(client: &Client, ws: &str, path: String, json: bool) -> Result<()> {
+    let id = client.resolve_workspace(ws).await?.to_string();
+    let r: AnalysisRecord = client
+        .post_json(
+            &["api", "v1", "workspaces", &id, "analyze"],
+            &AnalyzeRequest { path },
+        )
+        .await?;
+    if json {
+        return print_json(&r);
+    }
+    let a = &r.analysis;
+    println!(
+        "{}: {} ({} outline items, complexity score {:.2})",
+        r.path,
+        a.language,
+        a.outline.len(),
+        a.complexity_score
+    );
+    for e in &a.syntax_errors {
+        println!(
+            "  {}:{}:{}: syntax {}: {}",
+            r.path, e.line, e.column, e.severity, e.message
+        );
+    }
+    for i in &a.security_issues {
+        println!(
+            "  {}:{}: {} {} [{}]: {}",
+            r.path, i.line, i.severity, i.kind, i.cwe_id, i.description
+        );
+    }
+    for h in &a.performance_hints {
+        println!(
+            "  {}:{}: performance ({}): {}",
+            r.path, h.line, h.impact, h.description
+        );
+    }
+    for s in &a.suggestions {
+        println!(
+            "  {}:{}-{}: suggestion: {}",
+            r.path, s.line_start, s.line_end, s.description
+        );
+    }
+    for o in &a.outline {
+        println!(
+            "  {} {} (lines {}-{}, complexity {})",
+            o.kind, o.name, o.line_start, o.line_end, o.complexity
+        );
+    }
+    if !r.stored {
+        eprintln!("not stored in the workspace: your role there does not allow writing");
+    }
     Ok(())
 }
 

@@ -360,6 +360,25 @@ impl Actor {
                     .ok_or(StoreError::WorkspaceNotFound(ws));
                 let _ = reply.send(r);
             }
+            Command::PutAnalysis {
+                ws,
+                path,
+                record,
+                now_ms,
+                reply,
+            } => {
+                let made = self.write(ws, |w, _| Ok(((), w.put_analysis(&path, &record, now_ms)?)));
+                self.defer(made, reply);
+            }
+            Command::Analyses { ws, reply } => {
+                self.flush();
+                let r = self
+                    .workspaces
+                    .get(&ws)
+                    .map(Workspace::analyses)
+                    .ok_or(StoreError::WorkspaceNotFound(ws));
+                let _ = reply.send(r);
+            }
             Command::Compact { reply } => {
                 self.flush();
                 let _ = reply.send(self.compact_due(true));
