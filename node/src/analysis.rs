@@ -1,4 +1,6 @@
-//! Local analysis of the workspace's code. `code` is Python through
-//! tree-sitter; nothing here touches the network or the store.
+//! Local analysis of the workspace's code and documents. `code` is Python
+//! through tree-sitter; `documents` extracts text from PDF, HTML, DOCX and
+//! Markdown. Nothing here touches the network or the store.
 
 pub mod code;
+pub mod documents;

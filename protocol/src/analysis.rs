@@ -117,3 +117,49 @@ pub struct AnalysisRecord {
 pub struct AnalysisList {
     pub analyses: Vec<AnalysisRecord>,
 }
+
+/// What is known about a document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentMetadata {
+    pub title: Option<String>,
+    pub author: Option<String>,
+    pub pages: Option<u32>,
+    pub language: Option<String>,
+    /// Size of the original, in bytes.
+    pub size_bytes: u64,
+    /// What went wrong on the way (pages that failed, a timeout), if anything.
+    pub warnings: Vec<String>,
+}
+
+/// One section of a document: a heading and the text under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Section {
+    pub heading: Option<String>,
+    /// Heading level (1 = top); 0 for text before any heading, or a page.
+    pub level: u8,
+    pub text: String,
+    /// The page, for PDFs.
+    pub page: Option<u32>,
+}
+
+/// A document turned into searchable text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessedDocument {
+    /// blake3 of the original bytes (first 16 bytes, hex).
+    pub id: String,
+    pub original_filename: String,
+    /// `pdf`, `html`, `docx` or `markdown`.
+    pub document_type: String,
+    pub extracted_text: String,
+    pub metadata: DocumentMetadata,
+    pub structured_content: Vec<Section>,
+    pub processing_time_ms: u64,
+    /// 0..1: how much of the document was extracted.
+    pub confidence_score: f64,
+}
+
+/// `GET /api/v1/workspaces/{id}/documents`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentList {
+    pub documents: Vec<ProcessedDocument>,
+}
