@@ -45,8 +45,17 @@ struct Inner {
     node: NodeFacts,
     max_body: usize,
     started: Instant,
+    /// The extraction worker program and the limits of analysis.
+    analysis: OnceLock<AnalysisSetup>,
     /// Parses kept for incremental re-analysis of recently analysed files.
     parses: Arc<std::sync::Mutex<crate::analysis::code::ParseCache>>,
+}
+
+/// How documents are processed.
+#[derive(Debug, Clone)]
+pub struct AnalysisSetup {
+    pub worker: std::path::PathBuf,
+    pub limits: crate::analysis::worker::DocLimits,
 }
 
 /// Static facts about the node shown by `GET /api/v1/node`.
@@ -74,6 +83,7 @@ impl ApiState {
                 node,
                 max_body,
                 started: Instant::now(),
+                analysis: OnceLock::new(),
                 parses: Arc::new(std::sync::Mutex::new(
                     crate::analysis::code::ParseCache::new(PARSE_CACHE_FILES),
                 )),
@@ -86,6 +96,12 @@ impl ApiState {
         if self.inner.store.set(store).is_err() {
             tracing::warn!("the store was attached twice; keeping the first");
         }
+    }
+
+    /// Sets the program run as the extraction worker (the `xencode` binary)
+    /// and the analysis limits; without it, document routes answer 503.
+    pub fn attach_analysis(&self, setup: AnalysisSetup) {
+        let _ = self.inner.analysis.set(setup);
     }
 
     /// Makes the network's facts (listen addresses) available.
@@ -117,6 +133,11 @@ impl ApiState {
     }
 }
 
+/// The documents route's body limit when no analysis setup is attached.
+fn max_body_default() -> usize {
+    50 * 1024 * 1024
+}
+
 /// The full router of the API and the dashboard page.
 pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
@@ -139,6 +160,21 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/workspaces/{id}/revoke", post(routes::revoke))
         .route("/api/v1/workspaces/{id}/analyze", post(analysis::analyze))
         .route("/api/v1/workspaces/{id}/analyses", get(analysis::analyses))
+        .route(
+            "/api/v1/workspaces/{id}/documents",
+            get(analysis::documents)
+                .post(analysis::add_document)
+                .layer(DefaultBodyLimit::max(
+                    state
+                        .inner
+                        .analysis
+                        .get()
+                        .map_or(max_body_default(), |a| {
+                            usize::try_from(a.limits.max_bytes).unwrap_or(usize::MAX)
+                        })
+                        .saturating_add(64 * 1024),
+                )),
+        )
         .route("/api/v1/join", post(routes::join))
         .route("/api/v1/peers", get(routes::peers))
         .route_layer(middleware::from_fn_with_state(

@@ -63,6 +63,17 @@ enum Command {
     Join { token: String },
     /// Revoke a member (by peer id) or a token (by token id).
     Revoke { ws: String, target: String },
+    /// Add documents (PDF, HTML, DOCX, Markdown) to a workspace.
+    #[command(subcommand)]
+    Doc(DocCommand),
+    /// Internal: extract a document read from stdin (run by the node).
+    #[command(name = "extract-worker", hide = true)]
+    ExtractWorker {
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        max_memory_mib: u64,
+    },
     /// Analyse a Python file of the workspace (syntax errors, outline,
     /// complexity, security issues, performance hints, suggestions) and store
     /// the result in the workspace for the team.
@@ -126,12 +137,40 @@ enum FileCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum DocCommand {
+    /// Extract a local file's text (in an isolated process, within the
+    /// analysis limits) and store the file and its text in the workspace.
+    Add {
+        /// Workspace id or unique name.
+        ws: String,
+        /// A local PDF, HTML, DOCX or Markdown file.
+        file: std::path::PathBuf,
+    },
+    /// List the workspace's processed documents.
+    List {
+        /// Workspace id or unique name.
+        ws: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Print the effective configuration (config.toml plus XENCODE_* overrides).
     Show,
 }
 
 impl Cli {
+    /// The worker's arguments, if this invocation is the extraction worker.
+    pub fn extract_worker(&self) -> Option<(&str, u64)> {
+        match &self.command {
+            Command::ExtractWorker {
+                kind,
+                max_memory_mib,
+            } => Some((kind.as_str(), *max_memory_mib)),
+            _ => None,
+        }
+    }
+
     /// Whether this invocation runs the node (for the default log level).
     pub fn runs_node(&self) -> bool {
         matches!(self.command, Command::Node(_))
@@ -170,9 +209,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Command::Join { token } => commands::join(&client, token, json).await,
                 Command::Revoke { ws, target } => commands::revoke(&client, &ws, target).await,
                 Command::Analyze { ws, path } => commands::analyze(&client, &ws, path, json).await,
+                Command::Doc(DocCommand::Add { ws, file }) => {
+                    commands::doc_add(&client, &ws, &file, json).await
+                }
+                Command::Doc(DocCommand::List { ws }) => {
+                    commands::doc_list(&client, &ws, json).await
+                }
                 Command::Workspace(cmd) => commands::workspace(&client, cmd, json).await,
                 Command::File(cmd) => commands::file(&client, cmd, json).await,
-                Command::Init | Command::Node(_) | Command::Id | Command::Config(_) => Ok(()),
+                Command::Init
+                | Command::Node(_)
+                | Command::Id
+                | Command::Config(_)
+                | Command::ExtractWorker { .. } => Ok(()),
             }
         }
     }

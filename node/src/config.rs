@@ -40,6 +40,30 @@ pub struct Config {
     pub api: ApiConfig,
     pub network: NetworkConfig,
     pub store: StoreConfig,
+    pub analysis: AnalysisConfig,
+}
+
+/// `[analysis]`: limits of document extraction (which runs in a child
+/// process) and code analysis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalysisConfig {
+    /// Largest document accepted by `doc add`, in bytes.
+    pub max_document_bytes: u64,
+    /// Longest an extraction or a parse may run, in seconds.
+    pub timeout_secs: u64,
+    /// Address-space limit of the extraction process, in MiB.
+    pub max_memory_mib: u64,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        Self {
+            max_document_bytes: 50 * 1024 * 1024,
+            timeout_secs: 30,
+            max_memory_mib: 2048,
+        }
+    }
 }
 
 /// `[api]`: the local HTTP API.
@@ -178,6 +202,15 @@ impl Config {
                 "STORE_MAX_TEXT_BYTES" => {
                     self.store.max_text_bytes = parse_u64(&value).map_err(bad)?
                 }
+                "ANALYSIS_MAX_DOCUMENT_BYTES" => {
+                    self.analysis.max_document_bytes = parse_u64(&value).map_err(bad)?
+                }
+                "ANALYSIS_TIMEOUT_SECS" => {
+                    self.analysis.timeout_secs = parse_u64(&value).map_err(bad)?
+                }
+                "ANALYSIS_MAX_MEMORY_MIB" => {
+                    self.analysis.max_memory_mib = parse_u64(&value).map_err(bad)?
+                }
                 _ if KNOWN_NON_CONFIG_VARS.contains(&var.as_str()) => {}
                 _ => tracing::warn!(%var, "unknown XENCODE_* environment variable ignored"),
             }
@@ -223,6 +256,15 @@ impl Config {
         }
         if self.store.compact_interval_secs == 0 {
             return invalid("store.compact_interval_secs must be at least 1".into());
+        }
+        if !(1..=1 << 32).contains(&self.analysis.max_document_bytes) {
+            return invalid("analysis.max_document_bytes must be between 1 and 4294967296".into());
+        }
+        if !(1..=3600).contains(&self.analysis.timeout_secs) {
+            return invalid("analysis.timeout_secs must be between 1 and 3600".into());
+        }
+        if !(64..=1 << 20).contains(&self.analysis.max_memory_mib) {
+            return invalid("analysis.max_memory_mib must be between 64 and 1048576".into());
         }
         Ok(())
     }

@@ -92,6 +92,14 @@ pub async fn run(
         },
         usize::try_from(config.api.max_body_bytes).unwrap_or(usize::MAX),
     );
+    state.attach_analysis(crate::api::AnalysisSetup {
+        worker: std::env::current_exe().unwrap_or_else(|_| "xencode".into()),
+        limits: crate::analysis::worker::DocLimits {
+            max_bytes: config.analysis.max_document_bytes,
+            timeout: Duration::from_secs(config.analysis.timeout_secs),
+            max_memory_mib: config.analysis.max_memory_mib,
+        },
+    });
 
     // Serve at once so `/health` answers 503 while the store loads.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

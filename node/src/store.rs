@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use tokio::sync::{mpsc, oneshot};
-use xencode_protocol::analysis::AnalysisRecord;
+use xencode_protocol::analysis::{AnalysisRecord, ProcessedDocument};
 use xencode_protocol::api::{
     FileInfo, InviteRequest, InviteResponse, PeerInfo, SpliceEdit, SpliceResponse, WorkspaceDetail,
     WorkspaceSummary,
@@ -185,6 +185,17 @@ pub(crate) enum Command {
     Analyses {
         ws: WorkspaceId,
         reply: Reply<Vec<AnalysisRecord>>,
+    },
+    PutDocument {
+        ws: WorkspaceId,
+        doc: Box<ProcessedDocument>,
+        path: Option<String>,
+        now_ms: u64,
+        reply: Reply<()>,
+    },
+    Documents {
+        ws: WorkspaceId,
+        reply: Reply<Vec<ProcessedDocument>>,
     },
     RemoveFile {
         ws: WorkspaceId,
@@ -379,6 +390,29 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// Stores a processed document in the workspace (needs write rights).
+    pub async fn put_document(
+        &self,
+        ws: WorkspaceId,
+        doc: ProcessedDocument,
+        path: Option<String>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.ask(|reply| Command::PutDocument {
+            ws,
+            doc: Box::new(doc),
+            path,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// The processed documents of a workspace.
+    pub async fn documents(&self, ws: WorkspaceId) -> Result<Vec<ProcessedDocument>, StoreError> {
+        self.ask(|reply| Command::Documents { ws, reply }).await
     }
 
     /// The analyses stored in a workspace.

@@ -6,17 +6,19 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use xencode_protocol::WorkspacePath;
-use xencode_protocol::analysis::{AnalysisList, AnalysisRecord, AnalyzeRequest};
+use xencode_protocol::analysis::{AnalysisList, AnalysisRecord, AnalyzeRequest, DocumentList};
 use xencode_protocol::api::FileKind;
 
 use super::extract::{ApiJson, ApiPath};
 use super::routes::{parse_path, parse_ws};
 use super::{ApiError, ApiState};
 use crate::analysis::code::{AnalysisError, Limits};
+use crate::analysis::worker::{self, WorkerError};
 use crate::now_ms;
 use crate::store::StoreError;
 
@@ -108,4 +110,123 @@ pub async fn analyses(
     let id = parse_ws(&id)?;
     let analyses = state.store()?.analyses(id).await?;
     Ok(Json(AnalysisList { analyses }).into_response())
+}
+
+/// Originals up to this size are stored in the workspace beside their text:
+/// one change must fit a sync frame (8 MiB).
+const MAX_STORED_ORIGINAL: usize = 6 * 1024 * 1024;
+
+/// `POST /api/v1/workspaces/{id}/documents`: a multipart form whose `file`
+/// field is the document. Extracts it in the worker process, stores the
+/// original (when small enough to sync) under `documents/NAME` and the
+/// processed document in the workspace; answers the processed document.
+pub async fn add_document(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_ws(&id)?;
+    let setup = state
+        .inner
+        .analysis
+        .get()
+        .cloned()
+        .ok_or_else(ApiError::starting)?;
+    let store = state.store()?.clone();
+    let bad_form = |e: String| {
+        ApiError::bad_request(
+            "invalid_body",
+            format!("expected a multipart form with the document in a `file` field: {e}"),
+        )
+    };
+    let mut multipart = multipart.map_err(|e| bad_form(e.body_text()))?;
+    let mut upload = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(&e))?
+    {
+        if field.name() != Some("file") {
+            continue;
+        }
+        let name = field
+            .file_name()
+            .and_then(|n| n.rsplit(['/', '\\']).next())
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| bad_form("the `file` field has no file name".into()))?;
+        let bytes = field.bytes().await.map_err(|e| multipart_error(&e))?;
+        upload = Some((name, bytes));
+        break;
+    }
+    let (name, bytes) = upload.ok_or_else(|| bad_form("no `file` field".into()))?;
+    let original = format!("documents/{name}");
+    let original = parse_path(&original)?;
+    // Unknown workspaces fail before any work is done.
+    store.workspace(id).await?;
+    let started = Instant::now();
+    let result = worker::process(&setup.worker, &name, bytes.to_vec(), setup.limits).await;
+    state
+        .inner
+        .metrics
+        .analysis("document", started.elapsed().as_secs_f64());
+    let mut doc = result.map_err(|e| {
+        let status = |s: StatusCode, code: &'static str| ApiError::new(s, code, e.to_string());
+        match &e {
+            WorkerError::Unsupported(_) => status(StatusCode::BAD_REQUEST, "unsupported_document"),
+            WorkerError::TooLarge { .. } => {
+                status(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            WorkerError::Extraction(_) => {
+                status(StatusCode::UNPROCESSABLE_ENTITY, "extraction_failed")
+            }
+            WorkerError::Timeout(_) => {
+                status(StatusCode::UNPROCESSABLE_ENTITY, "extraction_timeout")
+            }
+            WorkerError::Crashed(_) => {
+                status(StatusCode::UNPROCESSABLE_ENTITY, "extraction_crashed")
+            }
+            _ => ApiError::internal(&e),
+        }
+    })?;
+    let now = now_ms();
+    let stored = if bytes.len() <= MAX_STORED_ORIGINAL {
+        store
+            .put_file(id, original.clone(), bytes.to_vec(), now)
+            .await?;
+        Some(original.to_string())
+    } else {
+        doc.metadata.warnings.push(format!(
+            "the original ({} bytes) is over {MAX_STORED_ORIGINAL} bytes, the most one change syncs; only its text is stored",
+            bytes.len()
+        ));
+        None
+    };
+    store.put_document(id, doc.clone(), stored, now).await?;
+    Ok((StatusCode::CREATED, Json(doc)).into_response())
+}
+
+fn multipart_error(e: &MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the document is over the size limit (analysis.max_document_bytes)",
+        )
+    } else {
+        ApiError::bad_request(
+            "invalid_body",
+            format!("the multipart form is malformed: {}", e.body_text()),
+        )
+    }
+}
+
+/// `GET /api/v1/workspaces/{id}/documents`.
+pub async fn documents(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_ws(&id)?;
+    let documents = state.store()?.documents(id).await?;
+    Ok(Json(DocumentList { documents }).into_response())
 }

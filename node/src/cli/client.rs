@@ -114,6 +114,25 @@ impl Client {
             .context("the node sent an unreadable answer")
     }
 
+    /// `POST`s one file as the `file` field of a multipart form.
+    pub async fn post_file<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        filename: &str,
+        bytes: Vec<u8>,
+    ) -> Result<T> {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(filename.to_owned());
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let req = self
+            .request(Method::POST, segments.iter().copied())?
+            .multipart(form);
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .context("the node sent an unreadable answer")
+    }
+
     /// The request for `/api/v1/workspaces/{ws}/files/{path...}`. The path is
     /// validated here first: URL building would silently resolve `..`.
     fn file_request(&self, method: Method, ws: &str, path: &str) -> Result<RequestBuilder> {

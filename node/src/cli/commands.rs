@@ -8,7 +8,7 @@ use xencode_node::config::Config;
 use xencode_node::identity::{self, Identity};
 use xencode_node::node::{self, Ready};
 use xencode_node::paths::DataDir;
-use xencode_protocol::analysis::{AnalysisRecord, AnalyzeRequest};
+use xencode_protocol::analysis::{AnalysisRecord, AnalyzeRequest, DocumentList, ProcessedDocument};
 use xencode_protocol::api::{
     CreateWorkspace, FileInfo, FileList, InviteRequest, InviteResponse, JoinRequest, NodeInfo,
     PeerList, RevokeRequest, Role, WorkspaceDetail, WorkspaceList, WorkspaceSummary,
@@ -350,6 +350,57 @@ pub async fn analyze(client: &Client, ws: &str, path: String, json: bool) -> Res
     }
     if !r.stored {
         eprintln!("not stored in the workspace: your role there does not allow writing");
+    }
+    Ok(())
+}
+
+pub async fn doc_add(client: &Client, ws: &str, file: &std::path::Path, json: bool) -> Result<()> {
+    let id = client.resolve_workspace(ws).await?.to_string();
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} has no usable file name", file.display()))?;
+    let doc: ProcessedDocument = client
+        .post_file(&["api", "v1", "workspaces", &id, "documents"], name, bytes)
+        .await?;
+    if json {
+        return print_json(&doc);
+    }
+    for w in &doc.metadata.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "{}: {}{}, {} characters in {} sections, confidence {:.2}, {} ms",
+        doc.original_filename,
+        doc.document_type,
+        doc.metadata
+            .pages
+            .map_or_else(String::new, |p| format!(", {p} pages")),
+        doc.extracted_text.chars().count(),
+        doc.structured_content.len(),
+        doc.confidence_score,
+        doc.processing_time_ms
+    );
+    Ok(())
+}
+
+pub async fn doc_list(client: &Client, ws: &str, json: bool) -> Result<()> {
+    let id = client.resolve_workspace(ws).await?.to_string();
+    let list: DocumentList = client
+        .get_json(&["api", "v1", "workspaces", &id, "documents"])
+        .await?;
+    if json {
+        return print_json(&list);
+    }
+    for d in &list.documents {
+        println!(
+            "{}  {}  {} characters  confidence {:.2}",
+            d.original_filename,
+            d.document_type,
+            d.extracted_text.chars().count(),
+            d.confidence_score
+        );
     }
     Ok(())
 }

@@ -370,6 +370,30 @@ impl Actor {
                 let made = self.write(ws, |w, _| Ok(((), w.put_analysis(&path, &record, now_ms)?)));
                 self.defer(made, reply);
             }
+            Command::PutDocument {
+                ws,
+                doc,
+                path,
+                now_ms,
+                reply,
+            } => {
+                let made = self.write(ws, |w, a| {
+                    Ok((
+                        (),
+                        w.put_document(&doc, path.as_deref(), &a.peer_id, now_ms)?,
+                    ))
+                });
+                self.defer(made, reply);
+            }
+            Command::Documents { ws, reply } => {
+                self.flush();
+                let r = self
+                    .workspaces
+                    .get(&ws)
+                    .map(Workspace::documents)
+                    .ok_or(StoreError::WorkspaceNotFound(ws));
+                let _ = reply.send(r);
+            }
             Command::Analyses { ws, reply } => {
                 self.flush();
                 let r = self

@@ -1,15 +1,18 @@
-//! Analyses in the index document: `analyses: {path: {result, content_hash,
-//! by, at, model, model_digest}}`, `result` being the analysis as JSON. They
-//! travel with the workspace, so teammates see them without re-running.
+//! Analyses and processed documents in the index document: `analyses: {path:
+//! {result, content_hash, by, at, model, model_digest}}` (`result` the
+//! analysis as JSON) and `documents: {id: {original_filename, document_type,
+//! path, processed, by, at}}` (`processed` the document as JSON). They travel
+//! with the workspace, so teammates see them without re-running anything.
 
 use automerge::transaction::Transactable;
 use automerge::{ObjType, ROOT, ReadDoc};
 use xencode_protocol::WorkspacePath;
-use xencode_protocol::analysis::{AnalysisRecord, CodeAnalysis};
+use xencode_protocol::analysis::{AnalysisRecord, CodeAnalysis, ProcessedDocument};
 
 use super::{NewChange, Workspace, WorkspaceError, damaged, get_obj, get_str, get_u64};
 
-/// Longest analysis JSON stored (a pathological file could produce more).
+/// Longest analysis or document JSON stored: what one change may carry and
+/// still sync (a sync frame is at most 8 MiB).
 const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
 
 impl Workspace {
@@ -82,6 +85,74 @@ impl Workspace {
             })
             .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    /// Records a processed document; its text is cut to what one change can
+    /// carry (saying so in its warnings). `path` is where the original file
+    /// is stored in the workspace, if it is.
+    pub fn put_document(
+        &mut self,
+        doc: &ProcessedDocument,
+        path: Option<&str>,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<Vec<NewChange>, WorkspaceError> {
+        let mut doc = doc.clone();
+        let mut json = serde_json::to_string(&doc).map_err(damaged)?;
+        if json.len() > MAX_RESULT_BYTES {
+            doc.structured_content.clear();
+            let keep = doc
+                .extracted_text
+                .char_indices()
+                .map(|(i, _)| i)
+                .take_while(|i| *i < MAX_RESULT_BYTES / 2)
+                .last()
+                .unwrap_or(0);
+            doc.extracted_text.truncate(keep);
+            doc.metadata.warnings.push(format!(
+                "text cut to {keep} bytes to fit the workspace; sections dropped"
+            ));
+            json = serde_json::to_string(&doc).map_err(damaged)?;
+        }
+        let cites = self.access.am.get_heads();
+        let am = &mut self.index.am;
+        let documents = match get_obj(am, &ROOT, "documents") {
+            Some(d) => d,
+            None => am
+                .put_object(ROOT, "documents", ObjType::Map)
+                .map_err(damaged)?,
+        };
+        let entry = am
+            .put_object(&documents, doc.id.as_str(), ObjType::Map)
+            .map_err(damaged)?;
+        am.put(&entry, "original_filename", doc.original_filename.as_str())
+            .map_err(damaged)?;
+        am.put(&entry, "document_type", doc.document_type.as_str())
+            .map_err(damaged)?;
+        if let Some(p) = path {
+            am.put(&entry, "path", p).map_err(damaged)?;
+        }
+        am.put(&entry, "processed", json).map_err(damaged)?;
+        am.put(&entry, "by", by).map_err(damaged)?;
+        am.put(&entry, "at", now_ms).map_err(damaged)?;
+        Ok(self.index.commit(now_ms, &cites).into_iter().collect())
+    }
+
+    /// Every processed document, by file name.
+    pub fn documents(&self) -> Vec<ProcessedDocument> {
+        let am = &self.index.am;
+        let Some(documents) = get_obj(am, &ROOT, "documents") else {
+            return Vec::new();
+        };
+        let mut out: Vec<ProcessedDocument> = am
+            .keys(&documents)
+            .filter_map(|id| {
+                let e = get_obj(am, &documents, &id)?;
+                serde_json::from_str(&get_str(am, &e, "processed")?).ok()
+            })
+            .collect();
+        out.sort_by(|a, b| a.original_filename.cmp(&b.original_filename));
         out
     }
 }
