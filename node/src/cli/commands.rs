@@ -361,9 +361,12 @@ pub async fn doc_add(client: &Client, ws: &str, file: &std::path::Path, json: bo
         .file_name()
         .and_then(|n| n.to_str())
         .with_context(|| format!("{} has no usable file name", file.display()))?;
-    let doc: ProcessedDocument = client
+    let spinner = spinner(&format!("extracting {name} ({} KB)", bytes.len() / 1024));
+    let doc: Result<ProcessedDocument> = client
         .post_file(&["api", "v1", "workspaces", &id, "documents"], name, bytes)
-        .await?;
+        .await;
+    spinner.finish_and_clear();
+    let doc = doc?;
     if json {
         return print_json(&doc);
     }
@@ -403,6 +406,18 @@ pub async fn doc_list(client: &Client, ws: &str, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A spinner on stderr for work the node does while the user waits; hidden
+/// when stderr is not a terminal (scripts see nothing extra).
+fn spinner(message: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner().with_message(message.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
 }
 
 /// `7d`, `12h`, `30m`, `45s` or a bare number of seconds.
