@@ -2,6 +2,7 @@
 //! through tree-sitter; `documents` extracts text from PDF, HTML, DOCX and
 //! Markdown. Nothing here touches the network or the store.
 
+pub mod ai;
 pub mod code;
 pub mod documents;
 pub mod worker;

@@ -56,6 +56,9 @@ struct Inner {
 pub struct AnalysisSetup {
     pub worker: std::path::PathBuf,
     pub limits: crate::analysis::worker::DocLimits,
+    /// The local Ollama, and the models to prefer.
+    pub ollama: crate::analysis::ai::Client,
+    pub model_preferences: Vec<String>,
 }
 
 /// Static facts about the node shown by `GET /api/v1/node`.
@@ -160,6 +163,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/workspaces/{id}/revoke", post(routes::revoke))
         .route("/api/v1/workspaces/{id}/analyze", post(analysis::analyze))
         .route("/api/v1/workspaces/{id}/analyses", get(analysis::analyses))
+        .route("/api/v1/models", get(analysis::models))
         .route(
             "/api/v1/workspaces/{id}/documents",
             get(analysis::documents)

@@ -82,7 +82,17 @@ enum Command {
         ws: String,
         /// The file's path inside the workspace.
         path: String,
+        /// Also ask the local Ollama (OLLAMA_HOST) for a review; without
+        /// Ollama the static results still come, with `ai.status` saying why.
+        #[arg(long)]
+        ai: bool,
+        /// The Ollama model (default: the first of analysis.ollama_models
+        /// Ollama has, else the largest that fits this machine).
+        #[arg(long, requires = "ai")]
+        model: Option<String>,
     },
+    /// List the local Ollama's models and the one reviews use by default.
+    Models,
     /// Create, list and show workspaces.
     #[command(subcommand)]
     Workspace(WorkspaceCommand),
@@ -208,7 +218,13 @@ pub async fn run(cli: Cli) -> Result<()> {
                 } => commands::invite(&client, &ws, peer_id, &role, expires.as_deref(), json).await,
                 Command::Join { token } => commands::join(&client, token, json).await,
                 Command::Revoke { ws, target } => commands::revoke(&client, &ws, target).await,
-                Command::Analyze { ws, path } => commands::analyze(&client, &ws, path, json).await,
+                Command::Analyze {
+                    ws,
+                    path,
+                    ai,
+                    model,
+                } => commands::analyze(&client, &ws, path, ai, model, json).await,
+                Command::Models => commands::models(&client, json).await,
                 Command::Doc(DocCommand::Add { ws, file }) => {
                     commands::doc_add(&client, &ws, &file, json).await
                 }

@@ -54,6 +54,13 @@ pub struct AnalysisConfig {
     pub timeout_secs: u64,
     /// Address-space limit of the extraction process, in MiB.
     pub max_memory_mib: u64,
+    /// Ollama's URL; unset: `OLLAMA_HOST`, else http://127.0.0.1:11434.
+    pub ollama_host: Option<String>,
+    /// Models to prefer for AI reviews, first available wins (`name` or
+    /// `name:tag`); otherwise the largest that fits this machine.
+    pub ollama_models: Vec<String>,
+    /// Longest an AI answer may take, in seconds.
+    pub ai_timeout_secs: u64,
 }
 
 impl Default for AnalysisConfig {
@@ -62,6 +69,9 @@ impl Default for AnalysisConfig {
             max_document_bytes: 50 * 1024 * 1024,
             timeout_secs: 30,
             max_memory_mib: 2048,
+            ollama_host: None,
+            ollama_models: vec!["qwen2.5-coder".into(), "llama3.2".into()],
+            ai_timeout_secs: 120,
         }
     }
 }
@@ -208,6 +218,11 @@ impl Config {
                 "ANALYSIS_TIMEOUT_SECS" => {
                     self.analysis.timeout_secs = parse_u64(&value).map_err(bad)?
                 }
+                "ANALYSIS_OLLAMA_HOST" => self.analysis.ollama_host = Some(value.clone()),
+                "ANALYSIS_OLLAMA_MODELS" => self.analysis.ollama_models = split_list(&value),
+                "ANALYSIS_AI_TIMEOUT_SECS" => {
+                    self.analysis.ai_timeout_secs = parse_u64(&value).map_err(bad)?
+                }
                 "ANALYSIS_MAX_MEMORY_MIB" => {
                     self.analysis.max_memory_mib = parse_u64(&value).map_err(bad)?
                 }
@@ -262,6 +277,9 @@ impl Config {
         }
         if !(1..=3600).contains(&self.analysis.timeout_secs) {
             return invalid("analysis.timeout_secs must be between 1 and 3600".into());
+        }
+        if !(1..=3600).contains(&self.analysis.ai_timeout_secs) {
+            return invalid("analysis.ai_timeout_secs must be between 1 and 3600".into());
         }
         if !(64..=1 << 20).contains(&self.analysis.max_memory_mib) {
             return invalid("analysis.max_memory_mib must be between 64 and 1048576".into());

@@ -99,6 +99,12 @@ pub async fn run(
             timeout: Duration::from_secs(config.analysis.timeout_secs),
             max_memory_mib: config.analysis.max_memory_mib,
         },
+        ollama: crate::analysis::ai::Client::new(
+            crate::analysis::ai::host(config.analysis.ollama_host.as_deref()),
+            Duration::from_secs(config.analysis.ai_timeout_secs),
+            2,
+        ),
+        model_preferences: config.analysis.ollama_models.clone(),
     });
 
     // Serve at once so `/health` answers 503 while the store loads.

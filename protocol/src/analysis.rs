@@ -89,6 +89,12 @@ pub struct CodeAnalysis {
 pub struct AnalyzeRequest {
     /// A file of the workspace.
     pub path: String,
+    /// Also ask the local Ollama for a review.
+    #[serde(default)]
+    pub ai: bool,
+    /// The Ollama model to use (default: chosen by the node).
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// An analysis as stored in the workspace: the result, with its provenance
@@ -162,4 +168,23 @@ pub struct ProcessedDocument {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DocumentList {
     pub documents: Vec<ProcessedDocument>,
+}
+
+/// `GET /api/v1/models`: what the local Ollama offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelList {
+    /// Ollama's URL.
+    pub host: String,
+    /// `ok`, or why there is no list.
+    pub status: String,
+    pub models: Vec<ModelEntry>,
+    /// The model a review uses when none is asked for.
+    pub default_model: Option<String>,
+}
+
+/// One Ollama model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelEntry {
+    pub name: String,
+    pub size_bytes: u64,
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub use serde_json;
 
+pub mod ollama_double;
 pub mod raw_peer;
 
 use anyhow::{Context, Result, bail};

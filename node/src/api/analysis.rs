@@ -11,12 +11,15 @@ use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use xencode_protocol::WorkspacePath;
-use xencode_protocol::analysis::{AnalysisList, AnalysisRecord, AnalyzeRequest, DocumentList};
+use xencode_protocol::analysis::{
+    AiResult, AnalysisList, AnalysisRecord, AnalyzeRequest, DocumentList, ModelEntry, ModelList,
+};
 use xencode_protocol::api::FileKind;
 
 use super::extract::{ApiJson, ApiPath};
 use super::routes::{parse_path, parse_ws};
-use super::{ApiError, ApiState};
+use super::{AnalysisSetup, ApiError, ApiState};
+use crate::analysis::ai;
 use crate::analysis::code::{AnalysisError, Limits};
 use crate::analysis::worker::{self, WorkerError};
 use crate::now_ms;
@@ -55,6 +58,7 @@ pub async fn analyze(
     let content_hash = blake3::hash(&file.bytes).to_hex().to_string();
     let source = String::from_utf8(file.bytes).map_err(|_| not_text())?;
     let key = format!("{id}/{path}");
+    let for_ai = req.ai.then(|| source.clone());
     let parses = state.inner.parses.clone();
     let started = Instant::now();
     let outcome = tokio::task::spawn_blocking(move || {
@@ -82,6 +86,31 @@ pub async fn analyze(
         ),
         other => ApiError::internal(other),
     })?;
+    let mut analysis = analysis;
+    let mut model = None;
+    if let Some(source) = for_ai {
+        let setup = state
+            .inner
+            .analysis
+            .get()
+            .cloned()
+            .ok_or_else(ApiError::starting)?;
+        let started = Instant::now();
+        let (ai, used) = review(
+            &setup,
+            path.as_str(),
+            &source,
+            &analysis,
+            req.model.as_deref(),
+        )
+        .await;
+        state
+            .inner
+            .metrics
+            .analysis("ai", started.elapsed().as_secs_f64());
+        analysis.ai = ai;
+        model = used;
+    }
     let now = now_ms();
     let mut record = AnalysisRecord {
         analysis,
@@ -89,7 +118,7 @@ pub async fn analyze(
         content_hash,
         by: state.inner.node.peer_id.clone(),
         at: now,
-        model: None,
+        model,
         model_digest: None,
         incremental,
         stored: true,
@@ -229,4 +258,91 @@ pub async fn documents(
     let id = parse_ws(&id)?;
     let documents = state.store()?.documents(id).await?;
     Ok(Json(DocumentList { documents }).into_response())
+}
+
+/// The AI part of an analysis: never an error, always a status.
+async fn review(
+    setup: &AnalysisSetup,
+    path: &str,
+    source: &str,
+    analysis: &xencode_protocol::analysis::CodeAnalysis,
+    requested: Option<&str>,
+) -> (AiResult, Option<String>) {
+    let failed = |e: ai::AiError, model: Option<String>| {
+        tracing::info!(error = %e, "AI review unavailable; the static analysis stands");
+        (
+            AiResult {
+                status: e.to_string(),
+                model: model.clone(),
+                text: None,
+            },
+            model,
+        )
+    };
+    let available = match setup.ollama.models().await {
+        Ok(m) => m,
+        Err(e) => return failed(e, None),
+    };
+    let (memory, cores) = ai::machine();
+    let model = match ai::choose(
+        &available,
+        requested,
+        &setup.model_preferences,
+        memory,
+        cores,
+    ) {
+        Ok(m) => m,
+        Err(e) => return failed(e, None),
+    };
+    let (prompt, redacted) = ai::review_prompt(path, source, analysis);
+    if redacted > 0 {
+        tracing::info!(redacted, "secrets redacted from the AI prompt");
+    }
+    match setup.ollama.generate(&model, &prompt).await {
+        Ok(text) => (
+            AiResult {
+                status: "ok".into(),
+                model: Some(model.clone()),
+                text: Some(text),
+            },
+            Some(model),
+        ),
+        Err(e) => failed(e, Some(model)),
+    }
+}
+
+/// `GET /api/v1/models`: the local Ollama's models and the default choice.
+pub async fn models(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let setup = state
+        .inner
+        .analysis
+        .get()
+        .cloned()
+        .ok_or_else(ApiError::starting)?;
+    let host = setup.ollama.url().to_owned();
+    let list = match setup.ollama.models().await {
+        Ok(models) => {
+            let (memory, cores) = ai::machine();
+            ModelList {
+                host,
+                status: "ok".into(),
+                default_model: ai::choose(&models, None, &setup.model_preferences, memory, cores)
+                    .ok(),
+                models: models
+                    .into_iter()
+                    .map(|m| ModelEntry {
+                        name: m.name,
+                        size_bytes: m.size_bytes,
+                    })
+                    .collect(),
+            }
+        }
+        Err(e) => ModelList {
+            host,
+            status: e.to_string(),
+            models: Vec::new(),
+            default_model: None,
+        },
+    };
+    Ok(Json(list).into_response())
 }

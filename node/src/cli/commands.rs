@@ -8,7 +8,9 @@ use xencode_node::config::Config;
 use xencode_node::identity::{self, Identity};
 use xencode_node::node::{self, Ready};
 use xencode_node::paths::DataDir;
-use xencode_protocol::analysis::{AnalysisRecord, AnalyzeRequest, DocumentList, ProcessedDocument};
+use xencode_protocol::analysis::{
+    AnalysisRecord, AnalyzeRequest, DocumentList, ModelList, ProcessedDocument,
+};
 use xencode_protocol::api::{
     CreateWorkspace, FileInfo, FileList, InviteRequest, InviteResponse, JoinRequest, NodeInfo,
     PeerList, RevokeRequest, Role, WorkspaceDetail, WorkspaceList, WorkspaceSummary,
@@ -299,14 +301,28 @@ pub async fn revoke(client: &Client, ws: &str, target: String) -> Result<()> {
     Ok(())
 }
 
-pub async fn analyze(client: &Client, ws: &str, path: String, json: bool) -> Result<()> {
+pub async fn analyze(
+    client: &Client,
+    ws: &str,
+    path: String,
+    ai: bool,
+    model: Option<String>,
+    json: bool,
+) -> Result<()> {
     let id = client.resolve_workspace(ws).await?.to_string();
-    let r: AnalysisRecord = client
+    let spinner = spinner(if ai {
+        "analysing; asking Ollama for a review"
+    } else {
+        "analysing"
+    });
+    let r: Result<AnalysisRecord> = client
         .post_json(
             &["api", "v1", "workspaces", &id, "analyze"],
-            &AnalyzeRequest { path },
+            &AnalyzeRequest { path, ai, model },
         )
-        .await?;
+        .await;
+    spinner.finish_and_clear();
+    let r = r?;
     if json {
         return print_json(&r);
     }
@@ -348,8 +364,37 @@ pub async fn analyze(client: &Client, ws: &str, path: String, json: bool) -> Res
             o.kind, o.name, o.line_start, o.line_end, o.complexity
         );
     }
+    if ai {
+        match &a.ai.text {
+            Some(text) => println!(
+                "\nAI review ({}):\n{}",
+                a.ai.model.as_deref().unwrap_or("?"),
+                text.trim()
+            ),
+            None => eprintln!("no AI review: {}", a.ai.status),
+        }
+    }
     if !r.stored {
         eprintln!("not stored in the workspace: your role there does not allow writing");
+    }
+    Ok(())
+}
+
+pub async fn models(client: &Client, json: bool) -> Result<()> {
+    let list: ModelList = client.get_json(&["api", "v1", "models"]).await?;
+    if json {
+        return print_json(&list);
+    }
+    if list.status != "ok" {
+        anyhow::bail!("{} (Ollama at {})", list.status, list.host);
+    }
+    for m in &list.models {
+        let default = if list.default_model.as_ref() == Some(&m.name) {
+            "  (default)"
+        } else {
+            ""
+        };
+        println!("{}  {:.1} GB{default}", m.name, m.size_bytes as f64 / 1e9);
     }
     Ok(())
 }

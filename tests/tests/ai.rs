@@ -1,0 +1,138 @@
+//! AI reviews through a real node and ollama-rs, against a double that speaks
+//! Ollama's HTTP wire format on a real socket: normal, garbage, slow and
+//! absent servers. The static analysis always comes; `ai.status` says why
+//! there is no review; secrets never reach the model.
+
+use std::path::Path;
+use std::time::Duration;
+
+use xencode_tests::ollama_double::{Mode, OllamaDouble, REVIEW};
+use xencode_tests::{Node, free_port, last_line, put};
+
+const SOURCE: &str = "import pickle\n\nAPI_KEY = \"sk-live-0123456789abcdef\"\n\ndef load(blob):\n    return pickle.loads(blob)\n";
+
+fn node_with_ollama(dir: &Path, host: &str) -> Node {
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(
+        dir.join("config.toml"),
+        format!("[analysis]\nollama_host = \"{host}\"\nai_timeout_secs = 2\n"),
+    )
+    .expect("config");
+    Node::start(dir).expect("node")
+}
+
+fn analyze(node: &Node, ws: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--json", "analyze", ws, "app/load.py", "--ai"];
+    args.extend_from_slice(extra);
+    let out = node.cli(&args);
+    assert!(
+        out.status.success(),
+        "exit 0 whatever Ollama does: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_come_from_ollama_with_secrets_redacted_and_failures_as_statuses() {
+    let double = OllamaDouble::start().expect("double");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = node_with_ollama(&tmp.path().join("a"), &double.url);
+    let ws = last_line(&node.cli(&["workspace", "create", "ai"]));
+    assert_eq!(
+        put(&node, &ws, "app/load.py", SOURCE).await,
+        reqwest::StatusCode::OK
+    );
+
+    // Models: listed, and the preferred one is the default.
+    let models: serde_json::Value =
+        serde_json::from_slice(&node.cli(&["--json", "models"]).stdout).expect("models");
+    assert_eq!(models["status"], "ok");
+    assert_eq!(models["models"].as_array().map(Vec::len), Some(2));
+    assert_eq!(models["default_model"], "qwen2.5-coder:7b");
+    let text = String::from_utf8_lossy(&node.cli(&["models"]).stdout).into_owned();
+    assert!(
+        text.contains("qwen2.5-coder:7b  4.7 GB  (default)"),
+        "{text}"
+    );
+
+    // A review: the preferred model, the double's text, stored with provenance.
+    let r = analyze(&node, &ws, &[]);
+    assert_eq!(r["ai"]["status"], "ok", "{r}");
+    assert_eq!(r["ai"]["model"], "qwen2.5-coder:7b");
+    assert_eq!(r["ai"]["text"], REVIEW);
+    assert_eq!(r["model"], "qwen2.5-coder:7b");
+    assert_eq!(r["security_issues"][0]["cwe_id"], "CWE-798");
+    // What the model was sent: the findings, the code — and no secret.
+    let sent = double.bodies();
+    assert_eq!(sent.len(), 1);
+    let prompt = serde_json::from_str::<serde_json::Value>(&sent[0]).expect("json")["prompt"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        !prompt.contains("sk-live-0123456789abcdef"),
+        "the secret reached the model:\n{prompt}"
+    );
+    assert!(
+        prompt.contains("[REDACTED]")
+            && prompt.contains("CWE-502")
+            && prompt.contains("pickle.loads"),
+        "{prompt}"
+    );
+    // A model asked for by name.
+    let r = analyze(&node, &ws, &["--model", "llama3.2:1b"]);
+    assert_eq!(r["ai"]["model"], "llama3.2:1b");
+    let r = analyze(&node, &ws, &["--model", "phi3"]);
+    assert!(
+        r["ai"]["status"]
+            .as_str()
+            .is_some_and(|s| s.contains("ollama pull phi3")),
+        "{r}"
+    );
+
+    // Garbage, then a server slower than the 2 s limit: statuses, not errors.
+    double.set_mode(Mode::Garbage);
+    let r = analyze(&node, &ws, &[]);
+    assert!(
+        r["ai"]["status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("error:")),
+        "{r}"
+    );
+    assert!(r["ai"]["text"].is_null());
+    assert_eq!(
+        r["security_issues"][1]["cwe_id"], "CWE-502",
+        "static results still come"
+    );
+    double.set_mode(Mode::Slow(Duration::from_secs(4)));
+    let r = analyze(&node, &ws, &[]);
+    assert!(
+        r["ai"]["status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("timeout:")),
+        "{r}"
+    );
+
+    // No Ollama at all.
+    let absent = node_with_ollama(
+        &tmp.path().join("b"),
+        &format!("http://127.0.0.1:{}", free_port()),
+    );
+    let ws = last_line(&absent.cli(&["workspace", "create", "ai"]));
+    assert_eq!(
+        put(&absent, &ws, "app/load.py", SOURCE).await,
+        reqwest::StatusCode::OK
+    );
+    let r = analyze(&absent, &ws, &[]);
+    assert!(
+        r["ai"]["status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("unavailable:")),
+        "{r}"
+    );
+    assert_eq!(r["outline"][0]["name"], "load");
+    let out = absent.cli(&["models"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ollama serve"));
+}
