@@ -24,6 +24,7 @@ pub struct Metrics {
     gossip_messages: IntCounterVec,
     peer_violations: IntCounterVec,
     analysis_duration: HistogramVec,
+    ai_cache: IntCounterVec,
 }
 
 /// Latency buckets from 50 µs to 10 s.
@@ -108,6 +109,14 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(analysis_duration.clone()))?;
+        let ai_cache = IntCounterVec::new(
+            Opts::new("ai_cache_total", "AI answers served from the cache or not"),
+            &["result"],
+        )?;
+        registry.register(Box::new(ai_cache.clone()))?;
+        for result in ["hit", "miss"] {
+            ai_cache.with_label_values(&[result]);
+        }
         registry.register(Box::new(gossip_messages.clone()))?;
         registry.register(Box::new(peer_violations.clone()))?;
         for kind in ["malformed_frame", "rate_limit", "bad_announcement"] {
@@ -149,6 +158,7 @@ impl Metrics {
             gossip_messages,
             peer_violations,
             analysis_duration,
+            ai_cache,
         })
     }
 
@@ -212,6 +222,11 @@ impl Metrics {
         self.analysis_duration
             .with_label_values(&[kind])
             .observe(seconds);
+    }
+
+    /// Counts one AI cache lookup ("hit" or "miss").
+    pub fn ai_cache(&self, result: &str) {
+        self.ai_cache.with_label_values(&[result]).inc();
     }
 
     /// Counts one protocol violation by a peer.

@@ -186,6 +186,15 @@ pub(crate) enum Command {
         ws: WorkspaceId,
         reply: Reply<Vec<AnalysisRecord>>,
     },
+    AiCacheGet {
+        key: [u8; 32],
+        reply: Reply<Option<String>>,
+    },
+    AiCachePut {
+        key: [u8; 32],
+        text: String,
+        reply: Reply<()>,
+    },
     PutDocument {
         ws: WorkspaceId,
         doc: Box<ProcessedDocument>,
@@ -390,6 +399,17 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// A cached AI answer.
+    pub async fn ai_cache_get(&self, key: [u8; 32]) -> Result<Option<String>, StoreError> {
+        self.ask(|reply| Command::AiCacheGet { key, reply }).await
+    }
+
+    /// Caches an AI answer.
+    pub async fn ai_cache_put(&self, key: [u8; 32], text: String) -> Result<(), StoreError> {
+        self.ask(|reply| Command::AiCachePut { key, text, reply })
+            .await
     }
 
     /// Stores a processed document in the workspace (needs write rights).

@@ -80,6 +80,23 @@ async fn reviews_come_from_ollama_with_secrets_redacted_and_failures_as_statuses
             && prompt.contains("pickle.loads"),
         "{prompt}"
     );
+    // The same request again: answered from the redb cache, Ollama not asked.
+    let again = analyze(&node, &ws, &[]);
+    assert_eq!(again["ai"]["text"], REVIEW);
+    assert_eq!(
+        double.bodies().len(),
+        1,
+        "a cache hit does not reach Ollama"
+    );
+    assert_eq!(
+        node.metric(r#"xencode_ai_cache_total{result="hit"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        node.metric(r#"xencode_ai_cache_total{result="miss"}"#)
+            .await,
+        1.0
+    );
     // A model asked for by name.
     let r = analyze(&node, &ws, &["--model", "llama3.2:1b"]);
     assert_eq!(r["ai"]["model"], "llama3.2:1b");
@@ -92,7 +109,13 @@ async fn reviews_come_from_ollama_with_secrets_redacted_and_failures_as_statuses
     );
 
     // Garbage, then a server slower than the 2 s limit: statuses, not errors.
+    // (Each with an edited file, so the prompt is new and the cache misses.)
     double.set_mode(Mode::Garbage);
+    let v2 = format!("{SOURCE}# v2\n");
+    assert_eq!(
+        put(&node, &ws, "app/load.py", &v2).await,
+        reqwest::StatusCode::OK
+    );
     let r = analyze(&node, &ws, &[]);
     assert!(
         r["ai"]["status"]
@@ -106,6 +129,11 @@ async fn reviews_come_from_ollama_with_secrets_redacted_and_failures_as_statuses
         "static results still come"
     );
     double.set_mode(Mode::Slow(Duration::from_secs(4)));
+    let v3 = format!("{SOURCE}# v3\n");
+    assert_eq!(
+        put(&node, &ws, "app/load.py", &v3).await,
+        reqwest::StatusCode::OK
+    );
     let r = analyze(&node, &ws, &[]);
     assert!(
         r["ai"]["status"]

@@ -35,6 +35,26 @@ pub enum AiError {
 pub struct Model {
     pub name: String,
     pub size_bytes: u64,
+    /// When Ollama last changed the model (a new pull changes it).
+    pub modified_at: String,
+}
+
+/// The cache key of an answer: the prompt version, the model's identity and
+/// the prompt. ollama-rs 0.3.6 does not expose a model's digest, so its name,
+/// size and modification time stand for it: any new pull changes them.
+pub fn cache_key(model: &Model, prompt: &str) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("xencode 2026 ai cache v1");
+    for part in [
+        PROMPT_VERSION,
+        &model.name,
+        &model.modified_at,
+        &model.size_bytes.to_string(),
+    ] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(prompt.as_bytes());
+    *h.finalize().as_bytes()
 }
 
 /// The Ollama URL: `configured`, else `OLLAMA_HOST` (a bare `host:port` gets
@@ -306,6 +326,7 @@ impl Client {
             .map(|m| Model {
                 name: m.name,
                 size_bytes: m.size,
+                modified_at: m.modified_at,
             })
             .collect())
     }
@@ -334,7 +355,18 @@ mod tests {
         Model {
             name: name.into(),
             size_bytes: gb << 30,
+            modified_at: "2026-11-01T00:00:00Z".into(),
         }
+    }
+
+    #[test]
+    fn cache_keys_change_with_the_model_version_and_the_prompt() {
+        let a = m("qwen2.5-coder:7b", 5);
+        let mut repulled = a.clone();
+        repulled.modified_at = "2026-11-20T00:00:00Z".into();
+        assert_eq!(cache_key(&a, "p"), cache_key(&a.clone(), "p"));
+        assert_ne!(cache_key(&a, "p"), cache_key(&repulled, "p"));
+        assert_ne!(cache_key(&a, "p"), cache_key(&a, "q"));
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub async fn analyze(
             .ok_or_else(ApiError::starting)?;
         let started = Instant::now();
         let (ai, used) = review(
+            &state,
             &setup,
             path.as_str(),
             &source,
@@ -262,6 +263,7 @@ pub async fn documents(
 
 /// The AI part of an analysis: never an error, always a status.
 async fn review(
+    state: &ApiState,
     setup: &AnalysisSetup,
     path: &str,
     source: &str,
@@ -298,15 +300,38 @@ async fn review(
     if redacted > 0 {
         tracing::info!(redacted, "secrets redacted from the AI prompt");
     }
-    match setup.ollama.generate(&model, &prompt).await {
-        Ok(text) => (
+    let ok = |text: String| {
+        (
             AiResult {
                 status: "ok".into(),
                 model: Some(model.clone()),
                 text: Some(text),
             },
-            Some(model),
-        ),
+            Some(model.clone()),
+        )
+    };
+    // The same prompt to the same model version: the stored answer.
+    let key = available
+        .iter()
+        .find(|m| m.name == model)
+        .map(|m| ai::cache_key(m, &prompt));
+    let store = state.store().ok();
+    if let (Some(key), Some(store)) = (key, store)
+        && let Ok(Some(text)) = store.ai_cache_get(key).await
+    {
+        state.inner.metrics.ai_cache("hit");
+        return ok(text);
+    }
+    state.inner.metrics.ai_cache("miss");
+    match setup.ollama.generate(&model, &prompt).await {
+        Ok(text) => {
+            if let (Some(key), Some(store)) = (key, store)
+                && let Err(e) = store.ai_cache_put(key, text.clone()).await
+            {
+                tracing::warn!(error = %e, "the AI answer could not be cached");
+            }
+            ok(text)
+        }
         Err(e) => failed(e, Some(model)),
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use automerge::{ActorId, AutoCommit, Change};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::mpsc;
 use xencode_protocol::api::{SpliceResponse, validate_workspace_name};
 use xencode_protocol::{DocId, WorkspaceId};
@@ -21,8 +21,8 @@ use xencode_protocol::envelope::SignedHead;
 use xencode_protocol::sync::{Engine, Input, Limits};
 
 use super::tables::{
-    self, CHANGES, DOCS, DocRecord, MEMBERSHIPS, Membership, SIGNATURES, SNAPSHOTS, SYNC_STATES,
-    WORKSPACES,
+    self, AI_CACHE, CHANGES, DOCS, DocRecord, MEMBERSHIPS, Membership, SIGNATURES, SNAPSHOTS,
+    SYNC_STATES, WORKSPACES,
 };
 use super::{AuthorKey, Command, NetCommand, OpenError, StoreError, StoreOptions, StoreStats};
 use crate::metrics::Metrics;
@@ -370,6 +370,12 @@ impl Actor {
                 let made = self.write(ws, |w, _| Ok(((), w.put_analysis(&path, &record, now_ms)?)));
                 self.defer(made, reply);
             }
+            Command::AiCacheGet { key, reply } => {
+                let _ = reply.send(self.ai_cache_get(key));
+            }
+            Command::AiCachePut { key, text, reply } => {
+                let _ = reply.send(self.ai_cache_put(key, &text));
+            }
             Command::PutDocument {
                 ws,
                 doc,
@@ -533,6 +539,31 @@ impl Actor {
         self.stage_membership(id, membership);
         self.stage_local(id, changes);
         Ok(summary)
+    }
+
+    fn ai_cache_get(&self, key: [u8; 32]) -> Result<Option<String>, StoreError> {
+        let db = self.db.as_ref().ok_or_else(closed_db)?;
+        let read = db.begin_read().map_err(classify)?;
+        let table = read.open_table(AI_CACHE).map_err(classify)?;
+        let value = table.get(key).map_err(classify)?;
+        Ok(value.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+    }
+
+    /// Caches an answer; the cache is cleared when it reaches its bound (a
+    /// cache, so losing it costs only time).
+    fn ai_cache_put(&mut self, key: [u8; 32], text: &str) -> Result<(), StoreError> {
+        const MAX_ENTRIES: u64 = 10_000;
+        let db = self.db.as_ref().ok_or_else(closed_db)?;
+        let tx = db.begin_write().map_err(classify)?;
+        {
+            let mut table = tx.open_table(AI_CACHE).map_err(classify)?;
+            if table.len().map_err(classify)? >= MAX_ENTRIES {
+                table.retain(|_, _| false).map_err(classify)?;
+            }
+            table.insert(key, text.as_bytes()).map_err(classify)?;
+        }
+        tx.commit().map_err(classify)?;
+        Ok(())
     }
 
     /// Commits everything staged in one durable transaction, then answers the

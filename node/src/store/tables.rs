@@ -13,7 +13,9 @@
 //!   [`SignedHead`](xencode_protocol::envelope::SignedHead) of the author;
 //! - `memberships-1` (schema 2): workspace id -> postcard [`Membership`]: this
 //!   node's token, the root key, where to find the inviter;
-//! - `sync-states-1` (schema 2): (peer id, document id) -> Automerge sync state.
+//! - `sync-states-1` (schema 2): (peer id, document id) -> Automerge sync state;
+//! - `ai-cache-1` (schema 3): blake3 of (prompt version, model identity,
+//!   prompt) -> the model's answer (UTF-8); bounded, cleared when full.
 
 use std::fs;
 use std::io::Read;
@@ -28,7 +30,7 @@ use crate::workspace::DocKind;
 /// Written into `meta-1` so a foreign redb file is recognised.
 pub const FORMAT: &[u8] = b"xencode-store";
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
 pub const WORKSPACES: TableDefinition<[u8; 16], ()> = TableDefinition::new("workspaces-1");
@@ -40,6 +42,7 @@ pub const SIGNATURES: TableDefinition<([u8; 16], [u8; 32]), &[u8]> =
 pub const MEMBERSHIPS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("memberships-1");
 pub const SYNC_STATES: TableDefinition<(&str, [u8; 16]), &[u8]> =
     TableDefinition::new("sync-states-1");
+pub const AI_CACHE: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("ai-cache-1");
 
 /// This node's membership of a workspace, kept beside the documents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +70,7 @@ const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0
 type Migration = fn(&redb::WriteTransaction) -> Result<(), redb::Error>;
 
 /// `MIGRATIONS[i]` upgrades schema `i + 1` to `i + 2`. Schema 1 is the first.
-const MIGRATIONS: &[Migration] = &[migrate_1_to_2];
+const MIGRATIONS: &[Migration] = &[migrate_1_to_2, migrate_2_to_3];
 
 /// Schema 2 adds signatures, memberships and sync states (empty: stores of
 /// schema 1 predate networking, so their changes were never sent).
@@ -75,6 +78,12 @@ fn migrate_1_to_2(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(SIGNATURES)?;
     tx.open_table(MEMBERSHIPS)?;
     tx.open_table(SYNC_STATES)?;
+    Ok(())
+}
+
+/// Schema 3 adds the AI response cache (empty).
+fn migrate_2_to_3(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(AI_CACHE)?;
     Ok(())
 }
 
@@ -210,6 +219,7 @@ fn initialize(db: &Database) -> Result<(), redb::Error> {
         tx.open_table(SIGNATURES)?;
         tx.open_table(MEMBERSHIPS)?;
         tx.open_table(SYNC_STATES)?;
+        tx.open_table(AI_CACHE)?;
     }
     tx.commit()?;
     Ok(())

@@ -342,6 +342,7 @@ async fn a_schema_1_store_is_migrated_and_keeps_its_data() {
         assert!(tx.delete_table(tables::SIGNATURES).expect("delete"));
         assert!(tx.delete_table(tables::MEMBERSHIPS).expect("delete"));
         assert!(tx.delete_table(tables::SYNC_STATES).expect("delete"));
+        assert!(tx.delete_table(tables::AI_CACHE).expect("delete"));
         tx.open_table(tables::META)
             .expect("meta")
             .insert("schema_version", 1u32.to_le_bytes().as_slice())
@@ -364,6 +365,10 @@ async fn a_schema_1_store_is_migrated_and_keeps_its_data() {
         .expect("get")
         .map(|v| v.value().to_vec());
     assert_eq!(version, Some(tables::SCHEMA_VERSION.to_le_bytes().to_vec()));
+    assert!(
+        read.open_table(tables::AI_CACHE).is_ok(),
+        "schema 3 added the AI cache"
+    );
     assert!(
         read.open_table(tables::SIGNATURES)
             .expect("signatures")
