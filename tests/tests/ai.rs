@@ -97,6 +97,65 @@ async fn reviews_come_from_ollama_with_secrets_redacted_and_failures_as_statuses
             .await,
         1.0
     );
+    // Streaming: with Accept: text/event-stream the review arrives token by
+    // token over SSE (Ollama streams NDJSON), then the stored record.
+    let streamed = format!("{SOURCE}# streamed\n");
+    assert_eq!(
+        put(&node, &ws, "app/load.py", &streamed).await,
+        reqwest::StatusCode::OK
+    );
+    let body = node
+        .http()
+        .post(format!("{}/api/v1/workspaces/{ws}/analyze", node.api_url))
+        .header("accept", "text/event-stream")
+        .json(&serde_json::json!({"path": "app/load.py", "ai": true}))
+        .send()
+        .await
+        .expect("sse")
+        .text()
+        .await
+        .expect("body");
+    let events: Vec<(String, serde_json::Value)> = body
+        .split("\n\n")
+        .filter_map(|block| {
+            let event = block
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))?
+                .to_owned();
+            let data: String = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            Some((event, serde_json::from_str(&data).ok()?))
+        })
+        .collect();
+    assert_eq!(
+        events.first().map(|e| e.0.as_str()),
+        Some("analysis"),
+        "{body}"
+    );
+    assert_eq!(events[0].1["ai"]["status"], "pending");
+    let tokens: Vec<&str> = events
+        .iter()
+        .filter(|e| e.0 == "token")
+        .filter_map(|e| e.1.as_str())
+        .collect();
+    assert!(tokens.len() >= 3, "token by token: {tokens:?}");
+    assert_eq!(tokens.concat(), REVIEW);
+    let done = &events.last().expect("events").1;
+    assert_eq!(events.last().map(|e| e.0.as_str()), Some("done"));
+    assert_eq!(
+        (done["ai"]["status"].as_str(), done["ai"]["text"].as_str()),
+        (Some("ok"), Some(REVIEW))
+    );
+    assert_eq!(done["stored"], true);
+    assert!(
+        double
+            .bodies()
+            .last()
+            .is_some_and(|b| b.contains("\"stream\":true"))
+    );
+
     // A model asked for by name.
     let r = analyze(&node, &ws, &["--model", "llama3.2:1b"]);
     assert_eq!(r["ai"]["model"], "llama3.2:1b");

@@ -331,6 +331,53 @@ impl Client {
             .collect())
     }
 
+    /// A completion of `prompt` by `model`, each piece sent on `tokens` as it
+    /// arrives (the receiver's pace bounds the buffering); returns the whole
+    /// text. The timeout bounds the wait for each piece.
+    pub async fn stream(
+        &self,
+        model: &str,
+        prompt: &str,
+        tokens: &tokio::sync::mpsc::Sender<String>,
+    ) -> Result<String, AiError> {
+        use futures::StreamExt;
+        let request = GenerationRequest::new(model.to_owned(), prompt.to_owned());
+        let ollama = self.ollama()?;
+        let mut stream =
+            match tokio::time::timeout(self.timeout, ollama.generate_stream(request)).await {
+                Err(_) => return Err(AiError::Timeout(self.timeout)),
+                Ok(Err(ollama_rs::error::OllamaError::ReqwestError(e))) if e.is_connect() => {
+                    return Err(AiError::Unavailable(self.url.clone()));
+                }
+                Ok(Err(e)) => return Err(AiError::Failed(describe(&e))),
+                Ok(Ok(s)) => s,
+            };
+        let mut text = String::new();
+        loop {
+            match tokio::time::timeout(self.timeout, stream.next()).await {
+                Err(_) => return Err(AiError::Timeout(self.timeout)),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(AiError::Failed(describe(&e))),
+                Ok(Some(Ok(chunk))) => {
+                    for piece in chunk {
+                        if piece.response.is_empty() {
+                            continue;
+                        }
+                        text.push_str(&piece.response);
+                        if tokens.send(piece.response).await.is_err() {
+                            // The client left; the answer is still worth keeping.
+                            continue;
+                        }
+                    }
+                }
+            }
+        }
+        if text.trim().is_empty() {
+            return Err(AiError::Failed("an empty answer".into()));
+        }
+        Ok(text)
+    }
+
     /// One completion of `prompt` by `model`.
     pub async fn generate(&self, model: &str, prompt: &str) -> Result<String, AiError> {
         let (model, prompt) = (model.to_owned(), prompt.to_owned());

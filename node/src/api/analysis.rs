@@ -8,7 +8,8 @@ use std::time::Instant;
 use axum::Json;
 use axum::extract::multipart::{MultipartError, MultipartRejection};
 use axum::extract::{Multipart, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use xencode_protocol::WorkspacePath;
 use xencode_protocol::analysis::{
@@ -31,11 +32,21 @@ fn language_of(path: &WorkspacePath) -> Option<&'static str> {
     matches!(ext.as_str(), "py" | "pyw" | "pyi").then_some("python")
 }
 
+/// With `ai: true` and `Accept: text/event-stream`, the answer is a stream
+/// of server-sent events: `analysis` (the static result, at once), `token`
+/// (each piece of the AI review as Ollama produces it, a JSON string), then
+/// `done` (the stored record, review included).
 pub async fn analyze(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<AnalyzeRequest>,
 ) -> Result<Response, ApiError> {
+    let wants_stream = req.ai
+        && headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/event-stream"));
     let (id, path) = (parse_ws(&id)?, parse_path(&req.path)?);
     if language_of(&path).is_none() {
         return Err(ApiError::bad_request(
@@ -86,32 +97,6 @@ pub async fn analyze(
         ),
         other => ApiError::internal(other),
     })?;
-    let mut analysis = analysis;
-    let mut model = None;
-    if let Some(source) = for_ai {
-        let setup = state
-            .inner
-            .analysis
-            .get()
-            .cloned()
-            .ok_or_else(ApiError::starting)?;
-        let started = Instant::now();
-        let (ai, used) = review(
-            &state,
-            &setup,
-            path.as_str(),
-            &source,
-            &analysis,
-            req.model.as_deref(),
-        )
-        .await;
-        state
-            .inner
-            .metrics
-            .analysis("ai", started.elapsed().as_secs_f64());
-        analysis.ai = ai;
-        model = used;
-    }
     let now = now_ms();
     let mut record = AnalysisRecord {
         analysis,
@@ -119,18 +104,134 @@ pub async fn analyze(
         content_hash,
         by: state.inner.node.peer_id.clone(),
         at: now,
-        model,
+        model: None,
         model_digest: None,
         incremental,
         stored: true,
     };
-    match store.put_analysis(id, path, record.clone(), now).await {
+    let Some(source) = for_ai else {
+        let record = store_record(&store, id, &path, record).await?;
+        return Ok(Json(record).into_response());
+    };
+    let setup = state
+        .inner
+        .analysis
+        .get()
+        .cloned()
+        .ok_or_else(ApiError::starting)?;
+    if wants_stream {
+        return Ok(stream_review(
+            state, setup, store, id, path, source, record, req.model,
+        ));
+    }
+    let started = Instant::now();
+    let (ai, used) = review(
+        &state,
+        &setup,
+        path.as_str(),
+        &source,
+        &record.analysis,
+        req.model.as_deref(),
+        None,
+    )
+    .await;
+    state
+        .inner
+        .metrics
+        .analysis("ai", started.elapsed().as_secs_f64());
+    record.analysis.ai = ai;
+    record.model = used;
+    let record = store_record(&store, id, &path, record).await?;
+    Ok(Json(record).into_response())
+}
+
+/// Writes an analysis into the workspace; a viewer gets it back unstored.
+async fn store_record(
+    store: &crate::store::Store,
+    id: xencode_protocol::WorkspaceId,
+    path: &WorkspacePath,
+    mut record: AnalysisRecord,
+) -> Result<AnalysisRecord, ApiError> {
+    match store
+        .put_analysis(id, path.clone(), record.clone(), record.at)
+        .await
+    {
         Ok(()) => {}
         // A viewer gets the analysis but cannot write it into the workspace.
         Err(StoreError::Forbidden(_)) => record.stored = false,
         Err(e) => return Err(e.into()),
     }
-    Ok(Json(record).into_response())
+    Ok(record)
+}
+
+/// Most events buffered towards a slow SSE client before Ollama waits.
+const SSE_BUFFER: usize = 256;
+
+/// The SSE form of an AI review (see [`analyze`]).
+#[allow(clippy::too_many_arguments)]
+fn stream_review(
+    state: ApiState,
+    setup: AnalysisSetup,
+    store: crate::store::Store,
+    id: xencode_protocol::WorkspaceId,
+    path: WorkspacePath,
+    source: String,
+    mut record: AnalysisRecord,
+    model: Option<String>,
+) -> Response {
+    let (events, rx) = tokio::sync::mpsc::channel::<Event>(SSE_BUFFER);
+    tokio::spawn(async move {
+        let mut pending = record.clone();
+        pending.analysis.ai.status = "pending".into();
+        if let Ok(e) = Event::default().event("analysis").json_data(&pending) {
+            let _ = events.send(e).await;
+        }
+        let (tokens, mut token_rx) = tokio::sync::mpsc::channel::<String>(SSE_BUFFER);
+        let forward = async {
+            while let Some(t) = token_rx.recv().await {
+                if let Ok(e) = Event::default().event("token").json_data(&t) {
+                    let _ = events.send(e).await;
+                }
+            }
+        };
+        let started = Instant::now();
+        let ask = async {
+            let out = review(
+                &state,
+                &setup,
+                path.as_str(),
+                &source,
+                &record.analysis,
+                model.as_deref(),
+                Some(&tokens),
+            )
+            .await;
+            drop(tokens);
+            out
+        };
+        let ((ai, used), ()) = tokio::join!(ask, forward);
+        state
+            .inner
+            .metrics
+            .analysis("ai", started.elapsed().as_secs_f64());
+        record.analysis.ai = ai;
+        record.model = used;
+        let done = match store_record(&store, id, &path, record).await {
+            Ok(r) => Event::default().event("done").json_data(&r),
+            Err(e) => Event::default().event("error").json_data(e.body()),
+        };
+        if let Ok(e) = done {
+            let _ = events.send(e).await;
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 pub async fn analyses(
@@ -269,6 +370,7 @@ async fn review(
     source: &str,
     analysis: &xencode_protocol::analysis::CodeAnalysis,
     requested: Option<&str>,
+    tokens: Option<&tokio::sync::mpsc::Sender<String>>,
 ) -> (AiResult, Option<String>) {
     let failed = |e: ai::AiError, model: Option<String>| {
         tracing::info!(error = %e, "AI review unavailable; the static analysis stands");
@@ -320,10 +422,17 @@ async fn review(
         && let Ok(Some(text)) = store.ai_cache_get(key).await
     {
         state.inner.metrics.ai_cache("hit");
+        if let Some(tokens) = tokens {
+            let _ = tokens.send(text.clone()).await;
+        }
         return ok(text);
     }
     state.inner.metrics.ai_cache("miss");
-    match setup.ollama.generate(&model, &prompt).await {
+    let answer = match tokens {
+        Some(tokens) => setup.ollama.stream(&model, &prompt, tokens).await,
+        None => setup.ollama.generate(&model, &prompt).await,
+    };
+    match answer {
         Ok(text) => {
             if let (Some(key), Some(store)) = (key, store)
                 && let Err(e) = store.ai_cache_put(key, text.clone()).await
