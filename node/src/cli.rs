@@ -155,6 +155,13 @@ enum DocCommand {
         ws: String,
         /// A local PDF, HTML, DOCX or Markdown file.
         file: std::path::PathBuf,
+        /// Also ask the local Ollama for a summary (without Ollama the text
+        /// still comes, with `summary.status` saying why).
+        #[arg(long)]
+        ai: bool,
+        /// The Ollama model (default: chosen by the node).
+        #[arg(long, requires = "ai")]
+        model: Option<String>,
     },
     /// List the workspace's processed documents.
     List {
@@ -225,9 +232,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                     model,
                 } => commands::analyze(&client, &ws, path, ai, model, json).await,
                 Command::Models => commands::models(&client, json).await,
-                Command::Doc(DocCommand::Add { ws, file }) => {
-                    commands::doc_add(&client, &ws, &file, json).await
-                }
+                Command::Doc(DocCommand::Add {
+                    ws,
+                    file,
+                    ai,
+                    model,
+                }) => commands::doc_add(&client, &ws, &file, ai, model, json).await,
                 Command::Doc(DocCommand::List { ws }) => {
                     commands::doc_list(&client, &ws, json).await
                 }

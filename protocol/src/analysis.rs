@@ -162,6 +162,9 @@ pub struct ProcessedDocument {
     pub processing_time_ms: u64,
     /// 0..1: how much of the document was extracted.
     pub confidence_score: f64,
+    /// The local Ollama's summary, when asked for (`doc add --ai`).
+    #[serde(default)]
+    pub summary: Option<AiResult>,
 }
 
 /// `GET /api/v1/workspaces/{id}/documents`.

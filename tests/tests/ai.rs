@@ -156,6 +156,43 @@ async fn reviews_come_from_ollama_with_secrets_redacted_and_failures_as_statuses
             .is_some_and(|b| b.contains("\"stream\":true"))
     );
 
+    // A document summary, from the same Ollama, with secrets redacted.
+    let notes = tmp.path().join("design.md");
+    std::fs::write(
+        &notes,
+        "# Sync design\nChanges travel signed.\npassword = \"hunter2hunter2\"\n",
+    )
+    .expect("write");
+    let out = node.cli(&[
+        "--json",
+        "doc",
+        "add",
+        &ws,
+        &notes.display().to_string(),
+        "--ai",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["summary"]["status"], "ok", "{doc}");
+    assert_eq!(doc["summary"]["text"], REVIEW);
+    let prompt = serde_json::from_str::<serde_json::Value>(
+        &double.bodies().last().cloned().unwrap_or_default(),
+    )
+    .map(|v| v["prompt"].as_str().unwrap_or_default().to_owned())
+    .unwrap_or_default();
+    assert!(
+        prompt.contains("Changes travel signed.") && prompt.contains("Summarise"),
+        "{prompt}"
+    );
+    assert!(
+        !prompt.contains("hunter2hunter2"),
+        "the password reached the model:\n{prompt}"
+    );
+
     // A model asked for by name.
     let r = analyze(&node, &ws, &["--model", "llama3.2:1b"]);
     assert_eq!(r["ai"]["model"], "llama3.2:1b");

@@ -256,6 +256,23 @@ fn describe(e: &dyn std::error::Error) -> String {
     text.chars().take(200).collect()
 }
 
+/// The summary prompt for a processed document (its text redacted and cut).
+pub fn summary_prompt(doc: &xencode_protocol::analysis::ProcessedDocument) -> (String, usize) {
+    let (text, redacted) = redact(&doc.extracted_text);
+    let text: String = text.chars().take(MAX_PROMPT_SOURCE_CHARS).collect();
+    let title = doc
+        .metadata
+        .title
+        .as_deref()
+        .unwrap_or(&doc.original_filename);
+    let prompt = format!(
+        "Summarise this {} document, \"{title}\", for a software team in 5 to 8 sentences: \
+         what it is about, the decisions it records, and the open questions.\n\n{text}\n",
+        doc.document_type
+    );
+    (prompt, redacted)
+}
+
 /// A client of one Ollama.
 #[derive(Debug, Clone)]
 pub struct Client {

@@ -221,6 +221,7 @@ pub async fn process(
         structured_content: sections,
         processing_time_ms: elapsed,
         confidence_score: confidence,
+        summary: None,
     };
     if let Some((text, metadata, sections, confidence)) = done {
         return Ok(doc(text, metadata, sections, confidence));

@@ -272,13 +272,24 @@ pub async fn add_document(
     };
     let mut multipart = multipart.map_err(|e| bad_form(e.body_text()))?;
     let mut upload = None;
+    let (mut want_ai, mut model) = (false, None);
     while let Some(field) = multipart
         .next_field()
         .await
         .map_err(|e| multipart_error(&e))?
     {
-        if field.name() != Some("file") {
-            continue;
+        match field.name() {
+            Some("ai") => {
+                want_ai = field.text().await.map_err(|e| multipart_error(&e))?.trim() == "true";
+                continue;
+            }
+            Some("model") => {
+                let m = field.text().await.map_err(|e| multipart_error(&e))?;
+                model = Some(m.trim().to_owned()).filter(|m| !m.is_empty());
+                continue;
+            }
+            Some("file") => {}
+            _ => continue,
         }
         let name = field
             .file_name()
@@ -288,7 +299,6 @@ pub async fn add_document(
             .ok_or_else(|| bad_form("the `file` field has no file name".into()))?;
         let bytes = field.bytes().await.map_err(|e| multipart_error(&e))?;
         upload = Some((name, bytes));
-        break;
     }
     let (name, bytes) = upload.ok_or_else(|| bad_form("no `file` field".into()))?;
     let original = format!("documents/{name}");
@@ -320,6 +330,19 @@ pub async fn add_document(
             _ => ApiError::internal(&e),
         }
     })?;
+    if want_ai {
+        let (prompt, redacted) = ai::summary_prompt(&doc);
+        if redacted > 0 {
+            tracing::info!(redacted, "secrets redacted from the AI prompt");
+        }
+        let started = Instant::now();
+        let (summary, _) = ask(&state, &setup, &prompt, model.as_deref(), None).await;
+        state
+            .inner
+            .metrics
+            .analysis("ai", started.elapsed().as_secs_f64());
+        doc.summary = Some(summary);
+    }
     let now = now_ms();
     let stored = if bytes.len() <= MAX_STORED_ORIGINAL {
         store
@@ -372,8 +395,25 @@ async fn review(
     requested: Option<&str>,
     tokens: Option<&tokio::sync::mpsc::Sender<String>>,
 ) -> (AiResult, Option<String>) {
+    let (prompt, redacted) = ai::review_prompt(path, source, analysis);
+    if redacted > 0 {
+        tracing::info!(redacted, "secrets redacted from the AI prompt");
+    }
+    ask(state, setup, &prompt, requested, tokens).await
+}
+
+/// Asks the local Ollama: picks the model, answers from the cache when the
+/// same prompt went to the same model version before, else generates (and
+/// streams pieces to `tokens`, if given). Never an error: a status.
+async fn ask(
+    state: &ApiState,
+    setup: &AnalysisSetup,
+    prompt: &str,
+    requested: Option<&str>,
+    tokens: Option<&tokio::sync::mpsc::Sender<String>>,
+) -> (AiResult, Option<String>) {
     let failed = |e: ai::AiError, model: Option<String>| {
-        tracing::info!(error = %e, "AI review unavailable; the static analysis stands");
+        tracing::info!(error = %e, "no AI answer; the static results stand");
         (
             AiResult {
                 status: e.to_string(),
@@ -398,10 +438,6 @@ async fn review(
         Ok(m) => m,
         Err(e) => return failed(e, None),
     };
-    let (prompt, redacted) = ai::review_prompt(path, source, analysis);
-    if redacted > 0 {
-        tracing::info!(redacted, "secrets redacted from the AI prompt");
-    }
     let ok = |text: String| {
         (
             AiResult {
@@ -416,7 +452,7 @@ async fn review(
     let key = available
         .iter()
         .find(|m| m.name == model)
-        .map(|m| ai::cache_key(m, &prompt));
+        .map(|m| ai::cache_key(m, prompt));
     let store = state.store().ok();
     if let (Some(key), Some(store)) = (key, store)
         && let Ok(Some(text)) = store.ai_cache_get(key).await
@@ -429,8 +465,8 @@ async fn review(
     }
     state.inner.metrics.ai_cache("miss");
     let answer = match tokens {
-        Some(tokens) => setup.ollama.stream(&model, &prompt, tokens).await,
-        None => setup.ollama.generate(&model, &prompt).await,
+        Some(tokens) => setup.ollama.stream(&model, prompt, tokens).await,
+        None => setup.ollama.generate(&model, prompt).await,
     };
     match answer {
         Ok(text) => {

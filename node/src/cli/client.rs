@@ -114,15 +114,21 @@ impl Client {
             .context("the node sent an unreadable answer")
     }
 
-    /// `POST`s one file as the `file` field of a multipart form.
+    /// `POST`s one file as the `file` field of a multipart form, after the
+    /// text `fields`.
     pub async fn post_file<T: DeserializeOwned>(
         &self,
         segments: &[&str],
+        fields: &[(&str, String)],
         filename: &str,
         bytes: Vec<u8>,
     ) -> Result<T> {
         let part = reqwest::multipart::Part::bytes(bytes).file_name(filename.to_owned());
-        let form = reqwest::multipart::Form::new().part("file", part);
+        let mut form = reqwest::multipart::Form::new();
+        for (name, value) in fields {
+            form = form.text(name.to_string(), value.clone());
+        }
+        let form = form.part("file", part);
         let req = self
             .request(Method::POST, segments.iter().copied())?
             .multipart(form);

@@ -399,7 +399,14 @@ pub async fn models(client: &Client, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn doc_add(client: &Client, ws: &str, file: &std::path::Path, json: bool) -> Result<()> {
+pub async fn doc_add(
+    client: &Client,
+    ws: &str,
+    file: &std::path::Path,
+    ai: bool,
+    model: Option<String>,
+    json: bool,
+) -> Result<()> {
     let id = client.resolve_workspace(ws).await?.to_string();
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file
@@ -408,7 +415,12 @@ pub async fn doc_add(client: &Client, ws: &str, file: &std::path::Path, json: bo
         .with_context(|| format!("{} has no usable file name", file.display()))?;
     let spinner = spinner(&format!("extracting {name} ({} KB)", bytes.len() / 1024));
     let doc: Result<ProcessedDocument> = client
-        .post_file(&["api", "v1", "workspaces", &id, "documents"], name, bytes)
+        .post_file(
+            &["api", "v1", "workspaces", &id, "documents"],
+            &[("ai", ai.to_string()), ("model", model.unwrap_or_default())],
+            name,
+            bytes,
+        )
         .await;
     spinner.finish_and_clear();
     let doc = doc?;
@@ -430,6 +442,16 @@ pub async fn doc_add(client: &Client, ws: &str, file: &std::path::Path, json: bo
         doc.confidence_score,
         doc.processing_time_ms
     );
+    if let Some(s) = &doc.summary {
+        match &s.text {
+            Some(text) => println!(
+                "\nSummary ({}):\n{}",
+                s.model.as_deref().unwrap_or("?"),
+                text.trim()
+            ),
+            None => eprintln!("no AI summary: {}", s.status),
+        }
+    }
     Ok(())
 }
 
