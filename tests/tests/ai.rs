@@ -62,6 +62,12 @@ async fn reviews_come_from_ollama_with_secrets_redacted_and_failures_as_statuses
     assert_eq!(r["ai"]["model"], "qwen2.5-coder:7b");
     assert_eq!(r["ai"]["text"], REVIEW);
     assert_eq!(r["model"], "qwen2.5-coder:7b");
+    assert!(
+        r["model_digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("xencode-b3:")),
+        "{r}"
+    );
     assert_eq!(r["security_issues"][0]["cwe_id"], "CWE-798");
     // What the model was sent: the findings, the code — and no secret.
     let sent = double.bodies();

@@ -44,8 +44,16 @@ pub struct Model {
 /// size and modification time stand for it: any new pull changes them.
 pub fn cache_key(model: &Model, prompt: &str) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key("xencode 2026 ai cache v1");
+    h.update(PROMPT_VERSION.as_bytes());
+    h.update(&identity(model));
+    h.update(prompt.as_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// A hash of what identifies a model's version: name, size, modification time.
+fn identity(model: &Model) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("xencode 2026 model identity v1");
     for part in [
-        PROMPT_VERSION,
         &model.name,
         &model.modified_at,
         &model.size_bytes.to_string(),
@@ -53,8 +61,15 @@ pub fn cache_key(model: &Model, prompt: &str) -> [u8; 32] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
-    h.update(prompt.as_bytes());
     *h.finalize().as_bytes()
+}
+
+/// The model version recorded as an answer's provenance (`model_digest`):
+/// `xencode-b3:` and 16 hex digits of [`identity`]. It is not Ollama's own
+/// digest, which ollama-rs 0.3.6 does not expose; it changes whenever the
+/// model is pulled again.
+pub fn fingerprint(model: &Model) -> String {
+    format!("xencode-b3:{}", hex::encode(&identity(model)[..8]))
 }
 
 /// The Ollama URL: `configured`, else `OLLAMA_HOST` (a bare `host:port` gets
@@ -431,6 +446,9 @@ mod tests {
         assert_eq!(cache_key(&a, "p"), cache_key(&a.clone(), "p"));
         assert_ne!(cache_key(&a, "p"), cache_key(&repulled, "p"));
         assert_ne!(cache_key(&a, "p"), cache_key(&a, "q"));
+        assert!(fingerprint(&a).starts_with("xencode-b3:"));
+        assert_eq!(fingerprint(&a).len(), "xencode-b3:".len() + 16);
+        assert_ne!(fingerprint(&a), fingerprint(&repulled));
     }
 
     #[test]

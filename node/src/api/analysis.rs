@@ -139,8 +139,9 @@ pub async fn analyze(
         .inner
         .metrics
         .analysis("ai", started.elapsed().as_secs_f64());
+    record.model = ai.model.clone();
+    record.model_digest = used;
     record.analysis.ai = ai;
-    record.model = used;
     let record = store_record(&store, id, &path, record).await?;
     Ok(Json(record).into_response())
 }
@@ -214,8 +215,9 @@ fn stream_review(
             .inner
             .metrics
             .analysis("ai", started.elapsed().as_secs_f64());
+        record.model = ai.model.clone();
+        record.model_digest = used;
         record.analysis.ai = ai;
-        record.model = used;
         let done = match store_record(&store, id, &path, record).await {
             Ok(r) => Event::default().event("done").json_data(&r),
             Err(e) => Event::default().event("error").json_data(e.body()),
@@ -404,7 +406,9 @@ async fn review(
 
 /// Asks the local Ollama: picks the model, answers from the cache when the
 /// same prompt went to the same model version before, else generates (and
-/// streams pieces to `tokens`, if given). Never an error: a status.
+/// streams pieces to `tokens`, if given). Never an error: a status. Returns
+/// the answer and, when there is one, the model's fingerprint
+/// ([`ai::fingerprint`]) for provenance.
 async fn ask(
     state: &ApiState,
     setup: &AnalysisSetup,
@@ -417,10 +421,10 @@ async fn ask(
         (
             AiResult {
                 status: e.to_string(),
-                model: model.clone(),
+                model,
                 text: None,
             },
-            model,
+            None,
         )
     };
     let available = match setup.ollama.models().await {
@@ -438,6 +442,8 @@ async fn ask(
         Ok(m) => m,
         Err(e) => return failed(e, None),
     };
+    let chosen = available.iter().find(|m| m.name == model);
+    let digest = chosen.map(ai::fingerprint);
     let ok = |text: String| {
         (
             AiResult {
@@ -445,14 +451,11 @@ async fn ask(
                 model: Some(model.clone()),
                 text: Some(text),
             },
-            Some(model.clone()),
+            digest.clone(),
         )
     };
     // The same prompt to the same model version: the stored answer.
-    let key = available
-        .iter()
-        .find(|m| m.name == model)
-        .map(|m| ai::cache_key(m, prompt));
+    let key = chosen.map(|m| ai::cache_key(m, prompt));
     let store = state.store().ok();
     if let (Some(key), Some(store)) = (key, store)
         && let Ok(Some(text)) = store.ai_cache_get(key).await
