@@ -145,18 +145,6 @@ pub fn machine() -> (u64, u64) {
     (memory, cores)
 }
 
-const SECRET_WORDS: &[&str] = &[
-    "password",
-    "passwd",
-    "pwd",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "private_key",
-    "access_key",
-    "auth",
-];
 const TOKEN_PREFIXES: &[&str] = &[
     "sk-", "ghp_", "gho_", "ghs_", "xoxb-", "xoxp-", "AKIA", "glpat-", "AIza",
 ];
@@ -193,7 +181,7 @@ fn redact_line(line: &str) -> (String, usize) {
     // name = "value" / name: value, for secret-looking names.
     let lower = line.to_ascii_lowercase();
     let mut result = line.to_owned();
-    if SECRET_WORDS.iter().any(|w| lower.contains(w))
+    if super::code::is_secret_name(&lower)
         && let Some(pos) = line.find(['=', ':'])
     {
         let value = line[pos + 1..].trim();

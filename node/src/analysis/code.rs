@@ -236,7 +236,9 @@ fn end_line(n: Node) -> u32 {
     n.end_position().row as u32 + 1
 }
 
-fn is_secret_name(name: &str) -> bool {
+/// Whether a name looks like it holds a secret (password, token, api_key…);
+/// shared with the redaction of AI prompts.
+pub(crate) fn is_secret_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     SECRET_NAMES.iter().any(|s| lower.contains(s))
 }

@@ -135,15 +135,26 @@ pub async fn analyze(
         None,
     )
     .await;
+    with_review(&state, &mut record, ai, used, started);
+    let record = store_record(&store, id, &path, record).await?;
+    Ok(Json(record).into_response())
+}
+
+/// Puts a review and its provenance into the record; counts its time.
+fn with_review(
+    state: &ApiState,
+    record: &mut AnalysisRecord,
+    ai: AiResult,
+    digest: Option<String>,
+    started: Instant,
+) {
     state
         .inner
         .metrics
         .analysis("ai", started.elapsed().as_secs_f64());
     record.model = ai.model.clone();
-    record.model_digest = used;
+    record.model_digest = digest;
     record.analysis.ai = ai;
-    let record = store_record(&store, id, &path, record).await?;
-    Ok(Json(record).into_response())
 }
 
 /// Writes an analysis into the workspace; a viewer gets it back unstored.
@@ -211,13 +222,7 @@ fn stream_review(
             out
         };
         let ((ai, used), ()) = tokio::join!(ask, forward);
-        state
-            .inner
-            .metrics
-            .analysis("ai", started.elapsed().as_secs_f64());
-        record.model = ai.model.clone();
-        record.model_digest = used;
-        record.analysis.ai = ai;
+        with_review(&state, &mut record, ai, used, started);
         let done = match store_record(&store, id, &path, record).await {
             Ok(r) => Event::default().event("done").json_data(&r),
             Err(e) => Event::default().event("error").json_data(e.body()),
