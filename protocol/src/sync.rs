@@ -407,19 +407,10 @@ impl Engine {
             .collect();
         for ((peer, ws), token) in sessions {
             if let Err(reason) = host.admit(&peer, &ws, &token, now_ms) {
+                // Keep the sync states, then refuse as on any failed admission
+                // (which bounds the reason to what a peer accepts).
                 self.close_session((peer, ws));
-                self.send(
-                    peer,
-                    Frame::Refuse {
-                        workspace: ws,
-                        reason: reason.clone(),
-                    },
-                );
-                self.event(Event::SessionRefused {
-                    peer,
-                    workspace: ws,
-                    reason,
-                });
+                self.refuse(peer, ws, reason);
             }
         }
     }

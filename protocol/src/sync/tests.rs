@@ -31,6 +31,8 @@ struct TestHost {
     writers: Vec<[u8; 32]>,
     states: HashMap<(PeerId, DocId), Vec<u8>>,
     peers: Vec<PeerId>,
+    /// When set, every admission fails with this reason.
+    refuse_with: Option<String>,
 }
 
 impl TestHost {
@@ -43,6 +45,7 @@ impl TestHost {
             writers,
             states: HashMap::new(),
             peers: Vec::new(),
+            refuse_with: None,
         }
     }
 
@@ -110,6 +113,9 @@ impl Host for TestHost {
         token: &[u8],
         _now: u64,
     ) -> Result<Access, String> {
+        if let Some(reason) = &self.refuse_with {
+            return Err(reason.clone());
+        }
         if token == TOKEN {
             Ok(Access {
                 read: true,
@@ -661,4 +667,21 @@ fn announcements_are_coalesced_and_prompt_a_dial_only_when_heads_differ() {
         },
     );
     assert_eq!(net.dials.len(), 2);
+}
+
+#[test]
+fn a_session_closed_on_revalidation_is_refused_with_a_reason_the_peer_accepts() {
+    let mut rng = SmallRng::seed_from_u64(5);
+    let mut net = Net::new(2, 2);
+    net.edit(0, DOCS[0], &mut rng);
+    net.heal();
+    assert!(!net.nodes[1].engine.peers_of(&WS).is_empty());
+    // Node 1's check of node 0's token now fails, with a very long reason.
+    net.nodes[1].host.refuse_with = Some("r".repeat(4 * MAX_REASON_BYTES));
+    // Every frame on the test network is encoded and decoded: an oversize
+    // reason would fail to decode here.
+    net.input(1, Input::Tick);
+    assert!(net.nodes[1].engine.peers_of(&WS).is_empty(), "session closed");
+    net.heal();
+    assert!(net.nodes[0].engine.peers_of(&WS).is_empty(), "node 0 heard the refusal");
 }
