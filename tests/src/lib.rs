@@ -69,11 +69,16 @@ pub fn cli(dir: &Path, args: &[&str]) -> Output {
 
 /// Like [`cli`], feeding `stdin`.
 pub fn cli_with_stdin(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut cmd = Command::new(xencode_bin());
+    cmd.arg("--data-dir").arg(dir).args(args);
+    run_with_stdin(cmd, stdin)
+}
+
+/// Runs `cmd` (without `XENCODE_HOME`) to completion, feeding it `stdin`
+/// and capturing its output.
+pub fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> Output {
     use std::io::Write;
-    let mut child = Command::new(xencode_bin())
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
+    let mut child = cmd
         .env_remove("XENCODE_HOME")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

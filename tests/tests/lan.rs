@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use xencode_tests::{last_line, xencode_bin};
+use xencode_tests::{last_line, run_with_stdin, xencode_bin};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -129,23 +129,13 @@ impl NsNode {
 
     /// Like [`Self::cli`], feeding `stdin`.
     fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
-        use std::io::Write;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns])
             .arg(xencode_bin())
             .arg("--data-dir")
             .arg(&self.dir)
-            .args(args)
-            .env_remove("XENCODE_HOME")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run xencode in a namespace");
-        if let Some(mut input) = child.stdin.take() {
-            input.write_all(stdin).expect("write stdin");
-        }
-        child.wait_with_output().expect("wait for xencode")
+            .args(args);
+        run_with_stdin(cmd, stdin)
     }
 
     fn log(&self) -> String {
