@@ -681,7 +681,13 @@ fn a_session_closed_on_revalidation_is_refused_with_a_reason_the_peer_accepts() 
     // Every frame on the test network is encoded and decoded: an oversize
     // reason would fail to decode here.
     net.input(1, Input::Tick);
-    assert!(net.nodes[1].engine.peers_of(&WS).is_empty(), "session closed");
+    assert!(
+        net.nodes[1].engine.peers_of(&WS).is_empty(),
+        "session closed"
+    );
     net.heal();
-    assert!(net.nodes[0].engine.peers_of(&WS).is_empty(), "node 0 heard the refusal");
+    assert!(
+        net.nodes[0].engine.peers_of(&WS).is_empty(),
+        "node 0 heard the refusal"
+    );
 }
