@@ -10,9 +10,11 @@
 
 mod analysis;
 mod error;
+mod events;
 mod extract;
 mod guard;
 mod routes;
+mod session;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -49,6 +51,8 @@ struct Inner {
     analysis: OnceLock<AnalysisSetup>,
     /// Parses kept for incremental re-analysis of recently analysed files.
     parses: Arc<std::sync::Mutex<crate::analysis::code::ParseCache>>,
+    /// Dashboard login codes and sessions.
+    sessions: session::Sessions,
 }
 
 /// How documents are processed.
@@ -90,6 +94,7 @@ impl ApiState {
                 parses: Arc::new(std::sync::Mutex::new(
                     crate::analysis::code::ParseCache::new(PARSE_CACHE_FILES),
                 )),
+                sessions: session::Sessions::default(),
             }),
         }
     }
@@ -181,6 +186,12 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/join", post(routes::join))
         .route("/api/v1/peers", get(routes::peers))
+        .route("/api/v1/events", get(events::events))
+        .route("/api/v1/dashboard/login", post(session::login_link))
+        .route(
+            "/api/v1/session",
+            get(session::session_info).delete(session::logout),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             guard::require_token,
@@ -189,6 +200,8 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(routes::health))
         .route("/", get(routes::index))
+        .route("/login", get(session::login))
+        .route("/assets/{name}", get(routes::asset))
         .merge(protected)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -93,6 +93,13 @@ enum Command {
     },
     /// List the local Ollama's models and the one reviews use by default.
     Models,
+    /// Open the dashboard in the browser, logged in by a one-time URL
+    /// (valid for 2 minutes, usable once). The URL is printed on stdout.
+    Dashboard {
+        /// Print the login URL only; do not start a browser.
+        #[arg(long)]
+        no_open: bool,
+    },
     /// Create, list and show workspaces.
     #[command(subcommand)]
     Workspace(WorkspaceCommand),
@@ -232,6 +239,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     model,
                 } => commands::analyze(&client, &ws, path, ai, model, json).await,
                 Command::Models => commands::models(&client, json).await,
+                Command::Dashboard { no_open } => commands::dashboard(&client, no_open, json).await,
                 Command::Doc(DocCommand::Add {
                     ws,
                     file,

@@ -17,15 +17,16 @@ mod host;
 mod netops;
 pub mod tables;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use xencode_protocol::analysis::{AnalysisRecord, ProcessedDocument};
 use xencode_protocol::api::{
-    FileInfo, InviteRequest, InviteResponse, PeerInfo, SpliceEdit, SpliceResponse, WorkspaceDetail,
-    WorkspaceSummary,
+    FileInfo, InviteRequest, InviteResponse, NodeEvent, PeerInfo, Role, SpliceEdit, SpliceResponse,
+    WorkspaceDetail, WorkspaceSummary,
 };
 use xencode_protocol::sync::Input;
 use xencode_protocol::wire::Frame;
@@ -135,11 +136,37 @@ impl Default for StoreOptions {
 }
 
 /// Figures the store shares without a round trip to the actor.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StoreStats {
     pub workspaces: AtomicUsize,
     pub file_size: AtomicU64,
     pub epoch: AtomicU64,
+    /// This node's role in each workspace it is a member of (revoked or
+    /// never-admitted workspaces are absent): what its event stream may show.
+    pub roles: std::sync::RwLock<BTreeMap<WorkspaceId, Role>>,
+    /// Committed happenings, for `GET /api/v1/events`. Bounded: a slow
+    /// subscriber misses events and is told so, the store never waits.
+    pub events: broadcast::Sender<NodeEvent>,
+}
+
+/// Events kept for slow subscribers before they miss some.
+const EVENT_CAPACITY: usize = 1024;
+
+impl StoreStats {
+    fn new() -> Self {
+        Self {
+            workspaces: AtomicUsize::new(0),
+            file_size: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            roles: std::sync::RwLock::new(BTreeMap::new()),
+            events: broadcast::channel(EVENT_CAPACITY).0,
+        }
+    }
+
+    /// This node's role in a workspace, if it is a member.
+    pub fn role(&self, ws: &WorkspaceId) -> Option<Role> {
+        self.roles.read().ok()?.get(ws).copied()
+    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -294,7 +321,7 @@ impl Store {
         options: StoreOptions,
         metrics: Arc<Metrics>,
     ) -> Result<(Store, StoreThread), OpenError> {
-        let stats = Arc::new(StoreStats::default());
+        let stats = Arc::new(StoreStats::new());
         let actor = actor::Actor::open(path, author, options, metrics, stats.clone())?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let thread = std::thread::Builder::new()
@@ -322,6 +349,11 @@ impl Store {
     /// Figures shared by the actor.
     pub fn stats(&self) -> &StoreStats {
         &self.stats
+    }
+
+    /// Follows the committed events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.stats.events.subscribe()
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
@@ -391,6 +423,7 @@ impl Store {
         record: AnalysisRecord,
         now_ms: u64,
     ) -> Result<(), StoreError> {
+        let target = path.as_str().to_owned();
         self.ask(|reply| Command::PutAnalysis {
             ws,
             path,
@@ -398,7 +431,18 @@ impl Store {
             now_ms,
             reply,
         })
-        .await
+        .await?;
+        self.announce(NodeEvent::Analysis {
+            workspace: ws,
+            target,
+            kind: "code".into(),
+        });
+        Ok(())
+    }
+
+    /// Publishes an event that happened outside the actor's commits.
+    fn announce(&self, event: NodeEvent) {
+        let _ = self.stats.events.send(event);
     }
 
     /// A cached AI answer.
@@ -420,6 +464,7 @@ impl Store {
         path: Option<String>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
+        let target = doc.id.clone();
         self.ask(|reply| Command::PutDocument {
             ws,
             doc: Box::new(doc),
@@ -427,7 +472,13 @@ impl Store {
             now_ms,
             reply,
         })
-        .await
+        .await?;
+        self.announce(NodeEvent::Analysis {
+            workspace: ws,
+            target,
+            kind: "document".into(),
+        });
+        Ok(())
     }
 
     /// The processed documents of a workspace.

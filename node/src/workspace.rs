@@ -267,6 +267,14 @@ impl Workspace {
         self.file_entries().into_iter().map(|(_, d)| d).collect()
     }
 
+    /// The path of the file whose content a document holds.
+    pub fn path_of_doc(&self, doc: &DocId) -> Option<String> {
+        self.file_entries()
+            .into_iter()
+            .find(|(_, d)| d == doc)
+            .map(|(p, _)| p.as_str().to_owned())
+    }
+
     /// An empty workspace shell (joined, documents not synced yet).
     pub fn empty(id: WorkspaceId, author: &Author) -> Self {
         Self {

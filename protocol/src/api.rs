@@ -378,3 +378,131 @@ pub struct PeerWorkspace {
 pub struct PeerList {
     pub peers: Vec<PeerInfo>,
 }
+
+/// Where a change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeOrigin {
+    /// Written through this node's API.
+    Local,
+    /// Received from a peer and applied.
+    Remote,
+}
+
+/// What happened to a sync session with a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Opened,
+    Closed,
+    Refused,
+}
+
+/// One event of `GET /api/v1/events` (Server-Sent Events: the SSE event name
+/// is `type`, the data this object as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeEvent {
+    /// A file's content changed, here or by a peer (committed durably).
+    FileChanged {
+        workspace: WorkspaceId,
+        path: String,
+        origin: ChangeOrigin,
+    },
+    /// The index (file list, documents, analyses) changed.
+    IndexChanged {
+        workspace: WorkspaceId,
+        origin: ChangeOrigin,
+    },
+    /// The members or revocations changed.
+    AccessChanged {
+        workspace: WorkspaceId,
+        origin: ChangeOrigin,
+    },
+    /// A workspace was created or joined here.
+    WorkspaceAdded { workspace: WorkspaceId },
+    /// A peer connected or disconnected.
+    Peer { peer: String, connected: bool },
+    /// A sync session with a peer opened, closed or was refused.
+    Session {
+        workspace: WorkspaceId,
+        peer: String,
+        state: SessionState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Changes from a peer were verified and applied.
+    Applied {
+        workspace: WorkspaceId,
+        peer: String,
+        changes: u64,
+    },
+    /// Changes from a peer were refused.
+    Rejected {
+        workspace: WorkspaceId,
+        peer: String,
+        reason: String,
+        count: u64,
+    },
+    /// An analysis or a processed document was stored.
+    Analysis {
+        workspace: WorkspaceId,
+        target: String,
+        kind: String,
+    },
+    /// The client fell behind and missed events: refetch what it shows.
+    Lagged { missed: u64 },
+}
+
+impl NodeEvent {
+    /// The workspace the event is about, if any.
+    pub fn workspace(&self) -> Option<WorkspaceId> {
+        match self {
+            Self::FileChanged { workspace, .. }
+            | Self::IndexChanged { workspace, .. }
+            | Self::AccessChanged { workspace, .. }
+            | Self::WorkspaceAdded { workspace }
+            | Self::Session { workspace, .. }
+            | Self::Applied { workspace, .. }
+            | Self::Rejected { workspace, .. }
+            | Self::Analysis { workspace, .. } => Some(*workspace),
+            Self::Peer { .. } | Self::Lagged { .. } => None,
+        }
+    }
+
+    /// The SSE event name: the `type` tag.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::FileChanged { .. } => "file_changed",
+            Self::IndexChanged { .. } => "index_changed",
+            Self::AccessChanged { .. } => "access_changed",
+            Self::WorkspaceAdded { .. } => "workspace_added",
+            Self::Peer { .. } => "peer",
+            Self::Session { .. } => "session",
+            Self::Applied { .. } => "applied",
+            Self::Rejected { .. } => "rejected",
+            Self::Analysis { .. } => "analysis",
+            Self::Lagged { .. } => "lagged",
+        }
+    }
+}
+
+/// `POST /api/v1/dashboard/login`: a one-time login URL for the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginLink {
+    /// `http://127.0.0.1:PORT/login?code=...`; works once, within
+    /// `expires_in_secs`.
+    pub url: String,
+    pub expires_in_secs: u64,
+}
+
+/// `GET /api/v1/session`: who is asking, and the CSRF token a dashboard
+/// session sends as `X-CSRF-Token` on every state-changing request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// `token` (bearer) or `cookie` (dashboard session).
+    pub auth: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
+    pub peer_id: String,
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub use serde_json;
 
+pub mod browser;
 pub mod ollama_double;
 pub mod raw_peer;
 
@@ -417,4 +418,13 @@ pub async fn put(node: &Node, ws: &str, path: &str, body: &str) -> reqwest::Stat
         .await
         .map(|r| r.status())
         .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
+}
+
+/// Skips a test that cannot run on this machine, saying why; under
+/// `XENCODE_REQUIRE_ALL_TESTS=1` (as in CI) a skip is a failure instead.
+pub fn skip_or_fail(test: &str, reason: &str) {
+    if std::env::var("XENCODE_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1") {
+        panic!("XENCODE_REQUIRE_ALL_TESTS=1 but {test} cannot run: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
 }

@@ -4,10 +4,11 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::session::{self, CookieCheck, Principal};
 use super::{ApiError, ApiState};
 
 /// Names a browser may use to reach this API. Anything else in `Host` is a
@@ -71,21 +72,69 @@ fn is_loopback_authority(authority: &str) -> bool {
     LOOPBACK_HOSTS.contains(&host)
 }
 
-/// Requires `Authorization: Bearer <api-token>`.
-pub async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+/// Requires `Authorization: Bearer <api-token>`, or a dashboard session
+/// cookie (plus its CSRF token on state-changing requests). Records who the
+/// caller is as a [`Principal`] extension.
+pub async fn require_token(
+    State(state): State<ApiState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim);
-    match presented {
+    let principal = match presented {
         Some(token) if constant_time_eq(token.as_bytes(), state.inner.token.as_bytes()) => {
-            next.run(req).await
+            Principal::Token
         }
-        Some(_) => unauthorized("the API token is wrong; use the one in <data-dir>/api-token"),
-        None => unauthorized(
-            "this request needs `Authorization: Bearer <token>` with the token from <data-dir>/api-token",
+        Some(_) => {
+            return unauthorized("the API token is wrong; use the one in <data-dir>/api-token");
+        }
+        None => match cookie_principal(&state, &req) {
+            Ok(p) => p,
+            Err(resp) => return *resp,
+        },
+    };
+    tracing::debug!(who = %principal.label(), method = %req.method(), path = req.uri().path(), "authenticated");
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// Authenticates a request by its dashboard session cookie.
+fn cookie_principal(state: &ApiState, req: &Request) -> Result<Principal, Box<Response>> {
+    let port = state.inner.node.port;
+    let Some(id) = session::session_cookie(req.headers(), port) else {
+        return Err(Box::new(unauthorized(
+            "this request needs `Authorization: Bearer <token>` with the token from <data-dir>/api-token, or a dashboard session (run `xencode dashboard`)",
+        )));
+    };
+    let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let csrf = req
+        .headers()
+        .get(session::CSRF_HEADER)
+        .and_then(|h| h.to_str().ok());
+    let forbidden = |code, msg: &str| {
+        Err(Box::new(
+            ApiError::new(StatusCode::FORBIDDEN, code, msg).into_response(),
+        ))
+    };
+    match state.inner.sessions.check(&id, csrf, changes_state) {
+        CookieCheck::Valid => Ok(Principal::Session(hex::encode(
+            &blake3::hash(id.as_bytes()).as_bytes()[..4],
+        ))),
+        CookieCheck::Unknown => Err(Box::new(unauthorized(
+            "the dashboard session expired or the node restarted; run `xencode dashboard` to log in again",
+        ))),
+        CookieCheck::MissingCsrf => forbidden(
+            "csrf_token_missing",
+            "a dashboard request that changes state needs the X-CSRF-Token header from GET /api/v1/session",
+        ),
+        CookieCheck::WrongCsrf => forbidden(
+            "csrf_token_wrong",
+            "the X-CSRF-Token header does not match this session's; reload the dashboard",
         ),
     }
 }
@@ -99,7 +148,7 @@ fn unauthorized(message: &str) -> Response {
     resp
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

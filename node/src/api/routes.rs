@@ -62,6 +62,26 @@ pub async fn index() -> Response {
         .into_response()
 }
 
+/// `GET /assets/{name}`: the dashboard's script and style sheet.
+pub async fn asset(ApiPath(name): ApiPath<String>) -> Response {
+    let Some((content_type, body)) = xencode_web::asset(&name) else {
+        return not_found().await.into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                xencode_web::CONTENT_SECURITY_POLICY,
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 pub async fn metrics(State(state): State<ApiState>) -> Response {
     (
         [(

@@ -12,8 +12,8 @@ use xencode_protocol::analysis::{
     AnalysisRecord, AnalyzeRequest, DocumentList, ModelList, ProcessedDocument,
 };
 use xencode_protocol::api::{
-    CreateWorkspace, FileInfo, FileList, InviteRequest, InviteResponse, JoinRequest, NodeInfo,
-    PeerList, RevokeRequest, Role, WorkspaceDetail, WorkspaceList, WorkspaceSummary,
+    CreateWorkspace, FileInfo, FileList, InviteRequest, InviteResponse, JoinRequest, LoginLink,
+    NodeInfo, PeerList, RevokeRequest, Role, WorkspaceDetail, WorkspaceList, WorkspaceSummary,
 };
 
 use super::client::Client;
@@ -377,6 +377,48 @@ pub async fn analyze(
     if !r.stored {
         eprintln!("not stored in the workspace: your role there does not allow writing");
     }
+    Ok(())
+}
+
+pub async fn dashboard(client: &Client, no_open: bool, json: bool) -> Result<()> {
+    let link: LoginLink = client
+        .post_json(&["api", "v1", "dashboard", "login"], &serde_json::json!({}))
+        .await?;
+    if json {
+        return print_json(&link);
+    }
+    if !no_open {
+        match open_browser(&link.url) {
+            Ok(()) => eprintln!("opened the dashboard in your browser"),
+            Err(e) => eprintln!(
+                "could not start a browser ({e}); open this URL yourself within {} s:",
+                link.expires_in_secs
+            ),
+        }
+    } else {
+        eprintln!(
+            "open this URL within {} s; it logs in once:",
+            link.expires_in_secs
+        );
+    }
+    println!("{}", link.url);
+    Ok(())
+}
+
+/// Starts the desktop's browser on `url` without waiting for it.
+fn open_browser(url: &str) -> Result<()> {
+    let program = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    std::process::Command::new(program)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("`{program}` is not available"))?;
     Ok(())
 }
 

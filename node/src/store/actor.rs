@@ -9,7 +9,7 @@ use std::time::Instant;
 use automerge::{ActorId, AutoCommit, Change};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::mpsc;
-use xencode_protocol::api::{SpliceResponse, validate_workspace_name};
+use xencode_protocol::api::{ChangeOrigin, NodeEvent, SpliceResponse, validate_workspace_name};
 use xencode_protocol::{DocId, WorkspaceId};
 
 use ed25519_dalek::SigningKey;
@@ -613,6 +613,7 @@ impl Actor {
             reply(outcome.clone());
         }
         if outcome.is_ok() {
+            self.emit_change_events(&staged, &new_workspaces);
             for workspace in new_workspaces {
                 self.send_net(NetCommand::Subscribe { workspace });
             }
@@ -801,10 +802,65 @@ impl Actor {
         Ok(due.len())
     }
 
+    /// Tells event subscribers what the commit just made durable: one event
+    /// per document touched.
+    fn emit_change_events(&self, staged: &[Staged], new_workspaces: &[WorkspaceId]) {
+        for workspace in new_workspaces {
+            self.emit(NodeEvent::WorkspaceAdded {
+                workspace: *workspace,
+            });
+        }
+        let touched: BTreeMap<(WorkspaceId, DocId), bool> =
+            staged.iter().fold(BTreeMap::new(), |mut m, s| {
+                *m.entry((s.ws, s.change.doc)).or_insert(false) |= !s.local;
+                m
+            });
+        for ((workspace, doc), remote) in touched {
+            let origin = if remote {
+                ChangeOrigin::Remote
+            } else {
+                ChangeOrigin::Local
+            };
+            let event = if doc == access_doc_id(&workspace) {
+                NodeEvent::AccessChanged { workspace, origin }
+            } else if doc == index_doc_id(&workspace) {
+                NodeEvent::IndexChanged { workspace, origin }
+            } else {
+                let Some(path) = self
+                    .workspaces
+                    .get(&workspace)
+                    .and_then(|ws| ws.path_of_doc(&doc))
+                else {
+                    // A file document the index does not name (yet).
+                    continue;
+                };
+                NodeEvent::FileChanged {
+                    workspace,
+                    path,
+                    origin,
+                }
+            };
+            self.emit(event);
+        }
+    }
+
+    /// Publishes an event; nobody listening is fine.
+    pub(super) fn emit(&self, event: NodeEvent) {
+        let _ = self.stats.events.send(event);
+    }
+
     fn publish_stats(&self) {
         self.stats
             .workspaces
             .store(self.workspaces.len(), Ordering::Relaxed);
+        let roles: BTreeMap<WorkspaceId, Role> = self
+            .workspaces
+            .values()
+            .filter_map(|ws| Some((ws.id, ws.role_of(&self.author.peer_id)?)))
+            .collect();
+        if let Ok(mut shared) = self.stats.roles.write() {
+            *shared = roles;
+        }
         let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         self.stats.file_size.store(size, Ordering::Relaxed);
         self.metrics.store_state(self.workspaces.len(), size);

@@ -7,7 +7,8 @@ use automerge::{Change, ChangeHash};
 use rand_core::OsRng;
 use redb::{ReadableDatabase, ReadableTable};
 use xencode_protocol::api::{
-    InviteRequest, InviteResponse, PeerInfo, PeerWorkspace, Role, WorkspaceSummary,
+    InviteRequest, InviteResponse, NodeEvent, PeerInfo, PeerWorkspace, Role, SessionState,
+    WorkspaceSummary,
 };
 use xencode_protocol::capability::{self, Right};
 use xencode_protocol::envelope::SignedHead;
@@ -79,6 +80,17 @@ impl Actor {
 
     /// Feeds the sync engine and carries out what it asks.
     pub(super) fn run_engine(&mut self, input: Input) {
+        match &input {
+            Input::Connected { peer } => self.emit(NodeEvent::Peer {
+                peer: peer.to_string(),
+                connected: true,
+            }),
+            Input::Disconnected { peer } => self.emit(NodeEvent::Peer {
+                peer: peer.to_string(),
+                connected: false,
+            }),
+            _ => {}
+        }
         self.drive_engine(|engine, host, now| engine.handle(host, input, now));
     }
 
@@ -177,7 +189,7 @@ impl Actor {
     }
 
     fn record_event(&mut self, e: Event) {
-        match e {
+        let event = match e {
             Event::Rejected {
                 peer,
                 workspace,
@@ -186,6 +198,12 @@ impl Actor {
             } => {
                 tracing::warn!(%peer, %workspace, reason = reason.as_str(), count, "refused changes from a peer");
                 self.metrics.changes_rejected(reason.as_str(), count as u64);
+                NodeEvent::Rejected {
+                    workspace,
+                    peer: peer.to_string(),
+                    reason: reason.as_str().to_owned(),
+                    count: count as u64,
+                }
             }
             Event::Applied {
                 peer,
@@ -195,9 +213,15 @@ impl Actor {
             } => {
                 tracing::debug!(%peer, %workspace, %doc, changes, "applied changes from a peer");
                 self.metrics.changes_applied(changes as u64);
+                NodeEvent::Applied {
+                    workspace,
+                    peer: peer.to_string(),
+                    changes: changes as u64,
+                }
             }
             Event::SessionOpened { peer, workspace } => {
                 tracing::info!(%peer, %workspace, "sync session open");
+                session_event(workspace, &peer, SessionState::Opened, None)
             }
             Event::SessionRefused {
                 peer,
@@ -205,11 +229,14 @@ impl Actor {
                 reason,
             } => {
                 tracing::warn!(%peer, %workspace, %reason, "sync session refused");
+                session_event(workspace, &peer, SessionState::Refused, Some(reason))
             }
             Event::SessionClosed { peer, workspace } => {
                 tracing::info!(%peer, %workspace, "sync session closed");
+                session_event(workspace, &peer, SessionState::Closed, None)
             }
-        }
+        };
+        self.emit(event);
     }
 
     /// Hands a command to the network task without blocking the store.
@@ -555,5 +582,19 @@ impl Actor {
             }
         }
         out
+    }
+}
+
+fn session_event(
+    workspace: WorkspaceId,
+    peer: &PeerId,
+    state: SessionState,
+    reason: Option<String>,
+) -> NodeEvent {
+    NodeEvent::Session {
+        workspace,
+        peer: peer.to_string(),
+        state,
+        reason,
     }
 }

@@ -1,0 +1,83 @@
+//! `GET /api/v1/events`: what the node commits and meets, as Server-Sent
+//! Events, filtered to the workspaces this node is a member of.
+
+use std::convert::Infallible;
+
+use axum::extract::{RawQuery, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::broadcast::error::RecvError;
+use xencode_protocol::WorkspaceId;
+use xencode_protocol::api::NodeEvent;
+
+use super::routes::parse_ws;
+use super::{ApiError, ApiState};
+use crate::store::Store;
+
+/// Streams events; `?workspace=ID` keeps only that workspace's (and the
+/// node-wide peer and lag events).
+pub async fn events(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let store = state.store()?.clone();
+    let only = workspace_filter(query.as_deref())?;
+    let rx = store.subscribe();
+    let stream = futures::stream::unfold((rx, store), move |(mut rx, store)| async move {
+        loop {
+            let event = match rx.recv().await {
+                Ok(event) => event,
+                Err(RecvError::Lagged(missed)) => NodeEvent::Lagged { missed },
+                Err(RecvError::Closed) => return None,
+            };
+            if visible(&store, only, &event) {
+                return Some((Ok::<_, Infallible>(to_sse(&event)), (rx, store)));
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn workspace_filter(query: Option<&str>) -> Result<Option<WorkspaceId>, ApiError> {
+    let mut only = None;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("workspace", id)) => only = Some(parse_ws(id)?),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown query parameter {pair:?}; only `workspace=ID` is understood"),
+                ));
+            }
+        }
+    }
+    Ok(only)
+}
+
+/// Whether this node's user may see the event: workspace events only while
+/// this node is a member of the workspace (a workspace just created or joined
+/// is announced before its access document arrives).
+fn visible(store: &Store, only: Option<WorkspaceId>, event: &NodeEvent) -> bool {
+    let Some(ws) = event.workspace() else {
+        return true;
+    };
+    if only.is_some_and(|o| o != ws) {
+        return false;
+    }
+    matches!(event, NodeEvent::WorkspaceAdded { .. }) || store.stats().role(&ws).is_some()
+}
+
+fn to_sse(event: &NodeEvent) -> Event {
+    let sse = Event::default().event(event.name());
+    match sse.json_data(event) {
+        Ok(e) => e,
+        // Serializing these plain enums cannot fail; say so if it ever does.
+        Err(_) => Event::default().event("error").data("{}"),
+    }
+}

@@ -1,0 +1,221 @@
+//! The dashboard end to end in real headless Chromium (driven over WebDriver):
+//! two nodes, two browsers; create, invite, join, live editing both ways with
+//! the cursor kept, and a PDF uploaded and read. Screenshots of every step go
+//! to `<target>/tmp/dashboard-shots/`.
+//!
+//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver`; without them the
+//! test prints why and skips, except under `XENCODE_REQUIRE_ALL_TESTS=1` (as
+//! in CI, which installs them), where a skip is a failure.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+use xencode_tests::browser::{self, Browser, Driver};
+use xencode_tests::{Node, last_line, ok_stdout, skip_or_fail};
+
+const UI: Duration = Duration::from_secs(30);
+const SYNC: Duration = Duration::from_secs(60);
+
+fn shots_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-shots")
+}
+
+/// Logs a browser into a node with `xencode dashboard --no-open`.
+async fn login(b: &Browser, node: &Node) -> anyhow::Result<()> {
+    let out = node.cli(&["dashboard", "--no-open"]);
+    let url = last_line(&out);
+    ok_stdout(&out);
+    let expected = format!("{}/login?code=", node.api_url);
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.starts_with(&expected),
+        "login URL {url:?}"
+    );
+    b.goto(&url).await?;
+    b.wait_text("#node-id", UI, |t| t == node.peer_id).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_browsers_edit_one_file_live() -> anyhow::Result<()> {
+    if let Some(reason) = browser::unavailable() {
+        skip_or_fail("dashboard browser test", &reason);
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let a = Node::start(&tmp.path().join("a"))?;
+    let b = Node::start(&tmp.path().join("b"))?;
+    let shots = shots_dir();
+    let driver = Driver::start(&tmp.path().join("chromedriver.log")).await?;
+    let pa = Browser::open(&driver, &shots, "a").await?;
+    let pb = Browser::open(&driver, &shots, "b").await?;
+
+    // Both log in with one-time URLs; the overview shows each node's id.
+    login(&pa, &a).await?;
+    login(&pb, &b).await?;
+    pa.screenshot("1-overview").await?;
+
+    // A creates a workspace from the dashboard.
+    pa.goto(&format!("{}/#/workspaces", a.api_url)).await?;
+    let name = pa.wait("#create-ws-name", UI).await?;
+    pa.type_text(&name, "Team Alpha").await?;
+    pa.click(&pa.wait("#create-ws-btn", UI).await?).await?;
+    pa.wait_text("#ws-title", UI, |t| t == "Team Alpha").await?;
+    let url = pa.current_url().await?;
+    let ws = url
+        .rsplit_once("#/ws/")
+        .map(|(_, id)| id.to_owned())
+        .unwrap_or_default();
+    assert_eq!(ws.len(), 32, "workspace id in {url}");
+
+    // A invites B as a developer and gets a token to copy.
+    let peer = pa.wait("#invite-peer", UI).await?;
+    pa.type_text(&peer, &b.peer_id).await?;
+    pa.click(&pa.wait("#invite-btn", UI).await?).await?;
+    let token = pa
+        .wait_value("#invite-token", UI, |v| v.len() > 100)
+        .await?;
+    pa.screenshot("2-invited").await?;
+
+    // B joins in its own dashboard by pasting the token.
+    pb.goto(&format!("{}/#/workspaces", b.api_url)).await?;
+    let field = pb.wait("#join-token", UI).await?;
+    pb.type_text(&field, &token).await?;
+    pb.click(&pb.wait("#join-btn", UI).await?).await?;
+    pb.wait_text("#ws-title", SYNC, |t| t == "Team Alpha")
+        .await?;
+    pb.wait_text("#members", SYNC, |t| t.contains("developer"))
+        .await?;
+    pb.screenshot("3-joined").await?;
+
+    // A creates a file; B sees it appear (live, over SSE) and opens it.
+    let path = pa.wait("#new-file-path", UI).await?;
+    pa.type_text(&path, "notes.md").await?;
+    pa.click(&pa.wait("#new-file-form button", UI).await?)
+        .await?;
+    let editor_a = pa.wait("#editor", UI).await?;
+    pb.wait_text("#files", SYNC, |t| t.contains("notes.md"))
+        .await?;
+    pb.goto(&format!("{}/#/ws/{ws}/file/notes.md", b.api_url))
+        .await?;
+    let editor_b = pb.wait("#editor", UI).await?;
+
+    // Typing in A's page shows up in B's.
+    pa.type_text(&editor_a, "Hello from A").await?;
+    pb.wait_value("#editor", SYNC, |v| v == "Hello from A")
+        .await?;
+    pb.screenshot("4-received").await?;
+
+    // B types at the start while A types at the end: both pages converge,
+    // and B's cursor stays after what B typed although A's edit arrived.
+    pb.exec(
+        "const e = document.getElementById('editor'); e.focus(); e.setSelectionRange(0, 0); return true;",
+        json!([]),
+    )
+    .await?;
+    pb.type_text(&editor_b, "[B] ").await?;
+    pa.type_text(&editor_a, ", and more").await?;
+    let want = "[B] Hello from A, and more";
+    pa.wait_value("#editor", SYNC, |v| v == want).await?;
+    pb.wait_value("#editor", SYNC, |v| v == want).await?;
+    let cursor = pb
+        .exec(
+            "return document.getElementById('editor').selectionStart;",
+            json!([]),
+        )
+        .await?;
+    assert_eq!(cursor, json!(4), "B's cursor moved with A's remote edit");
+    pa.screenshot("5-converged").await?;
+    pb.screenshot("5-converged").await?;
+    // The nodes hold the same text as the pages.
+    assert_eq!(
+        b.file(&ws, "notes.md").await.as_deref(),
+        Some(want.as_bytes())
+    );
+
+    // A uploads a PDF from the workspace page and reads its text.
+    let pdf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/pdfs/004-pdflatex-4-pages.pdf");
+    if pdf.exists() {
+        pa.goto(&format!("{}/#/ws/{ws}", a.api_url)).await?;
+        let input = pa.wait("#doc-input", UI).await?;
+        pa.type_text(&input, &pdf.canonicalize()?.display().to_string())
+            .await?;
+        pa.wait_text("#doc-text", UI, |t| {
+            t.contains("Hello, here is some text without a meaning")
+        })
+        .await?;
+        pa.screenshot("6-pdf").await?;
+        // And B gets the processed document by sync.
+        pb.goto(&format!("{}/#/ws/{ws}", b.api_url)).await?;
+        pb.wait_text("#documents", SYNC, |t| {
+            t.contains("004-pdflatex-4-pages.pdf")
+        })
+        .await?;
+    } else {
+        skip_or_fail(
+            "dashboard PDF upload",
+            &format!("{} is absent", pdf.display()),
+        );
+    }
+    pa.close().await?;
+    pb.close().await?;
+    Ok(())
+}
+
+/// `xencode dashboard --no-open` prints a login URL; opened in Chromium it
+/// shows the node's workspaces by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_url_shows_the_workspaces() -> anyhow::Result<()> {
+    if let Some(reason) = browser::unavailable() {
+        skip_or_fail("dashboard browser test", &reason);
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let node = Node::start(&tmp.path().join("n"))?;
+    for name in ["Backend", "Docs <b>&amp;</b>"] {
+        ok_stdout(&node.cli(&["workspace", "create", name]));
+    }
+    let driver = Driver::start(&tmp.path().join("chromedriver.log")).await?;
+    let page = Browser::open(&driver, &shots_dir(), "login").await?;
+    // Before logging in, the page says how to.
+    page.goto(&format!("{}/", node.api_url)).await?;
+    page.wait_text("#login-needed", UI, |t| t.contains("xencode dashboard"))
+        .await?;
+    login(&page, &node).await?;
+    page.goto(&format!("{}/#/workspaces", node.api_url)).await?;
+    // Names are shown as text, markup and all.
+    let list = page
+        .wait_text("#ws-list", UI, |t| t.contains("Backend"))
+        .await?;
+    assert!(list.contains("Docs <b>&amp;</b>"), "{list}");
+    page.screenshot("workspaces").await?;
+
+    // Analysis results are shown with each finding on its line.
+    let ws = last_line(&node.cli(&["workspace", "create", "code"]));
+    let source = "import os\n\ndef run(expr):\n    return eval(expr)\n";
+    assert!(
+        xencode_tests::put(&node, &ws, "app.py", source)
+            .await
+            .is_success()
+    );
+    page.goto(&format!("{}/#/ws/{ws}/file/app.py", node.api_url))
+        .await?;
+    page.wait_value("#editor", UI, |v| v == source).await?;
+    page.click(&page.wait("#analyze-btn", UI).await?).await?;
+    let flagged = page
+        .wait_text("#code-view li.flag[data-line='4']", UI, |t| {
+            t.contains("CWE-95")
+        })
+        .await?;
+    assert!(flagged.contains("eval(expr)"), "{flagged}");
+    let line_one = page.wait("#code-view li[data-line='1']", UI).await?;
+    assert_eq!(
+        page.property(&line_one, "className").await?,
+        "",
+        "line 1 has no finding"
+    );
+    page.screenshot("analysis").await?;
+    page.close().await?;
+    Ok(())
+}

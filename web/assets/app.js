@@ -1,0 +1,671 @@
+// Xencode dashboard: plain JavaScript, no dependencies, nothing loaded from
+// another origin. Every text from the node is put into the page with
+// textContent, never parsed as HTML, so a file or a member name cannot inject
+// markup.
+'use strict';
+
+const state = {
+  csrf: null,
+  peerId: null,
+  events: null,
+  activity: [],
+  // The view currently shown reacts to events through this hook.
+  onEvent: null,
+};
+
+// ---- small helpers -------------------------------------------------------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k === 'text') el.textContent = v;
+    else el.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function show(...nodes) {
+  const main = document.getElementById('main');
+  main.replaceChildren(...nodes.filter(Boolean));
+}
+
+function toast(message, kind) {
+  const t = document.getElementById('toast');
+  t.textContent = message;
+  t.className = kind || '';
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.hidden = true; }, 6000);
+}
+
+function when(ms) {
+  return ms ? new Date(ms).toLocaleString() : '';
+}
+
+function short(id) {
+  return id && id.length > 16 ? id.slice(0, 8) + '…' + id.slice(-6) : id;
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// Calls the API with the session cookie, and the CSRF token on writes.
+async function api(method, path, body, extra) {
+  const headers = Object.assign({}, (extra && extra.headers) || {});
+  const opts = { method, headers, credentials: 'same-origin', cache: 'no-store' };
+  if (method !== 'GET' && state.csrf) headers['X-CSRF-Token'] = state.csrf;
+  if (body !== undefined) {
+    if (typeof body === 'string') {
+      opts.body = body;
+    } else {
+      headers['Content-Type'] = 'application/json';
+      opts.body = JSON.stringify(body);
+    }
+  }
+  const r = await fetch(path, opts);
+  if (!r.ok) {
+    let code = 'http_' + r.status, message = r.statusText;
+    try {
+      const e = await r.json();
+      code = e.error.code; message = e.error.message;
+    } catch (_) { /* not JSON */ }
+    throw new ApiError(r.status, code, message);
+  }
+  if (r.status === 204) return null;
+  const type = r.headers.get('content-type') || '';
+  return type.includes('application/json') ? r.json() : r.text();
+}
+
+function enc(s) { return encodeURIComponent(s); }
+function filePath(path) { return path.split('/').map(enc).join('/'); }
+
+function errorBox(e) {
+  return h('p', { class: 'bad', role: 'alert' }, e.message || String(e));
+}
+
+// Runs an async action from a button, disabling it meanwhile.
+async function busy(button, action) {
+  if (button) button.disabled = true;
+  try {
+    return await action();
+  } catch (e) {
+    toast(e.message || String(e));
+    return undefined;
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+// ---- live events ---------------------------------------------------------
+
+function describe(ev) {
+  switch (ev.type) {
+    case 'file_changed': return `${ev.origin === 'remote' ? 'peer edited' : 'edited'} ${ev.path}`;
+    case 'index_changed': return `workspace index updated (${ev.origin})`;
+    case 'access_changed': return `members updated (${ev.origin})`;
+    case 'workspace_added': return 'workspace added';
+    case 'peer': return `peer ${short(ev.peer)} ${ev.connected ? 'connected' : 'disconnected'}`;
+    case 'session': return `sync with ${short(ev.peer)} ${ev.state}${ev.reason ? ': ' + ev.reason : ''}`;
+    case 'applied': return `applied ${ev.changes} change(s) from ${short(ev.peer)}`;
+    case 'rejected': return `refused ${ev.count} change(s) from ${short(ev.peer)}: ${ev.reason}`;
+    case 'analysis': return `${ev.kind} analysis stored for ${ev.target}`;
+    case 'lagged': return `missed ${ev.missed} events; refreshed`;
+    default: return ev.type;
+  }
+}
+
+const EVENT_TYPES = ['file_changed', 'index_changed', 'access_changed', 'workspace_added',
+  'peer', 'session', 'applied', 'rejected', 'analysis', 'lagged'];
+
+function connectEvents() {
+  const live = document.getElementById('live');
+  const es = new EventSource('/api/v1/events');
+  state.events = es;
+  es.onopen = () => { live.textContent = 'live'; live.className = 'pill ok'; };
+  es.onerror = () => { live.textContent = 'reconnecting…'; live.className = 'pill warn'; };
+  for (const type of EVENT_TYPES) {
+    es.addEventListener(type, (msg) => {
+      let ev;
+      try { ev = JSON.parse(msg.data); } catch (_) { return; }
+      state.activity.unshift({ at: Date.now(), ev });
+      state.activity.length = Math.min(state.activity.length, 100);
+      if (state.onEvent) state.onEvent(ev);
+    });
+  }
+}
+
+// ---- views ---------------------------------------------------------------
+
+function loginNeeded() {
+  document.getElementById('live').textContent = 'logged out';
+  show(h('section', { id: 'login-needed' },
+    h('h1', { text: 'Log in to this node' }),
+    h('p', {}, 'Run ', h('code', { text: 'xencode dashboard' }),
+      ' in a terminal on this machine: it opens this page with a one-time login link.'),
+  ));
+}
+
+async function overview() {
+  const peersBox = h('div', {}, h('p', { class: 'muted', text: 'Loading peers…' }));
+  const activity = h('ul', { class: 'events', id: 'activity', 'aria-live': 'polite' });
+  const drawActivity = () => {
+    activity.replaceChildren(...(state.activity.length
+      ? state.activity.slice(0, 30).map((a) =>
+        h('li', {}, h('span', { class: 'muted' }, new Date(a.at).toLocaleTimeString(), ' '), describe(a.ev)))
+      : [h('li', { class: 'muted', text: 'Nothing yet: edits, peers and sync sessions show up here as they happen.' })]));
+  };
+  const nodeBox = h('div', {}, h('p', { class: 'muted', text: 'Loading…' }));
+  show(h('h1', { text: 'Overview' }),
+    h('div', { class: 'grid' },
+      h('section', { class: 'card', 'aria-labelledby': 'node-h' }, h('h2', { id: 'node-h', text: 'This node' }), nodeBox),
+      h('section', { class: 'card', 'aria-labelledby': 'act-h' }, h('h2', { id: 'act-h', text: 'Sync activity' }), activity)),
+    h('section', { 'aria-labelledby': 'peers-h' }, h('h2', { id: 'peers-h', text: 'Peers' }), peersBox));
+  drawActivity();
+  const load = async () => {
+    try {
+      const [node, peers, wss] = await Promise.all([
+        api('GET', '/api/v1/node'), api('GET', '/api/v1/peers'), api('GET', '/api/v1/workspaces')]);
+      const names = Object.fromEntries(wss.workspaces.map((w) => [w.id, w.name]));
+      nodeBox.replaceChildren(h('dl', {},
+        h('dt', { text: 'Peer id' }), h('dd', {}, h('code', { id: 'node-id', text: node.peer_id })),
+        h('dt', { text: 'Addresses' }), h('dd', {}, ...(node.listen.length ? node.listen.map((a) => h('div', {}, h('code', { text: a }))) : ['none yet'])),
+        h('dt', { text: 'Workspaces' }), h('dd', { text: String(node.workspaces) }),
+        h('dt', { text: 'Store' }), h('dd', { text: `${(node.store.size_bytes / 1e6).toFixed(1)} MB, epoch ${node.epoch}` }),
+        h('dt', { text: 'Uptime' }), h('dd', { text: `${node.uptime_secs} s` })));
+      if (!peers.peers.length) {
+        peersBox.replaceChildren(h('p', { class: 'muted' }, 'No peers yet. Invite a teammate from a workspace page; on the same LAN nodes find each other by themselves.'));
+        return;
+      }
+      peersBox.replaceChildren(h('table', { id: 'peers-table' },
+        h('thead', {}, h('tr', {}, h('th', { text: 'Peer' }), h('th', { text: 'Connection' }), h('th', { text: 'Workspaces (lag)' }))),
+        h('tbody', {}, ...peers.peers.map((p) => h('tr', {},
+          h('td', {}, h('code', { title: p.peer_id, text: short(p.peer_id) })),
+          h('td', { class: p.connected ? 'ok' : 'muted', text: p.connected ? 'connected' : 'offline' }),
+          h('td', {}, ...p.workspaces.map((w) => h('div', {},
+            `${names[w.id] || short(w.id)}: ${w.syncing ? 'syncing' : 'idle'}, `,
+            w.behind === null ? 'peer has changes we lack' : `${w.behind} change(s) behind`))))))));
+    } catch (e) {
+      nodeBox.replaceChildren(errorBox(e));
+    }
+  };
+  await load();
+  let timer = null;
+  state.onEvent = (ev) => {
+    drawActivity();
+    if (['peer', 'session', 'applied', 'workspace_added', 'lagged'].includes(ev.type)) {
+      clearTimeout(timer);
+      timer = setTimeout(load, 300);
+    }
+  };
+}
+
+async function workspaces() {
+  const list = h('div', {}, h('p', { class: 'muted', text: 'Loading workspaces…' }));
+  const name = h('input', { id: 'create-ws-name', name: 'name', required: true, maxlength: 128, autocomplete: 'off' });
+  const createBtn = h('button', { type: 'submit', id: 'create-ws-btn', text: 'Create' });
+  const create = h('form', { class: 'inline', id: 'create-ws-form', onsubmit: (e) => {
+    e.preventDefault();
+    busy(createBtn, async () => {
+      const ws = await api('POST', '/api/v1/workspaces', { name: name.value });
+      location.hash = `#/ws/${ws.id}`;
+    });
+  } }, h('label', {}, 'New workspace name', name), createBtn);
+  const token = h('textarea', { id: 'join-token', name: 'token', required: true, spellcheck: 'false' });
+  const joinBtn = h('button', { type: 'submit', id: 'join-btn', text: 'Join' });
+  const join = h('form', { id: 'join-form', onsubmit: (e) => {
+    e.preventDefault();
+    busy(joinBtn, async () => {
+      const ws = await api('POST', '/api/v1/join', { token: token.value.trim() });
+      toast(`Joined ${ws.name}; syncing starts now.`, 'info');
+      location.hash = `#/ws/${ws.id}`;
+    });
+  } }, h('label', {}, 'Invitation token from a teammate', token), joinBtn);
+  show(h('h1', { text: 'Workspaces' }), list,
+    h('div', { class: 'grid' },
+      h('section', { class: 'card' }, h('h2', { text: 'Create' }), create),
+      h('section', { class: 'card' }, h('h2', { text: 'Join' }), join)));
+  const load = async () => {
+    try {
+      const r = await api('GET', '/api/v1/workspaces');
+      list.replaceChildren(r.workspaces.length
+        ? h('ul', { id: 'ws-list' }, ...r.workspaces.map((w) => h('li', {},
+          h('a', { href: `#/ws/${w.id}`, text: w.name }), ' ',
+          h('span', { class: 'muted', text: `${w.role} · ${w.files} file(s) · ${short(w.id)}` }))))
+        : h('p', { class: 'muted', id: 'ws-empty', text: 'No workspaces yet: create one, or join with a token a teammate sent you.' }));
+    } catch (e) { list.replaceChildren(errorBox(e)); }
+  };
+  await load();
+  state.onEvent = (ev) => { if (['workspace_added', 'access_changed', 'index_changed'].includes(ev.type)) load(); };
+}
+
+async function workspace(id) {
+  const head = h('div', {}, h('p', { class: 'muted', text: 'Loading workspace…' }));
+  const members = h('div');
+  const files = h('div');
+  const docs = h('div');
+  const analyses = h('div');
+  const admin = h('div');
+  show(head, h('div', { class: 'grid' },
+    h('section', { class: 'card', 'aria-labelledby': 'files-h' }, h('h2', { id: 'files-h', text: 'Files' }), files),
+    h('section', { class: 'card', 'aria-labelledby': 'members-h' }, h('h2', { id: 'members-h', text: 'Members' }), members, admin)),
+  h('div', { class: 'grid' },
+    h('section', { class: 'card', 'aria-labelledby': 'docs-h' }, h('h2', { id: 'docs-h', text: 'Documents' }), docs),
+    h('section', { class: 'card', 'aria-labelledby': 'an-h' }, h('h2', { id: 'an-h', text: 'Analyses' }), analyses)));
+  let detail;
+  const canWrite = () => detail && detail.role !== 'viewer';
+  const load = async () => {
+    try {
+      detail = await api('GET', `/api/v1/workspaces/${enc(id)}`);
+    } catch (e) { head.replaceChildren(errorBox(e)); return; }
+    head.replaceChildren(h('h1', { id: 'ws-title', text: detail.name }),
+      h('p', { class: 'muted' }, `Your role: ${detail.role} · ${detail.members.filter((m) => !m.revoked).length} member(s) · id `, h('code', { text: id })));
+    members.replaceChildren(h('table', { id: 'members' },
+      h('thead', {}, h('tr', {}, h('th', { text: 'Peer' }), h('th', { text: 'Role' }), h('th', { text: 'Added' }), h('th', { text: '' }))),
+      h('tbody', {}, ...detail.members.map((m) => h('tr', {},
+        h('td', {}, h('code', { title: m.peer_id, text: short(m.peer_id) }), m.peer_id === state.peerId ? ' (you)' : ''),
+        h('td', { text: m.revoked ? `${m.role} (revoked)` : m.role }),
+        h('td', { text: when(m.added_at) }),
+        h('td', {}, detail.role === 'admin' && !m.revoked && m.peer_id !== state.peerId
+          ? h('button', { type: 'button', class: 'danger', 'aria-label': `Revoke ${m.peer_id}`, onclick: (e) => {
+            if (!confirm(`Revoke ${m.peer_id}? Their sessions close and later writes are refused.`)) return;
+            busy(e.currentTarget, async () => { await api('POST', `/api/v1/workspaces/${enc(id)}/revoke`, { target: m.peer_id }); load(); });
+          } }, 'Revoke') : null))))));
+    // Built once per role: a reload must not wipe a token being copied.
+    if (admin.dataset.role !== detail.role) {
+      admin.dataset.role = detail.role;
+      admin.replaceChildren(detail.role === 'admin' ? inviteForm(id) : h('p', { class: 'muted', text: 'Only admins invite and revoke.' }));
+    }
+    loadFiles(); loadDocs(); loadAnalyses();
+  };
+  const loadFiles = async () => {
+    try {
+      const r = await api('GET', `/api/v1/workspaces/${enc(id)}/files`);
+      const path = h('input', { id: 'new-file-path', required: true, placeholder: 'src/main.py', autocomplete: 'off' });
+      const add = h('button', { type: 'submit', text: 'Create file' });
+      files.replaceChildren(...[
+        r.files.length ? h('ul', { id: 'files' }, ...r.files.map((f) => h('li', {},
+          h('a', { href: `#/ws/${id}/file/${filePath(f.path)}`, text: f.path }), ' ',
+          h('span', { class: 'muted', text: `${f.kind}, ${f.size_bytes} B, ${when(f.updated_at)}` }))))
+          : h('p', { class: 'muted', id: 'files-empty', text: 'No files yet.' }),
+        canWrite() ? h('form', { class: 'inline', id: 'new-file-form', onsubmit: (e) => {
+          e.preventDefault();
+          busy(add, async () => {
+            await api('PUT', `/api/v1/workspaces/${enc(id)}/files/${filePath(path.value)}`, '', { headers: { 'Content-Type': 'application/octet-stream' } });
+            location.hash = `#/ws/${id}/file/${filePath(path.value)}`;
+          });
+        } }, h('label', {}, 'New file path', path), add) : null].filter(Boolean));
+    } catch (e) { files.replaceChildren(errorBox(e)); }
+  };
+  const loadDocs = async () => {
+    try {
+      const r = await api('GET', `/api/v1/workspaces/${enc(id)}/documents`);
+      docs.replaceChildren(...[
+        r.documents.length ? h('ul', { id: 'documents' }, ...r.documents.map((d) => h('li', {},
+          h('a', { href: `#/ws/${id}/doc/${enc(d.id)}`, text: d.original_filename }), ' ',
+          h('span', { class: 'muted', text: `${d.document_type}, ${d.metadata.pages ? d.metadata.pages + ' pages, ' : ''}confidence ${d.confidence_score.toFixed(2)}` }))))
+          : h('p', { class: 'muted', text: 'No documents yet.' }),
+        canWrite() ? uploader(id, loadDocs) : null].filter(Boolean));
+    } catch (e) { docs.replaceChildren(errorBox(e)); }
+  };
+  const loadAnalyses = async () => {
+    try {
+      const r = await api('GET', `/api/v1/workspaces/${enc(id)}/analyses`);
+      analyses.replaceChildren(r.analyses.length
+        ? h('ul', { id: 'analyses' }, ...r.analyses.map((a) => h('li', {},
+          h('a', { href: `#/ws/${id}/file/${filePath(a.path)}`, text: a.path }), ' ',
+          h('span', { class: 'muted', text: `${a.syntax_errors.length} syntax, ${a.security_issues.length} security, ${a.performance_hints.length} performance · by ${short(a.by)} ${when(a.at)}` }))))
+        : h('p', { class: 'muted', text: 'No analyses yet: open a file and press Analyze.' }));
+    } catch (e) { analyses.replaceChildren(errorBox(e)); }
+  };
+  await load();
+  state.onEvent = (ev) => {
+    if (ev.type === 'lagged') { load(); return; }
+    if (ev.workspace !== id) return;
+    if (ev.type === 'access_changed') load();
+    if (ev.type === 'index_changed' || ev.type === 'file_changed') { loadFiles(); loadDocs(); loadAnalyses(); }
+    if (ev.type === 'analysis') { loadDocs(); loadAnalyses(); }
+  };
+}
+
+function inviteForm(id) {
+  const peer = h('input', { id: 'invite-peer', required: true, autocomplete: 'off', spellcheck: 'false' });
+  const role = h('select', { id: 'invite-role' }, ...['developer', 'viewer', 'admin'].map((r) => h('option', { value: r, text: r })));
+  const days = h('input', { id: 'invite-days', type: 'number', min: 1, max: 3650, value: 7 });
+  const out = h('textarea', { id: 'invite-token', readonly: true, 'aria-label': 'Invitation token', hidden: true });
+  const copy = h('button', { type: 'button', class: 'secondary', id: 'copy-invite', hidden: true, onclick: async () => {
+    try { await navigator.clipboard.writeText(out.value); toast('Token copied.', 'info'); } catch (_) { out.select(); toast('Select-all done: press Ctrl+C to copy.', 'info'); }
+  } }, 'Copy token');
+  const btn = h('button', { type: 'submit', id: 'invite-btn', text: 'Invite' });
+  return h('form', { id: 'invite-form', onsubmit: (e) => {
+    e.preventDefault();
+    busy(btn, async () => {
+      const r = await api('POST', `/api/v1/workspaces/${enc(id)}/invites`, {
+        peer_id: peer.value.trim(), role: role.value, expires_secs: Number(days.value) * 86400 });
+      out.value = r.token; out.hidden = false; copy.hidden = false;
+      out.focus(); out.select();
+    });
+  } }, h('h2', { text: 'Invite a teammate' }),
+  h('div', { class: 'inline' }, h('label', {}, 'Their peer id (xencode id)', peer), h('label', {}, 'Role', role), h('label', {}, 'Expires in days', days), btn),
+  out, copy);
+}
+
+function uploader(id, done) {
+  const input = h('input', { type: 'file', id: 'doc-input', accept: '.pdf,.docx,.html,.htm,.md,.markdown' });
+  const ai = h('input', { type: 'checkbox', id: 'doc-ai' });
+  const bar = h('progress', { id: 'upload-progress', max: 100, value: 0, hidden: true, 'aria-label': 'Upload progress' });
+  const status = h('p', { id: 'upload-status', role: 'status', 'aria-live': 'polite' });
+  const send = (file) => {
+    const form = new FormData();
+    if (ai.checked) form.append('ai', 'true');
+    form.append('file', file, file.name);
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `/api/v1/workspaces/${enc(id)}/documents`);
+    xhr.setRequestHeader('X-CSRF-Token', state.csrf || '');
+    bar.hidden = false; bar.value = 0;
+    status.textContent = `Uploading ${file.name}…`;
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = Math.round(100 * e.loaded / e.total); };
+    xhr.upload.onload = () => { status.textContent = `Extracting ${file.name}…`; };
+    xhr.onload = () => {
+      bar.hidden = true;
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+      if (xhr.status >= 200 && xhr.status < 300) {
+        status.textContent = `${file.name}: ${body.extracted_text.length} characters extracted.`;
+        done();
+        location.hash = `#/ws/${id}/doc/${enc(body.id)}`;
+      } else {
+        status.textContent = '';
+        toast(body && body.error ? body.error.message : `upload failed (${xhr.status})`);
+      }
+    };
+    xhr.onerror = () => { bar.hidden = true; status.textContent = ''; toast('The upload failed: is the node running?'); };
+    xhr.send(form);
+  };
+  input.addEventListener('change', () => { if (input.files.length) send(input.files[0]); });
+  const zone = h('div', { class: 'drop', id: 'drop-zone' },
+    h('p', {}, 'Drop a PDF, DOCX, HTML or Markdown file here, or ', h('label', { class: 'inline-label' }, 'choose one', input)),
+    h('label', { class: 'check' }, h('span', {}, ai, ' Also summarise with the local Ollama')), bar, status);
+  zone.addEventListener('dragover', (e) => { e.preventDefault(); zone.classList.add('over'); });
+  zone.addEventListener('dragleave', () => zone.classList.remove('over'));
+  zone.addEventListener('drop', (e) => {
+    e.preventDefault(); zone.classList.remove('over');
+    if (e.dataTransfer.files.length) send(e.dataTransfer.files[0]);
+  });
+  return zone;
+}
+
+// ---- the live editor -----------------------------------------------------
+
+// The smallest single splice turning `a` into `b`, in UTF-16 units, never
+// splitting a surrogate pair.
+function diff(a, b) {
+  let start = 0;
+  const min = Math.min(a.length, b.length);
+  while (start < min && a.charCodeAt(start) === b.charCodeAt(start)) start++;
+  if (start > 0 && isHigh(a.charCodeAt(start - 1))) start--;
+  let endA = a.length, endB = b.length;
+  while (endA > start && endB > start && a.charCodeAt(endA - 1) === b.charCodeAt(endB - 1)) { endA--; endB--; }
+  if (endA < a.length && isLow(a.charCodeAt(endA))) { endA++; endB++; }
+  return { start, removed: a.slice(start, endA), inserted: b.slice(start, endB) };
+}
+function isHigh(c) { return c >= 0xd800 && c <= 0xdbff; }
+function isLow(c) { return c >= 0xdc00 && c <= 0xdfff; }
+// Unicode scalar values in a string (the API counts those).
+function scalars(s) { let n = 0; for (const _ of s) n++; return n; }
+
+// Where a cursor at `pos` goes when `d` is applied before, at or after it.
+function moveCursor(pos, d) {
+  if (pos <= d.start) return pos;
+  if (pos >= d.start + d.removed.length) return pos - d.removed.length + d.inserted.length;
+  return d.start + d.inserted.length;
+}
+
+async function fileView(id, path) {
+  const status = h('span', { id: 'editor-status', class: 'pill', role: 'status', 'aria-live': 'polite', text: 'loading' });
+  const box = h('div', {}, h('p', { class: 'muted', text: 'Loading file…' }));
+  const results = h('section', { id: 'analysis', 'aria-labelledby': 'res-h' });
+  const ai = h('input', { type: 'checkbox', id: 'analyze-ai' });
+  const analyzeBtn = h('button', { type: 'button', id: 'analyze-btn', text: 'Analyze' });
+  show(h('p', {}, h('a', { href: `#/ws/${id}`, text: '← workspace' })),
+    h('h1', {}, h('code', { id: 'file-title', text: path }), ' ', status),
+    box,
+    h('div', { class: 'inline' }, analyzeBtn, h('label', { class: 'check' }, h('span', {}, ai, ' AI review (local Ollama)'))),
+    results);
+  const url = `/api/v1/workspaces/${enc(id)}/files/${filePath(path)}`;
+  let detail;
+  try {
+    detail = await api('GET', `/api/v1/workspaces/${enc(id)}`);
+  } catch (e) { box.replaceChildren(errorBox(e)); return; }
+  let text;
+  try {
+    const r = await fetch(url, { credentials: 'same-origin', cache: 'no-store' });
+    if (!r.ok) { const e = await r.json(); throw new ApiError(r.status, e.error.code, e.error.message); }
+    if (r.headers.get('x-xencode-file-kind') === 'binary') {
+      box.replaceChildren(h('p', { class: 'muted', text: `A binary file (${(await r.arrayBuffer()).byteLength} bytes): stored whole, not editable here.` }));
+      status.textContent = 'binary';
+      return;
+    }
+    text = await r.text();
+  } catch (e) { box.replaceChildren(errorBox(e)); return; }
+
+  const readOnly = detail.role === 'viewer';
+  const editor = h('textarea', { id: 'editor', spellcheck: 'false', 'aria-label': `Content of ${path}`, readonly: readOnly });
+  editor.value = text;
+  box.replaceChildren(editor);
+  if (readOnly) box.append(h('p', { class: 'muted', text: 'You are a viewer here: read only.' }));
+  status.textContent = readOnly ? 'read only' : 'saved';
+
+  // `shadow` is the text the node holds as far as we know: everything
+  // acknowledged plus what is queued. Keystrokes become splices against it,
+  // sent one request at a time, in order.
+  let shadow = text;
+  const queue = [];
+  let inflight = false;
+  let refreshWanted = false;
+
+  const pump = async () => {
+    if (inflight || !queue.length) {
+      if (!inflight && !queue.length && refreshWanted) refresh();
+      return;
+    }
+    inflight = true;
+    const edits = queue.splice(0, queue.length);
+    status.textContent = 'saving…';
+    try {
+      await api('POST', `/api/v1/workspaces/${enc(id)}/splice`, { path, edits });
+      status.textContent = 'saved';
+      status.className = 'pill';
+    } catch (e) {
+      status.textContent = 'not saved';
+      status.className = 'pill bad';
+      toast(`Your edit was not saved: ${e.message}`);
+      refreshWanted = true; // resync with what the node holds
+    } finally {
+      inflight = false;
+      pump();
+    }
+  };
+
+  editor.addEventListener('input', () => {
+    const now = editor.value;
+    const d = diff(shadow, now);
+    if (!d.removed.length && !d.inserted.length) return;
+    queue.push({
+      pos: scalars(shadow.slice(0, d.start)),
+      delete: scalars(d.removed),
+      insert: d.inserted,
+    });
+    shadow = now;
+    pump();
+  });
+
+  // Takes the node's text when no local edit is on its way, keeping the
+  // cursor and selection where they were relative to the text around them.
+  const refresh = async () => {
+    refreshWanted = true;
+    if (inflight || queue.length) return;
+    refreshWanted = false;
+    let fresh;
+    try {
+      const r = await fetch(url, { credentials: 'same-origin', cache: 'no-store' });
+      if (!r.ok) return;
+      fresh = await r.text();
+    } catch (_) { return; }
+    if (inflight || queue.length || editor.value !== shadow) { refreshWanted = true; return; }
+    if (fresh === editor.value) return;
+    const d = diff(editor.value, fresh);
+    const focused = document.activeElement === editor;
+    const [s, e, dir] = [editor.selectionStart, editor.selectionEnd, editor.selectionDirection];
+    const top = editor.scrollTop;
+    editor.value = fresh;
+    shadow = fresh;
+    editor.setSelectionRange(moveCursor(s, d), moveCursor(e, d), dir);
+    editor.scrollTop = top;
+    if (focused) editor.focus();
+  };
+
+  analyzeBtn.addEventListener('click', () => busy(analyzeBtn, () => analyze(id, path, ai.checked, results, () => editor.value)));
+  state.onEvent = (ev) => {
+    if (ev.type === 'lagged' || (ev.type === 'file_changed' && ev.workspace === id && ev.path === path && ev.origin === 'remote')) refresh();
+  };
+}
+
+// Runs an analysis; with AI, streams the review as Ollama writes it.
+async function analyze(id, path, withAi, results, source) {
+  const review = h('div', { id: 'ai-review', 'aria-live': 'polite' });
+  results.replaceChildren(h('h2', { id: 'res-h', text: 'Analysis' }), h('p', { class: 'muted', text: 'Analysing…' }));
+  const headers = { 'Content-Type': 'application/json', 'X-CSRF-Token': state.csrf || '' };
+  if (withAi) headers.Accept = 'text/event-stream';
+  const r = await fetch(`/api/v1/workspaces/${enc(id)}/analyze`, {
+    method: 'POST', credentials: 'same-origin', headers, body: JSON.stringify({ path, ai: withAi }) });
+  if (!r.ok) {
+    let msg = `analysis failed (${r.status})`;
+    try { msg = (await r.json()).error.message; } catch (_) { /* not JSON */ }
+    throw new Error(msg);
+  }
+  if (!withAi) { drawAnalysis(results, await r.json(), source(), review); return; }
+  // Server-Sent Events over fetch: `event:` and `data:` lines, blank-line separated.
+  const reader = r.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buf.indexOf('\n\n')) >= 0) {
+      const block = buf.slice(0, cut); buf = buf.slice(cut + 2);
+      let name = 'message'; const data = [];
+      for (const line of block.split('\n')) {
+        if (line.startsWith('event:')) name = line.slice(6).trim();
+        else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
+      }
+      if (!data.length) continue;
+      let payload;
+      try { payload = JSON.parse(data.join('\n')); } catch (_) { continue; }
+      if (name === 'analysis') { review.textContent = ''; drawAnalysis(results, payload, source(), review); }
+      else if (name === 'token') review.textContent += payload;
+      else if (name === 'done') drawAnalysis(results, payload, source(), review);
+      else if (name === 'error') throw new Error(payload.error ? payload.error.message : 'analysis failed');
+    }
+  }
+}
+
+// `rec` is an AnalysisRecord: the analysis' fields plus provenance.
+function drawAnalysis(results, rec, source, review) {
+  const a = rec;
+  const notes = new Map();
+  const note = (line, text) => { if (!notes.has(line)) notes.set(line, []); notes.get(line).push(text); };
+  for (const e of a.syntax_errors) note(e.line, `syntax error (col ${e.column}): ${e.message}`);
+  for (const s of a.security_issues) note(s.line, `${s.severity} ${s.cwe_id}: ${s.description}`);
+  for (const p of a.performance_hints) note(p.line, `performance (${p.impact}): ${p.description}`);
+  for (const s of a.suggestions) note(s.line_start, `suggestion: ${s.description}`);
+  const lines = source.split('\n');
+  const code = h('ol', { class: 'code', id: 'code-view', 'aria-label': 'Source with findings' }, ...lines.map((l, i) => {
+    const n = notes.get(i + 1);
+    return h('li', { class: n ? 'flag' : null, 'data-line': i + 1 },
+      h('span', { class: 'n', text: String(i + 1) }), h('span', { text: l || ' ' }),
+      ...(n ? n.map((t) => h('span', { class: 'note', text: t })) : []));
+  }));
+  const aiLine = a.ai.status === 'ok' ? `AI review by ${a.ai.model}` : (a.ai.status === 'pending' ? 'AI review: writing…' : `AI: ${a.ai.status}`);
+  if (a.ai.status === 'ok' && a.ai.text) review.textContent = a.ai.text;
+  results.replaceChildren(h('h2', { id: 'res-h', text: 'Analysis' }),
+    h('p', {}, `${a.language}: ${a.syntax_errors.length} syntax error(s), ${a.security_issues.length} security issue(s), ${a.performance_hints.length} performance hint(s); complexity ${a.complexity_score.toFixed(1)}. `,
+      h('span', { class: 'muted', text: rec.stored ? 'Stored in the workspace.' : 'Not stored (viewers cannot write).' })),
+    h('h3', { text: aiLine }), review,
+    h('h3', { text: 'Findings on their lines' }), notes.size ? code : h('p', { class: 'ok', id: 'no-findings', text: 'No findings.' }));
+}
+
+async function docView(id, docId) {
+  const box = h('div', {}, h('p', { class: 'muted', text: 'Loading document…' }));
+  show(h('p', {}, h('a', { href: `#/ws/${id}`, text: '← workspace' })), box);
+  try {
+    const r = await api('GET', `/api/v1/workspaces/${enc(id)}/documents`);
+    const d = r.documents.find((x) => x.id === docId);
+    if (!d) { box.replaceChildren(h('p', { class: 'muted', text: 'This document is not here (yet): it may still be syncing.' })); return; }
+    box.replaceChildren(...[h('h1', { id: 'doc-title', text: d.original_filename }),
+      h('p', { class: 'muted', text: `${d.document_type} · ${d.metadata.pages ? d.metadata.pages + ' pages · ' : ''}${d.processing_time_ms} ms · confidence ${d.confidence_score.toFixed(2)}` }),
+      ...(d.metadata.warnings || []).map((w) => h('p', { class: 'warn', text: w })),
+      d.summary ? h('section', {}, h('h2', { text: 'Summary' }), h('p', { text: d.summary.text || d.summary.status })) : null,
+      h('h2', { text: 'Text' }), h('pre', { class: 'doc', id: 'doc-text', tabindex: 0, text: d.extracted_text })].filter(Boolean));
+  } catch (e) { box.replaceChildren(errorBox(e)); }
+  state.onEvent = null;
+}
+
+// ---- routing -------------------------------------------------------------
+
+async function route() {
+  state.onEvent = null;
+  const hash = location.hash.replace(/^#/, '') || '/';
+  const parts = hash.split('/').filter(Boolean);
+  document.getElementById('nav-overview').toggleAttribute('aria-current', parts.length === 0);
+  document.getElementById('nav-workspaces').toggleAttribute('aria-current', parts[0] === 'workspaces' || parts[0] === 'ws');
+  for (const a of document.querySelectorAll('nav a[aria-current]')) a.setAttribute('aria-current', 'page');
+  try {
+    if (parts.length === 0) await overview();
+    else if (parts[0] === 'workspaces') await workspaces();
+    else if (parts[0] === 'ws' && parts.length === 2) await workspace(decodeURIComponent(parts[1]));
+    else if (parts[0] === 'ws' && parts[2] === 'file') await fileView(decodeURIComponent(parts[1]), parts.slice(3).map(decodeURIComponent).join('/'));
+    else if (parts[0] === 'ws' && parts[2] === 'doc') await docView(decodeURIComponent(parts[1]), decodeURIComponent(parts[3]));
+    else show(h('h1', { text: 'Not found' }), h('p', {}, h('a', { href: '#/', text: 'Back to the overview' })));
+  } catch (e) {
+    show(errorBox(e));
+  }
+  document.getElementById('main').focus({ preventScroll: true });
+}
+
+async function start() {
+  try {
+    const s = await api('GET', '/api/v1/session');
+    state.csrf = s.csrf_token || null;
+    state.peerId = s.peer_id;
+  } catch (e) {
+    if (e.status === 401) { loginNeeded(); return; }
+    show(errorBox(e));
+    return;
+  }
+  const out = document.getElementById('logout');
+  out.hidden = false;
+  out.addEventListener('click', async () => {
+    try { await api('DELETE', '/api/v1/session'); } catch (_) { /* logged out anyway */ }
+    if (state.events) state.events.close();
+    loginNeeded();
+    out.hidden = true;
+  });
+  connectEvents();
+  window.addEventListener('hashchange', route);
+  await route();
+}
+
+document.addEventListener('DOMContentLoaded', start);
