@@ -187,6 +187,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/join", post(routes::join))
         .route("/api/v1/peers", get(routes::peers))
         .route("/api/v1/events", get(events::events))
+        .route("/api/v1/audit", get(routes::audit))
         .route("/api/v1/dashboard/login", post(session::login_link))
         .route(
             "/api/v1/session",
@@ -210,6 +211,7 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             guard::check_host_and_origin,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::audit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             guard::record_metrics,

@@ -93,6 +93,16 @@ enum Command {
     },
     /// List the local Ollama's models and the one reviews use by default.
     Models,
+    /// Show the audit log: every authorization decision (API and peers),
+    /// node-wide and for the workspaces this node administers, and whether
+    /// its hash chain is intact (exit 1 if it is not).
+    Audit {
+        /// Only this workspace's entries (needs the admin role there).
+        ws: Option<String>,
+        /// How many of the newest entries to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Open the dashboard in the browser, logged in by a one-time URL
     /// (valid for 2 minutes, usable once). The URL is printed on stdout.
     Dashboard {
@@ -239,6 +249,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                     model,
                 } => commands::analyze(&client, &ws, path, ai, model, json).await,
                 Command::Models => commands::models(&client, json).await,
+                Command::Audit { ws, limit } => {
+                    commands::audit(&client, ws.as_deref(), limit, json).await
+                }
                 Command::Dashboard { no_open } => commands::dashboard(&client, no_open, json).await,
                 Command::Doc(DocCommand::Add {
                     ws,

@@ -13,6 +13,7 @@
 //! - A file that is not a xencode store is refused and left untouched.
 
 mod actor;
+pub mod audit;
 mod host;
 mod netops;
 pub mod tables;
@@ -25,8 +26,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use xencode_protocol::analysis::{AnalysisRecord, ProcessedDocument};
 use xencode_protocol::api::{
-    FileInfo, InviteRequest, InviteResponse, NodeEvent, PeerInfo, Role, SpliceEdit, SpliceResponse,
-    WorkspaceDetail, WorkspaceSummary,
+    AuditLog, FileInfo, InviteRequest, InviteResponse, NodeEvent, PeerInfo, Role, SpliceEdit,
+    SpliceResponse, WorkspaceDetail, WorkspaceSummary,
 };
 use xencode_protocol::sync::Input;
 use xencode_protocol::wire::Frame;
@@ -284,6 +285,16 @@ pub(crate) enum Command {
     Peers {
         reply: Reply<Vec<PeerInfo>>,
     },
+    /// Record an authorization decision in the audit log.
+    Audit {
+        decision: audit::Decision,
+    },
+    /// Read the audit log as this node's admin may see it.
+    ReadAudit {
+        workspace: Option<WorkspaceId>,
+        limit: usize,
+        reply: Reply<AuditLog>,
+    },
     /// Peers to dial at start: inviters of joined workspaces.
     Contacts {
         reply: Reply<Vec<(String, Vec<String>)>>,
@@ -438,6 +449,30 @@ impl Store {
             kind: "code".into(),
         });
         Ok(())
+    }
+
+    /// Appends an authorization decision to the audit log (with the next
+    /// commit). Waits only while the actor's queue is full.
+    pub async fn audit(&self, decision: audit::Decision) {
+        if self.tx.send(Command::Audit { decision }).await.is_err() {
+            tracing::error!("the store is closed; an audit entry was not written");
+        }
+    }
+
+    /// The newest `limit` audit entries this node's user may see: node-wide
+    /// ones, and those of workspaces where this node is an admin (only
+    /// `workspace`'s if given), with the whole chain verified.
+    pub async fn read_audit(
+        &self,
+        workspace: Option<WorkspaceId>,
+        limit: usize,
+    ) -> Result<AuditLog, StoreError> {
+        self.ask(|reply| Command::ReadAudit {
+            workspace,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Publishes an event that happened outside the actor's commits.

@@ -506,3 +506,44 @@ pub struct SessionInfo {
     pub csrf_token: Option<String>,
     pub peer_id: String,
 }
+
+/// One authorization decision in the audit log (`GET /api/v1/audit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Position in the log, from 1.
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub at: u64,
+    /// Who asked: `local:api-token`, `local:dashboard:<id>`, `peer:<peer id>`
+    /// or `unauthenticated`.
+    pub who: String,
+    /// What was asked: `POST /api/v1/workspaces/{id}/splice`, `sync.open`, ...
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceId>,
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// Why: the refusal's code, or what granted it.
+    pub reason: String,
+    /// blake3 over the previous entry's hash and this entry (hex).
+    pub hash: String,
+}
+
+/// Whether the audit log's hash chain is intact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditChain {
+    pub intact: bool,
+    /// Entries checked (the whole log).
+    pub checked: u64,
+    /// The first entry whose hash does not follow from its predecessor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken_at: Option<u64>,
+}
+
+/// `GET /api/v1/audit`: the newest entries the caller may see, oldest first,
+/// and the state of the whole chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditLog {
+    pub entries: Vec<AuditEntry>,
+    pub chain: AuditChain,
+}

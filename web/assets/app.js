@@ -623,6 +623,31 @@ async function docView(id, docId) {
   state.onEvent = null;
 }
 
+async function auditView() {
+  const box = h('div', {}, h('p', { class: 'muted', text: 'Loading the audit log…' }));
+  show(h('h1', { text: 'Audit log' }),
+    h('p', { class: 'muted', text: 'Every authorization decision of this node, allowed and refused: the local API and peers\' sync sessions. Workspace entries show for workspaces you administer.' }),
+    box);
+  const load = async () => {
+    try {
+      const log = await api('GET', '/api/v1/audit?limit=300');
+      const chain = log.chain.intact
+        ? h('p', { class: 'ok', id: 'audit-chain', text: `Hash chain intact (${log.chain.checked} entries checked).` })
+        : h('p', { class: 'bad', id: 'audit-chain', role: 'alert', text: `The hash chain breaks at entry ${log.chain.broken_at}: the log was changed outside xencode.` });
+      box.replaceChildren(chain, log.entries.length ? h('table', { id: 'audit' },
+        h('thead', {}, h('tr', {}, ...['#', 'When', 'Decision', 'Who', 'What', 'Workspace', 'Why'].map((t) => h('th', { text: t })))),
+        h('tbody', {}, ...log.entries.slice().reverse().map((e) => h('tr', {},
+          h('td', { text: String(e.seq) }), h('td', { text: when(e.at) }),
+          h('td', { class: e.decision === 'allow' ? 'ok' : 'bad', text: e.decision }),
+          h('td', {}, h('code', { title: e.who, text: short(e.who) })), h('td', {}, h('code', { text: e.action })),
+          h('td', { text: e.workspace ? short(e.workspace) : '' }), h('td', { text: e.reason })))))
+        : h('p', { class: 'muted', text: 'No entries yet.' }));
+    } catch (e) { box.replaceChildren(errorBox(e)); }
+  };
+  await load();
+  state.onEvent = (ev) => { if (['rejected', 'session'].includes(ev.type)) load(); };
+}
+
 // ---- routing -------------------------------------------------------------
 
 async function route() {
@@ -631,10 +656,12 @@ async function route() {
   const parts = hash.split('/').filter(Boolean);
   document.getElementById('nav-overview').toggleAttribute('aria-current', parts.length === 0);
   document.getElementById('nav-workspaces').toggleAttribute('aria-current', parts[0] === 'workspaces' || parts[0] === 'ws');
+  document.getElementById('nav-audit').toggleAttribute('aria-current', parts[0] === 'audit');
   for (const a of document.querySelectorAll('nav a[aria-current]')) a.setAttribute('aria-current', 'page');
   try {
     if (parts.length === 0) await overview();
     else if (parts[0] === 'workspaces') await workspaces();
+    else if (parts[0] === 'audit') await auditView();
     else if (parts[0] === 'ws' && parts.length === 2) await workspace(decodeURIComponent(parts[1]));
     else if (parts[0] === 'ws' && parts[2] === 'file') await fileView(decodeURIComponent(parts[1]), parts.slice(3).map(decodeURIComponent).join('/'));
     else if (parts[0] === 'ws' && parts[2] === 'doc') await docView(decodeURIComponent(parts[1]), decodeURIComponent(parts[3]));

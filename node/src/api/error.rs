@@ -61,10 +61,17 @@ impl ApiError {
     }
 }
 
+/// The error code of an error answer, kept on the response for the audit
+/// log.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.body();
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        resp.extensions_mut().insert(ErrorCode(self.code));
+        resp
     }
 }
 

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::error::ErrorCode;
 use super::session::{self, CookieCheck, Principal};
 use super::{ApiError, ApiState};
 
@@ -99,8 +100,11 @@ pub async fn require_token(
         },
     };
     tracing::debug!(who = %principal.label(), method = %req.method(), path = req.uri().path(), "authenticated");
-    req.extensions_mut().insert(principal);
-    next.run(req).await
+    req.extensions_mut().insert(principal.clone());
+    let mut resp = next.run(req).await;
+    // For the audit log, outside this layer.
+    resp.extensions_mut().insert(principal);
+    resp
 }
 
 /// Authenticates a request by its dashboard session cookie.
@@ -153,6 +157,63 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Appends every authorization decision of the API to the audit log: each
+/// request that needed authentication, allowed or refused (by the Host and
+/// Origin checks, the token, the CSRF check, or a workspace role), and each
+/// login. Public assets and `/health` need no decision; allowed metric
+/// scrapes are not logged (a scraper would flood the log), refused ones are.
+pub async fn audit(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let method = req.method().clone();
+    let workspace = workspace_in(req.uri().path());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let denied = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+    let public = matches!(
+        route.as_deref(),
+        Some("/health" | "/" | "/assets/{name}") | None
+    );
+    let scrape = route.as_deref() == Some("/metrics");
+    if (public || scrape) && !denied {
+        return resp;
+    }
+    let Some(store) = state.inner.store.get() else {
+        return resp;
+    };
+    let principal = resp.extensions().get::<Principal>();
+    let who = principal.map_or_else(|| "unauthenticated".to_owned(), Principal::label);
+    let reason = match (resp.extensions().get::<ErrorCode>(), principal) {
+        (Some(code), _) if denied => code.0.to_owned(),
+        _ if denied => format!("status {}", status.as_u16()),
+        (_, Some(Principal::Token)) => "api token".to_owned(),
+        (_, Some(Principal::Session(_))) => "dashboard session".to_owned(),
+        (_, None) => "login link redeemed".to_owned(),
+    };
+    store
+        .audit(crate::store::audit::Decision {
+            at_ms: crate::now_ms(),
+            who,
+            action: format!("{method} {}", route.as_deref().unwrap_or("(no route)")),
+            workspace,
+            allow: !denied,
+            reason,
+        })
+        .await;
+    resp
+}
+
+/// The workspace a request path names, if any.
+fn workspace_in(path: &str) -> Option<xencode_protocol::WorkspaceId> {
+    path.strip_prefix("/api/v1/workspaces/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Counts every request and its duration by matched route.

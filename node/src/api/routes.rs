@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use xencode_protocol::api::{
-    CreateWorkspace, FileKind, FileList, Health, InviteRequest, JoinRequest, NodeInfo, PeerList,
-    RevokeRequest, SpliceRequest, StoreInfo, WorkspaceList,
+    AuditLog, CreateWorkspace, FileKind, FileList, Health, InviteRequest, JoinRequest, NodeInfo,
+    PeerList, RevokeRequest, SpliceRequest, StoreInfo, WorkspaceList,
 };
 use xencode_protocol::{WorkspaceId, WorkspacePath};
 
@@ -240,6 +240,48 @@ pub async fn revoke(
     state.store()?.revoke(id, req.target, now_ms()).await?;
     Ok(Json(serde_json::json!({ "revoked": target })).into_response())
 }
+
+/// `GET /api/v1/audit[?workspace=ID][&limit=N]`: the audit log as this
+/// node's user may see it, with the chain verified.
+pub async fn audit(
+    State(state): State<ApiState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<AuditLog>, ApiError> {
+    let mut workspace = None;
+    let mut limit = 200usize;
+    for pair in query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("workspace", id)) => workspace = Some(parse_ws(id)?),
+            Some(("limit", n)) => {
+                limit = n
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= MAX_AUDIT_LIMIT)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_query",
+                            format!("`limit` must be a number up to {MAX_AUDIT_LIMIT}"),
+                        )
+                    })?;
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown query parameter {pair:?}; use `workspace=ID` and `limit=N`"),
+                ));
+            }
+        }
+    }
+    Ok(Json(state.store()?.read_audit(workspace, limit).await?))
+}
+
+/// Most audit entries one request returns.
+const MAX_AUDIT_LIMIT: usize = 100_000;
 
 pub async fn peers(State(state): State<ApiState>) -> Result<Json<PeerList>, ApiError> {
     let peers = state.store()?.peers().await?;

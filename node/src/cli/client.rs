@@ -99,6 +99,23 @@ impl Client {
             .context("the node sent an unreadable answer")
     }
 
+    /// `GET`s JSON with query parameters.
+    pub async fn get_json_query<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<T> {
+        let mut url = self.url(segments.iter().copied())?;
+        url.query_pairs_mut()
+            .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        let req = self.http.get(url).bearer_auth(&self.token);
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .context("the node sent an unreadable answer")
+    }
+
     pub async fn post_json<B: Serialize, T: DeserializeOwned>(
         &self,
         segments: &[&str],

@@ -12,8 +12,9 @@ use xencode_protocol::analysis::{
     AnalysisRecord, AnalyzeRequest, DocumentList, ModelList, ProcessedDocument,
 };
 use xencode_protocol::api::{
-    CreateWorkspace, FileInfo, FileList, InviteRequest, InviteResponse, JoinRequest, LoginLink,
-    NodeInfo, PeerList, RevokeRequest, Role, WorkspaceDetail, WorkspaceList, WorkspaceSummary,
+    AuditLog, CreateWorkspace, FileInfo, FileList, InviteRequest, InviteResponse, JoinRequest,
+    LoginLink, NodeInfo, PeerList, RevokeRequest, Role, WorkspaceDetail, WorkspaceList,
+    WorkspaceSummary,
 };
 
 use super::client::Client;
@@ -380,6 +381,67 @@ pub async fn analyze(
     Ok(())
 }
 
+pub async fn audit(client: &Client, ws: Option<&str>, limit: usize, json: bool) -> Result<()> {
+    let mut query = vec![("limit", limit.to_string())];
+    if let Some(ws) = ws {
+        query.push(("workspace", client.resolve_workspace(ws).await?.to_string()));
+    }
+    let log: AuditLog = client
+        .get_json_query(&["api", "v1", "audit"], &query)
+        .await?;
+    if json {
+        print_json(&log)?;
+    } else {
+        for e in &log.entries {
+            let ws = e
+                .workspace
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "{:>6}  {}  {:<5}  {}  {}  {}  {}",
+                e.seq,
+                utc(e.at),
+                e.decision,
+                e.who,
+                e.action,
+                ws,
+                e.reason
+            );
+        }
+    }
+    if log.chain.intact {
+        eprintln!("audit chain intact ({} entries checked)", log.chain.checked);
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the audit log was tampered with: the hash chain breaks at entry {}; keep a copy of the store for investigation",
+            log.chain.broken_at.unwrap_or_default()
+        )
+    }
+}
+
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SSZ` (the civil-from-days
+/// algorithm; no time-zone database needed).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 pub async fn dashboard(client: &Client, no_open: bool, json: bool) -> Result<()> {
     let link: LoginLink = client
         .post_json(&["api", "v1", "dashboard", "login"], &serde_json::json!({}))
@@ -545,4 +607,14 @@ fn parse_duration(s: &str) -> Result<u64> {
         _ => anyhow::bail!("{s:?} is not a duration like 7d, 12h or 30m"),
     };
     n.checked_mul(mult).context("the duration is too long")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(super::utc(1_795_645_605_386), "2026-11-25T22:26:45Z");
+    }
 }

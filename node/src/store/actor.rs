@@ -9,7 +9,9 @@ use std::time::Instant;
 use automerge::{ActorId, AutoCommit, Change};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::mpsc;
-use xencode_protocol::api::{ChangeOrigin, NodeEvent, SpliceResponse, validate_workspace_name};
+use xencode_protocol::api::{
+    AuditLog, ChangeOrigin, NodeEvent, SpliceResponse, validate_workspace_name,
+};
 use xencode_protocol::{DocId, WorkspaceId};
 
 use ed25519_dalek::SigningKey;
@@ -20,6 +22,7 @@ use xencode_protocol::capability::{self, Right};
 use xencode_protocol::envelope::SignedHead;
 use xencode_protocol::sync::{Engine, Input, Limits};
 
+use super::audit;
 use super::tables::{
     self, AI_CACHE, CHANGES, DOCS, DocRecord, MEMBERSHIPS, Membership, SIGNATURES, SNAPSHOTS,
     SYNC_STATES, WORKSPACES,
@@ -66,6 +69,10 @@ pub(super) struct Actor {
     pub(super) net_overflow: BTreeSet<PeerId>,
     /// Write decisions of the sync engine's host, kept across calls.
     pub(super) write_decisions: super::host::WriteDecisions,
+    /// Authorization decisions waiting for the next commit.
+    pub(super) audit_staged: Vec<audit::Decision>,
+    /// The audit chain's committed end.
+    audit_tip: audit::Tip,
 }
 
 /// A change waiting for the next commit.
@@ -165,7 +172,13 @@ impl Actor {
             peer_addrs: BTreeMap::new(),
             net_overflow: BTreeSet::new(),
             write_decisions: Default::default(),
+            audit_staged: Vec::new(),
+            audit_tip: audit::Tip::default(),
         };
+        if let Some(db) = actor.db.as_ref() {
+            actor.audit_tip =
+                audit::tip(db).map_err(|e| actor.corrupt(format!("audit log: {e}")))?;
+        }
         actor.memberships = actor.load_memberships().map_err(|e| actor.corrupt(e))?;
         stats_epoch(&actor.stats, epoch);
         let started = Instant::now();
@@ -413,6 +426,14 @@ impl Actor {
                 self.flush();
                 let _ = reply.send(self.compact_due(true));
             }
+            Command::Audit { decision } => self.audit_staged.push(decision),
+            Command::ReadAudit {
+                workspace,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.read_audit(workspace, limit));
+            }
             Command::Net { input } => {
                 if matches!(input, Input::Tick) {
                     self.retry_overflow_disconnects();
@@ -573,6 +594,7 @@ impl Actor {
             && self.staged.is_empty()
             && self.staged_memberships.is_empty()
             && self.staged_sync_states.is_empty()
+            && self.audit_staged.is_empty()
         {
             return;
         }
@@ -583,8 +605,10 @@ impl Actor {
         let new_workspaces = std::mem::take(&mut self.new_workspaces);
         let staged_memberships = std::mem::take(&mut self.staged_memberships);
         self.staged_sync_states.clear();
+        let audited = std::mem::take(&mut self.audit_staged);
         let outcome = match result {
-            Ok(bumped) => {
+            Ok((bumped, tip)) => {
+                self.audit_tip = tip;
                 self.metrics.store_commit(elapsed.as_secs_f64(), true);
                 for (doc, n) in bumped {
                     let c = self.counters.entry(doc).or_default();
@@ -595,7 +619,7 @@ impl Actor {
             }
             Err(e) => {
                 self.metrics.store_commit(elapsed.as_secs_f64(), false);
-                tracing::error!(error = %e, "store commit failed; rolling back to the committed state");
+                tracing::error!(error = %e, lost_audit_entries = audited.len(), "store commit failed; rolling back to the committed state");
                 for (ws, _) in &staged_memberships {
                     if let Ok(Some(m)) = self.read_membership(ws) {
                         self.memberships.insert(*ws, m);
@@ -635,11 +659,25 @@ impl Actor {
         }
     }
 
-    /// Writes the staged changes; returns how many records each doc got.
-    fn commit_staged(&mut self) -> Result<Vec<(DocId, u64)>, StoreError> {
+    /// Writes the staged changes and audit entries; returns how many records
+    /// each doc got and the audit chain's new end.
+    fn commit_staged(&mut self) -> Result<(Vec<(DocId, u64)>, audit::Tip), StoreError> {
         let db = self.db.as_ref().ok_or_else(closed_db)?;
         let mut tx = db.begin_write().map_err(classify)?;
-        tx.set_durability(Durability::Immediate).map_err(classify)?;
+        // Only allowed-read audit entries: durable with the next durable commit.
+        let audit_only = self.deferred.is_empty()
+            && self.staged.is_empty()
+            && self.staged_memberships.is_empty()
+            && self.staged_sync_states.is_empty()
+            && self.audit_staged.iter().all(|d| d.allow);
+        tx.set_durability(if audit_only {
+            Durability::None
+        } else {
+            Durability::Immediate
+        })
+        .map_err(classify)?;
+        let tip = audit::append(&tx, self.audit_tip, &self.audit_staged, audit::MAX_ENTRIES)
+            .map_err(classify)?;
         let mut added: BTreeMap<DocId, u64> = BTreeMap::new();
         {
             let mut workspaces = tx.open_table(WORKSPACES).map_err(classify)?;
@@ -699,7 +737,7 @@ impl Actor {
             }
         }
         tx.commit().map_err(classify)?;
-        Ok(added.into_iter().collect())
+        Ok((added.into_iter().collect(), tip))
     }
 
     /// After a failed commit: reopen the database if it is poisoned, and reload
@@ -800,6 +838,40 @@ impl Actor {
         );
         self.publish_stats();
         Ok(due.len())
+    }
+
+    fn read_audit(
+        &mut self,
+        workspace: Option<WorkspaceId>,
+        limit: usize,
+    ) -> Result<AuditLog, StoreError> {
+        // Staged entries first, so the log shows every decision made so far.
+        self.flush();
+        let me = self.author.peer_id.clone();
+        let admin_of: BTreeSet<WorkspaceId> = self
+            .workspaces
+            .values()
+            .filter(|ws| ws.role_of(&me) == Some(Role::Admin))
+            .map(|ws| ws.id)
+            .collect();
+        if let Some(ws) = workspace {
+            if !self.workspaces.contains_key(&ws) {
+                return Err(StoreError::WorkspaceNotFound(ws));
+            }
+            if !admin_of.contains(&ws) {
+                return Err(StoreError::Forbidden(format!(
+                    "the audit log of workspace {ws} is for its admins; this node is not one"
+                )));
+            }
+        }
+        let db = self.db.as_ref().ok_or_else(closed_db)?;
+        let (entries, chain) = audit::read(db, limit, |entry_ws| match (workspace, entry_ws) {
+            (Some(want), got) => got == Some(want),
+            (None, None) => true,
+            (None, Some(got)) => admin_of.contains(&got),
+        })
+        .map_err(StoreError::Storage)?;
+        Ok(AuditLog { entries, chain })
     }
 
     /// Tells event subscribers what the commit just made durable: one event

@@ -198,6 +198,13 @@ impl Actor {
             } => {
                 tracing::warn!(%peer, %workspace, reason = reason.as_str(), count, "refused changes from a peer");
                 self.metrics.changes_rejected(reason.as_str(), count as u64);
+                self.audit_peer(
+                    &peer,
+                    "sync.write",
+                    workspace,
+                    false,
+                    format!("{count} change(s) refused: {}", reason.as_str()),
+                );
                 NodeEvent::Rejected {
                     workspace,
                     peer: peer.to_string(),
@@ -213,6 +220,13 @@ impl Actor {
             } => {
                 tracing::debug!(%peer, %workspace, %doc, changes, "applied changes from a peer");
                 self.metrics.changes_applied(changes as u64);
+                self.audit_peer(
+                    &peer,
+                    "sync.write",
+                    workspace,
+                    true,
+                    format!("{changes} signed change(s) within the author's rights"),
+                );
                 NodeEvent::Applied {
                     workspace,
                     peer: peer.to_string(),
@@ -221,6 +235,13 @@ impl Actor {
             }
             Event::SessionOpened { peer, workspace } => {
                 tracing::info!(%peer, %workspace, "sync session open");
+                self.audit_peer(
+                    &peer,
+                    "sync.open",
+                    workspace,
+                    true,
+                    "capability token verified for this peer".into(),
+                );
                 session_event(workspace, &peer, SessionState::Opened, None)
             }
             Event::SessionRefused {
@@ -229,6 +250,7 @@ impl Actor {
                 reason,
             } => {
                 tracing::warn!(%peer, %workspace, %reason, "sync session refused");
+                self.audit_peer(&peer, "sync.open", workspace, false, reason.clone());
                 session_event(workspace, &peer, SessionState::Refused, Some(reason))
             }
             Event::SessionClosed { peer, workspace } => {
@@ -237,6 +259,25 @@ impl Actor {
             }
         };
         self.emit(event);
+    }
+
+    /// Stages an audit entry for a decision about a peer.
+    fn audit_peer(
+        &mut self,
+        peer: &PeerId,
+        action: &str,
+        workspace: WorkspaceId,
+        allow: bool,
+        reason: String,
+    ) {
+        self.audit_staged.push(super::audit::Decision {
+            at_ms: crate::now_ms(),
+            who: format!("peer:{peer}"),
+            action: action.to_owned(),
+            workspace: Some(workspace),
+            allow,
+            reason,
+        });
     }
 
     /// Hands a command to the network task without blocking the store.

@@ -30,7 +30,7 @@ use crate::workspace::DocKind;
 /// Written into `meta-1` so a foreign redb file is recognised.
 pub const FORMAT: &[u8] = b"xencode-store";
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
 pub const WORKSPACES: TableDefinition<[u8; 16], ()> = TableDefinition::new("workspaces-1");
@@ -43,6 +43,8 @@ pub const MEMBERSHIPS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("
 pub const SYNC_STATES: TableDefinition<(&str, [u8; 16]), &[u8]> =
     TableDefinition::new("sync-states-1");
 pub const AI_CACHE: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("ai-cache-1");
+/// The audit log: sequence number -> hash-chained record (see `audit.rs`).
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit-1");
 
 /// This node's membership of a workspace, kept beside the documents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +72,7 @@ const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0
 type Migration = fn(&redb::WriteTransaction) -> Result<(), redb::Error>;
 
 /// `MIGRATIONS[i]` upgrades schema `i + 1` to `i + 2`. Schema 1 is the first.
-const MIGRATIONS: &[Migration] = &[migrate_1_to_2, migrate_2_to_3];
+const MIGRATIONS: &[Migration] = &[migrate_1_to_2, migrate_2_to_3, migrate_3_to_4];
 
 /// Schema 2 adds signatures, memberships and sync states (empty: stores of
 /// schema 1 predate networking, so their changes were never sent).
@@ -84,6 +86,12 @@ fn migrate_1_to_2(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
 /// Schema 3 adds the AI response cache (empty).
 fn migrate_2_to_3(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(AI_CACHE)?;
+    Ok(())
+}
+
+/// Schema 4 adds the audit log (empty: the chain starts at the upgrade).
+fn migrate_3_to_4(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(AUDIT)?;
     Ok(())
 }
 
@@ -220,6 +228,7 @@ fn initialize(db: &Database) -> Result<(), redb::Error> {
         tx.open_table(MEMBERSHIPS)?;
         tx.open_table(SYNC_STATES)?;
         tx.open_table(AI_CACHE)?;
+        tx.open_table(AUDIT)?;
     }
     tx.commit()?;
     Ok(())

@@ -1,0 +1,326 @@
+//! The audit log: every authorization decision (local API and peer
+//! sessions, allow and deny), appended to `audit-1` with a hash chain so a
+//! changed, removed or reordered entry shows.
+//!
+//! Entry n stores `hash_n = blake3(hash_{n-1} || postcard(entry_n))`, with
+//! `hash_0` all zeros. Entries are staged by the actor and written with the
+//! next commit (group commit); a commit holding only audit entries of allowed
+//! reads is not fsync'd on its own (it becomes durable with the next durable
+//! commit), a denial always is.
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde::{Deserialize, Serialize};
+use xencode_protocol::WorkspaceId;
+use xencode_protocol::api::{AuditChain, AuditEntry};
+
+use super::tables::AUDIT;
+
+/// Most entries kept; older ones are dropped in batches, and the hash of the
+/// last dropped entry is kept as the chain's new anchor.
+pub const MAX_ENTRIES: u64 = 1_000_000;
+/// The meta key holding `(seq, hash)` of the last pruned entry.
+pub const ANCHOR_KEY: &str = "audit-anchor";
+
+/// A decision to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub at_ms: u64,
+    pub who: String,
+    pub action: String,
+    pub workspace: Option<WorkspaceId>,
+    pub allow: bool,
+    pub reason: String,
+}
+
+/// What `audit-1` stores per entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    at_ms: u64,
+    who: String,
+    action: String,
+    workspace: Option<[u8; 16]>,
+    allow: bool,
+    reason: String,
+    hash: [u8; 32],
+}
+
+/// The part of a record the hash covers (everything but the hash).
+#[derive(Serialize)]
+struct Hashed<'a> {
+    seq: u64,
+    at_ms: u64,
+    who: &'a str,
+    action: &'a str,
+    workspace: Option<[u8; 16]>,
+    allow: bool,
+    reason: &'a str,
+}
+
+fn chain_hash(prev: &[u8; 32], seq: u64, r: &Record) -> Result<[u8; 32], String> {
+    let body = postcard::to_stdvec(&Hashed {
+        seq,
+        at_ms: r.at_ms,
+        who: &r.who,
+        action: &r.action,
+        workspace: r.workspace,
+        allow: r.allow,
+        reason: &r.reason,
+    })
+    .map_err(|e| e.to_string())?;
+    let mut h = blake3::Hasher::new();
+    h.update(prev);
+    h.update(&body);
+    Ok(*h.finalize().as_bytes())
+}
+
+/// The end of the chain: the last sequence number and its hash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tip {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+/// Reads the chain's tip (or the anchor of an empty, pruned log).
+pub fn tip(db: &redb::Database) -> Result<Tip, String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let table = tx.open_table(AUDIT).map_err(|e| e.to_string())?;
+    if let Some((k, v)) = table.last().map_err(|e| e.to_string())? {
+        let r: Record = postcard::from_bytes(v.value()).map_err(|e| e.to_string())?;
+        return Ok(Tip {
+            seq: k.value(),
+            hash: r.hash,
+        });
+    }
+    anchor(&tx)
+}
+
+fn anchor(tx: &redb::ReadTransaction) -> Result<Tip, String> {
+    let meta = tx
+        .open_table(super::tables::META)
+        .map_err(|e| e.to_string())?;
+    Ok(match meta.get(ANCHOR_KEY).map_err(|e| e.to_string())? {
+        Some(v) => {
+            let (seq, hash): (u64, [u8; 32]) =
+                postcard::from_bytes(v.value()).map_err(|e| e.to_string())?;
+            Tip { seq, hash }
+        }
+        None => Tip::default(),
+    })
+}
+
+/// Appends decisions after `tip` inside a write transaction; returns the new
+/// tip. Over `max_entries`, drops the oldest tenth, keeping the last dropped
+/// entry's hash as the chain's anchor.
+pub fn append(
+    tx: &redb::WriteTransaction,
+    mut tip: Tip,
+    decisions: &[Decision],
+    max_entries: u64,
+) -> Result<Tip, redb::Error> {
+    let storage = |e: String| redb::Error::Corrupted(format!("audit entry: {e}"));
+    let mut table = tx.open_table(AUDIT)?;
+    for d in decisions {
+        let mut r = Record {
+            at_ms: d.at_ms,
+            who: d.who.clone(),
+            action: d.action.clone(),
+            workspace: d.workspace.map(|w| *w.as_bytes()),
+            allow: d.allow,
+            reason: d.reason.clone(),
+            hash: [0; 32],
+        };
+        let seq = tip.seq + 1;
+        r.hash = chain_hash(&tip.hash, seq, &r).map_err(storage)?;
+        let bytes = postcard::to_stdvec(&r).map_err(|e| storage(e.to_string()))?;
+        table.insert(seq, bytes.as_slice())?;
+        tip = Tip { seq, hash: r.hash };
+    }
+    if table.len()? > max_entries {
+        let first = table.first()?.map_or(1, |(k, _)| k.value());
+        let last_dropped = first + (max_entries / 10).max(1) - 1;
+        let dropped: Option<Record> = table
+            .get(last_dropped)?
+            .and_then(|v| postcard::from_bytes(v.value()).ok());
+        if let Some(r) = dropped {
+            let anchor =
+                postcard::to_stdvec(&(last_dropped, r.hash)).map_err(|e| storage(e.to_string()))?;
+            table.retain_in(..=last_dropped, |_, _| false)?;
+            tx.open_table(super::tables::META)?
+                .insert(ANCHOR_KEY, anchor.as_slice())?;
+        }
+    }
+    Ok(tip)
+}
+
+/// Reads the log: verifies the whole chain, and returns the newest `limit`
+/// entries that `visible` admits, oldest first.
+pub fn read(
+    db: &redb::Database,
+    limit: usize,
+    visible: impl Fn(Option<WorkspaceId>) -> bool,
+) -> Result<(Vec<AuditEntry>, AuditChain), String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let start = anchor(&tx)?;
+    let table = tx.open_table(AUDIT).map_err(|e| e.to_string())?;
+    let mut prev = start;
+    let mut chain = AuditChain {
+        intact: true,
+        checked: 0,
+        broken_at: None,
+    };
+    let mut out = std::collections::VecDeque::with_capacity(limit.min(4096));
+    for entry in table.iter().map_err(|e| e.to_string())? {
+        let (k, v) = entry.map_err(|e| e.to_string())?;
+        let seq = k.value();
+        chain.checked += 1;
+        let record: Option<Record> = postcard::from_bytes(v.value()).ok();
+        let follows = record.as_ref().is_some_and(|r| {
+            seq == prev.seq + 1 && chain_hash(&prev.hash, seq, r).is_ok_and(|h| h == r.hash)
+        });
+        if !follows && chain.intact {
+            chain.intact = false;
+            chain.broken_at = Some(seq);
+        }
+        let Some(r) = record else {
+            prev = Tip { seq, hash: [0; 32] };
+            continue;
+        };
+        prev = Tip { seq, hash: r.hash };
+        let workspace = r.workspace.map(WorkspaceId::from_bytes);
+        if !visible(workspace) {
+            continue;
+        }
+        if out.len() == limit {
+            out.pop_front();
+        }
+        if limit > 0 {
+            out.push_back(AuditEntry {
+                seq,
+                at: r.at_ms,
+                who: r.who,
+                action: r.action,
+                workspace,
+                decision: if r.allow { "allow" } else { "deny" }.into(),
+                reason: r.reason,
+                hash: hex::encode(r.hash),
+            });
+        }
+    }
+    Ok((out.into_iter().collect(), chain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(i: u64, allow: bool) -> Decision {
+        Decision {
+            at_ms: 1_700_000_000_000 + i,
+            who: "local:api-token".into(),
+            action: format!("GET /api/v1/things/{i}"),
+            workspace: None,
+            allow,
+            reason: "ok".into(),
+        }
+    }
+
+    fn db_with(n: u64) -> (tempfile::TempDir, redb::Database) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = redb::Database::create(dir.path().join("a.redb")).expect("db");
+        let tx = db.begin_write().expect("tx");
+        tx.open_table(super::super::tables::META).expect("meta");
+        let decisions: Vec<Decision> = (0..n).map(|i| decision(i, i % 3 != 0)).collect();
+        append(&tx, Tip::default(), &decisions, MAX_ENTRIES).expect("append");
+        tx.commit().expect("commit");
+        (dir, db)
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies() {
+        let (_dir, db) = db_with(50);
+        let (entries, chain) = read(&db, 10, |_| true).expect("read");
+        assert!(chain.intact);
+        assert_eq!(chain.checked, 50);
+        assert_eq!(entries.len(), 10);
+        assert_eq!(entries.first().map(|e| e.seq), Some(41));
+        assert_eq!(entries[9].decision, "allow");
+        assert_eq!(tip(&db).expect("tip").seq, 50);
+    }
+
+    #[test]
+    fn edits_removals_and_reorders_show() {
+        type Tamper = fn(&mut redb::Table<u64, &[u8]>);
+        let tampers: [(Tamper, u64); 3] = [
+            // Turn a denial into an allow.
+            (
+                |t| {
+                    // Entry 7 holds decision 6, a denial (every third is).
+                    let bytes = t.get(7).expect("get").expect("7").value().to_vec();
+                    let mut r: Record = postcard::from_bytes(&bytes).expect("record");
+                    assert!(!r.allow);
+                    r.allow = true;
+                    let b = postcard::to_stdvec(&r).expect("encode");
+                    t.insert(7, b.as_slice()).expect("insert");
+                },
+                7,
+            ),
+            // Remove an entry.
+            (
+                |t| {
+                    t.remove(20).expect("remove");
+                },
+                21,
+            ),
+            // Swap two entries.
+            (
+                |t| {
+                    let a = t.get(30).expect("get").expect("30").value().to_vec();
+                    let b = t.get(31).expect("get").expect("31").value().to_vec();
+                    t.insert(30, b.as_slice()).expect("insert");
+                    t.insert(31, a.as_slice()).expect("insert");
+                },
+                30,
+            ),
+        ];
+        for (tamper, broken_at) in tampers {
+            let (_dir, db) = db_with(40);
+            let tx = db.begin_write().expect("tx");
+            {
+                let mut t = tx.open_table(AUDIT).expect("table");
+                tamper(&mut t);
+            }
+            tx.commit().expect("commit");
+            let (_, chain) = read(&db, 0, |_| true).expect("read");
+            assert!(!chain.intact);
+            assert_eq!(chain.broken_at, Some(broken_at));
+        }
+    }
+
+    #[test]
+    fn a_full_log_drops_its_oldest_and_stays_verifiable() {
+        let (_dir, db) = db_with(0);
+        let mut tip = Tip::default();
+        for i in 0..120 {
+            let tx = db.begin_write().expect("tx");
+            tip = append(&tx, tip, &[decision(i, true)], 50).expect("append");
+            tx.commit().expect("commit");
+        }
+        let (entries, chain) = read(&db, 1000, |_| true).expect("read");
+        assert!(chain.intact, "{chain:?}");
+        assert!(
+            entries.len() <= 51 && entries.len() >= 45,
+            "{}",
+            entries.len()
+        );
+        assert_eq!(entries.last().map(|e| e.seq), Some(120));
+        assert_eq!(tip.seq, 120);
+    }
+
+    #[test]
+    fn visibility_filters_entries_but_not_the_check() {
+        let (_dir, db) = db_with(12);
+        let (entries, chain) = read(&db, 100, |_| false).expect("read");
+        assert!(entries.is_empty());
+        assert_eq!(chain.checked, 12);
+    }
+}
