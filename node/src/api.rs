@@ -188,6 +188,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/peers", get(routes::peers))
         .route("/api/v1/events", get(events::events))
         .route("/api/v1/audit", get(routes::audit))
+        .route("/api/v1/backup", get(routes::backup))
         .route("/api/v1/dashboard/login", post(session::login_link))
         .route(
             "/api/v1/session",

@@ -93,6 +93,13 @@ enum Command {
     },
     /// List the local Ollama's models and the one reviews use by default.
     Models,
+    /// Write a consistent backup of the running node's store to FILE (a new
+    /// file). identity.key is not in it: keep a copy of that secret apart.
+    Backup { file: std::path::PathBuf },
+    /// Replace the store with a backup made by `xencode backup` (stop the
+    /// node first). The replaced store is kept beside it; the node starts a
+    /// new actor epoch, and peers send back what it missed.
+    Restore { file: std::path::PathBuf },
     /// Show the audit log: every authorization decision (API and peers),
     /// node-wide and for the workspaces this node administers, and whether
     /// its hash chain is intact (exit 1 if it is not).
@@ -229,6 +236,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Node(args) => commands::node(&dir, args).await,
         Command::Id => commands::id(&dir),
         Command::Config(ConfigCommand::Show) => commands::config_show(&dir, json),
+        Command::Restore { file } => commands::restore(&dir, &file, json),
         command => {
             let client = client::Client::connect(&dir)?;
             match command {
@@ -249,6 +257,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     model,
                 } => commands::analyze(&client, &ws, path, ai, model, json).await,
                 Command::Models => commands::models(&client, json).await,
+                Command::Backup { file } => commands::backup(&client, &file, json).await,
                 Command::Audit { ws, limit } => {
                     commands::audit(&client, ws.as_deref(), limit, json).await
                 }
@@ -268,6 +277,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 | Command::Node(_)
                 | Command::Id
                 | Command::Config(_)
+                | Command::Restore { .. }
                 | Command::ExtractWorker { .. } => Ok(()),
             }
         }

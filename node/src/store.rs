@@ -14,6 +14,7 @@
 
 mod actor;
 pub mod audit;
+pub mod backup;
 mod host;
 mod netops;
 pub mod tables;
@@ -285,6 +286,12 @@ pub(crate) enum Command {
     Peers {
         reply: Reply<Vec<PeerInfo>>,
     },
+    /// Write a consistent snapshot of the store to a new file.
+    Backup {
+        dest: PathBuf,
+        now_ms: u64,
+        reply: Reply<backup::BackupInfo>,
+    },
     /// Record an authorization decision in the audit log.
     Audit {
         decision: audit::Decision,
@@ -449,6 +456,22 @@ impl Store {
             kind: "code".into(),
         });
         Ok(())
+    }
+
+    /// Writes a consistent snapshot of the store to `dest` (a new file),
+    /// while the node keeps serving: the copy runs on its own thread from one
+    /// read transaction.
+    pub async fn backup(
+        &self,
+        dest: PathBuf,
+        now_ms: u64,
+    ) -> Result<backup::BackupInfo, StoreError> {
+        self.ask(|reply| Command::Backup {
+            dest,
+            now_ms,
+            reply,
+        })
+        .await
     }
 
     /// Appends an authorization decision to the audit log (with the next

@@ -280,6 +280,61 @@ pub async fn audit(
     Ok(Json(state.store()?.read_audit(workspace, limit).await?))
 }
 
+/// `GET /api/v1/backup` (API token only): a consistent snapshot of the
+/// store, streamed as a redb file. The node keeps serving meanwhile.
+pub async fn backup(
+    State(state): State<ApiState>,
+    principal: Option<axum::Extension<super::session::Principal>>,
+) -> Result<Response, ApiError> {
+    if !matches!(principal.as_deref(), Some(super::session::Principal::Token)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "token_required",
+            "backups are taken with the API token (`xencode backup FILE`), not from a browser session",
+        ));
+    }
+    let store = state.store()?;
+    let dir = store
+        .path()
+        .parent()
+        .map(std::path::Path::to_owned)
+        .unwrap_or_default();
+    let mut nonce = [0u8; 8];
+    crate::identity::random_fill(&mut nonce).map_err(ApiError::internal)?;
+    let tmp = dir.join(format!(".backup-{}.redb.tmp", hex::encode(nonce)));
+    let info = store.backup(tmp.clone(), now_ms()).await?;
+    let file = tokio::fs::File::open(&tmp)
+        .await
+        .map_err(ApiError::internal);
+    // The open handle keeps the data readable; the name goes now.
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let file = file?;
+    let stream = futures::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, info.bytes.to_string()),
+            (
+                header::HeaderName::from_static("x-xencode-workspaces"),
+                info.workspaces.to_string(),
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
 /// Most audit entries one request returns.
 const MAX_AUDIT_LIMIT: usize = 100_000;
 

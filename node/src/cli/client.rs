@@ -99,6 +99,12 @@ impl Client {
             .context("the node sent an unreadable answer")
     }
 
+    /// `GET`s a response to read as it streams.
+    pub async fn get_stream(&self, segments: &[&str]) -> Result<Response> {
+        self.send(self.request(Method::GET, segments.iter().copied())?)
+            .await
+    }
+
     /// `GET`s JSON with query parameters.
     pub async fn get_json_query<T: DeserializeOwned>(
         &self,

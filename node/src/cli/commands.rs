@@ -381,6 +381,90 @@ pub async fn analyze(
     Ok(())
 }
 
+pub async fn backup(client: &Client, file: &std::path::Path, json: bool) -> Result<()> {
+    use std::io::IsTerminal;
+    if file.exists() {
+        anyhow::bail!(
+            "{} exists; choose a new file name (a backup never overwrites)",
+            file.display()
+        );
+    }
+    let mut resp = client.get_stream(&["api", "v1", "backup"]).await?;
+    let total = resp.content_length().unwrap_or(0);
+    let workspaces = resp
+        .headers()
+        .get("x-xencode-workspaces")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let partial = file.with_extension("partial");
+    let result = async {
+        let mut out = std::fs::File::create(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?;
+        let mut written = 0u64;
+        while let Some(chunk) = resp.chunk().await.context("the backup stream broke")? {
+            out.write_all(&chunk)
+                .with_context(|| format!("writing {}", partial.display()))?;
+            written += chunk.len() as u64;
+            bar.set_position(written);
+        }
+        if total != 0 && written != total {
+            anyhow::bail!("the backup stream ended after {written} of {total} bytes");
+        }
+        out.sync_all().context("flushing the backup to disk")?;
+        std::fs::rename(&partial, file)
+            .with_context(|| format!("cannot rename to {}", file.display()))?;
+        Ok(written)
+    }
+    .await;
+    bar.finish_and_clear();
+    let written = match result {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    if json {
+        return print_json(&serde_json::json!({
+            "file": file.display().to_string(),
+            "bytes": written,
+            "workspaces": workspaces,
+        }));
+    }
+    eprintln!(
+        "backed up {workspaces} workspace(s), {written} bytes; keep identity.key safe as well: the backup does not hold it"
+    );
+    println!("{}", file.display());
+    Ok(())
+}
+
+pub fn restore(dir: &DataDir, file: &std::path::Path, json: bool) -> Result<()> {
+    let me = Identity::load(dir)?.peer_id().to_string();
+    let done =
+        xencode_node::store::backup::restore(file, &dir.store(), &me, xencode_node::now_ms())?;
+    if json {
+        return print_json(&serde_json::json!({
+            "workspaces": done.workspaces,
+            "epoch": done.epoch,
+            "previous": done.previous.as_ref().map(|p| p.display().to_string()),
+        }));
+    }
+    if let Some(prev) = &done.previous {
+        eprintln!("the replaced store is kept at {}", prev.display());
+    }
+    eprintln!(
+        "restored {} workspace(s); this node now writes as actor epoch {}. Start it with `xencode node`: peers send what it missed since the backup",
+        done.workspaces, done.epoch
+    );
+    Ok(())
+}
+
 pub async fn audit(client: &Client, ws: Option<&str>, limit: usize, json: bool) -> Result<()> {
     let mut query = vec![("limit", limit.to_string())];
     if let Some(ws) = ws {

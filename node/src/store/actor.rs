@@ -427,6 +427,11 @@ impl Actor {
                 let _ = reply.send(self.compact_due(true));
             }
             Command::Audit { decision } => self.audit_staged.push(decision),
+            Command::Backup {
+                dest,
+                now_ms,
+                reply,
+            } => self.backup(dest, now_ms, reply),
             Command::ReadAudit {
                 workspace,
                 limit,
@@ -838,6 +843,42 @@ impl Actor {
         );
         self.publish_stats();
         Ok(due.len())
+    }
+
+    /// Starts a backup from a read transaction taken after committing
+    /// everything staged; the copy runs on its own thread.
+    fn backup(
+        &mut self,
+        dest: PathBuf,
+        now_ms: u64,
+        reply: tokio::sync::oneshot::Sender<Result<super::backup::BackupInfo, StoreError>>,
+    ) {
+        self.flush();
+        let snapshot = match self
+            .db
+            .as_ref()
+            .ok_or_else(closed_db)
+            .and_then(|db| db.begin_read().map_err(classify))
+        {
+            Ok(tx) => tx,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let peer_id = self.author.peer_id.clone();
+        let spawned = std::thread::Builder::new()
+            .name("xencode-backup".into())
+            .spawn(move || {
+                let out = super::backup::write(&snapshot, &dest, &peer_id, now_ms);
+                if out.is_err() {
+                    let _ = std::fs::remove_file(&dest);
+                }
+                let _ = reply.send(out.map_err(StoreError::Storage));
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the backup thread");
+        }
     }
 
     fn read_audit(
