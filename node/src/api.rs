@@ -13,6 +13,7 @@ mod error;
 mod events;
 mod extract;
 mod guard;
+mod openapi;
 mod routes;
 mod session;
 
@@ -22,7 +23,6 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
 
 pub use error::ApiError;
 
@@ -53,6 +53,8 @@ struct Inner {
     parses: Arc<std::sync::Mutex<crate::analysis::code::ParseCache>>,
     /// Dashboard login codes and sessions.
     sessions: session::Sessions,
+    /// The OpenAPI document, built with the router.
+    openapi: OnceLock<Arc<serde_json::Value>>,
 }
 
 /// How documents are processed.
@@ -95,6 +97,7 @@ impl ApiState {
                     crate::analysis::code::ParseCache::new(PARSE_CACHE_FILES),
                 )),
                 sessions: session::Sessions::default(),
+                openapi: OnceLock::new(),
             }),
         }
     }
@@ -146,64 +149,283 @@ fn max_body_default() -> usize {
     50 * 1024 * 1024
 }
 
-/// The full router of the API and the dashboard page.
+/// The full router of the API and the dashboard, every route documented in
+/// `/api/v1/openapi.json` as it is added (see `openapi.rs`).
 pub fn router(state: ApiState) -> Router {
-    let protected = Router::new()
-        .route("/metrics", get(routes::metrics))
-        .route("/api/v1/node", get(routes::node_info))
+    use axum::http::Method;
+    use openapi::{Auth, Doc, Documented};
+    use xencode_protocol::analysis::{
+        AnalysisList, AnalysisRecord, AnalyzeRequest, DocumentList, ModelList, ProcessedDocument,
+    };
+    use xencode_protocol::api::{
+        AuditLog, CreateWorkspace, FileInfo, FileList, Health, InviteRequest, InviteResponse,
+        JoinRequest, LoginLink, NodeEvent, NodeInfo, PeerList, RevokeRequest, SessionInfo,
+        SpliceRequest, SpliceResponse, WorkspaceDetail, WorkspaceList, WorkspaceSummary,
+    };
+    const WS: &str = "workspaces";
+    const FILES: &str = "files";
+    const ANALYSIS: &str = "analysis";
+    const NODE: &str = "node";
+    const TEAM: &str = "team";
+    const DASHBOARD: &str = "dashboard";
+    let doc_limit = state
+        .inner
+        .analysis
+        .get()
+        .map_or(max_body_default(), |a| {
+            usize::try_from(a.limits.max_bytes).unwrap_or(usize::MAX)
+        })
+        .saturating_add(64 * 1024);
+    let (protected, mut operations) = Documented::new()
         .route(
+            Method::GET,
+            "/metrics",
+            Doc::new(NODE, "Prometheus metrics").raw(200, "text/plain"),
+            routes::metrics,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/node",
+            Doc::new(NODE, "This node: peer id, addresses, store").json::<NodeInfo>(200),
+            routes::node_info,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/peers",
+            Doc::new(TEAM, "Peers, their connection and per-workspace lag").json::<PeerList>(200),
+            routes::peers,
+        )
+        .route(
+            Method::GET,
             "/api/v1/workspaces",
-            get(routes::list_workspaces).post(routes::create_workspace),
+            Doc::new(WS, "List workspaces").json::<WorkspaceList>(200),
+            routes::list_workspaces,
         )
-        .route("/api/v1/workspaces/{id}", get(routes::show_workspace))
-        .route("/api/v1/workspaces/{id}/files", get(routes::list_files))
         .route(
+            Method::POST,
+            "/api/v1/workspaces",
+            Doc::new(WS, "Create a workspace")
+                .json_body::<CreateWorkspace>()
+                .json::<WorkspaceSummary>(201),
+            routes::create_workspace,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/workspaces/{id}",
+            Doc::new(WS, "A workspace: members, heads").json::<WorkspaceDetail>(200),
+            routes::show_workspace,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/workspaces/{id}/files",
+            Doc::new(FILES, "List files, sorted by path").json::<FileList>(200),
+            routes::list_files,
+        )
+        .route(
+            Method::GET,
             "/api/v1/workspaces/{id}/files/{*path}",
-            get(routes::get_file)
-                .put(routes::put_file)
-                .delete(routes::remove_file),
+            Doc::new(FILES, "A file's exact bytes").raw(200, "application/octet-stream"),
+            routes::get_file,
         )
-        .route("/api/v1/workspaces/{id}/splice", post(routes::splice))
-        .route("/api/v1/workspaces/{id}/invites", post(routes::invite))
-        .route("/api/v1/workspaces/{id}/revoke", post(routes::revoke))
-        .route("/api/v1/workspaces/{id}/analyze", post(analysis::analyze))
-        .route("/api/v1/workspaces/{id}/analyses", get(analysis::analyses))
-        .route("/api/v1/models", get(analysis::models))
         .route(
+            Method::PUT,
+            "/api/v1/workspaces/{id}/files/{*path}",
+            Doc::new(FILES, "Write a file (the body is its raw bytes)")
+                .raw_body("application/octet-stream")
+                .json::<FileInfo>(200),
+            routes::put_file,
+        )
+        .route(
+            Method::DELETE,
+            "/api/v1/workspaces/{id}/files/{*path}",
+            Doc::new(FILES, "Remove a file").empty(204),
+            routes::remove_file,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/workspaces/{id}/splice",
+            Doc::new(FILES, "Character edits to a text file (one, or a batch)")
+                .json_body::<SpliceRequest>()
+                .json::<SpliceResponse>(200),
+            routes::splice,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/workspaces/{id}/invites",
+            Doc::new(TEAM, "Invite a peer with a role; returns the token")
+                .json_body::<InviteRequest>()
+                .json::<InviteResponse>(201),
+            routes::invite,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/workspaces/{id}/revoke",
+            Doc::new(TEAM, "Revoke a member (peer id) or a token (token id)")
+                .json_body::<RevokeRequest>()
+                .json::<serde_json::Value>(200),
+            routes::revoke,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/join",
+            Doc::new(TEAM, "Accept an invitation token; syncing starts")
+                .json_body::<JoinRequest>()
+                .json::<WorkspaceSummary>(201),
+            routes::join,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/workspaces/{id}/analyze",
+            Doc::new(
+                ANALYSIS,
+                "Analyze a file (with `Accept: text/event-stream`, the AI review streams)",
+            )
+            .json_body::<AnalyzeRequest>()
+            .json::<AnalysisRecord>(200),
+            analysis::analyze,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/workspaces/{id}/analyses",
+            Doc::new(ANALYSIS, "Stored analyses").json::<AnalysisList>(200),
+            analysis::analyses,
+        )
+        .route(
+            Method::GET,
             "/api/v1/workspaces/{id}/documents",
-            get(analysis::documents)
-                .post(analysis::add_document)
-                .layer(DefaultBodyLimit::max(
-                    state
-                        .inner
-                        .analysis
-                        .get()
-                        .map_or(max_body_default(), |a| {
-                            usize::try_from(a.limits.max_bytes).unwrap_or(usize::MAX)
-                        })
-                        .saturating_add(64 * 1024),
-                )),
+            Doc::new(ANALYSIS, "Processed documents").json::<DocumentList>(200),
+            analysis::documents,
         )
-        .route("/api/v1/join", post(routes::join))
-        .route("/api/v1/peers", get(routes::peers))
-        .route("/api/v1/events", get(events::events))
-        .route("/api/v1/audit", get(routes::audit))
-        .route("/api/v1/backup", get(routes::backup))
-        .route("/api/v1/dashboard/login", post(session::login_link))
+        .route_with(
+            Method::POST,
+            "/api/v1/workspaces/{id}/documents",
+            Doc::new(
+                ANALYSIS,
+                "Extract a PDF, DOCX, HTML or Markdown file into the workspace",
+            )
+            .multipart()
+            .json::<ProcessedDocument>(201),
+            analysis::add_document,
+            |m| m.layer(DefaultBodyLimit::max(doc_limit)),
+        )
         .route(
-            "/api/v1/session",
-            get(session::session_info).delete(session::logout),
+            Method::GET,
+            "/api/v1/models",
+            Doc::new(ANALYSIS, "The local Ollama's models").json::<ModelList>(200),
+            analysis::models,
         )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            guard::require_token,
-        ));
+        .route(
+            Method::GET,
+            "/api/v1/events",
+            Doc::new(
+                NODE,
+                "Live events (SSE), filtered to this node's workspaces",
+            )
+            .query(&[("workspace", "only this workspace's events")])
+            .sse::<NodeEvent>(),
+            events::events,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/audit",
+            Doc::new(
+                NODE,
+                "The audit log (admins see their workspaces' entries) and its chain check",
+            )
+            .query(&[
+                ("workspace", "only this workspace (admins)"),
+                ("limit", "newest entries to return, default 200"),
+            ])
+            .json::<AuditLog>(200),
+            routes::audit,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/backup",
+            Doc::new(NODE, "A consistent snapshot of the store (a redb file)")
+                .auth(Auth::TokenOnly)
+                .raw(200, "application/octet-stream"),
+            routes::backup,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/dashboard/login",
+            Doc::new(DASHBOARD, "Mint a one-time dashboard login URL")
+                .auth(Auth::TokenOnly)
+                .json::<LoginLink>(201),
+            session::login_link,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/session",
+            Doc::new(
+                DASHBOARD,
+                "How the caller is authenticated, and its CSRF token",
+            )
+            .json::<SessionInfo>(200),
+            session::session_info,
+        )
+        .route(
+            Method::DELETE,
+            "/api/v1/session",
+            Doc::new(DASHBOARD, "Log a dashboard session out").empty(204),
+            session::logout,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/openapi.json",
+            Doc::new(NODE, "This document").json::<serde_json::Value>(200),
+            routes::openapi,
+        )
+        .finish();
+    let (public, public_ops) = Documented::new()
+        .route(
+            Method::GET,
+            "/health",
+            Doc::new(NODE, "200 once the store is loaded")
+                .auth(Auth::Public)
+                .json::<Health>(200),
+            routes::health,
+        )
+        .route(
+            Method::GET,
+            "/",
+            Doc::new(DASHBOARD, "The dashboard page")
+                .auth(Auth::Public)
+                .raw(200, "text/html"),
+            routes::index,
+        )
+        .route(
+            Method::GET,
+            "/assets/{name}",
+            Doc::new(DASHBOARD, "The dashboard's script and style sheet")
+                .auth(Auth::Public)
+                .raw(200, "text/javascript"),
+            routes::asset,
+        )
+        .route(
+            Method::GET,
+            "/login",
+            Doc::new(DASHBOARD, "Redeem a one-time login URL")
+                .auth(Auth::Public)
+                .query(&[("code", "the one-time code from `xencode dashboard`")])
+                .redirect(),
+            session::login,
+        )
+        .finish();
+    operations.extend(public_ops);
+    let document = openapi::document(
+        &operations,
+        &state.inner.node.api_url,
+        state.inner.node.port,
+    );
+    let _ = state.inner.openapi.set(Arc::new(document));
+    let protected = protected.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        guard::require_token,
+    ));
     let max_body = state.inner.max_body;
-    Router::new()
-        .route("/health", get(routes::health))
-        .route("/", get(routes::index))
-        .route("/login", get(session::login))
-        .route("/assets/{name}", get(routes::asset))
+    public
         .merge(protected)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A syntax error found by the parser.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SyntaxError {
     pub line: u32,
     /// 1-based, in characters (Unicode scalar values).
@@ -14,7 +14,7 @@ pub struct SyntaxError {
 }
 
 /// An improvement with the lines it concerns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Suggestion {
     #[serde(rename = "type")]
     pub kind: String,
@@ -25,7 +25,7 @@ pub struct Suggestion {
 }
 
 /// A security weakness, with its CWE id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SecurityIssue {
     #[serde(rename = "type")]
     pub kind: String,
@@ -37,7 +37,7 @@ pub struct SecurityIssue {
 }
 
 /// A likely performance problem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PerformanceHint {
     #[serde(rename = "type")]
     pub kind: String,
@@ -48,7 +48,7 @@ pub struct PerformanceHint {
 }
 
 /// A class, function or method.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OutlineItem {
     /// `class`, `function` or `method`.
     pub kind: String,
@@ -60,7 +60,7 @@ pub struct OutlineItem {
 }
 
 /// What the AI part of an analysis did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AiResult {
     /// `not_requested`, `ok`, or why there is no AI text.
     pub status: String,
@@ -69,7 +69,7 @@ pub struct AiResult {
 }
 
 /// The analysis of one source file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CodeAnalysis {
     pub language: String,
     pub syntax_errors: Vec<SyntaxError>,
@@ -84,7 +84,7 @@ pub struct CodeAnalysis {
 }
 
 /// `POST /api/v1/workspaces/{id}/analyze`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnalyzeRequest {
     /// A file of the workspace.
@@ -99,7 +99,7 @@ pub struct AnalyzeRequest {
 
 /// An analysis as stored in the workspace: the result, with its provenance
 /// as fields beside it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AnalysisRecord {
     #[serde(flatten)]
     pub analysis: CodeAnalysis,
@@ -119,13 +119,13 @@ pub struct AnalysisRecord {
 }
 
 /// `GET /api/v1/workspaces/{id}/analyses`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AnalysisList {
     pub analyses: Vec<AnalysisRecord>,
 }
 
 /// What is known about a document.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DocumentMetadata {
     pub title: Option<String>,
     pub author: Option<String>,
@@ -138,7 +138,7 @@ pub struct DocumentMetadata {
 }
 
 /// One section of a document: a heading and the text under it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Section {
     pub heading: Option<String>,
     /// Heading level (1 = top); 0 for text before any heading, or a page.
@@ -149,7 +149,7 @@ pub struct Section {
 }
 
 /// A document turned into searchable text.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProcessedDocument {
     /// blake3 of the original bytes (first 16 bytes, hex).
     pub id: String,
@@ -168,13 +168,13 @@ pub struct ProcessedDocument {
 }
 
 /// `GET /api/v1/workspaces/{id}/documents`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DocumentList {
     pub documents: Vec<ProcessedDocument>,
 }
 
 /// `GET /api/v1/models`: what the local Ollama offers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelList {
     /// Ollama's URL.
     pub host: String,
@@ -186,7 +186,7 @@ pub struct ModelList {
 }
 
 /// One Ollama model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelEntry {
     pub name: String,
     pub size_bytes: u64,

@@ -12,27 +12,27 @@ pub const MAX_WORKSPACE_NAME_CHARS: usize = 128;
 pub const MAX_SPLICE_EDITS: usize = 100_000;
 
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 /// A machine-readable `code` and a message that tells the user what to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
 }
 
 /// `GET /health`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Health {
     /// `"ok"` once the store is loaded, `"starting"` before.
     pub status: String,
 }
 
 /// `GET /api/v1/node`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeInfo {
     pub peer_id: String,
     pub version: String,
@@ -49,7 +49,7 @@ pub struct NodeInfo {
 }
 
 /// The redb store behind the node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StoreInfo {
     pub path: String,
     pub size_bytes: u64,
@@ -57,7 +57,19 @@ pub struct StoreInfo {
 }
 
 /// Roles of a workspace member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -87,7 +99,7 @@ impl Role {
 }
 
 /// `POST /api/v1/workspaces`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspace {
     pub name: String,
@@ -112,7 +124,7 @@ pub fn validate_workspace_name(name: &str) -> Result<(), String> {
 }
 
 /// One workspace in `GET /api/v1/workspaces`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WorkspaceSummary {
     pub id: WorkspaceId,
     pub name: String,
@@ -126,13 +138,13 @@ pub struct WorkspaceSummary {
 }
 
 /// `GET /api/v1/workspaces`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WorkspaceList {
     pub workspaces: Vec<WorkspaceSummary>,
 }
 
 /// A member as recorded in the workspace's access document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Member {
     pub peer_id: String,
     pub role: Role,
@@ -144,7 +156,7 @@ pub struct Member {
 }
 
 /// `GET /api/v1/workspaces/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WorkspaceDetail {
     #[serde(flatten)]
     pub summary: WorkspaceSummary,
@@ -158,7 +170,7 @@ pub struct WorkspaceDetail {
 }
 
 /// How a file's content is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FileKind {
     /// UTF-8 text in an Automerge Text: concurrent character edits merge.
@@ -168,7 +180,7 @@ pub enum FileKind {
 }
 
 /// One file in `GET /api/v1/workspaces/{id}/files` and the answer to `PUT`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FileInfo {
     pub path: WorkspacePath,
     pub kind: FileKind,
@@ -180,7 +192,7 @@ pub struct FileInfo {
 }
 
 /// `GET /api/v1/workspaces/{id}/files`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FileList {
     /// Sorted by path.
     pub files: Vec<FileInfo>,
@@ -188,7 +200,7 @@ pub struct FileList {
 
 /// One character-level edit: delete `delete` characters at `pos`, then insert
 /// `insert` there. Positions count Unicode scalar values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpliceEdit {
     pub pos: u64,
@@ -202,7 +214,7 @@ pub struct SpliceEdit {
 /// (`{path, pos, delete, insert}`) or a batch (`{path, edits: [...]}`). A
 /// batch applies in order, each position relative to the text left by the
 /// edits before it, atomically, as one Automerge change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpliceRequest {
     pub path: WorkspacePath,
@@ -258,7 +270,7 @@ impl SpliceRequest {
 }
 
 /// Answer to a splice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SpliceResponse {
     pub path: WorkspacePath,
     pub edits_applied: usize,
@@ -317,7 +329,7 @@ mod tests {
 }
 
 /// `POST /api/v1/workspaces/{id}/invites`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InviteRequest {
     /// The invitee's peer id (`xencode id` on their machine).
@@ -329,7 +341,7 @@ pub struct InviteRequest {
 }
 
 /// The answer to an invite: the string to hand to `xencode join`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InviteResponse {
     pub token: String,
     /// What `revoke` names to cancel this token.
@@ -340,21 +352,21 @@ pub struct InviteResponse {
 }
 
 /// `POST /api/v1/join`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     pub token: String,
 }
 
 /// `POST /api/v1/workspaces/{id}/revoke`: a member's peer id or a token id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     pub target: String,
 }
 
 /// One peer in `GET /api/v1/peers`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PeerInfo {
     pub peer_id: String,
     pub connected: bool,
@@ -363,7 +375,7 @@ pub struct PeerInfo {
 }
 
 /// A workspace shared with a peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PeerWorkspace {
     pub id: WorkspaceId,
     /// A sync session is open.
@@ -374,13 +386,13 @@ pub struct PeerWorkspace {
 }
 
 /// `GET /api/v1/peers`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PeerList {
     pub peers: Vec<PeerInfo>,
 }
 
 /// Where a change came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeOrigin {
     /// Written through this node's API.
@@ -390,7 +402,7 @@ pub enum ChangeOrigin {
 }
 
 /// What happened to a sync session with a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     Opened,
@@ -400,7 +412,7 @@ pub enum SessionState {
 
 /// One event of `GET /api/v1/events` (Server-Sent Events: the SSE event name
 /// is `type`, the data this object as JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum NodeEvent {
     /// A file's content changed, here or by a peer (committed durably).
@@ -488,7 +500,7 @@ impl NodeEvent {
 }
 
 /// `POST /api/v1/dashboard/login`: a one-time login URL for the dashboard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LoginLink {
     /// `http://127.0.0.1:PORT/login?code=...`; works once, within
     /// `expires_in_secs`.
@@ -498,7 +510,7 @@ pub struct LoginLink {
 
 /// `GET /api/v1/session`: who is asking, and the CSRF token a dashboard
 /// session sends as `X-CSRF-Token` on every state-changing request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SessionInfo {
     /// `token` (bearer) or `cookie` (dashboard session).
     pub auth: String,
@@ -508,7 +520,7 @@ pub struct SessionInfo {
 }
 
 /// One authorization decision in the audit log (`GET /api/v1/audit`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     /// Position in the log, from 1.
     pub seq: u64,
@@ -530,7 +542,7 @@ pub struct AuditEntry {
 }
 
 /// Whether the audit log's hash chain is intact.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditChain {
     pub intact: bool,
     /// Entries checked (the whole log).
@@ -542,7 +554,7 @@ pub struct AuditChain {
 
 /// `GET /api/v1/audit`: the newest entries the caller may see, oldest first,
 /// and the state of the whole chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditLog {
     pub entries: Vec<AuditEntry>,
     pub chain: AuditChain,

@@ -109,6 +109,18 @@ impl fmt::Debug for WorkspacePath {
     }
 }
 
+impl schemars::JsonSchema for WorkspacePath {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "WorkspacePath".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A relative path inside the workspace: `/`-separated, no `..`, no empty or absolute parts",
+        })
+    }
+}
+
 impl Serialize for WorkspacePath {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)

@@ -82,6 +82,14 @@ pub async fn asset(ApiPath(name): ApiPath<String>) -> Response {
         .into_response()
 }
 
+/// `GET /api/v1/openapi.json`.
+pub async fn openapi(State(state): State<ApiState>) -> Response {
+    match state.inner.openapi.get() {
+        Some(doc) => Json(doc.as_ref().clone()).into_response(),
+        None => ApiError::starting().into_response(),
+    }
+}
+
 pub async fn metrics(State(state): State<ApiState>) -> Response {
     (
         [(
