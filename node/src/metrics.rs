@@ -25,6 +25,10 @@ pub struct Metrics {
     peer_violations: IntCounterVec,
     analysis_duration: HistogramVec,
     ai_cache: IntCounterVec,
+    propagation: prometheus::Histogram,
+    ollama_duration: HistogramVec,
+    audit_entries: IntCounterVec,
+    event_subscribers: IntGauge,
 }
 
 /// Latency buckets from 50 µs to 10 s.
@@ -117,6 +121,37 @@ impl Metrics {
         for result in ["hit", "miss"] {
             ai_cache.with_label_values(&[result]);
         }
+        let propagation = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "propagation_latency_seconds",
+                "from a peer sending changes to this node applying them (by the peer's clock, clamped at 0)",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(propagation.clone()))?;
+        let ollama_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ollama_request_duration_seconds",
+                "requests to the local Ollama by operation (review, summary) and outcome (ai.status)",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["operation", "status"],
+        )?;
+        registry.register(Box::new(ollama_duration.clone()))?;
+        let audit_entries = IntCounterVec::new(
+            Opts::new(
+                "audit_entries_total",
+                "authorization decisions appended to the audit log",
+            ),
+            &["decision"],
+        )?;
+        registry.register(Box::new(audit_entries.clone()))?;
+        for decision in ["allow", "deny"] {
+            audit_entries.with_label_values(&[decision]);
+        }
+        let event_subscribers =
+            IntGauge::new("event_subscribers", "clients following GET /api/v1/events")?;
+        registry.register(Box::new(event_subscribers.clone()))?;
         registry.register(Box::new(gossip_messages.clone()))?;
         registry.register(Box::new(peer_violations.clone()))?;
         for kind in ["malformed_frame", "rate_limit", "bad_announcement"] {
@@ -159,6 +194,10 @@ impl Metrics {
             peer_violations,
             analysis_duration,
             ai_cache,
+            propagation,
+            ollama_duration,
+            audit_entries,
+            event_subscribers,
         })
     }
 
@@ -229,6 +268,29 @@ impl Metrics {
         self.ai_cache.with_label_values(&[result]).inc();
     }
 
+    /// Records the propagation latency of one applied batch of changes.
+    pub fn propagation(&self, seconds: f64) {
+        self.propagation.observe(seconds.max(0.0));
+    }
+
+    /// Records one request to Ollama and its outcome.
+    pub fn ollama(&self, operation: &str, status: &str, seconds: f64) {
+        self.ollama_duration
+            .with_label_values(&[operation, status])
+            .observe(seconds);
+    }
+
+    /// Counts audit entries appended.
+    pub fn audit_entry(&self, allow: bool) {
+        let decision = if allow { "allow" } else { "deny" };
+        self.audit_entries.with_label_values(&[decision]).inc();
+    }
+
+    /// Tracks how many clients follow the event stream.
+    pub fn event_subscribers(&self, delta: i64) {
+        self.event_subscribers.add(delta);
+    }
+
     /// Counts one protocol violation by a peer.
     pub fn peer_violation(&self, kind: &str) {
         self.peer_violations.with_label_values(&[kind]).inc();
@@ -241,5 +303,42 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod dashboard_tests {
+    /// Every metric the Grafana dashboard queries is one the node exports,
+    /// and the file is an importable dashboard (JSON with a data source
+    /// input and panels with queries).
+    #[test]
+    fn the_grafana_dashboard_queries_real_metrics() {
+        let text = include_str!("../../docs/grafana-dashboard.json");
+        let dash: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
+        assert_eq!(dash["__inputs"][0]["pluginId"], "prometheus");
+        let panels = dash["panels"].as_array().expect("panels");
+        assert!(panels.len() >= 10);
+        let source = include_str!("metrics.rs");
+        let mut checked = 0;
+        for panel in panels {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    let Some(name) = word.strip_prefix("xencode_") else {
+                        continue;
+                    };
+                    let base = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or(name);
+                    assert!(
+                        source.contains(&format!("\"{base}\"")),
+                        "the dashboard queries xencode_{base}, which the node does not export"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 15, "{checked}");
     }
 }

@@ -242,6 +242,9 @@ pub enum Event {
         workspace: WorkspaceId,
         doc: DocId,
         changes: usize,
+        /// When the peer sent the oldest of these changes (its clock): the
+        /// host measures propagation latency from it.
+        sent_ms: u64,
     },
     Rejected {
         peer: PeerId,
@@ -279,6 +282,17 @@ struct PendingChange {
     verified: Option<[u8; 32]>,
     from: PeerId,
     since_ms: u64,
+    /// When the peer sent it, by the peer's clock.
+    sent_ms: u64,
+}
+
+/// The content of a received `Sync` frame.
+#[derive(Debug)]
+struct Received {
+    message: Option<Vec<u8>>,
+    changes: Vec<Vec<u8>>,
+    signatures: Vec<SignedHead>,
+    sent_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -312,6 +326,8 @@ pub struct Engine {
     unannounced: BTreeSet<WorkspaceId>,
     /// When each peer was last asked to be dialed, after an announcement.
     dialed: HashMap<PeerId, u64>,
+    /// The time of the input being handled, stamped on frames sent.
+    now_ms: u64,
 }
 
 /// Least time between two dials of one peer prompted by its announcements.
@@ -399,6 +415,7 @@ impl Engine {
     /// Re-checks every admitted session's token (revocations, expiry) and
     /// closes those that no longer pass, telling the peer.
     pub fn revalidate(&mut self, host: &mut impl Host, now_ms: u64) {
+        self.now_ms = now_ms;
         let sessions: Vec<((PeerId, WorkspaceId), Vec<u8>)> = self
             .sessions
             .iter()
@@ -422,6 +439,7 @@ impl Engine {
 
     /// Feeds one input.
     pub fn handle(&mut self, host: &mut impl Host, input: Input, now_ms: u64) {
+        self.now_ms = now_ms;
         match input {
             Input::Connected { peer } => {
                 self.connected.insert(peer);
@@ -571,6 +589,7 @@ impl Engine {
                 message,
                 changes,
                 signatures,
+                sent_ms,
                 ..
             } => {
                 let admitted = self
@@ -583,7 +602,13 @@ impl Engine {
                     self.strike(peer, "sync frame outside an admitted session");
                     return;
                 }
-                self.receive_sync(host, peer, ws, doc, message, changes, signatures, now_ms);
+                let received = Received {
+                    message,
+                    changes,
+                    signatures,
+                    sent_ms,
+                };
+                self.receive_sync(host, peer, ws, doc, received, now_ms);
             }
         }
     }

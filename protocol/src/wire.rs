@@ -84,6 +84,9 @@ pub enum Frame {
         message: Option<Vec<u8>>,
         changes: Vec<Vec<u8>>,
         signatures: Vec<SignedHead>,
+        /// The sender's clock (Unix ms) when it sent the frame; receivers
+        /// measure propagation latency from it (clamped: clocks differ).
+        sent_ms: u64,
     },
     /// Ends the session for a workspace.
     Close { workspace: WorkspaceId },
@@ -169,6 +172,7 @@ mod tests {
                     hash: [4; 32],
                     signature: vec![5; 64],
                 }],
+                sent_ms: 1_795_000_000_000,
             },
             Frame::Close {
                 workspace: WorkspaceId::from_bytes([9; 16]),
@@ -218,6 +222,7 @@ mod tests {
             message: None,
             changes: vec![vec![7; 100]],
             signatures: vec![],
+            sent_ms: 0,
         })
         .expect("encode");
         for cut in 0..valid.len() {

@@ -113,6 +113,14 @@ async fn a_viewer_sees_remote_edits_and_nothing_else() {
             .await
         );
     }
+    // The metrics saw it: a propagation latency and the live subscribers.
+    assert!(b.metric("xencode_propagation_latency_seconds_count").await >= 1.0);
+    assert!(b.metric("xencode_event_subscribers").await >= 2.0);
+    assert!(
+        a.metric("xencode_audit_entries_total{decision=\"allow\"}")
+            .await
+            >= 1.0
+    );
     // Sessions and applied changes are reported too.
     assert!(has(&b_events, |n, v| n == "applied"
         && v["workspace"] == shared.as_str()));

@@ -87,6 +87,7 @@ async fn a_hostile_peer_is_refused_counted_and_learns_nothing() {
             message: None,
             changes: vec![vec![1, 2, 3]],
             signatures: vec![],
+            sent_ms: 0,
         }),
     );
     raw.pump(Duration::from_millis(300)).await;
@@ -167,6 +168,7 @@ async fn a_hostile_peer_is_refused_counted_and_learns_nothing() {
                 message: None,
                 changes: vec![change.clone()],
                 signatures: vec![sig],
+                sent_ms: 0,
             }),
         );
         raw.pump(Duration::from_millis(500)).await;

@@ -148,10 +148,9 @@ fn with_review(
     digest: Option<String>,
     started: Instant,
 ) {
-    state
-        .inner
-        .metrics
-        .analysis("ai", started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    state.inner.metrics.analysis("ai", seconds);
+    state.inner.metrics.ollama("review", &ai.status, seconds);
     record.model = ai.model.clone();
     record.model_digest = digest;
     record.analysis.ai = ai;
@@ -344,10 +343,12 @@ pub async fn add_document(
         }
         let started = Instant::now();
         let (summary, _) = ask(&state, &setup, &prompt, model.as_deref(), None).await;
+        let seconds = started.elapsed().as_secs_f64();
+        state.inner.metrics.analysis("ai", seconds);
         state
             .inner
             .metrics
-            .analysis("ai", started.elapsed().as_secs_f64());
+            .ollama("summary", &summary.status, seconds);
         doc.summary = Some(summary);
     }
     let now = now_ms();

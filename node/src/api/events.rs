@@ -23,21 +23,41 @@ pub async fn events(
     let store = state.store()?.clone();
     let only = workspace_filter(query.as_deref())?;
     let rx = store.subscribe();
-    let stream = futures::stream::unfold((rx, store), move |(mut rx, store)| async move {
-        loop {
-            let event = match rx.recv().await {
-                Ok(event) => event,
-                Err(RecvError::Lagged(missed)) => NodeEvent::Lagged { missed },
-                Err(RecvError::Closed) => return None,
-            };
-            if visible(&store, only, &event) {
-                return Some((Ok::<_, Infallible>(to_sse(&event)), (rx, store)));
+    let gauge = Subscriber::new(state.inner.metrics.clone());
+    let stream = futures::stream::unfold(
+        (rx, store, gauge),
+        move |(mut rx, store, gauge)| async move {
+            loop {
+                let event = match rx.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(missed)) => NodeEvent::Lagged { missed },
+                    Err(RecvError::Closed) => return None,
+                };
+                if visible(&store, only, &event) {
+                    return Some((Ok::<_, Infallible>(to_sse(&event)), (rx, store, gauge)));
+                }
             }
-        }
-    });
+        },
+    );
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// Counts a subscriber in the metrics for as long as its stream lives.
+struct Subscriber(std::sync::Arc<crate::metrics::Metrics>);
+
+impl Subscriber {
+    fn new(metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        metrics.event_subscribers(1);
+        Self(metrics)
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.0.event_subscribers(-1);
+    }
 }
 
 fn workspace_filter(query: Option<&str>) -> Result<Option<WorkspaceId>, ApiError> {

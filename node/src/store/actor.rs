@@ -426,7 +426,10 @@ impl Actor {
                 self.flush();
                 let _ = reply.send(self.compact_due(true));
             }
-            Command::Audit { decision } => self.audit_staged.push(decision),
+            Command::Audit { decision } => {
+                self.metrics.audit_entry(decision.allow);
+                self.audit_staged.push(decision);
+            }
             Command::Backup {
                 dest,
                 now_ms,

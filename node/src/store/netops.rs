@@ -217,7 +217,11 @@ impl Actor {
                 workspace,
                 doc,
                 changes,
+                sent_ms,
             } => {
+                let now = crate::now_ms();
+                self.metrics
+                    .propagation(now.saturating_sub(sent_ms) as f64 / 1000.0);
                 tracing::debug!(%peer, %workspace, %doc, changes, "applied changes from a peer");
                 self.metrics.changes_applied(changes as u64);
                 self.audit_peer(
@@ -270,6 +274,7 @@ impl Actor {
         allow: bool,
         reason: String,
     ) {
+        self.metrics.audit_entry(allow);
         self.audit_staged.push(super::audit::Decision {
             at_ms: crate::now_ms(),
             who: format!("peer:{peer}"),

@@ -24,11 +24,15 @@ impl Engine {
         peer: PeerId,
         ws: WorkspaceId,
         doc: DocId,
-        message: Option<Vec<u8>>,
-        changes: Vec<Vec<u8>>,
-        signatures: Vec<SignedHead>,
+        received: super::Received,
         now_ms: u64,
     ) {
+        let super::Received {
+            message,
+            changes,
+            signatures,
+            sent_ms,
+        } = received;
         if host.document(&ws, &doc).is_none() {
             self.strike(peer, "sync for a document this node will not hold");
             return;
@@ -102,6 +106,7 @@ impl Engine {
                     verified: None,
                     from: peer,
                     since_ms: now_ms,
+                    sent_ms,
                 },
             );
         }
@@ -282,7 +287,7 @@ impl Engine {
         }
 
         let mut applied_raw = Vec::new();
-        let mut sources: HashMap<PeerId, usize> = HashMap::new();
+        let mut sources: HashMap<PeerId, (usize, u64)> = HashMap::new();
         if !ready.is_empty() {
             let batch: Vec<PendingChange> = ready
                 .iter()
@@ -306,7 +311,9 @@ impl Engine {
                 if ok {
                     let e = seqs.entry(pc.actor.clone()).or_default();
                     *e = (*e).max(pc.change.seq());
-                    *sources.entry(pc.from).or_default() += 1;
+                    let source = sources.entry(pc.from).or_insert((0, u64::MAX));
+                    source.0 += 1;
+                    source.1 = source.1.min(pc.sent_ms);
                     applied_raw.push(pc.raw);
                 } else {
                     *rejected
@@ -345,13 +352,14 @@ impl Engine {
             signatures,
         });
         let mut first_source = None;
-        for (peer, count) in sources {
+        for (peer, (count, sent_ms)) in sources {
             first_source.get_or_insert(peer);
             self.event(Event::Applied {
                 peer,
                 workspace: ws,
                 doc,
                 changes: count,
+                sent_ms,
             });
         }
         self.changed(host, &ws, &doc, first_source);

@@ -87,6 +87,7 @@ impl Engine {
                     message: (i == last).then(|| message.clone()),
                     changes: frame.iter().map(|c| c.raw_bytes().to_vec()).collect(),
                     signatures,
+                    sent_ms: self.now_ms,
                 },
             );
         }

@@ -266,6 +266,7 @@ impl Net {
                         doc,
                         changes,
                         signatures,
+                        sent_ms: 0,
                         ..
                     } = f
                     {
@@ -278,6 +279,7 @@ impl Net {
                                 message: None,
                                 changes,
                                 signatures,
+                                sent_ms: 0,
                             },
                         ));
                     }
@@ -459,6 +461,7 @@ fn a_stranger_without_a_token_learns_nothing() {
                     message: None,
                     changes: vec![vec![1, 2, 3]],
                     signatures: vec![],
+                    sent_ms: 0,
                 },
             },
             0,
@@ -516,6 +519,7 @@ fn forged_signatures_and_stolen_actor_ids_are_refused() {
                     message: None,
                     changes: vec![raw.clone()],
                     signatures: vec![sig],
+                    sent_ms: 0,
                 },
             },
         );
@@ -539,6 +543,7 @@ fn forged_signatures_and_stolen_actor_ids_are_refused() {
                 message: None,
                 changes: vec![raw],
                 signatures: vec![genuine],
+                sent_ms: 0,
             },
         },
     );
