@@ -12,9 +12,23 @@ use std::time::Duration;
 
 use serde_json::json;
 use xencode_tests::browser::{self, Browser, Driver};
+use xencode_tests::ollama_double::{OllamaDouble, REVIEW};
 use xencode_tests::{Node, last_line, ok_stdout, skip_or_fail};
 
 const UI: Duration = Duration::from_secs(30);
+
+/// A script listing form controls and buttons that have no accessible name
+/// (no label, no aria-label, no text).
+const UNNAMED_CONTROLS: &str = r#"
+const out = [];
+for (const el of document.querySelectorAll('input, select, textarea, button')) {
+  if (el.hidden || el.type === 'hidden') continue;
+  const named = (el.labels && el.labels.length) || el.getAttribute('aria-label')
+    || (el.tagName === 'BUTTON' && el.textContent.trim());
+  if (!named) out.push(el.outerHTML.slice(0, 80));
+}
+return out;
+"#;
 const SYNC: Duration = Duration::from_secs(60);
 
 fn shots_dir() -> PathBuf {
@@ -172,7 +186,15 @@ async fn the_login_url_shows_the_workspaces() -> anyhow::Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let node = Node::start(&tmp.path().join("n"))?;
+    // The node asks an Ollama stand-in (real HTTP on a real socket) for reviews.
+    let ollama = OllamaDouble::start()?;
+    let dir = tmp.path().join("n");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("config.toml"),
+        format!("[analysis]\nollama_host = \"{}\"\n", ollama.url),
+    )?;
+    let node = Node::start(&dir)?;
     for name in ["Backend", "Docs <b>&amp;</b>"] {
         ok_stdout(&node.cli(&["workspace", "create", name]));
     }
@@ -216,6 +238,28 @@ async fn the_login_url_shows_the_workspaces() -> anyhow::Result<()> {
         "line 1 has no finding"
     );
     page.screenshot("analysis").await?;
+
+    // With AI, the review streams into the page as Ollama writes it.
+    page.click(&page.wait("#analyze-ai", UI).await?).await?;
+    page.click(&page.wait("#analyze-btn", UI).await?).await?;
+    page.wait_text("#ai-review", UI, |t| t == REVIEW).await?;
+    page.wait_text("#analysis h3", UI, |t| t.contains("AI review by"))
+        .await?;
+    page.screenshot("ai-review").await?;
+
+    // Every control on each view has an accessible name (WCAG 2.1 AA basics).
+    for view in [
+        "#/",
+        "#/workspaces",
+        &format!("#/ws/{ws}"),
+        &format!("#/ws/{ws}/file/app.py"),
+        "#/audit",
+    ] {
+        page.goto(&format!("{}/{view}", node.api_url)).await?;
+        page.wait("main h1", UI).await?;
+        let unnamed = page.exec(UNNAMED_CONTROLS, json!([])).await?;
+        assert_eq!(unnamed, json!([]), "controls without a name on {view}");
+    }
     page.close().await?;
     Ok(())
 }
