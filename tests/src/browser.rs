@@ -173,23 +173,38 @@ impl Browser {
             .map(|id| Element(id.to_owned())))
     }
 
-    /// Waits until an element matching `css` is on the page.
-    pub async fn wait(&self, css: &str, timeout: Duration) -> Result<Element> {
+    /// Polls `probe` every 100 ms until it yields a value; after `timeout`,
+    /// saves a screenshot and fails naming `what` and the page's text.
+    async fn poll<T, F, Fut>(&self, what: &str, timeout: Duration, mut probe: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
         let started = Instant::now();
         loop {
-            if let Some(e) = self.find(css).await? {
-                return Ok(e);
+            if let Some(v) = probe().await? {
+                return Ok(v);
             }
             if started.elapsed() > timeout {
-                let _ = self.screenshot(&format!("timeout-{}", sanitize(css))).await;
+                let _ = self
+                    .screenshot(&format!("timeout-{}", sanitize(what)))
+                    .await;
                 bail!(
-                    "{}: no element matches {css:?} after {timeout:?}; page text:\n{}",
+                    "{}: {what} not reached within {timeout:?}; page text:\n{}",
                     self.name,
                     self.page_text().await.unwrap_or_default()
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits until an element matching `css` is on the page.
+    pub async fn wait(&self, css: &str, timeout: Duration) -> Result<Element> {
+        self.poll(&format!("an element matching {css:?}"), timeout, || {
+            self.find(css)
+        })
+        .await
     }
 
     /// Waits until `check` holds for the text of the element matching `css`.
@@ -199,24 +214,7 @@ impl Browser {
         timeout: Duration,
         check: impl Fn(&str) -> bool,
     ) -> Result<String> {
-        let started = Instant::now();
-        loop {
-            if let Some(e) = self.find(css).await? {
-                let text = self.text(&e).await.unwrap_or_default();
-                if check(&text) {
-                    return Ok(text);
-                }
-            }
-            if started.elapsed() > timeout {
-                let _ = self.screenshot(&format!("timeout-{}", sanitize(css))).await;
-                bail!(
-                    "{}: the text of {css:?} did not pass the check within {timeout:?}; page text:\n{}",
-                    self.name,
-                    self.page_text().await.unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_read(css, None, timeout, check).await
     }
 
     /// Waits until `check` holds for the `value` of the element matching
@@ -227,23 +225,35 @@ impl Browser {
         timeout: Duration,
         check: impl Fn(&str) -> bool,
     ) -> Result<String> {
-        let started = Instant::now();
-        loop {
-            if let Some(e) = self.find(css).await?
-                && let Ok(v) = self.property(&e, "value").await
-                && check(&v)
-            {
-                return Ok(v);
-            }
-            if started.elapsed() > timeout {
-                let _ = self.screenshot(&format!("timeout-{}", sanitize(css))).await;
-                bail!(
-                    "{}: the value of {css:?} did not pass the check within {timeout:?}",
-                    self.name
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_read(css, Some("value"), timeout, check).await
+    }
+
+    /// Waits until `check` holds for the element's text (`property` None)
+    /// or one of its properties.
+    async fn wait_read(
+        &self,
+        css: &str,
+        property: Option<&str>,
+        timeout: Duration,
+        check: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let check = &check;
+        let what = format!(
+            "{} of {css:?} passing the check",
+            property.unwrap_or("the text")
+        );
+        self.poll(&what, timeout, || async move {
+            let Some(e) = self.find(css).await? else {
+                return Ok(None);
+            };
+            let read = match property {
+                Some(name) => self.property(&e, name).await,
+                None => self.text(&e).await,
+            };
+            let value = read.unwrap_or_default();
+            Ok(check(&value).then_some(value))
+        })
+        .await
     }
 
     pub async fn click(&self, e: &Element) -> Result<()> {
