@@ -313,6 +313,13 @@ impl Browser {
         .await
     }
 
+    /// Accepts the open `confirm()` or `alert()` dialog.
+    pub async fn accept_dialog(&self) -> Result<()> {
+        self.call(reqwest::Method::POST, "/alert/accept", Some(json!({})))
+            .await
+            .map(drop)
+    }
+
     /// The visible text of the whole page.
     pub async fn page_text(&self) -> Result<String> {
         let v = self

@@ -172,6 +172,46 @@ async fn two_browsers_edit_one_file_live() -> anyhow::Result<()> {
             &format!("{} is absent", pdf.display()),
         );
     }
+
+    // A dropped file is uploaded too (a real drop event with a DataTransfer).
+    pa.goto(&format!("{}/#/ws/{ws}", a.api_url)).await?;
+    pa.wait("#drop-zone", UI).await?;
+    pa.exec(
+        "const dt = new DataTransfer();
+         dt.items.add(new File(['# Dropped notes\\n\\nThe drop zone works.\\n'], 'dropped.md', {type: 'text/markdown'}));
+         document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+         return true;",
+        json!([]),
+    )
+    .await?;
+    pa.wait_text("#doc-text", UI, |t| t.contains("The drop zone works."))
+        .await?;
+
+    // A's overview shows B connected, with the shared workspace's lag.
+    pa.goto(&format!("{}/#/", a.api_url)).await?;
+    let short_b = &b.peer_id[b.peer_id.len() - 6..];
+    pa.wait_text("#peers-table", UI, |t| {
+        t.contains(short_b) && t.contains("connected") && t.contains("Team Alpha")
+    })
+    .await?;
+    pa.screenshot("7-peers").await?;
+
+    // A revokes B from the dashboard, after confirming.
+    pa.goto(&format!("{}/#/ws/{ws}", a.api_url)).await?;
+    let revoke = pa
+        .wait(&format!("button[aria-label='Revoke {}']", b.peer_id), UI)
+        .await?;
+    pa.click(&revoke).await?;
+    pa.accept_dialog().await?;
+    pa.wait_text("#members", UI, |t| t.contains("developer (revoked)"))
+        .await?;
+    // The audit view lists the revocation, and the chain is intact.
+    pa.goto(&format!("{}/#/audit", a.api_url)).await?;
+    pa.wait_text("#audit-chain", UI, |t| t.contains("intact"))
+        .await?;
+    pa.wait_text("#audit", UI, |t| t.contains("/revoke"))
+        .await?;
+    pa.screenshot("8-audit").await?;
     pa.close().await?;
     pb.close().await?;
     Ok(())
