@@ -329,12 +329,21 @@ async function workspace(id) {
     } catch (e) { analyses.replaceChildren(errorBox(e)); }
   };
   await load();
+  // Bursts of events (a teammate typing) become one refresh.
+  let pending = null, everything = false;
+  const refresh = (all) => {
+    everything = everything || all;
+    clearTimeout(pending);
+    pending = setTimeout(() => {
+      if (everything) load(); else { loadFiles(); loadDocs(); loadAnalyses(); }
+      everything = false;
+    }, 300);
+  };
   state.onEvent = (ev) => {
-    if (ev.type === 'lagged') { load(); return; }
+    if (ev.type === 'lagged') { refresh(true); return; }
     if (ev.workspace !== id) return;
-    if (ev.type === 'access_changed') load();
-    if (ev.type === 'index_changed' || ev.type === 'file_changed') { loadFiles(); loadDocs(); loadAnalyses(); }
-    if (ev.type === 'analysis') { loadDocs(); loadAnalyses(); }
+    if (ev.type === 'access_changed') refresh(true);
+    else if (['index_changed', 'file_changed', 'analysis'].includes(ev.type)) refresh(false);
   };
 }
 
@@ -512,16 +521,22 @@ async function fileView(id, path) {
 
   // Takes the node's text when no local edit is on its way, keeping the
   // cursor and selection where they were relative to the text around them.
+  let fetching = false;
   const refresh = async () => {
     refreshWanted = true;
-    if (inflight || queue.length) return;
+    if (inflight || queue.length || fetching) return;
     refreshWanted = false;
     let fresh;
+    fetching = true;
     try {
       const r = await fetch(url, { credentials: 'same-origin', cache: 'no-store' });
       if (!r.ok) return;
       fresh = await r.text();
-    } catch (_) { return; }
+    } catch (_) { return; } finally {
+      fetching = false;
+      // Events that came during the fetch may be newer than what it got.
+      if (refreshWanted && !inflight && !queue.length) setTimeout(refresh, 0);
+    }
     if (inflight || queue.length || editor.value !== shadow) { refreshWanted = true; return; }
     if (fresh === editor.value) return;
     const d = diff(editor.value, fresh);
