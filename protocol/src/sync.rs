@@ -40,7 +40,7 @@
 //! its actor. Refused changes are reported and never applied, so never
 //! relayed: the engine only ever sends changes from the documents themselves.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::sync;
@@ -194,7 +194,7 @@ pub enum Output {
 }
 
 /// Why received changes were refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RejectReason {
     /// A signature did not verify.
     BadSignature,
@@ -297,13 +297,13 @@ struct Received {
 
 #[derive(Debug, Default)]
 struct Pending {
-    changes: HashMap<ChangeHash, PendingChange>,
+    changes: BTreeMap<ChangeHash, PendingChange>,
     /// Verified signatures whose change has not arrived yet.
     signatures: Vec<(SignedHead, PeerId)>,
     /// Signatures that covered pending changes, kept until their head is
     /// applied and they can be persisted (to vouch for the change when it is
     /// relayed).
-    covering: HashMap<ChangeHash, SignedHead>,
+    covering: BTreeMap<ChangeHash, SignedHead>,
 }
 
 /// The sync engine of one node.
@@ -315,17 +315,17 @@ pub struct Engine {
     pending: BTreeMap<(WorkspaceId, DocId), Pending>,
     pending_bytes: usize,
     /// Highest sequence number applied per actor, per document (lazily built).
-    seqs: HashMap<DocId, HashMap<ActorId, u64>>,
-    strikes: HashMap<PeerId, u32>,
+    seqs: BTreeMap<DocId, BTreeMap<ActorId, u64>>,
+    strikes: BTreeMap<PeerId, u32>,
     outputs: VecDeque<Output>,
     /// Signatures of changes applied recently, until the host has surely
     /// persisted them: a change relayed right after it was applied must
     /// travel with the signature that vouches for it.
-    recent_signatures: HashMap<(DocId, ChangeHash), SignedHead>,
+    recent_signatures: BTreeMap<(DocId, ChangeHash), SignedHead>,
     /// Workspaces changed here since the last announcement.
     unannounced: BTreeSet<WorkspaceId>,
     /// When each peer was last asked to be dialed, after an announcement.
-    dialed: HashMap<PeerId, u64>,
+    dialed: BTreeMap<PeerId, u64>,
     /// The time of the input being handled, stamped on frames sent.
     now_ms: u64,
 }

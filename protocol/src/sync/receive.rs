@@ -1,6 +1,6 @@
 //! Receiving: pending buffer, signature coverage, authorization, applying.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{ActorId, Change, ChangeHash};
@@ -183,7 +183,7 @@ impl Engine {
             if pending.changes.contains_key(&head) {
                 let actor = ActorId::from(sig.actor().as_slice());
                 let mut stack = vec![head];
-                let mut seen = HashSet::new();
+                let mut seen = BTreeSet::new();
                 while let Some(h) = stack.pop() {
                     if !seen.insert(h) {
                         continue;
@@ -204,7 +204,7 @@ impl Engine {
 
         // 2. Authorization of every verified author: refused now, allowed, or
         //    waiting until the membership tells.
-        let mut allowed: HashSet<ChangeHash> = HashSet::new();
+        let mut allowed: BTreeSet<ChangeHash> = BTreeSet::new();
         let mut refused: Vec<ChangeHash> = Vec::new();
         for (hash, pc) in &pending.changes {
             if let Some(author) = pc.verified {
@@ -217,7 +217,7 @@ impl Engine {
                 }
             }
         }
-        let mut rejected: HashMap<(PeerId, RejectReason), usize> = HashMap::new();
+        let mut rejected: BTreeMap<(PeerId, RejectReason), usize> = BTreeMap::new();
         for hash in refused {
             if let Some(pc) = pending.changes.remove(&hash) {
                 self.pending_bytes -= pc.raw.len();
@@ -232,7 +232,7 @@ impl Engine {
             return false;
         };
         let seqs = self.seqs.entry(doc).or_insert_with(|| {
-            let mut m: HashMap<ActorId, u64> = HashMap::new();
+            let mut m: BTreeMap<ActorId, u64> = BTreeMap::new();
             for meta in am.get_changes_meta(&[]) {
                 let e = m.entry(meta.actor.into_owned()).or_default();
                 *e = (*e).max(meta.seq);
@@ -240,8 +240,8 @@ impl Engine {
             m
         });
         let mut ready: Vec<ChangeHash> = Vec::new();
-        let mut ready_set: HashSet<ChangeHash> = HashSet::new();
-        let mut next_seq: HashMap<ActorId, u64> = HashMap::new();
+        let mut ready_set: BTreeSet<ChangeHash> = BTreeSet::new();
+        let mut next_seq: BTreeMap<ActorId, u64> = BTreeMap::new();
         loop {
             let mut progressed = false;
             let mut candidates: Vec<(&ChangeHash, &PendingChange)> = pending
@@ -287,7 +287,7 @@ impl Engine {
         }
 
         let mut applied_raw = Vec::new();
-        let mut sources: HashMap<PeerId, (usize, u64)> = HashMap::new();
+        let mut sources: BTreeMap<PeerId, (usize, u64)> = BTreeMap::new();
         if !ready.is_empty() {
             let batch: Vec<PendingChange> = ready
                 .iter()
@@ -369,7 +369,7 @@ impl Engine {
     /// Drops pending changes that waited longer than the limit.
     pub(super) fn expire(&mut self, now_ms: u64) {
         let ttl = self.limits.pending_ttl_ms;
-        let mut expired: HashMap<(PeerId, WorkspaceId), usize> = HashMap::new();
+        let mut expired: BTreeMap<(PeerId, WorkspaceId), usize> = BTreeMap::new();
         for ((ws, _), pending) in &mut self.pending {
             pending.changes.retain(|_, pc| {
                 let keep = now_ms.saturating_sub(pc.since_ms) < ttl;

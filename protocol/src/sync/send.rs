@@ -1,6 +1,6 @@
 //! Generating sync messages and the frames that carry them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::sync::{ChunkList, SyncDoc};
 use automerge::{Change, ChangeHash};
@@ -120,12 +120,12 @@ fn covering_signatures(
 
 /// Orders changes so that every change comes after its dependencies within the set.
 fn causal_order(changes: Vec<Change>) -> Vec<Change> {
-    let index: HashMap<ChangeHash, usize> = changes
+    let index: BTreeMap<ChangeHash, usize> = changes
         .iter()
         .enumerate()
         .map(|(i, c)| (c.hash(), i))
         .collect();
-    let mut done: HashSet<usize> = HashSet::new();
+    let mut done: BTreeSet<usize> = BTreeSet::new();
     let mut order = Vec::with_capacity(changes.len());
     for start in 0..changes.len() {
         // Iterative post-order walk over dependencies inside the set.
