@@ -1,0 +1,851 @@
+//! The deterministic driver: a virtual clock, an ordered event queue, one
+//! ordered reliable stream per connection (what Automerge sync assumes), and
+//! the real `protocol::sync` engine in every member. Same scenario and seed,
+//! same report, byte for byte.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::rc::Rc;
+
+use automerge::ChangeHash;
+use ed25519_dalek::SigningKey;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use xencode_protocol::sync::{Engine, Event, Input, Limits, Output};
+use xencode_protocol::wire::{self, Frame};
+use xencode_protocol::{DocId, PeerId};
+
+use crate::host::{SimHost, Team, WS};
+use crate::scenario::Scenario;
+
+/// Reconnect delay after a connection is reset or closed.
+const RECONNECT_MS: u64 = 1_000;
+/// Group-commit window: applied changes become durable this much later.
+const COMMIT_MS: u64 = 2;
+/// How often the lag is sampled and convergence checked.
+const SAMPLE_MS: u64 = 100;
+
+enum Ev {
+    Deliver {
+        from: usize,
+        to: usize,
+        conn: u64,
+        frame: Frame,
+    },
+    Gossip {
+        from: usize,
+        to: usize,
+        origin: usize,
+        digest: [u8; 16],
+    },
+    Connect {
+        a: usize,
+        b: usize,
+    },
+    Edit {
+        node: usize,
+    },
+    Tick {
+        node: usize,
+    },
+    Commit {
+        node: usize,
+    },
+    Partition {
+        index: usize,
+    },
+    Heal,
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
+    Revoke,
+    Sample,
+}
+
+#[derive(Default)]
+struct Link {
+    up: bool,
+    conn: u64,
+    /// Per direction (from the lower index, from the higher): the last
+    /// delivery time, so frames stay in order.
+    last: [u64; 2],
+}
+
+struct Member {
+    id: PeerId,
+    host: SimHost,
+    engine: Engine,
+    alive: bool,
+    commit_pending: bool,
+    gossip_seen: BTreeSet<(usize, [u8; 16])>,
+    messages: u64,
+    bytes: u64,
+    /// When this member's documents last changed.
+    last_changed: u64,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub scenario: String,
+    pub seed: u64,
+    pub nodes: usize,
+    pub converged: bool,
+    /// From the last disturbance (last edit, heal or restart) to the last
+    /// change any honest member applied (after which all heads are equal);
+    /// `None` if they never became equal.
+    pub convergence_ms: Option<u64>,
+    pub edits: u64,
+    pub messages_mean: f64,
+    pub messages_max: u64,
+    pub bytes_mean: f64,
+    pub bytes_max: u64,
+    pub gossip_messages: u64,
+    pub max_lag: u64,
+    pub rejected: u64,
+    pub forged: u64,
+    pub lost_unpersisted: u64,
+    pub violations: Vec<String>,
+    pub virtual_ms: u64,
+}
+
+impl Report {
+    /// The report as printed: fixed order and formatting.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "scenario: {}", self.scenario);
+        let _ = writeln!(s, "seed: {}", self.seed);
+        let _ = writeln!(s, "nodes: {}", self.nodes);
+        let _ = writeln!(s, "converged: {}", self.converged);
+        let _ = match self.convergence_ms {
+            Some(ms) => writeln!(s, "convergence_ms: {ms}"),
+            None => writeln!(s, "convergence_ms: none"),
+        };
+        let _ = writeln!(s, "edits: {}", self.edits);
+        let _ = writeln!(
+            s,
+            "messages_per_node: mean {:.1}, max {}",
+            self.messages_mean, self.messages_max
+        );
+        let _ = writeln!(
+            s,
+            "bytes_per_node: mean {:.0}, max {}",
+            self.bytes_mean, self.bytes_max
+        );
+        let _ = writeln!(s, "gossip_messages: {}", self.gossip_messages);
+        let _ = writeln!(s, "max_lag_changes: {}", self.max_lag);
+        let _ = writeln!(s, "rejected_changes: {}", self.rejected);
+        let _ = writeln!(s, "forged_changes_sent: {}", self.forged);
+        let _ = writeln!(
+            s,
+            "applied_changes_lost_in_crashes: {}",
+            self.lost_unpersisted
+        );
+        let _ = writeln!(s, "virtual_ms: {}", self.virtual_ms);
+        if self.violations.is_empty() {
+            let _ = writeln!(s, "invariants: ok");
+        } else {
+            for v in &self.violations {
+                let _ = writeln!(s, "VIOLATION: {v}");
+            }
+        }
+        s
+    }
+}
+
+/// One simulation run.
+pub struct Sim {
+    sc: Scenario,
+    seed: u64,
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    members: Vec<Member>,
+    team: Rc<Team>,
+    mesh: Vec<(usize, usize)>,
+    links: BTreeMap<(usize, usize), Link>,
+    group: Option<Vec<u8>>,
+    /// Changes every honest node must end up with, by document.
+    required: BTreeMap<DocId, Vec<ChangeHash>>,
+    /// Changes no honest node may hold.
+    forbidden: Vec<(DocId, ChangeHash)>,
+    edits: u64,
+    gossip: u64,
+    rejected: u64,
+    forged: u64,
+    lost: u64,
+    max_lag: u64,
+    quiet_from: u64,
+    /// The last edit, heal or restart.
+    last_disturbance: u64,
+    converged_at: Option<u64>,
+    /// Frames a malicious member received, to replay.
+    replayable: Vec<(usize, Frame)>,
+}
+
+impl Sim {
+    pub fn new(sc: Scenario, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = sc.nodes;
+        // Keys (and their peer ids) from the seed; a key whose peer id cannot
+        // be made (none is known) is drawn again.
+        let mut keys: Vec<SigningKey> = Vec::with_capacity(n);
+        let mut peers: Vec<PeerId> = Vec::with_capacity(n);
+        while keys.len() < n {
+            let mut k = [0u8; 32];
+            rng.fill_bytes(&mut k);
+            let key = SigningKey::from_bytes(&k);
+            if let Ok(peer) = xencode_protocol::ids::peer_id_of(&key.verifying_key().to_bytes()) {
+                keys.push(key);
+                peers.push(peer);
+            }
+        }
+        let publics: Vec<[u8; 32]> = keys.iter().map(|k| k.verifying_key().to_bytes()).collect();
+        let writers = n - sc.viewers;
+        let revoked_from = writers - sc.revoked;
+        let team = Rc::new(Team {
+            keys: publics.clone(),
+            by_peer: peers.iter().enumerate().map(|(i, p)| (*p, i)).collect(),
+            by_key: publics.iter().enumerate().map(|(i, p)| (*p, i)).collect(),
+            peers: peers.clone(),
+            writer: (0..n).map(|i| i < writers).collect(),
+            revoked_at: (0..n)
+                .map(|i| (i >= revoked_from && i < writers).then_some(sc.revoke_at_ms))
+                .collect(),
+            docs: (0..sc.docs)
+                .map(|d| DocId::from_bytes([d as u8 + 1; 16]))
+                .collect(),
+        });
+        let members = keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, key)| Member {
+                id: peers[i],
+                host: SimHost::new(i, key, team.clone()),
+                engine: Engine::new(Limits::default()),
+                alive: true,
+                commit_pending: false,
+                gossip_seen: BTreeSet::new(),
+                messages: 0,
+                bytes: 0,
+                last_changed: 0,
+            })
+            .collect();
+        let mut sim = Self {
+            seed,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            members,
+            team,
+            mesh: Vec::new(),
+            links: BTreeMap::new(),
+            group: None,
+            required: BTreeMap::new(),
+            forbidden: Vec::new(),
+            edits: 0,
+            gossip: 0,
+            rejected: 0,
+            forged: 0,
+            lost: 0,
+            max_lag: 0,
+            quiet_from: 0,
+            last_disturbance: 0,
+            converged_at: None,
+            replayable: Vec::new(),
+            sc,
+        };
+        sim.plan();
+        sim
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.rng.next_u64() % n }
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < p
+    }
+
+    fn at(&mut self, time: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((time, self.seq), ev);
+    }
+
+    /// The mesh, the edits, the disturbances.
+    fn plan(&mut self) {
+        let n = self.sc.nodes;
+        let degree = self.sc.degree.min(n - 1);
+        let mut mesh = BTreeSet::new();
+        for i in 0..n {
+            let mut picked = 0;
+            let mut tries = 0;
+            while picked < degree && tries < degree * 20 {
+                tries += 1;
+                let j = self.below(n as u64) as usize;
+                if j != i && mesh.insert((i.min(j), i.max(j))) {
+                    picked += 1;
+                }
+            }
+        }
+        self.mesh = mesh.into_iter().collect();
+        for (a, b) in self.mesh.clone() {
+            let t = self.latency();
+            self.at(t, Ev::Connect { a, b });
+        }
+        let writers = n - self.sc.viewers;
+        let active = self.sc.active_writers.unwrap_or(writers).min(writers);
+        for node in 0..active {
+            let t = self.below(self.sc.edit_interval_ms);
+            self.at(t, Ev::Edit { node });
+        }
+        for node in 0..n {
+            let t = 1 + self.below(1000);
+            self.at(t, Ev::Tick { node });
+        }
+        let mut quiet = self.sc.edit_for_ms;
+        for (index, p) in self.sc.partitions.clone().into_iter().enumerate() {
+            self.at(p.at_ms, Ev::Partition { index });
+            self.at(p.heal_ms, Ev::Heal);
+            quiet = quiet.max(p.heal_ms);
+        }
+        let mut crashes: Vec<(usize, u64, u64)> = self
+            .sc
+            .crashes
+            .iter()
+            .map(|c| (c.node, c.at_ms, c.restart_ms))
+            .collect();
+        if let Some(r) = self.sc.rolling_crashes.clone() {
+            let mut t = r.from_ms;
+            let mut node = 0;
+            while t < r.until_ms {
+                crashes.push((node % n, t, t + r.down_ms));
+                node += 1;
+                t += r.every_ms.max(1);
+            }
+        }
+        for (node, at, restart) in crashes {
+            self.at(at, Ev::Crash { node });
+            self.at(restart, Ev::Restart { node });
+            quiet = quiet.max(restart);
+        }
+        if self.sc.revoked > 0 {
+            self.at(self.sc.revoke_at_ms, Ev::Revoke);
+        }
+        self.quiet_from = quiet;
+        self.at(SAMPLE_MS, Ev::Sample);
+    }
+
+    fn latency(&mut self) -> u64 {
+        self.sc.latency_ms + self.below(self.sc.jitter_ms + 1)
+    }
+
+    fn same_side(&self, a: usize, b: usize) -> bool {
+        self.group.as_ref().is_none_or(|g| g[a] == g[b])
+    }
+
+    /// Runs to convergence after the last disturbance, or to the settle
+    /// deadline.
+    pub fn run(mut self) -> Report {
+        let deadline = self.quiet_from + self.sc.settle_ms;
+        while let Some(((time, _), ev)) = self.queue.pop_first() {
+            if time > deadline {
+                self.now = deadline;
+                break;
+            }
+            self.now = time;
+            self.step(ev);
+            if self.converged_at.is_some() {
+                break;
+            }
+        }
+        self.report()
+    }
+
+    fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver {
+                from,
+                to,
+                conn,
+                frame,
+            } => {
+                let live = self
+                    .links
+                    .get(&(from.min(to), from.max(to)))
+                    .is_some_and(|l| l.up && l.conn == conn);
+                if live && self.members[to].alive {
+                    if self.sc.malicious > 0 && self.is_malicious(to) && self.replayable.len() < 32
+                    {
+                        self.replayable.push((from, frame.clone()));
+                    }
+                    let peer = self.members[from].id;
+                    self.input(to, Input::Received { peer, frame });
+                }
+            }
+            Ev::Gossip {
+                from,
+                to,
+                origin,
+                digest,
+            } => {
+                if !self.members[to].alive || !self.same_side(from, to) {
+                    return;
+                }
+                if !self.members[to].gossip_seen.insert((origin, digest)) {
+                    return;
+                }
+                let peer = self.members[origin].id;
+                self.input(
+                    to,
+                    Input::Announced {
+                        peer,
+                        workspace: WS,
+                        digest,
+                    },
+                );
+                self.forward_gossip(to, Some(from), origin, digest);
+            }
+            Ev::Connect { a, b } => self.connect(a, b),
+            Ev::Edit { node } => self.edit(node),
+            Ev::Tick { node } => {
+                if self.members[node].alive {
+                    self.input(node, Input::Tick);
+                }
+                self.at(self.now + 1000, Ev::Tick { node });
+            }
+            Ev::Commit { node } => {
+                self.members[node].commit_pending = false;
+                if self.members[node].alive {
+                    self.members[node].host.commit();
+                }
+            }
+            Ev::Partition { index } => {
+                let p = self.sc.partitions[index].clone();
+                let n = self.sc.nodes;
+                self.group = Some(
+                    (0..n)
+                        .map(|i| match p.kind.as_str() {
+                            "isolate" => u8::from(i == p.node),
+                            _ => u8::from(i >= n / 2),
+                        })
+                        .collect(),
+                );
+                let cut: Vec<(usize, usize)> = self
+                    .links
+                    .iter()
+                    .filter(|((a, b), l)| l.up && !self.same_side(*a, *b))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for (a, b) in cut {
+                    self.link_down(a, b);
+                }
+            }
+            Ev::Heal => {
+                self.group = None;
+                self.last_disturbance = self.now;
+                for (a, b) in self.mesh.clone() {
+                    let t = self.now + self.latency();
+                    self.at(t, Ev::Connect { a, b });
+                }
+            }
+            Ev::Crash { node } => {
+                if !self.members[node].alive {
+                    return;
+                }
+                self.members[node].alive = false;
+                let links: Vec<(usize, usize)> = self
+                    .links
+                    .iter()
+                    .filter(|((a, b), l)| l.up && (*a == node || *b == node))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for (a, b) in links {
+                    self.link_down(a, b);
+                }
+                let m = &mut self.members[node];
+                self.lost += m.host.crash();
+                m.engine = Engine::new(Limits::default());
+                m.gossip_seen.clear();
+            }
+            Ev::Restart { node } => {
+                self.members[node].alive = true;
+                self.last_disturbance = self.now;
+                for (a, b) in self.mesh.clone() {
+                    if a == node || b == node {
+                        let t = self.now + self.latency();
+                        self.at(t, Ev::Connect { a, b });
+                    }
+                }
+            }
+            Ev::Revoke => {
+                for i in 0..self.members.len() {
+                    if self.members[i].alive {
+                        let now = self.now;
+                        let m = &mut self.members[i];
+                        m.engine.revalidate(&mut m.host, now);
+                        self.drain(i);
+                    }
+                }
+            }
+            Ev::Sample => self.sample(),
+        }
+    }
+
+    fn is_malicious(&self, i: usize) -> bool {
+        let writers = self.sc.nodes - self.sc.viewers;
+        let revoked_from = writers - self.sc.revoked;
+        i >= revoked_from - self.sc.malicious && i < revoked_from
+    }
+
+    fn is_revoked(&self, i: usize) -> bool {
+        self.team.revoked_at[i].is_some()
+    }
+
+    fn connect(&mut self, a: usize, b: usize) {
+        if !self.members[a].alive || !self.members[b].alive || !self.same_side(a, b) {
+            return;
+        }
+        let key = (a.min(b), a.max(b));
+        let link = self.links.entry(key).or_default();
+        if link.up {
+            return;
+        }
+        link.up = true;
+        link.conn += 1;
+        let (pa, pb) = (self.members[a].id, self.members[b].id);
+        self.input(a, Input::Connected { peer: pb });
+        self.input(b, Input::Connected { peer: pa });
+    }
+
+    fn link_down(&mut self, a: usize, b: usize) {
+        let key = (a.min(b), a.max(b));
+        let Some(link) = self.links.get_mut(&key) else {
+            return;
+        };
+        if !link.up {
+            return;
+        }
+        link.up = false;
+        let (pa, pb) = (self.members[a].id, self.members[b].id);
+        if self.members[a].alive {
+            self.input(a, Input::Disconnected { peer: pb });
+        }
+        if self.members[b].alive {
+            self.input(b, Input::Disconnected { peer: pa });
+        }
+    }
+
+    fn edit(&mut self, node: usize) {
+        if self.now >= self.sc.edit_for_ms {
+            return;
+        }
+        let next =
+            self.now + self.sc.edit_interval_ms / 2 + self.below(self.sc.edit_interval_ms + 1);
+        self.at(next, Ev::Edit { node });
+        if !self.members[node].alive {
+            return;
+        }
+        let k = self.below(self.team.docs.len() as u64) as usize;
+        let doc = self.team.docs[k];
+        let now = self.now;
+        let Some(hash) = self.members[node].host.edit(doc, now) else {
+            return;
+        };
+        self.edits += 1;
+        self.last_disturbance = now;
+        self.members[node].last_changed = now;
+        let revoked_now = self.team.revoked_at[node].is_some_and(|t| now >= t);
+        if revoked_now {
+            self.forbidden.push((doc, hash));
+        } else if !self.is_revoked(node) {
+            self.required.entry(doc).or_default().push(hash);
+        }
+        self.input(node, Input::LocalChange { workspace: WS, doc });
+        if self.is_malicious(node) {
+            self.misbehave(node, doc);
+        }
+    }
+
+    /// A malicious member sends a change forged in a teammate's name to its
+    /// neighbours, and replays a frame it received earlier.
+    fn misbehave(&mut self, node: usize, doc: DocId) {
+        let victim = (node + 1) % (self.sc.nodes - self.sc.viewers);
+        let now = self.now;
+        let Some((hash, raw, sig)) = self.members[node].host.forge(doc, now, victim) else {
+            return;
+        };
+        self.forbidden.push((doc, hash));
+        self.forged += 1;
+        let frame = Frame::Sync {
+            workspace: WS,
+            doc,
+            message: None,
+            changes: vec![raw],
+            signatures: vec![sig],
+            sent_ms: now,
+        };
+        let neighbours: Vec<usize> = self.neighbours(node);
+        for to in neighbours {
+            self.send(node, to, frame.clone());
+        }
+        if !self.replayable.is_empty() {
+            let k = self.below(self.replayable.len() as u64) as usize;
+            let (_, old) = self.replayable[k].clone();
+            if let Some(to) = self.neighbours(node).first().copied() {
+                self.send(node, to, old);
+            }
+        }
+    }
+
+    fn neighbours(&self, node: usize) -> Vec<usize> {
+        self.links
+            .iter()
+            .filter(|(_, l)| l.up)
+            .filter_map(|((a, b), _)| {
+                if *a == node {
+                    Some(*b)
+                } else if *b == node {
+                    Some(*a)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn send(&mut self, from: usize, to: usize, frame: Frame) {
+        let key = (from.min(to), from.max(to));
+        let Some(link) = self.links.get(&key) else {
+            return;
+        };
+        if !link.up {
+            return;
+        }
+        let bytes = wire::encode(&frame).map_or(0, |b| b.len() as u64);
+        let m = &mut self.members[from];
+        m.messages += 1;
+        m.bytes += bytes;
+        let mut delay = self.latency();
+        if self.chance(self.sc.loss) {
+            if self.chance(self.sc.reset_on_loss) {
+                self.link_down(from, to);
+                let t = self.now + RECONNECT_MS;
+                self.at(t, Ev::Connect { a: from, b: to });
+                return;
+            }
+            delay += self.sc.retransmit_ms;
+        }
+        let dir = usize::from(from > to);
+        let Some(link) = self.links.get_mut(&key) else {
+            return;
+        };
+        let t = (self.now + delay).max(link.last[dir]);
+        link.last[dir] = t;
+        let conn = link.conn;
+        self.at(
+            t,
+            Ev::Deliver {
+                from,
+                to,
+                conn,
+                frame,
+            },
+        );
+    }
+
+    fn forward_gossip(
+        &mut self,
+        node: usize,
+        except: Option<usize>,
+        origin: usize,
+        digest: [u8; 16],
+    ) {
+        for to in self.neighbours(node) {
+            if Some(to) == except {
+                continue;
+            }
+            self.gossip += 1;
+            let t = self.now + self.latency();
+            self.at(
+                t,
+                Ev::Gossip {
+                    from: node,
+                    to,
+                    origin,
+                    digest,
+                },
+            );
+        }
+    }
+
+    fn input(&mut self, i: usize, input: Input) {
+        let now = self.now;
+        let m = &mut self.members[i];
+        m.engine.handle(&mut m.host, input, now);
+        self.drain(i);
+    }
+
+    /// Carries out everything the engine asks, until it asks nothing.
+    fn drain(&mut self, i: usize) {
+        while let Some(out) = self.members[i].engine.poll_output() {
+            match out {
+                Output::Send { peer, frame } => {
+                    if let Some(&to) = self.team.by_peer.get(&peer) {
+                        self.send(i, to, frame);
+                    }
+                }
+                Output::Persist {
+                    doc,
+                    changes,
+                    signatures,
+                    ..
+                } => {
+                    self.members[i].host.stage(doc, changes, signatures);
+                    self.members[i].last_changed = self.now;
+                    if !self.members[i].commit_pending {
+                        self.members[i].commit_pending = true;
+                        self.at(self.now + COMMIT_MS, Ev::Commit { node: i });
+                    }
+                }
+                Output::SaveSyncState { peer, doc, state } => {
+                    self.members[i].host.save_state(peer, doc, state);
+                }
+                Output::Disconnect { peer, .. } => {
+                    if let Some(&to) = self.team.by_peer.get(&peer) {
+                        self.link_down(i, to);
+                        let t = self.now + RECONNECT_MS * 5;
+                        self.at(t, Ev::Connect { a: i, b: to });
+                    }
+                }
+                Output::Announce { digest, .. } => {
+                    self.members[i].gossip_seen.insert((i, digest));
+                    self.forward_gossip(i, None, i, digest);
+                }
+                Output::Dial { peer } => {
+                    if let Some(&to) = self.team.by_peer.get(&peer) {
+                        let t = self.now + self.latency();
+                        self.at(t, Ev::Connect { a: i, b: to });
+                    }
+                }
+                Output::Event(Event::Rejected { count, .. }) => self.rejected += count as u64,
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    fn honest(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|i| !self.is_revoked(*i))
+            .collect()
+    }
+
+    fn sample(&mut self) {
+        let required: u64 = self.required.values().map(|v| v.len() as u64).sum();
+        for i in self.honest() {
+            if self.members[i].alive {
+                let lag = required.saturating_sub(self.members[i].host.held);
+                self.max_lag = self.max_lag.max(lag);
+            }
+        }
+        if self.now >= self.quiet_from && self.converged() {
+            self.converged_at = Some(self.now);
+            return;
+        }
+        self.at(self.now + SAMPLE_MS, Ev::Sample);
+    }
+
+    fn converged(&mut self) -> bool {
+        let honest = self.honest();
+        if honest
+            .iter()
+            .any(|i| !self.members[*i].alive || self.members[*i].host.has_staged())
+        {
+            return false;
+        }
+        let mut first = None;
+        for i in honest {
+            let heads = self.members[i].host.heads();
+            match &first {
+                None => first = Some(heads),
+                Some(f) if *f != heads => return false,
+                Some(_) => {}
+            }
+        }
+        true
+    }
+
+    fn report(mut self) -> Report {
+        let honest = self.honest();
+        let mut violations = Vec::new();
+        let converged = self.converged_at.is_some() || self.converged();
+        if !converged {
+            violations.push("honest nodes did not reach identical heads".into());
+        }
+        // No persisted change lost: every honest author's change, and every
+        // change durable anywhere, is held by every honest node.
+        let mut must: BTreeSet<(DocId, ChangeHash)> = self
+            .required
+            .iter()
+            .flat_map(|(d, hs)| hs.iter().map(move |h| (*d, *h)))
+            .collect();
+        let docs = self.team.docs.clone();
+        for &i in &honest {
+            for h in self.members[i].host.durable_hashes() {
+                for d in &docs {
+                    if self.members[i].host.holds(*d, &h) {
+                        must.insert((*d, h));
+                    }
+                }
+            }
+        }
+        let forbidden = self.forbidden.clone();
+        for &i in &honest {
+            let host = &mut self.members[i].host;
+            let missing = must.iter().filter(|(d, h)| !host.holds(*d, h)).count();
+            if missing > 0 {
+                violations.push(format!("node {i} lacks {missing} persisted changes"));
+            }
+            let bad = forbidden.iter().filter(|(d, h)| host.holds(*d, h)).count();
+            if bad > 0 {
+                violations.push(format!("node {i} applied {bad} unauthorized changes"));
+            }
+        }
+        let n = self.members.len() as f64;
+        let messages: Vec<u64> = self.members.iter().map(|m| m.messages).collect();
+        let bytes: Vec<u64> = self.members.iter().map(|m| m.bytes).collect();
+        Report {
+            scenario: self.sc.name.clone(),
+            seed: self.seed,
+            nodes: self.sc.nodes,
+            converged,
+            // The last moment an honest member's documents changed, after
+            // the last disturbance: when the team reached its final state.
+            convergence_ms: converged.then(|| {
+                honest
+                    .iter()
+                    .map(|i| self.members[*i].last_changed)
+                    .max()
+                    .unwrap_or(0)
+                    .saturating_sub(self.last_disturbance)
+            }),
+            edits: self.edits,
+            messages_mean: messages.iter().sum::<u64>() as f64 / n,
+            messages_max: messages.iter().copied().max().unwrap_or(0),
+            bytes_mean: bytes.iter().sum::<u64>() as f64 / n,
+            bytes_max: bytes.iter().copied().max().unwrap_or(0),
+            gossip_messages: self.gossip,
+            max_lag: self.max_lag,
+            rejected: self.rejected,
+            forged: self.forged,
+            lost_unpersisted: self.lost,
+            violations,
+            virtual_ms: self.now,
+        }
+    }
+}
