@@ -352,6 +352,13 @@ impl Sim {
     /// Runs to convergence after the last disturbance, or to the settle
     /// deadline.
     pub fn run(mut self) -> Report {
+        self.advance();
+        self.report()
+    }
+
+    /// Processes events until convergence after the last disturbance, or
+    /// the deadline.
+    fn advance(&mut self) {
         let deadline = self.quiet_from + self.sc.settle_ms;
         while let Some(((time, _), ev)) = self.queue.pop_first() {
             if time > deadline {
@@ -364,7 +371,6 @@ impl Sim {
                 break;
             }
         }
-        self.report()
     }
 
     fn step(&mut self, ev: Ev) {
@@ -847,5 +853,50 @@ impl Sim {
             violations,
             virtual_ms: self.now,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Scenario {
+        toml::from_str(
+            "name = \"t\"\nnodes = 4\ndegree = 2\ndocs = 1\nedit_for_ms = 3000\nedit_interval_ms = 500\nsettle_ms = 30000\n",
+        )
+        .expect("scenario")
+    }
+
+    /// The checker itself: a change every member holds, declared forbidden,
+    /// and one nobody holds, declared required, are both reported.
+    #[test]
+    fn the_invariant_checks_can_fail() {
+        let mut sim = Sim::new(small(), 5);
+        sim.advance();
+        let (doc, held) = sim
+            .required
+            .iter()
+            .find_map(|(d, hs)| hs.first().map(|h| (*d, *h)))
+            .expect("an edit was made");
+        sim.forbidden.push((doc, held));
+        sim.required
+            .entry(doc)
+            .or_default()
+            .push(ChangeHash([9; 32]));
+        let report = sim.report();
+        let text = report.violations.join("\n");
+        assert!(text.contains("applied 1 unauthorized changes"), "{text}");
+        assert!(text.contains("lacks 1 persisted changes"), "{text}");
+    }
+
+    #[test]
+    fn a_healthy_small_team_converges_with_no_violation() {
+        let report = Sim::new(small(), 5).run();
+        assert!(
+            report.converged && report.violations.is_empty(),
+            "{}",
+            report.render()
+        );
+        assert!(report.edits > 10);
     }
 }
