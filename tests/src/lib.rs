@@ -420,6 +420,21 @@ pub async fn put(node: &Node, ws: &str, path: &str, body: &str) -> reqwest::Stat
         .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
 }
 
+/// `inviter` invites `joiner` into `ws` with `role`, and `joiner` joins;
+/// both steps must succeed. Syncing starts; nothing waits for it here.
+pub fn invite_and_join(inviter: &Node, ws: &str, joiner: &Node, role: &str) {
+    let invite = inviter.cli(&["invite", ws, &joiner.peer_id, "--role", role]);
+    let token = last_line(&invite);
+    ok_stdout(&invite);
+    let joined = joiner.cli(&["join", &token]);
+    assert_eq!(
+        last_line(&joined),
+        ws,
+        "{}",
+        String::from_utf8_lossy(&joined.stderr)
+    );
+}
+
 /// Skips a test that cannot run on this machine, saying why; under
 /// `XENCODE_REQUIRE_ALL_TESTS=1` (as in CI) a skip is a failure instead.
 pub fn skip_or_fail(test: &str, reason: &str) {

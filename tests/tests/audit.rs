@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use redb::ReadableTable;
-use xencode_tests::{Node, last_line, ok_stdout, put, wait_for};
+use xencode_tests::{Node, invite_and_join, last_line, put, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -31,9 +31,7 @@ async fn decisions_are_logged_and_tampering_shows() {
     let a = Node::start(&tmp.path().join("a")).expect("a");
     let b = Node::start(&tmp.path().join("b")).expect("b");
     let ws = last_line(&a.cli(&["workspace", "create", "audited"]));
-    let invite = a.cli(&["invite", &ws, &b.peer_id, "--role", "viewer"]);
-    ok_stdout(&invite);
-    assert_eq!(last_line(&b.cli(&["join", &last_line(&invite)])), ws);
+    invite_and_join(&a, &ws, &b, "viewer");
     assert!(
         wait_for(WAIT, || async {
             b.get_json(&format!("/api/v1/workspaces/{ws}")).await["name"] == "audited"

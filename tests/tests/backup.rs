@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use xencode_tests::{Node, converged, free_port, last_line, ok_stdout, put, splice, wait_for};
+use xencode_tests::{
+    Node, converged, free_port, invite_and_join, last_line, ok_stdout, put, splice, wait_for,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -16,9 +18,7 @@ async fn backup_while_writing_then_restore_with_a_new_epoch() {
     let a = Node::start_with(&tmp.path().join("a"), a_port, &[]).expect("a");
     let b = Node::start(&tmp.path().join("b")).expect("b");
     let ws = last_line(&a.cli(&["workspace", "create", "kept"]));
-    let invite = a.cli(&["invite", &ws, &b.peer_id, "--role", "developer"]);
-    ok_stdout(&invite);
-    assert_eq!(last_line(&b.cli(&["join", &last_line(&invite)])), ws);
+    invite_and_join(&a, &ws, &b, "developer");
     assert!(put(&a, &ws, "before.txt", "").await.is_success());
 
     // Back up while A keeps taking edits.

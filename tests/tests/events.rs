@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use xencode_tests::{Node, last_line, ok_stdout, put, splice, wait_for};
+use xencode_tests::{Node, invite_and_join, last_line, put, splice, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -59,12 +59,10 @@ async fn a_viewer_sees_remote_edits_and_nothing_else() {
     let b = Node::start(&tmp.path().join("b")).expect("b");
     let shared = last_line(&a.cli(&["workspace", "create", "shared"]));
     let private = last_line(&a.cli(&["workspace", "create", "private"]));
-    let invite = a.cli(&["invite", &shared, &b.peer_id, "--role", "viewer"]);
-    ok_stdout(&invite);
     let a_events = follow(&a, "");
     let b_events = follow(&b, "");
     let b_filtered = follow(&b, &format!("?workspace={private}"));
-    assert_eq!(last_line(&b.cli(&["join", &last_line(&invite)])), shared);
+    invite_and_join(&a, &shared, &b, "viewer");
     assert!(
         wait_for(WAIT, || async {
             b.get_json(&format!("/api/v1/workspaces/{shared}")).await["name"] == "shared"

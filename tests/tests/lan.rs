@@ -9,15 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use xencode_tests::{last_line, run_with_stdin, xencode_bin};
+use xencode_tests::{last_line, run_with_stdin, skip_or_fail, xencode_bin};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn skip(reason: &str) {
-    if std::env::var("XENCODE_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1") {
-        panic!("XENCODE_REQUIRE_ALL_TESTS=1 but the LAN test cannot run: {reason}");
-    }
-    eprintln!("SKIPPED lan test: {reason}");
+    skip_or_fail("the LAN test", reason);
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use xencode_tests::{Node, converged, free_port, last_line, ok_stdout, put, splice, wait_for};
+use xencode_tests::{
+    Node, converged, free_port, invite_and_join, last_line, ok_stdout, put, splice, wait_for,
+};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -24,16 +26,7 @@ async fn team() -> Team {
     let ws = last_line(&a.cli(&["workspace", "create", "team"]));
     assert_eq!(ws.len(), 32);
     for (node, role) in [(&b, "developer"), (&c, "viewer")] {
-        let invite = a.cli(&["invite", &ws, &node.peer_id, "--role", role]);
-        let token = last_line(&invite);
-        ok_stdout(&invite);
-        let joined = node.cli(&["join", &token]);
-        assert_eq!(
-            last_line(&joined),
-            ws,
-            "{}",
-            String::from_utf8_lossy(&joined.stderr)
-        );
+        invite_and_join(&a, &ws, node, role);
     }
     for node in [&b, &c] {
         let synced = wait_for(CONVERGE, || async {
