@@ -124,7 +124,8 @@ async fn login_cookie_and_csrf_hold() {
     let ok = create(Some(&csrf)).await.expect("post");
     assert_eq!(ok.status(), StatusCode::CREATED);
 
-    // A browser session cannot mint login links for others.
+    // A browser session cannot mint login links for others, nor take a
+    // backup of the whole store.
     let mint = http
         .post(api("/api/v1/dashboard/login"))
         .headers(with_cookie.clone())
@@ -133,6 +134,17 @@ async fn login_cookie_and_csrf_hold() {
         .await
         .expect("mint");
     assert_eq!(mint.status(), StatusCode::FORBIDDEN);
+    let body: serde_json::Value = mint.json().await.expect("json");
+    assert_eq!(error_code(&body), "token_required");
+    let backup = http
+        .get(api("/api/v1/backup"))
+        .headers(with_cookie.clone())
+        .send()
+        .await
+        .expect("backup");
+    assert_eq!(backup.status(), StatusCode::FORBIDDEN);
+    let body: serde_json::Value = backup.json().await.expect("json");
+    assert_eq!(error_code(&body), "token_required");
 
     // Cross-origin: a page elsewhere posting with the cookie and a token.
     let cross = http

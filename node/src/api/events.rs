@@ -10,6 +10,7 @@ use tokio::sync::broadcast::error::RecvError;
 use xencode_protocol::WorkspaceId;
 use xencode_protocol::api::NodeEvent;
 
+use super::extract::query_pairs;
 use super::routes::parse_ws;
 use super::{ApiError, ApiState};
 use crate::store::Store;
@@ -62,20 +63,8 @@ impl Drop for Subscriber {
 
 fn workspace_filter(query: Option<&str>) -> Result<Option<WorkspaceId>, ApiError> {
     let mut only = None;
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=') {
-            Some(("workspace", id)) => only = Some(parse_ws(id)?),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
-                    format!("unknown query parameter {pair:?}; only `workspace=ID` is understood"),
-                ));
-            }
-        }
+    for (_, id) in query_pairs(query, &["workspace"])? {
+        only = Some(parse_ws(id)?);
     }
     Ok(only)
 }

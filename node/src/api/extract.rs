@@ -11,6 +11,33 @@ use serde::de::DeserializeOwned;
 
 use super::ApiError;
 
+/// The `key=value` pairs of a query string, refusing any key not in
+/// `known` with a clear `invalid_query` error.
+pub fn query_pairs<'a>(
+    query: Option<&'a str>,
+    known: &[&str],
+) -> Result<Vec<(&'a str, &'a str)>, ApiError> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if known.contains(&k) => Ok((k, v)),
+            _ => Err(ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "unknown query parameter {pair:?}; this route understands {}",
+                    known
+                        .iter()
+                        .map(|k| format!("`{k}=…`"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+            )),
+        })
+        .collect()
+}
+
 /// A JSON body.
 pub struct ApiJson<T>(pub T);
 
@@ -68,5 +95,23 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             .await
             .map(|Path(v)| Self(v))
             .map_err(|e: PathRejection| ApiError::bad_request("invalid_path", e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_pairs;
+
+    #[test]
+    fn queries_keep_known_keys_and_refuse_others() {
+        assert_eq!(query_pairs(None, &["a"]).expect("none"), vec![]);
+        assert_eq!(
+            query_pairs(Some("a=1&&b=2"), &["a", "b"]).expect("known"),
+            vec![("a", "1"), ("b", "2")]
+        );
+        for bad in ["c=1", "a", "a=1&c=2"] {
+            let e = query_pairs(Some(bad), &["a"]).expect_err(bad);
+            assert_eq!(e.code, "invalid_query");
+        }
     }
 }

@@ -107,6 +107,20 @@ pub async fn require_token(
     resp
 }
 
+/// For routes documented as [`super::openapi::Auth::TokenOnly`] (minting
+/// login links, backups): a dashboard session is not enough.
+pub async fn token_only(req: Request, next: Next) -> Response {
+    if req.extensions().get::<Principal>() == Some(&Principal::Token) {
+        return next.run(req).await;
+    }
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "token_required",
+        "this needs the API token itself (as `xencode dashboard` and `xencode backup FILE` use it), not a browser session",
+    )
+    .into_response()
+}
+
 /// Authenticates a request by its dashboard session cookie.
 fn cookie_principal(state: &ApiState, req: &Request) -> Result<Principal, Box<Response>> {
     let port = state.inner.node.port;

@@ -159,7 +159,13 @@ impl Documented {
     {
         let filter = MethodFilter::try_from(method.clone())
             .unwrap_or_else(|_| panic!("{method} is not a routable method"));
-        self.router = self.router.route(path, wrap(on(filter, handler)));
+        let mut method_router = wrap(on(filter, handler));
+        // What the document says is what is enforced.
+        if doc.auth == Auth::TokenOnly {
+            method_router =
+                method_router.layer(axum::middleware::from_fn(super::guard::token_only));
+        }
+        self.router = self.router.route(path, method_router);
         self.operations.push(Operation { method, path, doc });
         self
     }

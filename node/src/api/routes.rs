@@ -11,7 +11,7 @@ use xencode_protocol::api::{
 };
 use xencode_protocol::{WorkspaceId, WorkspacePath};
 
-use super::extract::{ApiJson, ApiPath, RawBody};
+use super::extract::{ApiJson, ApiPath, RawBody, query_pairs};
 use super::{ApiError, ApiState};
 use crate::now_ms;
 use crate::store::tables::SCHEMA_VERSION;
@@ -257,50 +257,28 @@ pub async fn audit(
 ) -> Result<Json<AuditLog>, ApiError> {
     let mut workspace = None;
     let mut limit = 200usize;
-    for pair in query
-        .as_deref()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=') {
-            Some(("workspace", id)) => workspace = Some(parse_ws(id)?),
-            Some(("limit", n)) => {
-                limit = n
-                    .parse()
-                    .ok()
-                    .filter(|n| *n <= MAX_AUDIT_LIMIT)
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_query",
-                            format!("`limit` must be a number up to {MAX_AUDIT_LIMIT}"),
-                        )
-                    })?;
-            }
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
-                    format!("unknown query parameter {pair:?}; use `workspace=ID` and `limit=N`"),
-                ));
-            }
+    for (key, value) in query_pairs(query.as_deref(), &["workspace", "limit"])? {
+        if key == "workspace" {
+            workspace = Some(parse_ws(value)?);
+        } else {
+            limit = value
+                .parse()
+                .ok()
+                .filter(|n| *n <= MAX_AUDIT_LIMIT)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("`limit` must be a number up to {MAX_AUDIT_LIMIT}"),
+                    )
+                })?;
         }
     }
     Ok(Json(state.store()?.read_audit(workspace, limit).await?))
 }
 
-/// `GET /api/v1/backup` (API token only): a consistent snapshot of the
+/// `GET /api/v1/backup` (API token only, enforced by the router): a consistent snapshot of the
 /// store, streamed as a redb file. The node keeps serving meanwhile.
-pub async fn backup(
-    State(state): State<ApiState>,
-    principal: Option<axum::Extension<super::session::Principal>>,
-) -> Result<Response, ApiError> {
-    if !matches!(principal.as_deref(), Some(super::session::Principal::Token)) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "token_required",
-            "backups are taken with the API token (`xencode backup FILE`), not from a browser session",
-        ));
-    }
+pub async fn backup(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let store = state.store()?;
     let dir = store
         .path()

@@ -212,18 +212,8 @@ pub fn session_cookie(headers: &HeaderMap, port: u16) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// `POST /api/v1/dashboard/login` (bearer token only).
-pub async fn login_link(
-    State(state): State<ApiState>,
-    principal: Option<axum::Extension<Principal>>,
-) -> Result<Response, ApiError> {
-    if !matches!(principal.as_deref(), Some(Principal::Token)) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "token_required",
-            "login links are minted with the API token (`xencode dashboard`), not from a browser session",
-        ));
-    }
+/// `POST /api/v1/dashboard/login` (bearer token only, enforced by the router).
+pub async fn login_link(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let code = state.inner.sessions.new_code()?;
     let link = LoginLink {
         url: format!("{}/login?code={code}", state.inner.node.api_url),
