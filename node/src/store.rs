@@ -165,6 +165,12 @@ impl StoreStats {
         }
     }
 
+    /// Publishes an event to whoever follows the stream; nobody listening
+    /// is fine.
+    pub(crate) fn publish(&self, event: NodeEvent) {
+        let _ = self.events.send(event);
+    }
+
     /// This node's role in a workspace, if it is a member.
     pub fn role(&self, ws: &WorkspaceId) -> Option<Role> {
         self.roles.read().ok()?.get(ws).copied()
@@ -450,7 +456,7 @@ impl Store {
             reply,
         })
         .await?;
-        self.announce(NodeEvent::Analysis {
+        self.stats.publish(NodeEvent::Analysis {
             workspace: ws,
             target,
             kind: "code".into(),
@@ -498,11 +504,6 @@ impl Store {
         .await
     }
 
-    /// Publishes an event that happened outside the actor's commits.
-    fn announce(&self, event: NodeEvent) {
-        let _ = self.stats.events.send(event);
-    }
-
     /// A cached AI answer.
     pub async fn ai_cache_get(&self, key: [u8; 32]) -> Result<Option<String>, StoreError> {
         self.ask(|reply| Command::AiCacheGet { key, reply }).await
@@ -531,7 +532,7 @@ impl Store {
             reply,
         })
         .await?;
-        self.announce(NodeEvent::Analysis {
+        self.stats.publish(NodeEvent::Analysis {
             workspace: ws,
             target,
             kind: "document".into(),

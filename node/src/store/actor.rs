@@ -49,7 +49,7 @@ pub(super) struct Actor {
     pub(super) author: Author,
     options: StoreOptions,
     pub(super) metrics: Arc<Metrics>,
-    stats: Arc<StoreStats>,
+    pub(super) stats: Arc<StoreStats>,
     pub(super) workspaces: BTreeMap<WorkspaceId, Workspace>,
     counters: HashMap<DocId, Counters>,
     /// Changes made in memory, not yet committed.
@@ -922,7 +922,7 @@ impl Actor {
     /// per document touched.
     fn emit_change_events(&self, staged: &[Staged], new_workspaces: &[WorkspaceId]) {
         for workspace in new_workspaces {
-            self.emit(NodeEvent::WorkspaceAdded {
+            self.stats.publish(NodeEvent::WorkspaceAdded {
                 workspace: *workspace,
             });
         }
@@ -956,13 +956,8 @@ impl Actor {
                     origin,
                 }
             };
-            self.emit(event);
+            self.stats.publish(event);
         }
-    }
-
-    /// Publishes an event; nobody listening is fine.
-    pub(super) fn emit(&self, event: NodeEvent) {
-        let _ = self.stats.events.send(event);
     }
 
     fn publish_stats(&self) {

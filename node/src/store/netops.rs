@@ -81,11 +81,11 @@ impl Actor {
     /// Feeds the sync engine and carries out what it asks.
     pub(super) fn run_engine(&mut self, input: Input) {
         match &input {
-            Input::Connected { peer } => self.emit(NodeEvent::Peer {
+            Input::Connected { peer } => self.stats.publish(NodeEvent::Peer {
                 peer: peer.to_string(),
                 connected: true,
             }),
-            Input::Disconnected { peer } => self.emit(NodeEvent::Peer {
+            Input::Disconnected { peer } => self.stats.publish(NodeEvent::Peer {
                 peer: peer.to_string(),
                 connected: false,
             }),
@@ -262,7 +262,7 @@ impl Actor {
                 session_event(workspace, &peer, SessionState::Closed, None)
             }
         };
-        self.emit(event);
+        self.stats.publish(event);
     }
 
     /// Stages an audit entry for a decision about a peer.
