@@ -60,6 +60,17 @@ class ApiError extends Error {
   }
 }
 
+// The error of a refused response: its `{error: {code, message}}`, or the
+// HTTP status when the body is not that.
+async function failure(r) {
+  try {
+    const e = await r.json();
+    return new ApiError(r.status, e.error.code, e.error.message);
+  } catch (_) {
+    return new ApiError(r.status, 'http_' + r.status, `${r.status} ${r.statusText}`);
+  }
+}
+
 // Calls the API with the session cookie, and the CSRF token on writes.
 async function api(method, path, body, extra) {
   const headers = Object.assign({}, (extra && extra.headers) || {});
@@ -74,14 +85,7 @@ async function api(method, path, body, extra) {
     }
   }
   const r = await fetch(path, opts);
-  if (!r.ok) {
-    let code = 'http_' + r.status, message = r.statusText;
-    try {
-      const e = await r.json();
-      code = e.error.code; message = e.error.message;
-    } catch (_) { /* not JSON */ }
-    throw new ApiError(r.status, code, message);
-  }
+  if (!r.ok) throw await failure(r);
   if (r.status === 204) return null;
   const type = r.headers.get('content-type') || '';
   return type.includes('application/json') ? r.json() : r.text();
@@ -459,7 +463,7 @@ async function fileView(id, path) {
   let text;
   try {
     const r = await fetch(url, { credentials: 'same-origin', cache: 'no-store' });
-    if (!r.ok) { const e = await r.json(); throw new ApiError(r.status, e.error.code, e.error.message); }
+    if (!r.ok) throw await failure(r);
     if (r.headers.get('x-xencode-file-kind') === 'binary') {
       box.replaceChildren(h('p', { class: 'muted', text: `A binary file (${(await r.arrayBuffer()).byteLength} bytes): stored whole, not editable here.` }));
       status.textContent = 'binary';
@@ -564,11 +568,7 @@ async function analyze(id, path, withAi, results, source) {
   if (withAi) headers.Accept = 'text/event-stream';
   const r = await fetch(`/api/v1/workspaces/${enc(id)}/analyze`, {
     method: 'POST', credentials: 'same-origin', headers, body: JSON.stringify({ path, ai: withAi }) });
-  if (!r.ok) {
-    let msg = `analysis failed (${r.status})`;
-    try { msg = (await r.json()).error.message; } catch (_) { /* not JSON */ }
-    throw new Error(msg);
-  }
+  if (!r.ok) throw await failure(r);
   if (!withAi) { drawAnalysis(results, await r.json(), source(), review); return; }
   // Server-Sent Events over fetch: `event:` and `data:` lines, blank-line separated.
   const reader = r.body.getReader();
