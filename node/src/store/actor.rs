@@ -188,6 +188,7 @@ impl Actor {
             actor.workspaces.insert(id, ws);
         }
         actor.publish_stats();
+        actor.publish_roles();
         tracing::info!(
             workspaces = actor.workspaces.len(),
             epoch,
@@ -614,6 +615,9 @@ impl Actor {
         let staged_memberships = std::mem::take(&mut self.staged_memberships);
         self.staged_sync_states.clear();
         let audited = std::mem::take(&mut self.audit_staged);
+        let access_changed = staged
+            .iter()
+            .any(|s| s.change.doc == crate::workspace::access_doc_id(&s.ws));
         let outcome = match result {
             Ok((bumped, tip)) => {
                 self.audit_tip = tip;
@@ -641,6 +645,9 @@ impl Actor {
         };
         // Stats first: a client that got its answer must see them.
         self.publish_stats();
+        if access_changed || !new_workspaces.is_empty() {
+            self.publish_roles();
+        }
         for reply in self.deferred.drain(..) {
             reply(outcome.clone());
         }
@@ -658,10 +665,7 @@ impl Actor {
             for (workspace, doc) in local {
                 self.run_engine(Input::LocalChange { workspace, doc });
             }
-            if staged
-                .iter()
-                .any(|s| s.change.doc == crate::workspace::access_doc_id(&s.ws))
-            {
+            if access_changed {
                 self.revalidate_sessions();
             }
         }
@@ -964,6 +968,14 @@ impl Actor {
         self.stats
             .workspaces
             .store(self.workspaces.len(), Ordering::Relaxed);
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        self.stats.file_size.store(size, Ordering::Relaxed);
+        self.metrics.store_state(self.workspaces.len(), size);
+    }
+
+    /// Shares this node's role in each workspace (for the event stream's
+    /// filter); only access documents and new workspaces change it.
+    fn publish_roles(&self) {
         let roles: BTreeMap<WorkspaceId, Role> = self
             .workspaces
             .values()
@@ -972,9 +984,6 @@ impl Actor {
         if let Ok(mut shared) = self.stats.roles.write() {
             *shared = roles;
         }
-        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
-        self.stats.file_size.store(size, Ordering::Relaxed);
-        self.metrics.store_state(self.workspaces.len(), size);
     }
 }
 
