@@ -9,8 +9,10 @@ const state = {
   peerId: null,
   events: null,
   activity: [],
-  // The view currently shown reacts to events through this hook.
+  // The view currently shown reacts to events through this hook (set with
+  // listen()); events that come while a view loads wait in `pending`.
   onEvent: null,
+  pending: [],
 };
 
 // ---- small helpers -------------------------------------------------------
@@ -111,7 +113,14 @@ async function busy(button, action) {
   }
 }
 
-// ---- live events ---------------------------------------------------------
+// ---- live events -------------------------------------------------------
+
+// Makes `handler` the current view's: it first gets the events that came
+// while the view was loading (its first fetch may predate them).
+function listen(handler) {
+  state.onEvent = handler;
+  for (const ev of state.pending.splice(0)) handler(ev);
+}
 
 function describe(ev) {
   switch (ev.type) {
@@ -145,6 +154,7 @@ function connectEvents() {
       state.activity.unshift({ at: Date.now(), ev });
       state.activity.length = Math.min(state.activity.length, 100);
       if (state.onEvent) state.onEvent(ev);
+      else if (state.pending.length < 256) state.pending.push(ev);
     });
   }
 }
@@ -205,13 +215,13 @@ async function overview() {
   };
   await load();
   let timer = null;
-  state.onEvent = (ev) => {
+  listen((ev) => {
     drawActivity();
     if (['peer', 'session', 'applied', 'workspace_added', 'lagged'].includes(ev.type)) {
       clearTimeout(timer);
       timer = setTimeout(load, 300);
     }
-  };
+  });
 }
 
 async function workspaces() {
@@ -250,7 +260,7 @@ async function workspaces() {
     } catch (e) { list.replaceChildren(errorBox(e)); }
   };
   await load();
-  state.onEvent = (ev) => { if (['workspace_added', 'access_changed', 'index_changed'].includes(ev.type)) load(); };
+  listen((ev) => { if (['workspace_added', 'access_changed', 'index_changed'].includes(ev.type)) load(); });
 }
 
 async function workspace(id) {
@@ -343,12 +353,12 @@ async function workspace(id) {
       everything = false;
     }, 300);
   };
-  state.onEvent = (ev) => {
+  listen((ev) => {
     if (ev.type === 'lagged') { refresh(true); return; }
     if (ev.workspace !== id) return;
     if (ev.type === 'access_changed') refresh(true);
     else if (['index_changed', 'file_changed', 'analysis'].includes(ev.type)) refresh(false);
-  };
+  });
 }
 
 function inviteForm(id) {
@@ -555,9 +565,9 @@ async function fileView(id, path) {
   };
 
   analyzeBtn.addEventListener('click', () => busy(analyzeBtn, () => analyze(id, path, ai.checked, results, () => editor.value)));
-  state.onEvent = (ev) => {
+  listen((ev) => {
     if (ev.type === 'lagged' || (ev.type === 'file_changed' && ev.workspace === id && ev.path === path && ev.origin === 'remote')) refresh();
-  };
+  });
 }
 
 // Runs an analysis; with AI, streams the review as Ollama writes it.
@@ -635,7 +645,6 @@ async function docView(id, docId) {
       d.summary ? h('section', {}, h('h2', { text: 'Summary' }), h('p', { text: d.summary.text || d.summary.status })) : null,
       h('h2', { text: 'Text' }), h('pre', { class: 'doc', id: 'doc-text', tabindex: 0, text: d.extracted_text })].filter(Boolean));
   } catch (e) { box.replaceChildren(errorBox(e)); }
-  state.onEvent = null;
 }
 
 async function auditView() {
@@ -660,13 +669,14 @@ async function auditView() {
     } catch (e) { box.replaceChildren(errorBox(e)); }
   };
   await load();
-  state.onEvent = (ev) => { if (['rejected', 'session'].includes(ev.type)) load(); };
+  listen((ev) => { if (['rejected', 'session'].includes(ev.type)) load(); });
 }
 
 // ---- routing -------------------------------------------------------------
 
 async function route() {
   state.onEvent = null;
+  state.pending = [];
   const hash = location.hash.replace(/^#/, '') || '/';
   const parts = hash.split('/').filter(Boolean);
   document.getElementById('nav-overview').toggleAttribute('aria-current', parts.length === 0);
