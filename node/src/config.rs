@@ -166,16 +166,21 @@ impl Config {
     /// Parses a config file; a missing file means the defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         match fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            }),
+            Ok(text) => Self::parse(&text, path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(ConfigError::Read {
                 path: path.to_owned(),
                 source,
             }),
         }
+    }
+
+    /// Parses the text of a config file (`path` names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// Applies `XENCODE_<SECTION>_<KEY>` overrides from `vars`. Lists are

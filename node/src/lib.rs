@@ -11,6 +11,8 @@
 pub mod analysis;
 pub mod api;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod metrics;
 pub mod net;

@@ -15,7 +15,7 @@
 //! heads ([`wire::Announcement`]). What to do about one is the engine's call
 //! ([`Input::Announced`]).
 
-mod codec;
+pub(crate) mod codec;
 
 use codec::RawFrame;
 

@@ -15,6 +15,8 @@
 mod actor;
 pub mod audit;
 pub mod backup;
+#[doc(hidden)]
+pub mod fuzz;
 mod host;
 mod netops;
 pub mod tables;

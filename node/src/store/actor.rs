@@ -823,7 +823,14 @@ impl Actor {
                 else {
                     continue;
                 };
-                let saved = doc.am.save();
+                let Some(saved) = verified_snapshot(&mut doc.am) else {
+                    // Keep the change records: they still load one by one.
+                    tracing::error!(
+                        doc = %doc_id,
+                        "the document's snapshot does not load back; it is kept as change records"
+                    );
+                    continue;
+                };
                 let next = self.counters.get(doc_id).map_or(0, |c| c.next);
                 let upto = next.saturating_sub(1);
                 snapshots
@@ -991,6 +998,17 @@ fn stats_epoch(stats: &StoreStats, epoch: u64) {
     stats.epoch.store(epoch, Ordering::Relaxed);
 }
 
+/// The document saved as a snapshot, if the snapshot loads back with the
+/// same heads. Crafted changes a member sent (found by fuzzing) can leave a
+/// document whose saved form no longer loads; writing it in place of the
+/// change records would lose the document at the next start.
+pub(super) fn verified_snapshot(am: &mut AutoCommit) -> Option<Vec<u8>> {
+    let heads = am.get_heads();
+    let saved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| am.save())).ok()?;
+    let loaded = std::panic::catch_unwind(|| AutoCommit::load(&saved).map(|mut d| d.get_heads()));
+    matches!(loaded, Ok(Ok(h)) if h == heads).then_some(saved)
+}
+
 /// Loads a document: its snapshot, then its change records in one batch.
 fn load_doc(
     snapshots: &redb::ReadOnlyTable<[u8; 16], (u64, &[u8])>,
@@ -1001,7 +1019,10 @@ fn load_doc(
     let (mut am, first) = match snapshots.get(key).map_err(|e| e.to_string())? {
         Some(v) => {
             let (upto, data) = v.value();
-            let am = AutoCommit::load(data)
+            let am = std::panic::catch_unwind(|| AutoCommit::load(data))
+                .map_err(|_| {
+                    format!("snapshot of document {id} is unreadable (Automerge panicked)")
+                })?
                 .map_err(|e| format!("snapshot of document {id} is unreadable: {e}"))?;
             (am, upto + 1)
         }
@@ -1020,7 +1041,8 @@ fn load_doc(
         next = k.value().1 + 1;
     }
     let pending = batch.len() as u64;
-    am.apply_changes(batch)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| am.apply_changes(batch)))
+        .map_err(|_| format!("changes of document {id} do not apply (Automerge panicked)"))?
         .map_err(|e| format!("changes of document {id} do not apply: {e}"))?;
     Ok((am, Counters { next, pending }))
 }

@@ -76,7 +76,7 @@ impl Engine {
         let mut fresh = Vec::new();
         for raw in changes {
             match guarded(|| Change::from_bytes(raw.clone())) {
-                Some(Ok(change)) => {
+                Some(Ok(change)) if canonical(&change) => {
                     let hash = change.hash();
                     if am.get_change_meta_by_hash(&hash).is_none() {
                         fresh.push((hash, change, raw));
@@ -297,14 +297,16 @@ impl Engine {
                 self.pending_bytes -= pc.raw.len();
             }
             let changes: Vec<Change> = batch.iter().map(|pc| pc.change.clone()).collect();
-            let all_at_once = guarded(|| am.apply_changes(changes.clone()));
-            let outcome: Vec<bool> = if matches!(all_at_once, Some(Ok(()))) {
+            // Crafted changes can make `apply_changes` panic halfway,
+            // leaving a document that no longer saves or loads (found by
+            // fuzzing). Every apply starts from a copy it can go back to.
+            let outcome: Vec<bool> = if apply_or_restore(am, &changes) {
                 vec![true; batch.len()]
             } else {
                 // Isolate the change Automerge refuses; keep the others.
                 changes
                     .into_iter()
-                    .map(|c| matches!(guarded(|| am.apply_changes([c])), Some(Ok(()))))
+                    .map(|c| apply_or_restore(am, std::slice::from_ref(&c)))
                     .collect()
             };
             for (pc, ok) in batch.into_iter().zip(outcome) {
@@ -395,4 +397,38 @@ impl Engine {
             });
         }
     }
+}
+
+/// Applies `changes`, or leaves `am` exactly as it was: an error or a panic
+/// inside Automerge restores the copy taken before. Applied changes must
+/// also come back out of the document unchanged: some crafted changes apply
+/// cleanly but leave operations Automerge cannot turn into changes again,
+/// and such a document could neither be synced to anyone nor saved (found
+/// by fuzzing).
+fn apply_or_restore(am: &mut automerge::AutoCommit, changes: &[Change]) -> bool {
+    let before = am.clone();
+    let applied = matches!(
+        guarded(|| am.apply_changes(changes.iter().cloned())),
+        Some(Ok(()))
+    ) && changes.iter().all(|c| {
+        let hash = c.hash();
+        guarded(|| am.get_change_by_hash(&hash).map(|back| back.hash()))
+            .is_some_and(|back| back == Some(hash))
+    });
+    if !applied {
+        *am = before;
+    }
+    applied
+}
+
+/// Whether a change is exactly what Automerge itself would encode for its
+/// operations. Expanding the operations resolves every actor reference (a
+/// change naming an actor it does not list panics here, under the guard,
+/// not inside `apply_changes`), and encoding them again must give the same
+/// hash: a non-canonical change applies cleanly but the document then saves
+/// into bytes that no longer load ("mismatching heads"), which would lose
+/// the document at the next restart. Both found by fuzzing; the inputs are
+/// in `fuzz/regressions/automerge_changes/`.
+fn canonical(change: &Change) -> bool {
+    guarded(|| Change::from(change.decode()).hash() == change.hash()).unwrap_or(false)
 }

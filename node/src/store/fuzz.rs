@@ -1,0 +1,364 @@
+//! Fuzzing entry points for the sync receive path: the real engine over the
+//! store's real [`HostView`] (documents in memory, no redb), with a member
+//! who is admitted as a developer and sends what the fuzzer makes. Used by
+//! the targets in `fuzz/` and by the test that replays their corpora.
+//!
+//! The invariants checked after every input: nothing panics outside the
+//! engine's guard, and every document still saves and loads back with the
+//! same heads (a document that does not would be lost at the next restart).
+
+use std::collections::BTreeMap;
+
+use automerge::AutoCommit;
+use ed25519_dalek::SigningKey;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use xencode_protocol::api::{Role, SpliceEdit};
+use xencode_protocol::capability;
+use xencode_protocol::envelope::SignedHead;
+use xencode_protocol::ids::{actor_id, peer_id_of};
+use xencode_protocol::sync::{Engine, Input, Limits, Output};
+use xencode_protocol::wire::Frame;
+use xencode_protocol::{DocId, PeerId, WorkspaceId, WorkspacePath};
+
+use super::host::{HostView, WriteDecisions};
+use super::tables::Membership;
+use crate::workspace::{Author, Workspace, access_doc_id, index_doc_id};
+
+const OWNER: [u8; 32] = [1; 32];
+const MEMBER: [u8; 32] = [2; 32];
+const WS: [u8; 16] = [9; 16];
+const NOW: u64 = 1_700_000_000_000;
+const FILE: &str = "src/app.py";
+
+fn author(secret: &[u8; 32]) -> (Author, SigningKey) {
+    let key = SigningKey::from_bytes(secret);
+    let public = key.verifying_key().to_bytes();
+    let peer_id = peer_id_of(&public).map_or_else(|_| String::new(), |p| p.to_string());
+    let author = Author {
+        peer_id,
+        public_key: public,
+        actor: automerge::ActorId::from(actor_id(&public, 0).as_slice()),
+    };
+    (author, key)
+}
+
+/// The workspace as its owner built it: the member added as a developer and
+/// one text file. Deterministic, so the member's copy is the same history.
+fn workspace() -> Option<(Workspace, Vec<u8>)> {
+    let (owner, _) = author(&OWNER);
+    let (member, _) = author(&MEMBER);
+    let id = WorkspaceId::from_bytes(WS);
+    let (mut ws, _) = Workspace::create(id, &[3; 16], "fuzz", &owner, NOW).ok()?;
+    let member_peer: PeerId = member.peer_id.parse().ok()?;
+    let token = capability::mint(
+        &OWNER,
+        &id,
+        &member_peer,
+        Role::Developer,
+        None,
+        &mut ChaCha20Rng::seed_from_u64(7),
+    )
+    .ok()?;
+    let grant = capability::authorize(
+        &token,
+        &owner.public_key,
+        &id,
+        &member_peer,
+        &Default::default(),
+        NOW,
+    )
+    .ok()?;
+    ws.add_member(
+        &member.peer_id,
+        Role::Developer,
+        &grant.token_id,
+        &owner,
+        NOW,
+    )
+    .ok()?;
+    let path = WorkspacePath::parse(FILE).ok()?;
+    ws.put_file(
+        &path,
+        b"def main():\n    return 1\n",
+        &owner,
+        NOW,
+        [4; 16],
+        usize::MAX,
+    )
+    .ok()?;
+    Some((ws, token))
+}
+
+/// Which document an input's changes go to, from its first byte.
+fn target_doc(ws: &Workspace, selector: u8) -> DocId {
+    match selector % 4 {
+        0 => index_doc_id(&ws.id),
+        1 => ws.file_doc_ids().first().copied().unwrap_or(ws.index.id),
+        2 => access_doc_id(&ws.id),
+        _ => DocId::from_bytes([selector; 16]),
+    }
+}
+
+/// Splits `[selector][u16 LE length][bytes]…` into the selector and chunks.
+pub fn split(data: &[u8]) -> (u8, Vec<Vec<u8>>) {
+    let Some((&selector, mut rest)) = data.split_first() else {
+        return (0, Vec::new());
+    };
+    let mut chunks = Vec::new();
+    while rest.len() >= 2 && chunks.len() < 64 {
+        let len = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+        let end = (2 + len).min(rest.len());
+        chunks.push(rest[2..end].to_vec());
+        rest = &rest[end..];
+    }
+    (selector, chunks)
+}
+
+/// The inverse of [`split`], for writing seeds.
+pub fn join(selector: u8, chunks: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = vec![selector];
+    for c in chunks {
+        let len = u16::try_from(c.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&c[..usize::from(len)]);
+    }
+    out
+}
+
+struct Harness {
+    workspaces: BTreeMap<WorkspaceId, Workspace>,
+    memberships: BTreeMap<WorkspaceId, Membership>,
+    owner: Author,
+    decisions: WriteDecisions,
+    engine: Engine,
+    member: PeerId,
+    key: SigningKey,
+    ws: WorkspaceId,
+}
+
+impl Harness {
+    /// A node holding the workspace with the member's session admitted.
+    fn new() -> Option<Self> {
+        let (ws, token) = workspace()?;
+        let (owner, _) = author(&OWNER);
+        let (member, key) = author(&MEMBER);
+        let id = ws.id;
+        let mut h = Self {
+            workspaces: BTreeMap::from([(id, ws)]),
+            memberships: BTreeMap::new(),
+            owner,
+            decisions: WriteDecisions::default(),
+            engine: Engine::new(Limits::default()),
+            member: member.peer_id.parse().ok()?,
+            key,
+            ws: id,
+        };
+        let peer = h.member;
+        h.input(Input::Connected { peer });
+        h.input(Input::Received {
+            peer,
+            frame: Frame::Open {
+                workspace: id,
+                token,
+            },
+        });
+        Some(h)
+    }
+
+    fn input(&mut self, input: Input) {
+        let mut host = HostView {
+            workspaces: &mut self.workspaces,
+            memberships: &self.memberships,
+            db: None,
+            author: &self.owner,
+            write_decisions: &mut self.decisions,
+        };
+        self.engine.handle(&mut host, input, NOW);
+        while let Some(out) = self.engine.poll_output() {
+            // What the driver would persist or send is already applied in
+            // memory; a disconnect ends the member's part.
+            if let Output::Disconnect { .. } = out {
+                break;
+            }
+        }
+    }
+
+    fn sync(&mut self, doc: DocId, message: Option<Vec<u8>>, changes: Vec<Vec<u8>>) {
+        let signatures = changes
+            .iter()
+            .filter_map(|raw| automerge::Change::from_bytes(raw.clone()).ok())
+            .map(|c| SignedHead::sign(&self.key, 0, &self.ws, &doc, c.hash().0))
+            .collect();
+        let peer = self.member;
+        self.input(Input::Received {
+            peer,
+            frame: Frame::Sync {
+                workspace: self.ws,
+                doc,
+                message,
+                changes,
+                signatures,
+                sent_ms: NOW,
+            },
+        });
+        self.input(Input::Tick);
+    }
+
+    /// Every document must still load the way the node loads it at the
+    /// next start: from its change records, to the same heads. A snapshot
+    /// is only written if it loads back (`verified_snapshot`).
+    fn check(&mut self) {
+        for ws in self.workspaces.values_mut() {
+            for doc in ws.docs_mut() {
+                let heads = doc.am.get_heads();
+                let records: Vec<automerge::Change> = doc.am.get_changes(&[]);
+                let mut fresh = AutoCommit::new();
+                if let Err(e) = fresh.apply_changes(records) {
+                    panic!("the change records no longer load: {e}");
+                }
+                assert_eq!(fresh.get_heads(), heads, "heads differ after reload");
+                if let Some(saved) = super::actor::verified_snapshot(&mut doc.am) {
+                    assert!(AutoCommit::load(&saved).is_ok());
+                }
+            }
+        }
+    }
+}
+
+/// Raw Automerge changes from an admitted developer, each signed by it (the
+/// fuzzer plays a malicious member, so signatures pass and the changes reach
+/// the sequence checks and `apply_changes`). Input: see [`split`].
+pub fn automerge_changes(data: &[u8]) {
+    let Some(mut h) = Harness::new() else { return };
+    let (selector, chunks) = split(data);
+    let doc = h
+        .workspaces
+        .get(&h.ws)
+        .map_or(DocId::from_bytes([0; 16]), |w| target_doc(w, selector));
+    h.sync(doc, None, chunks);
+    h.check();
+}
+
+/// How many of the input's changes the node applied (for the test that
+/// checks seeds reach `apply_changes`).
+pub fn applied_heads(data: &[u8]) -> usize {
+    let Some(mut h) = Harness::new() else {
+        return 0;
+    };
+    let (selector, chunks) = split(data);
+    let Some(doc) = h.workspaces.get(&h.ws).map(|w| target_doc(w, selector)) else {
+        return 0;
+    };
+    let hashes: Vec<_> = chunks
+        .iter()
+        .filter_map(|c| automerge::Change::from_bytes(c.clone()).ok())
+        .map(|c| c.hash())
+        .collect();
+    h.sync(doc, None, chunks);
+    let Some(w) = h.workspaces.get_mut(&h.ws) else {
+        return 0;
+    };
+    w.docs_mut()
+        .filter(|d| d.id == doc)
+        .map(|d| {
+            hashes
+                .iter()
+                .filter(|hash| d.am.get_change_by_hash(hash).is_some())
+                .count()
+        })
+        .sum()
+}
+
+/// An Automerge sync message (have/need/bloom) from an admitted member,
+/// then changes if the input has more chunks. Input: see [`split`].
+pub fn sync_message(data: &[u8]) {
+    let Some(mut h) = Harness::new() else { return };
+    let (selector, mut chunks) = split(data);
+    if chunks.is_empty() {
+        return;
+    }
+    let message = chunks.remove(0);
+    let doc = h
+        .workspaces
+        .get(&h.ws)
+        .map_or(DocId::from_bytes([0; 16]), |w| target_doc(w, selector));
+    h.sync(doc, Some(message), chunks);
+    h.check();
+}
+
+/// Seeds of real inputs: the member's genuine edits to the file and the
+/// index, and the sync messages a real peer sends.
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Some((mut mine, _)) = workspace() else {
+        return out;
+    };
+    let (member, _) = author(&MEMBER);
+    for doc in mine.docs_mut() {
+        doc.am.set_actor(member.actor.clone());
+    }
+    let Ok(path) = WorkspacePath::parse(FILE) else {
+        return out;
+    };
+    let mut file_changes = Vec::new();
+    for (i, (pos, insert)) in [(0u64, "# header\n"), (4, "x"), (9, "import os\n")]
+        .into_iter()
+        .enumerate()
+    {
+        let edit = SpliceEdit {
+            pos,
+            delete: u64::from(i == 1),
+            insert: insert.into(),
+        };
+        if let Ok((_, _, changes)) = mine.splice(&path, &[edit], &member, NOW + i as u64) {
+            file_changes.extend(changes.into_iter().map(|c| c.change.raw_bytes().to_vec()));
+        }
+    }
+    out.push(("automerge_changes", join(1, &file_changes)));
+    if let Some(first) = file_changes.first() {
+        out.push(("automerge_changes", join(1, std::slice::from_ref(first))));
+        // Out of order: the second change before the first.
+        let reversed: Vec<Vec<u8>> = file_changes.iter().rev().cloned().collect();
+        out.push(("automerge_changes", join(1, &reversed)));
+    }
+    let other = WorkspacePath::parse("notes.md").ok();
+    if let Some(p) = other
+        && let Ok((_, changes)) =
+            mine.put_file(&p, b"# notes\n", &member, NOW + 9, [5; 16], usize::MAX)
+    {
+        let raw: Vec<Vec<u8>> = changes
+            .iter()
+            .map(|c| c.change.raw_bytes().to_vec())
+            .collect();
+        out.push(("automerge_changes", join(0, &raw)));
+        out.push(("automerge_changes", join(3, &raw)));
+    }
+    // Sync messages as a peer generates them, against this node's file doc.
+    let mut state = automerge::sync::State::new();
+    if let Some(doc) = mine.files.values_mut().next() {
+        use automerge::sync::SyncDoc;
+        if let Some(msg) = doc.am.sync().generate_sync_message(&mut state) {
+            out.push(("sync_message", join(1, &[msg.clone().encode()])));
+            out.push((
+                "sync_message",
+                join(
+                    1,
+                    &[
+                        msg.encode(),
+                        file_changes.first().cloned().unwrap_or_default(),
+                    ],
+                ),
+            ));
+        }
+    }
+    let mut fresh = automerge::sync::State::new();
+    let mut empty = AutoCommit::new();
+    {
+        use automerge::sync::SyncDoc;
+        if let Some(msg) = empty.sync().generate_sync_message(&mut fresh) {
+            out.push(("sync_message", join(0, &[msg.encode()])));
+        }
+    }
+    out
+}
