@@ -46,6 +46,17 @@ pub struct NodeInfo {
     pub workspaces: usize,
     pub uptime_secs: u64,
     pub store: StoreInfo,
+    /// The largest requests this node accepts.
+    pub limits: NodeLimits,
+}
+
+/// Size limits of the API, from the node's `config.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NodeLimits {
+    /// A JSON body or a file's bytes (`api.max_body_bytes`).
+    pub max_body_bytes: u64,
+    /// A document to extract (`analysis.max_document_bytes`).
+    pub max_document_bytes: u64,
 }
 
 /// The redb store behind the node.

@@ -128,6 +128,10 @@ pub async fn node_info(State(state): State<ApiState>) -> Result<Json<NodeInfo>, 
             size_bytes: stats.file_size.load(Relaxed),
             schema_version: SCHEMA_VERSION,
         },
+        limits: xencode_protocol::api::NodeLimits {
+            max_body_bytes: state.inner.max_body as u64,
+            max_document_bytes: state.inner.analysis.get().map_or(0, |a| a.limits.max_bytes),
+        },
     }))
 }
 

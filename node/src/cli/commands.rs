@@ -596,6 +596,20 @@ pub async fn doc_add(
     json: bool,
 ) -> Result<()> {
     let id = client.resolve_workspace(ws).await?.to_string();
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    let info: NodeInfo = client.get_json(&["api", "v1", "node"]).await?;
+    let limit = info.limits.max_document_bytes;
+    if limit > 0 && size > limit {
+        // Refused before sending: the node would cut the upload off
+        // mid-stream, which reads as a broken connection, not a reason.
+        anyhow::bail!(
+            "{} is {size} bytes, over this node's limit of {limit} bytes \
+             (analysis.max_document_bytes in the node's config.toml)",
+            file.display()
+        );
+    }
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file
         .file_name()
