@@ -5,32 +5,11 @@
 //! Needs root and `ip` (iproute2). Elsewhere it skips with the reason, unless
 //! `XENCODE_REQUIRE_ALL_TESTS=1` (as in CI), where a skip is a failure.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-use xencode_tests::{last_line, run_with_stdin, skip_or_fail, xencode_bin};
-
-const WAIT: Duration = Duration::from_secs(60);
+use xencode_tests::netns::{NsNode, ip, is_root};
+use xencode_tests::{last_line, skip_or_fail};
 
 fn skip(reason: &str) {
     skip_or_fail("the LAN test", reason);
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip` ({e}); install iproute2"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 /// Two namespaces joined by veth, deleted (with everything in them) on drop.
@@ -70,104 +49,10 @@ impl Drop for Lan {
     }
 }
 
-/// A node running inside a namespace, killed on drop.
-struct NsNode {
-    ns: String,
-    dir: PathBuf,
-    child: Child,
-}
-
-impl NsNode {
-    fn start(ns: &str, dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).expect("data dir");
-        let log = std::fs::File::create(dir.join("node.log")).expect("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(xencode_bin())
-            .arg("--data-dir")
-            .arg(dir)
-            // mDNS on (the default); listen on the LAN interface, no --peer.
-            .args([
-                "node",
-                "--api",
-                "127.0.0.1:0",
-                "--listen",
-                "/ip4/0.0.0.0/tcp/0",
-            ])
-            .env_remove("XENCODE_HOME")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn xencode in a namespace");
-        let node = Self {
-            ns: ns.to_owned(),
-            dir: dir.to_owned(),
-            child,
-        };
-        let started = Instant::now();
-        while !node.cli(&["status"]).status.success() {
-            assert!(
-                started.elapsed() < WAIT,
-                "node in {ns} never became ready:\n{}",
-                node.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        node
-    }
-
-    /// Runs a CLI command inside the node's namespace (its API is on the
-    /// namespace's own loopback).
-    fn cli(&self, args: &[&str]) -> Output {
-        self.cli_with_stdin(args, &[])
-    }
-
-    /// Like [`Self::cli`], feeding `stdin`.
-    fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns])
-            .arg(xencode_bin())
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(args);
-        run_with_stdin(cmd, stdin)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
-    }
-
-    fn until(&self, what: &str, mut f: impl FnMut(&Self) -> bool) {
-        let started = Instant::now();
-        while !f(self) {
-            assert!(
-                started.elapsed() < WAIT,
-                "{what} (in {}):\n{}",
-                self.ns,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for NsNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn two_nodes_on_a_lan_discover_each_other_by_mdns_and_sync() {
     // Only root can make network namespaces.
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    if !uid.is_ok_and(|u| u == "0") {
+    if !is_root() {
         return skip("network namespaces need root");
     }
     let lan = match Lan::new() {
