@@ -68,10 +68,12 @@ pub enum OpenError {
         "{path} is damaged ({detail}); it was left as it is. Restore it from a backup or move it away"
     )]
     Corrupt { path: PathBuf, detail: String },
-    #[error("cannot open {path}: {source}")]
+    // The I/O error is in the message and not a `source`: the CLI prints
+    // the chain of sources, which would say it twice.
+    #[error("cannot open {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -355,7 +357,7 @@ impl Store {
             .spawn(move || actor.run(rx))
             .map_err(|source| OpenError::Io {
                 path: path.to_owned(),
-                source,
+                error: source,
             })?;
         Ok((
             Store {

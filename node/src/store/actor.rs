@@ -125,9 +125,19 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> OpenError {
         {
             OpenError::NotAStore { path }
         }
-        redb::DatabaseError::Storage(redb::StorageError::Io(source)) => {
-            OpenError::Io { path, source }
+        // A file cut short inside redb's header.
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            OpenError::Corrupt {
+                path,
+                detail: "the file is truncated".into(),
+            }
         }
+        redb::DatabaseError::Storage(redb::StorageError::Io(source)) => OpenError::Io {
+            path,
+            error: source,
+        },
         e => OpenError::Corrupt {
             path,
             detail: e.to_string(),

@@ -104,7 +104,7 @@ pub fn check_magic(path: &Path) -> Result<(), OpenError> {
         Err(source) => {
             return Err(OpenError::Io {
                 path: path.to_owned(),
-                source,
+                error: source,
             });
         }
     };
@@ -114,7 +114,7 @@ pub fn check_magic(path: &Path) -> Result<(), OpenError> {
         .read_to_end(&mut head)
         .map_err(|source| OpenError::Io {
             path: path.to_owned(),
-            source,
+            error: source,
         })?;
     if head.is_empty() || head == REDB_MAGIC {
         Ok(())
