@@ -1,15 +1,16 @@
 //! A raw libp2p peer for hostile tests: it speaks `/xencode/sync/1` at the
 //! byte level, so it can send what an honest node never would — garbage,
 //! oversize length prefixes, frames outside a session, stolen tokens,
-//! forged signatures — and records every frame the node sends it.
+//! forged signatures — and records every frame the node sends it. It also
+//! joins gossipsub, to subscribe to topics it guesses and publish junk.
 
 use std::io;
 use std::time::{Duration, Instant};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, Codec, ProtocolSupport};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, noise, tcp, yamux};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, noise, tcp, yamux};
 
 /// One request as it goes on the wire: a length prefix that may lie, then
 /// the body.
@@ -87,11 +88,19 @@ impl Codec for RawCodec {
     }
 }
 
-/// A libp2p peer with nothing but the sync protocol.
+#[derive(NetworkBehaviour)]
+struct RawBehaviour {
+    sync: request_response::Behaviour<RawCodec>,
+    gossip: gossipsub::Behaviour,
+}
+
+/// A libp2p peer with the sync protocol and gossipsub.
 pub struct RawPeer {
-    swarm: Swarm<request_response::Behaviour<RawCodec>>,
+    swarm: Swarm<RawBehaviour>,
     /// Frame bodies the node sent us, in order.
     pub received: Vec<Vec<u8>>,
+    /// Gossip messages that reached us: (topic, data).
+    pub gossip: Vec<(String, Vec<u8>)>,
     /// Times the connection to a node closed.
     pub closed: usize,
 }
@@ -108,22 +117,32 @@ impl RawPeer {
                 noise::Config::new,
                 yamux::Config::default,
             )?
-            .with_behaviour(|_| {
-                request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(
-                        StreamProtocol::new("/xencode/sync/1"),
-                        ProtocolSupport::Full,
-                    )],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(10)),
-                )
+            .with_behaviour(|key| {
+                let gossip = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossipsub::ConfigBuilder::default()
+                        .validation_mode(gossipsub::ValidationMode::Strict)
+                        .build()?,
+                )?;
+                Ok(RawBehaviour {
+                    sync: request_response::Behaviour::with_codec(
+                        RawCodec,
+                        [(
+                            StreamProtocol::new("/xencode/sync/1"),
+                            ProtocolSupport::Full,
+                        )],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(10)),
+                    ),
+                    gossip,
+                })
             })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build();
         Ok(Self {
             swarm,
             received: Vec::new(),
+            gossip: Vec::new(),
             closed: 0,
         })
     }
@@ -152,7 +171,26 @@ impl RawPeer {
 
     /// Sends one request to `peer`.
     pub fn send(&mut self, peer: &PeerId, req: RawRequest) {
-        self.swarm.behaviour_mut().send_request(peer, req);
+        self.swarm.behaviour_mut().sync.send_request(peer, req);
+    }
+
+    /// Subscribes to a gossip topic by name.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .subscribe(&gossipsub::IdentTopic::new(topic))
+            .unwrap_or(false)
+    }
+
+    /// Publishes `data` on a gossip topic; false if gossipsub refused it
+    /// (no peer in the topic, or a duplicate).
+    pub fn publish(&mut self, topic: &str, data: Vec<u8>) -> bool {
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .publish(gossipsub::IdentTopic::new(topic), data)
+            .is_ok()
     }
 
     /// Drives the swarm for `dur`: acknowledges and records what arrives.
@@ -164,15 +202,21 @@ impl RawPeer {
                 () = tokio::time::sleep_until(deadline) => return,
             };
             match event {
-                SwarmEvent::Behaviour(request_response::Event::Message {
-                    message:
-                        request_response::Message::Request {
-                            request, channel, ..
-                        },
+                SwarmEvent::Behaviour(RawBehaviourEvent::Gossip(gossipsub::Event::Message {
+                    message,
                     ..
-                }) => {
+                })) => self.gossip.push((message.topic.to_string(), message.data)),
+                SwarmEvent::Behaviour(RawBehaviourEvent::Sync(
+                    request_response::Event::Message {
+                        message:
+                            request_response::Message::Request {
+                                request, channel, ..
+                            },
+                        ..
+                    },
+                )) => {
                     self.received.push(request.body);
-                    let _ = self.swarm.behaviour_mut().send_response(channel, ());
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, ());
                 }
                 SwarmEvent::ConnectionClosed { .. } => self.closed += 1,
                 _ => {}

@@ -209,3 +209,254 @@ async fn a_hostile_peer_is_refused_counted_and_learns_nothing() {
         vec!["after-attack.txt".to_owned(), "secret-plans.txt".to_owned()]
     );
 }
+
+/// Peak and current resident memory of a process, in KiB, from /proc.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Only refusals and closes, and no workspace content, reached a stranger.
+fn learned_nothing(raw: &RawPeer, secrets: &[&str]) {
+    for bytes in &raw.received {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(secrets.iter().all(|s| !text.contains(s)), "leaked: {text}");
+        match wire::decode(bytes) {
+            Ok(Frame::Refuse { .. } | Frame::Close { .. }) => {}
+            other => panic!("a stranger was sent {other:?}"),
+        }
+    }
+    for (topic, data) in &raw.gossip {
+        assert_eq!(
+            data.len(),
+            16,
+            "gossip on {topic} is a 16-byte digest, nothing more"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn floods_connection_storms_guessed_topics_and_replays_leave_the_node_bounded_and_syncing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(&tmp.path().join("a")).expect("a");
+    let b = Node::start(&tmp.path().join("b")).expect("b");
+    let ws = last_line(&a.cli(&["workspace", "create", "guarded"]));
+    assert_eq!(
+        put(&a, &ws, "secret-plans.txt", "classified").await,
+        reqwest::StatusCode::OK
+    );
+    xencode_tests::invite_and_join(&a, &ws, &b, "developer");
+    let ws_id: WorkspaceId = ws.parse().expect("workspace id");
+    let a_id: PeerId = a.peer_id.parse().expect("peer id");
+    let secrets = ["secret-plans", "classified"];
+    let (_, rss_before) = memory_kib(a.pid());
+
+    // 1. Gossip (first: gossipsub scores down many peers behind one IP
+    // address, as the storm below makes them). The real topic, as an
+    // ex-member who knows the workspace id would compute it, then junk on
+    // it; later, 200 guessed topics.
+    let mut gossiper = RawPeer::new([88; 32]).expect("gossiper");
+    gossiper.connect(&a.addr(), &a_id).await.expect("connect");
+    gossiper.subscribe(&ws_id.topic());
+    gossiper.pump(Duration::from_secs(2)).await;
+    let mut published = 0;
+    for i in 0..200u32 {
+        // Not 16 bytes: not an announcement. Small, so each fits the
+        // node's gossip transmit limit (an oversize RPC is dropped whole).
+        published +=
+            usize::from(gossiper.publish(&ws_id.topic(), vec![i as u8; 17 + (i as usize % 20)]));
+        gossiper.pump(Duration::from_millis(5)).await;
+    }
+    for i in 0..200u32 {
+        gossiper.subscribe(&format!("/xencode/ann/1/{:032x}", u128::from(i) * 7919));
+    }
+    gossiper.subscribe(&ws);
+    // A writes meanwhile: any announcement the gossiper sees is a digest.
+    assert_eq!(
+        put(&a, &ws, "more-secrets.txt", "classified too").await,
+        reqwest::StatusCode::OK
+    );
+    gossiper.pump(Duration::from_secs(3)).await;
+    let rejected = a
+        .metric(r#"xencode_gossip_messages_total{direction="in",outcome="rejected"}"#)
+        .await;
+    eprintln!(
+        "gossip: {published} junk announcements published, {rejected} rejected, {} messages reached the gossiper",
+        gossiper.gossip.len()
+    );
+    assert!(rejected >= 1.0, "{}", a.get_text("/metrics").await);
+
+    // 2. A connection storm: 300 TCP connections that never finish the
+    // handshake (half-open), 50 that send junk instead of noise.
+    let mut half_open = Vec::new();
+    for i in 0..350 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", a.p2p_port)).await {
+            if i >= 300 {
+                use tokio::io::AsyncWriteExt;
+                let _ = s.write_all(&[0x13; 4096]).await;
+            }
+            half_open.push(s);
+        }
+    }
+    // 3. Many identities, each connecting and sending one junk frame.
+    let mut crowd = Vec::new();
+    for i in 0..30u8 {
+        let mut p = RawPeer::new([100 + i; 32]).expect("peer");
+        if p.connect(&a.addr(), &a_id).await.is_ok() {
+            p.send(&a_id, RawRequest::honest(vec![i; 64]));
+            crowd.push(p);
+        }
+    }
+    for p in &mut crowd {
+        p.pump(Duration::from_millis(100)).await;
+    }
+    // Meanwhile the honest teammate keeps writing, and it arrives.
+    assert_eq!(
+        put(&b, &ws, "during-storm.txt", "b writes").await,
+        reqwest::StatusCode::OK
+    );
+    assert!(
+        wait_for(CONVERGE, || async {
+            a.file(&ws, "during-storm.txt").await.is_some()
+        })
+        .await,
+        "B's write reached A during the connection storm"
+    );
+    drop(half_open);
+    // The crowd leaves, having learned nothing.
+    for p in &crowd {
+        learned_nothing(p, &secrets);
+    }
+    drop(crowd);
+
+    // 4. A flood: a stranger sends 3000 junk frames of 32 KiB as fast as it
+    // can; A cuts it off.
+    let mut flood = RawPeer::new([77; 32]).expect("flooder");
+    flood.connect(&a.addr(), &a_id).await.expect("connect");
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    for i in 0..3000u32 {
+        if !flood.is_connected(&a_id) {
+            break;
+        }
+        flood.send(&a_id, RawRequest::honest(vec![(i % 251) as u8; 32 * 1024]));
+        sent += 1;
+        if i % 50 == 0 {
+            flood.pump(Duration::from_millis(5)).await;
+        }
+    }
+    flood.pump(Duration::from_secs(2)).await;
+    eprintln!(
+        "flood: {sent} frames sent in {:?}, connection closed {} times",
+        started.elapsed(),
+        flood.closed
+    );
+    assert!(
+        flood.closed >= 1 || !flood.is_connected(&a_id),
+        "A disconnected the flooder"
+    );
+
+    // 5. Replays: a member captures A's frames, is revoked, then replays its
+    // old token and the signed changes it was sent.
+    let mut ex = RawPeer::new([99; 32]).expect("ex-member");
+    let invite = last_line(&a.cli(&[
+        "invite",
+        &ws,
+        &ex.peer_id().to_string(),
+        "--role",
+        "developer",
+    ]));
+    let old_token = Invitation::decode(&invite).expect("invitation").token;
+    ex.connect(&a.addr(), &a_id).await.expect("connect");
+    ex.send(
+        &a_id,
+        frame(&Frame::Open {
+            workspace: ws_id,
+            token: old_token.clone(),
+        }),
+    );
+    ex.pump(Duration::from_secs(3)).await;
+    let captured: Vec<Vec<u8>> = ex
+        .received
+        .iter()
+        .filter(|b| matches!(wire::decode(b), Ok(Frame::Sync { .. })))
+        .cloned()
+        .collect();
+    assert!(!captured.is_empty(), "the member was sent the workspace");
+    let out = a.cli(&["revoke", &ws, &ex.peer_id().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let heads_before = a.heads(&ws).await;
+    ex.pump(Duration::from_secs(1)).await;
+    ex.received.clear();
+    if !ex.is_connected(&a_id) {
+        ex.connect(&a.addr(), &a_id).await.expect("reconnect");
+    }
+    ex.send(
+        &a_id,
+        frame(&Frame::Open {
+            workspace: ws_id,
+            token: old_token,
+        }),
+    );
+    for bytes in &captured {
+        ex.send(&a_id, RawRequest::honest(bytes.clone()));
+    }
+    ex.pump(Duration::from_secs(2)).await;
+    for bytes in &ex.received {
+        match wire::decode(bytes) {
+            Ok(Frame::Refuse { .. } | Frame::Close { .. }) => {}
+            other => panic!("a revoked member was sent {other:?}"),
+        }
+    }
+    assert_eq!(a.heads(&ws).await, heads_before, "replays changed nothing");
+
+    // Nobody outside learned anything; A is healthy, bounded, still syncing.
+    for p in [&flood, &gossiper] {
+        learned_nothing(p, &secrets);
+    }
+    assert!(health_ok(&a.api_url));
+    assert_eq!(
+        put(&b, &ws, "after-attacks.txt", "still syncing").await,
+        reqwest::StatusCode::OK
+    );
+    assert!(
+        wait_for(CONVERGE, || async {
+            a.file(&ws, "after-attacks.txt").await.is_some()
+                && b.file(&ws, "more-secrets.txt").await.is_some()
+        })
+        .await,
+        "A and B kept syncing:\n{}",
+        a.log_text()
+    );
+    let (peak, now) = memory_kib(a.pid());
+    let violations = a.get_text("/metrics").await;
+    let violations: Vec<&str> = violations
+        .lines()
+        .filter(|l| l.starts_with("xencode_peer_violations_total"))
+        .collect();
+    let report = format!(
+        "node RSS before {rss_before} KiB, peak {peak} KiB, after {now} KiB\n\
+         flood frames sent {sent}; gossip junk rejected {rejected}\n{}\n",
+        violations.join("\n")
+    );
+    eprintln!("{report}");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("report.txt"), &report).expect("report");
+    assert!(
+        peak > 0 && peak < 1024 * 1024,
+        "peak RSS stays under 1 GiB: {report}"
+    );
+}
