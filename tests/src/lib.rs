@@ -277,15 +277,7 @@ impl Node {
 
     /// The heads of a workspace (sorted), empty if it is not here.
     pub async fn heads(&self, ws: &str) -> Vec<String> {
-        let d = self.get_json(&format!("/api/v1/workspaces/{ws}")).await;
-        d["heads"]
-            .as_array()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+        heads_of(&self.get_json(&format!("/api/v1/workspaces/{ws}")).await)
     }
 
     /// `GET` a text document from the API (empty on failure).
@@ -443,4 +435,17 @@ pub fn skip_or_fail(test: &str, reason: &str) {
         panic!("XENCODE_REQUIRE_ALL_TESTS=1 but {test} cannot run: {reason}");
     }
     eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// The `heads` of a workspace's JSON (`GET /api/v1/workspaces/{id}`, or
+/// `xencode --json workspace show`), empty if absent.
+pub fn heads_of(detail: &serde_json::Value) -> Vec<String> {
+    detail["heads"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }

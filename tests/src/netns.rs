@@ -36,19 +36,13 @@ pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
 
 /// Runs `ip` with `args`.
 pub fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip` ({e}); install iproute2"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    run("ip", args).map_err(|e| {
+        if e.starts_with("cannot run") {
+            format!("{e}; install iproute2")
+        } else {
+            e
+        }
+    })
 }
 
 /// A node running inside a namespace, killed on drop.

@@ -202,15 +202,7 @@ impl Host {
         let Some(out) = self.cli(&["--json", "workspace", "show", ws], &[]) else {
             return Vec::new();
         };
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["heads"]
-            .as_array()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+        xencode_tests::heads_of(&serde_json::from_slice(&out.stdout).unwrap_or_default())
     }
 }
 

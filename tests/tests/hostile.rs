@@ -42,16 +42,22 @@ fn own_change(public: &[u8; 32]) -> (Vec<u8>, [u8; 32]) {
     (change.raw_bytes().to_vec(), change.hash().0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_hostile_peer_is_refused_counted_and_learns_nothing() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let a = Node::start(&tmp.path().join("a")).expect("a");
-    let b = Node::start(&tmp.path().join("b")).expect("b");
+/// Nodes A and B, and a workspace on A holding a secret file.
+async fn guarded_pair(dir: &std::path::Path) -> (Node, Node, String) {
+    let a = Node::start(&dir.join("a")).expect("a");
+    let b = Node::start(&dir.join("b")).expect("b");
     let ws = last_line(&a.cli(&["workspace", "create", "guarded"]));
     assert_eq!(
         put(&a, &ws, "secret-plans.txt", "classified").await,
         reqwest::StatusCode::OK
     );
+    (a, b, ws)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hostile_peer_is_refused_counted_and_learns_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b, ws) = guarded_pair(tmp.path()).await;
     let for_b = last_line(&a.cli(&["invite", &ws, &b.peer_id, "--role", "developer"]));
     assert_eq!(last_line(&b.cli(&["join", &for_b])), ws);
     assert!(
@@ -246,13 +252,7 @@ fn learned_nothing(raw: &RawPeer, secrets: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn floods_connection_storms_guessed_topics_and_replays_leave_the_node_bounded_and_syncing() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let a = Node::start(&tmp.path().join("a")).expect("a");
-    let b = Node::start(&tmp.path().join("b")).expect("b");
-    let ws = last_line(&a.cli(&["workspace", "create", "guarded"]));
-    assert_eq!(
-        put(&a, &ws, "secret-plans.txt", "classified").await,
-        reqwest::StatusCode::OK
-    );
+    let (a, b, ws) = guarded_pair(tmp.path()).await;
     xencode_tests::invite_and_join(&a, &ws, &b, "developer");
     let ws_id: WorkspaceId = ws.parse().expect("workspace id");
     let a_id: PeerId = a.peer_id.parse().expect("peer id");
