@@ -71,7 +71,7 @@ pub enum DocKind {
 }
 
 /// One Automerge document.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Doc {
     pub id: DocId,
     pub am: AutoCommit,
@@ -119,7 +119,7 @@ pub fn index_doc_id(ws: &WorkspaceId) -> DocId {
 }
 
 /// A loaded workspace.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Workspace {
     pub id: WorkspaceId,
     pub access: Doc,

@@ -254,7 +254,7 @@ pub enum Event {
     },
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Session {
     /// What we admitted the peer to (after checking its token).
     admitted: Option<Access>,
@@ -265,7 +265,7 @@ struct Session {
     docs: BTreeMap<DocId, DocSync>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct DocSync {
     state: sync::State,
     /// The last change-less message we sent: sending it again would only
@@ -273,7 +273,7 @@ struct DocSync {
     idle: Option<Vec<u8>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PendingChange {
     change: Change,
     raw: Vec<u8>,
@@ -295,7 +295,7 @@ struct Received {
     sent_ms: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Pending {
     changes: BTreeMap<ChangeHash, PendingChange>,
     /// Verified signatures whose change has not arrived yet.
@@ -307,7 +307,7 @@ struct Pending {
 }
 
 /// The sync engine of one node.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Engine {
     limits: Limits,
     connected: BTreeSet<PeerId>,

@@ -126,6 +126,7 @@ pub fn join(selector: u8, chunks: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+#[derive(Clone)]
 struct Harness {
     workspaces: BTreeMap<WorkspaceId, Workspace>,
     memberships: BTreeMap<WorkspaceId, Membership>,
@@ -137,9 +138,19 @@ struct Harness {
     ws: WorkspaceId,
 }
 
+thread_local! {
+    /// Built once per thread (minting and checking the token is most of the
+    /// cost); each input starts from a copy.
+    static TEMPLATE: Option<Harness> = Harness::build();
+}
+
 impl Harness {
     /// A node holding the workspace with the member's session admitted.
     fn new() -> Option<Self> {
+        TEMPLATE.with(Clone::clone)
+    }
+
+    fn build() -> Option<Self> {
         let (ws, token) = workspace()?;
         let (owner, _) = author(&OWNER);
         let (member, key) = author(&MEMBER);

@@ -28,7 +28,7 @@ pub(super) struct HostView<'a> {
 /// Write decisions already made. A decision rests on a fixed point of the
 /// access document's history, which never changes, so it holds forever;
 /// only the size is bounded.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct WriteDecisions {
     /// (workspace, author, judged against the access doc itself, the heads
     /// judged at) -> allowed.

@@ -6,7 +6,7 @@ use automerge::sync::{ChunkList, SyncDoc};
 use automerge::{Change, ChangeHash};
 use libp2p_identity::PeerId;
 
-use super::{DocSync, Engine, Host, restored_state};
+use super::{DocSync, Engine, Host, guarded, restored_state};
 use crate::envelope::SignedHead;
 use crate::ids::{DocId, WorkspaceId};
 use crate::wire::{Frame, TARGET_CHANGES_BYTES};
@@ -35,7 +35,17 @@ impl Engine {
             return;
         };
         let before = ds.state.sent_hashes.clone();
-        let Some(mut msg) = am.sync().generate_sync_message(&mut ds.state) else {
+        // What the peer told us last is in the state: a crafted sync message
+        // (fuzzing found a bloom filter of zero bits, a division by zero in
+        // Automerge) makes generating the answer panic. Start the document
+        // afresh and count it against the peer.
+        let Some(generated) = guarded(|| am.sync().generate_sync_message(&mut ds.state)) else {
+            ds.state = automerge::sync::State::new();
+            ds.idle = None;
+            self.strike(peer, "sync state Automerge cannot answer");
+            return;
+        };
+        let Some(mut msg) = generated else {
             return;
         };
         msg.changes = ChunkList::empty();
