@@ -198,7 +198,13 @@ impl Harness {
     fn sync(&mut self, doc: DocId, message: Option<Vec<u8>>, changes: Vec<Vec<u8>>) {
         let signatures = changes
             .iter()
-            .filter_map(|raw| automerge::Change::from_bytes(raw.clone()).ok())
+            // The attacker's side: decoding can panic on crafted bytes (the
+            // node's own decoding is guarded).
+            .filter_map(|raw| {
+                std::panic::catch_unwind(|| automerge::Change::from_bytes(raw.clone()))
+                    .ok()?
+                    .ok()
+            })
             .map(|c| SignedHead::sign(&self.key, 0, &self.ws, &doc, c.hash().0))
             .collect();
         let peer = self.member;
@@ -263,7 +269,11 @@ pub fn applied_heads(data: &[u8]) -> usize {
     };
     let hashes: Vec<_> = chunks
         .iter()
-        .filter_map(|c| automerge::Change::from_bytes(c.clone()).ok())
+        .filter_map(|c| {
+            std::panic::catch_unwind(|| automerge::Change::from_bytes(c.clone()))
+                .ok()?
+                .ok()
+        })
         .map(|c| c.hash())
         .collect();
     h.sync(doc, None, chunks);
