@@ -4,6 +4,8 @@
 # committed seeds and the target's dictionary. New inputs go to a scratch
 # corpus under target/; a crash stops the run with the input's path and
 # exits 1. Usage: fuzz/smoke.sh [SECONDS] [TARGET...]
+# XENCODE_FUZZ_SEED=N fixes libFuzzer's seed (CI does, so a run replays);
+# unset, every run explores differently.
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-20}
@@ -21,7 +23,8 @@ for t in "${targets[@]}"; do
   log=target/smoke-$t.log
   if ! cargo fuzz run -s none "$t" "$corpus" seeds/"$t" -- \
       -max_total_time="$secs" -dict=dict/"$t".dict -max_len=65536 \
-      -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+      -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+      ${XENCODE_FUZZ_SEED:+-seed="$XENCODE_FUZZ_SEED"} >"$log" 2>&1; then
     tail -40 "$log"
     echo "fuzz target $t crashed: replay with"
     echo "  cargo fuzz run -s none $t $(ls -t artifacts/"$t"/* | head -1)"
