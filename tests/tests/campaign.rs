@@ -1,7 +1,8 @@
 //! A fault campaign on a LAN inside one machine (Jepsen's lost-write check):
 //! three real nodes in network namespaces on a bridge, a seeded script that
 //! partitions them (halves: one node cut from the other two; a partial
-//! partition: two nodes cut from each other only), drops packets (nftables), kills
+//! partition: two nodes cut from each other only), drops and duplicates
+//! packets (nftables), kills
 //! nodes with SIGKILL and restarts them, while a load generator writes
 //! through each node's API and logs every write the node acknowledged.
 //! After the last heal: every acknowledged write is on every node, and all
@@ -93,19 +94,20 @@ impl Lan {
     }
 
     /// Replaces host `i`'s fault rules: drop traffic from and to `blocked`
-    /// hosts, and `loss` percent of the rest from the LAN.
+    /// hosts, and `loss` percent of the rest from the LAN (with some of what
+    /// leaves duplicated).
     fn faults(&self, i: usize, blocked: &[usize], loss: u32) -> Result<(), String> {
         let ns = &self.hosts[i];
         let _ = run(
             "ip",
             &[
-                "netns", "exec", ns, "nft", "delete", "table", "inet", "xfault",
+                "netns", "exec", ns, "nft", "delete", "table", "ip", "xfault",
             ],
         );
         if blocked.is_empty() && loss == 0 {
             return Ok(());
         }
-        let mut rules = String::from("table inet xfault {\n");
+        let mut rules = String::from("table ip xfault {\n");
         rules.push_str(" chain in { type filter hook input priority 0; policy accept;\n");
         for &b in blocked {
             rules.push_str(&format!("  ip saddr {} drop\n", self.addr(b, false)));
@@ -119,6 +121,13 @@ impl Lan {
         rules.push_str(" }\n chain out { type filter hook output priority 0; policy accept;\n");
         for &b in blocked {
             rules.push_str(&format!("  ip daddr {} drop\n", self.addr(b, false)));
+        }
+        if loss > 0 {
+            // Flaky Wi-Fi also duplicates: a twentieth of what leaves is sent twice.
+            rules.push_str(&format!(
+                "  ip daddr {}.0/24 numgen random mod 100 < 5 dup to ip daddr device \"veth0\"\n",
+                self.subnet
+            ));
         }
         rules.push_str(" }\n}\n");
         let file = std::env::temp_dir().join(format!("{ns}.nft"));
@@ -341,7 +350,7 @@ fn acknowledged_writes_survive_partitions_loss_and_kill_9() {
                     lan.faults(j, &[], pct).expect("loss");
                 }
                 lossy += 1;
-                format!("{pct}% packet loss everywhere")
+                format!("{pct}% packet loss and 5% duplication everywhere")
             }
             3 => {
                 let victim = rng.below(3) as usize;
