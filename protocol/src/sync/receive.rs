@@ -429,6 +429,6 @@ fn apply_or_restore(am: &mut automerge::AutoCommit, changes: &[Change]) -> bool 
 /// into bytes that no longer load ("mismatching heads"), which would lose
 /// the document at the next restart. Both found by fuzzing; the inputs are
 /// in `fuzz/regressions/automerge_changes/`.
-fn canonical(change: &Change) -> bool {
+pub(super) fn canonical(change: &Change) -> bool {
     guarded(|| Change::from(change.decode()).hash() == change.hash()).unwrap_or(false)
 }

@@ -696,3 +696,59 @@ fn a_session_closed_on_revalidation_is_refused_with_a_reason_the_peer_accepts() 
         "node 0 heard the refusal"
     );
 }
+
+#[test]
+fn honest_changes_are_canonical() {
+    // The receive path refuses changes that do not re-encode to their own
+    // hash; every change Automerge makes itself must pass, whatever the
+    // edits (concurrent text splices with multi-byte characters, deletes,
+    // map puts), or teammates would refuse each other's work.
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ObjType, ROOT, ReadDoc};
+    let mut a = AutoCommit::new();
+    a.set_actor(automerge::ActorId::from([1u8; 16].as_slice()));
+    let text = a.put_object(ROOT, "text", ObjType::Text).expect("text");
+    a.commit();
+    let mut b = a.fork();
+    b.set_actor(automerge::ActorId::from([2u8; 16].as_slice()));
+    let mut x = 7u64;
+    for round in 0..200u64 {
+        for doc in [&mut a, &mut b] {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = doc.length(&text);
+            let pos = if len == 0 {
+                0
+            } else {
+                (x as usize) % (len + 1)
+            };
+            let del = if len > pos {
+                (x >> 8) as usize % 3 % (len - pos + 1)
+            } else {
+                0
+            };
+            let insert = ["é", "ab", "🦀", "", "x\n"][(x >> 16) as usize % 5];
+            doc.splice_text(&text, pos, del as isize, insert)
+                .expect("splice");
+            doc.put(ROOT, "round", round).expect("put");
+            doc.commit();
+        }
+        if round % 7 == 0 {
+            a.merge(&mut b).expect("merge");
+            b.merge(&mut a).expect("merge");
+        }
+    }
+    a.merge(&mut b).expect("merge");
+    for c in a.get_changes(&[]) {
+        assert!(
+            super::receive::canonical(&c),
+            "change {} is not canonical",
+            c.hash()
+        );
+    }
+    assert_eq!(a.text(&text).ok(), {
+        b.merge(&mut a).expect("merge");
+        b.text(&text).ok()
+    });
+}
