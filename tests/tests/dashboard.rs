@@ -59,162 +59,178 @@ async fn two_browsers_edit_one_file_live() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let a = Node::start(&tmp.path().join("a"))?;
     let b = Node::start(&tmp.path().join("b"))?;
-    let shots = shots_dir();
-    let driver = Driver::start(&tmp.path().join("chromedriver.log")).await?;
-    let pa = Browser::open(&driver, &shots, "a").await?;
-    let pb = Browser::open(&driver, &shots, "b").await?;
+    // On failure, the nodes' logs say what the pages cannot (which frames
+    // were refused, whether sessions were open).
+    let result = async {
+        let shots = shots_dir();
+        let driver = Driver::start(&tmp.path().join("chromedriver.log")).await?;
+        let pa = Browser::open(&driver, &shots, "a").await?;
+        let pb = Browser::open(&driver, &shots, "b").await?;
 
-    // Both log in with one-time URLs; the overview shows each node's id.
-    login(&pa, &a).await?;
-    login(&pb, &b).await?;
-    pa.screenshot("1-overview").await?;
+        // Both log in with one-time URLs; the overview shows each node's id.
+        login(&pa, &a).await?;
+        login(&pb, &b).await?;
+        pa.screenshot("1-overview").await?;
 
-    // A creates a workspace from the dashboard.
-    pa.goto(&format!("{}/#/workspaces", a.api_url)).await?;
-    let name = pa.wait("#create-ws-name", UI).await?;
-    pa.type_text(&name, "Team Alpha").await?;
-    pa.click(&pa.wait("#create-ws-btn", UI).await?).await?;
-    pa.wait_text("#ws-title", UI, |t| t == "Team Alpha").await?;
-    let url = pa.current_url().await?;
-    let ws = url
-        .rsplit_once("#/ws/")
-        .map(|(_, id)| id.to_owned())
-        .unwrap_or_default();
-    assert_eq!(ws.len(), 32, "workspace id in {url}");
+        // A creates a workspace from the dashboard.
+        pa.goto(&format!("{}/#/workspaces", a.api_url)).await?;
+        let name = pa.wait("#create-ws-name", UI).await?;
+        pa.type_text(&name, "Team Alpha").await?;
+        pa.click(&pa.wait("#create-ws-btn", UI).await?).await?;
+        pa.wait_text("#ws-title", UI, |t| t == "Team Alpha").await?;
+        let url = pa.current_url().await?;
+        let ws = url
+            .rsplit_once("#/ws/")
+            .map(|(_, id)| id.to_owned())
+            .unwrap_or_default();
+        assert_eq!(ws.len(), 32, "workspace id in {url}");
 
-    // A invites B as a developer and gets a token to copy.
-    let peer = pa.wait("#invite-peer", UI).await?;
-    pa.type_text(&peer, &b.peer_id).await?;
-    pa.click(&pa.wait("#invite-btn", UI).await?).await?;
-    let token = pa
-        .wait_value("#invite-token", UI, |v| v.len() > 100)
-        .await?;
-    pa.screenshot("2-invited").await?;
+        // A invites B as a developer and gets a token to copy.
+        let peer = pa.wait("#invite-peer", UI).await?;
+        pa.type_text(&peer, &b.peer_id).await?;
+        pa.click(&pa.wait("#invite-btn", UI).await?).await?;
+        let token = pa
+            .wait_value("#invite-token", UI, |v| v.len() > 100)
+            .await?;
+        pa.screenshot("2-invited").await?;
 
-    // B joins in its own dashboard by pasting the token.
-    pb.goto(&format!("{}/#/workspaces", b.api_url)).await?;
-    let field = pb.wait("#join-token", UI).await?;
-    pb.type_text(&field, &token).await?;
-    pb.click(&pb.wait("#join-btn", UI).await?).await?;
-    pb.wait_text("#ws-title", SYNC, |t| t == "Team Alpha")
-        .await?;
-    pb.wait_text("#members", SYNC, |t| t.contains("developer"))
-        .await?;
-    pb.screenshot("3-joined").await?;
+        // B joins in its own dashboard by pasting the token.
+        pb.goto(&format!("{}/#/workspaces", b.api_url)).await?;
+        let field = pb.wait("#join-token", UI).await?;
+        pb.type_text(&field, &token).await?;
+        pb.click(&pb.wait("#join-btn", UI).await?).await?;
+        pb.wait_text("#ws-title", SYNC, |t| t == "Team Alpha")
+            .await?;
+        pb.wait_text("#members", SYNC, |t| t.contains("developer"))
+            .await?;
+        pb.screenshot("3-joined").await?;
 
-    // A creates a file; B sees it appear (live, over SSE) and opens it.
-    let path = pa.wait("#new-file-path", UI).await?;
-    pa.type_text(&path, "notes.md").await?;
-    pa.click(&pa.wait("#new-file-form button", UI).await?)
-        .await?;
-    let editor_a = pa.wait("#editor", UI).await?;
-    pb.wait_text("#files", SYNC, |t| t.contains("notes.md"))
-        .await?;
-    pb.goto(&format!("{}/#/ws/{ws}/file/notes.md", b.api_url))
-        .await?;
-    let editor_b = pb.wait("#editor", UI).await?;
+        // A creates a file; B sees it appear (live, over SSE) and opens it.
+        let path = pa.wait("#new-file-path", UI).await?;
+        pa.type_text(&path, "notes.md").await?;
+        pa.click(&pa.wait("#new-file-form button", UI).await?)
+            .await?;
+        let editor_a = pa.wait("#editor", UI).await?;
+        pb.wait_text("#files", SYNC, |t| t.contains("notes.md"))
+            .await?;
+        pb.goto(&format!("{}/#/ws/{ws}/file/notes.md", b.api_url))
+            .await?;
+        let editor_b = pb.wait("#editor", UI).await?;
 
-    // Typing in A's page shows up in B's.
-    pa.type_text(&editor_a, "Hello from A").await?;
-    pb.wait_value("#editor", SYNC, |v| v == "Hello from A")
-        .await?;
-    pb.screenshot("4-received").await?;
+        // Typing in A's page shows up in B's.
+        pa.type_text(&editor_a, "Hello from A").await?;
+        pb.wait_value("#editor", SYNC, |v| v == "Hello from A")
+            .await?;
+        pb.screenshot("4-received").await?;
 
-    // B types at the start while A types at the end: both pages converge,
-    // and B's cursor stays after what B typed although A's edit arrived.
-    pb.exec(
-        "const e = document.getElementById('editor'); e.focus(); e.setSelectionRange(0, 0); return true;",
-        json!([]),
-    )
-    .await?;
-    pb.type_text(&editor_b, "[B] ").await?;
-    pa.type_text(&editor_a, ", and more").await?;
-    let want = "[B] Hello from A, and more";
-    pa.wait_value("#editor", SYNC, |v| v == want).await?;
-    pb.wait_value("#editor", SYNC, |v| v == want).await?;
-    let cursor = pb
-        .exec(
-            "return document.getElementById('editor').selectionStart;",
+        // B types at the start while A types at the end: both pages converge,
+        // and B's cursor stays after what B typed although A's edit arrived.
+        pb.exec(
+            "const e = document.getElementById('editor'); e.focus(); e.setSelectionRange(0, 0); return true;",
             json!([]),
         )
         .await?;
-    assert_eq!(cursor, json!(4), "B's cursor moved with A's remote edit");
-    pa.screenshot("5-converged").await?;
-    pb.screenshot("5-converged").await?;
-    // The nodes hold the same text as the pages.
-    assert_eq!(
-        b.file(&ws, "notes.md").await.as_deref(),
-        Some(want.as_bytes())
-    );
-
-    // A uploads a PDF from the workspace page and reads its text.
-    let pdf = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/pdfs/004-pdflatex-4-pages.pdf");
-    if pdf.exists() {
-        pa.goto(&format!("{}/#/ws/{ws}", a.api_url)).await?;
-        let input = pa.wait("#doc-input", UI).await?;
-        pa.type_text(&input, &pdf.canonicalize()?.display().to_string())
+        pb.type_text(&editor_b, "[B] ").await?;
+        pa.type_text(&editor_a, ", and more").await?;
+        let want = "[B] Hello from A, and more";
+        pa.wait_value("#editor", SYNC, |v| v == want).await?;
+        pb.wait_value("#editor", SYNC, |v| v == want).await?;
+        let cursor = pb
+            .exec(
+                "return document.getElementById('editor').selectionStart;",
+                json!([]),
+            )
             .await?;
-        pa.wait_text("#doc-text", UI, |t| {
-            t.contains("Hello, here is some text without a meaning")
-        })
-        .await?;
-        pa.screenshot("6-pdf").await?;
-        // And B gets the processed document by sync.
-        pb.goto(&format!("{}/#/ws/{ws}", b.api_url)).await?;
-        pb.wait_text("#documents", SYNC, |t| {
-            t.contains("004-pdflatex-4-pages.pdf")
-        })
-        .await?;
-    } else {
-        skip_or_fail(
-            "dashboard PDF upload",
-            &format!("{} is absent", pdf.display()),
+        assert_eq!(cursor, json!(4), "B's cursor moved with A's remote edit");
+        pa.screenshot("5-converged").await?;
+        pb.screenshot("5-converged").await?;
+        // The nodes hold the same text as the pages.
+        assert_eq!(
+            b.file(&ws, "notes.md").await.as_deref(),
+            Some(want.as_bytes())
         );
+
+        // A uploads a PDF from the workspace page and reads its text.
+        let pdf = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data/pdfs/004-pdflatex-4-pages.pdf");
+        if pdf.exists() {
+            pa.goto(&format!("{}/#/ws/{ws}", a.api_url)).await?;
+            let input = pa.wait("#doc-input", UI).await?;
+            pa.type_text(&input, &pdf.canonicalize()?.display().to_string())
+                .await?;
+            pa.wait_text("#doc-text", UI, |t| {
+                t.contains("Hello, here is some text without a meaning")
+            })
+            .await?;
+            pa.screenshot("6-pdf").await?;
+            // And B gets the processed document by sync.
+            pb.goto(&format!("{}/#/ws/{ws}", b.api_url)).await?;
+            pb.wait_text("#documents", SYNC, |t| {
+                t.contains("004-pdflatex-4-pages.pdf")
+            })
+            .await?;
+        } else {
+            skip_or_fail(
+                "dashboard PDF upload",
+                &format!("{} is absent", pdf.display()),
+            );
+        }
+
+        // A dropped file is uploaded too (a real drop event with a DataTransfer).
+        pa.goto(&format!("{}/#/ws/{ws}", a.api_url)).await?;
+        pa.wait("#drop-zone", UI).await?;
+        pa.exec(
+            "const dt = new DataTransfer();
+             dt.items.add(new File(['# Dropped notes\\n\\nThe drop zone works.\\n'], 'dropped.md', {type: 'text/markdown'}));
+             document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+             return true;",
+            json!([]),
+        )
+        .await?;
+        pa.wait_text("#doc-text", UI, |t| t.contains("The drop zone works."))
+            .await?;
+
+        // A's overview shows B connected, with the shared workspace's lag.
+        pa.goto(&format!("{}/#/", a.api_url)).await?;
+        let short_b = &b.peer_id[b.peer_id.len() - 6..];
+        pa.wait_text("#peers-table", UI, |t| {
+            t.contains(short_b) && t.contains("connected") && t.contains("Team Alpha")
+        })
+        .await?;
+        pa.screenshot("7-peers").await?;
+
+        // A revokes B from the dashboard, after confirming.
+        pa.goto(&format!("{}/#/ws/{ws}", a.api_url)).await?;
+        let revoke = pa
+            .wait(&format!("button[aria-label='Revoke {}']", b.peer_id), UI)
+            .await?;
+        pa.click(&revoke).await?;
+        pa.accept_dialog().await?;
+        pa.wait_text("#members", UI, |t| t.contains("developer (revoked)"))
+            .await?;
+        // The audit view lists the revocation, and the chain is intact.
+        pa.goto(&format!("{}/#/audit", a.api_url)).await?;
+        pa.wait_text("#audit-chain", UI, |t| t.contains("intact"))
+            .await?;
+        pa.wait_text("#audit", UI, |t| t.contains("/revoke"))
+            .await?;
+        pa.screenshot("8-audit").await?;
+        pa.close().await?;
+        pb.close().await?;
+        Ok::<(), anyhow::Error>(())
     }
-
-    // A dropped file is uploaded too (a real drop event with a DataTransfer).
-    pa.goto(&format!("{}/#/ws/{ws}", a.api_url)).await?;
-    pa.wait("#drop-zone", UI).await?;
-    pa.exec(
-        "const dt = new DataTransfer();
-         dt.items.add(new File(['# Dropped notes\\n\\nThe drop zone works.\\n'], 'dropped.md', {type: 'text/markdown'}));
-         document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
-         return true;",
-        json!([]),
-    )
-    .await?;
-    pa.wait_text("#doc-text", UI, |t| t.contains("The drop zone works."))
-        .await?;
-
-    // A's overview shows B connected, with the shared workspace's lag.
-    pa.goto(&format!("{}/#/", a.api_url)).await?;
-    let short_b = &b.peer_id[b.peer_id.len() - 6..];
-    pa.wait_text("#peers-table", UI, |t| {
-        t.contains(short_b) && t.contains("connected") && t.contains("Team Alpha")
-    })
-    .await?;
-    pa.screenshot("7-peers").await?;
-
-    // A revokes B from the dashboard, after confirming.
-    pa.goto(&format!("{}/#/ws/{ws}", a.api_url)).await?;
-    let revoke = pa
-        .wait(&format!("button[aria-label='Revoke {}']", b.peer_id), UI)
-        .await?;
-    pa.click(&revoke).await?;
-    pa.accept_dialog().await?;
-    pa.wait_text("#members", UI, |t| t.contains("developer (revoked)"))
-        .await?;
-    // The audit view lists the revocation, and the chain is intact.
-    pa.goto(&format!("{}/#/audit", a.api_url)).await?;
-    pa.wait_text("#audit-chain", UI, |t| t.contains("intact"))
-        .await?;
-    pa.wait_text("#audit", UI, |t| t.contains("/revoke"))
-        .await?;
-    pa.screenshot("8-audit").await?;
-    pa.close().await?;
-    pb.close().await?;
-    Ok(())
+    .await;
+    if result.is_err() {
+        for (name, node) in [("A", &a), ("B", &b)] {
+            let log = node.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "--- {name}'s log, last 40 lines (newest first) ---\n{}",
+                tail.join("\n")
+            );
+        }
+    }
+    result
 }
 
 /// `xencode dashboard --no-open` prints a login URL; opened in Chromium it
