@@ -14,6 +14,7 @@ mod events;
 mod extract;
 mod guard;
 mod openapi;
+mod refusals;
 mod routes;
 mod session;
 
@@ -53,6 +54,8 @@ struct Inner {
     parses: Arc<std::sync::Mutex<crate::analysis::code::ParseCache>>,
     /// Dashboard login codes and sessions.
     sessions: session::Sessions,
+    /// Refused unauthenticated requests, tallied per minute.
+    refusals: refusals::Refusals,
     /// The OpenAPI document, built with the router.
     openapi: OnceLock<Arc<serde_json::Value>>,
 }
@@ -97,6 +100,7 @@ impl ApiState {
                     crate::analysis::code::ParseCache::new(PARSE_CACHE_FILES),
                 )),
                 sessions: session::Sessions::default(),
+                refusals: refusals::Refusals::default(),
                 openapi: OnceLock::new(),
             }),
         }

@@ -22,6 +22,10 @@ pub enum IdentityError {
     CreateDir { path: PathBuf, source: io::Error },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error(
+        "the data directory {path} is readable by other users and cannot be made private (0700): {source}. Run `chmod 700` on it as its owner, or choose another --data-dir"
+    )]
+    NotPrivate { path: PathBuf, source: io::Error },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error(
@@ -167,19 +171,29 @@ pub(crate) fn random_fill(buf: &mut [u8]) -> Result<(), IdentityError> {
     getrandom::fill(buf).map_err(|e| IdentityError::Random(e.to_string()))
 }
 
-fn create_private_dir(path: &Path) -> Result<(), IdentityError> {
-    let existed = path.exists();
+/// Creates the data directory 0700, or tightens an existing one to 0700:
+/// it holds the identity key, the API token and the store with every
+/// workspace's content. A directory this user cannot tighten is refused.
+pub(crate) fn create_private_dir(path: &Path) -> Result<(), IdentityError> {
     fs::create_dir_all(path).map_err(|source| IdentityError::CreateDir {
         path: path.to_owned(),
         source,
     })?;
-    if !existed {
+    let mode = fs::metadata(path)
+        .map_err(|source| IdentityError::Read {
+            path: path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
         fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(|source| {
-            IdentityError::CreateDir {
+            IdentityError::NotPrivate {
                 path: path.to_owned(),
                 source,
             }
         })?;
+        tracing::info!(path = %path.display(), "the data directory was readable by others; made it 0700");
     }
     Ok(())
 }

@@ -558,7 +558,15 @@ impl Net {
                         }
                     };
                     let input = match wire::decode(&request) {
-                        Ok(frame) => Input::Received { peer, frame },
+                        Ok(frame) => {
+                            // Tokens are verified here, never on the store's
+                            // thread (see `store::tokens`).
+                            if self.store.verify_token(&frame, crate::now_ms()).await == Some(false)
+                            {
+                                self.metrics.peer_violation("bad_token");
+                            }
+                            Input::Received { peer, frame }
+                        }
                         Err(e) => {
                             self.metrics.peer_violation("malformed_frame");
                             Input::Malformed {

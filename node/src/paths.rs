@@ -1,6 +1,41 @@
-//! Where a node keeps its files inside the data directory.
+//! Where a node keeps its files inside the data directory, and how files
+//! holding workspace content or tokens are kept private (0600 files in a
+//! 0700 directory).
 
+use std::fs;
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// Creates `path` empty, readable and writable by its owner only, unless it
+/// exists; either way it ends up 0600. For files other programs (redb)
+/// then fill: they would otherwise be created with the umask's mode.
+pub fn ensure_private_file(path: &Path) -> io::Result<()> {
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens a new file (truncating one left over) readable by its owner only.
+pub fn create_private_file(path: &Path) -> io::Result<fs::File> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
 
 /// The files of one data directory.
 #[derive(Debug, Clone)]

@@ -20,6 +20,7 @@ pub mod fuzz;
 mod host;
 mod netops;
 pub mod tables;
+pub mod tokens;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -306,6 +307,10 @@ pub(crate) enum Command {
     Audit {
         decision: audit::Decision,
     },
+    /// Record tallies of refused unauthenticated requests.
+    AuditRefusals {
+        tallies: Vec<xencode_protocol::api::RefusalCount>,
+    },
     /// Read the audit log as this node's admin may see it.
     ReadAudit {
         workspace: Option<WorkspaceId>,
@@ -323,6 +328,7 @@ pub(crate) enum Command {
 pub struct Store {
     tx: mpsc::Sender<Command>,
     stats: Arc<StoreStats>,
+    tokens: Arc<tokens::TokenVerifier>,
     path: PathBuf,
 }
 
@@ -350,7 +356,15 @@ impl Store {
         metrics: Arc<Metrics>,
     ) -> Result<(Store, StoreThread), OpenError> {
         let stats = Arc::new(StoreStats::new());
-        let actor = actor::Actor::open(path, author, options, metrics, stats.clone())?;
+        let tokens = Arc::new(tokens::TokenVerifier::default());
+        let actor = actor::Actor::open(
+            path,
+            author,
+            options,
+            metrics,
+            stats.clone(),
+            tokens.clone(),
+        )?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("xencode-store".into())
@@ -363,6 +377,7 @@ impl Store {
             Store {
                 tx,
                 stats,
+                tokens,
                 path: path.to_owned(),
             },
             StoreThread(thread),
@@ -492,6 +507,19 @@ impl Store {
         }
     }
 
+    /// Records tallies of refused unauthenticated requests (their own
+    /// table, their own cap; see `audit.rs`).
+    pub async fn audit_refusals(&self, tallies: Vec<xencode_protocol::api::RefusalCount>) {
+        if self
+            .tx
+            .send(Command::AuditRefusals { tallies })
+            .await
+            .is_err()
+        {
+            tracing::error!("the store is closed; refusal tallies were not written");
+        }
+    }
+
     /// The newest `limit` audit entries this node's user may see: node-wide
     /// ones, and those of workspaces where this node is an admin (only
     /// `workspace`'s if given), with the whole chain verified.
@@ -591,6 +619,25 @@ impl Store {
         self.ask(|reply| Command::Compact { reply }).await
     }
 
+    /// Verifies the token an `Open` or `Accept` frame carries, on the
+    /// blocking pool, so that the store's admission finds it verified (see
+    /// [`tokens`]). Whether it verified; `None` if this node does not hold
+    /// the workspace (the store refuses such a frame without looking).
+    pub async fn verify_token(&self, frame: &Frame, now_ms: u64) -> Option<bool> {
+        let (Frame::Open { workspace, token } | Frame::Accept { workspace, token }) = frame else {
+            return None;
+        };
+        let root = self.tokens.root(workspace)?;
+        if let Some(done) = self.tokens.cached(&root, token) {
+            return Some(done.is_ok());
+        }
+        let tokens = self.tokens.clone();
+        let token = token.clone();
+        tokio::task::spawn_blocking(move || tokens.verify(&root, &token, now_ms).is_ok())
+            .await
+            .ok()
+    }
+
     /// Feeds a network happening to the sync engine.
     pub async fn net_input(&self, input: Input) -> Result<(), StoreError> {
         self.tx
@@ -632,6 +679,15 @@ impl Store {
     }
 
     pub async fn join(&self, token: String, now_ms: u64) -> Result<WorkspaceSummary, StoreError> {
+        // Verified here, on the blocking pool: a crafted invitation must not
+        // hold up the store (see [`tokens`]).
+        let inv = xencode_protocol::invite::Invitation::decode(&token)
+            .map_err(StoreError::InvalidInvitation)?;
+        let tokens = self.tokens.clone();
+        tokio::task::spawn_blocking(move || tokens.verify(&inv.root_key, &inv.token, now_ms))
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(|e| StoreError::InvalidInvitation(e.to_string()))?;
         self.ask(|reply| Command::Join {
             token,
             now_ms,

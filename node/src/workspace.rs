@@ -229,10 +229,12 @@ impl Workspace {
         am.keys(&members)
             .filter_map(|peer| {
                 let m = get_obj(am, &members, &peer)?;
-                let revoked = get_obj(am, &ROOT, "revoked")
-                    .and_then(|r| get_obj(am, &r, &peer))
-                    .is_some();
+                let revoked = !self.is_root(&peer)
+                    && get_obj(am, &ROOT, "revoked")
+                        .and_then(|r| get_obj(am, &r, &peer))
+                        .is_some();
                 Some(Member {
+                    expires_at: self.member_expiry_at(&peer, None),
                     role: Role::parse(&get_str(am, &m, "role")?)?,
                     added_by: get_str(am, &m, "added_by").unwrap_or_default(),
                     added_at: get_u64(am, &m, "added_at").unwrap_or(0),

@@ -164,6 +164,9 @@ pub struct Member {
     /// The membership was revoked.
     #[serde(default)]
     pub revoked: bool,
+    /// When the membership ends with its token (unix ms); absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 /// `GET /api/v1/workspaces/{id}`.
@@ -569,4 +572,22 @@ pub struct AuditChain {
 pub struct AuditLog {
     pub entries: Vec<AuditEntry>,
     pub chain: AuditChain,
+    /// Refused requests that never authenticated, tallied per minute, source
+    /// and reason (newest last). Kept apart from `entries`, under their own
+    /// cap, so a flood of them never pushes out entries about members.
+    #[serde(default)]
+    pub refusals: Vec<RefusalCount>,
+}
+
+/// How many requests from one source were refused for one reason in one
+/// minute, none of them authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RefusalCount {
+    /// Start of the minute (unix ms).
+    pub minute: u64,
+    /// The page's `Origin`, or `local` for a request without one.
+    pub source: String,
+    /// The refusal's error code (`unauthorized`, `forbidden_host`, ...).
+    pub reason: String,
+    pub count: u64,
 }

@@ -102,12 +102,16 @@ fn invalid(e: impl std::fmt::Display) -> CapabilityError {
     CapabilityError::Invalid(e.to_string())
 }
 
+/// Run limits of the final datalog pass. By then a token holds at most a
+/// few facts and expiry checks per block and no rules, so the evaluation
+/// takes microseconds; the time limit (which biscuit checks between
+/// iterations) is a last fence, generous enough that a busy machine does
+/// not turn into spurious denials.
 fn limits() -> RunLimits {
     RunLimits {
-        max_facts: 256,
-        max_iterations: 64,
-        // Generous: a busy machine must not turn into spurious denials.
-        max_time: Duration::from_millis(200),
+        max_facts: 64,
+        max_iterations: 8,
+        max_time: Duration::from_millis(50),
     }
 }
 
@@ -214,9 +218,67 @@ pub fn delegate(
         .map_err(invalid)
 }
 
+/// Largest token accepted, in bytes: eight honest blocks take under 3 KiB.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// A token whose structure, signatures and delegation chain were checked
+/// against a root key ([`verify`]): what it grants, to whom, until when.
+/// What depends on the request — the workspace asked for, the peer
+/// presenting it, revocations, the time — is checked by [`Verified::grant`],
+/// which is cheap (no cryptography, no datalog).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The workspace the authority block names (as written there).
+    pub workspace: String,
+    pub holder: PeerId,
+    pub role: Role,
+    pub expires_ms: Option<u64>,
+    pub revocation_ids: Vec<String>,
+    pub chain: Vec<PeerId>,
+}
+
+impl Verified {
+    /// Whether the verified token lets `peer` into `workspace` at `now_ms`,
+    /// given the revoked token ids.
+    pub fn grant(
+        &self,
+        workspace: &WorkspaceId,
+        peer: &PeerId,
+        revoked: &BTreeSet<String>,
+        now_ms: u64,
+    ) -> Result<Grant, CapabilityError> {
+        if self.workspace != workspace.to_string() {
+            return Err(CapabilityError::WrongWorkspace {
+                token: self.workspace.clone(),
+                requested: workspace.to_string(),
+            });
+        }
+        if self.holder != *peer {
+            return Err(CapabilityError::WrongHolder {
+                holder: self.holder.to_string(),
+            });
+        }
+        if self.revocation_ids.iter().any(|id| revoked.contains(id)) {
+            return Err(CapabilityError::Revoked);
+        }
+        if self.expires_ms.is_some_and(|e| now_ms > e) {
+            return Err(CapabilityError::Expired);
+        }
+        Ok(Grant {
+            workspace: *workspace,
+            holder: self.holder,
+            role: self.role,
+            expires_ms: self.expires_ms,
+            token_id: self.revocation_ids.last().cloned().unwrap_or_default(),
+            revocation_ids: self.revocation_ids.clone(),
+            chain: self.chain.clone(),
+        })
+    }
+}
+
 /// Verifies that `token` lets `peer` into `workspace` at `now_ms`, given the
-/// revoked token ids. Returns the grant; the caller checks the right it needs
-/// with [`Role::allows`].
+/// revoked token ids: [`verify`], then [`Verified::grant`]. Returns the
+/// grant; the caller checks the right it needs with [`Role::allows`].
 pub fn authorize(
     token: &[u8],
     root_public: &[u8; 32],
@@ -225,52 +287,66 @@ pub fn authorize(
     revoked: &BTreeSet<String>,
     now_ms: u64,
 ) -> Result<Grant, CapabilityError> {
-    let biscuit = Biscuit::from(token, public_key(root_public)?).map_err(invalid)?;
-    let blocks = biscuit.block_count();
+    verify(token, root_public, now_ms)?.grant(workspace, peer, revoked, now_ms)
+}
+
+/// Checks a token against the workspace's root key, cheapest checks first,
+/// so that a hostile token costs little and can never make the datalog
+/// engine work hard:
+///
+/// 1. size, and the block count read without verifying anything;
+/// 2. every block's signature (root key, then each next key);
+/// 3. the structure of every block, read as its datalog source and matched
+///    against exactly what this module mints — the authority block holds
+///    `workspace`, `holder`, `role` and an optional expiry with its check,
+///    each later block is a third-party block signed by the holder the
+///    chain has reached (who must be an admin) and holds one `delegate`
+///    fact and an optional expiry with its check. Any other fact, any rule,
+///    any other check, scope or string refuses the token;
+/// 4. last, biscuit's own authorizer over what is left (a handful of facts
+///    and expiry checks), with tight run limits.
+pub fn verify(
+    token: &[u8],
+    root_public: &[u8; 32],
+    now_ms: u64,
+) -> Result<Verified, CapabilityError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(CapabilityError::NotACapability(format!(
+            "{} bytes; at most {MAX_TOKEN_BYTES}",
+            token.len()
+        )));
+    }
+    let blocks = biscuit_auth::UnverifiedBiscuit::from(token)
+        .map_err(invalid)?
+        .block_count();
     if blocks > MAX_BLOCKS {
         return Err(CapabilityError::BadDelegation(format!(
             "{blocks} blocks; at most {MAX_BLOCKS}"
         )));
     }
+    let biscuit = Biscuit::from(token, public_key(root_public)?).map_err(invalid)?;
     let revocation_ids: Vec<String> = biscuit
         .revocation_identifiers()
         .iter()
         .map(hex::encode)
         .collect();
-    if revocation_ids.iter().any(|id| revoked.contains(id)) {
-        return Err(CapabilityError::Revoked);
-    }
-    let mut authorizer = AuthorizerBuilder::new()
-        .fact(format!("now_ms({now_ms})").as_str())
-        .map_err(invalid)?
-        .policy("allow if true")
-        .map_err(invalid)?
-        .set_limits(limits())
-        .build(&biscuit)
-        .map_err(invalid)?;
-    let authority: Vec<(String, String, String)> = authorizer
-        .query_with_limits(
-            "cap($w, $h, $r) <- workspace($w), holder($h), role($r)",
-            limits(),
-        )
-        .map_err(invalid)?;
-    let [(token_ws, root_holder, root_role)] = authority.as_slice() else {
+    let authority = Block::parse(&biscuit.print_block_source(0).map_err(invalid)?)?;
+    let (Some(workspace), Some(root_holder), Some(root_role), None) = (
+        authority.workspace,
+        authority.holder,
+        authority.role,
+        authority.delegate,
+    ) else {
         return Err(CapabilityError::NotACapability(
             "the authority block must name exactly one workspace, holder and role".into(),
         ));
     };
-    if token_ws != &workspace.to_string() {
-        return Err(CapabilityError::WrongWorkspace {
-            token: token_ws.clone(),
-            requested: workspace.to_string(),
-        });
-    }
     let mut holder: PeerId = root_holder
         .parse()
         .map_err(|_| CapabilityError::NotACapability("the holder is not a peer id".into()))?;
-    let mut role = Role::parse(root_role)
+    let mut role = Role::parse(&root_role)
         .ok_or_else(|| CapabilityError::NotACapability(format!("unknown role {root_role:?}")))?;
-    let mut expires_ms = query_expiry(&mut authorizer, None)?;
+    let mut expires_ms = authority.expires;
     let mut chain = vec![holder];
     let mut signers = BTreeSet::new();
     for index in 1..blocks {
@@ -300,19 +376,15 @@ pub fn authorize(
                 role.as_str()
             )));
         }
-        let scope = format!("trusting ed25519/{}", hex::encode(key_bytes));
-        let delegated: Vec<(String, String)> = authorizer
-            .query_with_limits(
-                format!("d($h, $r) <- delegate($h, $r) {scope}").as_str(),
-                limits(),
-            )
-            .map_err(invalid)?;
-        let [(next_holder, next_role)] = delegated.as_slice() else {
+        let block = Block::parse(&biscuit.print_block_source(index).map_err(invalid)?)?;
+        let (None, None, None, Some((next_holder, next_role))) =
+            (block.workspace, block.holder, block.role, block.delegate)
+        else {
             return Err(CapabilityError::BadDelegation(format!(
                 "block {index} must delegate to exactly one peer"
             )));
         };
-        let next_role = Role::parse(next_role)
+        let next_role = Role::parse(&next_role)
             .ok_or_else(|| CapabilityError::BadDelegation(format!("unknown role {next_role:?}")))?;
         if next_role > role {
             return Err(CapabilityError::BadDelegation(
@@ -323,7 +395,7 @@ pub fn authorize(
             .parse()
             .map_err(|_| CapabilityError::BadDelegation("the delegate is not a peer id".into()))?;
         role = next_role;
-        if let Some(e) = query_expiry(&mut authorizer, Some(&scope))? {
+        if let Some(e) = block.expires {
             expires_ms = Some(expires_ms.map_or(e, |x| x.min(e)));
         }
         chain.push(holder);
@@ -331,42 +403,118 @@ pub fn authorize(
     if expires_ms.is_some_and(|e| now_ms > e) {
         return Err(CapabilityError::Expired);
     }
-    // Runs every check of every block (expiry checks among them).
-    authorizer.authorize().map_err(|e| match expires_ms {
-        Some(exp) if now_ms > exp => CapabilityError::Expired,
-        _ => invalid(e),
-    })?;
-    if holder != *peer {
-        return Err(CapabilityError::WrongHolder {
-            holder: holder.to_string(),
-        });
-    }
-    Ok(Grant {
-        workspace: *workspace,
+    // Last, biscuit's own evaluation of what the structure allowed: the
+    // facts above and their expiry checks.
+    AuthorizerBuilder::new()
+        .fact(format!("now_ms({now_ms})").as_str())
+        .map_err(invalid)?
+        .policy("allow if true")
+        .map_err(invalid)?
+        .set_limits(limits())
+        .build(&biscuit)
+        .and_then(|mut a| a.authorize_with_limits(limits()))
+        .map_err(|e| match expires_ms {
+            Some(exp) if now_ms > exp => CapabilityError::Expired,
+            _ => invalid(e),
+        })?;
+    Ok(Verified {
+        workspace,
         holder,
         role,
         expires_ms,
-        token_id: revocation_ids.last().cloned().unwrap_or_default(),
         revocation_ids,
         chain,
     })
 }
 
-fn query_expiry(
-    authorizer: &mut biscuit_auth::Authorizer,
-    scope: Option<&str>,
-) -> Result<Option<u64>, CapabilityError> {
-    let rule = match scope {
-        Some(s) => format!("e($t) <- expires($t) {s}"),
-        None => "e($t) <- expires($t)".to_owned(),
-    };
-    let found: Vec<(i64,)> = authorizer
-        .query_with_limits(rule.as_str(), limits())
-        .map_err(invalid)?;
-    Ok(found
-        .iter()
-        .map(|(t,)| u64::try_from(*t).unwrap_or(0))
-        .min())
+/// What one block of a token says, read from its datalog source by
+/// [`Block::parse`], which accepts only the forms [`mint`] and [`delegate`]
+/// write.
+#[derive(Debug, Default)]
+struct Block {
+    workspace: Option<String>,
+    holder: Option<String>,
+    role: Option<String>,
+    delegate: Option<(String, String)>,
+    expires: Option<u64>,
+}
+
+impl Block {
+    /// Parses a block's printed source, item by item (each printed item
+    /// ends in `;` and a newline). Every item must be one of the forms this
+    /// module writes, with plain alphanumeric strings: a string holding a
+    /// quote or a separator, a rule, another check or a second copy of a
+    /// fact makes some item fail to match, and the token is refused.
+    fn parse(source: &str) -> Result<Self, CapabilityError> {
+        let bad = |item: &str| {
+            let mut shown: String = item.chars().take(60).collect();
+            if shown.len() < item.len() {
+                shown.push('…');
+            }
+            CapabilityError::NotACapability(format!("unexpected datalog in a block: {shown:?}"))
+        };
+        let mut block = Block::default();
+        let mut check = None;
+        let body = source.strip_suffix(";\n").unwrap_or(source);
+        if body.is_empty() {
+            return Err(bad(body));
+        }
+        for item in body.split(";\n") {
+            if let Some(limit) = item.strip_prefix("check if now_ms($t), $t <= ") {
+                let t = digits(limit).ok_or_else(|| bad(item))?;
+                if check.replace(t).is_some() {
+                    return Err(bad(item));
+                }
+                continue;
+            }
+            let (name, args) = item
+                .strip_suffix(')')
+                .and_then(|i| i.split_once('('))
+                .ok_or_else(|| bad(item))?;
+            let duplicate = match (name, args.split(", ").collect::<Vec<_>>().as_slice()) {
+                ("workspace", [w]) => block.workspace.replace(string(w).ok_or_else(|| bad(item))?),
+                ("holder", [h]) => block.holder.replace(string(h).ok_or_else(|| bad(item))?),
+                ("role", [r]) => block.role.replace(string(r).ok_or_else(|| bad(item))?),
+                ("delegate", [h, r]) => block
+                    .delegate
+                    .replace((
+                        string(h).ok_or_else(|| bad(item))?,
+                        string(r).ok_or_else(|| bad(item))?,
+                    ))
+                    .map(|_| String::new()),
+                ("expires", [t]) => block
+                    .expires
+                    .replace(digits(t).ok_or_else(|| bad(item))?)
+                    .map(|_| String::new()),
+                _ => return Err(bad(item)),
+            };
+            if duplicate.is_some() {
+                return Err(bad(item));
+            }
+        }
+        // An expiry and its check come together, with the same time.
+        if check != block.expires {
+            return Err(CapabilityError::NotACapability(
+                "a block's expiry and its check disagree".into(),
+            ));
+        }
+        Ok(block)
+    }
+}
+
+/// `"abc"` with only ASCII letters and digits inside (peer ids, workspace
+/// ids and role names are all such).
+fn string(s: &str) -> Option<String> {
+    let inner = s.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.is_empty() && inner.len() <= 128 && inner.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| inner.to_owned())
+}
+
+/// A non-negative decimal integer that fits biscuit's i64.
+fn digits(s: &str) -> Option<u64> {
+    (!s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 fn keypair(secret: &[u8; 32]) -> Result<KeyPair, CapabilityError> {

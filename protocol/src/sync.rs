@@ -88,6 +88,10 @@ pub trait Host {
     /// A document of a held workspace, created empty if it is not here yet;
     /// `None` if the workspace is not held or the host will not create more.
     fn document(&mut self, ws: &WorkspaceId, doc: &DocId) -> Option<&mut AutoCommit>;
+    /// Whether `doc` of `ws` is held here already (without creating it).
+    fn has_document(&self, ws: &WorkspaceId, doc: &DocId) -> bool {
+        self.documents(ws).contains(doc)
+    }
     /// The stored author signature of a change, if any.
     fn signature(&self, ws: &WorkspaceId, doc: &DocId, hash: &ChangeHash) -> Option<SignedHead>;
     /// This node's own token for `ws`, presented to peers.
@@ -206,6 +210,12 @@ pub enum RejectReason {
     Expired,
     /// The pending buffer was full.
     Overflow,
+    /// Changes inside an Automerge sync message, where Automerge would apply
+    /// them unchecked: the whole frame is refused.
+    InSyncMessage,
+    /// Sync for a document the node does not hold, from a peer that may not
+    /// write (it could only ever bring an empty document).
+    UnknownDocument,
 }
 
 impl RejectReason {
@@ -217,6 +227,8 @@ impl RejectReason {
             RejectReason::Malformed => "malformed",
             RejectReason::Expired => "expired",
             RejectReason::Overflow => "overflow",
+            RejectReason::InSyncMessage => "changes_in_sync_message",
+            RejectReason::UnknownDocument => "unknown_document",
         }
     }
 }
@@ -558,7 +570,10 @@ impl Engine {
                     );
                     self.start(host, peer, ws);
                 }
-                Err(reason) => self.refuse(peer, ws, reason),
+                Err(reason) => {
+                    self.refuse(peer, ws, reason);
+                    self.strike(peer, "refused token");
+                }
             },
             Frame::Accept { token, .. } => {
                 let expected = self.sessions.get(&(peer, ws)).is_some_and(|s| s.opening);
@@ -567,7 +582,10 @@ impl Engine {
                 }
                 match self.admit(host, peer, ws, &token, now_ms) {
                     Ok(()) => self.start(host, peer, ws),
-                    Err(reason) => self.refuse(peer, ws, reason),
+                    Err(reason) => {
+                        self.refuse(peer, ws, reason);
+                        self.strike(peer, "refused token");
+                    }
                 }
             }
             Frame::Refuse { reason, .. } => {

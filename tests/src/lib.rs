@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub use serde_json;
 
 pub mod browser;
+pub mod member;
 pub mod netns;
 pub mod ollama_double;
 pub mod raw_peer;

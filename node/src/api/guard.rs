@@ -183,8 +183,14 @@ pub async fn audit(State(state): State<ApiState>, req: Request, next: Next) -> R
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let workspace = workspace_in(req.uri().path());
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .unwrap_or("local")
+        .to_owned();
     let resp = next.run(req).await;
     let status = resp.status();
     let denied = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
@@ -200,6 +206,22 @@ pub async fn audit(State(state): State<ApiState>, req: Request, next: Next) -> R
         return resp;
     };
     let principal = resp.extensions().get::<Principal>();
+    if denied && principal.is_none() {
+        // Anyone can cause these, thousands a second: tallied, not logged
+        // one by one (see `refusals`).
+        let reason = resp
+            .extensions()
+            .get::<ErrorCode>()
+            .map_or_else(|| format!("status {}", status.as_u16()), |c| c.0.to_owned());
+        let done = state
+            .inner
+            .refusals
+            .count(crate::now_ms(), &origin, &reason);
+        if !done.is_empty() {
+            store.audit_refusals(done).await;
+        }
+        return resp;
+    }
     let who = principal.map_or_else(|| "unauthenticated".to_owned(), Principal::label);
     let reason = match (resp.extensions().get::<ErrorCode>(), principal) {
         (Some(code), _) if denied => code.0.to_owned(),
@@ -237,20 +259,45 @@ pub async fn record_metrics(State(state): State<ApiState>, req: Request, next: N
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let resp = next.run(req).await;
     state.inner.metrics.api_request(
         &route,
-        &method,
+        method,
         resp.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
     resp
 }
 
+/// The metric label of a request method: the standard ones by name, any
+/// other (invented by a client) as `other`, so that unauthenticated
+/// requests cannot grow the label set.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invented_methods_share_one_label() {
+        assert_eq!(method_label(&Method::PUT), "PUT");
+        for m in ["FOO", "BAR1", "TRACE", "CONNECT"] {
+            let m = Method::from_bytes(m.as_bytes()).expect("method");
+            assert_eq!(method_label(&m), "other");
+        }
+    }
 
     #[test]
     fn loopback_authorities() {

@@ -277,7 +277,13 @@ pub async fn audit(
                 })?;
         }
     }
-    Ok(Json(state.store()?.read_audit(workspace, limit).await?))
+    let store = state.store()?;
+    // What strangers were refused up to now, this minute included.
+    let pending = state.inner.refusals.take();
+    if !pending.is_empty() {
+        store.audit_refusals(pending).await;
+    }
+    Ok(Json(store.read_audit(workspace, limit).await?))
 }
 
 /// `GET /api/v1/backup` (API token only, enforced by the router): a consistent snapshot of the

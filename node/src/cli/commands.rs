@@ -404,7 +404,8 @@ pub async fn backup(client: &Client, file: &std::path::Path, json: bool) -> Resu
     };
     let partial = file.with_extension("partial");
     let result = async {
-        let mut out = std::fs::File::create(&partial)
+        // A backup holds every workspace's content and the node's tokens.
+        let mut out = xencode_node::paths::create_private_file(&partial)
             .with_context(|| format!("cannot create {}", partial.display()))?;
         let mut written = 0u64;
         while let Some(chunk) = resp.chunk().await.context("the backup stream broke")? {
@@ -490,6 +491,23 @@ pub async fn audit(client: &Client, ws: Option<&str>, limit: usize, json: bool) 
                 e.action,
                 ws,
                 e.reason
+            );
+        }
+    }
+    if !json && !log.refusals.is_empty() {
+        // On stderr: stdout keeps one line per chain entry for scripts.
+        let total: u64 = log.refusals.iter().map(|r| r.count).sum();
+        eprintln!(
+            "{total} unauthenticated requests refused, in {} per-minute tallies (their own table; `--json` lists them):",
+            log.refusals.len()
+        );
+        for r in log.refusals.iter().rev().take(10) {
+            eprintln!(
+                "  {}  {}  {}  ×{}",
+                utc(r.minute),
+                r.source,
+                r.reason,
+                r.count
             );
         }
     }

@@ -73,6 +73,8 @@ pub(super) struct Actor {
     pub(super) audit_staged: Vec<audit::Decision>,
     /// The audit chain's committed end.
     audit_tip: audit::Tip,
+    /// Tokens verified off this thread, and the roots published for it.
+    pub(super) tokens: Arc<super::tokens::TokenVerifier>,
 }
 
 /// A change waiting for the next commit.
@@ -102,6 +104,13 @@ fn open_database(path: &Path) -> Result<Database, OpenError> {
             Err(_) => return Err(internal_check_failed(path)),
         }
     }
+    // Every workspace's content and the node's tokens are in this file:
+    // created 0600 (redb would take the umask's mode), and an older store
+    // is tightened.
+    crate::paths::ensure_private_file(path).map_err(|error| OpenError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
     match std::panic::catch_unwind(|| Database::builder().create(path)) {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(open_error(path, e)),
@@ -152,6 +161,7 @@ impl Actor {
         options: StoreOptions,
         metrics: Arc<Metrics>,
         stats: Arc<StoreStats>,
+        tokens: Arc<super::tokens::TokenVerifier>,
     ) -> Result<Self, OpenError> {
         let db = open_database(path)?;
         let epoch = tables::prepare(&db, path)?;
@@ -184,6 +194,7 @@ impl Actor {
             write_decisions: Default::default(),
             audit_staged: Vec::new(),
             audit_tip: audit::Tip::default(),
+            tokens,
         };
         if let Some(db) = actor.db.as_ref() {
             actor.audit_tip =
@@ -197,6 +208,7 @@ impl Actor {
             let ws = actor.load_workspace(id).map_err(|e| actor.corrupt(e))?;
             actor.workspaces.insert(id, ws);
         }
+        actor.record_root_token_ids();
         actor.publish_stats();
         actor.publish_roles();
         tracing::info!(
@@ -437,6 +449,16 @@ impl Actor {
                 self.flush();
                 let _ = reply.send(self.compact_due(true));
             }
+            Command::AuditRefusals { tallies } => {
+                let written = self
+                    .db
+                    .as_ref()
+                    .ok_or_else(closed_db)
+                    .and_then(|db| audit::append_refusals(db, &tallies).map_err(classify));
+                if let Err(e) = written {
+                    tracing::error!(error = %e, "refusal tallies were not written");
+                }
+            }
             Command::Audit { decision } => {
                 self.metrics.audit_entry(decision.allow);
                 self.audit_staged.push(decision);
@@ -538,11 +560,14 @@ impl Actor {
             .workspaces
             .get_mut(&ws)
             .ok_or(StoreError::WorkspaceNotFound(ws))?;
-        let role = workspace.role_of(&self.author.peer_id);
+        // What every node would accept from us now: a write made after our
+        // membership expired would be refused everywhere (and everything of
+        // ours after it with it).
+        let role = workspace.effective_role(&self.author.peer_id, crate::now_ms());
         if !role.is_some_and(|r| r.allows(Right::Write)) {
             return Err(StoreError::Forbidden(format!(
                 "your role in this workspace is {}; writing needs developer or admin",
-                role.map_or("none (not a member, or revoked)", |r| r.as_str())
+                role.map_or("none (not a member, revoked, or expired)", |r| r.as_str())
             )));
         }
         let (value, changes) = op(workspace, &self.author)?;
@@ -559,6 +584,7 @@ impl Actor {
         let nonce = random_nonce().map_err(StoreError::Storage)?;
         let id = WorkspaceId::derive(&self.author.public_key, &nonce);
         let (ws, changes) = Workspace::create(id, &nonce, name, &self.author, now_ms)?;
+        let (mut ws, mut changes) = (ws, changes);
         let summary = ws.summary(&self.author.peer_id);
         let token = capability::mint(
             &self.signing.to_bytes(),
@@ -569,6 +595,14 @@ impl Actor {
             &mut OsRng,
         )
         .map_err(|e| StoreError::Storage(e.to_string()))?;
+        // The root's own token id goes into its entry, so that every node
+        // can tell a revocation aimed at it (and refuse it).
+        let own = capability::verify(&token, &self.author.public_key, now_ms).map_err(|e| {
+            StoreError::Storage(format!("a freshly minted token does not verify: {e}"))
+        })?;
+        if let Some(token_id) = own.revocation_ids.last() {
+            changes.extend(ws.record_token_id(&self.author.peer_id, token_id, now_ms)?);
+        }
         let membership = Membership {
             token,
             root_key: self.author.public_key,
@@ -655,7 +689,7 @@ impl Actor {
         };
         // Stats first: a client that got its answer must see them.
         self.publish_stats();
-        if access_changed || !new_workspaces.is_empty() {
+        if access_changed || !new_workspaces.is_empty() || !staged_memberships.is_empty() {
             self.publish_roles();
         }
         for reply in self.deferred.drain(..) {
@@ -936,7 +970,17 @@ impl Actor {
             (None, Some(got)) => admin_of.contains(&got),
         })
         .map_err(StoreError::Storage)?;
-        Ok(AuditLog { entries, chain })
+        // Strangers' refusals are node-wide: shown with the node's log.
+        let refusals = if workspace.is_none() {
+            audit::read_refusals(db, limit).map_err(StoreError::Storage)?
+        } else {
+            Vec::new()
+        };
+        Ok(AuditLog {
+            entries,
+            chain,
+            refusals,
+        })
     }
 
     /// Tells event subscribers what the commit just made durable: one event
@@ -990,9 +1034,46 @@ impl Actor {
         self.metrics.store_state(self.workspaces.len(), size);
     }
 
+    /// Workspaces this node created before root token ids were recorded:
+    /// record its token's id in its own member entry now (staged; written
+    /// with the first commit).
+    fn record_root_token_ids(&mut self) {
+        let me = self.author.peer_id.clone();
+        let now = crate::now_ms();
+        let ids: Vec<WorkspaceId> = self.workspaces.keys().copied().collect();
+        for id in ids {
+            let (Some(ws), Some(m)) = (self.workspaces.get_mut(&id), self.memberships.get(&id))
+            else {
+                continue;
+            };
+            if !ws.is_root(&me) || ws.member_token_id(&me).is_some() {
+                continue;
+            }
+            let Some(token_id) = capability::verify(&m.token, &m.root_key, now)
+                .ok()
+                .and_then(|v| v.revocation_ids.last().cloned())
+            else {
+                continue;
+            };
+            match ws.record_token_id(&me, &token_id, now) {
+                Ok(changes) => self.stage_local(id, changes),
+                Err(e) => {
+                    tracing::warn!(workspace = %id, error = %e, "the root's token id was not recorded")
+                }
+            }
+        }
+    }
+
     /// Shares this node's role in each workspace (for the event stream's
-    /// filter); only access documents and new workspaces change it.
-    fn publish_roles(&self) {
+    /// filter) and each workspace's root key (for the token verifier); only
+    /// access documents, memberships and new workspaces change them.
+    pub(super) fn publish_roles(&self) {
+        let roots = self
+            .workspaces
+            .values()
+            .filter_map(|ws| Some((ws.id, super::host::root_key(ws, &self.memberships)?)))
+            .collect();
+        self.tokens.set_roots(roots);
         let roles: BTreeMap<WorkspaceId, Role> = self
             .workspaces
             .values()

@@ -11,9 +11,56 @@
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 use xencode_protocol::WorkspaceId;
-use xencode_protocol::api::{AuditChain, AuditEntry};
+use xencode_protocol::api::{AuditChain, AuditEntry, RefusalCount};
 
-use super::tables::AUDIT;
+use super::tables::{AUDIT, REFUSALS};
+
+/// Most tallies of refused unauthenticated requests kept in `refusals-1`
+/// (a week of one tally a minute); older ones are dropped. This cap is
+/// apart from [`MAX_ENTRIES`]: strangers can fill only their own table.
+pub const MAX_REFUSAL_ROWS: u64 = 10_080;
+
+/// Appends tallies of refused unauthenticated requests, dropping the oldest
+/// beyond [`MAX_REFUSAL_ROWS`].
+pub fn append_refusals(db: &redb::Database, tallies: &[RefusalCount]) -> Result<(), redb::Error> {
+    let tx = db.begin_write()?;
+    {
+        let mut table = tx.open_table(REFUSALS)?;
+        let first = table.last()?.map_or(0, |(k, _)| k.value()) + 1;
+        for (seq, t) in (first..).zip(tallies) {
+            let bytes = postcard::to_stdvec(t)
+                .map_err(|e| redb::Error::Corrupted(format!("refusal tally: {e}")))?;
+            table.insert(seq, bytes.as_slice())?;
+        }
+        let len = table.len()?;
+        if len > MAX_REFUSAL_ROWS {
+            let first = table.first()?.map_or(1, |(k, _)| k.value());
+            let drop_to = first + (len - MAX_REFUSAL_ROWS) - 1;
+            table.retain_in(..=drop_to, |_, _| false)?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The newest `limit` tallies, oldest first.
+pub fn read_refusals(db: &redb::Database, limit: usize) -> Result<Vec<RefusalCount>, String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let table = match tx.open_table(REFUSALS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(|e| e.to_string())?.rev().take(limit) {
+        let (_, v) = entry.map_err(|e| e.to_string())?;
+        if let Ok(t) = postcard::from_bytes::<RefusalCount>(v.value()) {
+            out.push(t);
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
 
 /// Most entries kept; older ones are dropped in batches, and the hash of the
 /// last dropped entry is kept as the chain's new anchor.

@@ -17,8 +17,8 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefi
 
 use super::OpenError;
 use super::tables::{
-    self, AI_CACHE, AUDIT, CHANGES, DOCS, MEMBERSHIPS, META, SIGNATURES, SNAPSHOTS, SYNC_STATES,
-    WORKSPACES,
+    self, AI_CACHE, AUDIT, CHANGES, DOCS, MEMBERSHIPS, META, REFUSALS, SIGNATURES, SNAPSHOTS,
+    SYNC_STATES, WORKSPACES,
 };
 
 /// Meta key naming the peer whose store a backup is.
@@ -66,6 +66,8 @@ pub fn write(
     now_ms: u64,
 ) -> Result<BackupInfo, String> {
     let fail = |e: &dyn std::fmt::Display| format!("writing the backup {}: {e}", dest.display());
+    // A backup holds every workspace's content and the node's tokens.
+    crate::paths::ensure_private_file(dest).map_err(|e| fail(&e))?;
     let db = Database::builder().create(dest).map_err(|e| fail(&e))?;
     let tx = db.begin_write().map_err(|e| fail(&e))?;
     let workspaces = (|| -> Result<u64, redb::Error> {
@@ -79,6 +81,7 @@ pub fn write(
         copy(snapshot, &tx, SYNC_STATES)?;
         copy(snapshot, &tx, AI_CACHE)?;
         copy(snapshot, &tx, AUDIT)?;
+        copy(snapshot, &tx, REFUSALS)?;
         let mut meta = tx.open_table(META)?;
         meta.insert(BACKUP_OF, peer_id.as_bytes())?;
         meta.insert(BACKUP_AT, now_ms.to_le_bytes().as_slice())?;
@@ -185,6 +188,8 @@ pub fn restore(from: &Path, store: &Path, me: &str, now_ms: u64) -> Result<Resto
     let staging = store.with_extension("redb.restoring");
     let _ = std::fs::remove_file(&staging);
     std::fs::copy(from, &staging).map_err(|e| io(&e))?;
+    // `copy` took the backup's mode; the store is private whatever it was.
+    crate::paths::ensure_private_file(&staging).map_err(|e| io(&e))?;
     {
         let db = Database::builder().create(&staging).map_err(|e| io(&e))?;
         let tx = db.begin_write().map_err(|e| io(&e))?;

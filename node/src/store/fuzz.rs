@@ -8,6 +8,7 @@
 //! same heads (a document that does not would be lost at the next restart).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use automerge::AutoCommit;
 use ed25519_dalek::SigningKey;
@@ -23,6 +24,7 @@ use xencode_protocol::{DocId, PeerId, WorkspaceId, WorkspacePath};
 
 use super::host::{HostView, WriteDecisions};
 use super::tables::Membership;
+use super::tokens::TokenVerifier;
 use crate::workspace::{Author, Workspace, access_doc_id, index_doc_id};
 
 const OWNER: [u8; 32] = [1; 32];
@@ -43,9 +45,9 @@ fn author(secret: &[u8; 32]) -> (Author, SigningKey) {
     (author, key)
 }
 
-/// The workspace as its owner built it: the member added as a developer and
+/// The workspace as its owner built it: the member added with `role` and
 /// one text file. Deterministic, so the member's copy is the same history.
-fn workspace() -> Option<(Workspace, Vec<u8>)> {
+fn workspace_with(role: Role) -> Option<(Workspace, Vec<u8>)> {
     let (owner, _) = author(&OWNER);
     let (member, _) = author(&MEMBER);
     let id = WorkspaceId::from_bytes(WS);
@@ -55,7 +57,7 @@ fn workspace() -> Option<(Workspace, Vec<u8>)> {
         &OWNER,
         &id,
         &member_peer,
-        Role::Developer,
+        role,
         None,
         &mut ChaCha20Rng::seed_from_u64(7),
     )
@@ -71,8 +73,9 @@ fn workspace() -> Option<(Workspace, Vec<u8>)> {
     .ok()?;
     ws.add_member(
         &member.peer_id,
-        Role::Developer,
+        role,
         &grant.token_id,
+        grant.expires_ms,
         &owner,
         NOW,
     )
@@ -88,6 +91,10 @@ fn workspace() -> Option<(Workspace, Vec<u8>)> {
     )
     .ok()?;
     Some((ws, token))
+}
+
+fn workspace() -> Option<(Workspace, Vec<u8>)> {
+    workspace_with(Role::Developer)
 }
 
 /// Which document an input's changes go to, from its first byte.
@@ -132,6 +139,7 @@ struct Harness {
     memberships: BTreeMap<WorkspaceId, Membership>,
     owner: Author,
     decisions: WriteDecisions,
+    tokens: Arc<TokenVerifier>,
     engine: Engine,
     member: PeerId,
     key: SigningKey,
@@ -141,7 +149,9 @@ struct Harness {
 thread_local! {
     /// Built once per thread (minting and checking the token is most of the
     /// cost); each input starts from a copy.
-    static TEMPLATE: Option<Harness> = Harness::build();
+    static TEMPLATE: Option<Harness> = Harness::build(Role::Developer);
+    /// The same with the member a viewer.
+    static VIEWER: Option<Harness> = Harness::build(Role::Viewer);
 }
 
 impl Harness {
@@ -150,8 +160,8 @@ impl Harness {
         TEMPLATE.with(Clone::clone)
     }
 
-    fn build() -> Option<Self> {
-        let (ws, token) = workspace()?;
+    fn build(role: Role) -> Option<Self> {
+        let (ws, token) = workspace_with(role)?;
         let (owner, _) = author(&OWNER);
         let (member, key) = author(&MEMBER);
         let id = ws.id;
@@ -160,11 +170,15 @@ impl Harness {
             memberships: BTreeMap::new(),
             owner,
             decisions: WriteDecisions::default(),
+            tokens: Arc::new(TokenVerifier::default()),
             engine: Engine::new(Limits::default()),
             member: member.peer_id.parse().ok()?,
             key,
             ws: id,
         };
+        let root = h.owner.public_key;
+        h.tokens.set_roots([(id, root)].into());
+        h.tokens.verify(&root, &token, NOW).ok()?;
         let peer = h.member;
         h.input(Input::Connected { peer });
         h.input(Input::Received {
@@ -184,6 +198,7 @@ impl Harness {
             db: None,
             author: &self.owner,
             write_decisions: &mut self.decisions,
+            tokens: &self.tokens,
         };
         self.engine.handle(&mut host, input, NOW);
         while let Some(out) = self.engine.poll_output() {

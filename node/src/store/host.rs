@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::{AutoCommit, Change, ChangeHash};
 use redb::{Database, ReadableDatabase};
 use xencode_protocol::api::Role;
-use xencode_protocol::capability::{self, Right};
+use xencode_protocol::capability::Right;
 use xencode_protocol::envelope::{SignedHead, decode_citation};
 use xencode_protocol::sync::{Access, Host, WriteDecision};
 use xencode_protocol::{DocId, PeerId, WorkspaceId};
@@ -23,6 +23,8 @@ pub(super) struct HostView<'a> {
     pub db: Option<&'a Database>,
     pub author: &'a Author,
     pub write_decisions: &'a mut WriteDecisions,
+    /// Tokens verified off the store thread: admission only reads them.
+    pub tokens: &'a super::tokens::TokenVerifier,
 }
 
 /// Write decisions already made. A decision rests on a fixed point of the
@@ -30,9 +32,13 @@ pub(super) struct HostView<'a> {
 /// only the size is bounded.
 #[derive(Debug, Clone, Default)]
 pub(super) struct WriteDecisions {
-    /// (workspace, author, judged against the access doc itself, the heads
-    /// judged at) -> allowed.
-    decided: std::collections::HashMap<(WorkspaceId, [u8; 32], bool, Vec<ChangeHash>), bool>,
+    /// (workspace, author, the change itself if it is to the access doc,
+    /// the heads judged at) -> (allowed by role, when the membership ends).
+    #[allow(clippy::type_complexity)]
+    decided: std::collections::HashMap<
+        (WorkspaceId, [u8; 32], Option<ChangeHash>, Vec<ChangeHash>),
+        (bool, Option<u64>),
+    >,
 }
 
 /// Decisions remembered before the cache starts afresh.
@@ -67,6 +73,15 @@ impl Host for HostView<'_> {
         files.extend(w.files.keys().copied());
         docs.extend(files);
         docs
+    }
+
+    fn has_document(&self, ws: &WorkspaceId, doc: &DocId) -> bool {
+        self.workspaces.get(ws).is_some_and(|w| {
+            *doc == w.access.id
+                || *doc == w.index.id
+                || w.files.contains_key(doc)
+                || w.file_doc_ids().contains(doc)
+        })
     }
 
     fn document(&mut self, ws: &WorkspaceId, doc: &DocId) -> Option<&mut AutoCommit> {
@@ -124,13 +139,35 @@ impl Host for HostView<'_> {
         token: &[u8],
         now_ms: u64,
     ) -> Result<Access, String> {
-        let w = self.workspaces.get(ws).ok_or("not authorized")?;
-        if w.member_state(&peer.to_string()) == MemberState::Revoked {
-            return Err("this peer's membership was revoked".into());
+        // One answer for every refusal a peer could learn from: whether this
+        // node holds the workspace, whom a token names, or why it failed
+        // stays here (the reason is logged and audited locally).
+        const REFUSED: &str = "not authorized";
+        let w = self.workspaces.get(ws).ok_or(REFUSED)?;
+        let root = root_key(w, self.memberships).ok_or(REFUSED)?;
+        // The root is admitted by its authenticated peer id alone: no token
+        // and no revocation can shut the creator out of its workspace.
+        if xencode_protocol::ids::peer_id_of(&root).is_ok_and(|r| r == *peer) {
+            return Ok(Access {
+                read: true,
+                write: true,
+            });
         }
-        let root = root_key(w, self.memberships).ok_or("not authorized")?;
-        let grant = capability::authorize(token, &root, ws, peer, &w.revoked_token_ids(), now_ms)
-            .map_err(|e| e.to_string())?;
+        let refused = |why: String| {
+            tracing::info!(%peer, workspace = %ws, reason = %why, "session refused");
+            REFUSED.to_owned()
+        };
+        if w.member_state(&peer.to_string()) == MemberState::Revoked {
+            return Err(refused("the peer's membership was revoked".into()));
+        }
+        let verified = self
+            .tokens
+            .cached(&root, token)
+            .ok_or_else(|| refused("the token was not verified".into()))?
+            .map_err(|e| refused(e.to_string()))?;
+        let grant = verified
+            .grant(ws, peer, &w.revoked_token_ids(), now_ms)
+            .map_err(|e| refused(e.to_string()))?;
         Ok(Access {
             read: grant.role.allows(Right::Read),
             write: grant.role.allows(Right::Write),
@@ -169,29 +206,39 @@ impl Host for HostView<'_> {
                 None => return WriteDecision::Deny,
             }
         };
-        let key = (*ws, *author, is_access, basis);
-        if let Some(&allowed) = self.write_decisions.decided.get(&key) {
-            return if allowed {
-                WriteDecision::Allow
-            } else {
-                WriteDecision::Deny
-            };
-        }
-        let needed = if is_access {
-            Role::Admin
-        } else {
-            Role::Developer
+        // An access change is judged on its own content too (whether it
+        // reaches for the root's entry), so its decision is its own.
+        let own = is_access.then(|| change.hash());
+        let key = (*ws, *author, own, basis);
+        let (allowed, expires) = match self.write_decisions.decided.get(&key) {
+            Some(&decided) => decided,
+            None => {
+                let needed = if is_access {
+                    Role::Admin
+                } else {
+                    Role::Developer
+                };
+                let peer = peer.to_string();
+                let Some(state) = w.member_state_at(&peer, &key.3) else {
+                    return WriteDecision::Unknown;
+                };
+                let allowed = matches!(state, MemberState::Member(role) if role >= needed)
+                    && !(is_access && w.touches_root(change));
+                let decided = (allowed, w.member_expiry_at(&peer, Some(&key.3)));
+                let cache = &mut self.write_decisions.decided;
+                if cache.len() >= MAX_WRITE_DECISIONS {
+                    cache.clear();
+                }
+                cache.insert(key, decided);
+                decided
+            }
         };
-        let Some(state) = w.member_state_at(&peer.to_string(), &key.3) else {
-            return WriteDecision::Unknown;
-        };
-        let allowed = matches!(state, MemberState::Member(role) if role >= needed);
-        let cache = &mut self.write_decisions.decided;
-        if cache.len() >= MAX_WRITE_DECISIONS {
-            cache.clear();
-        }
-        cache.insert(key, allowed);
-        if allowed {
+        // A membership ends with its token: a change its author stamped
+        // after the expiry recorded at that point of history is refused.
+        // The stamp is in the signed change, so every node decides alike.
+        let expired = expires
+            .is_some_and(|e| change.timestamp() > i64::try_from(e / 1000).unwrap_or(i64::MAX));
+        if allowed && !expired {
             WriteDecision::Allow
         } else {
             WriteDecision::Deny
@@ -250,12 +297,14 @@ mod tests {
         let memberships = BTreeMap::new();
         let admin = author(1);
         let mut decisions = WriteDecisions::default();
+        let tokens = super::super::tokens::TokenVerifier::default();
         let mut host = HostView {
             workspaces: &mut workspaces,
             memberships: &memberships,
             db: None,
             author: &admin,
             write_decisions: &mut decisions,
+            tokens: &tokens,
         };
         host.may_write(&id, &doc, &who.public_key, c)
     }
@@ -265,8 +314,15 @@ mod tests {
         let (admin, dev) = (author(1), author(2));
         let id = WorkspaceId::from_bytes([5; 16]);
         let (mut ws, _) = Workspace::create(id, &[0; 16], "team", &admin, 1_000).expect("create");
-        ws.add_member(&dev.peer_id, Role::Developer, "token-1", &admin, 2_000)
-            .expect("add");
+        ws.add_member(
+            &dev.peer_id,
+            Role::Developer,
+            "token-1",
+            None,
+            &admin,
+            2_000,
+        )
+        .expect("add");
         let member = ws.access.am.get_heads();
         // A node that has not heard of the revocation yet.
         let mut unaware = Workspace::empty(id, &admin);
@@ -322,8 +378,15 @@ mod tests {
         let (admin, dev) = (author(1), author(2));
         let id = WorkspaceId::from_bytes([6; 16]);
         let (mut ws, _) = Workspace::create(id, &[0; 16], "team", &admin, 1_000).expect("create");
-        ws.add_member(&dev.peer_id, Role::Developer, "token-1", &admin, 2_000)
-            .expect("add");
+        ws.add_member(
+            &dev.peer_id,
+            Role::Developer,
+            "token-1",
+            None,
+            &admin,
+            2_000,
+        )
+        .expect("add");
         let access = access_doc_id(&id);
         // The developer promotes itself: its change's past says developer.
         let mut theirs = ws.access.am.fork();
@@ -348,8 +411,15 @@ mod tests {
             WriteDecision::Deny
         );
         // The root's own access changes are always its to make.
-        ws.add_member(&author(4).peer_id, Role::Viewer, "token-2", &admin, 3_000)
-            .expect("add");
+        ws.add_member(
+            &author(4).peer_id,
+            Role::Viewer,
+            "token-2",
+            None,
+            &admin,
+            3_000,
+        )
+        .expect("add");
         let by_root = ws
             .access
             .am
@@ -360,5 +430,204 @@ mod tests {
             decide(copy(&mut ws), &admin, access, &by_root),
             WriteDecision::Allow
         );
+    }
+
+    /// A change by `who` to a fork of the access document, made by `edit`.
+    fn access_change(
+        ws: &mut Workspace,
+        who: &Author,
+        edit: impl FnOnce(&mut AutoCommit),
+    ) -> Change {
+        let mut theirs = ws.access.am.fork();
+        theirs.set_actor(who.actor.clone());
+        edit(&mut theirs);
+        theirs.commit();
+        theirs.get_last_local_change().expect("change").clone()
+    }
+
+    fn map_in(am: &mut AutoCommit, key: &str) -> automerge::ObjId {
+        match am.get(ROOT, key) {
+            Ok(Some((_, m))) => m,
+            _ => am
+                .put_object(ROOT, key, automerge::ObjType::Map)
+                .expect("map"),
+        }
+    }
+
+    /// issue 12, finding 3: a delegated admin's access changes that reach
+    /// for the root — revoking it by peer id or by token id, demoting its
+    /// entry, replacing the root key — are refused as a whole, everywhere;
+    /// its ordinary admin work is not.
+    #[test]
+    fn no_access_change_by_another_admin_can_touch_the_root() {
+        let (root, admin) = (author(1), author(2));
+        let id = WorkspaceId::from_bytes([8; 16]);
+        let (mut ws, _) = Workspace::create(id, &[0; 16], "team", &root, 1_000).expect("create");
+        ws.record_token_id(&root.peer_id, "root-token", 1_500)
+            .expect("record");
+        let root_token = ws.member_token_id(&root.peer_id).expect("root's token id");
+        ws.add_member(&admin.peer_id, Role::Admin, "token-a", None, &root, 2_000)
+            .expect("add");
+        let access = access_doc_id(&id);
+        let copy = |ws: &Workspace| {
+            let mut c = Workspace::empty(id, &root);
+            c.access.am = ws.access.am.clone();
+            c
+        };
+        let root_peer = root.peer_id.clone();
+        let attacks: Vec<(&str, Change)> = vec![
+            (
+                "revoke the root by peer id",
+                access_change(&mut ws, &admin, |am| {
+                    let r = map_in(am, "revoked");
+                    let e = am
+                        .put_object(&r, root_peer.as_str(), automerge::ObjType::Map)
+                        .expect("e");
+                    am.put(&e, "kind", "peer").expect("kind");
+                }),
+            ),
+            (
+                "revoke the root's token by id",
+                access_change(&mut ws, &admin, |am| {
+                    let r = map_in(am, "revoked");
+                    let e = am
+                        .put_object(&r, root_token.as_str(), automerge::ObjType::Map)
+                        .expect("e");
+                    am.put(&e, "kind", "token").expect("kind");
+                }),
+            ),
+            (
+                "name the root's token inside another entry",
+                access_change(&mut ws, &admin, |am| {
+                    let r = map_in(am, "revoked");
+                    let e = am
+                        .put_object(&r, "innocent", automerge::ObjType::Map)
+                        .expect("e");
+                    am.put(&e, "token_id", root_token.as_str()).expect("t");
+                }),
+            ),
+            (
+                "demote the root's entry",
+                access_change(&mut ws, &admin, |am| {
+                    let m = map_in(am, "members");
+                    let e = match am.get(&m, root_peer.as_str()) {
+                        Ok(Some((_, e))) => e,
+                        other => panic!("no root entry: {other:?}"),
+                    };
+                    am.put(&e, "role", "viewer").expect("role");
+                }),
+            ),
+            (
+                "replace the root key",
+                access_change(&mut ws, &admin, |am| {
+                    am.put(ROOT, "root_key", hex::encode([9u8; 32]))
+                        .expect("key");
+                }),
+            ),
+            (
+                "replace the members map",
+                access_change(&mut ws, &admin, |am| {
+                    am.put_object(ROOT, "members", automerge::ObjType::Map)
+                        .expect("m");
+                }),
+            ),
+        ];
+        for (what, c) in attacks {
+            assert_eq!(
+                decide(copy(&ws), &admin, access, &c),
+                WriteDecision::Deny,
+                "{what}"
+            );
+        }
+        // Revoking an ordinary member is still an admin's to do.
+        let other = author(3);
+        ws.add_member(&other.peer_id, Role::Viewer, "token-o", None, &root, 3_000)
+            .expect("add");
+        let fine = access_change(&mut ws, &admin, |am| {
+            let r = map_in(am, "revoked");
+            let e = am
+                .put_object(&r, other.peer_id.as_str(), automerge::ObjType::Map)
+                .expect("e");
+            am.put(&e, "kind", "peer").expect("kind");
+        });
+        assert_eq!(
+            decide(copy(&ws), &admin, access, &fine),
+            WriteDecision::Allow
+        );
+        // And whatever the document says, the root stays an admin.
+        ws.access.am.apply_changes([fine]).expect("apply");
+        assert_eq!(
+            ws.member_state(&root.peer_id),
+            MemberState::Member(Role::Admin)
+        );
+    }
+
+    /// issue 12, finding 8: a membership ends with its token. A change
+    /// stamped after the expiry recorded in the access document is refused
+    /// by every node (the stamp is in the signed change), one stamped
+    /// before it is accepted; re-invited after a revocation, a member
+    /// writes again.
+    #[test]
+    fn a_membership_ends_with_its_token_and_a_revoked_member_can_be_reinstated() {
+        let (admin, dev) = (author(1), author(2));
+        let id = WorkspaceId::from_bytes([10; 16]);
+        let (mut ws, _) = Workspace::create(id, &[0; 16], "team", &admin, 1_000).expect("create");
+        let expiry = 50_000_000u64;
+        ws.add_member(
+            &dev.peer_id,
+            Role::Developer,
+            "token-1",
+            Some(expiry),
+            &admin,
+            2_000,
+        )
+        .expect("add");
+        let heads = ws.access.am.get_heads();
+        let file = DocId::from_bytes([7; 16]);
+        let stamped = |secs: i64| {
+            let mut am = AutoCommit::new();
+            am.set_actor(dev.actor.clone());
+            am.put(ROOT, "text", "edit").expect("put");
+            am.commit_with(
+                CommitOptions::default()
+                    .with_message(encode_citation(&heads))
+                    .with_time(secs),
+            );
+            am.get_last_local_change().expect("change").clone()
+        };
+        let fork = |ws: &Workspace| {
+            let mut c = Workspace::empty(id, &admin);
+            c.access.am = ws.access.am.clone();
+            c
+        };
+        let before = stamped(i64::try_from(expiry / 1000).expect("secs") - 1);
+        let after = stamped(i64::try_from(expiry / 1000).expect("secs") + 1);
+        assert_eq!(decide(fork(&ws), &dev, file, &before), WriteDecision::Allow);
+        assert_eq!(decide(fork(&ws), &dev, file, &after), WriteDecision::Deny);
+        assert_eq!(ws.effective_role(&dev.peer_id, expiry + 1), None);
+        assert_eq!(
+            ws.effective_role(&dev.peer_id, expiry - 1),
+            Some(Role::Developer)
+        );
+
+        // Revoked, then invited again with a new token.
+        ws.revoke(&dev.peer_id, &admin, 3_000).expect("revoke");
+        assert_eq!(ws.member_state(&dev.peer_id), MemberState::Revoked);
+        ws.add_member(
+            &dev.peer_id,
+            Role::Developer,
+            "token-2",
+            None,
+            &admin,
+            4_000,
+        )
+        .expect("re-add");
+        assert_eq!(
+            ws.member_state(&dev.peer_id),
+            MemberState::Member(Role::Developer)
+        );
+        let revoked = ws.revoked_token_ids();
+        assert!(revoked.contains("token-1"), "the old token stays revoked");
+        assert!(!revoked.contains("token-2"), "the new one works");
     }
 }

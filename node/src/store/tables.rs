@@ -15,7 +15,11 @@
 //!   node's token, the root key, where to find the inviter;
 //! - `sync-states-1` (schema 2): (peer id, document id) -> Automerge sync state;
 //! - `ai-cache-1` (schema 3): blake3 of (prompt version, model identity,
-//!   prompt) -> the model's answer (UTF-8); bounded, cleared when full.
+//!   prompt) -> the model's answer (UTF-8); bounded, cleared when full;
+//! - `audit-1` (schema 4): the hash-chained audit log (`audit.rs`);
+//! - `refusals-1` (schema 5): sequence number -> postcard tally of refused
+//!   unauthenticated API requests per minute, source and reason, under its
+//!   own cap (`audit.rs`), so strangers never push members out of `audit-1`.
 
 use std::fs;
 use std::io::Read;
@@ -30,7 +34,7 @@ use crate::workspace::DocKind;
 /// Written into `meta-1` so a foreign redb file is recognised.
 pub const FORMAT: &[u8] = b"xencode-store";
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
 pub const WORKSPACES: TableDefinition<[u8; 16], ()> = TableDefinition::new("workspaces-1");
@@ -45,6 +49,8 @@ pub const SYNC_STATES: TableDefinition<(&str, [u8; 16]), &[u8]> =
 pub const AI_CACHE: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("ai-cache-1");
 /// The audit log: sequence number -> hash-chained record (see `audit.rs`).
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit-1");
+/// Tallies of refused unauthenticated requests (see `audit.rs`).
+pub const REFUSALS: TableDefinition<u64, &[u8]> = TableDefinition::new("refusals-1");
 
 /// This node's membership of a workspace, kept beside the documents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +78,12 @@ const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0
 type Migration = fn(&redb::WriteTransaction) -> Result<(), redb::Error>;
 
 /// `MIGRATIONS[i]` upgrades schema `i + 1` to `i + 2`. Schema 1 is the first.
-const MIGRATIONS: &[Migration] = &[migrate_1_to_2, migrate_2_to_3, migrate_3_to_4];
+const MIGRATIONS: &[Migration] = &[
+    migrate_1_to_2,
+    migrate_2_to_3,
+    migrate_3_to_4,
+    migrate_4_to_5,
+];
 
 /// Schema 2 adds signatures, memberships and sync states (empty: stores of
 /// schema 1 predate networking, so their changes were never sent).
@@ -92,6 +103,12 @@ fn migrate_2_to_3(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
 /// Schema 4 adds the audit log (empty: the chain starts at the upgrade).
 fn migrate_3_to_4(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(AUDIT)?;
+    Ok(())
+}
+
+/// Schema 5 adds the tallies of refused unauthenticated requests (empty).
+fn migrate_4_to_5(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(REFUSALS)?;
     Ok(())
 }
 
@@ -229,6 +246,7 @@ fn initialize(db: &Database) -> Result<(), redb::Error> {
         tx.open_table(SYNC_STATES)?;
         tx.open_table(AI_CACHE)?;
         tx.open_table(AUDIT)?;
+        tx.open_table(REFUSALS)?;
     }
     tx.commit()?;
     Ok(())

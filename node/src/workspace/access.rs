@@ -2,8 +2,9 @@
 
 use std::collections::BTreeSet;
 
+use automerge::legacy::{Key as LegacyKey, ObjectId as LegacyObj};
 use automerge::transaction::Transactable;
-use automerge::{ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
 use xencode_protocol::api::Role;
 
 use super::{Author, NewChange, Workspace, WorkspaceError, damaged, get_obj, get_str, get_u64};
@@ -50,6 +51,11 @@ impl Workspace {
     }
 
     fn member_state_in(&self, peer: &str, heads: Option<&[ChangeHash]>) -> MemberState {
+        // The root is an admin by its key, whatever the document says: no
+        // entry, revocation or role change can take that away.
+        if self.is_root(peer) {
+            return MemberState::Member(Role::Admin);
+        }
         let am = &self.access.am;
         let get = |obj: &ObjId, key: &str| {
             match heads {
@@ -76,6 +82,145 @@ impl Workspace {
                 _ => None,
             })
             .map_or(MemberState::Unknown, MemberState::Member)
+    }
+
+    /// The token id recorded for `peer`'s membership.
+    pub fn member_token_id(&self, peer: &str) -> Option<String> {
+        let am = &self.access.am;
+        let entry = get_obj(am, &get_obj(am, &ROOT, "members")?, peer)?;
+        get_str(am, &entry, "token_id")
+    }
+
+    /// Records the token id of `peer`'s membership (the root records its
+    /// own: no other node could learn it, and a revocation naming it must
+    /// be recognisable everywhere as one aimed at the root).
+    pub fn record_token_id(
+        &mut self,
+        peer: &str,
+        token_id: &str,
+        now_ms: u64,
+    ) -> Result<Vec<NewChange>, WorkspaceError> {
+        let am = &mut self.access.am;
+        let Some(entry) = get_obj(am, &ROOT, "members").and_then(|m| get_obj(am, &m, peer)) else {
+            return Ok(Vec::new());
+        };
+        am.put(&entry, "token_id", token_id).map_err(damaged)?;
+        Ok(self.access.commit(now_ms, &[]).into_iter().collect())
+    }
+
+    /// Whether `peer` is the workspace's creator (its root key's peer id).
+    pub fn is_root(&self, peer: &str) -> bool {
+        self.root_peer().is_some_and(|r| r == peer)
+    }
+
+    /// The creator's peer id, from the root key.
+    pub fn root_peer(&self) -> Option<String> {
+        let key = self.root_key()?;
+        xencode_protocol::ids::peer_id_of(&key)
+            .ok()
+            .map(|p| p.to_string())
+    }
+
+    /// When `peer`'s membership ends (unix ms), as recorded at `heads` (or
+    /// now): the expiry of the token it was invited with. `None`: it does
+    /// not end (the root's never does).
+    pub fn member_expiry_at(&self, peer: &str, heads: Option<&[ChangeHash]>) -> Option<u64> {
+        if self.is_root(peer) {
+            return None;
+        }
+        let am = &self.access.am;
+        let get = |obj: &ObjId, key: &str| {
+            match heads {
+                Some(h) => am.get_at(obj, key, h),
+                None => am.get(obj, key),
+            }
+            .ok()
+            .flatten()
+        };
+        let members = match get(&ROOT, "members") {
+            Some((Value::Object(ObjType::Map), id)) => id,
+            _ => return None,
+        };
+        let entry = match get(&members, peer) {
+            Some((Value::Object(ObjType::Map), id)) => id,
+            _ => return None,
+        };
+        match get(&entry, "expires_at") {
+            Some((Value::Scalar(v), _)) => match v.as_ref() {
+                ScalarValue::Uint(n) => Some(*n),
+                ScalarValue::Int(n) => Some(u64::try_from(*n).unwrap_or(0)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The role `peer` may act with at `now_ms`: its role, unless revoked or
+    /// its membership expired.
+    pub fn effective_role(&self, peer: &str, now_ms: u64) -> Option<Role> {
+        if self
+            .member_expiry_at(peer, None)
+            .is_some_and(|e| now_ms > e)
+        {
+            return None;
+        }
+        self.role_of(peer)
+    }
+
+    /// Whether a change to the access document, by someone other than the
+    /// root, reaches for what is the root's alone: the workspace's root key,
+    /// nonce or creation time, the root's member entry, a revocation naming
+    /// the root or the root's token, or replacing the members or revoked map
+    /// wholesale. Read against the change's own dependencies, so every node
+    /// answers alike. Such a change is refused as a whole.
+    pub fn touches_root(&self, change: &Change) -> bool {
+        let Some(root) = self.root_peer() else {
+            return false;
+        };
+        let am = &self.access.am;
+        let deps = change.deps();
+        let at = |obj: &ObjId, key: &str| match am.get_at(obj, key, deps) {
+            Ok(Some((Value::Object(ObjType::Map), id))) => Some(id),
+            _ => None,
+        };
+        let members = at(&ROOT, "members");
+        let revoked_exists = at(&ROOT, "revoked").is_some();
+        let entry = members.as_ref().and_then(|m| at(m, &root));
+        let token = entry
+            .as_ref()
+            .and_then(|e| match am.get_at(e, "token_id", deps) {
+                Ok(Some((Value::Scalar(v), _))) => v.as_str().map(str::to_owned),
+                _ => None,
+            });
+        let entry = entry.map(|e| e.to_string());
+        let named = |s: &str| s == root || token.as_deref() == Some(s);
+        for op in change.decode().operations {
+            if entry.as_deref() == Some(op.obj.to_string().as_str()) {
+                return true;
+            }
+            if let LegacyKey::Map(key) = &op.key {
+                if named(key) {
+                    return true;
+                }
+                if op.obj == LegacyObj::Root {
+                    let replaces = match key.as_str() {
+                        "root_key" | "nonce" | "created_at" => true,
+                        "members" => members.is_some(),
+                        "revoked" => revoked_exists,
+                        _ => false,
+                    };
+                    if replaces {
+                        return true;
+                    }
+                }
+            }
+            if let automerge::legacy::OpType::Put(ScalarValue::Str(v)) = &op.action
+                && named(v)
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// The role of `peer`, if it is a member that is not revoked.
@@ -105,16 +250,36 @@ impl Workspace {
         out
     }
 
-    /// Records `peer` as a member with `role`, added by `author`.
+    /// Records `peer` as a member with `role`, added by `author`, holding
+    /// the token `token_id` that expires at `expires_ms` (the membership
+    /// ends with it). A revoked peer invited again is reinstated: its old
+    /// tokens stay revoked by their ids, and the revocation of the peer
+    /// itself is lifted, so the new token works everywhere.
     pub fn add_member(
         &mut self,
         peer: &str,
         role: Role,
         token_id: &str,
+        expires_ms: Option<u64>,
         author: &Author,
         now_ms: u64,
     ) -> Result<Vec<NewChange>, WorkspaceError> {
         let am = &mut self.access.am;
+        if let Some(revoked) = get_obj(am, &ROOT, "revoked")
+            && let Some(old) = get_obj(am, &revoked, peer)
+        {
+            let old_token = get_str(am, &old, "token_id");
+            if let Some(t) = old_token.filter(|t| t != token_id) {
+                let e = am
+                    .put_object(&revoked, t.as_str(), ObjType::Map)
+                    .map_err(damaged)?;
+                am.put(&e, "kind", "token").map_err(damaged)?;
+                am.put(&e, "peer", peer).map_err(damaged)?;
+                am.put(&e, "by", author.peer_id.as_str()).map_err(damaged)?;
+                am.put(&e, "at", now_ms).map_err(damaged)?;
+            }
+            am.delete(&revoked, peer).map_err(damaged)?;
+        }
         let members = match get_obj(am, &ROOT, "members") {
             Some(m) => m,
             None => am
@@ -129,6 +294,9 @@ impl Workspace {
             .map_err(damaged)?;
         am.put(&m, "added_at", now_ms).map_err(damaged)?;
         am.put(&m, "token_id", token_id).map_err(damaged)?;
+        if let Some(e) = expires_ms {
+            am.put(&m, "expires_at", e).map_err(damaged)?;
+        }
         Ok(self.access.commit(now_ms, &[]).into_iter().collect())
     }
 

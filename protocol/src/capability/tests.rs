@@ -338,3 +338,187 @@ fn samples_dir() -> Option<PathBuf> {
             dir.join("samples.json").exists().then_some(dir)
         })
 }
+
+/// The block of the token-freeze attack: `facts` facts and a rule joining
+/// `atoms` atoms over them (each join multiplies the work).
+fn bomb(facts: usize, atoms: usize) -> BlockBuilder {
+    let mut b = BlockBuilder::new();
+    for i in 0..facts {
+        b = b.fact(format!("n({i})").as_str()).expect("fact");
+    }
+    let vars: Vec<String> = (0..atoms).map(|i| format!("$x{i}")).collect();
+    let body: Vec<String> = vars.iter().map(|v| format!("n({v})")).collect();
+    b.rule(format!("big({}) <- {}", vars.join(", "), body.join(", ")).as_str())
+        .expect("rule")
+}
+
+fn append_third_party(token: &[u8], root: &Who, signer: &Who, block: BlockBuilder) -> Vec<u8> {
+    let biscuit = Biscuit::from(token, public_key(&public(root)).expect("key")).expect("parse");
+    let kp = keypair(&signer.secret).expect("kp");
+    let signed = biscuit
+        .third_party_request()
+        .expect("req")
+        .create_block(&kp.private(), block)
+        .expect("block");
+    biscuit
+        .append_third_party_with_keypair(
+            kp.public(),
+            signed,
+            KeyPair::new_with_rng(Algorithm::Ed25519, &mut rng()),
+        )
+        .expect("append")
+        .to_vec()
+        .expect("bytes")
+}
+
+/// issue 12: 40 facts and a 5-atom rule appended to a real token (40^5 =
+/// 100 million joins if evaluated) — as a first-party block anyone holding
+/// the token can add, and as a third-party block signed by the holder's own
+/// key (a developer, then an admin, whose delegation may only be a
+/// delegation): refused by the structural checks, before any datalog runs.
+#[test]
+fn a_token_carrying_a_datalog_bomb_is_refused_before_evaluation_and_fast() {
+    let (root, bob, admin) = (who(1), who(2), who(6));
+    let dev = mint(
+        &root.secret,
+        &WS,
+        &bob.peer,
+        Role::Developer,
+        None,
+        &mut rng(),
+    )
+    .expect("mint");
+    let adm = mint(
+        &root.secret,
+        &WS,
+        &admin.peer,
+        Role::Admin,
+        None,
+        &mut rng(),
+    )
+    .expect("mint");
+    let biscuit = Biscuit::from(&dev, public_key(&public(&root)).expect("key")).expect("parse");
+    let first_party = biscuit
+        .append(bomb(40, 5))
+        .expect("append")
+        .to_vec()
+        .expect("bytes");
+    let cases = [
+        ("first-party block", first_party),
+        (
+            "developer's own block",
+            append_third_party(&dev, &root, &bob, bomb(40, 5)),
+        ),
+        (
+            "admin's block with a bomb beside a delegation",
+            append_third_party(
+                &adm,
+                &root,
+                &admin,
+                bomb(40, 5)
+                    .fact(format!("delegate(\"{}\", \"viewer\")", bob.peer).as_str())
+                    .expect("fact"),
+            ),
+        ),
+    ];
+    for (what, token) in cases {
+        assert!(
+            token.len() < MAX_TOKEN_BYTES,
+            "{what}: {} bytes",
+            token.len()
+        );
+        // Refused by the structural checks, which run before any datalog
+        // (its cost is measured in `cargo bench -p xencode-node --bench
+        // sync`: the evaluation it replaces took ~100 s).
+        match verify(&token, &public(&root), NOW) {
+            Err(CapabilityError::BadDelegation(_)) => {}
+            Err(CapabilityError::NotACapability(why)) => {
+                assert!(why.contains("unexpected datalog"), "{what}: {why}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn only_the_exact_forms_mint_and_delegate_write_are_accepted() {
+    let (root, bob, admin) = (who(1), who(2), who(6));
+    let adm = mint(
+        &root.secret,
+        &WS,
+        &admin.peer,
+        Role::Admin,
+        None,
+        &mut rng(),
+    )
+    .expect("mint");
+    let delegation = |extra: &str| {
+        let mut b = BlockBuilder::new()
+            .fact(format!("delegate(\"{}\", \"viewer\")", bob.peer).as_str())
+            .expect("fact");
+        if !extra.is_empty() {
+            b = b.code(extra).expect("code");
+        }
+        append_third_party(&adm, &root, &admin, b)
+    };
+    // The plain delegation, as `delegate` writes it, works.
+    assert_eq!(
+        authorize(
+            &delegation(""),
+            &public(&root),
+            &WS,
+            &bob.peer,
+            &none(),
+            NOW
+        )
+        .expect("plain delegation")
+        .role,
+        Role::Viewer
+    );
+    for extra in [
+        "check if true;",
+        "extra(1);",
+        "check if now_ms($t), $t <= 5 trusting authority;",
+        "reject if now_ms($t);",
+        "x($a) <- delegate($a, $r);",
+        "check if now_ms($t), $t <= 99999999999999;",
+        "expires(99999999999999);",
+    ] {
+        assert!(
+            verify(&delegation(extra), &public(&root), NOW).is_err(),
+            "{extra:?} was accepted"
+        );
+    }
+    // An expiry with its check, as `delegate` writes it, works.
+    let exp = NOW + DAY;
+    let ok = delegation(&format!(
+        "expires({exp}); check if now_ms($t), $t <= {exp};"
+    ));
+    assert_eq!(
+        verify(&ok, &public(&root), NOW)
+            .expect("expiring")
+            .expires_ms,
+        Some(exp)
+    );
+    // A string smuggling a separator into the delegate is refused.
+    let sneaky = append_third_party(
+        &adm,
+        &root,
+        &admin,
+        BlockBuilder::new()
+            .fact(
+                format!(
+                    "delegate(\"{}\", \"viewer\\\";\\nrole(\\\"admin\")",
+                    bob.peer
+                )
+                .as_str(),
+            )
+            .expect("fact"),
+    );
+    assert!(verify(&sneaky, &public(&root), NOW).is_err());
+    // Oversize tokens are refused before parsing.
+    assert!(matches!(
+        verify(&vec![0; MAX_TOKEN_BYTES + 1], &public(&root), NOW),
+        Err(CapabilityError::NotACapability(_))
+    ));
+}

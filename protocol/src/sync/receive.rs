@@ -33,25 +33,54 @@ impl Engine {
             signatures,
             sent_ms,
         } = received;
+        let may_write = self
+            .sessions
+            .get(&(peer, ws))
+            .and_then(|s| s.admitted)
+            .is_some_and(|a| a.write);
+        if !may_write && !host.has_document(&ws, &doc) {
+            // A peer that may not write can bring no content to a document
+            // this node lacks; creating it would only let a viewer fill the
+            // workspace with empty documents. Dropped without a strike: an
+            // honest viewer may simply have heard of the document first.
+            return;
+        }
         if host.document(&ws, &doc).is_none() {
             self.strike(peer, "sync for a document this node will not hold");
+            return;
+        }
+        // Decode the sync message first: a frame whose message is bad is
+        // refused whole, its changes included.
+        let msg = match message.map(|bytes| guarded(|| sync::Message::decode(&bytes))) {
+            None => None,
+            Some(Some(Ok(msg))) => Some(msg),
+            Some(_) => {
+                self.reject_frame(
+                    peer,
+                    ws,
+                    RejectReason::Malformed,
+                    "undecodable sync message",
+                );
+                return;
+            }
+        };
+        if msg.as_ref().is_some_and(|m| !m.changes.is_empty()) {
+            // Automerge applies a sync message's own changes with no hook
+            // for the write rule: they never reach it. Honest nodes send
+            // changes only beside the message, where they are checked.
+            self.reject_frame(
+                peer,
+                ws,
+                RejectReason::InSyncMessage,
+                "changes inside a sync message",
+            );
             return;
         }
         // The sync message goes to Automerge before the changes are applied:
         // applying first would make Automerge believe the sender already knows
         // our new heads, and it would never acknowledge them.
-        let had_message = message.is_some();
-        if let Some(bytes) = message {
-            let Some(Ok(msg)) = guarded(|| sync::Message::decode(&bytes)) else {
-                self.event(Event::Rejected {
-                    peer,
-                    workspace: ws,
-                    reason: RejectReason::Malformed,
-                    count: 1,
-                });
-                self.strike(peer, "undecodable sync message");
-                return;
-            };
+        let had_message = msg.is_some();
+        if let Some(msg) = msg {
             let Some(session) = self.sessions.get_mut(&(peer, ws)) else {
                 return;
             };
@@ -142,6 +171,17 @@ impl Engine {
         if had_message {
             self.generate(host, peer, ws, doc);
         }
+    }
+
+    /// Refuses a whole frame: counted under `reason`, and a strike.
+    fn reject_frame(&mut self, peer: PeerId, ws: WorkspaceId, reason: RejectReason, why: &str) {
+        self.event(Event::Rejected {
+            peer,
+            workspace: ws,
+            reason,
+            count: 1,
+        });
+        self.strike(peer, why);
     }
 
     /// Marks pending changes covered by verified signatures, drops those of

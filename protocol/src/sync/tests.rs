@@ -97,6 +97,9 @@ impl Host for TestHost {
     fn document(&mut self, ws: &WorkspaceId, doc: &DocId) -> Option<&mut AutoCommit> {
         (*ws == WS && DOCS.contains(doc)).then(|| self.docs.entry(*doc).or_default())
     }
+    fn has_document(&self, ws: &WorkspaceId, doc: &DocId) -> bool {
+        *ws == WS && self.docs.contains_key(doc)
+    }
     fn signature(&self, _ws: &WorkspaceId, doc: &DocId, hash: &ChangeHash) -> Option<SignedHead> {
         self.sigs.get(&(*doc, *hash)).cloned()
     }
@@ -751,4 +754,151 @@ fn honest_changes_are_canonical() {
         b.merge(&mut a).expect("merge");
         b.text(&text).ok()
     });
+}
+
+/// A sync message as Automerge would make one for `am`, carrying `changes`
+/// in its own `changes` field (as a v1 message: one chunk per change).
+fn message_carrying(am: &mut AutoCommit, changes: Vec<Vec<u8>>) -> Vec<u8> {
+    use automerge::sync::{ChunkList, SyncDoc};
+    let mut state = automerge::sync::State::new();
+    let mut msg = am
+        .sync()
+        .generate_sync_message(&mut state)
+        .expect("a first message");
+    msg.changes = ChunkList::from(changes);
+    msg.encode()
+}
+
+#[test]
+fn changes_inside_a_sync_message_are_refused_whole_even_with_a_genuine_signature() {
+    // Node 0 may write; node 2 (not a writer) has a session with it.
+    let mut net = Net::new(3, 2);
+    let mut rng = SmallRng::seed_from_u64(5);
+    net.connect(0, 2);
+    net.heal();
+    let before = net.nodes[0].host.heads();
+    let rejected_before = net.nodes[0].rejected;
+    // The non-writer's own change, signed by it, inside the message only;
+    // then a writer's genuine change (node 1's, relayed) inside it too.
+    net.nodes[2].host.edit(DOCS[0], &mut rng, 1);
+    net.nodes[1].host.edit(DOCS[0], &mut rng, 2);
+    let from = net.nodes[2].id;
+    for author in [2, 1] {
+        let host = &mut net.nodes[author].host;
+        let am = host.docs.get_mut(&DOCS[0]).expect("doc");
+        let change = am.get_last_local_change().expect("change").clone();
+        let message = message_carrying(am, vec![change.raw_bytes().to_vec()]);
+        let sig = host.sigs[&(DOCS[0], change.hash())].clone();
+        net.input(
+            0,
+            Input::Received {
+                peer: from,
+                frame: Frame::Sync {
+                    workspace: WS,
+                    doc: DOCS[0],
+                    message: Some(message),
+                    changes: Vec::new(),
+                    signatures: vec![sig],
+                    sent_ms: 0,
+                },
+            },
+        );
+    }
+    assert_eq!(net.nodes[0].host.heads(), before, "nothing applied");
+    assert_eq!(net.nodes[0].rejected - rejected_before, 2, "both counted");
+    // The third violation disconnects the sender.
+    net.input(
+        0,
+        Input::Received {
+            peer: from,
+            frame: Frame::Sync {
+                workspace: WS,
+                doc: DOCS[1],
+                message: Some(message_carrying(&mut AutoCommit::new(), vec![vec![1]])),
+                changes: Vec::new(),
+                signatures: Vec::new(),
+                sent_ms: 0,
+            },
+        },
+    );
+    let node = &mut net.nodes[0];
+    node.engine.handle(&mut node.host, Input::Tick, 0);
+    let mut disconnected = false;
+    while let Some(out) = node.engine.poll_output() {
+        disconnected |= matches!(out, Output::Disconnect { peer, .. } if peer == from);
+    }
+    assert!(disconnected || net.nodes[0].rejected - rejected_before == 3);
+}
+
+#[test]
+fn a_read_only_peer_cannot_make_a_node_create_documents() {
+    let mut net = Net::new(2, 1);
+    net.connect(0, 1);
+    net.heal();
+    // Node 1 is admitted read-only by node 0.
+    let from = net.nodes[1].id;
+    net.nodes[0]
+        .engine
+        .sessions
+        .get_mut(&(from, WS))
+        .expect("session")
+        .admitted = Some(Access {
+        read: true,
+        write: false,
+    });
+    // A document of the workspace node 0 does not hold yet.
+    let unknown = DOCS[2];
+    net.nodes[0].host.docs.remove(&unknown);
+    let mut am = AutoCommit::new();
+    use automerge::sync::SyncDoc;
+    let msg = am
+        .sync()
+        .generate_sync_message(&mut automerge::sync::State::new())
+        .expect("message")
+        .encode();
+    net.input(
+        0,
+        Input::Received {
+            peer: from,
+            frame: Frame::Sync {
+                workspace: WS,
+                doc: unknown,
+                message: Some(msg),
+                changes: Vec::new(),
+                signatures: Vec::new(),
+                sent_ms: 0,
+            },
+        },
+    );
+    assert!(!net.nodes[0].host.docs.contains_key(&unknown));
+    // A writer's message for it is taken (it may bring content).
+    net.nodes[0]
+        .engine
+        .sessions
+        .get_mut(&(from, WS))
+        .expect("session")
+        .admitted = Some(Access {
+        read: true,
+        write: true,
+    });
+    let msg = AutoCommit::new()
+        .sync()
+        .generate_sync_message(&mut automerge::sync::State::new())
+        .expect("message")
+        .encode();
+    net.input(
+        0,
+        Input::Received {
+            peer: from,
+            frame: Frame::Sync {
+                workspace: WS,
+                doc: unknown,
+                message: Some(msg),
+                changes: Vec::new(),
+                signatures: Vec::new(),
+                sent_ms: 0,
+            },
+        },
+    );
+    assert!(net.nodes[0].host.docs.contains_key(&unknown));
 }
