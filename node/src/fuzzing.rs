@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::net::codec::{FrameCodec, RawFrame};
 use crate::workspace::{Author, Workspace};
 
-pub use crate::store::fuzz::{automerge_changes, sync_message};
+pub use crate::store::fuzz::{automerge_changes, sync_message, viewer_frames};
 
 /// A fuzz target's entry point.
 pub type Target = fn(&[u8]);
@@ -38,6 +38,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("signed_envelope", signed_envelope),
     ("automerge_changes", automerge_changes),
     ("sync_message", sync_message),
+    ("viewer_frames", viewer_frames),
     ("capability_token", capability_token),
     ("config_file", config_file),
     ("api_json", api_json),

@@ -745,9 +745,15 @@ impl Sim {
         }
     }
 
+    /// Members whose convergence the invariants require: neither revoked
+    /// nor malicious. A malicious member replays frames it captured —
+    /// other members' `Open`s with their tokens among them — so its
+    /// neighbours strike it and cut it off as a real node does, and
+    /// replaying their own sync messages back to them skews what they
+    /// believe it holds: its copy may lag, the team's may not.
     fn honest(&self) -> Vec<usize> {
         (0..self.members.len())
-            .filter(|i| !self.is_revoked(*i))
+            .filter(|i| !self.is_revoked(*i) && !self.is_malicious(*i))
             .collect()
     }
 

@@ -367,3 +367,444 @@ async fn a_delegated_admin_cannot_revoke_the_owner() {
         assert_eq!(owner_entry["revoked"], false, "{detail}");
     }
 }
+
+/// A real token with `n` facts and a 5-atom rule appended: as a first-party
+/// block (anyone holding the bytes can), or as a third-party block signed
+/// with `signer` (the holder's own key, the "right key").
+fn datalog_bomb(token: &[u8], root: &[u8; 32], salt: u64, signer: Option<&[u8; 32]>) -> Vec<u8> {
+    use biscuit_auth::builder::{Algorithm, BlockBuilder};
+    use biscuit_auth::{Biscuit, KeyPair, PrivateKey, PublicKey};
+    let root = PublicKey::from_bytes(root, Algorithm::Ed25519).expect("root key");
+    let biscuit = Biscuit::from(token, root).expect("a real token");
+    let mut block = BlockBuilder::new();
+    for i in 0..40u64 {
+        block = block
+            .fact(format!("n({})", salt * 1000 + i).as_str())
+            .expect("fact");
+    }
+    block = block
+        .rule("big($a, $b, $c, $d, $e) <- n($a), n($b), n($c), n($d), n($e)")
+        .expect("rule");
+    let out = match signer {
+        None => biscuit.append(block).expect("append"),
+        Some(secret) => {
+            let kp = KeyPair::from(
+                &PrivateKey::from_bytes(secret, Algorithm::Ed25519).expect("private key"),
+            );
+            let signed = biscuit
+                .third_party_request()
+                .expect("request")
+                .create_block(&kp.private(), block)
+                .expect("block");
+            biscuit
+                .append_third_party(kp.public(), signed)
+                .expect("append")
+        }
+    };
+    out.to_vec().expect("bytes")
+}
+
+/// issue 12, finding 2: Opens whose token carries a datalog bomb (40 facts
+/// and a 5-atom rule appended to a real invitation), from a stranger's key
+/// and from the invitee's own, and a crafted invitation given to `join`:
+/// all refused, while the API keeps answering (its latency during the
+/// attack is printed) and the team keeps syncing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn datalog_bomb_tokens_are_refused_while_the_node_keeps_answering() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b, ws) = team(tmp.path()).await;
+    let ws_id: WorkspaceId = ws.parse().expect("ws");
+    let a_id: PeerId = a.peer_id.parse().expect("peer");
+    let invitee_secret = [83u8; 32];
+    let invitee = xencode_tests::raw_peer::RawPeer::new(invitee_secret).expect("raw");
+    let invite = last_line(&a.cli(&[
+        "invite",
+        &ws,
+        &invitee.peer_id().to_string(),
+        "--role",
+        "viewer",
+    ]));
+    drop(invitee);
+    let inv = Invitation::decode(&invite).expect("invitation");
+
+    // The API, polled every 10 ms during the attack.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poll = {
+        let (url, token, stop) = (a.api_url.clone(), a.token.clone(), stop.clone());
+        let path = format!("{url}/api/v1/workspaces/{ws}");
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client");
+            let mut times = Vec::new();
+            let mut failures = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                match http.get(&path).bearer_auth(&token).send().await {
+                    Ok(r) if r.status().is_success() => times.push(started.elapsed()),
+                    _ => failures += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (times, failures)
+        })
+    };
+
+    let mut opens = 0usize;
+    let mut accepted = 0usize;
+    let attack_started = std::time::Instant::now();
+    for (who, secret, signer) in [
+        ("a stranger", [82u8; 32], None),
+        ("the invitee", invitee_secret, Some(invitee_secret)),
+    ] {
+        let mut raw = xencode_tests::raw_peer::RawPeer::new(secret).expect("raw");
+        for round in 0..40u64 {
+            if !raw.is_connected(&a_id) {
+                raw.connect(&a.addr(), &a_id).await.expect("connect");
+            }
+            // Three a connection: the third strike cuts it off.
+            for k in 0..3u64 {
+                let token = datalog_bomb(&inv.token, &inv.root_key, round * 3 + k, signer.as_ref());
+                raw.send(
+                    &a_id,
+                    xencode_tests::member::frame(&Frame::Open {
+                        workspace: ws_id,
+                        token,
+                    }),
+                );
+                opens += 1;
+            }
+            raw.pump(Duration::from_millis(150)).await;
+        }
+        raw.pump(Duration::from_secs(1)).await;
+        for bytes in &raw.received {
+            match xencode_protocol::wire::decode(bytes) {
+                Ok(Frame::Refuse { reason, .. }) => {
+                    assert_eq!(reason, "not authorized", "{who}: refusals say nothing");
+                }
+                Ok(Frame::Accept { .. }) => accepted += 1,
+                other => panic!("{who} was sent {other:?}"),
+            }
+        }
+    }
+    let attack = attack_started.elapsed();
+    // A crafted invitation given to `join` on a fresh node.
+    let d = Node::start(&tmp.path().join("d")).expect("d");
+    let crafted = Invitation {
+        token: datalog_bomb(&inv.token, &inv.root_key, 999, None),
+        ..inv.clone()
+    }
+    .encode();
+    let join_started = std::time::Instant::now();
+    let out = d.cli(&["join", &crafted]);
+    let join_took = join_started.elapsed();
+    assert!(!out.status.success(), "the crafted invitation was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invitation"), "{err}");
+    assert!(xencode_tests::health_ok(&d.api_url));
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut times, failures) = poll.await.expect("poller");
+    times.sort();
+    let pct = |p: f64| times[((times.len() - 1) as f64 * p) as usize];
+    println!(
+        "token-bomb attack: {opens} Opens in {attack:.2?}; API during it: {} requests, p50 {:.2?}, p99 {:.2?}, max {:.2?}, {failures} failed; `join` with a crafted invitation refused in {join_took:.2?}",
+        times.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+    );
+    assert_eq!(accepted, 0, "no bomb token opened a session");
+    assert_eq!(
+        failures, 0,
+        "the API answered every request during the attack"
+    );
+    assert!(times.len() > 20, "the API was polled during the attack");
+    assert!(
+        a.metric(r#"xencode_peer_violations_total{kind="bad_token"}"#)
+            .await
+            >= 10.0
+    );
+    // The team still syncs.
+    assert_eq!(
+        put(&b, &ws, "after.txt", "b").await,
+        reqwest::StatusCode::OK
+    );
+    assert!(
+        wait_for(CONVERGE, || async {
+            a.file(&ws, "after.txt").await.is_some()
+        })
+        .await,
+        "B's write reached A after the attack:\n{}",
+        a.log_text()
+    );
+}
+
+/// issue 12: a revoked member sends its changes inside the sync message, in
+/// the frame and as a catch-up batch — over its old session and after
+/// reopening it with its revoked token. Nothing is applied anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_member_cannot_write_by_any_path() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b, ws) = team(tmp.path()).await;
+    let (mut m, token) = hostile_member(&a, &ws, [91; 32], "developer").await;
+    let out = a.cli(&["revoke", &ws, &m.raw.peer_id().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_for(CONVERGE, || async {
+            all_heads(&a, &ws).await == all_heads(&b, &ws).await
+        })
+        .await
+    );
+    m.sync_for(Duration::from_secs(2)).await;
+    let (a_before, b_before) = (all_heads(&a, &ws).await, all_heads(&b, &ws).await);
+    let (promote, promote_sig) = promote_self(&mut m);
+    let (edit, edit_sig) = edit_file(&mut m);
+    let access = access_doc(&m.ws);
+    let file = *m
+        .docs
+        .keys()
+        .find(|d| **d != access && **d != index_doc(&m.ws))
+        .expect("file");
+    for attempt in 0..2 {
+        if attempt == 1 {
+            // Reopen with the revoked token: refused.
+            if !m.raw.is_connected(&m.node) {
+                let a_id = m.node;
+                m.raw.connect(&a.addr(), &a_id).await.expect("reconnect");
+            }
+            m.others.clear();
+            m.open(token.clone());
+            m.sync_for(Duration::from_secs(1)).await;
+            assert!(
+                m.others.iter().all(
+                    |f| matches!(f, Frame::Refuse { reason, .. } if reason == "not authorized")
+                ),
+                "{:?}",
+                m.others
+            );
+        }
+        let msg = m.message_carrying(access, &[&promote]);
+        m.send_sync(access, Some(msg), Vec::new(), vec![promote_sig.clone()]);
+        m.send_sync(
+            file,
+            None,
+            vec![edit.raw_bytes().to_vec()],
+            vec![edit_sig.clone()],
+        );
+        let msg = m.message_carrying(file, &[&edit]);
+        m.send_sync(
+            file,
+            Some(msg),
+            vec![edit.raw_bytes().to_vec()],
+            vec![edit_sig.clone()],
+        );
+        m.raw.pump(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(all_heads(&a, &ws).await, a_before, "nothing applied on A");
+    assert_eq!(all_heads(&b, &ws).await, b_before, "nothing reached B");
+    assert_eq!(
+        a.file(&ws, "notes.txt").await.as_deref(),
+        Some(&b"honest"[..])
+    );
+    assert_eq!(
+        put(&a, &ws, "after.txt", "a").await,
+        reqwest::StatusCode::OK
+    );
+    assert!(
+        wait_for(CONVERGE, || async {
+            b.file(&ws, "after.txt").await.is_some()
+        })
+        .await,
+        "A and B kept syncing"
+    );
+}
+
+/// issue 12, finding 8: a revoked peer invited again gets a token that
+/// works — it syncs and its writes reach the team.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_peer_invited_again_writes_again() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b, ws) = team(tmp.path()).await;
+    let out = a.cli(&["revoke", &ws, &b.peer_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_for(CONVERGE, || async {
+            put(&b, &ws, "while-revoked.txt", "no").await == reqwest::StatusCode::FORBIDDEN
+        })
+        .await,
+        "B learned of its revocation"
+    );
+    invite_and_join(&a, &ws, &b, "developer");
+    assert!(
+        wait_for(CONVERGE, || async {
+            put(&b, &ws, "back.txt", "yes").await == reqwest::StatusCode::OK
+        })
+        .await,
+        "B may write again:\n{}",
+        b.log_text()
+    );
+    assert!(
+        wait_for(CONVERGE, || async {
+            a.file(&ws, "back.txt").await.as_deref() == Some(&b"yes"[..])
+        })
+        .await,
+        "A accepted B's write after the new invitation:\nA:\n{}\nB:\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+    let detail = a.get_json(&format!("/api/v1/workspaces/{ws}")).await;
+    let entry = detail["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|x| x["peer_id"] == b.peer_id)
+        .cloned()
+        .expect("listed");
+    assert_eq!(entry["revoked"], false, "{detail}");
+}
+
+/// issue 12, findings 4 and 5: 5,000 requests with invented methods and a
+/// flood of requests with a wrong token (some from a page's `Origin`) leave
+/// `/metrics` and the audit log bounded, and the entry about what the user
+/// did survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invented_methods_and_401_floods_leave_metrics_and_the_audit_log_bounded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(&tmp.path().join("a")).expect("a");
+    let ws = last_line(&a.cli(&["workspace", "create", "audited"]));
+    let metrics_before = a.get_text("/metrics").await.len();
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/workspaces", a.api_url);
+    for i in 0..5000 {
+        let method = reqwest::Method::from_bytes(format!("X{i}").as_bytes()).expect("method");
+        let _ = http.request(method, &url).send().await;
+    }
+    let metrics_after = a.get_text("/metrics").await.len();
+    println!(
+        "/metrics: {metrics_before} bytes before, {metrics_after} after 5,000 invented methods"
+    );
+    assert!(
+        metrics_after < metrics_before + 4096,
+        "{metrics_before} -> {metrics_after}"
+    );
+    assert!(a.get_text("/metrics").await.contains(r#"method="other""#));
+
+    let audit = |a: &Node| {
+        let out = a.cli(&["--json", "audit", "--limit", "100000"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let before = audit(&a);
+    let entries_before = before["entries"].as_array().expect("entries").len();
+    for i in 0..3000 {
+        let mut req = http.get(&url).bearer_auth("wrong");
+        if i % 2 == 0 {
+            req = req.header("Origin", format!("http://evil{}.example", i % 100));
+        }
+        let status = req.send().await.expect("answered").status();
+        assert!(status.is_client_error(), "{status}");
+    }
+    let after = audit(&a);
+    let entries = after["entries"].as_array().expect("entries");
+    let refusals = after["refusals"].as_array().expect("refusals");
+    let refused: u64 = refusals
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum();
+    println!(
+        "audit: {entries_before} entries before, {} after 3,000 refused requests, which became {} tallies counting {refused}",
+        entries.len(),
+        refusals.len()
+    );
+    assert!(refused >= 3000, "{after}");
+    assert!(refusals.len() <= 2 * 32, "{}", refusals.len());
+    // Only the two audit reads themselves were added to the chain.
+    assert!(
+        entries.len() <= entries_before + 3,
+        "{} -> {}",
+        entries_before,
+        entries.len()
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "POST /api/v1/workspaces" && e["decision"] == "allow"),
+        "the member's own entry survives: {after}"
+    );
+    let _ = ws;
+}
+
+/// issue 12, finding 6: the data directory is 0700 (and `init` tightens an
+/// existing one), the store, the API token and every backup are 0600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_data_directory_the_store_and_backups_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("a");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = xencode_tests::cli(&dir, &["init"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&dir), 0o700, "init tightened the data directory");
+    let a = Node::start(&dir).expect("a");
+    let ws = last_line(&a.cli(&["workspace", "create", "private"]));
+    assert_eq!(
+        put(&a, &ws, "secret.txt", "content").await,
+        reqwest::StatusCode::OK
+    );
+    for f in ["xencode.redb", "api-token", "identity.key", "config.toml"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    let backup = tmp.path().join("backup.redb");
+    let out = a.cli(&["backup", backup.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&backup), 0o600, "the CLI's backup");
+    // The node's own snapshot file, before it streams it, is private too:
+    // no other file in the data directory is readable by others.
+    for entry in std::fs::read_dir(&dir).expect("list") {
+        let p = entry.expect("entry").path();
+        if p.is_file() && p.file_name().is_some_and(|n| n != "api-url") {
+            assert_eq!(mode(&p) & 0o077, 0, "{}", p.display());
+        }
+    }
+    let a_dir = a.dir.clone();
+    drop(a);
+    // Restoring keeps the store private whatever the backup's mode was.
+    std::fs::set_permissions(&backup, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = xencode_tests::cli(&a_dir, &["restore", backup.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        mode(&a_dir.join("xencode.redb")),
+        0o600,
+        "the restored store"
+    );
+}

@@ -160,6 +160,26 @@ impl Harness {
         TEMPLATE.with(Clone::clone)
     }
 
+    /// The same with the member admitted as a viewer.
+    fn viewer() -> Option<Self> {
+        VIEWER.with(Clone::clone)
+    }
+
+    /// Every document's heads, by document (documents without changes left
+    /// out: an empty document is no content).
+    fn heads(&mut self) -> BTreeMap<DocId, Vec<automerge::ChangeHash>> {
+        let mut out = BTreeMap::new();
+        for ws in self.workspaces.values_mut() {
+            for doc in ws.docs_mut() {
+                let heads = doc.am.get_heads();
+                if !heads.is_empty() {
+                    out.insert(doc.id, heads);
+                }
+            }
+        }
+        out
+    }
+
     fn build(role: Role) -> Option<Self> {
         let (ws, token) = workspace_with(role)?;
         let (owner, _) = author(&OWNER);
@@ -323,6 +343,44 @@ pub fn sync_message(data: &[u8]) {
     h.check();
 }
 
+/// The whole receive path under a viewer's session: the input's first
+/// chunk is a sync message, the rest changes, all signed by the viewer and
+/// sent beside the message; when the selector's high bit is set they also
+/// go inside the message's own `changes` field (the way issue 12's viewer
+/// wrote to the access document). A viewer may write nothing, so no
+/// document may change at all. Input: see [`split`].
+pub fn viewer_frames(data: &[u8]) {
+    let Some(mut h) = Harness::viewer() else {
+        return;
+    };
+    let (selector, mut chunks) = split(data);
+    let Some(doc) = h.workspaces.get(&h.ws).map(|w| target_doc(w, selector)) else {
+        return;
+    };
+    let before = h.heads();
+    let message = (!chunks.is_empty()).then(|| chunks.remove(0));
+    let message = if selector & 0x80 != 0 {
+        use automerge::sync::{ChunkList, Message, SyncDoc};
+        let mut msg = message
+            .as_deref()
+            .and_then(|m| std::panic::catch_unwind(|| Message::decode(m)).ok()?.ok())
+            .or_else(|| {
+                AutoCommit::new()
+                    .sync()
+                    .generate_sync_message(&mut automerge::sync::State::new())
+            });
+        if let Some(m) = msg.as_mut() {
+            m.changes = ChunkList::from(chunks.clone());
+        }
+        msg.map(Message::encode).or(message)
+    } else {
+        message
+    };
+    h.sync(doc, message, chunks);
+    assert_eq!(h.heads(), before, "a viewer's frame changed a document");
+    h.check();
+}
+
 /// Seeds of real inputs: the member's genuine edits to the file and the
 /// index, and the sync messages a real peer sends.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -386,6 +444,41 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                     ],
                 ),
             ));
+        }
+    }
+    // A viewer's genuine-looking writes: an edit to the file and a change
+    // promoting itself in the access document, beside and inside a sync
+    // message (selector 1 | 0x80: file, inside; 2 | 0x80: access, inside).
+    let first = {
+        use automerge::sync::SyncDoc;
+        AutoCommit::new()
+            .sync()
+            .generate_sync_message(&mut automerge::sync::State::new())
+    };
+    if let Some(msg) = first {
+        let msg = msg.encode();
+        let mut chunks = vec![msg.clone()];
+        chunks.extend(file_changes.iter().cloned());
+        out.push(("viewer_frames", join(1, &chunks)));
+        out.push(("viewer_frames", join(1 | 0x80, &chunks)));
+        let mut access = mine.access.am.fork();
+        access.set_actor(member.actor.clone());
+        if let Ok(Some((_, members))) = automerge::ReadDoc::get(&access, automerge::ROOT, "members")
+            && let Ok(entry) = automerge::transaction::Transactable::put_object(
+                &mut access,
+                &members,
+                member.peer_id.as_str(),
+                automerge::ObjType::Map,
+            )
+            && automerge::transaction::Transactable::put(&mut access, &entry, "role", "admin")
+                .is_ok()
+        {
+            access.commit();
+            if let Some(c) = access.get_last_local_change() {
+                let chunks = vec![msg, c.raw_bytes().to_vec()];
+                out.push(("viewer_frames", join(2, &chunks)));
+                out.push(("viewer_frames", join(2 | 0x80, &chunks)));
+            }
         }
     }
     let mut fresh = automerge::sync::State::new();
