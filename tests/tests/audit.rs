@@ -72,9 +72,17 @@ async fn decisions_are_logged_and_tampering_shows() {
     );
     let log = audit_json(&a, &[]);
     assert_eq!(log["chain"]["intact"], true);
-    assert!(has(&log, &|e| e["who"] == "unauthenticated"
-        && e["decision"] == "deny"
-        && e["reason"] == "unauthorized"));
+    // The wrong-token request never authenticated: it is tallied with the
+    // strangers' refusals (their own table, their own cap), not chained.
+    assert!(
+        log["refusals"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|t| t["reason"] == "unauthorized"
+                && t["source"] == "local"
+                && t["count"].as_u64() >= Some(1))),
+        "{log}"
+    );
+    assert!(!has(&log, &|e| e["who"] == "unauthenticated"));
     assert!(has(&log, &|e| e["action"]
         == "POST /api/v1/workspaces/{id}/invites"
         && e["decision"] == "allow"

@@ -206,9 +206,11 @@ pub async fn audit(State(state): State<ApiState>, req: Request, next: Next) -> R
         return resp;
     };
     let principal = resp.extensions().get::<Principal>();
-    if denied && principal.is_none() {
-        // Anyone can cause these, thousands a second: tallied, not logged
-        // one by one (see `refusals`).
+    let login = route.as_deref() == Some("/login");
+    if principal.is_none() && (!login || denied) {
+        // A request that never authenticated: refused by a guard, or by the
+        // router before any (an invented method). Anyone can cause these,
+        // thousands a second: tallied, not logged one by one.
         let reason = resp
             .extensions()
             .get::<ErrorCode>()
