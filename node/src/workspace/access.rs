@@ -56,19 +56,8 @@ impl Workspace {
         if self.is_root(peer) {
             return MemberState::Member(Role::Admin);
         }
-        let am = &self.access.am;
-        let get = |obj: &ObjId, key: &str| {
-            match heads {
-                Some(h) => am.get_at(obj, key, h),
-                None => am.get(obj, key),
-            }
-            .ok()
-            .flatten()
-        };
-        let map = |obj: &ObjId, key: &str| match get(obj, key) {
-            Some((Value::Object(ObjType::Map), id)) => Some(id),
-            _ => None,
-        };
+        let map = |obj: &ObjId, key: &str| self.map_in(obj, key, heads);
+        let get = |obj: &ObjId, key: &str| self.get_in(obj, key, heads);
         if map(&ROOT, "revoked").and_then(|r| map(&r, peer)).is_some() {
             return MemberState::Revoked;
         }
@@ -128,24 +117,9 @@ impl Workspace {
         if self.is_root(peer) {
             return None;
         }
-        let am = &self.access.am;
-        let get = |obj: &ObjId, key: &str| {
-            match heads {
-                Some(h) => am.get_at(obj, key, h),
-                None => am.get(obj, key),
-            }
-            .ok()
-            .flatten()
-        };
-        let members = match get(&ROOT, "members") {
-            Some((Value::Object(ObjType::Map), id)) => id,
-            _ => return None,
-        };
-        let entry = match get(&members, peer) {
-            Some((Value::Object(ObjType::Map), id)) => id,
-            _ => return None,
-        };
-        match get(&entry, "expires_at") {
+        let members = self.map_in(&ROOT, "members", heads)?;
+        let entry = self.map_in(&members, peer, heads)?;
+        match self.get_in(&entry, "expires_at", heads) {
             Some((Value::Scalar(v), _)) => match v.as_ref() {
                 ScalarValue::Uint(n) => Some(*n),
                 ScalarValue::Int(n) => Some(u64::try_from(*n).unwrap_or(0)),
@@ -221,6 +195,30 @@ impl Workspace {
             }
         }
         false
+    }
+
+    /// A value of the access document, now or as it was at `heads`.
+    fn get_in(
+        &self,
+        obj: &ObjId,
+        key: &str,
+        heads: Option<&[ChangeHash]>,
+    ) -> Option<(Value<'_>, ObjId)> {
+        let am = &self.access.am;
+        match heads {
+            Some(h) => am.get_at(obj, key, h),
+            None => am.get(obj, key),
+        }
+        .ok()
+        .flatten()
+    }
+
+    /// A map of the access document, now or as it was at `heads`.
+    fn map_in(&self, obj: &ObjId, key: &str, heads: Option<&[ChangeHash]>) -> Option<ObjId> {
+        match self.get_in(obj, key, heads) {
+            Some((Value::Object(ObjType::Map), id)) => Some(id),
+            _ => None,
+        }
     }
 
     /// The role of `peer`, if it is a member that is not revoked.

@@ -835,70 +835,39 @@ fn a_read_only_peer_cannot_make_a_node_create_documents() {
     let mut net = Net::new(2, 1);
     net.connect(0, 1);
     net.heal();
-    // Node 1 is admitted read-only by node 0.
-    let from = net.nodes[1].id;
-    net.nodes[0]
-        .engine
-        .sessions
-        .get_mut(&(from, WS))
-        .expect("session")
-        .admitted = Some(Access {
-        read: true,
-        write: false,
-    });
     // A document of the workspace node 0 does not hold yet.
     let unknown = DOCS[2];
     net.nodes[0].host.docs.remove(&unknown);
-    let mut am = AutoCommit::new();
-    use automerge::sync::SyncDoc;
-    let msg = am
-        .sync()
-        .generate_sync_message(&mut automerge::sync::State::new())
-        .expect("message")
-        .encode();
-    net.input(
-        0,
-        Input::Received {
-            peer: from,
-            frame: Frame::Sync {
-                workspace: WS,
-                doc: unknown,
-                message: Some(msg),
-                changes: Vec::new(),
-                signatures: Vec::new(),
-                sent_ms: 0,
+    let from = net.nodes[1].id;
+    // Node 1's empty first sync message for it, with node 1 admitted by
+    // node 0 as `write` says.
+    let offer = |net: &mut Net, write: bool| {
+        net.nodes[0]
+            .engine
+            .sessions
+            .get_mut(&(from, WS))
+            .expect("session")
+            .admitted = Some(Access { read: true, write });
+        let msg = message_carrying(&mut AutoCommit::new(), Vec::new());
+        net.input(
+            0,
+            Input::Received {
+                peer: from,
+                frame: Frame::Sync {
+                    workspace: WS,
+                    doc: unknown,
+                    message: Some(msg),
+                    changes: Vec::new(),
+                    signatures: Vec::new(),
+                    sent_ms: 0,
+                },
             },
-        },
-    );
+        );
+    };
+    // From a read-only peer: not created.
+    offer(&mut net, false);
     assert!(!net.nodes[0].host.docs.contains_key(&unknown));
-    // A writer's message for it is taken (it may bring content).
-    net.nodes[0]
-        .engine
-        .sessions
-        .get_mut(&(from, WS))
-        .expect("session")
-        .admitted = Some(Access {
-        read: true,
-        write: true,
-    });
-    let msg = AutoCommit::new()
-        .sync()
-        .generate_sync_message(&mut automerge::sync::State::new())
-        .expect("message")
-        .encode();
-    net.input(
-        0,
-        Input::Received {
-            peer: from,
-            frame: Frame::Sync {
-                workspace: WS,
-                doc: unknown,
-                message: Some(msg),
-                changes: Vec::new(),
-                signatures: Vec::new(),
-                sent_ms: 0,
-            },
-        },
-    );
+    // From a writer it is taken (it may bring content).
+    offer(&mut net, true);
     assert!(net.nodes[0].host.docs.contains_key(&unknown));
 }
