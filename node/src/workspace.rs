@@ -234,7 +234,7 @@ impl Workspace {
                         .and_then(|r| get_obj(am, &r, &peer))
                         .is_some();
                 Some(Member {
-                    expires_at: self.member_expiry_at(&peer, None),
+                    expires_at: self.member_expiry(&peer),
                     role: Role::parse(&get_str(am, &m, "role")?)?,
                     added_by: get_str(am, &m, "added_by").unwrap_or_default(),
                     added_at: get_u64(am, &m, "added_at").unwrap_or(0),

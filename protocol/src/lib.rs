@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod ids;
 pub mod invite;
 pub mod path;
+pub mod policy;
 pub mod sync;
 pub mod wire;
 

@@ -68,7 +68,7 @@ pub(super) struct Actor {
     /// disconnected (see `send_net`).
     pub(super) net_overflow: BTreeSet<PeerId>,
     /// Write decisions of the sync engine's host, kept across calls.
-    pub(super) write_decisions: super::host::WriteDecisions,
+    pub(super) write_rule: xencode_protocol::policy::WriteRule,
     /// Authorization decisions waiting for the next commit.
     pub(super) audit_staged: Vec<audit::Decision>,
     /// The audit chain's committed end.
@@ -191,7 +191,7 @@ impl Actor {
             net: None,
             peer_addrs: BTreeMap::new(),
             net_overflow: BTreeSet::new(),
-            write_decisions: Default::default(),
+            write_rule: Default::default(),
             audit_staged: Vec::new(),
             audit_tip: audit::Tip::default(),
             tokens,

@@ -22,7 +22,7 @@ use xencode_protocol::sync::{Engine, Input, Limits, Output};
 use xencode_protocol::wire::Frame;
 use xencode_protocol::{DocId, PeerId, WorkspaceId, WorkspacePath};
 
-use super::host::{HostView, WriteDecisions};
+use super::host::HostView;
 use super::tables::Membership;
 use super::tokens::TokenVerifier;
 use crate::workspace::{Author, Workspace, access_doc_id, index_doc_id};
@@ -138,7 +138,7 @@ struct Harness {
     workspaces: BTreeMap<WorkspaceId, Workspace>,
     memberships: BTreeMap<WorkspaceId, Membership>,
     owner: Author,
-    decisions: WriteDecisions,
+    decisions: xencode_protocol::policy::WriteRule,
     tokens: Arc<TokenVerifier>,
     engine: Engine,
     member: PeerId,
@@ -189,7 +189,7 @@ impl Harness {
             workspaces: BTreeMap::from([(id, ws)]),
             memberships: BTreeMap::new(),
             owner,
-            decisions: WriteDecisions::default(),
+            decisions: Default::default(),
             tokens: Arc::new(TokenVerifier::default()),
             engine: Engine::new(Limits::default()),
             member: member.peer_id.parse().ok()?,
@@ -217,7 +217,7 @@ impl Harness {
             memberships: &self.memberships,
             db: None,
             author: &self.owner,
-            write_decisions: &mut self.decisions,
+            write_rule: &mut self.decisions,
             tokens: &self.tokens,
         };
         self.engine.handle(&mut host, input, NOW);

@@ -5,9 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{AutoCommit, Change, ChangeHash};
 use redb::{Database, ReadableDatabase};
-use xencode_protocol::api::Role;
-use xencode_protocol::capability::Right;
-use xencode_protocol::envelope::{SignedHead, decode_citation};
+use xencode_protocol::envelope::SignedHead;
+use xencode_protocol::policy::{self, WriteRule};
 use xencode_protocol::sync::{Access, Host, WriteDecision};
 use xencode_protocol::{DocId, PeerId, WorkspaceId};
 
@@ -22,27 +21,10 @@ pub(super) struct HostView<'a> {
     pub memberships: &'a BTreeMap<WorkspaceId, Membership>,
     pub db: Option<&'a Database>,
     pub author: &'a Author,
-    pub write_decisions: &'a mut WriteDecisions,
+    pub write_rule: &'a mut WriteRule,
     /// Tokens verified off the store thread: admission only reads them.
     pub tokens: &'a super::tokens::TokenVerifier,
 }
-
-/// Write decisions already made. A decision rests on a fixed point of the
-/// access document's history, which never changes, so it holds forever;
-/// only the size is bounded.
-#[derive(Debug, Clone, Default)]
-pub(super) struct WriteDecisions {
-    /// (workspace, author, the change itself if it is to the access doc,
-    /// the heads judged at) -> (allowed by role, when the membership ends).
-    #[allow(clippy::type_complexity)]
-    decided: std::collections::HashMap<
-        (WorkspaceId, [u8; 32], Option<ChangeHash>, Vec<ChangeHash>),
-        (bool, Option<u64>),
-    >,
-}
-
-/// Decisions remembered before the cache starts afresh.
-const MAX_WRITE_DECISIONS: usize = 16_384;
 
 impl HostView<'_> {
     fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Option<T>) -> Option<T> {
@@ -141,46 +123,23 @@ impl Host for HostView<'_> {
     ) -> Result<Access, String> {
         // One answer for every refusal a peer could learn from: whether this
         // node holds the workspace, whom a token names, or why it failed
-        // stays here (the reason is logged and audited locally).
+        // stays here (the reason is logged locally).
         const REFUSED: &str = "not authorized";
         let w = self.workspaces.get(ws).ok_or(REFUSED)?;
         let root = root_key(w, self.memberships).ok_or(REFUSED)?;
-        // The root is admitted by its authenticated peer id alone: no token
-        // and no revocation can shut the creator out of its workspace.
-        if xencode_protocol::ids::peer_id_of(&root).is_ok_and(|r| r == *peer) {
-            return Ok(Access {
-                read: true,
-                write: true,
-            });
-        }
-        let refused = |why: String| {
+        let verified = self.tokens.cached(&root, token);
+        let verified = verified
+            .as_ref()
+            .map(|v| v.as_deref().map_err(Clone::clone));
+        policy::admit(w.access_doc(), &root, verified, ws, peer, now_ms).map_err(|why| {
             tracing::info!(%peer, workspace = %ws, reason = %why, "session refused");
             REFUSED.to_owned()
-        };
-        if w.member_state(&peer.to_string()) == MemberState::Revoked {
-            return Err(refused("the peer's membership was revoked".into()));
-        }
-        let verified = self
-            .tokens
-            .cached(&root, token)
-            .ok_or_else(|| refused("the token was not verified".into()))?
-            .map_err(|e| refused(e.to_string()))?;
-        let grant = verified
-            .grant(ws, peer, &w.revoked_token_ids(), now_ms)
-            .map_err(|e| refused(e.to_string()))?;
-        Ok(Access {
-            read: grant.role.allows(Right::Read),
-            write: grant.role.allows(Right::Write),
         })
     }
 
-    /// The rule (ARCHITECTURE section 3, `docs/security.md`): the author's
-    /// role is read from the access document *at a point of its history the
-    /// change names*, so every node decides alike. A change to the access
-    /// document is judged at its own dependencies (admins only; the root
-    /// always); any other change at the access heads its message cites
-    /// (developers and admins). No citation: refused. Cited heads not here
-    /// yet: pending.
+    /// The write rule, `xencode_protocol::policy` (the same code the
+    /// engine's tests and the simulator run), over this workspace's access
+    /// document.
     fn may_write(
         &mut self,
         ws: &WorkspaceId,
@@ -192,57 +151,9 @@ impl Host for HostView<'_> {
             return WriteDecision::Deny;
         };
         let is_access = *doc == access_doc_id(ws);
-        if is_access && root_key(w, self.memberships) == Some(*author) {
-            return WriteDecision::Allow;
-        }
-        let Ok(peer) = xencode_protocol::ids::peer_id_of(author) else {
-            return WriteDecision::Deny;
-        };
-        let basis = if is_access {
-            change.deps().to_vec()
-        } else {
-            match decode_citation(change.message()) {
-                Some(heads) => heads,
-                None => return WriteDecision::Deny,
-            }
-        };
-        // An access change is judged on its own content too (whether it
-        // reaches for the root's entry), so its decision is its own.
-        let own = is_access.then(|| change.hash());
-        let key = (*ws, *author, own, basis);
-        let (allowed, expires) = match self.write_decisions.decided.get(&key) {
-            Some(&decided) => decided,
-            None => {
-                let needed = if is_access {
-                    Role::Admin
-                } else {
-                    Role::Developer
-                };
-                let peer = peer.to_string();
-                let Some(state) = w.member_state_at(&peer, &key.3) else {
-                    return WriteDecision::Unknown;
-                };
-                let allowed = matches!(state, MemberState::Member(role) if role >= needed)
-                    && !(is_access && w.touches_root(change));
-                let decided = (allowed, w.member_expiry_at(&peer, Some(&key.3)));
-                let cache = &mut self.write_decisions.decided;
-                if cache.len() >= MAX_WRITE_DECISIONS {
-                    cache.clear();
-                }
-                cache.insert(key, decided);
-                decided
-            }
-        };
-        // A membership ends with its token: a change its author stamped
-        // after the expiry recorded at that point of history is refused.
-        // The stamp is in the signed change, so every node decides alike.
-        let expired = expires
-            .is_some_and(|e| change.timestamp() > i64::try_from(e / 1000).unwrap_or(i64::MAX));
-        if allowed && !expired {
-            WriteDecision::Allow
-        } else {
-            WriteDecision::Deny
-        }
+        let root = root_key(w, self.memberships);
+        self.write_rule
+            .may_write(ws, w.access_doc(), root, is_access, author, change)
     }
 
     fn sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>> {
@@ -266,6 +177,7 @@ mod tests {
     use xencode_protocol::ids::{actor_id, peer_id_of};
 
     use super::*;
+    use xencode_protocol::api::Role;
 
     fn author(n: u8) -> Author {
         let public = ed25519_dalek::SigningKey::from_bytes(&[n; 32])
@@ -296,14 +208,14 @@ mod tests {
         let mut workspaces = BTreeMap::from([(id, ws)]);
         let memberships = BTreeMap::new();
         let admin = author(1);
-        let mut decisions = WriteDecisions::default();
+        let mut decisions = WriteRule::default();
         let tokens = super::super::tokens::TokenVerifier::default();
         let mut host = HostView {
             workspaces: &mut workspaces,
             memberships: &memberships,
             db: None,
             author: &admin,
-            write_decisions: &mut decisions,
+            write_rule: &mut decisions,
             tokens: &tokens,
         };
         host.may_write(&id, &doc, &who.public_key, c)

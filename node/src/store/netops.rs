@@ -120,7 +120,7 @@ impl Actor {
             memberships: &self.memberships,
             db: self.db.as_ref(),
             author: &self.author,
-            write_decisions: &mut self.write_decisions,
+            write_rule: &mut self.write_rule,
             tokens: &self.tokens,
         };
         step(&mut self.engine, &mut host, now);

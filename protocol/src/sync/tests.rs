@@ -1,7 +1,10 @@
 //! The engine driven by a small in-memory network: 2–5 peers with concurrent
 //! edits converge to identical heads under any interleaving, with sessions
 //! dropped mid-flight, changes re-delivered and reordered across reconnects,
-//! and a member whose writes everyone must refuse.
+//! and a member whose writes everyone must refuse. Whether a change is
+//! accepted is decided by the real write rule (`policy::WriteRule`) over a
+//! real access document: node 0 created the workspace, the writers are
+//! developers, the others viewers; every edit cites the access heads.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -27,8 +30,12 @@ struct TestHost {
     key: SigningKey,
     docs: BTreeMap<DocId, AutoCommit>,
     sigs: HashMap<(DocId, ChangeHash), SignedHead>,
-    /// Authors whose changes everyone accepts.
+    /// Authors whose changes everyone accepts (developers in `access`).
     writers: Vec<[u8; 32]>,
+    /// The workspace's access document, as node 0 (the root) wrote it.
+    access: AutoCommit,
+    root: [u8; 32],
+    rule: crate::policy::WriteRule,
     states: HashMap<(PeerId, DocId), Vec<u8>>,
     peers: Vec<PeerId>,
     /// When set, every admission fails with this reason.
@@ -43,6 +50,9 @@ impl TestHost {
             docs: BTreeMap::new(),
             sigs: HashMap::new(),
             writers,
+            access: AutoCommit::new(),
+            root: [0; 32],
+            rule: crate::policy::WriteRule::default(),
             states: HashMap::new(),
             peers: Vec::new(),
             refuse_with: None,
@@ -56,6 +66,7 @@ impl TestHost {
     /// A local edit: commit, sign, and tell the engine.
     fn edit(&mut self, doc: DocId, rng: &mut SmallRng, tag: u64) {
         let actor = ActorId::from(actor_id(&self.public(), 0).as_slice());
+        let cites = self.access.get_heads();
         let am = self.document(&WS, &doc).expect("held");
         am.set_actor(actor);
         match rng.random_range(0..3) {
@@ -76,7 +87,10 @@ impl TestHost {
                 am.put(ROOT, "shared", format!("value {tag}")).expect("put");
             }
         }
-        am.commit();
+        am.commit_with(
+            automerge::transaction::CommitOptions::default()
+                .with_message(crate::envelope::encode_citation(&cites)),
+        );
         let hash = am.get_last_local_change().expect("change").hash();
         let sig = SignedHead::sign(&self.key, 0, &WS, &doc, hash.0);
         self.sigs.insert((doc, hash), sig);
@@ -130,16 +144,14 @@ impl Host for TestHost {
     }
     fn may_write(
         &mut self,
-        _ws: &WorkspaceId,
+        ws: &WorkspaceId,
         _doc: &DocId,
         author: &[u8; 32],
-        _change: &Change,
+        change: &Change,
     ) -> WriteDecision {
-        if self.writers.contains(author) {
-            WriteDecision::Allow
-        } else {
-            WriteDecision::Deny
-        }
+        let access = crate::policy::AccessDoc(&self.access);
+        self.rule
+            .may_write(ws, access, Some(self.root), false, author, change)
     }
     fn sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>> {
         self.states.get(&(*peer, *doc)).cloned()
@@ -176,11 +188,15 @@ impl Net {
             .iter()
             .map(|h| crate::ids::peer_id_of(&h.public()).expect("peer id"))
             .collect();
+        let root = hosts[0].public();
+        let access = access_document(&root, &ids, writers);
         let nodes = hosts
             .into_iter()
             .zip(&ids)
             .map(|(mut host, id)| {
                 host.writers = allowed.clone();
+                host.access = access.clone();
+                host.root = root;
                 host.peers = ids.clone();
                 Node {
                     id: *id,
@@ -348,6 +364,31 @@ impl Net {
             }
         }
     }
+}
+
+/// The access document as the root (the first of `ids`) writes it: the
+/// first `writers` members developers (the root an admin), the rest viewers.
+fn access_document(root: &[u8; 32], ids: &[PeerId], writers: usize) -> AutoCommit {
+    let mut am = AutoCommit::new();
+    am.set_actor(ActorId::from(actor_id(root, 0).as_slice()));
+    am.put(ROOT, "root_key", hex::encode(root))
+        .expect("root key");
+    let members = am
+        .put_object(ROOT, "members", ObjType::Map)
+        .expect("members");
+    for (i, id) in ids.iter().enumerate() {
+        let role = match i {
+            0 => "admin",
+            i if i < writers => "developer",
+            _ => "viewer",
+        };
+        let entry = am
+            .put_object(&members, id.to_string(), ObjType::Map)
+            .expect("entry");
+        am.put(&entry, "role", role).expect("role");
+    }
+    am.commit();
+    am
 }
 
 /// Runs a random schedule, heals, and checks convergence.
