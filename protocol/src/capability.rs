@@ -141,21 +141,17 @@ pub fn mint(
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<Vec<u8>, CapabilityError> {
     let root = keypair(root_secret)?;
-    let mut b = Biscuit::builder()
-        .fact(format!("workspace(\"{workspace}\")").as_str())
-        .map_err(invalid)?
-        .fact(format!("holder(\"{holder}\")").as_str())
-        .map_err(invalid)?
-        .fact(format!("role(\"{}\")", role.as_str()).as_str())
-        .map_err(invalid)?;
-    if let Some(exp) = expires_ms {
-        b = b
-            .fact(format!("expires({exp})").as_str())
-            .map_err(invalid)?
-            .check(format!("check if now_ms($t), $t <= {exp}").as_str())
-            .map_err(invalid)?;
-    }
-    let token = b
+    let authority = block_facts(
+        BlockBuilder::new()
+            .fact(format!("workspace(\"{workspace}\")").as_str())
+            .map_err(invalid)?,
+        format!("holder(\"{holder}\")"),
+        expires_ms,
+    )?
+    .fact(format!("role(\"{}\")", role.as_str()).as_str())
+    .map_err(invalid)?;
+    let token = Biscuit::builder()
+        .merge(authority)
         .build_with_rng(&root, SymbolTable::default(), rng)
         .map_err(invalid)?;
     token.to_vec().map_err(invalid)

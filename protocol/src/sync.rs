@@ -751,6 +751,17 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
     catch_unwind(AssertUnwindSafe(f)).ok()
 }
 
+impl Session {
+    /// The sync state of `doc` in this session, restored from the host's
+    /// saved state when the document is first synced.
+    fn doc(&mut self, host: &impl Host, peer: &PeerId, doc: DocId) -> &mut DocSync {
+        self.docs.entry(doc).or_insert_with(|| DocSync {
+            state: restored_state(host, peer, &doc),
+            idle: None,
+        })
+    }
+}
+
 /// The sync state of (peer, doc), fresh or restored.
 fn restored_state(host: &impl Host, peer: &PeerId, doc: &DocId) -> sync::State {
     host.sync_state(peer, doc)

@@ -6,10 +6,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::{ActorId, Change, ChangeHash};
 use libp2p_identity::PeerId;
 
-use super::{
-    DocSync, Engine, Event, Host, Output, PendingChange, RejectReason, WriteDecision, guarded,
-    restored_state,
-};
+use super::{Engine, Event, Host, Output, PendingChange, RejectReason, WriteDecision, guarded};
 use crate::envelope::SignedHead;
 use crate::ids::{DocId, WorkspaceId};
 
@@ -84,10 +81,7 @@ impl Engine {
             let Some(session) = self.sessions.get_mut(&(peer, ws)) else {
                 return;
             };
-            let ds = session.docs.entry(doc).or_insert_with(|| DocSync {
-                state: restored_state(host, &peer, &doc),
-                idle: None,
-            });
+            let ds = session.doc(host, &peer, doc);
             let Some(am) = host.document(&ws, &doc) else {
                 return;
             };

@@ -6,7 +6,7 @@ use automerge::sync::{ChunkList, SyncDoc};
 use automerge::{Change, ChangeHash};
 use libp2p_identity::PeerId;
 
-use super::{DocSync, Engine, Host, guarded, restored_state};
+use super::{Engine, Host, guarded};
 use crate::envelope::SignedHead;
 use crate::ids::{DocId, WorkspaceId};
 use crate::wire::{Frame, TARGET_CHANGES_BYTES};
@@ -27,10 +27,7 @@ impl Engine {
         if !session.admitted.is_some_and(|a| a.read) {
             return;
         }
-        let ds = session.docs.entry(doc).or_insert_with(|| DocSync {
-            state: restored_state(host, &peer, &doc),
-            idle: None,
-        });
+        let ds = session.doc(host, &peer, doc);
         let Some(am) = host.document(&ws, &doc) else {
             return;
         };
