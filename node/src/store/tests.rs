@@ -343,6 +343,7 @@ async fn a_schema_1_store_is_migrated_and_keeps_its_data() {
         assert!(tx.delete_table(tables::MEMBERSHIPS).expect("delete"));
         assert!(tx.delete_table(tables::SYNC_STATES).expect("delete"));
         assert!(tx.delete_table(tables::AI_CACHE).expect("delete"));
+        assert!(tx.delete_table(tables::REFUSALS).expect("delete"));
         tx.open_table(tables::META)
             .expect("meta")
             .insert("schema_version", 1u32.to_le_bytes().as_slice())
@@ -368,6 +369,10 @@ async fn a_schema_1_store_is_migrated_and_keeps_its_data() {
     assert!(
         read.open_table(tables::AI_CACHE).is_ok(),
         "schema 3 added the AI cache"
+    );
+    assert!(
+        read.open_table(tables::REFUSALS).is_ok(),
+        "schema 5 added the refusal tallies"
     );
     assert!(
         read.open_table(tables::SIGNATURES)
