@@ -14,7 +14,6 @@ mod events;
 mod extract;
 mod guard;
 mod openapi;
-mod refusals;
 mod routes;
 mod session;
 
@@ -55,7 +54,7 @@ struct Inner {
     /// Dashboard login codes and sessions.
     sessions: session::Sessions,
     /// Refused unauthenticated requests, tallied per minute.
-    refusals: refusals::Refusals,
+    refusals: crate::store::refusals::Refusals,
     /// The OpenAPI document, built with the router.
     openapi: OnceLock<Arc<serde_json::Value>>,
 }
@@ -100,7 +99,7 @@ impl ApiState {
                     crate::analysis::code::ParseCache::new(PARSE_CACHE_FILES),
                 )),
                 sessions: session::Sessions::default(),
-                refusals: refusals::Refusals::default(),
+                refusals: crate::store::refusals::Refusals::default(),
                 openapi: OnceLock::new(),
             }),
         }

@@ -19,6 +19,7 @@ pub mod backup;
 pub mod fuzz;
 mod host;
 mod netops;
+pub mod refusals;
 pub mod tables;
 pub mod tokens;
 

@@ -439,6 +439,7 @@ async fn datalog_bomb_tokens_are_refused_while_the_node_keeps_answering() {
         "--role",
         "viewer",
     ]));
+    let inv_holder = invitee.peer_id();
     drop(invitee);
     let inv = Invitation::decode(&invite).expect("invitation");
 
@@ -544,6 +545,52 @@ async fn datalog_bomb_tokens_are_refused_while_the_node_keeps_answering() {
             .await
             >= 10.0
     );
+    // The stranger's refused sessions were tallied, not chained one by one;
+    // the invitee's are chained (it is a member, accountable by name).
+    let out = a.cli(&["--json", "audit", "--limit", "100000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log: serde_json::Value = serde_json::from_slice(&out.stdout).expect("audit json");
+    let stranger = format!(
+        "peer:{}",
+        xencode_tests::raw_peer::RawPeer::new([82u8; 32])
+            .expect("raw")
+            .peer_id()
+    );
+    let refused_by = |who: &str| {
+        log["entries"]
+            .as_array()
+            .map(|es| {
+                es.iter()
+                    .filter(|e| e["action"] == "sync.open" && e["decision"] == "deny")
+                    .filter(|e| e["who"] == who)
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let tallied: u64 = log["refusals"]
+        .as_array()
+        .expect("refusals")
+        .iter()
+        .filter(|t| t["source"] == "peer")
+        .map(|t| t["count"].as_u64().unwrap_or(0))
+        .sum();
+    let member = format!("peer:{}", inv_holder);
+    println!(
+        "audit: the stranger's refused sessions: {} chained, {tallied} tallied; the invitee's: {} chained",
+        refused_by(&stranger),
+        refused_by(&member)
+    );
+    assert_eq!(
+        refused_by(&stranger),
+        0,
+        "a stranger's refusals are not chained"
+    );
+    assert!(tallied >= 100, "{tallied} tallied");
+    assert!(refused_by(&member) >= 1, "a member's refusals are chained");
     // The team still syncs.
     assert_eq!(
         put(&b, &ws, "after.txt", "b").await,

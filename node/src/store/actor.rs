@@ -75,6 +75,8 @@ pub(super) struct Actor {
     audit_tip: audit::Tip,
     /// Tokens verified off this thread, and the roots published for it.
     pub(super) tokens: Arc<super::tokens::TokenVerifier>,
+    /// Sessions refused to peers that are no members, tallied.
+    pub(super) refusals: super::refusals::Refusals,
 }
 
 /// A change waiting for the next commit.
@@ -195,6 +197,7 @@ impl Actor {
             audit_staged: Vec::new(),
             audit_tip: audit::Tip::default(),
             tokens,
+            refusals: Default::default(),
         };
         if let Some(db) = actor.db.as_ref() {
             actor.audit_tip =
@@ -449,16 +452,7 @@ impl Actor {
                 self.flush();
                 let _ = reply.send(self.compact_due(true));
             }
-            Command::AuditRefusals { tallies } => {
-                let written = self
-                    .db
-                    .as_ref()
-                    .ok_or_else(closed_db)
-                    .and_then(|db| audit::append_refusals(db, &tallies).map_err(classify));
-                if let Err(e) = written {
-                    tracing::error!(error = %e, "refusal tallies were not written");
-                }
-            }
+            Command::AuditRefusals { tallies } => self.write_refusals(&tallies),
             Command::Audit { decision } => {
                 self.metrics.audit_entry(decision.allow);
                 self.audit_staged.push(decision);
@@ -939,13 +933,31 @@ impl Actor {
         }
     }
 
+    /// Writes tallies of strangers' refusals to their own table.
+    pub(super) fn write_refusals(&self, tallies: &[xencode_protocol::api::RefusalCount]) {
+        if tallies.is_empty() {
+            return;
+        }
+        let written = self
+            .db
+            .as_ref()
+            .ok_or_else(closed_db)
+            .and_then(|db| audit::append_refusals(db, tallies).map_err(classify));
+        if let Err(e) = written {
+            tracing::error!(error = %e, "refusal tallies were not written");
+        }
+    }
+
     fn read_audit(
         &mut self,
         workspace: Option<WorkspaceId>,
         limit: usize,
     ) -> Result<AuditLog, StoreError> {
-        // Staged entries first, so the log shows every decision made so far.
+        // Staged entries first, so the log shows every decision made so far,
+        // and the sessions refused to strangers up to now.
         self.flush();
+        let pending = self.refusals.take();
+        self.write_refusals(&pending);
         let me = self.author.peer_id.clone();
         let admin_of: BTreeSet<WorkspaceId> = self
             .workspaces

@@ -254,8 +254,22 @@ impl Actor {
                 workspace,
                 reason,
             } => {
-                tracing::warn!(%peer, %workspace, %reason, "sync session refused");
-                self.audit_peer(&peer, "sync.open", workspace, false, reason.clone());
+                let member = self
+                    .workspaces
+                    .get(&workspace)
+                    .is_some_and(|w| w.member_peers().contains(&peer.to_string()));
+                if member {
+                    tracing::warn!(%peer, %workspace, %reason, "sync session refused");
+                    self.audit_peer(&peer, "sync.open", workspace, false, reason.clone());
+                } else {
+                    tracing::debug!(%peer, %workspace, %reason, "sync session refused to a stranger");
+                    // A stranger can open sessions as fast as it can connect:
+                    // tallied, not chained (see `refusals`).
+                    let done = self
+                        .refusals
+                        .count(crate::now_ms(), "peer", "sync session refused");
+                    self.write_refusals(&done);
+                }
                 session_event(workspace, &peer, SessionState::Refused, Some(reason))
             }
             Event::SessionClosed { peer, workspace } => {

@@ -1,14 +1,15 @@
-//! Refused requests that never authenticated, tallied instead of audited
-//! one by one.
+//! Refusals of strangers, tallied instead of audited one by one.
 //!
-//! Anyone who can reach the port — any web page, with a no-cors request —
-//! can make the API refuse requests, thousands a second. Auditing each would
-//! let them flush the log of what members did. So a refusal without a
-//! principal is only counted here, per minute, source (the page's `Origin`,
-//! or `local`) and reason, and each minute's tallies go to their own table
-//! with its own cap (`store::audit::MAX_REFUSAL_ROWS`). The number of
-//! distinct (source, reason) pairs a minute is bounded too: the rest are
-//! counted under one `other` source.
+//! Anyone who can reach the API port — any web page, with a no-cors request
+//! — can make it refuse requests, thousands a second; anyone who can reach
+//! the libp2p port can open sessions with bad tokens. Auditing each would let
+//! them flush the log of what members did. So a refused API request without a
+//! principal (counted by the API) and a refused session of a peer that is no
+//! member of the workspace (counted by the store) are only counted here, per
+//! minute, source (the page's `Origin` or `local`; `peer` for the network)
+//! and reason, and each minute's tallies go to their own table with its own
+//! cap (`audit::MAX_REFUSAL_ROWS`). The number of distinct (source, reason)
+//! pairs a minute is bounded too: the rest are counted under one `other`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
