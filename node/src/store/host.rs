@@ -132,7 +132,8 @@ impl Host for HostView<'_> {
             .as_ref()
             .map(|v| v.as_deref().map_err(Clone::clone));
         policy::admit(w.access_doc(), &root, verified, ws, peer, now_ms).map_err(|why| {
-            tracing::info!(%peer, workspace = %ws, reason = %why, "session refused");
+            // Debug: strangers can cause these as fast as they connect.
+            tracing::debug!(%peer, workspace = %ws, reason = %why, "session refused");
             REFUSED.to_owned()
         })
     }
