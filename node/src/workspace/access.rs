@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use automerge::transaction::Transactable;
-use automerge::{Change, ChangeHash, ObjType, ROOT, ReadDoc};
+use automerge::{ObjType, ROOT, ReadDoc};
 use xencode_protocol::api::Role;
 use xencode_protocol::policy::AccessDoc;
 pub use xencode_protocol::policy::MemberState;
@@ -85,17 +85,6 @@ impl Workspace {
     /// Revoked token ids and the token ids of revoked members.
     pub fn revoked_token_ids(&self) -> BTreeSet<String> {
         self.access_doc().revoked_token_ids()
-    }
-
-    /// See [`AccessDoc::touches_root`].
-    pub fn touches_root(&self, change: &Change) -> bool {
-        self.access_doc().touches_root(change)
-    }
-
-    /// What the access document said of `peer` at `heads`; `None` if some
-    /// of those heads are not here (yet).
-    pub fn member_state_at(&self, peer: &str, heads: &[ChangeHash]) -> Option<MemberState> {
-        self.access_doc().member_state_at(peer, heads)
     }
 
     /// Records `peer` as a member with `role`, added by `author`, holding
