@@ -22,6 +22,7 @@ use automerge::{
 use xencode_protocol::api::{
     FileInfo, FileKind, Member, Role, SpliceEdit, WorkspaceDetail, WorkspaceSummary,
 };
+use xencode_protocol::policy::schema;
 use xencode_protocol::{DocId, WorkspaceId, WorkspacePath};
 
 /// Who makes local changes: the node's peer id and Automerge actor.
@@ -146,11 +147,11 @@ impl Workspace {
     ) -> Result<(Self, Vec<NewChange>), WorkspaceError> {
         let mut access = Doc::new(access_doc_id(&id), &author.actor);
         let mut index = Doc::new(index_doc_id(&id), &author.actor);
-        build_access(&mut access.am, name, author, now_ms).map_err(damaged)?;
-        access
-            .am
-            .put(ROOT, "nonce", hex::encode(nonce))
-            .map_err(damaged)?;
+        let creator = schema::Creator {
+            peer: &author.peer_id,
+            root_key: &author.public_key,
+        };
+        schema::genesis(&mut access.am, name, creator, nonce, now_ms).map_err(damaged)?;
         for key in ["files", "documents", "analyses"] {
             index
                 .am
@@ -437,25 +438,6 @@ impl Workspace {
         let changes: Vec<_> = doc.commit(now_ms, &cites).into_iter().collect();
         Ok((len, doc.heads(), changes))
     }
-}
-
-fn build_access(
-    am: &mut AutoCommit,
-    name: &str,
-    author: &Author,
-    now_ms: u64,
-) -> Result<(), automerge::AutomergeError> {
-    am.put(ROOT, "name", name)?;
-    am.put(ROOT, "created_at", now_ms)?;
-    am.put(ROOT, "owner", author.peer_id.as_str())?;
-    am.put(ROOT, "root_key", hex::encode(author.public_key))?;
-    let members = am.put_object(ROOT, "members", ObjType::Map)?;
-    let me = am.put_object(&members, author.peer_id.as_str(), ObjType::Map)?;
-    am.put(&me, "role", Role::Admin.as_str())?;
-    am.put(&me, "added_by", author.peer_id.as_str())?;
-    am.put(&me, "added_at", now_ms)?;
-    am.put_object(ROOT, "revoked", ObjType::Map)?;
-    Ok(())
 }
 
 /// Writes `bytes` as the file's content; returns whether anything changed.

@@ -35,6 +35,8 @@ use crate::envelope::decode_citation;
 use crate::ids::WorkspaceId;
 use crate::sync::WriteDecision;
 
+pub mod schema;
+
 /// What the access document says of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberState {
@@ -335,6 +337,8 @@ impl WriteRule {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdmitError {
+    #[error("this node holds no such workspace (or not its root key yet)")]
+    UnknownWorkspace,
     #[error("the peer's membership was revoked")]
     Revoked,
     #[error("the token was not verified (off the store thread) before it was presented")]

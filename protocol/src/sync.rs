@@ -49,6 +49,7 @@ use libp2p_identity::PeerId;
 
 use crate::envelope::SignedHead;
 use crate::ids::{DocId, WorkspaceId};
+use crate::policy::AdmitError;
 use crate::wire::{Frame, MAX_REASON_BYTES};
 
 /// Bounds of the engine.
@@ -98,14 +99,16 @@ pub trait Host {
     fn token(&self, ws: &WorkspaceId) -> Option<Vec<u8>>;
     /// Workspaces to open sessions for when `peer` connects.
     fn workspaces_for(&self, peer: &PeerId) -> Vec<WorkspaceId>;
-    /// Checks a peer's token for `ws` at `now_ms`: what the peer may do, or why not.
+    /// Checks a peer's token for `ws` at `now_ms`: what the peer may do, or
+    /// why not (for this node's own log and audit: the peer is only ever
+    /// told [`REFUSED`]).
     fn admit(
         &mut self,
         peer: &PeerId,
         ws: &WorkspaceId,
         token: &[u8],
         now_ms: u64,
-    ) -> Result<Access, String>;
+    ) -> Result<Access, AdmitError>;
     /// Whether `change`, by `author` (whose signature covers it), is accepted
     /// into `doc`. Must be a function of the change and its causal history
     /// only — the same answer on every node, whenever it is asked — or nodes
@@ -121,6 +124,9 @@ pub trait Host {
     /// A saved Automerge sync state for (peer, doc).
     fn sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>>;
 }
+
+/// All a peer is told when its session is refused, whatever the reason.
+pub const REFUSED: &str = "not authorized";
 
 /// The host's answer on whether an author may write a document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -435,11 +441,10 @@ impl Engine {
             .map(|(k, s)| (*k, s.token.clone()))
             .collect();
         for ((peer, ws), token) in sessions {
-            if let Err(reason) = host.admit(&peer, &ws, &token, now_ms) {
-                // Keep the sync states, then refuse as on any failed admission
-                // (which bounds the reason to what a peer accepts).
+            if let Err(why) = host.admit(&peer, &ws, &token, now_ms) {
+                // Keep the sync states, then refuse as on any failed admission.
                 self.close_session((peer, ws));
-                self.refuse(peer, ws, reason);
+                self.refuse(peer, ws, &why);
             }
         }
     }
@@ -570,8 +575,8 @@ impl Engine {
                     );
                     self.start(host, peer, ws);
                 }
-                Err(reason) => {
-                    self.refuse(peer, ws, reason);
+                Err(why) => {
+                    self.refuse(peer, ws, &why);
                     self.strike(peer, "refused token");
                 }
             },
@@ -582,18 +587,19 @@ impl Engine {
                 }
                 match self.admit(host, peer, ws, &token, now_ms) {
                     Ok(()) => self.start(host, peer, ws),
-                    Err(reason) => {
-                        self.refuse(peer, ws, reason);
+                    Err(why) => {
+                        self.refuse(peer, ws, &why);
                         self.strike(peer, "refused token");
                     }
                 }
             }
-            Frame::Refuse { reason, .. } => {
+            Frame::Refuse { mut reason, .. } => {
                 if self.sessions.remove(&(peer, ws)).is_some() {
+                    reason.truncate(MAX_REASON_BYTES);
                     self.event(Event::SessionRefused {
                         peer,
                         workspace: ws,
-                        reason,
+                        reason: format!("refused by the peer: {reason}"),
                     });
                 }
             }
@@ -638,11 +644,11 @@ impl Engine {
         ws: WorkspaceId,
         token: &[u8],
         now_ms: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), AdmitError> {
         if host.documents(&ws).is_empty() {
-            // Same answer as a bad token: a stranger learns nothing, not even
-            // whether this node holds the workspace.
-            return Err("not authorized".into());
+            // The peer gets the same answer as for a bad token: a stranger
+            // learns nothing, not even whether this node holds the workspace.
+            return Err(AdmitError::UnknownWorkspace);
         }
         let access = host.admit(&peer, &ws, token, now_ms)?;
         let session = self.sessions.entry((peer, ws)).or_default();
@@ -652,20 +658,22 @@ impl Engine {
         Ok(())
     }
 
-    fn refuse(&mut self, peer: PeerId, ws: WorkspaceId, mut reason: String) {
-        reason.truncate(MAX_REASON_BYTES);
+    /// Refuses a session: the peer is told [`REFUSED`] whatever the reason
+    /// (which workspaces a node holds, whom a token names and why it failed
+    /// stay here); the event carries the reason, for the log and audit.
+    fn refuse(&mut self, peer: PeerId, ws: WorkspaceId, why: &AdmitError) {
         self.sessions.remove(&(peer, ws));
         self.send(
             peer,
             Frame::Refuse {
                 workspace: ws,
-                reason: reason.clone(),
+                reason: REFUSED.into(),
             },
         );
         self.event(Event::SessionRefused {
             peer,
             workspace: ws,
-            reason,
+            reason: why.to_string(),
         });
     }
 

@@ -1,51 +1,43 @@
 //! One simulated member: the engine's [`Host`] over in-memory Automerge
 //! documents, with a durable part that survives a crash and a staged part
-//! that does not.
+//! that does not — and the node's own authorization: sessions admitted by
+//! `protocol::policy::admit` on real biscuit tokens, every received change
+//! judged by `protocol::policy::WriteRule` against the member's copy of the
+//! access document. What the simulations prove is the rule users run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
+use automerge::sync::{ChunkList, SyncDoc};
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, AutoCommit, Change, ChangeHash, ROOT};
 use ed25519_dalek::SigningKey;
-use xencode_protocol::envelope::SignedHead;
+use xencode_protocol::api::Role;
+use xencode_protocol::capability::{self, CapabilityError, Verified};
+use xencode_protocol::envelope::{SignedHead, encode_citation};
 use xencode_protocol::ids::actor_id;
+use xencode_protocol::policy::{self, AccessDoc, AdmitError, MemberState, WriteRule, schema};
 use xencode_protocol::sync::{Access, Host, WriteDecision};
 use xencode_protocol::{DocId, PeerId, WorkspaceId};
 
-/// The workspace every simulated member shares.
-pub const WS: WorkspaceId = WorkspaceId::from_bytes([0x5a; 16]);
+pub use crate::team::{Team, WS};
+use crate::team::{stamp, unix_ms};
 
-/// What every member knows about the team (its access document, modelled).
-#[derive(Debug)]
-pub struct Team {
-    pub keys: Vec<[u8; 32]>,
-    pub peers: Vec<PeerId>,
-    pub by_peer: BTreeMap<PeerId, usize>,
-    pub by_key: BTreeMap<[u8; 32], usize>,
-    pub writer: Vec<bool>,
-    /// When a member's revocation takes effect (virtual ms).
-    pub revoked_at: Vec<Option<u64>>,
-    pub docs: Vec<DocId>,
-}
+/// Tokens whose verification a member remembers (as the node's verifier).
+const MAX_VERIFIED: usize = 4096;
 
-impl Team {
-    fn revoked(&self, i: usize, now: u64) -> bool {
-        self.revoked_at[i].is_some_and(|t| now >= t)
-    }
-
-    /// A member's token: its index, bound to its peer id by `admit`.
-    pub fn token(i: usize) -> Vec<u8> {
-        let mut t = (i as u32).to_le_bytes().to_vec();
-        t.extend_from_slice(b"member");
-        t
-    }
+/// A change made and signed but kept nowhere: what an attacker sends.
+pub struct Loose {
+    pub hash: ChangeHash,
+    pub raw: Vec<u8>,
+    pub signature: SignedHead,
 }
 
 /// A member's state.
 pub struct SimHost {
     pub index: usize,
     key: SigningKey,
+    peer: String,
     pub team: Rc<Team>,
     pub docs: BTreeMap<DocId, AutoCommit>,
     sigs: BTreeMap<(DocId, ChangeHash), SignedHead>,
@@ -54,78 +46,188 @@ pub struct SimHost {
     durable: BTreeMap<DocId, Vec<Vec<u8>>>,
     /// Applied but not yet committed: lost in a crash.
     staged: Vec<(DocId, Vec<u8>)>,
-    /// Changes held (local and applied), for lag.
+    /// Changes held (local and applied) outside the access document, for lag.
     pub held: u64,
     edits: u64,
+    rule: WriteRule,
+    verified: HashMap<Vec<u8>, Result<Verified, CapabilityError>>,
+    /// Accept every change whatever the rule says: only for the test that
+    /// the invariants catch a broken rule.
+    pub(crate) rule_disabled: bool,
 }
 
 impl SimHost {
     pub fn new(index: usize, key: SigningKey, team: Rc<Team>) -> Self {
-        Self {
+        let mut host = Self {
             index,
             key,
-            team,
+            peer: team.peers[index].to_string(),
             docs: BTreeMap::new(),
             sigs: BTreeMap::new(),
             states: BTreeMap::new(),
-            durable: BTreeMap::new(),
+            durable: BTreeMap::from([(team.access, vec![team.genesis.clone()])]),
             staged: Vec::new(),
             held: 0,
             edits: 0,
-        }
+            rule: WriteRule::default(),
+            verified: HashMap::new(),
+            rule_disabled: false,
+            team,
+        };
+        let sig = host.team.genesis_signature.clone();
+        host.sigs
+            .insert((host.team.access, ChangeHash(sig.hash)), sig);
+        host.load();
+        host
     }
 
     fn doc_mut(&mut self, doc: DocId) -> &mut AutoCommit {
         self.docs.entry(doc).or_default()
     }
 
-    /// A local edit, signed; persisted at once, as the node persists before
-    /// it sends. Returns the change's hash.
-    pub fn edit(&mut self, doc: DocId, now: u64) -> Option<ChangeHash> {
-        self.edits += 1;
-        let actor = ActorId::from(actor_id(&self.team.keys[self.index], 0).as_slice());
-        let key = format!("m{}e{}", self.index, self.edits);
-        let tag = self.edits;
-        let am = self.doc_mut(doc);
-        am.set_actor(actor);
-        am.put(ROOT, key, tag as i64).ok()?;
-        if tag.is_multiple_of(4) {
-            am.put(ROOT, "shared", tag as i64).ok()?;
-        }
-        am.commit_with(CommitOptions::default().with_time(now as i64));
-        let change = am.get_last_local_change()?.clone();
-        let hash = change.hash();
-        let raw = change.raw_bytes().to_vec();
-        let sig = SignedHead::sign(&self.key, 0, &WS, &doc, hash.0);
-        self.sigs.insert((doc, hash), sig);
-        self.durable.entry(doc).or_default().push(raw);
-        self.held += 1;
-        Some(hash)
+    fn actor(&self) -> ActorId {
+        ActorId::from(actor_id(&self.team.keys[self.index], 0).as_slice())
     }
 
-    /// A forged change: made in a copy of `doc` under another member's actor
-    /// id, signed with this member's key. Nothing here keeps it.
-    pub fn forge(
-        &mut self,
-        doc: DocId,
-        now: u64,
-        victim: usize,
-    ) -> Option<(ChangeHash, Vec<u8>, SignedHead)> {
-        let actor = ActorId::from(actor_id(&self.team.keys[victim], 0).as_slice());
+    /// This member's copy of the access document.
+    pub fn access(&mut self) -> AccessDoc<'_> {
+        let access = self.team.access;
+        AccessDoc(self.doc_mut(access))
+    }
+
+    /// What this member's access document says of it now.
+    pub fn own_state(&mut self) -> MemberState {
+        let peer = self.peer.clone();
+        self.access().member_state(&peer)
+    }
+
+    /// Whether this member's node lets it write at `now`, as the node
+    /// checks its own user's writes (role, revocation, expiry).
+    pub fn may_edit(&mut self, now: u64) -> bool {
+        let peer = self.peer.clone();
+        self.access()
+            .effective_role(&peer, unix_ms(now))
+            .is_some_and(|r| r >= Role::Developer)
+    }
+
+    /// A change to `doc` under `actor`, citing this member's access heads,
+    /// signed with this member's key, in a copy of the document: nothing
+    /// here keeps it. Every fourth also writes a key every member writes,
+    /// so concurrent edits conflict.
+    fn loose_change(&mut self, doc: DocId, now: u64, actor: ActorId) -> Option<Loose> {
+        self.edits += 1;
+        let tag = self.edits as i64;
+        let key = format!("m{}e{tag}", self.index);
+        let cites = encode_citation(&self.doc_mut(self.team.access).get_heads());
         let mut fork = self.doc_mut(doc).fork();
         fork.set_actor(actor);
-        fork.put(ROOT, "shared", -1).ok()?;
-        fork.commit_with(CommitOptions::default().with_time(now as i64));
-        let change = fork.get_last_local_change()?.clone();
+        fork.put(ROOT, key, tag).ok()?;
+        if tag % 4 == 0 {
+            fork.put(ROOT, "shared", tag).ok()?;
+        }
+        self.sign(doc, &mut fork, now, Some(cites))
+    }
+
+    /// A change to `doc` by this member, kept nowhere.
+    pub fn loose_edit(&mut self, doc: DocId, now: u64) -> Option<Loose> {
+        let actor = self.actor();
+        self.loose_change(doc, now, actor)
+    }
+
+    /// Commits what `am` has staged, at `now`, with `message`; signs it.
+    fn sign(
+        &self,
+        doc: DocId,
+        am: &mut AutoCommit,
+        now: u64,
+        message: Option<String>,
+    ) -> Option<Loose> {
+        let mut options = CommitOptions::default().with_time(stamp(now));
+        if let Some(m) = message {
+            options = options.with_message(m);
+        }
+        am.commit_with(options)?;
+        let change = am.get_last_local_change()?.clone();
         let hash = change.hash();
-        let sig = SignedHead::sign(&self.key, 0, &WS, &doc, hash.0);
-        Some((hash, change.raw_bytes().to_vec(), sig))
+        Some(Loose {
+            hash,
+            raw: change.raw_bytes().to_vec(),
+            signature: SignedHead::sign(&self.key, 0, &WS, &doc, hash.0),
+        })
+    }
+
+    /// Keeps a change this member made: signature, durable record, held.
+    fn keep(&mut self, doc: DocId, loose: &Loose) -> Option<()> {
+        let change = Change::from_bytes(loose.raw.clone()).ok()?;
+        self.doc_mut(doc).apply_changes([change]).ok()?;
+        self.sigs.insert((doc, loose.hash), loose.signature.clone());
+        self.durable.entry(doc).or_default().push(loose.raw.clone());
+        if doc != self.team.access {
+            self.held += 1;
+        }
+        Some(())
+    }
+
+    /// A local edit, citing the access heads this member sees, signed;
+    /// persisted at once, as the node persists before it sends. Whether
+    /// the member may write is the caller's business (an honest node
+    /// checks [`Self::may_edit`] first; a tampered one does not). Returns
+    /// the change's hash.
+    pub fn edit(&mut self, doc: DocId, now: u64) -> Option<ChangeHash> {
+        let loose = self.loose_edit(doc, now)?;
+        self.keep(doc, &loose)?;
+        Some(loose.hash)
+    }
+
+    /// Revokes `target` (a member's peer id) in the access document, as an
+    /// admin's node does; persisted. Returns the change's hash.
+    pub fn revoke(&mut self, target: &str, now: u64) -> Option<ChangeHash> {
+        let access = self.team.access;
+        let actor = self.actor();
+        let by = self.peer.clone();
+        let mut fork = self.doc_mut(access).fork();
+        fork.set_actor(actor);
+        schema::revoke(&mut fork, target, &by, unix_ms(now)).ok()?;
+        let loose = self.sign(access, &mut fork, now, None)?;
+        self.keep(access, &loose)?;
+        Some(loose.hash)
+    }
+
+    /// An access-document change revoking the workspace's root, made by
+    /// this member and kept nowhere.
+    pub fn loose_root_revocation(&mut self, now: u64) -> Option<Loose> {
+        let access = self.team.access;
+        let actor = self.actor();
+        let by = self.peer.clone();
+        let root = self.team.peers[0].to_string();
+        let mut fork = self.doc_mut(access).fork();
+        fork.set_actor(actor);
+        schema::revoke(&mut fork, &root, &by, unix_ms(now)).ok()?;
+        self.sign(access, &mut fork, now, None)
+    }
+
+    /// A change forged in `victim`'s name: made under the victim's actor
+    /// id, signed with this member's key. Kept nowhere.
+    pub fn forge(&mut self, doc: DocId, now: u64, victim: usize) -> Option<Loose> {
+        let actor = ActorId::from(actor_id(&self.team.keys[victim], 0).as_slice());
+        self.loose_change(doc, now, actor)
+    }
+
+    /// An Automerge sync message for `doc` carrying `changes` in its own
+    /// `changes` field, where Automerge would apply them unchecked.
+    pub fn message_carrying(&mut self, doc: DocId, changes: Vec<Vec<u8>>) -> Option<Vec<u8>> {
+        let mut state = automerge::sync::State::new();
+        let mut message = self.doc_mut(doc).sync().generate_sync_message(&mut state)?;
+        message.changes = ChunkList::from(changes);
+        Some(message.encode())
     }
 
     /// Applied changes the engine asks to persist: staged until the next
     /// commit.
     pub fn stage(&mut self, doc: DocId, changes: Vec<Vec<u8>>, signatures: Vec<SignedHead>) {
-        self.held += changes.len() as u64;
+        if doc != self.team.access {
+            self.held += changes.len() as u64;
+        }
         for raw in changes {
             self.staged.push((doc, raw));
         }
@@ -149,12 +251,8 @@ impl SimHost {
         self.states.insert((peer, doc), state);
     }
 
-    /// A crash: memory is lost; the documents come back from what was
-    /// durable. Returns how many applied changes were lost.
-    pub fn crash(&mut self) -> u64 {
-        let lost = self.staged.len() as u64;
-        self.staged.clear();
-        self.states.clear();
+    /// The documents, from what is durable.
+    fn load(&mut self) {
         self.docs.clear();
         self.held = 0;
         for (doc, raws) in &self.durable {
@@ -163,11 +261,23 @@ impl SimHost {
                 .filter_map(|r| Change::from_bytes(r.clone()).ok())
                 .collect();
             let mut am = AutoCommit::new();
-            if am.apply_changes(changes).is_ok() {
+            if am.apply_changes(changes).is_ok() && *doc != self.team.access {
                 self.held += raws.len() as u64;
             }
             self.docs.insert(*doc, am);
         }
+    }
+
+    /// A crash: memory is lost (documents, sync states, the decisions and
+    /// verifications remembered); the documents come back from what was
+    /// durable. Returns how many applied changes were lost.
+    pub fn crash(&mut self) -> u64 {
+        let lost = self.staged.len() as u64;
+        self.staged.clear();
+        self.states.clear();
+        self.rule = WriteRule::default();
+        self.verified.clear();
+        self.load();
         lost
     }
 
@@ -187,11 +297,22 @@ impl SimHost {
             .is_some_and(|am| am.get_change_by_hash(hash).is_some())
     }
 
-    /// The heads of every document.
+    /// The heads of every document, the access document's first.
     pub fn heads(&mut self) -> Vec<(DocId, Vec<ChangeHash>)> {
-        let docs = self.team.docs.clone();
-        docs.into_iter()
+        self.team
+            .all_docs()
+            .into_iter()
             .map(|d| (d, self.doc_mut(d).get_heads()))
+            .collect()
+    }
+
+    /// The actor of every change in this member's access document.
+    pub fn access_authors(&mut self) -> Vec<ActorId> {
+        let access = self.team.access;
+        self.doc_mut(access)
+            .get_changes(&[])
+            .iter()
+            .map(|c| c.actor_id().clone())
             .collect()
     }
 }
@@ -199,71 +320,78 @@ impl SimHost {
 impl Host for SimHost {
     fn documents(&self, ws: &WorkspaceId) -> Vec<DocId> {
         if *ws == WS {
-            self.team.docs.clone()
+            self.team.all_docs()
         } else {
             Vec::new()
         }
     }
     fn document(&mut self, ws: &WorkspaceId, doc: &DocId) -> Option<&mut AutoCommit> {
-        (*ws == WS && self.team.docs.contains(doc)).then(|| self.doc_mut(*doc))
+        (*ws == WS && (self.team.docs.contains(doc) || *doc == self.team.access))
+            .then(|| self.doc_mut(*doc))
     }
     fn signature(&self, _ws: &WorkspaceId, doc: &DocId, hash: &ChangeHash) -> Option<SignedHead> {
         self.sigs.get(&(*doc, *hash)).cloned()
     }
     fn token(&self, ws: &WorkspaceId) -> Option<Vec<u8>> {
-        (*ws == WS).then(|| Team::token(self.index))
+        (*ws == WS).then(|| self.team.tokens[self.index].clone())
     }
     fn workspaces_for(&self, peer: &PeerId) -> Vec<WorkspaceId> {
-        if self.team.by_peer.contains_key(peer) {
-            vec![WS]
-        } else {
-            Vec::new()
-        }
+        let member = self.docs.get(&self.team.access).is_some_and(|am| {
+            matches!(
+                AccessDoc(am).member_state(&peer.to_string()),
+                MemberState::Member(_)
+            )
+        });
+        if member { vec![WS] } else { Vec::new() }
     }
+    /// The node's admission (`policy::admit`), on tokens verified once
+    /// each and remembered, as the node's verifier does.
     fn admit(
         &mut self,
         peer: &PeerId,
         ws: &WorkspaceId,
         token: &[u8],
         now: u64,
-    ) -> Result<Access, String> {
-        if *ws != WS || self.team.revoked(self.index, now) {
-            return Err("not a member".into());
+    ) -> Result<Access, AdmitError> {
+        if *ws != WS {
+            return Err(AdmitError::UnknownWorkspace);
         }
-        let idx = token
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .map(|b| u32::from_le_bytes(b) as usize)
-            .filter(|i| token.get(4..) == Some(b"member".as_slice()) && *i < self.team.peers.len())
-            .ok_or("malformed token")?;
-        if self.team.peers[idx] != *peer {
-            return Err("token bound to another peer".into());
+        let root = self.team.root;
+        if self.verified.len() >= MAX_VERIFIED {
+            self.verified.clear();
         }
-        if self.team.revoked(idx, now) {
-            return Err("revoked".into());
-        }
-        Ok(Access {
-            read: true,
-            write: self.team.writer[idx],
-        })
+        let verified = self
+            .verified
+            .entry(token.to_vec())
+            .or_insert_with(|| capability::verify(token, &root, unix_ms(now)));
+        let access = self.docs.entry(self.team.access).or_default();
+        policy::admit(
+            AccessDoc(access),
+            &root,
+            Some(verified.as_ref().map_err(Clone::clone)),
+            ws,
+            peer,
+            unix_ms(now),
+        )
     }
+    /// The node's write rule (`policy::WriteRule`) over this member's
+    /// access document.
     fn may_write(
         &mut self,
-        _ws: &WorkspaceId,
-        _doc: &DocId,
+        ws: &WorkspaceId,
+        doc: &DocId,
         author: &[u8; 32],
         change: &Change,
     ) -> WriteDecision {
-        let Some(&i) = self.team.by_key.get(author) else {
-            return WriteDecision::Deny;
-        };
-        // Deterministic: a function of the change (its time is part of it).
-        let before_revocation = self.team.revoked_at[i]
-            .is_none_or(|t| change.timestamp() < i64::try_from(t).unwrap_or(i64::MAX));
-        if self.team.writer[i] && before_revocation {
-            WriteDecision::Allow
-        } else {
-            WriteDecision::Deny
+        let is_access = *doc == self.team.access;
+        let root = Some(self.team.root);
+        let access = self.docs.entry(self.team.access).or_default();
+        match self
+            .rule
+            .may_write(ws, AccessDoc(access), root, is_access, author, change)
+        {
+            _ if self.rule_disabled => WriteDecision::Allow,
+            decision => decision,
         }
     }
     fn sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>> {

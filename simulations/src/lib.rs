@@ -1,8 +1,10 @@
 //! A deterministic many-node simulator of Xencode's sync (issue 6): the real
 //! `xencode_protocol::sync` engine in every member, over a virtual network of
 //! ordered reliable streams with latency, jitter, loss (retransmit or
-//! reset), partitions and crashes, a gossip overlay, and authorization in
-//! the loop (viewers, revoked members, a member forging and replaying).
+//! reset), partitions and crashes, a gossip overlay, and the node's own
+//! authorization in the loop (`xencode_protocol::policy` over a real access
+//! document and real tokens; viewers, revoked and expired members, and
+//! malicious members attacking the write rule every way a real one could).
 //!
 //! It never reads the clock or the OS's randomness: a scenario and a seed
 //! give the same report, byte for byte.
@@ -10,11 +12,16 @@
 pub mod host;
 pub mod scenario;
 pub mod sim;
+pub mod team;
 
 pub use scenario::Scenario;
 pub use sim::{Report, Sim};
 
-/// Runs `scenario` with `seed`.
+/// Runs `scenario` with `seed`. A team that cannot be made (which a valid
+/// scenario never gives) is reported as a violation.
 pub fn run(scenario: &Scenario, seed: u64) -> Report {
-    Sim::new(scenario.clone(), seed).run()
+    match Sim::new(scenario.clone(), seed) {
+        Ok(sim) => sim.run(),
+        Err(e) => Report::failed(scenario, seed, format!("cannot make the team: {e}")),
+    }
 }

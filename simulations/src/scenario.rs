@@ -1,6 +1,7 @@
 //! A scenario, as written in `simulations/scenarios/*.toml`.
 
 use serde::Deserialize;
+use xencode_protocol::api::Role;
 
 /// Why a scenario file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -63,19 +64,80 @@ pub struct Scenario {
     pub crashes: Vec<Crash>,
     #[serde(default)]
     pub rolling_crashes: Option<RollingCrashes>,
-    /// Members revoked (the last writers) at `revoke_at_ms`; they keep
-    /// editing, and every honest node must refuse those edits.
+    /// Members revoked (the last writers) by the root at `revoke_at_ms`;
+    /// they keep editing (their node tampered with), and every honest node
+    /// must refuse what they write once they have seen their revocation.
     #[serde(default)]
     pub revoked: usize,
     #[serde(default)]
     pub revoke_at_ms: u64,
-    /// Members who also forge changes in another member's name and replay
-    /// old frames.
+    /// Members (before the revoked ones) who attack at each of their
+    /// edits: changes forged in a teammate's name, changes inside sync
+    /// messages, others' refused changes relayed, revoking the root, old
+    /// frames replayed. The first, third, ... are admins, the others
+    /// developers.
     #[serde(default)]
     pub malicious: usize,
+    /// Members (before the malicious ones) whose membership ends at
+    /// `expire_at_ms` (their token's expiry); they keep editing, and every
+    /// honest node must refuse what they stamp after it.
+    #[serde(default)]
+    pub expired: usize,
+    #[serde(default)]
+    pub expire_at_ms: u64,
     /// Time allowed after the last disturbance for everyone to converge.
     #[serde(default = "default_settle")]
     pub settle_ms: u64,
+}
+
+/// Who is who: members are numbered honest writers (member 0, the root,
+/// first), expired, malicious, revoked, then viewers.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// Members that were invited to write (all but the viewers).
+    pub writers: usize,
+    expired_from: usize,
+    malicious_from: usize,
+    revoked_from: usize,
+    nodes: usize,
+}
+
+impl Layout {
+    pub fn is_expired(&self, i: usize) -> bool {
+        (self.expired_from..self.malicious_from).contains(&i)
+    }
+    pub fn is_malicious(&self, i: usize) -> bool {
+        (self.malicious_from..self.revoked_from).contains(&i)
+    }
+    pub fn is_revoked(&self, i: usize) -> bool {
+        (self.revoked_from..self.writers).contains(&i)
+    }
+    /// Members whose convergence the invariants require: none of the above
+    /// (viewers are honest).
+    pub fn is_honest(&self, i: usize) -> bool {
+        i < self.expired_from || i >= self.writers
+    }
+    pub fn expired(&self) -> std::ops::Range<usize> {
+        self.expired_from..self.malicious_from
+    }
+    pub fn revoked(&self) -> std::ops::Range<usize> {
+        self.revoked_from..self.writers
+    }
+    pub fn viewers(&self) -> std::ops::Range<usize> {
+        self.writers..self.nodes
+    }
+    /// The role member `i` is invited with.
+    pub fn role(&self, i: usize) -> Role {
+        if i == 0 {
+            Role::Admin
+        } else if i >= self.writers {
+            Role::Viewer
+        } else if self.is_malicious(i) && (i - self.malicious_from).is_multiple_of(2) {
+            Role::Admin
+        } else {
+            Role::Developer
+        }
+    }
 }
 
 /// A partition from `at_ms` to `heal_ms`.
@@ -127,6 +189,20 @@ fn default_settle() -> u64 {
 }
 
 impl Scenario {
+    /// Who is who in this scenario.
+    pub fn layout(&self) -> Layout {
+        let writers = self.nodes - self.viewers;
+        let revoked_from = writers - self.revoked;
+        let malicious_from = revoked_from - self.malicious;
+        Layout {
+            writers,
+            expired_from: malicious_from - self.expired,
+            malicious_from,
+            revoked_from,
+            nodes: self.nodes,
+        }
+    }
+
     /// Reads and checks a scenario file.
     pub fn load(path: &str) -> Result<Self, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
@@ -148,8 +224,11 @@ impl Scenario {
         if self.nodes < 2 || self.nodes > 100_000 {
             return Err(format!("nodes = {} (2 to 100000)", self.nodes));
         }
-        if self.viewers + self.revoked + self.malicious >= self.nodes {
-            return Err("viewers + revoked + malicious must leave honest writers".into());
+        if self.viewers + self.revoked + self.malicious + self.expired >= self.nodes {
+            return Err(
+                "viewers + revoked + malicious + expired must leave honest writers (member 0, the root, among them)"
+                    .into(),
+            );
         }
         if self.docs == 0 || self.edit_interval_ms == 0 {
             return Err("docs and edit_interval_ms must be positive".into());

@@ -11,12 +11,15 @@ use automerge::ChangeHash;
 use ed25519_dalek::SigningKey;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
+use xencode_protocol::api::Role;
+use xencode_protocol::policy::MemberState;
 use xencode_protocol::sync::{Engine, Event, Input, Limits, Output};
 use xencode_protocol::wire::{self, Frame};
 use xencode_protocol::{DocId, PeerId};
 
-use crate::host::{SimHost, Team, WS};
-use crate::scenario::Scenario;
+use crate::host::{Loose, SimHost, Team, WS};
+use crate::scenario::{Layout, Scenario};
+use crate::team::{TeamError, stamp, unix_ms};
 
 /// Reconnect delay after a connection is reset or closed.
 const RECONNECT_MS: u64 = 1_000;
@@ -106,13 +109,41 @@ pub struct Report {
     pub gossip_messages: u64,
     pub max_lag: u64,
     pub rejected: u64,
-    pub forged: u64,
+    /// Changes honest members refused, by the engine's reason.
+    pub rejected_by_reason: BTreeMap<&'static str, u64>,
+    /// Attacks made, by kind (each one a change no honest member may hold,
+    /// or a replayed frame).
+    pub attacks: BTreeMap<&'static str, u64>,
     pub lost_unpersisted: u64,
     pub violations: Vec<String>,
     pub virtual_ms: u64,
 }
 
 impl Report {
+    /// The report of a run that could not start.
+    pub fn failed(sc: &Scenario, seed: u64, why: String) -> Self {
+        Self {
+            scenario: sc.name.clone(),
+            seed,
+            nodes: sc.nodes,
+            converged: false,
+            convergence_ms: None,
+            edits: 0,
+            messages_mean: 0.0,
+            messages_max: 0,
+            bytes_mean: 0.0,
+            bytes_max: 0,
+            gossip_messages: 0,
+            max_lag: 0,
+            rejected: 0,
+            rejected_by_reason: BTreeMap::new(),
+            attacks: BTreeMap::new(),
+            lost_unpersisted: 0,
+            violations: vec![why],
+            virtual_ms: 0,
+        }
+    }
+
     /// The report as printed: fixed order and formatting.
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -138,7 +169,16 @@ impl Report {
         let _ = writeln!(s, "gossip_messages: {}", self.gossip_messages);
         let _ = writeln!(s, "max_lag_changes: {}", self.max_lag);
         let _ = writeln!(s, "rejected_changes: {}", self.rejected);
-        let _ = writeln!(s, "forged_changes_sent: {}", self.forged);
+        if !self.rejected_by_reason.is_empty() {
+            let _ = writeln!(
+                s,
+                "rejected_by_reason: {}",
+                listing(&self.rejected_by_reason)
+            );
+        }
+        if !self.attacks.is_empty() {
+            let _ = writeln!(s, "attacks: {}", listing(&self.attacks));
+        }
         let _ = writeln!(
             s,
             "applied_changes_lost_in_crashes: {}",
@@ -156,6 +196,15 @@ impl Report {
     }
 }
 
+/// `a 1, b 2`, in key order.
+fn listing(counts: &BTreeMap<&'static str, u64>) -> String {
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One simulation run.
 pub struct Sim {
     sc: Scenario,
@@ -166,6 +215,7 @@ pub struct Sim {
     queue: BTreeMap<(u64, u64), Ev>,
     members: Vec<Member>,
     team: Rc<Team>,
+    layout: Layout,
     mesh: Vec<(usize, usize)>,
     links: BTreeMap<(usize, usize), Link>,
     group: Option<Vec<u8>>,
@@ -176,7 +226,8 @@ pub struct Sim {
     edits: u64,
     gossip: u64,
     rejected: u64,
-    forged: u64,
+    rejected_by_reason: BTreeMap<&'static str, u64>,
+    attacks: BTreeMap<&'static str, u64>,
     lost: u64,
     max_lag: u64,
     quiet_from: u64,
@@ -188,7 +239,9 @@ pub struct Sim {
 }
 
 impl Sim {
-    pub fn new(sc: Scenario, seed: u64) -> Self {
+    /// A run of `sc` with `seed`: the team made as the node makes one
+    /// (`crate::team`), the events planned.
+    pub fn new(sc: Scenario, seed: u64) -> Result<Self, TeamError> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n = sc.nodes;
         // Keys (and their peer ids) from the seed; a key whose peer id cannot
@@ -204,22 +257,12 @@ impl Sim {
                 peers.push(peer);
             }
         }
-        let publics: Vec<[u8; 32]> = keys.iter().map(|k| k.verifying_key().to_bytes()).collect();
-        let writers = n - sc.viewers;
-        let revoked_from = writers - sc.revoked;
-        let team = Rc::new(Team {
-            keys: publics.clone(),
-            by_peer: peers.iter().enumerate().map(|(i, p)| (*p, i)).collect(),
-            by_key: publics.iter().enumerate().map(|(i, p)| (*p, i)).collect(),
-            peers: peers.clone(),
-            writer: (0..n).map(|i| i < writers).collect(),
-            revoked_at: (0..n)
-                .map(|i| (i >= revoked_from && i < writers).then_some(sc.revoke_at_ms))
-                .collect(),
-            docs: (0..sc.docs)
-                .map(|d| DocId::from_bytes([d as u8 + 1; 16]))
-                .collect(),
-        });
+        let layout = sc.layout();
+        let roles = (0..n).map(|i| layout.role(i)).collect();
+        let expires = (0..n)
+            .map(|i| layout.is_expired(i).then(|| unix_ms(sc.expire_at_ms)))
+            .collect();
+        let team = Rc::new(Team::new(&keys, roles, expires, sc.docs, &mut rng)?);
         let members = keys
             .into_iter()
             .enumerate()
@@ -243,6 +286,7 @@ impl Sim {
             queue: BTreeMap::new(),
             members,
             team,
+            layout,
             mesh: Vec::new(),
             links: BTreeMap::new(),
             group: None,
@@ -251,7 +295,8 @@ impl Sim {
             edits: 0,
             gossip: 0,
             rejected: 0,
-            forged: 0,
+            rejected_by_reason: BTreeMap::new(),
+            attacks: BTreeMap::new(),
             lost: 0,
             max_lag: 0,
             quiet_from: 0,
@@ -261,7 +306,7 @@ impl Sim {
             sc,
         };
         sim.plan();
-        sim
+        Ok(sim)
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -422,6 +467,9 @@ impl Sim {
             Ev::Tick { node } => {
                 if self.members[node].alive {
                     self.input(node, Input::Tick);
+                    // As the node does periodically: sessions whose token
+                    // expired or was revoked are closed.
+                    self.revalidate(node);
                 }
                 self.at(self.now + 1000, Ev::Tick { node });
             }
@@ -489,28 +537,56 @@ impl Sim {
                     }
                 }
             }
-            Ev::Revoke => {
-                for i in 0..self.members.len() {
-                    if self.members[i].alive {
-                        let now = self.now;
-                        let m = &mut self.members[i];
-                        m.engine.revalidate(&mut m.host, now);
-                        self.drain(i);
-                    }
-                }
-            }
+            Ev::Revoke => self.revoke(),
             Ev::Sample => self.sample(),
         }
     }
 
     fn is_malicious(&self, i: usize) -> bool {
-        let writers = self.sc.nodes - self.sc.viewers;
-        let revoked_from = writers - self.sc.revoked;
-        i >= revoked_from - self.sc.malicious && i < revoked_from
+        self.layout.is_malicious(i)
     }
 
     fn is_revoked(&self, i: usize) -> bool {
-        self.team.revoked_at[i].is_some()
+        self.layout.is_revoked(i)
+    }
+
+    /// The root (member 0) revokes the revoked members in the access
+    /// document, as `xencode revoke` does; members close their sessions
+    /// with them as the revocation reaches them.
+    fn revoke(&mut self) {
+        if !self.members[0].alive {
+            self.at(self.now + SAMPLE_MS, Ev::Revoke);
+            return;
+        }
+        let now = self.now;
+        for i in self.layout.revoked() {
+            let target = self.team.peers[i].to_string();
+            if let Some(hash) = self.members[0].host.revoke(&target, now) {
+                self.required
+                    .entry(self.team.access)
+                    .or_default()
+                    .push(hash);
+            }
+        }
+        self.last_disturbance = now;
+        self.members[0].last_changed = now;
+        let access = self.team.access;
+        self.input(
+            0,
+            Input::LocalChange {
+                workspace: WS,
+                doc: access,
+            },
+        );
+        self.revalidate(0);
+    }
+
+    /// Re-checks member `i`'s sessions (`Engine::revalidate`).
+    fn revalidate(&mut self, i: usize) {
+        let now = self.now;
+        let m = &mut self.members[i];
+        m.engine.revalidate(&mut m.host, now);
+        self.drain(i);
     }
 
     fn connect(&mut self, a: usize, b: usize) {
@@ -560,16 +636,30 @@ impl Sim {
         let k = self.below(self.team.docs.len() as u64) as usize;
         let doc = self.team.docs[k];
         let now = self.now;
+        // Revoked and expired members run tampered nodes that keep writing;
+        // everyone else's node refuses its user's write without the right.
+        let tampered = self.is_revoked(node) || self.layout.is_expired(node);
+        if !tampered && !self.members[node].host.may_edit(now) {
+            return;
+        }
         let Some(hash) = self.members[node].host.edit(doc, now) else {
             return;
         };
         self.edits += 1;
         self.last_disturbance = now;
         self.members[node].last_changed = now;
-        let revoked_now = self.team.revoked_at[node].is_some_and(|t| now >= t);
-        if revoked_now {
-            self.forbidden.push((doc, hash));
-        } else if !self.is_revoked(node) {
+        if self.is_revoked(node) {
+            // Once its author has seen its revocation, it cites it.
+            if self.members[node].host.own_state() == MemberState::Revoked {
+                self.forbid("revoked_member_write", doc, hash);
+            }
+        } else if self.layout.is_expired(node) {
+            if self.past_expiry(node, now) {
+                self.forbid("expired_member_write", doc, hash);
+            }
+        } else if !self.is_malicious(node) {
+            // A malicious member's own edits are valid, but its neighbours
+            // cut it off for its attacks, so they may never spread.
             self.required.entry(doc).or_default().push(hash);
         }
         self.input(node, Input::LocalChange { workspace: WS, doc });
@@ -578,32 +668,111 @@ impl Sim {
         }
     }
 
-    /// A malicious member sends a change forged in a teammate's name to its
-    /// neighbours, and replays a frame it received earlier.
-    fn misbehave(&mut self, node: usize, doc: DocId) {
-        let victim = (node + 1) % (self.sc.nodes - self.sc.viewers);
-        let now = self.now;
-        let Some((hash, raw, sig)) = self.members[node].host.forge(doc, now, victim) else {
-            return;
-        };
+    /// Whether a change member `i` stamps at `now` is after its membership
+    /// ended, as the write rule reads it (the change's own timestamp, in
+    /// seconds, against the expiry recorded for it).
+    fn past_expiry(&self, i: usize, now: u64) -> bool {
+        self.team.expires[i]
+            .is_some_and(|e| stamp(now) > i64::try_from(e / 1000).unwrap_or(i64::MAX))
+    }
+
+    /// A change no honest member may ever hold, made by an attack of `kind`.
+    fn forbid(&mut self, kind: &'static str, doc: DocId, hash: ChangeHash) {
         self.forbidden.push((doc, hash));
-        self.forged += 1;
+        *self.attacks.entry(kind).or_default() += 1;
+    }
+
+    /// Member `node` sends `loose` (a change of `doc`) to its neighbours
+    /// as a relayed change with its signature: an attack of `kind`.
+    fn relay(&mut self, node: usize, kind: &'static str, doc: DocId, loose: Loose) {
+        self.forbid(kind, doc, loose.hash);
         let frame = Frame::Sync {
             workspace: WS,
             doc,
             message: None,
-            changes: vec![raw],
-            signatures: vec![sig],
-            sent_ms: now,
+            changes: vec![loose.raw],
+            signatures: vec![loose.signature],
+            sent_ms: self.now,
         };
-        let neighbours: Vec<usize> = self.neighbours(node);
-        for to in neighbours {
+        self.broadcast(node, frame);
+    }
+
+    fn broadcast(&mut self, node: usize, frame: Frame) {
+        for to in self.neighbours(node) {
             self.send(node, to, frame.clone());
+        }
+    }
+
+    /// A malicious member (an admin or a developer of the workspace) tries,
+    /// at each of its edits, every way a real one could get a change past
+    /// the write rule, and sends each to its neighbours:
+    ///
+    /// - a change made under a teammate's actor id, signed by this member
+    ///   (no signature ever covers it), and one whose signature claims the
+    ///   teammate's key;
+    /// - its own change only inside an Automerge sync message, where
+    ///   Automerge would apply it unchecked;
+    /// - a viewer's change (signed by the viewer), relayed;
+    /// - an access-document change revoking the workspace's root;
+    /// - an expired member's change stamped after its membership ended,
+    ///   relayed;
+    /// - a revoked member's change citing its revocation, relayed;
+    /// - a frame it received earlier, replayed.
+    fn misbehave(&mut self, node: usize, doc: DocId) {
+        let now = self.now;
+        let victim = (node + 1) % self.layout.writers;
+        if let Some(loose) = self.members[node].host.forge(doc, now, victim) {
+            self.relay(node, "stolen_actor_id", doc, loose);
+        }
+        if let Some(mut loose) = self.members[node].host.forge(doc, now, victim) {
+            // Claiming the teammate's key outright: the signature fails.
+            loose.signature.author = self.team.keys[victim];
+            self.relay(node, "forged_signature", doc, loose);
+        }
+        if let Some(loose) = self.members[node].host.loose_edit(doc, now)
+            && let Some(message) = self.members[node]
+                .host
+                .message_carrying(doc, vec![loose.raw.clone()])
+        {
+            self.forbid("change_in_sync_message", doc, loose.hash);
+            let frame = Frame::Sync {
+                workspace: WS,
+                doc,
+                message: Some(message),
+                changes: Vec::new(),
+                signatures: vec![loose.signature],
+                sent_ms: now,
+            };
+            self.broadcast(node, frame);
+        }
+        if let Some(viewer) = self.layout.viewers().next()
+            && let Some(loose) = self.members[viewer].host.loose_edit(doc, now)
+        {
+            self.relay(node, "viewer_write_relayed", doc, loose);
+        }
+        let access = self.team.access;
+        if let Some(loose) = self.members[node].host.loose_root_revocation(now) {
+            self.relay(node, "root_revocation", access, loose);
+        }
+        for e in self.layout.expired() {
+            if self.past_expiry(e, now)
+                && let Some(loose) = self.members[e].host.loose_edit(doc, now)
+            {
+                self.relay(node, "expired_member_write_relayed", doc, loose);
+            }
+        }
+        for r in self.layout.revoked() {
+            if self.members[r].host.own_state() == MemberState::Revoked
+                && let Some(loose) = self.members[r].host.loose_edit(doc, now)
+            {
+                self.relay(node, "revoked_member_write_relayed", doc, loose);
+            }
         }
         if !self.replayable.is_empty() {
             let k = self.below(self.replayable.len() as u64) as usize;
             let (_, old) = self.replayable[k].clone();
             if let Some(to) = self.neighbours(node).first().copied() {
+                *self.attacks.entry("replayed_frame").or_default() += 1;
                 self.send(node, to, old);
             }
         }
@@ -697,8 +866,24 @@ impl Sim {
         self.drain(i);
     }
 
-    /// Carries out everything the engine asks, until it asks nothing.
+    /// Carries out everything the engine asks, until it asks nothing. A
+    /// member that applied a change to the access document re-checks its
+    /// sessions (a revocation may have reached it), as the node does.
     fn drain(&mut self, i: usize) {
+        loop {
+            let access_changed = self.drain_once(i);
+            if !access_changed || !self.members[i].alive {
+                return;
+            }
+            let now = self.now;
+            let m = &mut self.members[i];
+            m.engine.revalidate(&mut m.host, now);
+        }
+    }
+
+    /// [`Self::drain`] once; returns whether the access document changed.
+    fn drain_once(&mut self, i: usize) -> bool {
+        let mut access_changed = false;
         while let Some(out) = self.members[i].engine.poll_output() {
             match out {
                 Output::Send { peer, frame } => {
@@ -712,6 +897,7 @@ impl Sim {
                     signatures,
                     ..
                 } => {
+                    access_changed |= doc == self.team.access;
                     self.members[i].host.stage(doc, changes, signatures);
                     self.members[i].last_changed = self.now;
                     if !self.members[i].commit_pending {
@@ -739,10 +925,14 @@ impl Sim {
                         self.at(t, Ev::Connect { a: i, b: to });
                     }
                 }
-                Output::Event(Event::Rejected { count, .. }) => self.rejected += count as u64,
+                Output::Event(Event::Rejected { count, reason, .. }) => {
+                    self.rejected += count as u64;
+                    *self.rejected_by_reason.entry(reason.as_str()).or_default() += count as u64;
+                }
                 Output::Event(_) => {}
             }
         }
+        access_changed
     }
 
     /// Members whose convergence the invariants require: neither revoked
@@ -753,12 +943,18 @@ impl Sim {
     /// believe it holds: its copy may lag, the team's may not.
     fn honest(&self) -> Vec<usize> {
         (0..self.members.len())
-            .filter(|i| !self.is_revoked(*i) && !self.is_malicious(*i))
+            .filter(|i| self.layout.is_honest(*i))
             .collect()
     }
 
     fn sample(&mut self) {
-        let required: u64 = self.required.values().map(|v| v.len() as u64).sum();
+        let access = self.team.access;
+        let required: u64 = self
+            .required
+            .iter()
+            .filter(|(d, _)| **d != access)
+            .map(|(_, v)| v.len() as u64)
+            .sum();
         for i in self.honest() {
             if self.members[i].alive {
                 let lag = required.saturating_sub(self.members[i].host.held);
@@ -827,6 +1023,22 @@ impl Sim {
             if bad > 0 {
                 violations.push(format!("node {i} applied {bad} unauthorized changes"));
             }
+            // The access document is one only admins wrote.
+            let not_admins = host
+                .access_authors()
+                .iter()
+                .filter(|a| {
+                    self.team
+                        .by_actor
+                        .get(a)
+                        .is_none_or(|j| self.team.roles[*j] != Role::Admin)
+                })
+                .count();
+            if not_admins > 0 {
+                violations.push(format!(
+                    "node {i}'s access document holds {not_admins} changes by non-admins"
+                ));
+            }
         }
         let n = self.members.len() as f64;
         let messages: Vec<u64> = self.members.iter().map(|m| m.messages).collect();
@@ -854,7 +1066,8 @@ impl Sim {
             gossip_messages: self.gossip,
             max_lag: self.max_lag,
             rejected: self.rejected,
-            forged: self.forged,
+            rejected_by_reason: self.rejected_by_reason.clone(),
+            attacks: self.attacks.clone(),
             lost_unpersisted: self.lost,
             violations,
             virtual_ms: self.now,
@@ -877,7 +1090,7 @@ mod tests {
     /// and one nobody holds, declared required, are both reported.
     #[test]
     fn the_invariant_checks_can_fail() {
-        let mut sim = Sim::new(small(), 5);
+        let mut sim = Sim::new(small(), 5).expect("team");
         sim.advance();
         let (doc, held) = sim
             .required
@@ -895,9 +1108,27 @@ mod tests {
         assert!(text.contains("lacks 1 persisted changes"), "{text}");
     }
 
+    /// With the write rule switched off, the attacks get through, and the
+    /// invariants say so: the unauthorized changes applied, and the access
+    /// document written by non-admins.
+    #[test]
+    fn the_invariants_catch_a_broken_write_rule() {
+        let sc: Scenario = toml::from_str(
+            "name = \"t\"\nnodes = 6\ndegree = 2\ndocs = 1\nviewers = 1\nmalicious = 2\nedit_for_ms = 3000\nedit_interval_ms = 500\nsettle_ms = 30000\n",
+        )
+        .expect("scenario");
+        let mut sim = Sim::new(sc, 3).expect("team");
+        for m in &mut sim.members {
+            m.host.rule_disabled = true;
+        }
+        let text = sim.run().violations.join("\n");
+        assert!(text.contains("unauthorized changes"), "{text}");
+        assert!(text.contains("changes by non-admins"), "{text}");
+    }
+
     #[test]
     fn a_healthy_small_team_converges_with_no_violation() {
-        let report = Sim::new(small(), 5).run();
+        let report = Sim::new(small(), 5).expect("team").run();
         assert!(
             report.converged && report.violations.is_empty(),
             "{}",

@@ -72,9 +72,50 @@ fn a_seed_replays_byte_for_byte() {
 }
 
 #[test]
-fn forged_and_revoked_changes_are_really_attempted() {
-    // The invariants would pass trivially if nobody misbehaved.
+fn every_attack_on_the_write_rule_is_refused_for_every_seed() {
+    sweep("attacks");
+}
+
+/// The invariants would pass trivially if nobody misbehaved: in one run of
+/// the attack scenario every attack is really made, and the engine reports
+/// refusing changes for each reason an attack should meet.
+#[test]
+fn every_attack_is_really_made_and_refused() {
+    let r = run(&scenario("attacks"), 7);
+    let text = r.render();
+    assert!(r.violations.is_empty() && r.converged, "{text}");
+    for kind in [
+        "stolen_actor_id",
+        "forged_signature",
+        "change_in_sync_message",
+        "viewer_write_relayed",
+        "root_revocation",
+        "expired_member_write",
+        "expired_member_write_relayed",
+        "revoked_member_write_relayed",
+        "replayed_frame",
+    ] {
+        assert!(
+            r.attacks.get(kind).is_some_and(|n| *n > 0),
+            "{kind} never tried:\n{text}"
+        );
+    }
+    for reason in ["bad_signature", "unauthorized", "changes_in_sync_message"] {
+        assert!(
+            r.rejected_by_reason.get(reason).is_some_and(|n| *n > 0),
+            "nothing refused as {reason}:\n{text}"
+        );
+    }
+    assert!(r.edits > 100);
+}
+
+#[test]
+fn rolling_crashes_still_meet_a_forger() {
     let r = run(&scenario("rolling-crashes"), 7);
-    assert!(r.forged > 0, "{}", r.render());
+    assert!(
+        r.attacks.get("forged_signature").is_some_and(|n| *n > 0),
+        "{}",
+        r.render()
+    );
     assert!(r.edits > 100);
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::{AutoCommit, Change, ChangeHash};
 use redb::{Database, ReadableDatabase};
 use xencode_protocol::envelope::SignedHead;
-use xencode_protocol::policy::{self, WriteRule};
+use xencode_protocol::policy::{self, AdmitError, WriteRule};
 use xencode_protocol::sync::{Access, Host, WriteDecision};
 use xencode_protocol::{DocId, PeerId, WorkspaceId};
 
@@ -120,22 +120,17 @@ impl Host for HostView<'_> {
         ws: &WorkspaceId,
         token: &[u8],
         now_ms: u64,
-    ) -> Result<Access, String> {
-        // One answer for every refusal a peer could learn from: whether this
-        // node holds the workspace, whom a token names, or why it failed
-        // stays here (the reason is logged locally).
-        const REFUSED: &str = "not authorized";
-        let w = self.workspaces.get(ws).ok_or(REFUSED)?;
-        let root = root_key(w, self.memberships).ok_or(REFUSED)?;
+    ) -> Result<Access, AdmitError> {
+        let w = self
+            .workspaces
+            .get(ws)
+            .ok_or(AdmitError::UnknownWorkspace)?;
+        let root = root_key(w, self.memberships).ok_or(AdmitError::UnknownWorkspace)?;
         let verified = self.tokens.cached(&root, token);
         let verified = verified
             .as_ref()
             .map(|v| v.as_deref().map_err(Clone::clone));
-        policy::admit(w.access_doc(), &root, verified, ws, peer, now_ms).map_err(|why| {
-            // Debug: strangers can cause these as fast as they connect.
-            tracing::debug!(%peer, workspace = %ws, reason = %why, "session refused");
-            REFUSED.to_owned()
-        })
+        policy::admit(w.access_doc(), &root, verified, ws, peer, now_ms)
     }
 
     /// The write rule, `xencode_protocol::policy` (the same code the

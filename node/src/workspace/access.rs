@@ -2,13 +2,12 @@
 
 use std::collections::BTreeSet;
 
-use automerge::transaction::Transactable;
-use automerge::{ObjType, ROOT, ReadDoc};
+use automerge::ROOT;
 use xencode_protocol::api::Role;
-use xencode_protocol::policy::AccessDoc;
 pub use xencode_protocol::policy::MemberState;
+use xencode_protocol::policy::{AccessDoc, schema};
 
-use super::{Author, NewChange, Workspace, WorkspaceError, damaged, get_obj, get_str, get_u64};
+use super::{Author, NewChange, Workspace, WorkspaceError, damaged, get_str, get_u64};
 
 impl Workspace {
     /// The access document, to read with the write rule's own code.
@@ -48,11 +47,9 @@ impl Workspace {
         token_id: &str,
         now_ms: u64,
     ) -> Result<Vec<NewChange>, WorkspaceError> {
-        let am = &mut self.access.am;
-        let Some(entry) = get_obj(am, &ROOT, "members").and_then(|m| get_obj(am, &m, peer)) else {
+        if !schema::record_token_id(&mut self.access.am, peer, token_id).map_err(damaged)? {
             return Ok(Vec::new());
-        };
-        am.put(&entry, "token_id", token_id).map_err(damaged)?;
+        }
         Ok(self.access.commit(now_ms, &[]).into_iter().collect())
     }
 
@@ -88,10 +85,8 @@ impl Workspace {
     }
 
     /// Records `peer` as a member with `role`, added by `author`, holding
-    /// the token `token_id` that expires at `expires_ms` (the membership
-    /// ends with it). A revoked peer invited again is reinstated: its old
-    /// tokens stay revoked by their ids, and the revocation of the peer
-    /// itself is lifted, so the new token works everywhere.
+    /// the token `token_id` that expires at `expires_ms`
+    /// ([`schema::add_member`]: a revoked peer invited again is reinstated).
     pub fn add_member(
         &mut self,
         peer: &str,
@@ -101,83 +96,33 @@ impl Workspace {
         author: &Author,
         now_ms: u64,
     ) -> Result<Vec<NewChange>, WorkspaceError> {
-        let am = &mut self.access.am;
-        if let Some(revoked) = get_obj(am, &ROOT, "revoked")
-            && let Some(old) = get_obj(am, &revoked, peer)
-        {
-            let old_token = get_str(am, &old, "token_id");
-            if let Some(t) = old_token.filter(|t| t != token_id) {
-                let e = am
-                    .put_object(&revoked, t.as_str(), ObjType::Map)
-                    .map_err(damaged)?;
-                am.put(&e, "kind", "token").map_err(damaged)?;
-                am.put(&e, "peer", peer).map_err(damaged)?;
-                am.put(&e, "by", author.peer_id.as_str()).map_err(damaged)?;
-                am.put(&e, "at", now_ms).map_err(damaged)?;
-            }
-            am.delete(&revoked, peer).map_err(damaged)?;
-        }
-        let members = match get_obj(am, &ROOT, "members") {
-            Some(m) => m,
-            None => am
-                .put_object(ROOT, "members", ObjType::Map)
-                .map_err(damaged)?,
-        };
-        let m = am
-            .put_object(&members, peer, ObjType::Map)
-            .map_err(damaged)?;
-        am.put(&m, "role", role.as_str()).map_err(damaged)?;
-        am.put(&m, "added_by", author.peer_id.as_str())
-            .map_err(damaged)?;
-        am.put(&m, "added_at", now_ms).map_err(damaged)?;
-        am.put(&m, "token_id", token_id).map_err(damaged)?;
-        if let Some(e) = expires_ms {
-            am.put(&m, "expires_at", e).map_err(damaged)?;
-        }
+        schema::add_member(
+            &mut self.access.am,
+            peer,
+            role,
+            token_id,
+            expires_ms,
+            &author.peer_id,
+            now_ms,
+        )
+        .map_err(damaged)?;
         Ok(self.access.commit(now_ms, &[]).into_iter().collect())
     }
 
-    /// Revokes a member (by peer id) or a token (by token id). Returns the
-    /// changes and what was revoked.
+    /// Revokes a member (by peer id) or a token (by token id).
     pub fn revoke(
         &mut self,
         target: &str,
         author: &Author,
         now_ms: u64,
     ) -> Result<Vec<NewChange>, WorkspaceError> {
-        let is_member = get_obj(&self.access.am, &ROOT, "members")
-            .and_then(|m| get_obj(&self.access.am, &m, target))
-            .is_some();
-        let token_id = get_obj(&self.access.am, &ROOT, "members")
-            .and_then(|m| get_obj(&self.access.am, &m, target))
-            .and_then(|m| get_str(&self.access.am, &m, "token_id"));
-        let am = &mut self.access.am;
-        let revoked = match get_obj(am, &ROOT, "revoked") {
-            Some(r) => r,
-            None => am
-                .put_object(ROOT, "revoked", ObjType::Map)
-                .map_err(damaged)?,
-        };
-        let entry = am
-            .put_object(&revoked, target, ObjType::Map)
-            .map_err(damaged)?;
-        am.put(&entry, "kind", if is_member { "peer" } else { "token" })
-            .map_err(damaged)?;
-        am.put(&entry, "by", author.peer_id.as_str())
-            .map_err(damaged)?;
-        am.put(&entry, "at", now_ms).map_err(damaged)?;
-        if let Some(t) = token_id {
-            am.put(&entry, "token_id", t).map_err(damaged)?;
-        }
+        schema::revoke(&mut self.access.am, target, &author.peer_id, now_ms).map_err(damaged)?;
         Ok(self.access.commit(now_ms, &[]).into_iter().collect())
     }
 
     /// Peers listed as members (revoked or not), for dialing.
     pub fn member_peers(&self) -> Vec<String> {
-        let am = &self.access.am;
-        get_obj(am, &ROOT, "members")
-            .map(|m| am.keys(&m).collect())
-            .unwrap_or_default()
+        schema::member_peers(&self.access.am)
     }
 
     /// When the workspace was created (0 if the access document is not here yet).

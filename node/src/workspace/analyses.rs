@@ -8,6 +8,7 @@ use automerge::transaction::Transactable;
 use automerge::{ObjType, ROOT, ReadDoc};
 use xencode_protocol::WorkspacePath;
 use xencode_protocol::analysis::{AnalysisRecord, CodeAnalysis, ProcessedDocument};
+use xencode_protocol::policy::schema;
 
 use super::{NewChange, Workspace, WorkspaceError, damaged, get_obj, get_str, get_u64};
 
@@ -33,12 +34,7 @@ impl Workspace {
         }
         let cites = self.access.am.get_heads();
         let am = &mut self.index.am;
-        let analyses = match get_obj(am, &ROOT, "analyses") {
-            Some(a) => a,
-            None => am
-                .put_object(ROOT, "analyses", ObjType::Map)
-                .map_err(damaged)?,
-        };
+        let analyses = schema::ensure_map(am, &ROOT, "analyses").map_err(damaged)?;
         let entry = am
             .put_object(&analyses, path.as_str(), ObjType::Map)
             .map_err(damaged)?;
@@ -117,12 +113,7 @@ impl Workspace {
         }
         let cites = self.access.am.get_heads();
         let am = &mut self.index.am;
-        let documents = match get_obj(am, &ROOT, "documents") {
-            Some(d) => d,
-            None => am
-                .put_object(ROOT, "documents", ObjType::Map)
-                .map_err(damaged)?,
-        };
+        let documents = schema::ensure_map(am, &ROOT, "documents").map_err(damaged)?;
         let entry = am
             .put_object(&documents, doc.id.as_str(), ObjType::Map)
             .map_err(damaged)?;

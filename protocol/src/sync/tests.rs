@@ -15,6 +15,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::capability::CapabilityError;
 use crate::ids::actor_id;
 use crate::wire;
 
@@ -38,8 +39,8 @@ struct TestHost {
     rule: crate::policy::WriteRule,
     states: HashMap<(PeerId, DocId), Vec<u8>>,
     peers: Vec<PeerId>,
-    /// When set, every admission fails with this reason.
-    refuse_with: Option<String>,
+    /// When set, every admission fails.
+    refuse_all: bool,
 }
 
 impl TestHost {
@@ -55,7 +56,7 @@ impl TestHost {
             rule: crate::policy::WriteRule::default(),
             states: HashMap::new(),
             peers: Vec::new(),
-            refuse_with: None,
+            refuse_all: false,
         }
     }
 
@@ -129,9 +130,9 @@ impl Host for TestHost {
         _ws: &WorkspaceId,
         token: &[u8],
         _now: u64,
-    ) -> Result<Access, String> {
-        if let Some(reason) = &self.refuse_with {
-            return Err(reason.clone());
+    ) -> Result<Access, AdmitError> {
+        if self.refuse_all {
+            return Err(AdmitError::Revoked);
         }
         if token == TOKEN {
             Ok(Access {
@@ -139,7 +140,9 @@ impl Host for TestHost {
                 write: true,
             })
         } else {
-            Err("bad token".into())
+            Err(AdmitError::Token(CapabilityError::NotACapability(
+                "not the test token".into(),
+            )))
         }
     }
     fn may_write(
@@ -490,7 +493,7 @@ fn a_stranger_without_a_token_learns_nothing() {
     );
     let answers: Vec<Frame> = net.links[&(0, 1)].iter().cloned().collect();
     assert_eq!(answers.len(), 1);
-    assert!(matches!(&answers[0], Frame::Refuse { reason, .. } if reason == "bad token"));
+    assert!(matches!(&answers[0], Frame::Refuse { reason, .. } if reason == REFUSED));
     // A sync frame outside a session is ignored, and repeated ones get the peer disconnected.
     let before = net.nodes[0].host.heads();
     for _ in 0..3 {
@@ -533,7 +536,7 @@ fn a_stranger_without_a_token_learns_nothing() {
         },
     );
     let last = net.links[&(0, 1)].back().cloned();
-    assert!(matches!(last, Some(Frame::Refuse { reason, .. }) if reason == "not authorized"));
+    assert!(matches!(last, Some(Frame::Refuse { reason, .. }) if reason == REFUSED));
 }
 
 #[test]
@@ -719,17 +722,21 @@ fn announcements_are_coalesced_and_prompt_a_dial_only_when_heads_differ() {
 }
 
 #[test]
-fn a_session_closed_on_revalidation_is_refused_with_a_reason_the_peer_accepts() {
+fn a_session_closed_on_revalidation_is_refused_and_the_peer_hears_it() {
     let mut rng = SmallRng::seed_from_u64(5);
     let mut net = Net::new(2, 2);
     net.edit(0, DOCS[0], &mut rng);
     net.heal();
     assert!(!net.nodes[1].engine.peers_of(&WS).is_empty());
-    // Node 1's check of node 0's token now fails, with a very long reason.
-    net.nodes[1].host.refuse_with = Some("r".repeat(4 * MAX_REASON_BYTES));
-    // Every frame on the test network is encoded and decoded: an oversize
-    // reason would fail to decode here.
+    // Node 1's check of node 0's token now fails (its membership revoked):
+    // node 0 is told only that it is not authorized.
+    net.nodes[1].host.refuse_all = true;
     net.input(1, Input::Tick);
+    assert!(
+        net.links[&(1, 0)]
+            .iter()
+            .any(|f| matches!(f, Frame::Refuse { reason, .. } if reason == REFUSED))
+    );
     assert!(
         net.nodes[1].engine.peers_of(&WS).is_empty(),
         "session closed"
