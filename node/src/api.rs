@@ -50,7 +50,7 @@ struct Inner {
     /// The extraction worker program and the limits of analysis.
     analysis: OnceLock<AnalysisSetup>,
     /// Parses kept for incremental re-analysis of recently analysed files.
-    parses: Arc<std::sync::Mutex<crate::analysis::code::ParseCache>>,
+    parses: Arc<std::sync::Mutex<xencode_analysis::code::ParseCache>>,
     /// Dashboard login codes and sessions.
     sessions: session::Sessions,
     /// Refused unauthenticated requests, tallied per minute.
@@ -63,9 +63,9 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct AnalysisSetup {
     pub worker: std::path::PathBuf,
-    pub limits: crate::analysis::worker::DocLimits,
+    pub limits: xencode_analysis::worker::DocLimits,
     /// The local Ollama, and the models to prefer.
-    pub ollama: crate::analysis::ai::Client,
+    pub ollama: xencode_analysis::ai::Client,
     pub model_preferences: Vec<String>,
 }
 
@@ -96,7 +96,7 @@ impl ApiState {
                 started: Instant::now(),
                 analysis: OnceLock::new(),
                 parses: Arc::new(std::sync::Mutex::new(
-                    crate::analysis::code::ParseCache::new(PARSE_CACHE_FILES),
+                    xencode_analysis::code::ParseCache::new(PARSE_CACHE_FILES),
                 )),
                 sessions: session::Sessions::default(),
                 refusals: crate::store::refusals::Refusals::default(),

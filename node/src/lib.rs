@@ -8,7 +8,6 @@
 //! - The API binds loopback only and authenticates every request but `/health`
 //!   and the dashboard's static page.
 
-pub mod analysis;
 pub mod api;
 pub mod config;
 #[doc(hidden)]

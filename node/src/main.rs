@@ -11,10 +11,7 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     // The document extraction worker: no runtime, no logging, its own limits.
     if let Some((kind, max_memory_mib)) = args.extract_worker() {
-        return ExitCode::from(xencode_node::analysis::worker::run_worker(
-            kind,
-            max_memory_mib,
-        ));
+        return ExitCode::from(xencode_analysis::worker::run_worker(kind, max_memory_mib));
     }
     let default_level = if args.runs_node() { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -94,13 +94,13 @@ pub async fn run(
     );
     state.attach_analysis(crate::api::AnalysisSetup {
         worker: std::env::current_exe().unwrap_or_else(|_| "xencode".into()),
-        limits: crate::analysis::worker::DocLimits {
+        limits: xencode_analysis::worker::DocLimits {
             max_bytes: config.analysis.max_document_bytes,
             timeout: Duration::from_secs(config.analysis.timeout_secs),
             max_memory_mib: config.analysis.max_memory_mib,
         },
-        ollama: crate::analysis::ai::Client::new(
-            crate::analysis::ai::host(config.analysis.ollama_host.as_deref()),
+        ollama: xencode_analysis::ai::Client::new(
+            xencode_analysis::ai::host(config.analysis.ollama_host.as_deref()),
             Duration::from_secs(config.analysis.ai_timeout_secs),
             2,
         ),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use xencode_node::analysis::worker::{DocLimits, WorkerError, process};
+use xencode_analysis::worker::{DocLimits, WorkerError, process};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_xencode"))

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-pub type BoxError = Box<dyn std::error::Error>;
+#[path = "../../../analysis/benches/report.rs"]
+mod report;
+pub use report::{BoxError, repo_root, today, write_report};
 pub type Edit = (usize, usize, String);
 
 #[derive(Deserialize)]
@@ -24,14 +26,6 @@ struct Trace {
 #[derive(Deserialize)]
 struct Txn {
     patches: Vec<(usize, usize, String)>,
-}
-
-/// The repository root.
-pub fn repo_root() -> Result<PathBuf, BoxError> {
-    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no repo root")?
-        .to_path_buf())
 }
 
 /// The automerge-paper trace's edits and final text; `None` (said on
@@ -56,37 +50,11 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-pub fn today() -> String {
-    Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or_else(|| "today".into(), |s| s.trim().to_owned())
-}
-
 /// (p50, p99) of `v`, which is sorted in place.
 pub fn percentiles(v: &mut [Duration]) -> (Duration, Duration) {
     v.sort_unstable();
     let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.99))
-}
-
-/// Replaces the text between `<!-- NAME:start -->` and `<!-- NAME:end -->`
-/// in `docs/benchmarks.md` (or appends the markers).
-pub fn write_report(name: &str, section: &str) -> Result<(), BoxError> {
-    let path = repo_root()?.join("docs/benchmarks.md");
-    let start = format!("<!-- {name}:start -->");
-    let end = format!("<!-- {name}:end -->");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
-    let block = format!("{start}\n{section}{end}");
-    let new = match (old.find(&start), old.find(&end)) {
-        (Some(s), Some(e)) if e > s => format!("{}{block}{}", &old[..s], &old[e + end.len()..]),
-        _ => format!("{old}\n{block}\n"),
-    };
-    std::fs::write(&path, new)?;
-    println!("wrote {} ({name})", path.display());
-    Ok(())
 }
 
 /// A real `xencode node` process (the release binary), killed on drop.

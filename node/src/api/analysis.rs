@@ -20,11 +20,11 @@ use xencode_protocol::api::FileKind;
 use super::extract::{ApiJson, ApiPath};
 use super::routes::{parse_path, parse_ws};
 use super::{AnalysisSetup, ApiError, ApiState};
-use crate::analysis::ai;
-use crate::analysis::code::{AnalysisError, Limits};
-use crate::analysis::worker::{self, WorkerError};
 use crate::now_ms;
 use crate::store::StoreError;
+use xencode_analysis::ai;
+use xencode_analysis::code::{AnalysisError, Limits};
+use xencode_analysis::worker::{self, WorkerError};
 
 /// The language of a workspace path, by its extension.
 fn language_of(path: &WorkspacePath) -> Option<&'static str> {
@@ -433,23 +433,12 @@ async fn ask(
             None,
         )
     };
-    let available = match setup.ollama.models().await {
+    let chosen = match setup.ollama.pick(requested, &setup.model_preferences).await {
         Ok(m) => m,
         Err(e) => return failed(e, None),
     };
-    let (memory, cores) = ai::machine();
-    let model = match ai::choose(
-        &available,
-        requested,
-        &setup.model_preferences,
-        memory,
-        cores,
-    ) {
-        Ok(m) => m,
-        Err(e) => return failed(e, None),
-    };
-    let chosen = available.iter().find(|m| m.name == model);
-    let digest = chosen.map(ai::fingerprint);
+    let model = chosen.name.clone();
+    let digest = Some(ai::fingerprint(&chosen));
     let ok = |text: String| {
         (
             AiResult {
@@ -461,9 +450,9 @@ async fn ask(
         )
     };
     // The same prompt to the same model version: the stored answer.
-    let key = chosen.map(|m| ai::cache_key(m, prompt));
+    let key = ai::cache_key(&chosen, prompt);
     let store = state.store().ok();
-    if let (Some(key), Some(store)) = (key, store)
+    if let Some(store) = store
         && let Ok(Some(text)) = store.ai_cache_get(key).await
     {
         state.inner.metrics.ai_cache("hit");
@@ -479,7 +468,7 @@ async fn ask(
     };
     match answer {
         Ok(text) => {
-            if let (Some(key), Some(store)) = (key, store)
+            if let Some(store) = store
                 && let Err(e) = store.ai_cache_put(key, text.clone()).await
             {
                 tracing::warn!(error = %e, "the AI answer could not be cached");
@@ -500,22 +489,18 @@ pub async fn models(State(state): State<ApiState>) -> Result<Response, ApiError>
         .ok_or_else(ApiError::starting)?;
     let host = setup.ollama.url().to_owned();
     let list = match setup.ollama.models().await {
-        Ok(models) => {
-            let (memory, cores) = ai::machine();
-            ModelList {
-                host,
-                status: "ok".into(),
-                default_model: ai::choose(&models, None, &setup.model_preferences, memory, cores)
-                    .ok(),
-                models: models
-                    .into_iter()
-                    .map(|m| ModelEntry {
-                        name: m.name,
-                        size_bytes: m.size_bytes,
-                    })
-                    .collect(),
-            }
-        }
+        Ok(models) => ModelList {
+            host,
+            status: "ok".into(),
+            default_model: ai::default_model(&models, &setup.model_preferences),
+            models: models
+                .into_iter()
+                .map(|m| ModelEntry {
+                    name: m.name,
+                    size_bytes: m.size_bytes,
+                })
+                .collect(),
+        },
         Err(e) => ModelList {
             host,
             status: e.to_string(),

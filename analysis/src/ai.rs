@@ -130,6 +130,12 @@ pub fn choose(
         })
 }
 
+/// The model a request naming none would get, among `available`.
+pub fn default_model(available: &[Model], preferences: &[String]) -> Option<String> {
+    let (memory, cores) = machine();
+    choose(available, None, preferences, memory, cores).ok()
+}
+
 /// This machine's memory (bytes) and cores.
 pub fn machine() -> (u64, u64) {
     let memory = std::fs::read_to_string("/proc/meminfo")
@@ -349,6 +355,23 @@ impl Client {
                 modified_at: m.modified_at,
             })
             .collect())
+    }
+
+    /// The model to ask: Ollama's models, [`choose`]n for this machine
+    /// ([`machine`]) — the one `requested`, else the first of `preferences`,
+    /// else the largest that fits.
+    pub async fn pick(
+        &self,
+        requested: Option<&str>,
+        preferences: &[String],
+    ) -> Result<Model, AiError> {
+        let available = self.models().await?;
+        let (memory, cores) = machine();
+        let name = choose(&available, requested, preferences, memory, cores)?;
+        available
+            .into_iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| AiError::NoModel(format!("Ollama no longer lists {name:?}")))
     }
 
     /// A completion of `prompt` by `model`, each piece sent on `tokens` as it

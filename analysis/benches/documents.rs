@@ -5,19 +5,19 @@
 //! `pdftotext` from poppler-utils, in the same run. Writes the
 //! `pdf-extraction` section of `docs/benchmarks.md`.
 //!
-//! Run: `cargo bench -p xencode-node --bench documents` (install
+//! Run: `cargo bench -p xencode-analysis --bench documents` (install
 //! poppler-utils for the baseline: `apt-get install poppler-utils`).
 
-mod common;
+mod report;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BoxError, repo_root, today};
-use xencode_node::analysis::documents::{Kind, extract};
-use xencode_node::analysis::worker::{DocLimits, process};
+use report::{BoxError, repo_root, today};
+use xencode_analysis::documents::{Kind, extract};
+use xencode_analysis::worker::{DocLimits, process};
 
 const RUNS: usize = 3;
 
@@ -89,7 +89,7 @@ fn main() -> Result<(), BoxError> {
         timeout: Duration::from_secs(120),
         max_memory_mib: 2048,
     };
-    let bin = Path::new(env!("CARGO_BIN_EXE_xencode"));
+    let bin = Path::new(env!("CARGO_BIN_EXE_xencode-extract-worker"));
     let (worker, doc) = best(|| {
         rt.block_on(process(bin, "GeoTopo.pdf", bytes.clone(), limits))
             .map_err(|e| e.to_string().into())
@@ -142,5 +142,5 @@ fn main() -> Result<(), BoxError> {
         inproc.as_secs_f64(),
         worker.as_secs_f64(),
     );
-    common::write_report("pdf-extraction", &report)
+    report::write_report("pdf-extraction", &report)
 }

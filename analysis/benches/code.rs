@@ -3,17 +3,17 @@
 //! `site-packages`) — against bare tree-sitter parsing of the same files in
 //! the same run. Writes the `code-analysis` section of `docs/benchmarks.md`.
 //!
-//! Run: `cargo bench -p xencode-node --bench analysis`. Without `python3` on
+//! Run: `cargo bench -p xencode-analysis --bench code`. Without `python3` on
 //! the PATH it says so and does nothing.
 
-mod common;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BoxError, today};
-use xencode_node::analysis::code::{Limits, analyze, parse};
+use report::{BoxError, today};
+use xencode_analysis::code::{Limits, analyze, parse};
 
 fn stdlib() -> Option<PathBuf> {
     let out = Command::new("python3")
@@ -117,5 +117,5 @@ fn main() -> Result<(), BoxError> {
         ours.as_secs_f64(),
         rate(ours),
     );
-    common::write_report("code-analysis", &report)
+    report::write_report("code-analysis", &report)
 }
