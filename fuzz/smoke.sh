@@ -28,7 +28,7 @@ for t in "${targets[@]}"; do
     tail -40 "$log"
     echo "fuzz target $t crashed: replay with"
     echo "  cargo fuzz run -s none $t $(ls -t artifacts/"$t"/* | head -1)"
-    echo "then fix it and keep the input in fuzz/regressions/$t/ (node/tests/fuzz_inputs.rs replays it)"
+    echo "then fix it and keep the input in fuzz/regressions/$t/ (node/src/fuzzing/tests.rs replays it)"
     exit 1
   fi
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

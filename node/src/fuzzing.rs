@@ -3,7 +3,10 @@
 //! validation code on them, and panics only when an invariant breaks (a
 //! decoded value that does not encode back to itself, a document that no
 //! longer loads). The same functions replay the committed seed corpora and
-//! the regression inputs in an ordinary test (`node/tests/fuzz_inputs.rs`).
+//! the regression inputs in an ordinary test (`fuzzing/tests.rs`).
+//!
+//! Built only with the `fuzzing` feature (which `fuzz/` turns on) or for
+//! the node's unit tests: the shipped binary holds no fuzz entry point.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -358,3 +361,6 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

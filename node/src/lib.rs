@@ -2,7 +2,8 @@
 //! the local HTTP API, and the CLI that drives them.
 //!
 //! Architecture invariants (see `docs/ARCHITECTURE.md`):
-//! - Nothing in the workspace depends on this crate.
+//! - Nothing in the workspace depends on this crate (`fuzz/`, outside it,
+//!   does, through the `fuzzing` feature).
 //! - The store is owned by one actor thread (`store`); the API and the CLI
 //!   reach it only through its bounded channel.
 //! - The API binds loopback only and authenticates every request but `/health`
@@ -10,7 +11,10 @@
 
 pub mod api;
 pub mod config;
+// The fuzz targets' entry points: built for `fuzz/` (feature `fuzzing`) and
+// for the unit tests that replay the corpora, never into the shipped binary.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod identity;
 pub mod metrics;

@@ -16,6 +16,7 @@ mod actor;
 pub mod audit;
 pub mod backup;
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 mod host;
 mod netops;

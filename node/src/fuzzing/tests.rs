@@ -3,12 +3,12 @@
 //! fuzzing, kept after the fix) through the same entry points the fuzzer
 //! calls, so a fixed crash cannot come back unnoticed.
 //!
-//! `XENCODE_WRITE_FUZZ_SEEDS=1 cargo test -p xencode-node --test fuzz_inputs`
+//! `XENCODE_WRITE_FUZZ_SEEDS=1 cargo test -p xencode-node --lib fuzzing`
 //! rewrites the seed corpora from real values made by the node's code.
 
 use std::path::{Path, PathBuf};
 
-use xencode_node::fuzzing;
+use crate::fuzzing;
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -95,5 +95,5 @@ fn the_sync_harness_applies_a_members_genuine_changes() {
         .iter()
         .find(|(t, _)| *t == "automerge_changes")
         .expect("a change seed");
-    assert!(xencode_node::store::fuzz::applied_heads(genuine) > 0);
+    assert!(crate::store::fuzz::applied_heads(genuine) > 0);
 }
