@@ -1,3 +1,7 @@
+//! The Python analysis on fixtures whose findings sit on known lines:
+//! syntax errors, outline, complexity, each security check and hint, size
+//! and time bounds, incremental re-analysis.
+
 use super::*;
 
 /// Each finding sits on a line the assertions name.

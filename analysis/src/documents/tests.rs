@@ -1,3 +1,7 @@
+//! Text extraction from real and damaged documents: the PDF samples in
+//! `../shared/data/pdfs` (skipped with a message when absent), HTML, DOCX
+//! and Markdown, truncated and random input.
+
 use std::io::Write;
 use std::path::PathBuf;
 

@@ -1,3 +1,6 @@
+//! The store on real redb files: durability across reopen, group commit,
+//! compaction, migrations, damaged and foreign files.
+
 use std::path::Path;
 use std::sync::Arc;
 

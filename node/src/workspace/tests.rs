@@ -1,3 +1,6 @@
+//! The workspace schema's operations in memory: files, splices, members,
+//! revocations, analyses; validation before mutation.
+
 use super::*;
 
 fn author(n: u8) -> Author {

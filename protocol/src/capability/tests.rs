@@ -1,3 +1,6 @@
+//! Tokens as minted and delegated, and as an attacker would craft them:
+//! every structural check of `verify`, expiry, revocation, holders.
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
