@@ -4,8 +4,9 @@
 //! Architecture invariants (see `docs/ARCHITECTURE.md`):
 //! - Nothing in the workspace depends on this crate (`fuzz/`, outside it,
 //!   does, through the `fuzzing` feature).
-//! - The store is owned by one actor thread (`store`); the API and the CLI
-//!   reach it only through its bounded channel.
+//! - The store is owned by one actor thread (`store`); the API, the CLI and
+//!   the network task reach it only through its two bounded queues (local
+//!   commands first, then network input).
 //! - The API binds loopback only and authenticates every request but `/health`
 //!   and the dashboard's static page.
 

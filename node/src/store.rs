@@ -1,5 +1,6 @@
 //! The store: every workspace's Automerge documents, persisted in one redb
-//! file and owned by one actor thread fed through a bounded channel.
+//! file and owned by one actor thread fed through two bounded queues (local commands
+//! first, then network input).
 //!
 //! Architecture invariants:
 //! - Only the actor thread touches the redb database and the loaded
@@ -19,8 +20,10 @@ pub mod backup;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 mod host;
-mod netops;
+mod memberships;
+mod persist;
 pub mod refusals;
+mod sync_driver;
 pub mod tables;
 pub mod tokens;
 
@@ -328,7 +331,10 @@ pub(crate) enum Command {
 /// A cloneable handle to the store actor.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Local commands: served before network input (see `actor::Inbox`).
     tx: mpsc::Sender<Command>,
+    /// Network input.
+    net_tx: mpsc::Sender<Command>,
     stats: Arc<StoreStats>,
     tokens: Arc<tokens::TokenVerifier>,
     path: PathBuf,
@@ -367,10 +373,12 @@ impl Store {
             stats.clone(),
             tokens.clone(),
         )?;
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (tx, local) = mpsc::channel(CHANNEL_CAPACITY);
+        let (net_tx, network) = mpsc::channel(CHANNEL_CAPACITY);
+        let inbox = actor::Inbox { local, network };
         let thread = std::thread::Builder::new()
             .name("xencode-store".into())
-            .spawn(move || actor.run(rx))
+            .spawn(move || actor.run(inbox))
             .map_err(|source| OpenError::Io {
                 path: path.to_owned(),
                 error: source,
@@ -378,6 +386,7 @@ impl Store {
         Ok((
             Store {
                 tx,
+                net_tx,
                 stats,
                 tokens,
                 path: path.to_owned(),
@@ -642,7 +651,7 @@ impl Store {
 
     /// Feeds a network happening to the sync engine.
     pub async fn net_input(&self, input: Input) -> Result<(), StoreError> {
-        self.tx
+        self.net_tx
             .send(Command::Net { input })
             .await
             .map_err(|_| StoreError::Closed)
@@ -657,7 +666,7 @@ impl Store {
     }
 
     pub async fn peer_address(&self, peer: PeerId, addr: String) -> Result<(), StoreError> {
-        self.tx
+        self.net_tx
             .send(Command::PeerAddress { peer, addr })
             .await
             .map_err(|_| StoreError::Closed)

@@ -270,7 +270,7 @@ impl Harness {
                     panic!("the change records no longer load: {e}");
                 }
                 assert_eq!(fresh.get_heads(), heads, "heads differ after reload");
-                if let Some(saved) = super::actor::verified_snapshot(&mut doc.am) {
+                if let Some(saved) = super::persist::verified_snapshot(&mut doc.am) {
                     assert!(AutoCommit::load(&saved).is_ok());
                 }
             }

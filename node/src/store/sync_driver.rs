@@ -1,26 +1,52 @@
-//! The store actor's side of networking: running the sync engine over the
-//! loaded documents, signing local changes, invitations, joins, revocations.
+//! The store actor's sync driver: the sync engine over the loaded documents
+//! (through [`HostView`]), signing and offering local changes, staging what
+//! peers send, the network task's queue and its overflow, peers' addresses,
+//! and what sessions tell the audit log and the event stream.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{Change, ChangeHash};
-use rand_core::OsRng;
-use redb::{ReadableDatabase, ReadableTable};
-use xencode_protocol::api::{
-    InviteRequest, InviteResponse, NodeEvent, PeerInfo, PeerWorkspace, Role, SessionState,
-    WorkspaceSummary,
-};
-use xencode_protocol::capability::{self, Right};
+use tokio::sync::mpsc;
+use xencode_protocol::api::{NodeEvent, PeerInfo, PeerWorkspace, SessionState};
 use xencode_protocol::envelope::SignedHead;
-use xencode_protocol::invite::Invitation;
-use xencode_protocol::sync::{Event, Input, Output};
+use xencode_protocol::policy::WriteRule;
+use xencode_protocol::sync::{Engine, Event, Input, Limits, Output};
 use xencode_protocol::{DocId, PeerId, WorkspaceId};
 
-use super::actor::{Actor, Staged};
-use super::host::{HostView, root_key};
-use super::tables::{MEMBERSHIPS, Membership};
-use super::{NetCommand, StoreError};
-use crate::workspace::{NewChange, Workspace};
+use super::NetCommand;
+use super::actor::Actor;
+use super::host::HostView;
+use super::persist::Staged;
+use crate::workspace::NewChange;
+
+/// The sync engine and what it talks to.
+pub(super) struct SyncDriver {
+    pub(super) engine: Engine,
+    /// The network task's queue, once it is attached.
+    pub(super) net: Option<mpsc::Sender<NetCommand>>,
+    /// Addresses peers were reached at, for invitations and redials.
+    pub(super) peer_addrs: BTreeMap<PeerId, Vec<String>>,
+    /// Peers whose frames were dropped on a full network queue, to be
+    /// disconnected (see `send_net`).
+    pub(super) net_overflow: BTreeSet<PeerId>,
+    /// Write decisions of the sync engine's host, kept across calls.
+    pub(super) write_rule: WriteRule,
+    /// Sessions refused to peers that are no members, tallied.
+    pub(super) refusals: super::refusals::Refusals,
+}
+
+impl SyncDriver {
+    pub(super) fn new() -> Self {
+        Self {
+            engine: Engine::new(Limits::default()),
+            net: None,
+            peer_addrs: BTreeMap::new(),
+            net_overflow: BTreeSet::new(),
+            write_rule: WriteRule::default(),
+            refusals: Default::default(),
+        }
+    }
+}
 
 impl Actor {
     pub(super) fn peer_id(&self) -> PeerId {
@@ -35,47 +61,18 @@ impl Actor {
         for change in changes {
             let sig = SignedHead::sign(
                 &self.signing,
-                self.epoch,
+                self.disk.epoch,
                 &ws,
                 &change.doc,
                 change.change.hash().0,
             );
-            self.staged.push(Staged {
+            self.disk.staged.push(Staged {
                 ws,
                 change,
                 signatures: vec![sig],
                 local: true,
             });
         }
-    }
-
-    pub(super) fn stage_membership(&mut self, ws: WorkspaceId, m: Membership) {
-        self.memberships.insert(ws, m.clone());
-        self.staged_memberships.push((ws, m));
-    }
-
-    pub(super) fn load_memberships(
-        &self,
-    ) -> Result<std::collections::BTreeMap<WorkspaceId, Membership>, String> {
-        let read = self.db()?.begin_read().map_err(|e| e.to_string())?;
-        let table = read.open_table(MEMBERSHIPS).map_err(|e| e.to_string())?;
-        let mut out = std::collections::BTreeMap::new();
-        for entry in table.iter().map_err(|e| e.to_string())? {
-            let (k, v) = entry.map_err(|e| e.to_string())?;
-            let m: Membership = postcard::from_bytes(v.value())
-                .map_err(|e| format!("membership record unreadable: {e}"))?;
-            out.insert(WorkspaceId::from_bytes(k.value()), m);
-        }
-        Ok(out)
-    }
-
-    pub(super) fn read_membership(&self, ws: &WorkspaceId) -> Result<Option<Membership>, String> {
-        let read = self.db()?.begin_read().map_err(|e| e.to_string())?;
-        let table = read.open_table(MEMBERSHIPS).map_err(|e| e.to_string())?;
-        let value = table.get(*ws.as_bytes()).map_err(|e| e.to_string())?;
-        value
-            .map(|v| postcard::from_bytes(v.value()).map_err(|e| e.to_string()))
-            .transpose()
     }
 
     /// Feeds the sync engine and carries out what it asks.
@@ -111,25 +108,25 @@ impl Actor {
         &mut self,
         step: impl FnOnce(&mut xencode_protocol::sync::Engine, &mut HostView<'_>, u64),
     ) {
-        if self.staged.iter().any(|s| s.local) {
+        if self.disk.staged.iter().any(|s| s.local) {
             self.flush();
         }
         let now = crate::now_ms();
         let mut host = HostView {
             workspaces: &mut self.workspaces,
-            memberships: &self.memberships,
-            db: self.db.as_ref(),
+            memberships: &self.members.map,
+            db: self.disk.db.as_ref(),
             author: &self.author,
-            write_rule: &mut self.write_rule,
-            tokens: &self.tokens,
+            write_rule: &mut self.sync.write_rule,
+            tokens: &self.members.tokens,
         };
-        step(&mut self.engine, &mut host, now);
+        step(&mut self.sync.engine, &mut host, now);
         self.drain_engine();
     }
 
     fn drain_engine(&mut self) {
         let mut access_changed = false;
-        while let Some(out) = self.engine.poll_output() {
+        while let Some(out) = self.sync.engine.poll_output() {
             match out {
                 Output::Send { peer, frame } => self.send_net(NetCommand::Send { peer, frame }),
                 Output::Disconnect { peer, reason } => {
@@ -154,7 +151,9 @@ impl Actor {
                     self.send_net(NetCommand::Dial { peer, addrs });
                 }
                 Output::SaveSyncState { peer, doc, state } => {
-                    self.staged_sync_states.push((peer.to_string(), doc, state));
+                    self.disk
+                        .staged_sync_states
+                        .push((peer.to_string(), doc, state));
                 }
                 Output::Event(e) => self.record_event(e),
             }
@@ -180,7 +179,7 @@ impl Actor {
             let (mine, rest): (Vec<SignedHead>, Vec<SignedHead>) =
                 sigs.into_iter().partition(|s| ChangeHash(s.hash) == hash);
             sigs = rest;
-            self.staged.push(Staged {
+            self.disk.staged.push(Staged {
                 ws,
                 change: NewChange { doc, change },
                 signatures: mine,
@@ -265,9 +264,10 @@ impl Actor {
                     tracing::debug!(%peer, %workspace, %reason, "sync session refused to a stranger");
                     // A stranger can open sessions as fast as it can connect:
                     // tallied, not chained (see `refusals`).
-                    let done = self
-                        .refusals
-                        .count(crate::now_ms(), "peer", "sync session refused");
+                    let done =
+                        self.sync
+                            .refusals
+                            .count(crate::now_ms(), "peer", "sync session refused");
                     self.write_refusals(&done);
                 }
                 session_event(workspace, &peer, SessionState::Refused, Some(reason))
@@ -290,7 +290,7 @@ impl Actor {
         reason: String,
     ) {
         self.metrics.audit_entry(allow);
-        self.audit_staged.push(super::audit::Decision {
+        self.disk.audit_staged.push(super::audit::Decision {
             at_ms: crate::now_ms(),
             who: format!("peer:{peer}"),
             action: action.to_owned(),
@@ -308,9 +308,9 @@ impl Actor {
     /// until the network task takes it; the sessions then start afresh when
     /// the peer reconnects.
     pub(super) fn send_net(&mut self, cmd: NetCommand) {
-        let Some(net) = &self.net else { return };
+        let Some(net) = &self.sync.net else { return };
         if let NetCommand::Send { peer, .. } = &cmd
-            && self.net_overflow.contains(peer)
+            && self.sync.net_overflow.contains(peer)
         {
             return;
         }
@@ -320,7 +320,7 @@ impl Actor {
                 peer, ..
             })) => {
                 tracing::warn!(%peer, "network queue full; resetting the peer's sessions");
-                self.net_overflow.insert(peer);
+                self.sync.net_overflow.insert(peer);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "network queue unavailable; a command was dropped")
@@ -330,8 +330,8 @@ impl Actor {
 
     /// Retries the disconnects of peers whose frames were dropped.
     pub(super) fn retry_overflow_disconnects(&mut self) {
-        let Some(net) = &self.net else { return };
-        let peers: Vec<PeerId> = self.net_overflow.iter().copied().collect();
+        let Some(net) = &self.sync.net else { return };
+        let peers: Vec<PeerId> = self.sync.net_overflow.iter().copied().collect();
         for peer in peers {
             let cmd = NetCommand::Disconnect {
                 peer,
@@ -342,15 +342,15 @@ impl Actor {
             }
             // The engine closes its sessions when the connection is gone and
             // reopens them when the peer is back.
-            self.net_overflow.remove(&peer);
+            self.sync.net_overflow.remove(&peer);
         }
     }
 
     /// Addresses a peer was reached at or that an invitation named.
     fn known_addresses(&self, peer: &PeerId) -> Vec<String> {
-        let mut addrs = self.peer_addrs.get(peer).cloned().unwrap_or_default();
+        let mut addrs = self.sync.peer_addrs.get(peer).cloned().unwrap_or_default();
         let name = peer.to_string();
-        for m in self.memberships.values() {
+        for m in self.members.map.values() {
             for (p, a) in &m.contacts {
                 if *p == name {
                     addrs.extend(a.iter().cloned());
@@ -362,211 +362,8 @@ impl Actor {
         addrs
     }
 
-    fn my_role(&self, ws: &Workspace) -> Option<Role> {
-        ws.effective_role(&self.author.peer_id, crate::now_ms())
-    }
-
-    pub(super) fn invite(
-        &mut self,
-        ws_id: WorkspaceId,
-        request: InviteRequest,
-        addrs: Vec<String>,
-        now_ms: u64,
-    ) -> Result<InviteResponse, StoreError> {
-        let invitee: PeerId = request.peer_id.parse().map_err(|_| {
-            StoreError::InvalidRequest(format!(
-                "{:?} is not a peer id (ask the invitee for `xencode id`)",
-                request.peer_id
-            ))
-        })?;
-        let ws = self
-            .workspaces
-            .get(&ws_id)
-            .ok_or(StoreError::WorkspaceNotFound(ws_id))?;
-        let role = self.my_role(ws);
-        if !role.is_some_and(|r| r.allows(Right::Invite)) {
-            return Err(StoreError::Forbidden("only admins can invite".into()));
-        }
-        let root = root_key(ws, &self.memberships)
-            .ok_or_else(|| StoreError::Forbidden("the workspace has not synced yet".into()))?;
-        let nonce = ws
-            .nonce()
-            .ok_or_else(|| StoreError::Forbidden("the workspace has not synced yet".into()))?;
-        let expires_ms = request
-            .expires_secs
-            .map(|s| now_ms.saturating_add(s.saturating_mul(1000)));
-        let secret = self.signing.to_bytes();
-        let token = if root == self.author.public_key {
-            capability::mint(
-                &secret,
-                &ws_id,
-                &invitee,
-                request.role,
-                expires_ms,
-                &mut OsRng,
-            )
-        } else {
-            let mine = self
-                .memberships
-                .get(&ws_id)
-                .map(|m| m.token.clone())
-                .unwrap_or_default();
-            capability::delegate(
-                &mine,
-                &root,
-                &secret,
-                &ws_id,
-                &invitee,
-                request.role,
-                expires_ms,
-                now_ms,
-                &mut OsRng,
-            )
-        }
-        .map_err(|e| StoreError::Forbidden(e.to_string()))?;
-        let grant =
-            capability::authorize(&token, &root, &ws_id, &invitee, &BTreeSet::new(), now_ms)
-                .map_err(|e| {
-                    StoreError::Storage(format!("a freshly minted token does not verify: {e}"))
-                })?;
-        let name = ws.name();
-        let ws = self
-            .workspaces
-            .get_mut(&ws_id)
-            .ok_or(StoreError::WorkspaceNotFound(ws_id))?;
-        let changes = ws.add_member(
-            &invitee.to_string(),
-            request.role,
-            &grant.token_id,
-            grant.expires_ms,
-            &self.author,
-            now_ms,
-        )?;
-        self.stage_local(ws_id, changes);
-        let invitation = Invitation {
-            workspace: ws_id,
-            name,
-            root_key: root,
-            nonce,
-            role: request.role,
-            token,
-            inviter: self.author.peer_id.clone(),
-            addrs,
-        };
-        Ok(InviteResponse {
-            token: invitation.encode(),
-            token_id: grant.token_id,
-            peer_id: invitee.to_string(),
-            role: request.role,
-            expires_at: grant.expires_ms,
-        })
-    }
-
-    pub(super) fn join(
-        &mut self,
-        token: &str,
-        now_ms: u64,
-    ) -> Result<WorkspaceSummary, StoreError> {
-        let inv = Invitation::decode(token).map_err(StoreError::InvalidInvitation)?;
-        let me = self.peer_id();
-        // Verified by the handle before it asked (see `tokens`): a token not
-        // verified yet is not verified here, on the store's thread.
-        self.tokens
-            .cached(&inv.root_key, &inv.token)
-            .ok_or_else(|| {
-                StoreError::InvalidInvitation("the invitation was not verified; try again".into())
-            })?
-            .and_then(|v| v.grant(&inv.workspace, &me, &BTreeSet::new(), now_ms))
-            .map_err(|e| StoreError::InvalidInvitation(e.to_string()))?;
-        let inviter: PeerId = inv
-            .inviter
-            .parse()
-            .map_err(|_| StoreError::InvalidInvitation("the inviter is not a peer id".into()))?;
-        if !self.workspaces.contains_key(&inv.workspace) {
-            self.workspaces
-                .insert(inv.workspace, Workspace::empty(inv.workspace, &self.author));
-            self.new_workspaces.push(inv.workspace);
-        }
-        let mut contacts = self
-            .memberships
-            .get(&inv.workspace)
-            .map(|m| m.contacts.clone())
-            .unwrap_or_default();
-        contacts.retain(|(p, _)| *p != inv.inviter);
-        contacts.push((inv.inviter.clone(), inv.addrs.clone()));
-        self.stage_membership(
-            inv.workspace,
-            Membership {
-                token: inv.token.clone(),
-                root_key: inv.root_key,
-                contacts,
-            },
-        );
-        // The inviter's `Accept` is verified against this root.
-        self.publish_roles();
-        self.send_net(NetCommand::Dial {
-            peer: inviter,
-            addrs: inv.addrs.clone(),
-        });
-        // Already connected to the inviter? Open the session now.
-        self.run_engine(Input::Join {
-            peer: inviter,
-            workspace: inv.workspace,
-        });
-        Ok(WorkspaceSummary {
-            id: inv.workspace,
-            name: inv.name,
-            created_at: 0,
-            owner: String::new(),
-            role: inv.role,
-            files: 0,
-        })
-    }
-
-    pub(super) fn revoke(
-        &mut self,
-        ws_id: WorkspaceId,
-        target: &str,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        let ws = self
-            .workspaces
-            .get(&ws_id)
-            .ok_or(StoreError::WorkspaceNotFound(ws_id))?;
-        if !self.my_role(ws).is_some_and(|r| r.allows(Right::Revoke)) {
-            return Err(StoreError::Forbidden("only admins can revoke".into()));
-        }
-        let target = target.trim();
-        if target.is_empty() || target.len() > 200 || target.chars().any(char::is_control) {
-            return Err(StoreError::InvalidRequest(
-                "give a member's peer id or a token id".into(),
-            ));
-        }
-        let owner = ws.root_peer();
-        let owner_token = owner.as_deref().and_then(|o| ws.member_token_id(o));
-        if owner.as_deref() == Some(target) || owner_token.as_deref() == Some(target) {
-            return Err(StoreError::Forbidden(
-                "the workspace's creator cannot be revoked, by peer id or by token id".into(),
-            ));
-        }
-        let is_member = ws.member_peers().iter().any(|p| p == target);
-        let is_token = target.len() == 128 && target.chars().all(|c| c.is_ascii_hexdigit());
-        if !is_member && !is_token {
-            return Err(StoreError::InvalidRequest(format!(
-                "{target:?} is neither a member of this workspace nor a token id"
-            )));
-        }
-        let ws = self
-            .workspaces
-            .get_mut(&ws_id)
-            .ok_or(StoreError::WorkspaceNotFound(ws_id))?;
-        let changes = ws.revoke(target, &self.author, now_ms)?;
-        self.stage_local(ws_id, changes);
-        Ok(())
-    }
-
     pub(super) fn peers(&mut self) -> Vec<PeerInfo> {
-        let connected: BTreeSet<PeerId> = self.engine.connected_peers().into_iter().collect();
+        let connected: BTreeSet<PeerId> = self.sync.engine.connected_peers().into_iter().collect();
         let mut known: BTreeSet<PeerId> = connected.clone();
         for ws in self.workspaces.values() {
             known.extend(
@@ -582,7 +379,7 @@ impl Actor {
             let mut workspaces = Vec::new();
             let ids: Vec<WorkspaceId> = self.workspaces.keys().copied().collect();
             for ws_id in ids {
-                let syncing = self.engine.peers_of(&ws_id).contains(&peer);
+                let syncing = self.sync.engine.peers_of(&ws_id).contains(&peer);
                 let member = self
                     .workspaces
                     .get(&ws_id)
@@ -604,7 +401,7 @@ impl Actor {
             out.push(PeerInfo {
                 peer_id: peer.to_string(),
                 connected: connected.contains(&peer),
-                addresses: self.peer_addrs.get(&peer).cloned().unwrap_or_default(),
+                addresses: self.sync.peer_addrs.get(&peer).cloned().unwrap_or_default(),
                 workspaces,
             });
         }
@@ -614,7 +411,7 @@ impl Actor {
     /// How many of our changes the peer has not acknowledged, from its last
     /// advertised heads; `None` if it holds heads we do not know.
     fn behind(&mut self, peer: &PeerId, ws_id: &WorkspaceId) -> Option<u64> {
-        let theirs = self.engine.their_heads(peer, ws_id);
+        let theirs = self.sync.engine.their_heads(peer, ws_id);
         let ws = self.workspaces.get_mut(ws_id)?;
         let mut total = 0u64;
         let mut ahead = false;
@@ -634,16 +431,6 @@ impl Actor {
             return None;
         }
         Some(total)
-    }
-
-    pub(super) fn contacts(&self) -> Vec<(String, Vec<String>)> {
-        let mut out: Vec<(String, Vec<String>)> = Vec::new();
-        for m in self.memberships.values() {
-            for (p, addrs) in &m.contacts {
-                out.push((p.clone(), addrs.clone()));
-            }
-        }
-        out
     }
 }
 

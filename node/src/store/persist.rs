@@ -1,0 +1,517 @@
+//! The store actor's persistence: the redb database and everything waiting
+//! for its next commit — staged changes, memberships and sync states,
+//! deferred replies, audit decisions — with the per-document record
+//! counters and the audit chain's end. Nothing here knows about sync or
+//! memberships' meaning: it writes what it is given, in one durable
+//! transaction per group, and folds change records into snapshots.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use automerge::{AutoCommit, Change};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use xencode_protocol::envelope::SignedHead;
+use xencode_protocol::{DocId, WorkspaceId};
+
+use super::audit;
+use super::tables::{
+    self, CHANGES, DOCS, DocRecord, MEMBERSHIPS, Membership, SIGNATURES, SNAPSHOTS, SYNC_STATES,
+    WORKSPACES,
+};
+use super::{OpenError, StoreError, StoreOptions};
+use crate::workspace::{Author, Doc, DocKind, NewChange, Workspace, access_doc_id, index_doc_id};
+
+/// The database and what waits for its next commit.
+pub(super) struct Persistence {
+    /// `None` after an I/O error poisoned it, until it reopens.
+    pub(super) db: Option<Database>,
+    pub(super) path: PathBuf,
+    pub(super) options: StoreOptions,
+    /// Per document: the next change record's key, and records not yet
+    /// folded into a snapshot.
+    pub(super) counters: HashMap<DocId, Counters>,
+    /// Changes made in memory, not yet committed.
+    pub(super) staged: Vec<Staged>,
+    pub(super) new_workspaces: Vec<WorkspaceId>,
+    pub(super) staged_memberships: Vec<(WorkspaceId, Membership)>,
+    pub(super) staged_sync_states: Vec<(String, DocId, Vec<u8>)>,
+    /// Replies waiting for the commit that makes their write durable.
+    pub(super) deferred: Vec<Deferred>,
+    /// Authorization decisions waiting for the next commit.
+    pub(super) audit_staged: Vec<audit::Decision>,
+    /// The audit chain's committed end.
+    pub(super) audit_tip: audit::Tip,
+    /// This store's actor epoch (a restore starts a new one).
+    pub(super) epoch: u64,
+}
+
+impl Persistence {
+    /// Opens (after checking) the store file at `path`.
+    pub(super) fn open(path: &Path, options: StoreOptions) -> Result<Self, OpenError> {
+        let db = open_database(path)?;
+        let epoch = tables::prepare(&db, path)?;
+        let audit_tip = audit::tip(&db).map_err(|e| OpenError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("audit log: {e}"),
+        })?;
+        Ok(Self {
+            db: Some(db),
+            path: path.to_owned(),
+            options,
+            counters: HashMap::new(),
+            staged: Vec::new(),
+            new_workspaces: Vec::new(),
+            staged_memberships: Vec::new(),
+            staged_sync_states: Vec::new(),
+            deferred: Vec::new(),
+            audit_staged: Vec::new(),
+            audit_tip,
+            epoch,
+        })
+    }
+
+    /// Whether nothing waits for a commit.
+    pub(super) fn is_idle(&self) -> bool {
+        self.deferred.is_empty()
+            && self.staged.is_empty()
+            && self.staged_memberships.is_empty()
+            && self.staged_sync_states.is_empty()
+            && self.audit_staged.is_empty()
+    }
+
+    /// Records how many change records each document got in a commit.
+    pub(super) fn count(&mut self, bumped: Vec<(DocId, u64)>) {
+        for (doc, n) in bumped {
+            let c = self.counters.entry(doc).or_default();
+            c.next += n;
+            c.pending += n;
+        }
+    }
+
+    /// After a failed commit: reopens the database if redb poisoned it.
+    pub(super) fn reopen_if_poisoned(&mut self) {
+        if self.db.as_ref().is_none_or(|db| !usable(db)) {
+            self.db = None;
+            match open_database(&self.path) {
+                Ok(db) => self.db = Some(db),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reopen the store; writes fail until it can")
+                }
+            }
+        }
+    }
+
+    pub(super) fn db(&self) -> Result<&Database, String> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| "the database is closed after an I/O error".to_owned())
+    }
+
+    /// Queues a write's reply until its changes are committed.
+    pub(super) fn defer<T: Send + 'static>(
+        &mut self,
+        made: Result<T, StoreError>,
+        reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+    ) {
+        match made {
+            Ok(value) => self.deferred.push(Box::new(move |committed| {
+                let _ = reply.send(committed.map(|()| value));
+            })),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Writes the staged changes and audit entries; returns how many records
+    /// each doc got and the audit chain's new end.
+    pub(super) fn workspace_ids(&self) -> Result<Vec<WorkspaceId>, String> {
+        let read = self.db()?.begin_read().map_err(|e| e.to_string())?;
+        let table = read.open_table(WORKSPACES).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| e.to_string())? {
+            let (k, _) = entry.map_err(|e| e.to_string())?;
+            out.push(WorkspaceId::from_bytes(k.value()));
+        }
+        Ok(out)
+    }
+
+    /// Loads one workspace from the committed state, resetting its counters.
+    pub(super) fn load_workspace(
+        &mut self,
+        id: WorkspaceId,
+        author: &Author,
+    ) -> Result<Workspace, String> {
+        let read = self.db()?.begin_read().map_err(|e| e.to_string())?;
+        let docs = read.open_table(DOCS).map_err(|e| e.to_string())?;
+        let snapshots = read.open_table(SNAPSHOTS).map_err(|e| e.to_string())?;
+        let changes = read.open_table(CHANGES).map_err(|e| e.to_string())?;
+        let mut files = BTreeMap::new();
+        let mut access = None;
+        let mut index = None;
+        for entry in docs.iter().map_err(|e| e.to_string())? {
+            let (k, v) = entry.map_err(|e| e.to_string())?;
+            let record: DocRecord = postcard::from_bytes(v.value())
+                .map_err(|e| format!("document record is unreadable: {e}"))?;
+            if record.workspace != *id.as_bytes() {
+                continue;
+            }
+            let doc_id = DocId::from_bytes(k.value());
+            let (am, counters) = load_doc(&snapshots, &changes, doc_id)?;
+            let mut doc = Doc { id: doc_id, am };
+            doc.am.set_actor(author.actor.clone());
+            self.counters.insert(doc_id, counters);
+            match record.kind {
+                DocKind::Access => access = Some(doc),
+                DocKind::Index => index = Some(doc),
+                DocKind::File => {
+                    files.insert(doc_id, doc);
+                }
+            }
+        }
+        // A joined workspace may have no document synced yet.
+        let mut ws = Workspace::empty(id, author);
+        if let Some(a) = access {
+            ws.access = a;
+        }
+        if let Some(i) = index {
+            ws.index = i;
+        }
+        ws.files = files;
+        Ok(ws)
+    }
+
+    pub(super) fn load_memberships(
+        &self,
+    ) -> Result<std::collections::BTreeMap<WorkspaceId, Membership>, String> {
+        let read = self.db()?.begin_read().map_err(|e| e.to_string())?;
+        let table = read.open_table(MEMBERSHIPS).map_err(|e| e.to_string())?;
+        let mut out = std::collections::BTreeMap::new();
+        for entry in table.iter().map_err(|e| e.to_string())? {
+            let (k, v) = entry.map_err(|e| e.to_string())?;
+            let m: Membership = postcard::from_bytes(v.value())
+                .map_err(|e| format!("membership record unreadable: {e}"))?;
+            out.insert(WorkspaceId::from_bytes(k.value()), m);
+        }
+        Ok(out)
+    }
+
+    pub(super) fn read_membership(&self, ws: &WorkspaceId) -> Result<Option<Membership>, String> {
+        let read = self.db()?.begin_read().map_err(|e| e.to_string())?;
+        let table = read.open_table(MEMBERSHIPS).map_err(|e| e.to_string())?;
+        let value = table.get(*ws.as_bytes()).map_err(|e| e.to_string())?;
+        value
+            .map(|v| postcard::from_bytes(v.value()).map_err(|e| e.to_string()))
+            .transpose()
+    }
+
+    /// Folds change records into snapshots: every document with any when
+    /// `all`, else those past the configured threshold. Returns how many.
+    pub(super) fn compact(
+        &mut self,
+        workspaces: &mut BTreeMap<WorkspaceId, Workspace>,
+        all: bool,
+    ) -> Result<usize, StoreError> {
+        let threshold = if all {
+            1
+        } else {
+            self.options.compact_after_changes
+        };
+        let due: Vec<DocId> = self
+            .counters
+            .iter()
+            .filter(|(_, c)| c.pending >= threshold)
+            .map(|(d, _)| *d)
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let db = self.db.as_ref().ok_or_else(closed_db)?;
+        let mut tx = db.begin_write().map_err(classify)?;
+        tx.set_durability(Durability::Immediate).map_err(classify)?;
+        {
+            let mut snapshots = tx.open_table(SNAPSHOTS).map_err(classify)?;
+            let mut changes = tx.open_table(CHANGES).map_err(classify)?;
+            for doc_id in &due {
+                let Some(doc) = workspaces
+                    .values_mut()
+                    .flat_map(Workspace::docs_mut)
+                    .find(|d| d.id == *doc_id)
+                else {
+                    continue;
+                };
+                let Some(saved) = verified_snapshot(&mut doc.am) else {
+                    // Keep the change records: they still load one by one.
+                    tracing::error!(
+                        doc = %doc_id,
+                        "the document's snapshot does not load back; it is kept as change records"
+                    );
+                    continue;
+                };
+                let next = self.counters.get(doc_id).map_or(0, |c| c.next);
+                let upto = next.saturating_sub(1);
+                snapshots
+                    .insert(*doc_id.as_bytes(), (upto, saved.as_slice()))
+                    .map_err(classify)?;
+                changes
+                    .retain_in(
+                        (*doc_id.as_bytes(), 0)..(*doc_id.as_bytes(), next),
+                        |_, _| false,
+                    )
+                    .map_err(classify)?;
+            }
+        }
+        tx.commit().map_err(classify)?;
+        for doc in &due {
+            if let Some(c) = self.counters.get_mut(doc) {
+                c.pending = 0;
+            }
+        }
+        tracing::debug!(
+            documents = due.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compacted"
+        );
+        Ok(due.len())
+    }
+
+    pub(super) fn commit_staged(&mut self) -> Result<(Vec<(DocId, u64)>, audit::Tip), StoreError> {
+        let db = self.db.as_ref().ok_or_else(closed_db)?;
+        let mut tx = db.begin_write().map_err(classify)?;
+        // Only allowed-read audit entries: durable with the next durable commit.
+        let audit_only = self.deferred.is_empty()
+            && self.staged.is_empty()
+            && self.staged_memberships.is_empty()
+            && self.staged_sync_states.is_empty()
+            && self.audit_staged.iter().all(|d| d.allow);
+        tx.set_durability(if audit_only {
+            Durability::None
+        } else {
+            Durability::Immediate
+        })
+        .map_err(classify)?;
+        let tip = audit::append(&tx, self.audit_tip, &self.audit_staged, audit::MAX_ENTRIES)
+            .map_err(classify)?;
+        let mut added: BTreeMap<DocId, u64> = BTreeMap::new();
+        {
+            let mut workspaces = tx.open_table(WORKSPACES).map_err(classify)?;
+            for ws in &self.new_workspaces {
+                workspaces.insert(*ws.as_bytes(), ()).map_err(classify)?;
+            }
+            let mut docs = tx.open_table(DOCS).map_err(classify)?;
+            let mut changes = tx.open_table(CHANGES).map_err(classify)?;
+            let mut signatures = tx.open_table(SIGNATURES).map_err(classify)?;
+            for staged in &mut self.staged {
+                let (ws, new) = (&staged.ws, &mut staged.change);
+                for sig in &staged.signatures {
+                    let bytes =
+                        postcard::to_stdvec(sig).map_err(|e| StoreError::Storage(e.to_string()))?;
+                    signatures
+                        .insert((*new.doc.as_bytes(), sig.hash), bytes.as_slice())
+                        .map_err(classify)?;
+                }
+                let counters = self.counters.get(&new.doc).copied();
+                if counters.is_none() && !added.contains_key(&new.doc) {
+                    let kind = if new.doc == access_doc_id(ws) {
+                        DocKind::Access
+                    } else if new.doc == index_doc_id(ws) {
+                        DocKind::Index
+                    } else {
+                        DocKind::File
+                    };
+                    let record = DocRecord {
+                        workspace: *ws.as_bytes(),
+                        kind,
+                    };
+                    let bytes = postcard::to_stdvec(&record)
+                        .map_err(|e| StoreError::Storage(e.to_string()))?;
+                    docs.insert(*new.doc.as_bytes(), bytes.as_slice())
+                        .map_err(classify)?;
+                }
+                let n = added.entry(new.doc).or_default();
+                let key = counters.map_or(0, |c| c.next) + *n;
+                *n += 1;
+                changes
+                    .insert((*new.doc.as_bytes(), key), new.change.bytes().as_ref())
+                    .map_err(classify)?;
+            }
+            let mut memberships = tx.open_table(MEMBERSHIPS).map_err(classify)?;
+            for (ws, m) in &self.staged_memberships {
+                let bytes =
+                    postcard::to_stdvec(m).map_err(|e| StoreError::Storage(e.to_string()))?;
+                memberships
+                    .insert(*ws.as_bytes(), bytes.as_slice())
+                    .map_err(classify)?;
+            }
+            let mut states = tx.open_table(SYNC_STATES).map_err(classify)?;
+            for (peer, doc, state) in &self.staged_sync_states {
+                states
+                    .insert((peer.as_str(), *doc.as_bytes()), state.as_slice())
+                    .map_err(classify)?;
+            }
+        }
+        tx.commit().map_err(classify)?;
+        Ok((added.into_iter().collect(), tip))
+    }
+}
+
+/// Per-document bookkeeping of change records.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Counters {
+    /// Key of the next change record.
+    next: u64,
+    /// Change records not yet folded into a snapshot.
+    pending: u64,
+}
+
+/// A reply waiting for the commit that makes its write durable.
+pub(super) type Deferred = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A change waiting for the next commit.
+pub(super) struct Staged {
+    pub ws: WorkspaceId,
+    pub change: NewChange,
+    pub signatures: Vec<SignedHead>,
+    /// Made on this node: announced to peers once committed.
+    pub local: bool,
+}
+
+/// Opens the store file for writing, after checking read-only that it is a
+/// store this build may write: a refused file is never written to.
+fn open_database(path: &Path) -> Result<Database, OpenError> {
+    tables::check_magic(path)?;
+    if path.exists() {
+        // redb checks its own invariants with debug assertions; a damaged
+        // file must give an error, not take the node down.
+        match std::panic::catch_unwind(|| Database::builder().open_read_only(path)) {
+            Ok(Ok(ro)) => {
+                tables::inspect(&ro, path)?;
+            }
+            // An unclean shutdown left the file needing a repair, which only
+            // a writable open performs; the magic already said it is redb.
+            Ok(Err(redb::DatabaseError::RepairAborted)) => {}
+            Ok(Err(e)) => return Err(open_error(path, e)),
+            Err(_) => return Err(internal_check_failed(path)),
+        }
+    }
+    // Every workspace's content and the node's tokens are in this file:
+    // created 0600 (redb would take the umask's mode), and an older store
+    // is tightened.
+    crate::paths::ensure_private_file(path).map_err(|error| OpenError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
+    match std::panic::catch_unwind(|| Database::builder().create(path)) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(open_error(path, e)),
+        Err(_) => Err(internal_check_failed(path)),
+    }
+}
+
+fn internal_check_failed(path: &Path) -> OpenError {
+    OpenError::Corrupt {
+        path: path.to_owned(),
+        detail: "the storage engine failed an internal check while opening".into(),
+    }
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> OpenError {
+    let path = path.to_owned();
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse { path },
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+            if e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            OpenError::NotAStore { path }
+        }
+        // A file cut short inside redb's header.
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            OpenError::Corrupt {
+                path,
+                detail: "the file is truncated".into(),
+            }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(source)) => OpenError::Io {
+            path,
+            error: source,
+        },
+        e => OpenError::Corrupt {
+            path,
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// The document saved as a snapshot, if the snapshot loads back with the
+/// same heads. Crafted changes a member sent (found by fuzzing) can leave a
+/// document whose saved form no longer loads; writing it in place of the
+/// change records would lose the document at the next start.
+pub(super) fn verified_snapshot(am: &mut AutoCommit) -> Option<Vec<u8>> {
+    let heads = am.get_heads();
+    let saved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| am.save())).ok()?;
+    let loaded = std::panic::catch_unwind(|| AutoCommit::load(&saved).map(|mut d| d.get_heads()));
+    matches!(loaded, Ok(Ok(h)) if h == heads).then_some(saved)
+}
+
+/// Loads a document: its snapshot, then its change records in one batch.
+fn load_doc(
+    snapshots: &redb::ReadOnlyTable<[u8; 16], (u64, &[u8])>,
+    changes: &redb::ReadOnlyTable<([u8; 16], u64), &[u8]>,
+    id: DocId,
+) -> Result<(AutoCommit, Counters), String> {
+    let key = *id.as_bytes();
+    let (mut am, first) = match snapshots.get(key).map_err(|e| e.to_string())? {
+        Some(v) => {
+            let (upto, data) = v.value();
+            let am = std::panic::catch_unwind(|| AutoCommit::load(data))
+                .map_err(|_| {
+                    format!("snapshot of document {id} is unreadable (Automerge panicked)")
+                })?
+                .map_err(|e| format!("snapshot of document {id} is unreadable: {e}"))?;
+            (am, upto + 1)
+        }
+        None => (AutoCommit::new(), 0),
+    };
+    let mut batch = Vec::new();
+    let mut next = first;
+    for entry in changes
+        .range((key, 0)..=(key, u64::MAX))
+        .map_err(|e| e.to_string())?
+    {
+        let (k, v) = entry.map_err(|e| e.to_string())?;
+        let change = Change::from_bytes(v.value().to_vec())
+            .map_err(|e| format!("a change of document {id} is unreadable: {e}"))?;
+        batch.push(change);
+        next = k.value().1 + 1;
+    }
+    let pending = batch.len() as u64;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| am.apply_changes(batch)))
+        .map_err(|_| format!("changes of document {id} do not apply (Automerge panicked)"))?
+        .map_err(|e| format!("changes of document {id} do not apply: {e}"))?;
+    Ok((am, Counters { next, pending }))
+}
+
+pub(super) fn closed_db() -> StoreError {
+    StoreError::Storage("the database is closed after an I/O error".into())
+}
+
+/// Whether the database still accepts write transactions.
+fn usable(db: &Database) -> bool {
+    match db.begin_write() {
+        Ok(tx) => tx.abort().is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Maps a redb failure to what the user is told.
+pub(super) fn classify(e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    match &e {
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => StoreError::DiskFull,
+        _ => StoreError::Storage(e.to_string()),
+    }
+}
