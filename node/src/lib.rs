@@ -14,13 +14,13 @@ pub mod api;
 pub mod config;
 // The fuzz targets' entry points: built for `fuzz/` (feature `fuzzing`) and
 // for the unit tests that replay the corpora, never into the shipped binary.
+pub mod daemon;
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod identity;
 pub mod metrics;
 pub mod net;
-pub mod node;
 pub mod paths;
 pub mod store;
 pub mod workspace;

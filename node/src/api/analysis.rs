@@ -17,8 +17,7 @@ use xencode_protocol::analysis::{
 };
 use xencode_protocol::api::FileKind;
 
-use super::extract::{ApiJson, ApiPath};
-use super::routes::{parse_path, parse_ws};
+use super::extract::{ApiJson, WsId, parse_path};
 use super::{AnalysisSetup, ApiError, ApiState};
 use crate::now_ms;
 use crate::store::StoreError;
@@ -39,7 +38,7 @@ fn language_of(path: &WorkspacePath) -> Option<&'static str> {
 pub async fn analyze(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    WsId(id): WsId,
     ApiJson(req): ApiJson<AnalyzeRequest>,
 ) -> Result<Response, ApiError> {
     let wants_stream = req.ai
@@ -47,7 +46,7 @@ pub async fn analyze(
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("text/event-stream"));
-    let (id, path) = (parse_ws(&id)?, parse_path(&req.path)?);
+    let path = parse_path(&req.path)?;
     if language_of(&path).is_none() {
         return Err(ApiError::bad_request(
             "unsupported_language",
@@ -240,11 +239,7 @@ fn stream_review(
         .into_response()
 }
 
-pub async fn analyses(
-    State(state): State<ApiState>,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Response, ApiError> {
-    let id = parse_ws(&id)?;
+pub async fn analyses(State(state): State<ApiState>, WsId(id): WsId) -> Result<Response, ApiError> {
     let analyses = state.store()?.analyses(id).await?;
     Ok(Json(AnalysisList { analyses }).into_response())
 }
@@ -259,10 +254,9 @@ const MAX_STORED_ORIGINAL: usize = 6 * 1024 * 1024;
 /// processed document in the workspace; answers the processed document.
 pub async fn add_document(
     State(state): State<ApiState>,
-    ApiPath(id): ApiPath<String>,
+    WsId(id): WsId,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let id = parse_ws(&id)?;
     let setup = state
         .inner
         .analysis
@@ -386,9 +380,8 @@ fn multipart_error(e: &MultipartError) -> ApiError {
 /// `GET /api/v1/workspaces/{id}/documents`.
 pub async fn documents(
     State(state): State<ApiState>,
-    ApiPath(id): ApiPath<String>,
+    WsId(id): WsId,
 ) -> Result<Response, ApiError> {
-    let id = parse_ws(&id)?;
     let documents = state.store()?.documents(id).await?;
     Ok(Json(DocumentList { documents }).into_response())
 }

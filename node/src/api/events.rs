@@ -10,8 +10,8 @@ use tokio::sync::broadcast::error::RecvError;
 use xencode_protocol::WorkspaceId;
 use xencode_protocol::api::NodeEvent;
 
+use super::extract::parse_ws;
 use super::extract::query_pairs;
-use super::routes::parse_ws;
 use super::{ApiError, ApiState};
 use crate::store::Store;
 

@@ -9,6 +9,8 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use xencode_protocol::{WorkspaceId, WorkspacePath};
+
 use super::ApiError;
 
 /// The `key=value` pairs of a query string, refusing any key not in
@@ -95,6 +97,48 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             .await
             .map(|Path(v)| Self(v))
             .map_err(|e: PathRejection| ApiError::bad_request("invalid_path", e.body_text()))
+    }
+}
+
+/// A workspace id from a request, or `invalid_workspace_id`.
+pub(super) fn parse_ws(id: &str) -> Result<WorkspaceId, ApiError> {
+    id.parse().map_err(|e| {
+        ApiError::bad_request(
+            "invalid_workspace_id",
+            format!("{id:?} is not a workspace id: {e}"),
+        )
+    })
+}
+
+/// A workspace file path from a request, or `invalid_file_path`.
+pub(super) fn parse_path(path: &str) -> Result<WorkspacePath, ApiError> {
+    WorkspacePath::parse(path)
+        .map_err(|e| ApiError::bad_request("invalid_file_path", format!("invalid file path: {e}")))
+}
+
+/// The workspace id of a `/workspaces/{id}…` route, parsed.
+pub struct WsId(pub WorkspaceId);
+
+impl<S: Send + Sync> FromRequestParts<S> for WsId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let ApiPath(id) = ApiPath::<String>::from_request_parts(parts, state).await?;
+        parse_ws(&id).map(Self)
+    }
+}
+
+/// The workspace id and file path of a `/workspaces/{id}/files/{*path}`
+/// route, parsed.
+pub struct WsFile(pub WorkspaceId, pub WorkspacePath);
+
+impl<S: Send + Sync> FromRequestParts<S> for WsFile {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let ApiPath((id, path)) =
+            ApiPath::<(String, String)>::from_request_parts(parts, state).await?;
+        Ok(Self(parse_ws(&id)?, parse_path(&path)?))
     }
 }
 

@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ErrorCode;
-use super::session::{self, CookieCheck, Principal};
+use super::session::{self, CookieCheck, Principal, constant_time_eq};
 use super::{ApiError, ApiState};
 
 /// Names a browser may use to reach this API. Anything else in `Host` is a
@@ -164,13 +164,6 @@ fn unauthorized(message: &str) -> Response {
         header::HeaderValue::from_static("Bearer realm=\"xencode\""),
     );
     resp
-}
-
-pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Appends every authorization decision of the API to the audit log: each

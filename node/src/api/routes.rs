@@ -9,26 +9,11 @@ use xencode_protocol::api::{
     AuditLog, CreateWorkspace, FileKind, FileList, Health, InviteRequest, JoinRequest, NodeInfo,
     PeerList, RevokeRequest, SpliceRequest, StoreInfo, WorkspaceList,
 };
-use xencode_protocol::{WorkspaceId, WorkspacePath};
 
-use super::extract::{ApiJson, ApiPath, RawBody, query_pairs};
+use super::extract::{ApiJson, ApiPath, RawBody, WsFile, WsId, parse_ws, query_pairs};
 use super::{ApiError, ApiState};
 use crate::now_ms;
 use crate::store::tables::SCHEMA_VERSION;
-
-pub(super) fn parse_ws(id: &str) -> Result<WorkspaceId, ApiError> {
-    id.parse().map_err(|e| {
-        ApiError::bad_request(
-            "invalid_workspace_id",
-            format!("{id:?} is not a workspace id: {e}"),
-        )
-    })
-}
-
-pub(super) fn parse_path(path: &str) -> Result<WorkspacePath, ApiError> {
-    WorkspacePath::parse(path)
-        .map_err(|e| ApiError::bad_request("invalid_file_path", format!("invalid file path: {e}")))
-}
 
 pub async fn health(State(state): State<ApiState>) -> Response {
     let loaded = state.inner.store.get().is_some();
@@ -152,26 +137,23 @@ pub async fn create_workspace(
 
 pub async fn show_workspace(
     State(state): State<ApiState>,
-    ApiPath(id): ApiPath<String>,
+    WsId(id): WsId,
 ) -> Result<Response, ApiError> {
-    let id = parse_ws(&id)?;
     Ok(Json(state.store()?.workspace(id).await?).into_response())
 }
 
 pub async fn list_files(
     State(state): State<ApiState>,
-    ApiPath(id): ApiPath<String>,
+    WsId(id): WsId,
 ) -> Result<Json<FileList>, ApiError> {
-    let id = parse_ws(&id)?;
     let files = state.store()?.list_files(id).await?;
     Ok(Json(FileList { files }))
 }
 
 pub async fn get_file(
     State(state): State<ApiState>,
-    ApiPath((id, path)): ApiPath<(String, String)>,
+    WsFile(id, path): WsFile,
 ) -> Result<Response, ApiError> {
-    let (id, path) = (parse_ws(&id)?, parse_path(&path)?);
     let file = state.store()?.get_file(id, path).await?;
     let (content_type, kind) = match file.kind {
         FileKind::Text => ("text/plain; charset=utf-8", "text"),
@@ -190,10 +172,9 @@ pub async fn get_file(
 
 pub async fn put_file(
     State(state): State<ApiState>,
-    ApiPath((id, path)): ApiPath<(String, String)>,
+    WsFile(id, path): WsFile,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let (id, path) = (parse_ws(&id)?, parse_path(&path)?);
     let info = state
         .store()?
         .put_file(id, path, body.to_vec(), now_ms())
@@ -203,19 +184,17 @@ pub async fn put_file(
 
 pub async fn remove_file(
     State(state): State<ApiState>,
-    ApiPath((id, path)): ApiPath<(String, String)>,
+    WsFile(id, path): WsFile,
 ) -> Result<StatusCode, ApiError> {
-    let (id, path) = (parse_ws(&id)?, parse_path(&path)?);
     state.store()?.remove_file(id, path, now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn splice(
     State(state): State<ApiState>,
-    ApiPath(id): ApiPath<String>,
+    WsId(id): WsId,
     ApiJson(req): ApiJson<SpliceRequest>,
 ) -> Result<Response, ApiError> {
-    let id = parse_ws(&id)?;
     let (path, edits) = req
         .into_edits()
         .map_err(|m| ApiError::bad_request("invalid_splice", m))?;
@@ -225,10 +204,9 @@ pub async fn splice(
 
 pub async fn invite(
     State(state): State<ApiState>,
-    ApiPath(id): ApiPath<String>,
+    WsId(id): WsId,
     ApiJson(req): ApiJson<InviteRequest>,
 ) -> Result<Response, ApiError> {
-    let id = parse_ws(&id)?;
     let addrs = state.listen_addrs();
     let resp = state.store()?.invite(id, req, addrs, now_ms()).await?;
     Ok((StatusCode::CREATED, Json(resp)).into_response())
@@ -244,10 +222,9 @@ pub async fn join(
 
 pub async fn revoke(
     State(state): State<ApiState>,
-    ApiPath(id): ApiPath<String>,
+    WsId(id): WsId,
     ApiJson(req): ApiJson<RevokeRequest>,
 ) -> Result<Response, ApiError> {
-    let id = parse_ws(&id)?;
     let target = req.target.clone();
     state.store()?.revoke(id, req.target, now_ms()).await?;
     Ok(Json(serde_json::json!({ "revoked": target })).into_response())

@@ -5,8 +5,8 @@ use std::io::{Read, Write};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use xencode_node::config::Config;
+use xencode_node::daemon::{self, Ready};
 use xencode_node::identity::{self, Identity};
-use xencode_node::node::{self, Ready};
 use xencode_node::paths::DataDir;
 use xencode_protocol::analysis::{
     AnalysisRecord, AnalyzeRequest, DocumentList, ModelList, ProcessedDocument,
@@ -74,7 +74,7 @@ pub async fn node(dir: &DataDir, args: NodeArgs) -> Result<()> {
         let _ = writeln!(out, "api:     {}", ready.api_url);
         let _ = out.flush();
     };
-    node::run(dir.clone(), config, print_ready, node::shutdown_signal()).await?;
+    daemon::run(dir.clone(), config, print_ready, daemon::shutdown_signal()).await?;
     Ok(())
 }
 

@@ -1,4 +1,6 @@
-//! Running a node: identity, store, API, and an orderly shutdown.
+//! The node as a long-running process (`xencode node`): identity, store,
+//! API and network started in order, `/health` served while the store
+//! loads, `api-url` written when ready, an orderly shutdown.
 
 use std::future::Future;
 use std::io;
