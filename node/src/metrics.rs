@@ -18,6 +18,7 @@ pub struct Metrics {
     store_size: IntGauge,
     changes_applied: IntCounter,
     changes_rejected: IntCounterVec,
+    sessions_refused: IntCounterVec,
     peers_connected: IntGauge,
     sync_frames: IntCounterVec,
     sync_bytes: IntCounterVec,
@@ -81,6 +82,20 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let sessions_refused = IntCounterVec::new(
+            Opts::new(
+                "sessions_refused_total",
+                "sync sessions refused, by this node (by why) or by the peer",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(sessions_refused.clone()))?;
+        for reason in xencode_protocol::policy::ADMIT_LABELS
+            .iter()
+            .chain(&["refused_by_peer"])
+        {
+            sessions_refused.with_label_values(&[*reason]);
+        }
         let peers_connected = IntGauge::new("peers_connected", "peers with a live connection")?;
         let sync_frames = IntCounterVec::new(
             Opts::new("sync_messages_total", "sync frames by direction"),
@@ -168,6 +183,8 @@ impl Metrics {
             "malformed",
             "expired",
             "overflow",
+            "changes_in_sync_message",
+            "unknown_document",
         ] {
             changes_rejected.with_label_values(&[reason]);
         }
@@ -187,6 +204,7 @@ impl Metrics {
             store_size,
             changes_applied,
             changes_rejected,
+            sessions_refused,
             peers_connected,
             sync_frames,
             sync_bytes,
@@ -230,6 +248,11 @@ impl Metrics {
 
     pub fn changes_applied(&self, n: u64) {
         self.changes_applied.inc_by(n);
+    }
+
+    /// A sync session refused, labelled by [`xencode_protocol::sync::SessionRefusal::label`].
+    pub fn session_refused(&self, reason: &str) {
+        self.sessions_refused.with_label_values(&[reason]).inc();
     }
 
     pub fn changes_rejected(&self, reason: &str, n: u64) {

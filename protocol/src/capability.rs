@@ -98,6 +98,23 @@ pub enum CapabilityError {
     BadKey,
 }
 
+impl CapabilityError {
+    /// A fixed name for the kind of refusal (a metric label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            CapabilityError::Invalid(_)
+            | CapabilityError::NotACapability(_)
+            | CapabilityError::BadDelegation(_)
+            | CapabilityError::BadKey => "bad_token",
+            CapabilityError::WrongWorkspace { .. } => "wrong_workspace",
+            CapabilityError::WrongHolder { .. } => "wrong_holder",
+            CapabilityError::Expired => "token_expired",
+            CapabilityError::Revoked => "token_revoked",
+            CapabilityError::Forbidden { .. } => "forbidden",
+        }
+    }
+}
+
 fn invalid(e: impl std::fmt::Display) -> CapabilityError {
     CapabilityError::Invalid(e.to_string())
 }

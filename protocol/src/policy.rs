@@ -347,6 +347,31 @@ pub enum AdmitError {
     Token(#[from] crate::capability::CapabilityError),
 }
 
+impl AdmitError {
+    /// A fixed name for the kind of refusal (a metric label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            AdmitError::UnknownWorkspace => "unknown_workspace",
+            AdmitError::Revoked => "member_revoked",
+            AdmitError::Unverified => "unverified",
+            AdmitError::Token(e) => e.label(),
+        }
+    }
+}
+
+/// Every label [`AdmitError::label`] gives, for metrics to show at zero.
+pub const ADMIT_LABELS: &[&str] = &[
+    "unknown_workspace",
+    "member_revoked",
+    "unverified",
+    "bad_token",
+    "wrong_workspace",
+    "wrong_holder",
+    "token_expired",
+    "token_revoked",
+    "forbidden",
+];
+
 /// Whether `peer` may open a session for `ws`: the root by its
 /// authenticated peer id alone; anyone else by a verified token
 /// (`verified`, from [`crate::capability::verify`], or `None` if it was not

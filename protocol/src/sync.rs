@@ -239,6 +239,34 @@ impl RejectReason {
     }
 }
 
+/// Why a session was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionRefusal {
+    /// This node refused the peer (the peer was told only [`REFUSED`]).
+    ByUs(AdmitError),
+    /// The peer refused this node, saying this (bounded).
+    ByPeer(String),
+}
+
+impl SessionRefusal {
+    /// A fixed name for the kind of refusal (a metric label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            SessionRefusal::ByUs(e) => e.label(),
+            SessionRefusal::ByPeer(_) => "refused_by_peer",
+        }
+    }
+}
+
+impl std::fmt::Display for SessionRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionRefusal::ByUs(e) => write!(f, "{e}"),
+            SessionRefusal::ByPeer(r) => write!(f, "refused by the peer: {r}"),
+        }
+    }
+}
+
 /// Observable happenings, for logs, metrics and the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -249,7 +277,7 @@ pub enum Event {
     SessionRefused {
         peer: PeerId,
         workspace: WorkspaceId,
-        reason: String,
+        reason: SessionRefusal,
     },
     SessionClosed {
         peer: PeerId,
@@ -444,7 +472,7 @@ impl Engine {
             if let Err(why) = host.admit(&peer, &ws, &token, now_ms) {
                 // Keep the sync states, then refuse as on any failed admission.
                 self.close_session((peer, ws));
-                self.refuse(peer, ws, &why);
+                self.refuse(peer, ws, why);
             }
         }
     }
@@ -576,7 +604,7 @@ impl Engine {
                     self.start(host, peer, ws);
                 }
                 Err(why) => {
-                    self.refuse(peer, ws, &why);
+                    self.refuse(peer, ws, why);
                     self.strike(peer, "refused token");
                 }
             },
@@ -588,18 +616,24 @@ impl Engine {
                 match self.admit(host, peer, ws, &token, now_ms) {
                     Ok(()) => self.start(host, peer, ws),
                     Err(why) => {
-                        self.refuse(peer, ws, &why);
+                        self.refuse(peer, ws, why);
                         self.strike(peer, "refused token");
                     }
                 }
             }
             Frame::Refuse { mut reason, .. } => {
                 if self.sessions.remove(&(peer, ws)).is_some() {
-                    reason.truncate(MAX_REASON_BYTES);
+                    if reason.len() > MAX_REASON_BYTES {
+                        let mut end = MAX_REASON_BYTES;
+                        while !reason.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        reason.truncate(end);
+                    }
                     self.event(Event::SessionRefused {
                         peer,
                         workspace: ws,
-                        reason: format!("refused by the peer: {reason}"),
+                        reason: SessionRefusal::ByPeer(reason),
                     });
                 }
             }
@@ -661,7 +695,7 @@ impl Engine {
     /// Refuses a session: the peer is told [`REFUSED`] whatever the reason
     /// (which workspaces a node holds, whom a token names and why it failed
     /// stay here); the event carries the reason, for the log and audit.
-    fn refuse(&mut self, peer: PeerId, ws: WorkspaceId, why: &AdmitError) {
+    fn refuse(&mut self, peer: PeerId, ws: WorkspaceId, why: AdmitError) {
         self.sessions.remove(&(peer, ws));
         self.send(
             peer,
@@ -673,7 +707,7 @@ impl Engine {
         self.event(Event::SessionRefused {
             peer,
             workspace: ws,
-            reason: why.to_string(),
+            reason: SessionRefusal::ByUs(why),
         });
     }
 

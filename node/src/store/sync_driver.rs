@@ -257,20 +257,26 @@ impl Actor {
                     .workspaces
                     .get(&workspace)
                     .is_some_and(|w| w.member_peers().contains(&peer.to_string()));
+                self.metrics.session_refused(reason.label());
                 if member {
                     tracing::warn!(%peer, %workspace, %reason, "sync session refused");
-                    self.audit_peer(&peer, "sync.open", workspace, false, reason.clone());
+                    self.audit_peer(&peer, "sync.open", workspace, false, reason.to_string());
                 } else {
                     tracing::debug!(%peer, %workspace, %reason, "sync session refused to a stranger");
                     // A stranger can open sessions as fast as it can connect:
                     // tallied, not chained (see `refusals`).
-                    let done =
-                        self.sync
-                            .refusals
-                            .count(crate::now_ms(), "peer", "sync session refused");
+                    let done = self
+                        .sync
+                        .refusals
+                        .count(crate::now_ms(), "peer", reason.label());
                     self.write_refusals(&done);
                 }
-                session_event(workspace, &peer, SessionState::Refused, Some(reason))
+                session_event(
+                    workspace,
+                    &peer,
+                    SessionState::Refused,
+                    Some(reason.to_string()),
+                )
             }
             Event::SessionClosed { peer, workspace } => {
                 tracing::info!(%peer, %workspace, "sync session closed");
