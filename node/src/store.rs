@@ -84,27 +84,97 @@ pub enum OpenError {
 }
 
 /// Why a store operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     #[error("no workspace {0} on this node")]
     WorkspaceNotFound(WorkspaceId),
     #[error("invalid workspace name: {0}")]
-    InvalidName(String),
+    InvalidName(#[from] xencode_protocol::api::NameError),
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
     #[error("the disk is full; nothing was written. Free some space and retry")]
     DiskFull,
     #[error("the store could not commit: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<redb::Error>),
+    #[error("the database is closed after an I/O error; restart the node")]
+    DatabaseClosed,
+    #[error("a record could not be encoded: {0}")]
+    Encoding(#[from] postcard::Error),
+    #[error(transparent)]
+    Audit(Arc<audit::AuditError>),
+    #[error("the OS random source failed: {0}")]
+    Random(#[from] getrandom::Error),
+    #[error("a token this node minted does not verify: {0}")]
+    Minted(xencode_protocol::capability::CapabilityError),
+    #[error("the backup failed: {0}")]
+    Backup(Arc<backup::BackupError>),
     #[error("the store has shut down")]
     Closed,
-    #[error("{0}")]
-    Forbidden(String),
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
     #[error("invalid invitation: {0}")]
-    InvalidInvitation(String),
-    #[error("{0}")]
-    InvalidRequest(String),
+    InvalidInvitation(#[from] BadInvitation),
+    #[error(transparent)]
+    InvalidRequest(#[from] BadRequest),
+}
+
+// Answers go to every reply of a commit group: the errors that are not
+// `Clone` are shared.
+impl From<audit::AuditError> for StoreError {
+    fn from(e: audit::AuditError) -> Self {
+        StoreError::Audit(Arc::new(e))
+    }
+}
+
+impl From<backup::BackupError> for StoreError {
+    fn from(e: backup::BackupError) -> Self {
+        StoreError::Backup(Arc::new(e))
+    }
+}
+
+/// Why this node may not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Forbidden {
+    #[error("only admins can {0}")]
+    NotAdmin(&'static str),
+    #[error("the workspace has not synced yet")]
+    NotSynced,
+    #[error("your role in this workspace is {0}; writing needs developer or admin")]
+    CannotWrite(&'static str),
+    #[error("the workspace's creator cannot be revoked, by peer id or by token id")]
+    RevokingTheCreator,
+    #[error("the audit log of workspace {0} is for its admins; this node is not one")]
+    AuditOfOthers(WorkspaceId),
+    #[error(transparent)]
+    Token(xencode_protocol::capability::CapabilityError),
+}
+
+/// Why an invitation cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BadInvitation {
+    #[error(transparent)]
+    Unreadable(#[from] xencode_protocol::invite::InviteError),
+    #[error("the invitation was not verified; try again")]
+    NotVerified,
+    #[error(transparent)]
+    Token(#[from] xencode_protocol::capability::CapabilityError),
+    #[error("the inviter is not a peer id")]
+    InviterNotAPeer,
+}
+
+/// A request the store cannot carry out as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BadRequest {
+    #[error("{0:?} is not a peer id (ask the invitee for `xencode id`)")]
+    NotAPeerId(String),
+    #[error("give a member's peer id or a token id")]
+    NoRevocationTarget,
+    #[error("{0:?} is neither a member of this workspace nor a token id")]
+    UnknownRevocationTarget(String),
 }
 
 /// What the store asks of the network task.
@@ -692,13 +762,13 @@ impl Store {
     pub async fn join(&self, token: String, now_ms: u64) -> Result<WorkspaceSummary, StoreError> {
         // Verified here, on the blocking pool: a crafted invitation must not
         // hold up the store (see [`tokens`]).
-        let inv = xencode_protocol::invite::Invitation::decode(&token)
-            .map_err(StoreError::InvalidInvitation)?;
+        let inv =
+            xencode_protocol::invite::Invitation::decode(&token).map_err(BadInvitation::from)?;
         let tokens = self.tokens.clone();
         tokio::task::spawn_blocking(move || tokens.verify(&inv.root_key, &inv.token, now_ms))
             .await
             .map_err(|_| StoreError::Closed)?
-            .map_err(|e| StoreError::InvalidInvitation(e.to_string()))?;
+            .map_err(BadInvitation::from)?;
         self.ask(|reply| Command::Join {
             token,
             now_ms,

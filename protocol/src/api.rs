@@ -118,20 +118,30 @@ pub struct CreateWorkspace {
 
 /// Checks a workspace name: 1 to [`MAX_WORKSPACE_NAME_CHARS`] characters, no
 /// control characters, not only whitespace.
-pub fn validate_workspace_name(name: &str) -> Result<(), String> {
+pub fn validate_workspace_name(name: &str) -> Result<(), NameError> {
     let chars = name.chars().count();
     if name.trim().is_empty() {
-        return Err("the workspace name is empty".into());
+        return Err(NameError::Empty);
     }
     if chars > MAX_WORKSPACE_NAME_CHARS {
-        return Err(format!(
-            "the workspace name has {chars} characters; the limit is {MAX_WORKSPACE_NAME_CHARS}"
-        ));
+        return Err(NameError::TooLong(chars));
     }
     if name.chars().any(char::is_control) {
-        return Err("the workspace name contains a control character".into());
+        return Err(NameError::ControlCharacter);
     }
     Ok(())
+}
+
+/// Why a workspace name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    #[error("the workspace name is empty")]
+    Empty,
+    #[error("the workspace name has {0} characters; the limit is {MAX_WORKSPACE_NAME_CHARS}")]
+    TooLong(usize),
+    #[error("the workspace name contains a control character")]
+    ControlCharacter,
 }
 
 /// One workspace in `GET /api/v1/workspaces`.

@@ -38,24 +38,37 @@ impl Invitation {
 
     /// Parses the printable form; checks that the workspace id matches the
     /// root key and nonce.
-    pub fn decode(s: &str) -> Result<Self, String> {
+    pub fn decode(s: &str) -> Result<Self, InviteError> {
         let s = s.trim();
         if s.len() > MAX_INVITATION_CHARS {
-            return Err("the invitation is too long".into());
+            return Err(InviteError::TooLong);
         }
-        let body = s
-            .strip_prefix(PREFIX)
-            .ok_or("not a xencode invitation (it should start with \"xencode1.\")")?;
+        let body = s.strip_prefix(PREFIX).ok_or(InviteError::NotAnInvitation)?;
         let bytes = URL_SAFE_NO_PAD
             .decode(body)
-            .map_err(|_| "the invitation is damaged (bad base64); copy it again")?;
-        let inv: Invitation =
-            postcard::from_bytes(&bytes).map_err(|_| "the invitation is damaged; copy it again")?;
+            .map_err(|_| InviteError::BadBase64)?;
+        let inv: Invitation = postcard::from_bytes(&bytes).map_err(|_| InviteError::Damaged)?;
         if WorkspaceId::derive(&inv.root_key, &inv.nonce) != inv.workspace {
-            return Err("the invitation's workspace id does not match its root key".into());
+            return Err(InviteError::WrongWorkspace);
         }
         Ok(inv)
     }
+}
+
+/// Why an invitation string cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InviteError {
+    #[error("the invitation is too long")]
+    TooLong,
+    #[error("not a xencode invitation (it should start with \"xencode1.\")")]
+    NotAnInvitation,
+    #[error("the invitation is damaged (bad base64); copy it again")]
+    BadBase64,
+    #[error("the invitation is damaged; copy it again")]
+    Damaged,
+    #[error("the invitation's workspace id does not match its root key")]
+    WrongWorkspace,
 }
 
 #[cfg(test)]
@@ -78,14 +91,16 @@ mod tests {
         };
         let s = inv.encode();
         assert_eq!(Invitation::decode(&s), Ok(inv.clone()));
-        assert!(Invitation::decode("hello").is_err());
+        assert_eq!(
+            Invitation::decode("hello"),
+            Err(InviteError::NotAnInvitation)
+        );
         assert!(Invitation::decode(&s[..s.len() - 3]).is_err());
         let mut forged = inv;
         forged.root_key = [5; 32];
-        assert!(
-            Invitation::decode(&forged.encode())
-                .expect_err("forged")
-                .contains("does not match")
+        assert_eq!(
+            Invitation::decode(&forged.encode()),
+            Err(InviteError::WrongWorkspace)
         );
     }
 }

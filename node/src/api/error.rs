@@ -103,7 +103,14 @@ impl From<StoreError> for ApiError {
             StoreError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", msg),
             StoreError::InvalidInvitation(_) => Self::bad_request("invalid_invitation", msg),
             StoreError::InvalidRequest(_) => Self::bad_request("invalid_request", msg),
-            StoreError::Workspace(_) | StoreError::Storage(_) => Self::internal(msg),
+            StoreError::Workspace(_)
+            | StoreError::Storage(_)
+            | StoreError::DatabaseClosed
+            | StoreError::Encoding(_)
+            | StoreError::Audit(_)
+            | StoreError::Random(_)
+            | StoreError::Minted(_)
+            | StoreError::Backup(_) => Self::internal(msg),
         }
     }
 }

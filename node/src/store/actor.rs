@@ -25,7 +25,9 @@ use super::memberships::Memberships;
 use super::persist::{Persistence, Staged, classify, closed_db};
 use super::sync_driver::SyncDriver;
 use super::tables::{AI_CACHE, Membership};
-use super::{AuthorKey, Command, NetCommand, OpenError, StoreError, StoreOptions, StoreStats};
+use super::{
+    AuthorKey, Command, Forbidden, NetCommand, OpenError, StoreError, StoreOptions, StoreStats,
+};
 use crate::metrics::Metrics;
 use crate::workspace::{Author, NewChange, Workspace, access_doc_id, index_doc_id};
 
@@ -97,10 +99,10 @@ impl Actor {
         Ok(actor)
     }
 
-    fn corrupt(&self, detail: String) -> OpenError {
+    fn corrupt(&self, detail: impl std::fmt::Display) -> OpenError {
         OpenError::Corrupt {
             path: self.disk.path.clone(),
-            detail,
+            detail: detail.to_string(),
         }
     }
 
@@ -150,7 +152,7 @@ impl Actor {
                 let new_doc_nonce = random_nonce();
                 let max_text = self.disk.options.max_text_bytes;
                 let made = self.write(ws, |w, a| {
-                    let nonce = new_doc_nonce.map_err(StoreError::Storage)?;
+                    let nonce = new_doc_nonce?;
                     Ok(w.put_file(&path, &bytes, a, now_ms, nonce, max_text)?)
                 });
                 self.disk.defer(made, reply);
@@ -362,10 +364,10 @@ impl Actor {
         // ours after it with it).
         let role = workspace.effective_role(&self.author.peer_id, crate::now_ms());
         if !role.is_some_and(|r| r.allows(Right::Write)) {
-            return Err(StoreError::Forbidden(format!(
-                "your role in this workspace is {}; writing needs developer or admin",
-                role.map_or("none (not a member, revoked, or expired)", |r| r.as_str())
-            )));
+            return Err(Forbidden::CannotWrite(
+                role.map_or("none (not a member, revoked, or expired)", |r| r.as_str()),
+            )
+            .into());
         }
         let (value, changes) = op(workspace, &self.author)?;
         self.stage_local(ws, changes);
@@ -377,8 +379,8 @@ impl Actor {
         name: &str,
         now_ms: u64,
     ) -> Result<xencode_protocol::api::WorkspaceSummary, StoreError> {
-        validate_workspace_name(name).map_err(StoreError::InvalidName)?;
-        let nonce = random_nonce().map_err(StoreError::Storage)?;
+        validate_workspace_name(name)?;
+        let nonce = random_nonce()?;
         let id = WorkspaceId::derive(&self.author.public_key, &nonce);
         let (ws, changes) = Workspace::create(id, &nonce, name, &self.author, now_ms)?;
         let (mut ws, mut changes) = (ws, changes);
@@ -391,12 +393,11 @@ impl Actor {
             None,
             &mut OsRng,
         )
-        .map_err(|e| StoreError::Storage(e.to_string()))?;
+        .map_err(StoreError::Minted)?;
         // The root's own token id goes into its entry, so that every node
         // can tell a revocation aimed at it (and refuse it).
-        let own = capability::verify(&token, &self.author.public_key, now_ms).map_err(|e| {
-            StoreError::Storage(format!("a freshly minted token does not verify: {e}"))
-        })?;
+        let own = capability::verify(&token, &self.author.public_key, now_ms)
+            .map_err(StoreError::Minted)?;
         if let Some(token_id) = own.revocation_ids.last() {
             changes.extend(ws.record_token_id(&self.author.peer_id, token_id, now_ms)?);
         }
@@ -571,7 +572,7 @@ impl Actor {
                 if out.is_err() {
                     let _ = std::fs::remove_file(&dest);
                 }
-                let _ = reply.send(out.map_err(StoreError::Storage));
+                let _ = reply.send(out.map_err(StoreError::from));
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start the backup thread");
@@ -616,9 +617,7 @@ impl Actor {
                 return Err(StoreError::WorkspaceNotFound(ws));
             }
             if !admin_of.contains(&ws) {
-                return Err(StoreError::Forbidden(format!(
-                    "the audit log of workspace {ws} is for its admins; this node is not one"
-                )));
+                return Err(Forbidden::AuditOfOthers(ws).into());
             }
         }
         let db = self.disk.db.as_ref().ok_or_else(closed_db)?;
@@ -626,11 +625,10 @@ impl Actor {
             (Some(want), got) => got == Some(want),
             (None, None) => true,
             (None, Some(got)) => admin_of.contains(&got),
-        })
-        .map_err(StoreError::Storage)?;
+        })?;
         // Strangers' refusals are node-wide: shown with the node's log.
         let refusals = if workspace.is_none() {
-            audit::read_refusals(db, limit).map_err(StoreError::Storage)?
+            audit::read_refusals(db, limit)?
         } else {
             Vec::new()
         };
@@ -697,9 +695,9 @@ fn stats_epoch(stats: &StoreStats, epoch: u64) {
     stats.epoch.store(epoch, Ordering::Relaxed);
 }
 
-pub(super) fn random_nonce() -> Result<[u8; 16], String> {
+pub(super) fn random_nonce() -> Result<[u8; 16], getrandom::Error> {
     let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce).map_err(|e| format!("the OS random source failed: {e}"))?;
+    getrandom::fill(&mut nonce)?;
     Ok(nonce)
 }
 

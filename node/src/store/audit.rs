@@ -20,6 +20,16 @@ use super::tables::{AUDIT, REFUSALS};
 /// apart from [`MAX_ENTRIES`]: strangers can fill only their own table.
 pub const MAX_REFUSAL_ROWS: u64 = 10_080;
 
+/// Why the audit log cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error("the audit log cannot be read: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("an audit record is unreadable: {0}")]
+    Record(#[from] postcard::Error),
+}
+
 /// Appends tallies of refused unauthenticated requests, dropping the oldest
 /// beyond [`MAX_REFUSAL_ROWS`].
 pub fn append_refusals(db: &redb::Database, tallies: &[RefusalCount]) -> Result<(), redb::Error> {
@@ -44,16 +54,16 @@ pub fn append_refusals(db: &redb::Database, tallies: &[RefusalCount]) -> Result<
 }
 
 /// The newest `limit` tallies, oldest first.
-pub fn read_refusals(db: &redb::Database, limit: usize) -> Result<Vec<RefusalCount>, String> {
-    let tx = db.begin_read().map_err(|e| e.to_string())?;
+pub fn read_refusals(db: &redb::Database, limit: usize) -> Result<Vec<RefusalCount>, AuditError> {
+    let tx = db.begin_read().map_err(redb::Error::from)?;
     let table = match tx.open_table(REFUSALS) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(redb::Error::from(e).into()),
     };
     let mut out = Vec::new();
-    for entry in table.iter().map_err(|e| e.to_string())?.rev().take(limit) {
-        let (_, v) = entry.map_err(|e| e.to_string())?;
+    for entry in table.iter().map_err(redb::Error::from)?.rev().take(limit) {
+        let (_, v) = entry.map_err(redb::Error::from)?;
         if let Ok(t) = postcard::from_bytes::<RefusalCount>(v.value()) {
             out.push(t);
         }
@@ -103,7 +113,7 @@ struct Hashed<'a> {
     reason: &'a str,
 }
 
-fn chain_hash(prev: &[u8; 32], seq: u64, r: &Record) -> Result<[u8; 32], String> {
+fn chain_hash(prev: &[u8; 32], seq: u64, r: &Record) -> Result<[u8; 32], postcard::Error> {
     let body = postcard::to_stdvec(&Hashed {
         seq,
         at_ms: r.at_ms,
@@ -112,8 +122,7 @@ fn chain_hash(prev: &[u8; 32], seq: u64, r: &Record) -> Result<[u8; 32], String>
         workspace: r.workspace,
         allow: r.allow,
         reason: &r.reason,
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let mut h = blake3::Hasher::new();
     h.update(prev);
     h.update(&body);
@@ -128,11 +137,11 @@ pub struct Tip {
 }
 
 /// Reads the chain's tip (or the anchor of an empty, pruned log).
-pub fn tip(db: &redb::Database) -> Result<Tip, String> {
-    let tx = db.begin_read().map_err(|e| e.to_string())?;
-    let table = tx.open_table(AUDIT).map_err(|e| e.to_string())?;
-    if let Some((k, v)) = table.last().map_err(|e| e.to_string())? {
-        let r: Record = postcard::from_bytes(v.value()).map_err(|e| e.to_string())?;
+pub fn tip(db: &redb::Database) -> Result<Tip, AuditError> {
+    let tx = db.begin_read().map_err(redb::Error::from)?;
+    let table = tx.open_table(AUDIT).map_err(redb::Error::from)?;
+    if let Some((k, v)) = table.last().map_err(redb::Error::from)? {
+        let r: Record = postcard::from_bytes(v.value())?;
         return Ok(Tip {
             seq: k.value(),
             hash: r.hash,
@@ -141,14 +150,13 @@ pub fn tip(db: &redb::Database) -> Result<Tip, String> {
     anchor(&tx)
 }
 
-fn anchor(tx: &redb::ReadTransaction) -> Result<Tip, String> {
+fn anchor(tx: &redb::ReadTransaction) -> Result<Tip, AuditError> {
     let meta = tx
         .open_table(super::tables::META)
-        .map_err(|e| e.to_string())?;
-    Ok(match meta.get(ANCHOR_KEY).map_err(|e| e.to_string())? {
+        .map_err(redb::Error::from)?;
+    Ok(match meta.get(ANCHOR_KEY).map_err(redb::Error::from)? {
         Some(v) => {
-            let (seq, hash): (u64, [u8; 32]) =
-                postcard::from_bytes(v.value()).map_err(|e| e.to_string())?;
+            let (seq, hash): (u64, [u8; 32]) = postcard::from_bytes(v.value())?;
             Tip { seq, hash }
         }
         None => Tip::default(),
@@ -164,7 +172,7 @@ pub fn append(
     decisions: &[Decision],
     max_entries: u64,
 ) -> Result<Tip, redb::Error> {
-    let storage = |e: String| redb::Error::Corrupted(format!("audit entry: {e}"));
+    let storage = |e: postcard::Error| redb::Error::Corrupted(format!("audit entry: {e}"));
     let mut table = tx.open_table(AUDIT)?;
     for d in decisions {
         let mut r = Record {
@@ -178,7 +186,7 @@ pub fn append(
         };
         let seq = tip.seq + 1;
         r.hash = chain_hash(&tip.hash, seq, &r).map_err(storage)?;
-        let bytes = postcard::to_stdvec(&r).map_err(|e| storage(e.to_string()))?;
+        let bytes = postcard::to_stdvec(&r).map_err(storage)?;
         table.insert(seq, bytes.as_slice())?;
         tip = Tip { seq, hash: r.hash };
     }
@@ -189,8 +197,7 @@ pub fn append(
             .get(last_dropped)?
             .and_then(|v| postcard::from_bytes(v.value()).ok());
         if let Some(r) = dropped {
-            let anchor =
-                postcard::to_stdvec(&(last_dropped, r.hash)).map_err(|e| storage(e.to_string()))?;
+            let anchor = postcard::to_stdvec(&(last_dropped, r.hash)).map_err(storage)?;
             table.retain_in(..=last_dropped, |_, _| false)?;
             tx.open_table(super::tables::META)?
                 .insert(ANCHOR_KEY, anchor.as_slice())?;
@@ -205,10 +212,10 @@ pub fn read(
     db: &redb::Database,
     limit: usize,
     visible: impl Fn(Option<WorkspaceId>) -> bool,
-) -> Result<(Vec<AuditEntry>, AuditChain), String> {
-    let tx = db.begin_read().map_err(|e| e.to_string())?;
+) -> Result<(Vec<AuditEntry>, AuditChain), AuditError> {
+    let tx = db.begin_read().map_err(redb::Error::from)?;
     let start = anchor(&tx)?;
-    let table = tx.open_table(AUDIT).map_err(|e| e.to_string())?;
+    let table = tx.open_table(AUDIT).map_err(redb::Error::from)?;
     let mut prev = start;
     let mut chain = AuditChain {
         intact: true,
@@ -216,8 +223,8 @@ pub fn read(
         broken_at: None,
     };
     let mut out = std::collections::VecDeque::with_capacity(limit.min(4096));
-    for entry in table.iter().map_err(|e| e.to_string())? {
-        let (k, v) = entry.map_err(|e| e.to_string())?;
+    for entry in table.iter().map_err(redb::Error::from)? {
+        let (k, v) = entry.map_err(redb::Error::from)?;
         let seq = k.value();
         chain.checked += 1;
         let record: Option<Record> = postcard::from_bytes(v.value()).ok();

@@ -64,12 +64,21 @@ pub fn write(
     dest: &Path,
     peer_id: &str,
     now_ms: u64,
-) -> Result<BackupInfo, String> {
-    let fail = |e: &dyn std::fmt::Display| format!("writing the backup {}: {e}", dest.display());
+) -> Result<BackupInfo, BackupError> {
+    let fail = |source: redb::Error| BackupError::Storage {
+        path: dest.to_owned(),
+        source,
+    };
+    let io = |source: std::io::Error| BackupError::Io {
+        path: dest.to_owned(),
+        source,
+    };
     // A backup holds every workspace's content and the node's tokens.
-    crate::paths::ensure_private_file(dest).map_err(|e| fail(&e))?;
-    let db = Database::builder().create(dest).map_err(|e| fail(&e))?;
-    let tx = db.begin_write().map_err(|e| fail(&e))?;
+    crate::paths::ensure_private_file(dest).map_err(io)?;
+    let db = Database::builder()
+        .create(dest)
+        .map_err(|e| fail(e.into()))?;
+    let tx = db.begin_write().map_err(|e| fail(e.into()))?;
     let workspaces = (|| -> Result<u64, redb::Error> {
         copy(snapshot, &tx, META)?;
         let n = copy(snapshot, &tx, WORKSPACES)?;
@@ -87,11 +96,29 @@ pub fn write(
         meta.insert(BACKUP_AT, now_ms.to_le_bytes().as_slice())?;
         Ok(n)
     })()
-    .map_err(|e| fail(&e))?;
-    tx.commit().map_err(|e| fail(&e))?;
+    .map_err(fail)?;
+    tx.commit().map_err(|e| fail(e.into()))?;
     drop(db);
-    let bytes = std::fs::metadata(dest).map_err(|e| fail(&e))?.len();
+    let bytes = std::fs::metadata(dest).map_err(io)?.len();
     Ok(BackupInfo { workspaces, bytes })
+}
+
+/// Why a backup could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    #[error("writing the backup {path}: {source}")]
+    Storage {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("writing the backup {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The result of a restore.

@@ -17,7 +17,7 @@ use super::actor::Actor;
 use super::host::root_key;
 use super::tables::Membership;
 use super::tokens::TokenVerifier;
-use super::{NetCommand, StoreError};
+use super::{BadInvitation, BadRequest, Forbidden, NetCommand, StoreError};
 use crate::workspace::Workspace;
 
 /// This node's memberships, and the token verifier the roots are published to.
@@ -53,25 +53,20 @@ impl Actor {
         addrs: Vec<String>,
         now_ms: u64,
     ) -> Result<InviteResponse, StoreError> {
-        let invitee: PeerId = request.peer_id.parse().map_err(|_| {
-            StoreError::InvalidRequest(format!(
-                "{:?} is not a peer id (ask the invitee for `xencode id`)",
-                request.peer_id
-            ))
-        })?;
+        let invitee: PeerId = request
+            .peer_id
+            .parse()
+            .map_err(|_| BadRequest::NotAPeerId(request.peer_id.clone()))?;
         let ws = self
             .workspaces
             .get(&ws_id)
             .ok_or(StoreError::WorkspaceNotFound(ws_id))?;
         let role = self.my_role(ws);
         if !role.is_some_and(|r| r.allows(Right::Invite)) {
-            return Err(StoreError::Forbidden("only admins can invite".into()));
+            return Err(Forbidden::NotAdmin("invite").into());
         }
-        let root = root_key(ws, &self.members.map)
-            .ok_or_else(|| StoreError::Forbidden("the workspace has not synced yet".into()))?;
-        let nonce = ws
-            .nonce()
-            .ok_or_else(|| StoreError::Forbidden("the workspace has not synced yet".into()))?;
+        let root = root_key(ws, &self.members.map).ok_or(Forbidden::NotSynced)?;
+        let nonce = ws.nonce().ok_or(Forbidden::NotSynced)?;
         let expires_ms = request
             .expires_secs
             .map(|s| now_ms.saturating_add(s.saturating_mul(1000)));
@@ -104,12 +99,10 @@ impl Actor {
                 &mut OsRng,
             )
         }
-        .map_err(|e| StoreError::Forbidden(e.to_string()))?;
+        .map_err(Forbidden::Token)?;
         let grant =
             capability::authorize(&token, &root, &ws_id, &invitee, &BTreeSet::new(), now_ms)
-                .map_err(|e| {
-                    StoreError::Storage(format!("a freshly minted token does not verify: {e}"))
-                })?;
+                .map_err(StoreError::Minted)?;
         let name = ws.name();
         let ws = self
             .workspaces
@@ -148,22 +141,20 @@ impl Actor {
         token: &str,
         now_ms: u64,
     ) -> Result<WorkspaceSummary, StoreError> {
-        let inv = Invitation::decode(token).map_err(StoreError::InvalidInvitation)?;
+        let inv = Invitation::decode(token).map_err(BadInvitation::from)?;
         let me = self.peer_id();
         // Verified by the handle before it asked (see `tokens`): a token not
         // verified yet is not verified here, on the store's thread.
         self.members
             .tokens
             .cached(&inv.root_key, &inv.token)
-            .ok_or_else(|| {
-                StoreError::InvalidInvitation("the invitation was not verified; try again".into())
-            })?
+            .ok_or(BadInvitation::NotVerified)?
             .and_then(|v| v.grant(&inv.workspace, &me, &BTreeSet::new(), now_ms))
-            .map_err(|e| StoreError::InvalidInvitation(e.to_string()))?;
+            .map_err(BadInvitation::from)?;
         let inviter: PeerId = inv
             .inviter
             .parse()
-            .map_err(|_| StoreError::InvalidInvitation("the inviter is not a peer id".into()))?;
+            .map_err(|_| BadInvitation::InviterNotAPeer)?;
         if !self.workspaces.contains_key(&inv.workspace) {
             self.workspaces
                 .insert(inv.workspace, Workspace::empty(inv.workspace, &self.author));
@@ -217,27 +208,21 @@ impl Actor {
             .get(&ws_id)
             .ok_or(StoreError::WorkspaceNotFound(ws_id))?;
         if !self.my_role(ws).is_some_and(|r| r.allows(Right::Revoke)) {
-            return Err(StoreError::Forbidden("only admins can revoke".into()));
+            return Err(Forbidden::NotAdmin("revoke").into());
         }
         let target = target.trim();
         if target.is_empty() || target.len() > 200 || target.chars().any(char::is_control) {
-            return Err(StoreError::InvalidRequest(
-                "give a member's peer id or a token id".into(),
-            ));
+            return Err(BadRequest::NoRevocationTarget.into());
         }
         let owner = ws.root_peer();
         let owner_token = owner.as_deref().and_then(|o| ws.member_token_id(o));
         if owner.as_deref() == Some(target) || owner_token.as_deref() == Some(target) {
-            return Err(StoreError::Forbidden(
-                "the workspace's creator cannot be revoked, by peer id or by token id".into(),
-            ));
+            return Err(Forbidden::RevokingTheCreator.into());
         }
         let is_member = ws.member_peers().iter().any(|p| p == target);
         let is_token = target.len() == 128 && target.chars().all(|c| c.is_ascii_hexdigit());
         if !is_member && !is_token {
-            return Err(StoreError::InvalidRequest(format!(
-                "{target:?} is neither a member of this workspace nor a token id"
-            )));
+            return Err(BadRequest::UnknownRevocationTarget(target.to_owned()).into());
         }
         let ws = self
             .workspaces

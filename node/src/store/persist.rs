@@ -22,6 +22,34 @@ use super::tables::{
 use super::{OpenError, StoreError, StoreOptions};
 use crate::workspace::{Author, Doc, DocKind, NewChange, Workspace, access_doc_id, index_doc_id};
 
+/// Why something stored could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Storage(#[from] redb::Error),
+    #[error("a stored record is unreadable: {0}")]
+    Record(#[from] postcard::Error),
+    #[error("document {doc}: {problem}: {detail}")]
+    Document {
+        doc: DocId,
+        problem: &'static str,
+        detail: String,
+    },
+}
+
+impl LoadError {
+    fn document(doc: DocId, problem: &'static str, detail: impl std::fmt::Display) -> Self {
+        LoadError::Document {
+            doc,
+            problem,
+            detail: detail.to_string(),
+        }
+    }
+}
+
 /// The database and what waits for its next commit.
 pub(super) struct Persistence {
     /// `None` after an I/O error poisoned it, until it reopens.
@@ -102,10 +130,8 @@ impl Persistence {
         }
     }
 
-    pub(super) fn db(&self) -> Result<&Database, String> {
-        self.db
-            .as_ref()
-            .ok_or_else(|| "the database is closed after an I/O error".to_owned())
+    pub(super) fn db(&self) -> Result<&Database, StoreError> {
+        self.db.as_ref().ok_or(StoreError::DatabaseClosed)
     }
 
     /// Queues a write's reply until its changes are committed.
@@ -126,12 +152,12 @@ impl Persistence {
 
     /// Writes the staged changes and audit entries; returns how many records
     /// each doc got and the audit chain's new end.
-    pub(super) fn workspace_ids(&self) -> Result<Vec<WorkspaceId>, String> {
-        let read = self.db()?.begin_read().map_err(|e| e.to_string())?;
-        let table = read.open_table(WORKSPACES).map_err(|e| e.to_string())?;
+    pub(super) fn workspace_ids(&self) -> Result<Vec<WorkspaceId>, LoadError> {
+        let read = self.db()?.begin_read().map_err(redb::Error::from)?;
+        let table = read.open_table(WORKSPACES).map_err(redb::Error::from)?;
         let mut out = Vec::new();
-        for entry in table.iter().map_err(|e| e.to_string())? {
-            let (k, _) = entry.map_err(|e| e.to_string())?;
+        for entry in table.iter().map_err(redb::Error::from)? {
+            let (k, _) = entry.map_err(redb::Error::from)?;
             out.push(WorkspaceId::from_bytes(k.value()));
         }
         Ok(out)
@@ -142,18 +168,17 @@ impl Persistence {
         &mut self,
         id: WorkspaceId,
         author: &Author,
-    ) -> Result<Workspace, String> {
-        let read = self.db()?.begin_read().map_err(|e| e.to_string())?;
-        let docs = read.open_table(DOCS).map_err(|e| e.to_string())?;
-        let snapshots = read.open_table(SNAPSHOTS).map_err(|e| e.to_string())?;
-        let changes = read.open_table(CHANGES).map_err(|e| e.to_string())?;
+    ) -> Result<Workspace, LoadError> {
+        let read = self.db()?.begin_read().map_err(redb::Error::from)?;
+        let docs = read.open_table(DOCS).map_err(redb::Error::from)?;
+        let snapshots = read.open_table(SNAPSHOTS).map_err(redb::Error::from)?;
+        let changes = read.open_table(CHANGES).map_err(redb::Error::from)?;
         let mut files = BTreeMap::new();
         let mut access = None;
         let mut index = None;
-        for entry in docs.iter().map_err(|e| e.to_string())? {
-            let (k, v) = entry.map_err(|e| e.to_string())?;
-            let record: DocRecord = postcard::from_bytes(v.value())
-                .map_err(|e| format!("document record is unreadable: {e}"))?;
+        for entry in docs.iter().map_err(redb::Error::from)? {
+            let (k, v) = entry.map_err(redb::Error::from)?;
+            let record: DocRecord = postcard::from_bytes(v.value())?;
             if record.workspace != *id.as_bytes() {
                 continue;
             }
@@ -184,25 +209,27 @@ impl Persistence {
 
     pub(super) fn load_memberships(
         &self,
-    ) -> Result<std::collections::BTreeMap<WorkspaceId, Membership>, String> {
-        let read = self.db()?.begin_read().map_err(|e| e.to_string())?;
-        let table = read.open_table(MEMBERSHIPS).map_err(|e| e.to_string())?;
+    ) -> Result<std::collections::BTreeMap<WorkspaceId, Membership>, LoadError> {
+        let read = self.db()?.begin_read().map_err(redb::Error::from)?;
+        let table = read.open_table(MEMBERSHIPS).map_err(redb::Error::from)?;
         let mut out = std::collections::BTreeMap::new();
-        for entry in table.iter().map_err(|e| e.to_string())? {
-            let (k, v) = entry.map_err(|e| e.to_string())?;
-            let m: Membership = postcard::from_bytes(v.value())
-                .map_err(|e| format!("membership record unreadable: {e}"))?;
+        for entry in table.iter().map_err(redb::Error::from)? {
+            let (k, v) = entry.map_err(redb::Error::from)?;
+            let m: Membership = postcard::from_bytes(v.value())?;
             out.insert(WorkspaceId::from_bytes(k.value()), m);
         }
         Ok(out)
     }
 
-    pub(super) fn read_membership(&self, ws: &WorkspaceId) -> Result<Option<Membership>, String> {
-        let read = self.db()?.begin_read().map_err(|e| e.to_string())?;
-        let table = read.open_table(MEMBERSHIPS).map_err(|e| e.to_string())?;
-        let value = table.get(*ws.as_bytes()).map_err(|e| e.to_string())?;
+    pub(super) fn read_membership(
+        &self,
+        ws: &WorkspaceId,
+    ) -> Result<Option<Membership>, LoadError> {
+        let read = self.db()?.begin_read().map_err(redb::Error::from)?;
+        let table = read.open_table(MEMBERSHIPS).map_err(redb::Error::from)?;
+        let value = table.get(*ws.as_bytes()).map_err(redb::Error::from)?;
         value
-            .map(|v| postcard::from_bytes(v.value()).map_err(|e| e.to_string()))
+            .map(|v| postcard::from_bytes(v.value()).map_err(LoadError::from))
             .transpose()
     }
 
@@ -306,8 +333,7 @@ impl Persistence {
             for staged in &mut self.staged {
                 let (ws, new) = (&staged.ws, &mut staged.change);
                 for sig in &staged.signatures {
-                    let bytes =
-                        postcard::to_stdvec(sig).map_err(|e| StoreError::Storage(e.to_string()))?;
+                    let bytes = postcard::to_stdvec(sig)?;
                     signatures
                         .insert((*new.doc.as_bytes(), sig.hash), bytes.as_slice())
                         .map_err(classify)?;
@@ -325,8 +351,7 @@ impl Persistence {
                         workspace: *ws.as_bytes(),
                         kind,
                     };
-                    let bytes = postcard::to_stdvec(&record)
-                        .map_err(|e| StoreError::Storage(e.to_string()))?;
+                    let bytes = postcard::to_stdvec(&record)?;
                     docs.insert(*new.doc.as_bytes(), bytes.as_slice())
                         .map_err(classify)?;
                 }
@@ -339,8 +364,7 @@ impl Persistence {
             }
             let mut memberships = tx.open_table(MEMBERSHIPS).map_err(classify)?;
             for (ws, m) in &self.staged_memberships {
-                let bytes =
-                    postcard::to_stdvec(m).map_err(|e| StoreError::Storage(e.to_string()))?;
+                let bytes = postcard::to_stdvec(m)?;
                 memberships
                     .insert(*ws.as_bytes(), bytes.as_slice())
                     .map_err(classify)?;
@@ -462,16 +486,16 @@ fn load_doc(
     snapshots: &redb::ReadOnlyTable<[u8; 16], (u64, &[u8])>,
     changes: &redb::ReadOnlyTable<([u8; 16], u64), &[u8]>,
     id: DocId,
-) -> Result<(AutoCommit, Counters), String> {
+) -> Result<(AutoCommit, Counters), LoadError> {
     let key = *id.as_bytes();
-    let (mut am, first) = match snapshots.get(key).map_err(|e| e.to_string())? {
+    let (mut am, first) = match snapshots.get(key).map_err(redb::Error::from)? {
         Some(v) => {
             let (upto, data) = v.value();
             let am = std::panic::catch_unwind(|| AutoCommit::load(data))
                 .map_err(|_| {
-                    format!("snapshot of document {id} is unreadable (Automerge panicked)")
+                    LoadError::document(id, "its snapshot is unreadable", "Automerge panicked")
                 })?
-                .map_err(|e| format!("snapshot of document {id} is unreadable: {e}"))?;
+                .map_err(|e| LoadError::document(id, "its snapshot is unreadable", e))?;
             (am, upto + 1)
         }
         None => (AutoCommit::new(), 0),
@@ -480,23 +504,23 @@ fn load_doc(
     let mut next = first;
     for entry in changes
         .range((key, 0)..=(key, u64::MAX))
-        .map_err(|e| e.to_string())?
+        .map_err(redb::Error::from)?
     {
-        let (k, v) = entry.map_err(|e| e.to_string())?;
+        let (k, v) = entry.map_err(redb::Error::from)?;
         let change = Change::from_bytes(v.value().to_vec())
-            .map_err(|e| format!("a change of document {id} is unreadable: {e}"))?;
+            .map_err(|e| LoadError::document(id, "a change is unreadable", e))?;
         batch.push(change);
         next = k.value().1 + 1;
     }
     let pending = batch.len() as u64;
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| am.apply_changes(batch)))
-        .map_err(|_| format!("changes of document {id} do not apply (Automerge panicked)"))?
-        .map_err(|e| format!("changes of document {id} do not apply: {e}"))?;
+        .map_err(|_| LoadError::document(id, "its changes do not apply", "Automerge panicked"))?
+        .map_err(|e| LoadError::document(id, "its changes do not apply", e))?;
     Ok((am, Counters { next, pending }))
 }
 
 pub(super) fn closed_db() -> StoreError {
-    StoreError::Storage("the database is closed after an I/O error".into())
+    StoreError::DatabaseClosed
 }
 
 /// Whether the database still accepts write transactions.
@@ -512,6 +536,6 @@ pub(super) fn classify(e: impl Into<redb::Error>) -> StoreError {
     let e: redb::Error = e.into();
     match &e {
         redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => StoreError::DiskFull,
-        _ => StoreError::Storage(e.to_string()),
+        _ => StoreError::Storage(std::sync::Arc::new(e)),
     }
 }
