@@ -179,31 +179,24 @@ impl SimHost {
         Some(loose.hash)
     }
 
-    /// Revokes `target` (a member's peer id) in the access document, as an
-    /// admin's node does; persisted. Returns the change's hash.
-    pub fn revoke(&mut self, target: &str, now: u64) -> Option<ChangeHash> {
+    /// An access-document change by this member revoking `target` (a
+    /// member's peer id), signed and kept nowhere.
+    pub fn loose_revocation(&mut self, target: &str, now: u64) -> Option<Loose> {
         let access = self.team.access;
         let actor = self.actor();
         let by = self.peer.clone();
         let mut fork = self.doc_mut(access).fork();
         fork.set_actor(actor);
         schema::revoke(&mut fork, target, &by, unix_ms(now)).ok()?;
-        let loose = self.sign(access, &mut fork, now, None)?;
-        self.keep(access, &loose)?;
-        Some(loose.hash)
+        self.sign(access, &mut fork, now, None)
     }
 
-    /// An access-document change revoking the workspace's root, made by
-    /// this member and kept nowhere.
-    pub fn loose_root_revocation(&mut self, now: u64) -> Option<Loose> {
-        let access = self.team.access;
-        let actor = self.actor();
-        let by = self.peer.clone();
-        let root = self.team.peers[0].to_string();
-        let mut fork = self.doc_mut(access).fork();
-        fork.set_actor(actor);
-        schema::revoke(&mut fork, &root, &by, unix_ms(now)).ok()?;
-        self.sign(access, &mut fork, now, None)
+    /// Revokes `target` in the access document, as an admin's node does;
+    /// persisted. Returns the change's hash.
+    pub fn revoke(&mut self, target: &str, now: u64) -> Option<ChangeHash> {
+        let loose = self.loose_revocation(target, now)?;
+        self.keep(self.team.access, &loose)?;
+        Some(loose.hash)
     }
 
     /// A change forged in `victim`'s name: made under the victim's actor

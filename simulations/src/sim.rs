@@ -751,7 +751,8 @@ impl Sim {
             self.relay(node, "viewer_write_relayed", doc, loose);
         }
         let access = self.team.access;
-        if let Some(loose) = self.members[node].host.loose_root_revocation(now) {
+        let root = self.team.peers[0].to_string();
+        if let Some(loose) = self.members[node].host.loose_revocation(&root, now) {
             self.relay(node, "root_revocation", access, loose);
         }
         for e in self.layout.expired() {

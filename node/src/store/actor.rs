@@ -22,7 +22,7 @@ use xencode_protocol::sync::Input;
 
 use super::audit;
 use super::memberships::Memberships;
-use super::persist::{Persistence, Staged, classify, closed_db};
+use super::persist::{Persistence, Staged, classify};
 use super::sync_driver::SyncDriver;
 use super::tables::{AI_CACHE, Membership};
 use super::{
@@ -414,7 +414,7 @@ impl Actor {
     }
 
     fn ai_cache_get(&self, key: [u8; 32]) -> Result<Option<String>, StoreError> {
-        let db = self.disk.db.as_ref().ok_or_else(closed_db)?;
+        let db = self.disk.db()?;
         let read = db.begin_read().map_err(classify)?;
         let table = read.open_table(AI_CACHE).map_err(classify)?;
         let value = table.get(key).map_err(classify)?;
@@ -425,7 +425,7 @@ impl Actor {
     /// cache, so losing it costs only time).
     fn ai_cache_put(&mut self, key: [u8; 32], text: &str) -> Result<(), StoreError> {
         const MAX_ENTRIES: u64 = 10_000;
-        let db = self.disk.db.as_ref().ok_or_else(closed_db)?;
+        let db = self.disk.db()?;
         let tx = db.begin_write().map_err(classify)?;
         {
             let mut table = tx.open_table(AI_CACHE).map_err(classify)?;
@@ -553,9 +553,7 @@ impl Actor {
         self.flush();
         let snapshot = match self
             .disk
-            .db
-            .as_ref()
-            .ok_or_else(closed_db)
+            .db()
             .and_then(|db| db.begin_read().map_err(classify))
         {
             Ok(tx) => tx,
@@ -586,9 +584,7 @@ impl Actor {
         }
         let written = self
             .disk
-            .db
-            .as_ref()
-            .ok_or_else(closed_db)
+            .db()
             .and_then(|db| audit::append_refusals(db, tallies).map_err(classify));
         if let Err(e) = written {
             tracing::error!(error = %e, "refusal tallies were not written");
@@ -620,7 +616,7 @@ impl Actor {
                 return Err(Forbidden::AuditOfOthers(ws).into());
             }
         }
-        let db = self.disk.db.as_ref().ok_or_else(closed_db)?;
+        let db = self.disk.db()?;
         let (entries, chain) = audit::read(db, limit, |entry_ws| match (workspace, entry_ws) {
             (Some(want), got) => got == Some(want),
             (None, None) => true,

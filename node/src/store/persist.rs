@@ -130,6 +130,7 @@ impl Persistence {
         }
     }
 
+    /// The database, unless an I/O error closed it.
     pub(super) fn db(&self) -> Result<&Database, StoreError> {
         self.db.as_ref().ok_or(StoreError::DatabaseClosed)
     }
@@ -150,8 +151,7 @@ impl Persistence {
         }
     }
 
-    /// Writes the staged changes and audit entries; returns how many records
-    /// each doc got and the audit chain's new end.
+    /// Every workspace the store holds.
     pub(super) fn workspace_ids(&self) -> Result<Vec<WorkspaceId>, LoadError> {
         let read = self.db()?.begin_read().map_err(redb::Error::from)?;
         let table = read.open_table(WORKSPACES).map_err(redb::Error::from)?;
@@ -207,12 +207,11 @@ impl Persistence {
         Ok(ws)
     }
 
-    pub(super) fn load_memberships(
-        &self,
-    ) -> Result<std::collections::BTreeMap<WorkspaceId, Membership>, LoadError> {
+    /// This node's memberships, as committed.
+    pub(super) fn load_memberships(&self) -> Result<BTreeMap<WorkspaceId, Membership>, LoadError> {
         let read = self.db()?.begin_read().map_err(redb::Error::from)?;
         let table = read.open_table(MEMBERSHIPS).map_err(redb::Error::from)?;
-        let mut out = std::collections::BTreeMap::new();
+        let mut out = BTreeMap::new();
         for entry in table.iter().map_err(redb::Error::from)? {
             let (k, v) = entry.map_err(redb::Error::from)?;
             let m: Membership = postcard::from_bytes(v.value())?;
@@ -221,6 +220,7 @@ impl Persistence {
         Ok(out)
     }
 
+    /// One membership, as committed.
     pub(super) fn read_membership(
         &self,
         ws: &WorkspaceId,
@@ -255,7 +255,7 @@ impl Persistence {
             return Ok(0);
         }
         let started = Instant::now();
-        let db = self.db.as_ref().ok_or_else(closed_db)?;
+        let db = self.db()?;
         let mut tx = db.begin_write().map_err(classify)?;
         tx.set_durability(Durability::Immediate).map_err(classify)?;
         {
@@ -304,8 +304,10 @@ impl Persistence {
         Ok(due.len())
     }
 
+    /// Writes the staged changes and audit entries; returns how many records
+    /// each doc got and the audit chain's new end.
     pub(super) fn commit_staged(&mut self) -> Result<(Vec<(DocId, u64)>, audit::Tip), StoreError> {
-        let db = self.db.as_ref().ok_or_else(closed_db)?;
+        let db = self.db()?;
         let mut tx = db.begin_write().map_err(classify)?;
         // Only allowed-read audit entries: durable with the next durable commit.
         let audit_only = self.deferred.is_empty()
@@ -517,10 +519,6 @@ fn load_doc(
         .map_err(|_| LoadError::document(id, "its changes do not apply", "Automerge panicked"))?
         .map_err(|e| LoadError::document(id, "its changes do not apply", e))?;
     Ok((am, Counters { next, pending }))
-}
-
-pub(super) fn closed_db() -> StoreError {
-    StoreError::DatabaseClosed
 }
 
 /// Whether the database still accepts write transactions.
