@@ -10,10 +10,12 @@
 //! - The API binds loopback only and authenticates every request but `/health`
 //!   and the dashboard's static page.
 
+#[cfg(feature = "server")]
 pub mod api;
 pub mod config;
 // The fuzz targets' entry points: built for `fuzz/` (feature `fuzzing`) and
 // for the unit tests that replay the corpora, never into the shipped binary.
+#[cfg(feature = "server")]
 pub mod daemon;
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]

@@ -5,7 +5,7 @@
 //!
 //! - `xencode-protocol` depends on no workspace crate;
 //! - nothing depends on `xencode-node` (`fuzz/`, outside the workspace, only
-//!   through its `fuzzing` feature);
+//!   through its `fuzzing` feature and without its `server` feature);
 //! - `xencode-analysis` depends on no workspace crate but the protocol, and
 //!   nothing it builds pulls in libp2p, redb or axum (read from `Cargo.lock`);
 //! - every module has a `//!` doc;
@@ -79,7 +79,8 @@ fn nothing_depends_on_the_node() {
             "{name} depends on xencode-node"
         );
     }
-    // The fuzz crate may, for the entry points only.
+    // The fuzz crate may, for the entry points only, and without the
+    // server (API, dashboard, analysis, CLI) it does not fuzz.
     let (_, deps) = dependencies(&root().join("fuzz"));
     for (d, spec) in deps {
         if d == "xencode-node" {
@@ -87,6 +88,11 @@ fn nothing_depends_on_the_node() {
             assert!(
                 features.is_some_and(|f| f.iter().any(|x| x.as_str() == Some("fuzzing"))),
                 "fuzz/ depends on xencode-node without its `fuzzing` feature"
+            );
+            assert_eq!(
+                spec.get("default-features").and_then(|f| f.as_bool()),
+                Some(false),
+                "fuzz/ builds xencode-node with its server (default-features = false)"
             );
         }
     }
