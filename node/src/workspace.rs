@@ -13,7 +13,9 @@
 //! commit, returned to the caller as a [`NewChange`] to persist. Nothing here
 //! does I/O.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
@@ -126,6 +128,33 @@ pub struct Workspace {
     pub access: Doc,
     pub index: Doc,
     pub files: BTreeMap<DocId, Doc>,
+    /// The index's file map by path and by document, valid for the index
+    /// heads it was read at: reading it from Automerge costs O(files), and
+    /// it is needed for every change event and every sync step.
+    file_index: RefCell<Option<Arc<FileIndex>>>,
+}
+
+/// The index document's `files` map, read once per index state.
+#[derive(Debug, Default, Clone)]
+pub struct FileIndex {
+    heads: Vec<ChangeHash>,
+    pub by_path: BTreeMap<WorkspacePath, DocId>,
+    pub by_doc: HashMap<DocId, WorkspacePath>,
+}
+
+impl FileIndex {
+    fn insert(&mut self, path: WorkspacePath, doc: DocId) {
+        if let Some(old) = self.by_path.insert(path.clone(), doc) {
+            self.by_doc.remove(&old);
+        }
+        self.by_doc.insert(doc, path);
+    }
+
+    fn remove(&mut self, path: &WorkspacePath) {
+        if let Some(doc) = self.by_path.remove(path) {
+            self.by_doc.remove(&doc);
+        }
+    }
 }
 
 /// The content of a file.
@@ -170,6 +199,7 @@ impl Workspace {
                 access,
                 index,
                 files: BTreeMap::new(),
+                file_index: RefCell::default(),
             },
             changes,
         ))
@@ -199,7 +229,7 @@ impl Workspace {
                 .iter()
                 .find(|m| m.peer_id == me)
                 .map_or(Role::Viewer, |m| m.role),
-            files: self.file_entries().len(),
+            files: self.file_index().by_path.len(),
         }
     }
 
@@ -246,36 +276,70 @@ impl Workspace {
             .collect()
     }
 
-    /// `(path, doc)` of every file in the index, sorted by path.
-    fn file_entries(&self) -> Vec<(WorkspacePath, DocId)> {
+    /// The index's files, read again from Automerge only when the index
+    /// moved in a way [`Self::note_file`] did not record.
+    pub fn file_index(&self) -> Arc<FileIndex> {
+        let heads = self.index.am.base_heads();
+        if let Some(cached) = self.file_index.borrow().as_ref()
+            && cached.heads == heads
+        {
+            return Arc::clone(cached);
+        }
         let am = &self.index.am;
-        let Some(files) = get_obj(am, &ROOT, "files") else {
-            return Vec::new();
+        let mut index = FileIndex {
+            heads,
+            ..FileIndex::default()
         };
-        let mut out: Vec<_> = am
-            .keys(&files)
-            .filter_map(|key| {
-                let path = WorkspacePath::parse(&key).ok()?;
-                let entry = get_obj(am, &files, &key)?;
-                let doc = get_str(am, &entry, "doc")?.parse().ok()?;
-                Some((path, doc))
-            })
-            .collect();
-        out.sort();
-        out
+        if let Some(files) = get_obj(am, &ROOT, "files") {
+            for key in am.keys(&files) {
+                let Ok(path) = WorkspacePath::parse(&key) else {
+                    continue;
+                };
+                let doc = get_obj(am, &files, &key)
+                    .and_then(|entry| get_str(am, &entry, "doc"))
+                    .and_then(|d| d.parse().ok());
+                if let Some(doc) = doc {
+                    index.insert(path, doc);
+                }
+            }
+        }
+        let index = Arc::new(index);
+        *self.file_index.borrow_mut() = Some(Arc::clone(&index));
+        index
+    }
+
+    /// Records a local change to the index's files map in the cached file
+    /// index (O(log files)), so that it stays valid at the new heads.
+    fn note_file(&mut self, path: &WorkspacePath, doc: Option<DocId>) {
+        let heads = self.index.am.get_heads();
+        let mut slot = self.file_index.borrow_mut();
+        let Some(cached) = slot.as_mut() else {
+            return;
+        };
+        let index = Arc::make_mut(cached);
+        match doc {
+            Some(doc) => index.insert(path.clone(), doc),
+            None => index.remove(path),
+        }
+        index.heads = heads;
     }
 
     /// Documents of the files in the index.
     pub fn file_doc_ids(&self) -> Vec<DocId> {
-        self.file_entries().into_iter().map(|(_, d)| d).collect()
+        self.file_index().by_path.values().copied().collect()
+    }
+
+    /// Whether the index names this document as a file's.
+    pub fn is_file_doc(&self, doc: &DocId) -> bool {
+        self.file_index().by_doc.contains_key(doc)
     }
 
     /// The path of the file whose content a document holds.
     pub fn path_of_doc(&self, doc: &DocId) -> Option<String> {
-        self.file_entries()
-            .into_iter()
-            .find(|(_, d)| d == doc)
-            .map(|(p, _)| p.as_str().to_owned())
+        self.file_index()
+            .by_doc
+            .get(doc)
+            .map(|p| p.as_str().to_owned())
     }
 
     /// An empty workspace shell (joined, documents not synced yet).
@@ -285,21 +349,20 @@ impl Workspace {
             access: Doc::new(access_doc_id(&id), &author.actor),
             index: Doc::new(index_doc_id(&id), &author.actor),
             files: BTreeMap::new(),
+            file_index: RefCell::default(),
         }
     }
 
     fn file_doc(&self, path: &WorkspacePath) -> Option<DocId> {
-        let am = &self.index.am;
-        let files = get_obj(am, &ROOT, "files")?;
-        let entry = get_obj(am, &files, path.as_str())?;
-        get_str(am, &entry, "doc")?.parse().ok()
+        self.file_index().by_path.get(path).copied()
     }
 
     /// Information on every file, sorted by path.
     pub fn list_files(&self) -> Vec<FileInfo> {
-        self.file_entries()
-            .into_iter()
-            .filter_map(|(path, doc)| Some(file_info(path, self.files.get(&doc)?)))
+        self.file_index()
+            .by_path
+            .iter()
+            .filter_map(|(path, doc)| Some(file_info(path.clone(), self.files.get(doc)?)))
             .collect()
     }
 
@@ -358,6 +421,7 @@ impl Workspace {
                     .map_err(damaged)?;
                 am.put(&entry, "created_at", now_ms).map_err(damaged)?;
                 changes.extend(self.index.commit(now_ms, &cites));
+                self.note_file(path, Some(id));
                 self.files.insert(id, Doc::new(id, &author.actor));
                 id
             }
@@ -387,7 +451,9 @@ impl Workspace {
             .ok_or_else(|| WorkspaceError::Damaged("index has no files map".into()))?;
         am.delete(&files, path.as_str()).map_err(damaged)?;
         let cites = self.access.am.get_heads();
-        Ok(self.index.commit(now_ms, &cites).into_iter().collect())
+        let changes = self.index.commit(now_ms, &cites).into_iter().collect();
+        self.note_file(path, None);
+        Ok(changes)
     }
 
     /// Applies character edits to a text file as one change. Each edit's
@@ -464,8 +530,12 @@ fn write_content(
             if old == new {
                 return Ok(am.pending_ops() > 0);
             }
-            let (pos, delete, insert) = differing_region(&old, new);
-            am.splice_text(&text, pos, delete as isize, insert)?;
+            // The smallest character edits, so that concurrent edits
+            // elsewhere in the file merge.
+            for s in merge::splices(&old, new) {
+                // Bounded by the text's length: they fit usize and isize.
+                am.splice_text(&text, s.pos as usize, s.delete as isize, &s.insert)?;
+            }
             Ok(true)
         }
         None => {
@@ -480,33 +550,6 @@ fn write_content(
             Ok(true)
         }
     }
-}
-
-/// The one splice (char position, chars to delete, text to insert) that turns
-/// `old` into `new`: everything between their common prefix and suffix.
-fn differing_region<'a>(old: &str, new: &'a str) -> (usize, usize, &'a str) {
-    let prefix_chars = old
-        .chars()
-        .zip(new.chars())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let prefix_bytes_old: usize = old.chars().take(prefix_chars).map(char::len_utf8).sum();
-    let prefix_bytes_new: usize = new.chars().take(prefix_chars).map(char::len_utf8).sum();
-    let (old_rest, new_rest) = (&old[prefix_bytes_old..], &new[prefix_bytes_new..]);
-    let suffix_chars = old_rest
-        .chars()
-        .rev()
-        .zip(new_rest.chars().rev())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let old_mid = old_rest.chars().count() - suffix_chars;
-    let new_rest_chars = new_rest.chars().count();
-    let new_mid_bytes: usize = new_rest
-        .chars()
-        .take(new_rest_chars - suffix_chars)
-        .map(char::len_utf8)
-        .sum();
-    (prefix_chars, old_mid, &new_rest[..new_mid_bytes])
 }
 
 pub(crate) fn stamp(
@@ -593,6 +636,7 @@ fn get_bytes(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<Vec<u8>> {
 
 mod access;
 mod analyses;
+pub mod merge;
 pub use access::MemberState;
 
 #[cfg(test)]

@@ -93,6 +93,12 @@ pub trait Host {
     fn has_document(&self, ws: &WorkspaceId, doc: &DocId) -> bool {
         self.documents(ws).contains(doc)
     }
+    /// Whether a change to `doc` can name documents `ws` did not hold (the
+    /// index): after a peer changes it, sessions look for new documents.
+    /// Every other change costs the engine only the document it touched.
+    fn names_documents(&self, _ws: &WorkspaceId, _doc: &DocId) -> bool {
+        true
+    }
     /// The stored author signature of a change, if any.
     fn signature(&self, ws: &WorkspaceId, doc: &DocId, hash: &ChangeHash) -> Option<SignedHead>;
     /// This node's own token for `ws`, presented to peers.
@@ -752,15 +758,24 @@ impl Engine {
         source: Option<PeerId>,
     ) {
         let peers = self.peers_of(ws);
-        let docs = host.documents(ws);
+        // A document made here reaches peers by its own local change; only a
+        // peer's change to the index can name documents we must ask for.
+        let docs = if source.is_some() && host.names_documents(ws, doc) {
+            host.documents(ws)
+        } else {
+            Vec::new()
+        };
         for peer in peers {
-            let known: BTreeSet<DocId> = self
-                .sessions
-                .get(&(peer, *ws))
-                .map(|s| s.docs.keys().copied().collect())
-                .unwrap_or_default();
-            for d in docs.iter().filter(|d| !known.contains(d)) {
-                self.generate(host, peer, *ws, *d);
+            let unknown: Vec<DocId> = match self.sessions.get(&(peer, *ws)) {
+                Some(s) => docs
+                    .iter()
+                    .filter(|d| !s.docs.contains_key(d))
+                    .copied()
+                    .collect(),
+                None => docs.clone(),
+            };
+            for d in unknown {
+                self.generate(host, peer, *ws, d);
             }
             if Some(peer) != source {
                 self.generate(host, peer, *ws, *doc);

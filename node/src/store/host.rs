@@ -57,12 +57,16 @@ impl Host for HostView<'_> {
         docs
     }
 
+    fn names_documents(&self, ws: &WorkspaceId, doc: &DocId) -> bool {
+        *doc == crate::workspace::index_doc_id(ws)
+    }
+
     fn has_document(&self, ws: &WorkspaceId, doc: &DocId) -> bool {
         self.workspaces.get(ws).is_some_and(|w| {
             *doc == w.access.id
                 || *doc == w.index.id
                 || w.files.contains_key(doc)
-                || w.file_doc_ids().contains(doc)
+                || w.is_file_doc(doc)
         })
     }
 

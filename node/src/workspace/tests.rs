@@ -214,27 +214,19 @@ fn concurrent_splices_from_two_authors_merge() {
 }
 
 #[test]
-fn the_differing_region_is_minimal() {
-    assert_eq!(
-        differing_region("hello world", "hello brave world"),
-        (6, 0, "brave ")
-    );
-    assert_eq!(differing_region("abc", "abc"), (3, 0, ""));
-    assert_eq!(differing_region("aXc", "aYc"), (1, 1, "Y"));
-    assert_eq!(differing_region("", "new"), (0, 0, "new"));
-    assert_eq!(differing_region("old", ""), (0, 3, ""));
-    assert_eq!(differing_region("aaa", "aa"), (2, 1, ""));
-    assert_eq!(differing_region("é😀x", "é😀yx"), (2, 0, "y"));
-}
-
-proptest::proptest! {
-    #[test]
-    fn applying_the_differing_region_yields_the_new_text(old in "[ab😀é]{0,12}", new in "[ab😀é]{0,12}") {
-        let (pos, delete, insert) = differing_region(&old, &new);
-        let mut chars: Vec<char> = old.chars().collect();
-        chars.splice(pos..pos + delete, insert.chars());
-        proptest::prop_assert_eq!(chars.into_iter().collect::<String>(), new);
-    }
+fn a_put_changes_only_the_characters_that_differ() {
+    let mut ws = new_ws();
+    let a = author(1);
+    let p = path("two-places.txt");
+    ws.put_file(&p, b"one\ntwo\nthree\n", &a, 1, [1; 16], 1 << 20)
+        .expect("put");
+    let (_, changes) = ws
+        .put_file(&p, b"one!\ntwo\nthree?\n", &a, 2, [2; 16], 1 << 20)
+        .expect("put");
+    assert_eq!(ws.get_file(&p).expect("get").bytes, b"one!\ntwo\nthree?\n");
+    // Two one-character inserts (and the stamp), not a rewrite of the file.
+    let ops = changes.iter().map(|c| c.change.len()).sum::<usize>();
+    assert!(ops <= 4, "{ops} operations for two inserted characters");
 }
 
 #[test]
