@@ -12,6 +12,7 @@ mod analysis;
 mod error;
 mod events;
 mod extract;
+mod folders;
 mod guard;
 mod openapi;
 mod routes;
@@ -57,6 +58,8 @@ struct Inner {
     refusals: crate::store::refusals::Refusals,
     /// The OpenAPI document, built with the router.
     openapi: OnceLock<Arc<serde_json::Value>>,
+    /// Linked folders.
+    folders: OnceLock<crate::folder::Folders>,
 }
 
 /// How documents are processed.
@@ -101,6 +104,7 @@ impl ApiState {
                 sessions: session::Sessions::default(),
                 refusals: crate::store::refusals::Refusals::default(),
                 openapi: OnceLock::new(),
+                folders: OnceLock::new(),
             }),
         }
     }
@@ -116,6 +120,15 @@ impl ApiState {
     /// and the analysis limits; without it, document routes answer 503.
     pub fn attach_analysis(&self, setup: AnalysisSetup) {
         let _ = self.inner.analysis.set(setup);
+    }
+
+    /// Makes linked folders available to `/api/v1/folders`.
+    pub fn attach_folders(&self, folders: crate::folder::Folders) {
+        let _ = self.inner.folders.set(folders);
+    }
+
+    fn folders(&self) -> Result<&crate::folder::Folders, ApiError> {
+        self.inner.folders.get().ok_or_else(ApiError::starting)
     }
 
     /// Makes the network's facts (listen addresses) available.
@@ -161,15 +174,17 @@ pub fn router(state: ApiState) -> Router {
         AnalysisList, AnalysisRecord, AnalyzeRequest, DocumentList, ModelList, ProcessedDocument,
     };
     use xencode_protocol::api::{
-        AuditLog, CreateWorkspace, FileInfo, FileList, Health, InviteRequest, InviteResponse,
-        JoinRequest, LoginLink, NodeEvent, NodeInfo, PeerList, RevokeRequest, SessionInfo,
-        SpliceRequest, SpliceResponse, WorkspaceDetail, WorkspaceList, WorkspaceSummary,
+        AuditLog, CreateWorkspace, FileInfo, FileList, FolderInfo, FolderList, FolderOutcome,
+        FolderRequest, Health, InviteRequest, InviteResponse, JoinRequest, LinkFolder, LoginLink,
+        NodeEvent, NodeInfo, PeerList, RevokeRequest, SessionInfo, SpliceRequest, SpliceResponse,
+        WorkspaceDetail, WorkspaceList, WorkspaceSummary,
     };
     const WS: &str = "workspaces";
     const FILES: &str = "files";
     const ANALYSIS: &str = "analysis";
     const NODE: &str = "node";
     const TEAM: &str = "team";
+    const FOLDERS: &str = "folders";
     const DASHBOARD: &str = "dashboard";
     let doc_limit = state
         .inner
@@ -267,6 +282,46 @@ pub fn router(state: ApiState) -> Router {
                 .json_body::<RevokeRequest>()
                 .json::<serde_json::Value>(200),
             routes::revoke,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/folders",
+            Doc::new(
+                FOLDERS,
+                "Linked folders: state, files, local changes, errors",
+            )
+            .json::<FolderList>(200),
+            folders::list,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/folders",
+            Doc::new(
+                FOLDERS,
+                "Link a directory to a workspace (or, without `workspace`, create one from it)",
+            )
+            .json_body::<LinkFolder>()
+            .json::<FolderInfo>(201),
+            folders::link,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/folders/unlink",
+            Doc::new(FOLDERS, "Stop syncing a folder; its files stay")
+                .json_body::<FolderRequest>()
+                .json::<FolderOutcome>(200),
+            folders::unlink,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/folders/revert",
+            Doc::new(
+                FOLDERS,
+                "Receive-only folder: restore the workspace's version of local edits",
+            )
+            .json_body::<FolderRequest>()
+            .json::<FolderOutcome>(200),
+            folders::revert,
         )
         .route(
             Method::POST,

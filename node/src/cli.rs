@@ -9,6 +9,7 @@
 
 mod client;
 mod commands;
+mod folders;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -123,9 +124,42 @@ enum Command {
     /// Put, get, list and remove files of a workspace.
     #[command(subcommand)]
     File(FileCommand),
+    /// Work in a folder: link a directory to a workspace, kept in sync both
+    /// ways (edits merge character by character), with any editor or tool.
+    #[command(subcommand)]
+    Folder(FolderCommand),
     /// Show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum FolderCommand {
+    /// Bind DIR to workspace WS and keep them in sync. An empty or missing DIR
+    /// gets the workspace's files; files in DIR are added to the workspace;
+    /// a file on both sides with different content becomes a local edit on
+    /// top of the workspace's version (which stays in its history).
+    Link {
+        /// Workspace id or unique name.
+        ws: String,
+        dir: PathBuf,
+    },
+    /// Create a workspace from DIR (a git checkout, say) and link it; print
+    /// the workspace id.
+    Share {
+        dir: PathBuf,
+        /// The workspace's name (default: the directory's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Linked folders: workspace, state, files, local changes, last sync,
+    /// errors.
+    List,
+    /// Stop syncing DIR; its files stay.
+    Unlink { dir: PathBuf },
+    /// In a receive-only folder (viewer role), put the workspace's version
+    /// back over local edits.
+    Revert { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +307,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
                 Command::Workspace(cmd) => commands::workspace(&client, cmd, json).await,
                 Command::File(cmd) => commands::file(&client, cmd, json).await,
+                Command::Folder(cmd) => folders::run(&client, cmd, json).await,
                 Command::Init
                 | Command::Node(_)
                 | Command::Id

@@ -191,6 +191,28 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // Linked folders start syncing (each its first full comparison).
+    let folders = match crate::folder::Folders::start(
+        store.clone(),
+        crate::folder::FolderOptions {
+            max_text_bytes: config.store.max_text_bytes,
+            max_file_bytes: config.api.max_body_bytes,
+            data_dir: dir.root().to_path_buf(),
+            ..crate::folder::FolderOptions::default()
+        },
+    )
+    .await
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::error!(error = %e, "linked folders could not start; `folder list` will be empty");
+            None
+        }
+    };
+    if let Some(f) = &folders {
+        state.attach_folders(f.clone());
+    }
+
     let compactor = tokio::spawn(compact_periodically(
         store.clone(),
         Duration::from_secs(config.store.compact_interval_secs),
@@ -222,6 +244,9 @@ pub async fn run(
     };
     compactor.abort();
     let _ = compactor.await;
+    if let Some(f) = folders {
+        f.stop().await;
+    }
     let _ = net_stop_tx.send(true);
     if let Err(e) = net_task.await {
         tracing::error!(error = %e, "the network task failed");

@@ -17,6 +17,8 @@ pub mod config;
 // for the unit tests that replay the corpora, never into the shipped binary.
 #[cfg(feature = "server")]
 pub mod daemon;
+#[cfg(feature = "server")]
+pub mod folder;
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

@@ -16,6 +16,7 @@
 mod actor;
 pub mod audit;
 pub mod backup;
+pub mod folders;
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
@@ -175,6 +176,10 @@ pub enum BadRequest {
     NoRevocationTarget,
     #[error("{0:?} is neither a member of this workspace nor a token id")]
     UnknownRevocationTarget(String),
+    #[error(
+        "{dir} overlaps the linked folder {linked}: a folder belongs to one workspace (unlink it first, or choose another directory)"
+    )]
+    FolderTaken { dir: String, linked: String },
 }
 
 /// What the store asks of the network task.
@@ -392,6 +397,8 @@ pub(crate) enum Command {
         limit: usize,
         reply: Reply<AuditLog>,
     },
+    /// Linked folders (`folders.rs`).
+    Folder(folders::FolderCommand),
     /// Peers to dial at start: inviters of joined workspaces.
     Contacts {
         reply: Reply<Vec<(String, Vec<String>)>>,

@@ -404,38 +404,65 @@ impl Workspace {
         new_doc_nonce: [u8; 16],
         max_text_bytes: usize,
     ) -> Result<(FileInfo, Vec<NewChange>), WorkspaceError> {
-        let mut changes = Vec::new();
-        let cites = self.access.am.get_heads();
-        let doc_id = match self.file_doc(path) {
-            Some(id) if self.files.contains_key(&id) => id,
-            _ => {
-                let id = DocId::derive(&self.id, &new_doc_nonce);
-                let am = &mut self.index.am;
-                let files = get_obj(am, &ROOT, "files")
-                    .ok_or_else(|| WorkspaceError::Damaged("index has no files map".into()))?;
-                let entry = am
-                    .put_object(&files, path.as_str(), ObjType::Map)
-                    .map_err(damaged)?;
-                am.put(&entry, "doc", id.to_string()).map_err(damaged)?;
-                am.put(&entry, "created_by", author.peer_id.as_str())
-                    .map_err(damaged)?;
-                am.put(&entry, "created_at", now_ms).map_err(damaged)?;
-                changes.extend(self.index.commit(now_ms, &cites));
-                self.note_file(path, Some(id));
-                self.files.insert(id, Doc::new(id, &author.actor));
-                id
-            }
-        };
+        let changes = self.ingest(
+            path,
+            bytes,
+            None,
+            None,
+            author,
+            now_ms,
+            new_doc_nonce,
+            max_text_bytes,
+        )?;
         let doc = self
-            .files
-            .get_mut(&doc_id)
-            .ok_or_else(|| WorkspaceError::Damaged("file document vanished".into()))?;
-        let changed = write_content(&mut doc.am, bytes, max_text_bytes).map_err(damaged)?;
-        if changed {
-            stamp(&mut doc.am, author, now_ms).map_err(damaged)?;
-            changes.extend(doc.commit(now_ms, &cites));
-        }
+            .existing_file(path)
+            .map_err(|_| WorkspaceError::Damaged("file document vanished".into()))?;
         Ok((file_info(path.clone(), doc), changes))
+    }
+
+    /// The document of `path`, or a new one entered in the index (its
+    /// change appended to `changes`).
+    fn file_doc_or_new(
+        &mut self,
+        path: &WorkspacePath,
+        author: &Author,
+        now_ms: u64,
+        new_doc_nonce: [u8; 16],
+        changes: &mut Vec<NewChange>,
+    ) -> Result<DocId, WorkspaceError> {
+        if let Some(id) = self.file_doc(path)
+            && self.files.contains_key(&id)
+        {
+            return Ok(id);
+        }
+        let cites = self.access.am.get_heads();
+        let id = DocId::derive(&self.id, &new_doc_nonce);
+        self.enter_file(path, id, author, now_ms)?;
+        changes.extend(self.index.commit(now_ms, &cites));
+        self.note_file(path, Some(id));
+        self.files.insert(id, Doc::new(id, &author.actor));
+        Ok(id)
+    }
+
+    /// Writes the index entry naming `doc` as `path`'s (uncommitted).
+    fn enter_file(
+        &mut self,
+        path: &WorkspacePath,
+        doc: DocId,
+        author: &Author,
+        now_ms: u64,
+    ) -> Result<(), WorkspaceError> {
+        let am = &mut self.index.am;
+        let files = get_obj(am, &ROOT, "files")
+            .ok_or_else(|| WorkspaceError::Damaged("index has no files map".into()))?;
+        let entry = am
+            .put_object(&files, path.as_str(), ObjType::Map)
+            .map_err(damaged)?;
+        am.put(&entry, "doc", doc.to_string()).map_err(damaged)?;
+        am.put(&entry, "created_by", author.peer_id.as_str())
+            .map_err(damaged)?;
+        am.put(&entry, "created_at", now_ms).map_err(damaged)?;
+        Ok(())
     }
 
     /// Removes a file from the index. Its document and history stay in the
@@ -636,6 +663,7 @@ fn get_bytes(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<Vec<u8>> {
 
 mod access;
 mod analyses;
+pub mod folder;
 pub mod merge;
 pub use access::MemberState;
 

@@ -601,3 +601,85 @@ pub struct RefusalCount {
     pub reason: String,
     pub count: u64,
 }
+
+/// What a linked folder is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FolderState {
+    /// Comparing the folder with the workspace (at start, on link, on a
+    /// watcher overflow, periodically).
+    Scanning,
+    /// Watching for changes on both sides.
+    Watching,
+    /// Stopped by an error (see `errors`); retried.
+    Error,
+}
+
+/// A folder linked to a workspace (`xencode folder list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FolderInfo {
+    /// Absolute path of the directory.
+    pub dir: String,
+    pub workspace: WorkspaceId,
+    pub workspace_name: String,
+    pub state: FolderState,
+    /// Files synced between the folder and the workspace.
+    pub files: usize,
+    /// Files found by the running scan, of `scan_total` (progress).
+    pub scanned: usize,
+    pub scan_total: usize,
+    /// Changes seen on disk not yet taken into the workspace.
+    pub pending: usize,
+    /// Receive-only (this node may not write the workspace): local edits are
+    /// not sent; `local_changes` lists them and `folder revert` undoes them.
+    pub receive_only: bool,
+    /// Paths changed on disk that the workspace does not have (receive-only).
+    pub local_changes: Vec<String>,
+    /// Files stored whole (binary, or text over `store.max_text_bytes`):
+    /// they sync, but concurrent edits do not merge (the last write wins).
+    pub whole_files: usize,
+    /// Files left out: over the size limit, unrepresentable names, special
+    /// files (symlinks are never followed; ignored files are not counted).
+    pub skipped: Vec<String>,
+    /// When a change last went either way (ms since the epoch).
+    pub last_sync: Option<u64>,
+    /// Recent problems, newest last.
+    pub errors: Vec<String>,
+}
+
+/// `GET /api/v1/folders`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FolderList {
+    pub folders: Vec<FolderInfo>,
+}
+
+/// `POST /api/v1/folders`: link `dir` to `workspace`, or (without one)
+/// create a workspace named `name` (default: the directory's name) from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkFolder {
+    /// Absolute path of the directory (created if missing).
+    pub dir: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `POST /api/v1/folders/unlink` and `/revert`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FolderRequest {
+    /// Absolute path of a linked directory.
+    pub dir: String,
+}
+
+/// What `folder unlink` or `folder revert` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FolderOutcome {
+    pub dir: String,
+    /// Unlink: whether a link was removed. Revert: files restored.
+    pub changed: usize,
+    /// Revert: files only on disk, left in place.
+    pub kept: Vec<String>,
+}

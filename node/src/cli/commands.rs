@@ -20,7 +20,7 @@ use xencode_protocol::api::{
 use super::client::Client;
 use super::{FileCommand, NodeArgs, WorkspaceCommand};
 
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
+pub(super) fn print_json<T: Serialize>(value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).context("cannot encode JSON")?;
     println!("{text}");
     Ok(())

@@ -343,6 +343,7 @@ impl Actor {
                 self.flush();
                 let _ = reply.send(Ok(self.peers()));
             }
+            Command::Folder(cmd) => self.handle_folder(cmd),
             Command::Contacts { reply } => {
                 let _ = reply.send(Ok(self.contacts()));
             }
@@ -350,7 +351,7 @@ impl Actor {
     }
 
     /// Runs a mutation on a loaded workspace and stages its changes.
-    fn write<T>(
+    pub(super) fn write<T>(
         &mut self,
         ws: WorkspaceId,
         op: impl FnOnce(&mut Workspace, &Author) -> Result<(T, Vec<NewChange>), StoreError>,
@@ -451,6 +452,7 @@ impl Actor {
         let new_workspaces = std::mem::take(&mut self.disk.new_workspaces);
         let staged_memberships = std::mem::take(&mut self.disk.staged_memberships);
         self.disk.staged_sync_states.clear();
+        self.disk.staged_folders.clear();
         let audited = std::mem::take(&mut self.disk.audit_staged);
         let access_changed = staged
             .iter()

@@ -64,6 +64,8 @@ pub(super) struct Persistence {
     pub(super) new_workspaces: Vec<WorkspaceId>,
     pub(super) staged_memberships: Vec<(WorkspaceId, Membership)>,
     pub(super) staged_sync_states: Vec<(String, DocId, Vec<u8>)>,
+    /// Folder links and sync records (`folders.rs`).
+    pub(super) staged_folders: Vec<super::folders::FolderWrite>,
     /// Replies waiting for the commit that makes their write durable.
     pub(super) deferred: Vec<Deferred>,
     /// Authorization decisions waiting for the next commit.
@@ -92,6 +94,7 @@ impl Persistence {
             new_workspaces: Vec::new(),
             staged_memberships: Vec::new(),
             staged_sync_states: Vec::new(),
+            staged_folders: Vec::new(),
             deferred: Vec::new(),
             audit_staged: Vec::new(),
             audit_tip,
@@ -105,6 +108,7 @@ impl Persistence {
             && self.staged.is_empty()
             && self.staged_memberships.is_empty()
             && self.staged_sync_states.is_empty()
+            && self.staged_folders.is_empty()
             && self.audit_staged.is_empty()
     }
 
@@ -314,6 +318,7 @@ impl Persistence {
             && self.staged.is_empty()
             && self.staged_memberships.is_empty()
             && self.staged_sync_states.is_empty()
+            && self.staged_folders.is_empty()
             && self.audit_staged.iter().all(|d| d.allow);
         tx.set_durability(if audit_only {
             Durability::None
@@ -378,6 +383,7 @@ impl Persistence {
                     .map_err(classify)?;
             }
         }
+        super::folders::commit(&tx, &self.staged_folders)?;
         tx.commit().map_err(classify)?;
         Ok((added.into_iter().collect(), tip))
     }

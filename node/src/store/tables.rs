@@ -19,7 +19,12 @@
 //! - `audit-1` (schema 4): the hash-chained audit log (`audit.rs`);
 //! - `refusals-1` (schema 5): sequence number -> postcard tally of refused
 //!   unauthenticated API requests per minute, source and reason, under its
-//!   own cap (`audit.rs`), so strangers never push members out of `audit-1`.
+//!   own cap (`audit.rs`), so strangers never push members out of `audit-1`;
+//! - `folders-1` (schema 6): directory -> postcard
+//!   [`FolderLink`](super::folders::FolderLink), a folder linked to a workspace;
+//! - `folder-files-1` (schema 6): (directory, path) -> postcard
+//!   [`FileRecord`](super::folders::FileRecord): what was last synced between
+//!   the file on disk and the workspace.
 
 use std::fs;
 use std::io::Read;
@@ -34,7 +39,7 @@ use crate::workspace::DocKind;
 /// Written into `meta-1` so a foreign redb file is recognised.
 pub const FORMAT: &[u8] = b"xencode-store";
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
 pub const WORKSPACES: TableDefinition<[u8; 16], ()> = TableDefinition::new("workspaces-1");
@@ -51,6 +56,11 @@ pub const AI_CACHE: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("ai-
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit-1");
 /// Tallies of refused unauthenticated requests (see `audit.rs`).
 pub const REFUSALS: TableDefinition<u64, &[u8]> = TableDefinition::new("refusals-1");
+/// Linked folders (see `folders.rs`).
+pub const FOLDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("folders-1");
+/// Per file of a linked folder, what was last synced (see `folders.rs`).
+pub const FOLDER_FILES: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("folder-files-1");
 
 /// This node's membership of a workspace, kept beside the documents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +93,7 @@ const MIGRATIONS: &[Migration] = &[
     migrate_2_to_3,
     migrate_3_to_4,
     migrate_4_to_5,
+    migrate_5_to_6,
 ];
 
 /// Schema 2 adds signatures, memberships and sync states (empty: stores of
@@ -109,6 +120,13 @@ fn migrate_3_to_4(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
 /// Schema 5 adds the tallies of refused unauthenticated requests (empty).
 fn migrate_4_to_5(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(REFUSALS)?;
+    Ok(())
+}
+
+/// Schema 6 adds linked folders and their per-file records (empty).
+fn migrate_5_to_6(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(FOLDERS)?;
+    tx.open_table(FOLDER_FILES)?;
     Ok(())
 }
 
@@ -247,6 +265,8 @@ fn initialize(db: &Database) -> Result<(), redb::Error> {
         tx.open_table(AI_CACHE)?;
         tx.open_table(AUDIT)?;
         tx.open_table(REFUSALS)?;
+        tx.open_table(FOLDERS)?;
+        tx.open_table(FOLDER_FILES)?;
     }
     tx.commit()?;
     Ok(())

@@ -385,3 +385,76 @@ async fn a_schema_1_store_is_migrated_and_keeps_its_data() {
             >= 1
     );
 }
+
+#[tokio::test]
+async fn a_schema_5_store_gains_folder_links_that_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let (store, thread) = open(&path, 1000).expect("open");
+    let ws = store.create_workspace("w".into(), 1).await.expect("ws").id;
+    close(store, thread);
+    {
+        let db = Database::open(&path).expect("open raw");
+        let tx = db.begin_write().expect("write");
+        assert!(tx.delete_table(tables::FOLDERS).expect("delete"));
+        assert!(tx.delete_table(tables::FOLDER_FILES).expect("delete"));
+        tx.open_table(tables::META)
+            .expect("meta")
+            .insert("schema_version", 5u32.to_le_bytes().as_slice())
+            .expect("insert");
+        tx.commit().expect("commit");
+    }
+    let (store, thread) = open(&path, 1000).expect("migrates");
+    assert!(store.folder_links().await.expect("links").is_empty());
+    let link = folders::FolderLink {
+        dir: "/srv/project".into(),
+        workspace: ws,
+        linked_at: 7,
+    };
+    store.link_folder(link.clone()).await.expect("link");
+    // One directory, one workspace: nested or equal directories are refused.
+    for taken in ["/srv/project", "/srv/project/sub", "/srv"] {
+        let again = folders::FolderLink {
+            dir: taken.into(),
+            ..link.clone()
+        };
+        let e = store.link_folder(again).await.expect_err(taken);
+        assert!(e.to_string().contains("overlaps"), "{e}");
+    }
+    let record = folders::FileRecord {
+        base: crate::workspace::folder::SyncBase {
+            doc: xencode_protocol::DocId::derive(&ws, &[1; 16]),
+            heads: vec![[3; 32]],
+        },
+        content_hash: [4; 32],
+        disk: None,
+    };
+    store
+        .folder_record(
+            link.dir.clone(),
+            vec![("a.txt".into(), Some(record.clone()))],
+        )
+        .await
+        .expect("record");
+    close(store, thread);
+    let (store, thread) = open(&path, 1000).expect("reopen");
+    assert_eq!(
+        store.folder_links().await.expect("links"),
+        vec![link.clone()]
+    );
+    let records = store
+        .folder_records(link.dir.clone())
+        .await
+        .expect("records");
+    assert_eq!(records.get("a.txt"), Some(&record));
+    assert!(store.unlink_folder(link.dir.clone()).await.expect("unlink"));
+    assert!(store.folder_links().await.expect("links").is_empty());
+    assert!(
+        store
+            .folder_records(link.dir)
+            .await
+            .expect("records")
+            .is_empty()
+    );
+    close(store, thread);
+}

@@ -1,0 +1,333 @@
+//! Workspaces as real folders (`docs/folders.md`): real `xencode` nodes on
+//! loopback, real directories edited the way editors and tools save.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use xencode_tests::{Node, invite_and_join, last_line, ok_stdout, wait_for};
+
+const SYNC: Duration = Duration::from_secs(60);
+
+/// Every regular file under `dir` (not `.xencode/`): bytes and mode.
+fn tree(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let rel = p
+                .strip_prefix(dir)
+                .expect("under dir")
+                .to_string_lossy()
+                .into_owned();
+            if rel == ".xencode" || rel.contains(".xencode-tmp-") {
+                continue;
+            }
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.is_file() {
+                let bytes = std::fs::read(&p).unwrap_or_default();
+                out.insert(rel, (bytes, meta.permissions().mode() & 0o777));
+            }
+        }
+    }
+    out
+}
+
+/// The tree without the paths that must not sync.
+fn shared_part(t: &BTreeMap<String, (Vec<u8>, u32)>) -> BTreeMap<String, (Vec<u8>, u32)> {
+    t.iter()
+        .filter(|(k, _)| !k.starts_with(".git/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn write(dir: &Path, rel: &str, body: &str) {
+    let p = dir.join(rel);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(p, body).expect("write");
+}
+
+fn sh(dir: &Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn same_files(a: &Path, b: &Path) -> bool {
+    let (a, b) = (a.to_path_buf(), b.to_path_buf());
+    wait_for(SYNC, || {
+        let (a, b) = (a.clone(), b.clone());
+        async move { shared_part(&tree(&a)) == shared_part(&tree(&b)) }
+    })
+    .await
+}
+
+/// Waits until the file at `dir/rel` passes `check` (`None`: absent).
+async fn until(dir: &Path, rel: &str, check: impl Fn(Option<String>) -> bool) -> bool {
+    let p = dir.join(rel);
+    let check = &check;
+    wait_for(SYNC, || {
+        let p = p.clone();
+        async move {
+            let present = std::fs::symlink_metadata(&p).is_ok();
+            check(present.then(|| std::fs::read_to_string(&p).unwrap_or_default()))
+        }
+    })
+    .await
+}
+
+async fn has(dir: &Path, rel: &str, body: &str) -> bool {
+    until(dir, rel, |s| s.as_deref() == Some(body)).await
+}
+
+async fn gone(dir: &Path, rel: &str) -> bool {
+    until(dir, rel, |s| s.is_none()).await
+}
+
+fn diff(a: &Path, b: &Path) -> String {
+    let (ta, tb) = (shared_part(&tree(a)), shared_part(&tree(b)));
+    let mut out = String::new();
+    for k in ta.keys().chain(tb.keys()) {
+        if ta.get(k) != tb.get(k) {
+            out.push_str(&format!(
+                "{k}: {:?} vs {:?}\n",
+                ta.get(k)
+                    .map(|(b, m)| (String::from_utf8_lossy(b).into_owned(), format!("{m:o}"))),
+                tb.get(k)
+                    .map(|(b, m)| (String::from_utf8_lossy(b).into_owned(), format!("{m:o}")))
+            ));
+        }
+    }
+    out
+}
+
+struct Pair {
+    tmp: tempfile::TempDir,
+    a: Node,
+    b: Node,
+    ws: String,
+    fa: PathBuf,
+    fb: PathBuf,
+}
+
+impl Pair {
+    fn logs(&self) -> String {
+        format!(
+            "--- A ---\n{}\n--- B ---\n{}",
+            self.a.log_text(),
+            self.b.log_text()
+        )
+    }
+}
+
+/// A shares folder `fa` (filled by `fill` first), B joins with `role` and
+/// links the empty `fb`.
+async fn pair(role: &str, fill: impl FnOnce(&Path)) -> Pair {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(&tmp.path().join("a")).expect("a");
+    let b = Node::start(&tmp.path().join("b")).expect("b");
+    let fa = tmp.path().join("folder-a");
+    let fb = tmp.path().join("folder-b");
+    std::fs::create_dir_all(&fa).expect("mkdir");
+    fill(&fa);
+    let out = a.cli(&[
+        "folder",
+        "share",
+        fa.to_str().expect("utf8"),
+        "--name",
+        "project",
+    ]);
+    let ws = last_line(&out);
+    ok_stdout(&out);
+    assert_eq!(ws.len(), 32, "{}", String::from_utf8_lossy(&out.stderr));
+    invite_and_join(&a, &ws, &b, role);
+    let out = b.cli(&["folder", "link", &ws, fb.to_str().expect("utf8")]);
+    ok_stdout(&out);
+    Pair {
+        tmp,
+        a,
+        b,
+        ws,
+        fa,
+        fb,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_folder_reaches_an_empty_one_with_its_bytes_and_modes_and_nothing_else() {
+    let p = pair("developer", |dir| {
+        write(dir, "README.md", "# project\n");
+        write(dir, "src/main.py", "print('hello')\n");
+        write(dir, "src/pkg/util.py", "def f():\n    return 1\n");
+        write(dir, "run.sh", "#!/bin/sh\necho run\n");
+        std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::write(dir.join("logo.bin"), [0u8, 159, 146, 150, 255, 0, 1]).expect("bin");
+        write(dir, ".gitignore", "build/\n*.log\n");
+        write(dir, "build/out.o", "object");
+        write(dir, "debug.log", "secret log");
+        write(dir, ".git/config", "[core]\n");
+        write(dir, "notes/.xencodeignore", "private.txt\n");
+        write(dir, "notes/private.txt", "mine only");
+        write(dir, "notes/public.txt", "for the team");
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd-link")).expect("symlink");
+    })
+    .await;
+    let expected: Vec<&str> = vec![
+        ".gitignore",
+        "README.md",
+        "logo.bin",
+        "notes/.xencodeignore",
+        "notes/public.txt",
+        "run.sh",
+        "src/main.py",
+        "src/pkg/util.py",
+    ];
+    let fb = p.fb.clone();
+    let arrived = wait_for(SYNC, || {
+        let fb = fb.clone();
+        let expected = expected.clone();
+        async move { tree(&fb).keys().map(String::as_str).collect::<Vec<_>>() == expected }
+    })
+    .await;
+    assert!(
+        arrived,
+        "B's folder: {:?}\n{}",
+        tree(&p.fb).keys().collect::<Vec<_>>(),
+        p.logs()
+    );
+    let (ta, tb) = (tree(&p.fa), tree(&p.fb));
+    for path in &expected {
+        assert_eq!(ta[*path], tb[*path], "{path}: bytes and mode");
+    }
+    assert_eq!(tb["run.sh"].1, 0o755, "the executable bit travels");
+    // Nothing ignored left A: not in the workspace either.
+    let files = p.a.files(&p.ws).await;
+    assert_eq!(files, expected, "A's workspace");
+    assert!(std::fs::symlink_metadata(p.fb.join("passwd-link")).is_err());
+    // `folder list` tells the state.
+    let list: serde_json::Value =
+        serde_json::from_str(&ok_stdout(&p.b.cli(&["--json", "folder", "list"]))).expect("json");
+    let f = &list["folders"][0];
+    assert_eq!(f["state"], "watching");
+    assert_eq!(f["files"], expected.len());
+    assert_eq!(f["workspace_name"], "project");
+    assert_eq!(f["receive_only"], false);
+    assert_eq!(f["whole_files"], 1, "logo.bin is stored whole");
+    drop(p.tmp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_of_every_kind_reach_the_teammates_folder() {
+    let p = pair("developer", |dir| {
+        write(dir, "log.txt", "one\n");
+        write(dir, "config.ini", "mode = debug\nlevel = 1\n");
+        write(dir, "doc.md", "draft\n");
+        write(dir, "old.txt", "to delete\n");
+        write(dir, "lib/a.py", "A = 1\n");
+        write(dir, "lib/sub/b.py", "B = 2\n");
+    })
+    .await;
+    assert!(
+        same_files(&p.fa, &p.fb).await,
+        "{}\n{}",
+        diff(&p.fa, &p.fb),
+        p.logs()
+    );
+    // Appending in place.
+    sh(&p.fa, "echo two >> log.txt");
+    assert!(
+        has(&p.fb, "log.txt", "one\ntwo\n").await,
+        "append\n{}",
+        p.logs()
+    );
+    // sed -i: a new file renamed over the old one.
+    sh(&p.fa, "sed -i 's/debug/release/' config.ini");
+    assert!(
+        has(&p.fb, "config.ini", "mode = release\nlevel = 1\n").await,
+        "sed -i\n{}",
+        p.logs()
+    );
+    // Write a temporary file, then rename it over (editors, Python tools).
+    sh(
+        &p.fa,
+        "python3 -c \"import os; open('doc.md.tmp','w').write('final\\n'); os.replace('doc.md.tmp','doc.md')\"",
+    );
+    assert!(
+        has(&p.fb, "doc.md", "final\n").await,
+        "rename-over\n{}",
+        p.logs()
+    );
+    // Delete.
+    sh(&p.fa, "rm old.txt");
+    assert!(gone(&p.fb, "old.txt").await, "delete\n{}", p.logs());
+    // Move a directory.
+    sh(&p.fa, "mv lib library");
+    assert!(
+        has(&p.fb, "library/sub/b.py", "B = 2\n").await,
+        "mv dir\n{}",
+        p.logs()
+    );
+    assert!(
+        gone(&p.fb, "lib").await,
+        "the old directory goes\n{}",
+        p.logs()
+    );
+    // And the other way: B's edits reach A.
+    sh(&p.fb, "printf 'A = 10\\n' > library/a.py");
+    assert!(
+        has(&p.fa, "library/a.py", "A = 10\n").await,
+        "B -> A\n{}",
+        p.logs()
+    );
+    assert!(same_files(&p.fa, &p.fb).await, "{}", diff(&p.fa, &p.fb));
+    drop(p.tmp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_to_different_lines_of_one_file_at_once_merge_on_both_disks() {
+    let base: String = (1..=20).map(|i| format!("line {i}\n")).collect();
+    let p = pair("developer", |dir| write(dir, "shared.txt", &base)).await;
+    assert!(has(&p.fb, "shared.txt", &base).await, "{}", p.logs());
+    // Both save at the same moment, each a different line.
+    let a_text = base.replace("line 3\n", "line 3 edited by A\n");
+    let b_text = base.replace("line 17\n", "line 17 edited by B\n");
+    std::fs::write(p.fa.join("shared.txt"), &a_text).expect("A writes");
+    std::fs::write(p.fb.join("shared.txt"), &b_text).expect("B writes");
+    let both = base
+        .replace("line 3\n", "line 3 edited by A\n")
+        .replace("line 17\n", "line 17 edited by B\n");
+    assert!(
+        has(&p.fa, "shared.txt", &both).await,
+        "A:\n{}\n{}",
+        std::fs::read_to_string(p.fa.join("shared.txt")).unwrap_or_default(),
+        p.logs()
+    );
+    assert!(
+        has(&p.fb, "shared.txt", &both).await,
+        "B:\n{}\n{}",
+        std::fs::read_to_string(p.fb.join("shared.txt")).unwrap_or_default(),
+        p.logs()
+    );
+    drop(p.tmp);
+}
