@@ -331,3 +331,244 @@ async fn edits_to_different_lines_of_one_file_at_once_merge_on_both_disks() {
     );
     drop(p.tmp);
 }
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_checkout_of_hundreds_of_files_lands_exactly_in_the_teammates_folder() {
+    let p = pair("developer", |dir| {
+        git(dir, &["init", "-q", "-b", "main"]);
+        for i in 0..300 {
+            write(
+                dir,
+                &format!("pkg{}/mod{i}.py", i % 12),
+                &format!("VALUE = {i}\n"),
+            );
+        }
+        git(dir, &["add", "-A"]);
+        git(dir, &["commit", "-q", "-m", "main"]);
+        git(dir, &["checkout", "-q", "-b", "other"]);
+        for i in 0..300 {
+            let f = format!("pkg{}/mod{i}.py", i % 12);
+            match i % 6 {
+                0 => std::fs::remove_file(dir.join(&f)).expect("rm"),
+                1 | 2 | 3 => write(dir, &f, &format!("VALUE = {i}\nOTHER = True\n")),
+                _ => {}
+            }
+        }
+        for i in 0..50 {
+            write(dir, &format!("added/new{i}.py"), &format!("NEW = {i}\n"));
+        }
+        git(dir, &["add", "-A"]);
+        git(dir, &["commit", "-q", "-m", "other"]);
+        git(dir, &["checkout", "-q", "main"]);
+    })
+    .await;
+    assert!(
+        same_files(&p.fa, &p.fb).await,
+        "{}\n{}",
+        diff(&p.fa, &p.fb),
+        p.logs()
+    );
+    const COMMITS: &str = "xencode_store_commits_total{outcome=\"ok\"}";
+    let before = p.a.metric(COMMITS).await;
+    git(&p.fa, &["checkout", "-q", "other"]);
+    let listed = Command::new("git")
+        .args(["ls-files"])
+        .current_dir(&p.fa)
+        .output()
+        .expect("ls-files");
+    let expected: BTreeMap<String, Vec<u8>> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|f| (f.to_owned(), std::fs::read(p.fa.join(f)).expect("read")))
+        .collect();
+    assert_eq!(expected.len(), 300 - 50 + 50);
+    let fb = p.fb.clone();
+    let landed = wait_for(SYNC, || {
+        let fb = fb.clone();
+        let expected = expected.clone();
+        async move {
+            let t: BTreeMap<String, Vec<u8>> =
+                tree(&fb).into_iter().map(|(k, (b, _))| (k, b)).collect();
+            t == expected
+        }
+    })
+    .await;
+    assert!(landed, "{}\n{}", diff(&p.fa, &p.fb), p.logs());
+    // Batched: far fewer index commits than files changed.
+    let changed = 250.0;
+    let commits = p.a.metric(COMMITS).await - before;
+    assert!(commits > 0.0);
+    assert!(
+        commits < changed,
+        "{commits} commits for a checkout of {changed} changed files"
+    );
+    drop(p.tmp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_made_while_the_node_was_stopped_merge_with_a_teammates_edits_meanwhile() {
+    let base: String = (1..=10).map(|i| format!("line {i}\n")).collect();
+    let Pair {
+        tmp, a, b, fa, fb, ..
+    } = pair("developer", |dir| write(dir, "notes.txt", &base)).await;
+    assert!(has(&fb, "notes.txt", &base).await, "{}", b.log_text());
+    let a_dir = a.dir.clone();
+    let a_port = a.p2p_port;
+    a.stop();
+    // Offline on A; and B edits the same file meanwhile.
+    std::fs::write(
+        fa.join("notes.txt"),
+        base.replace("line 2\n", "line 2 (A offline)\n"),
+    )
+    .expect("A edits offline");
+    write(&fa, "offline-new.txt", "made while stopped\n");
+    std::fs::write(
+        fb.join("notes.txt"),
+        base.replace("line 8\n", "line 8 (B)\n"),
+    )
+    .expect("B edits");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = Node::start_with(&a_dir, a_port, &[b.addr()]).expect("A restarts");
+    let both = base
+        .replace("line 2\n", "line 2 (A offline)\n")
+        .replace("line 8\n", "line 8 (B)\n");
+    let logs = || format!("--- A ---\n{}\n--- B ---\n{}", a.log_text(), b.log_text());
+    assert!(
+        has(&fa, "notes.txt", &both).await,
+        "A: {:?}\n{}",
+        std::fs::read_to_string(fa.join("notes.txt")),
+        logs()
+    );
+    assert!(
+        has(&fb, "notes.txt", &both).await,
+        "B: {:?}\n{}",
+        std::fs::read_to_string(fb.join("notes.txt")),
+        logs()
+    );
+    assert!(
+        has(&fb, "offline-new.txt", "made while stopped\n").await,
+        "{}",
+        logs()
+    );
+    drop(tmp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewers_folder_is_receive_only_and_revert_restores_it() {
+    let p = pair("viewer", |dir| {
+        write(dir, "spec.md", "v1\n");
+        write(dir, "other.md", "x\n");
+    })
+    .await;
+    assert!(has(&p.fb, "spec.md", "v1\n").await, "{}", p.logs());
+    // The viewer edits: nothing is sent, the edit is listed.
+    write(&p.fb, "spec.md", "viewer's edit\n");
+    write(&p.fb, "mine.txt", "viewer's file\n");
+    let b = &p.b;
+    let listed = wait_for(SYNC, || async move {
+        let out = b.cli(&["--json", "folder", "list"]);
+        let list: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let f = &list["folders"][0];
+        f["receive_only"] == true && f["local_changes"].as_array().is_some_and(|l| l.len() == 2)
+    })
+    .await;
+    assert!(listed, "{}", ok_stdout(&p.b.cli(&["folder", "list"])));
+    // A teammate's edit of another file still arrives; the viewer's edited
+    // file is not overwritten.
+    write(&p.fa, "other.md", "y\n");
+    assert!(has(&p.fb, "other.md", "y\n").await, "{}", p.logs());
+    assert_eq!(
+        std::fs::read_to_string(p.fb.join("spec.md")).expect("read"),
+        "viewer's edit\n"
+    );
+    assert_eq!(
+        p.a.file(&p.ws, "spec.md").await.as_deref(),
+        Some(&b"v1\n"[..])
+    );
+    assert_eq!(p.a.file(&p.ws, "mine.txt").await, None);
+    // Revert puts the workspace's version back.
+    let out =
+        p.b.cli(&["--json", "folder", "revert", p.fb.to_str().expect("utf8")]);
+    let outcome: serde_json::Value = serde_json::from_str(&ok_stdout(&out)).expect("json");
+    assert_eq!(outcome["changed"], 1, "{outcome}");
+    assert_eq!(outcome["kept"], serde_json::json!(["mine.txt"]));
+    assert_eq!(
+        std::fs::read_to_string(p.fb.join("spec.md")).expect("read"),
+        "v1\n"
+    );
+    // On a developer's folder there is nothing to revert.
+    let out = p.a.cli(&["folder", "revert", p.fa.to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not receive-only"));
+    drop(p.tmp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linking_a_folder_that_has_files_keeps_both_sides() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(&tmp.path().join("a")).expect("a");
+    let ws = last_line(&a.cli(&["workspace", "create", "both"]));
+    assert_eq!(
+        xencode_tests::put(&a, &ws, "shared.txt", "one\ntwo\nthree\n").await,
+        reqwest::StatusCode::OK
+    );
+    assert_eq!(
+        xencode_tests::put(&a, &ws, "only-in-workspace.txt", "ws\n").await,
+        reqwest::StatusCode::OK
+    );
+    let dir = tmp.path().join("existing");
+    write(&dir, "shared.txt", "one\ntwo (local)\nthree\n");
+    write(&dir, "only-on-disk.txt", "disk\n");
+    let out = a.cli(&["folder", "link", "both", dir.to_str().expect("utf8")]);
+    ok_stdout(&out);
+    assert!(
+        has(&dir, "only-in-workspace.txt", "ws\n").await,
+        "{}",
+        a.log_text()
+    );
+    let files = a.files(&ws).await;
+    assert_eq!(
+        files,
+        ["only-in-workspace.txt", "only-on-disk.txt", "shared.txt"]
+    );
+    // The local version became an edit on top of the workspace's.
+    assert_eq!(
+        a.file(&ws, "shared.txt").await.as_deref(),
+        Some(&b"one\ntwo (local)\nthree\n"[..])
+    );
+    // A file put through the API lands on disk too, and `file rm` removes it.
+    assert_eq!(
+        xencode_tests::put(&a, &ws, "from-api.txt", "api\n").await,
+        reqwest::StatusCode::OK
+    );
+    assert!(has(&dir, "from-api.txt", "api\n").await, "{}", a.log_text());
+    ok_stdout(&a.cli(&["file", "rm", &ws, "from-api.txt"]));
+    assert!(gone(&dir, "from-api.txt").await, "{}", a.log_text());
+    // Unlinked, the files stay and no longer follow the workspace.
+    ok_stdout(&a.cli(&["folder", "unlink", dir.to_str().expect("utf8")]));
+    assert_eq!(
+        xencode_tests::put(&a, &ws, "after-unlink.txt", "no\n").await,
+        reqwest::StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!dir.join("after-unlink.txt").exists());
+    assert!(dir.join("shared.txt").exists());
+    let list: serde_json::Value =
+        serde_json::from_str(&ok_stdout(&a.cli(&["--json", "folder", "list"]))).expect("json");
+    assert_eq!(list["folders"], serde_json::json!([]));
+    drop(tmp);
+}
