@@ -364,7 +364,7 @@ async fn a_git_checkout_of_hundreds_of_files_lands_exactly_in_the_teammates_fold
             let f = format!("pkg{}/mod{i}.py", i % 12);
             match i % 6 {
                 0 => std::fs::remove_file(dir.join(&f)).expect("rm"),
-                1 | 2 | 3 => write(dir, &f, &format!("VALUE = {i}\nOTHER = True\n")),
+                1..=3 => write(dir, &f, &format!("VALUE = {i}\nOTHER = True\n")),
                 _ => {}
             }
         }
