@@ -319,3 +319,42 @@ async fn the_login_url_shows_the_workspaces() -> anyhow::Result<()> {
     page.close().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_overview_lists_linked_folders_and_their_state() -> anyhow::Result<()> {
+    if let Some(reason) = browser::unavailable() {
+        skip_or_fail("dashboard browser test", &reason);
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let node = Node::start(&tmp.path().join("n"))?;
+    let dir = tmp.path().join("project");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("a.py"), "A = 1\n")?;
+    std::fs::write(dir.join("b.py"), "B = 2\n")?;
+    let dir_s = dir.canonicalize()?.to_string_lossy().into_owned();
+    ok_stdout(&node.cli(&["folder", "share", &dir_s, "--name", "Folder Team"]));
+    let result = async {
+        let driver = Driver::start(&tmp.path().join("chromedriver.log")).await?;
+        let page = Browser::open(&driver, &shots_dir(), "folders").await?;
+        login(&page, &node).await?;
+        page.wait_text("#folders-table", UI, |t| {
+            t.contains(&dir_s)
+                && t.contains("Folder Team")
+                && t.contains("watching")
+                && t.contains("2 files")
+        })
+        .await?;
+        // A new file on disk shows in the count without a reload.
+        std::fs::write(dir.join("c.py"), "C = 3\n")?;
+        page.wait_text("#folders-table", UI, |t| t.contains("3 files"))
+            .await?;
+        page.screenshot("folders").await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("--- node ---\n{}", node.log_text());
+    }
+    result
+}

@@ -180,12 +180,44 @@ async function overview() {
       : [h('li', { class: 'muted', text: 'Nothing yet: edits, peers and sync sessions show up here as they happen.' })]));
   };
   const nodeBox = h('div', {}, h('p', { class: 'muted', text: 'Loading…' }));
+  const foldersBox = h('div', {}, h('p', { class: 'muted', text: 'Loading folders…' }));
   show(h('h1', { text: 'Overview' }),
     h('div', { class: 'grid' },
       h('section', { class: 'card', 'aria-labelledby': 'node-h' }, h('h2', { id: 'node-h', text: 'This node' }), nodeBox),
       h('section', { class: 'card', 'aria-labelledby': 'act-h' }, h('h2', { id: 'act-h', text: 'Sync activity' }), activity)),
-    h('section', { 'aria-labelledby': 'peers-h' }, h('h2', { id: 'peers-h', text: 'Peers' }), peersBox));
+    h('section', { 'aria-labelledby': 'peers-h' }, h('h2', { id: 'peers-h', text: 'Peers' }), peersBox),
+    h('section', { 'aria-labelledby': 'folders-h' }, h('h2', { id: 'folders-h', text: 'Linked folders' }), foldersBox));
   drawActivity();
+  const loadFolders = async () => {
+    try {
+      const { folders } = await api('GET', '/api/v1/folders');
+      if (!folders.length) {
+        foldersBox.replaceChildren(h('p', { class: 'muted' }, 'No linked folders. Work in a folder with ',
+          h('code', { text: 'xencode folder share DIR' }), ' or ', h('code', { text: 'xencode folder link WS DIR' }), '.'));
+        return;
+      }
+      const ago = (t) => (t ? `${Math.max(0, Math.round((Date.now() - t) / 1000))} s ago` : 'never');
+      foldersBox.replaceChildren(h('table', { id: 'folders-table' },
+        h('thead', {}, h('tr', {}, h('th', { text: 'Folder' }), h('th', { text: 'Workspace' }), h('th', { text: 'State' }),
+          h('th', { text: 'Files' }), h('th', { text: 'Local changes' }), h('th', { text: 'Last sync' }), h('th', { text: 'Problems' }))),
+        h('tbody', {}, ...folders.map((f) => h('tr', {},
+          h('td', {}, h('code', { text: f.dir })),
+          h('td', {}, h('a', { href: `#/ws/${f.workspace}`, text: f.workspace_name || short(f.workspace) })),
+          h('td', { class: f.state === 'error' ? 'bad' : 'ok',
+            text: f.state === 'scanning' ? `scanning ${f.scanned}/${f.scan_total}` : f.state + (f.receive_only ? ' (receive-only)' : '') }),
+          h('td', { text: `${f.files} files${f.whole_files ? `, ${f.whole_files} stored whole` : ''}` }),
+          h('td', { text: f.local_changes.length ? `${f.local_changes.length} not shared: ${f.local_changes.slice(0, 5).join(', ')}` : (f.pending ? `${f.pending} pending` : 'none') }),
+          h('td', { text: ago(f.last_sync) }),
+          h('td', {}, ...(f.errors.length || f.skipped.length ? [...f.errors, ...f.skipped].slice(-5).map((e) => h('div', { class: 'bad', text: e })) : ['none'])))))));
+    } catch (e) {
+      foldersBox.replaceChildren(errorBox(e));
+    }
+  };
+  loadFolders();
+  const folderTimer = setInterval(() => {
+    if (!document.body.contains(foldersBox)) { clearInterval(folderTimer); return; }
+    loadFolders();
+  }, 2000);
   const load = async () => {
     try {
       const [node, peers, wss] = await Promise.all([
