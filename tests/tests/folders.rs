@@ -278,9 +278,20 @@ async fn saves_of_every_kind_reach_the_teammates_folder() {
         "rename-over\n{}",
         p.logs()
     );
-    // Delete.
+    // Delete, and delete a tree.
     sh(&p.fa, "rm old.txt");
     assert!(gone(&p.fb, "old.txt").await, "delete\n{}", p.logs());
+    sh(
+        &p.fa,
+        "mkdir -p tmp/deep && echo x > tmp/deep/x.txt && echo y > tmp/y.txt",
+    );
+    assert!(
+        has(&p.fb, "tmp/deep/x.txt", "x\n").await,
+        "new tree\n{}",
+        p.logs()
+    );
+    sh(&p.fa, "rm -r tmp");
+    assert!(gone(&p.fb, "tmp").await, "rm -r\n{}", p.logs());
     // Move a directory.
     sh(&p.fa, "mv lib library");
     assert!(
