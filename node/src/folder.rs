@@ -357,8 +357,40 @@ async fn stop(mut r: Running) {
 
 /// What the watcher tells the task.
 enum FsEvent {
-    Path(PathBuf),
+    /// Something changed at this path (written and closed, created,
+    /// renamed, removed, its mode changed).
+    Changed(PathBuf),
+    /// A file is being written: taken in when it is closed (or, for a
+    /// writer that keeps it open, after [`WRITE_TIMEOUT`]), never half-written.
+    Writing(PathBuf),
     Rescan,
+}
+
+/// How long a file written without being closed waits before it is read.
+const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What a watcher event means for the folder (reads mean nothing).
+fn classify(ev: notify::Event) -> Vec<FsEvent> {
+    use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+    if ev.need_rescan() {
+        return vec![FsEvent::Rescan];
+    }
+    let writing = match ev.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+        EventKind::Access(_) => return Vec::new(),
+        EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => true,
+        _ => false,
+    };
+    ev.paths
+        .into_iter()
+        .map(|p| {
+            if writing {
+                FsEvent::Writing(p)
+            } else {
+                FsEvent::Changed(p)
+            }
+        })
+        .collect()
 }
 
 /// Ops per ingest commit, and bytes.
@@ -409,6 +441,13 @@ struct Task {
     case_insensitive: bool,
     receive_only: bool,
     last_sync: Option<u64>,
+    /// Directories watched only after they were walked: files made in them
+    /// in between sent no event, so they are walked again.
+    followup: BTreeSet<String>,
+    /// Whether the first full comparison is done (`scanning` until then).
+    synced_once: bool,
+    /// Files being written right now: left alone until they are closed.
+    busy: BTreeSet<String>,
 }
 
 impl Task {
@@ -437,6 +476,9 @@ impl Task {
             case_insensitive: false,
             receive_only: false,
             last_sync: None,
+            followup: BTreeSet::new(),
+            synced_once: false,
+            busy: BTreeSet::new(),
         }
     }
 
@@ -488,16 +530,29 @@ impl Task {
         let mut index_changed = false;
         let mut first: Option<Instant> = None;
         let mut last = Instant::now();
+        // Files being written, since when.
+        let mut writing: BTreeMap<String, Instant> = BTreeMap::new();
         loop {
             let due = first.map(|f| (last + self.options.quiet).min(f + self.options.max_delay));
-            let wake = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let stale = writing.values().min().map(|t| *t + WRITE_TIMEOUT);
+            let wake = match (due, stale) {
+                (Some(d), Some(s)) => d.min(s),
+                (Some(t), None) | (None, Some(t)) => t,
+                (None, None) => Instant::now() + Duration::from_secs(3600),
+            };
             tokio::select! {
                 ev = fs_rx.recv() => match ev {
-                    Some(FsEvent::Path(p)) => {
+                    Some(FsEvent::Writing(p)) => {
+                        if let Some(rel) = self.relative(&p) {
+                            writing.entry(rel).or_insert_with(Instant::now);
+                        }
+                    }
+                    Some(FsEvent::Changed(p)) => {
                         if let Some(rel) = self.relative(&p) {
                             if ignores::IGNORE_FILES.iter().any(|n| rel == *n || rel.ends_with(&format!("/{n}"))) {
                                 full = true;
                             }
+                            writing.remove(&rel);
                             dirty.insert(rel);
                         }
                         last = Instant::now();
@@ -535,7 +590,22 @@ impl Task {
                     }
                     Some(Control::Stop) | None => break,
                 },
-                _ = tokio::time::sleep_until(wake), if due.is_some() => {
+                _ = tokio::time::sleep_until(wake), if due.is_some() || stale.is_some() => {
+                    // Writers that kept a file open too long: read it anyway.
+                    let now = Instant::now();
+                    let timed_out: Vec<String> = writing
+                        .iter()
+                        .filter(|(_, t)| now >= **t + WRITE_TIMEOUT)
+                        .map(|(p, _)| p.clone())
+                        .collect();
+                    for p in timed_out {
+                        writing.remove(&p);
+                        dirty.insert(p);
+                        first.get_or_insert(now);
+                    }
+                    if first.is_none_or(|f| now < (last + self.options.quiet).min(f + self.options.max_delay)) {
+                        continue;
+                    }
                     if self.overflow.swap(false, Ordering::Relaxed) {
                         full = true;
                     }
@@ -544,10 +614,15 @@ impl Task {
                     }
                     let scope = (!full).then(|| std::mem::take(&mut dirty));
                     dirty.clear();
+                    self.busy = writing.keys().cloned().collect();
                     full = false;
                     index_changed = false;
                     first = None;
                     self.reconcile(scope).await;
+                    if !self.followup.is_empty() {
+                        dirty.append(&mut self.followup);
+                        first = Some(Instant::now());
+                    }
                 }
             }
             if self.overflow.load(Ordering::Relaxed) {
@@ -581,8 +656,7 @@ impl Task {
         let overflow = Arc::clone(&self.overflow);
         let handler = move |res: notify::Result<notify::Event>| {
             let events: Vec<FsEvent> = match res {
-                Ok(ev) if ev.need_rescan() => vec![FsEvent::Rescan],
-                Ok(ev) => ev.paths.into_iter().map(FsEvent::Path).collect(),
+                Ok(ev) => classify(ev),
                 Err(_) => vec![FsEvent::Rescan],
             };
             for ev in events {
@@ -599,7 +673,9 @@ impl Task {
         }
     }
 
-    fn watch(&mut self, dirs: &[String]) {
+    /// Watches `dirs`; returns those newly watched.
+    fn watch(&mut self, dirs: &[String]) -> Vec<String> {
+        let mut added = Vec::new();
         let mut failed = None;
         if let Some(w) = self.watcher.as_mut() {
             for d in dirs {
@@ -614,6 +690,7 @@ impl Task {
                 match w.watch(&abs, RecursiveMode::NonRecursive) {
                     Ok(()) => {
                         self.watched.insert(d.clone());
+                        added.push(d.clone());
                     }
                     Err(e) => failed = Some(format!("cannot watch {}: {e}", abs.display())),
                 }
@@ -624,6 +701,7 @@ impl Task {
                 "{e}; raise fs.inotify.max_user_watches, or rely on the periodic rescan"
             ));
         }
+        added
     }
 
     fn relative(&self, p: &Path) -> Option<String> {
@@ -663,7 +741,7 @@ impl Task {
     /// `None`) and carries out what differs.
     async fn reconcile(&mut self, scope: Option<BTreeSet<String>>) {
         let full = scope.is_none();
-        if full {
+        if full && !self.synced_once {
             self.publish(FolderState::Scanning, 0);
         }
         // 1. The disk.
@@ -710,7 +788,10 @@ impl Task {
         for e in errors {
             self.error(e);
         }
-        self.watch(&dirs);
+        let added = self.watch(&dirs);
+        if !full {
+            self.followup.extend(added);
+        }
         if full {
             self.skipped = skipped;
         } else {
@@ -765,7 +846,8 @@ impl Task {
             self.local_changes.retain(|p| !all.contains(p));
         }
         let plan = self.plan(&all, &files, &ws);
-        self.execute(plan, full).await;
+        self.execute(plan, full && !self.synced_once).await;
+        self.synced_once |= full;
         self.publish(FolderState::Watching, 0);
     }
 
@@ -781,6 +863,9 @@ impl Task {
         let mut new_files: Vec<(WorkspacePath, Seen)> = Vec::new();
         let mut removed: Vec<(WorkspacePath, FileRecord)> = Vec::new();
         for path in all {
+            if self.busy.contains(path) {
+                continue;
+            }
             let rec = self.records.get(path).cloned();
             let on_disk = files.get(path);
             let in_ws = ws.get(path);
@@ -1066,6 +1151,17 @@ impl Task {
                 continue;
             }
             if self.ignores.ignored(&key, false) {
+                // A teammate cannot plant a git hook or our own files here.
+                let note = if Ignores::never_synced(&key) {
+                    format!(
+                        "{key}: in the workspace, never written to a folder (.git/ and the node's own files)"
+                    )
+                } else {
+                    format!("{key}: in the workspace, ignored here")
+                };
+                if !self.skipped.contains(&note) && self.skipped.len() < MAX_SKIPPED {
+                    self.skipped.push(note);
+                }
                 continue;
             }
             if let Some(other) = lowered.get(&key.to_lowercase())

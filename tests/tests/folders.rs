@@ -225,6 +225,27 @@ async fn a_shared_folder_reaches_an_empty_one_with_its_bytes_and_modes_and_nothi
     let files = p.a.files(&p.ws).await;
     assert_eq!(files, expected, "A's workspace");
     assert!(std::fs::symlink_metadata(p.fb.join("passwd-link")).is_err());
+    // A file a teammate puts under `.git/` through the API (a hook would run
+    // code) is never written into a folder, and B says so.
+    assert_eq!(
+        xencode_tests::put(
+            &p.a,
+            &p.ws,
+            ".git/hooks/pre-commit",
+            "#!/bin/sh\nrm -rf ~\n"
+        )
+        .await,
+        reqwest::StatusCode::OK
+    );
+    let b = &p.b;
+    let reported = wait_for(SYNC, || async move {
+        String::from_utf8_lossy(&b.cli(&["folder", "list"]).stdout)
+            .contains(".git/hooks/pre-commit: in the workspace, never written")
+    })
+    .await;
+    assert!(reported, "{}", ok_stdout(&p.b.cli(&["folder", "list"])));
+    assert!(!p.fb.join(".git").exists());
+    assert!(!p.fa.join(".git/hooks").exists());
     // `folder list` tells the state.
     let list: serde_json::Value =
         serde_json::from_str(&ok_stdout(&p.b.cli(&["--json", "folder", "list"]))).expect("json");

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 #[path = "../../../analysis/benches/report.rs"]
 mod report;
+pub mod syncthing;
 pub use report::{BoxError, repo_root, today, write_report};
 pub type Edit = (usize, usize, String);
 

@@ -79,6 +79,16 @@ impl Ignores {
         errors
     }
 
+    /// Whether `rel` is, or lies in, something never synced whatever the
+    /// ignore files say (`.git/`, `.xencode/`, temporary and swap files).
+    pub fn never_synced(rel: &str) -> bool {
+        let parts: Vec<&str> = rel.split('/').collect();
+        parts
+            .iter()
+            .enumerate()
+            .any(|(i, p)| built_in(p, i + 1 < parts.len()))
+    }
+
     /// Whether `rel` (a path relative to the root) is ignored, or lies in
     /// an ignored directory.
     pub fn ignored(&self, rel: &str, is_dir: bool) -> bool {
