@@ -1136,14 +1136,13 @@ impl Task {
                 return;
             }
         };
-        let lowered: BTreeMap<String, String> = if self.case_insensitive {
-            self.records
-                .keys()
-                .map(|k| (k.to_lowercase(), k.clone()))
-                .collect()
+        let collisions = if self.case_insensitive {
+            let incoming: Vec<String> = states.iter().map(|(p, _)| p.to_string()).collect();
+            case_collisions(self.records.keys().map(String::as_str), &incoming)
         } else {
             BTreeMap::new()
         };
+        let mut prepared = Vec::new();
         for (path, state) in states {
             let key = path.to_string();
             let Some(state) = state else { continue };
@@ -1164,9 +1163,7 @@ impl Task {
                 }
                 continue;
             }
-            if let Some(other) = lowered.get(&key.to_lowercase())
-                && *other != key
-            {
+            if let Some(other) = collisions.get(&key) {
                 self.error(format!(
                     "{key}: not written, it collides with {other} on this case-insensitive disk; rename one of them"
                 ));
@@ -1177,27 +1174,50 @@ impl Task {
                 .mode
                 .or_else(|| expect.map(|e| e.mode))
                 .unwrap_or(disk::DEFAULT_MODE);
-            match disk::write(
-                &self.root,
-                &key,
-                &state.bytes,
-                mode,
-                expect.as_ref(),
-                self.options.max_file_bytes.max(state.bytes.len() as u64),
-            ) {
-                Ok(Written::Done(stamp)) => {
-                    self.note_kind(&state);
-                    let r = record_of(&state, Some(stamp));
-                    self.records.insert(key.clone(), r.clone());
-                    records.push((key, Some(r)));
-                    self.last_sync = Some(crate::now_ms());
-                }
-                Ok(Written::LocalEdit) => {
-                    // Re-examined by the next pass (the watcher reported the
-                    // edit too): it is merged in, then written.
-                    self.overflow.store(true, Ordering::Relaxed);
-                }
+            let limit = self.options.max_file_bytes.max(state.bytes.len() as u64);
+            match disk::prepare(&self.root, &key, &state.bytes, mode, expect.as_ref(), limit) {
+                Ok(Ok(p)) => prepared.push((key, state, expect, p)),
+                Ok(Err(outcome)) => self.written(key, &state, outcome, records),
                 Err(e) => self.error(e),
+            }
+        }
+        if prepared.is_empty() {
+            return;
+        }
+        // One flush makes the whole batch durable before any rename.
+        if let Err(e) = disk::flush(&self.root) {
+            self.error(e);
+            return;
+        }
+        for (key, state, expect, p) in prepared {
+            let limit = self.options.max_file_bytes.max(state.bytes.len() as u64);
+            match disk::commit(p, expect.as_ref(), limit) {
+                Ok(outcome) => self.written(key, &state, outcome, records),
+                Err(e) => self.error(e),
+            }
+        }
+    }
+
+    /// Records what writing the workspace's `state` of `key` did.
+    fn written(
+        &mut self,
+        key: String,
+        state: &FileState,
+        outcome: Written,
+        records: &mut Vec<(String, Option<FileRecord>)>,
+    ) {
+        match outcome {
+            Written::Done(stamp) => {
+                self.note_kind(state);
+                let r = record_of(state, Some(stamp));
+                self.records.insert(key.clone(), r.clone());
+                records.push((key, Some(r)));
+                self.last_sync = Some(crate::now_ms());
+            }
+            // Saved here meanwhile: the next pass takes the edit in, merges,
+            // then writes.
+            Written::LocalEdit => {
+                self.followup.insert(key);
             }
         }
     }
@@ -1271,6 +1291,30 @@ fn same_heads(a: &[[u8; 32]], b: &[[u8; 32]]) -> bool {
     a.sort_unstable();
     b.sort_unstable();
     a == b
+}
+
+/// On a case-insensitive disk: each incoming path that differs only by
+/// case from a path already on disk or from an earlier incoming one, with
+/// the path it collides with.
+fn case_collisions<'a>(
+    existing: impl Iterator<Item = &'a str>,
+    incoming: &[String],
+) -> BTreeMap<String, String> {
+    let mut taken: BTreeMap<String, String> =
+        existing.map(|k| (k.to_lowercase(), k.to_owned())).collect();
+    let mut out = BTreeMap::new();
+    for p in incoming {
+        match taken.get(&p.to_lowercase()) {
+            Some(other) if other != p => {
+                out.insert(p.clone(), other.clone());
+            }
+            Some(_) => {}
+            None => {
+                taken.insert(p.to_lowercase(), p.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The paths of `set` that are not under another one of them.

@@ -185,16 +185,34 @@ pub enum Written {
     LocalEdit,
 }
 
-/// Writes `bytes` to `root/rel` atomically with `mode`, unless the file is
-/// no longer what was last synced (`expect`; `None`: no file expected).
-pub fn write(
+/// A file written to its temporary name, waiting for [`commit`].
+#[derive(Debug)]
+pub struct Prepared {
+    tmp: PathBuf,
+    target: PathBuf,
+    file: File,
+    hash: [u8; 32],
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // Committed: the temporary name is gone and this does nothing.
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// Writes `bytes` with `mode` to a temporary file beside `root/rel`,
+/// unless the file is no longer what was last synced (`expect`; `None`: no
+/// file expected): then `Ok(Err(Written::LocalEdit))`, or `Ok(Err(Done))`
+/// if an unknown file there already holds exactly these bytes.
+pub fn prepare(
     root: &Path,
     rel: &str,
     bytes: &[u8],
     mode: u32,
     expect: Option<&DiskStamp>,
     limit: u64,
-) -> Result<Written, DiskError> {
+) -> Result<Result<Prepared, Written>, DiskError> {
     let dir = parent_dirs(root, rel)?;
     let target = root.join(rel);
     if let Some(m) = lstat(&target)?
@@ -212,12 +230,12 @@ pub fn write(
             && let Some((have, stamp)) = read(&target, limit)?
             && have == bytes
         {
-            return Ok(Written::Done(stamp));
+            return Ok(Err(Written::Done(stamp)));
         }
-        return Ok(Written::LocalEdit);
+        return Ok(Err(Written::LocalEdit));
     }
     let tmp = dir.join(format!("{TMP_PREFIX}{}", random_suffix()));
-    let result = (|| {
+    let made = (|| {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -226,31 +244,61 @@ pub fn write(
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
-        f.sync_data()?;
         Ok::<File, io::Error>(f)
     })();
-    let f = match result {
-        Ok(f) => f,
+    match made {
+        Ok(file) => Ok(Ok(Prepared {
+            tmp,
+            target,
+            file,
+            hash: *blake3::hash(bytes).as_bytes(),
+        })),
         Err(e) => {
             let _ = fs::remove_file(&tmp);
-            return Err(DiskError::io(&target, e));
+            Err(DiskError::io(&target, e))
         }
-    };
+    }
+}
+
+/// Makes every prepared file of the file system under `root` durable at
+/// once (one `syncfs` instead of an `fsync` per file).
+pub fn flush(root: &Path) -> Result<(), DiskError> {
+    let dir = File::open(root).map_err(|e| DiskError::io(root, e))?;
+    rustix::fs::syncfs(&dir).map_err(|e| DiskError::io(root, e.into()))
+}
+
+/// Renames a prepared (and flushed) file over its target, unless the
+/// target changed since it was last synced (`expect`).
+pub fn commit(p: Prepared, expect: Option<&DiskStamp>, limit: u64) -> Result<Written, DiskError> {
     // The last check before the rename: the window left is from here to
     // the rename below.
-    if !unchanged(&target, expect, limit)? {
-        let _ = fs::remove_file(&tmp);
+    if !unchanged(&p.target, expect, limit)? {
         return Ok(Written::LocalEdit);
     }
-    if let Err(e) = fs::rename(&tmp, &target) {
-        let _ = fs::remove_file(&tmp);
-        return Err(DiskError::io(&target, e));
-    }
-    let meta = f.metadata().map_err(|e| DiskError::io(&target, e))?;
-    Ok(Written::Done(stamp_of(
-        &meta,
-        *blake3::hash(bytes).as_bytes(),
-    )))
+    fs::rename(&p.tmp, &p.target).map_err(|e| DiskError::io(&p.target, e))?;
+    let meta = p.file.metadata().map_err(|e| DiskError::io(&p.target, e))?;
+    Ok(Written::Done(stamp_of(&meta, p.hash)))
+}
+
+/// Writes `bytes` to `root/rel` atomically and durably with `mode`, unless
+/// the file is no longer what was last synced (`expect`; `None`: no file
+/// expected).
+pub fn write(
+    root: &Path,
+    rel: &str,
+    bytes: &[u8],
+    mode: u32,
+    expect: Option<&DiskStamp>,
+    limit: u64,
+) -> Result<Written, DiskError> {
+    let p = match prepare(root, rel, bytes, mode, expect, limit)? {
+        Ok(p) => p,
+        Err(done_or_edit) => return Ok(done_or_edit),
+    };
+    p.file
+        .sync_data()
+        .map_err(|e| DiskError::io(&p.target, e))?;
+    commit(p, expect, limit)
 }
 
 /// Deletes `root/rel` if it is still what was last synced, then any

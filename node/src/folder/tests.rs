@@ -17,3 +17,23 @@ fn heads_compare_as_sets() {
     assert!(same_heads(&[[1; 32], [2; 32]], &[[2; 32], [1; 32]]));
     assert!(!same_heads(&[[1; 32]], &[[1; 32], [2; 32]]));
 }
+
+#[test]
+fn paths_differing_only_by_case_are_caught() {
+    let existing = ["README.md", "src/Main.py"];
+    let incoming: Vec<String> = ["readme.md", "src/Main.py", "docs/A.txt", "docs/a.txt"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let c = case_collisions(existing.into_iter(), &incoming);
+    assert_eq!(c.get("readme.md").map(String::as_str), Some("README.md"));
+    assert_eq!(c.get("docs/a.txt").map(String::as_str), Some("docs/A.txt"));
+    assert!(
+        !c.contains_key("src/Main.py"),
+        "the same path is no collision"
+    );
+    assert!(
+        !c.contains_key("docs/A.txt"),
+        "the first of two new ones is written"
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::sync::{ChunkList, SyncDoc};
+use automerge::sync::{Capability, ChunkList, SyncDoc};
 use automerge::{Change, ChangeHash};
 use libp2p_identity::PeerId;
 
@@ -31,6 +31,13 @@ impl Engine {
         let Some(am) = host.document(&ws, &doc) else {
             return;
         };
+        // We send raw changes ourselves (`msg.changes` is emptied below), so
+        // Automerge's version-2 shortcut (the whole document once a third of
+        // its changes are missing) would only make us resend history the
+        // peer has: a one-line edit to a file of two changes resent both.
+        if let Some(caps) = ds.state.their_capabilities.as_mut() {
+            caps.retain(|c| *c != Capability::MessageV2);
+        }
         let before = ds.state.sent_hashes.clone();
         // What the peer told us last is in the state: a crafted sync message
         // (fuzzing found a bloom filter of zero bits, a division by zero in
