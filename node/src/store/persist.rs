@@ -412,6 +412,10 @@ pub(super) struct Staged {
 
 /// Opens the store file for writing, after checking read-only that it is a
 /// store this build may write: a refused file is never written to.
+/// redb's page cache: enough for loading and committing, not a copy of the
+/// store (the node's memory at 10,000 files is in `docs/benchmarks.md`).
+const STORE_CACHE_BYTES: usize = 32 << 20;
+
 fn open_database(path: &Path) -> Result<Database, OpenError> {
     tables::check_magic(path)?;
     if path.exists() {
@@ -435,7 +439,13 @@ fn open_database(path: &Path) -> Result<Database, OpenError> {
         path: path.to_owned(),
         error,
     })?;
-    match std::panic::catch_unwind(|| Database::builder().create(path)) {
+    // The documents live in memory once loaded; redb's page cache (1 GiB by
+    // default) would hold a second copy of what was written: keep it small.
+    match std::panic::catch_unwind(|| {
+        Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)
+    }) {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(open_error(path, e)),
         Err(_) => Err(internal_check_failed(path)),

@@ -262,14 +262,35 @@ fn a_one_line_save_of_a_large_file_is_a_small_change() {
     let p = path("big.txt");
     let line = |i: usize| format!("{i:08} the quick brown fox jumps over the lazy dog, line {i}\n");
     let big: String = (0..14_000).map(line).collect();
-    ws.ingest(&p, big.as_bytes(), Some(0o644), None, &a, 1, [1; 16], 1 << 20)
-        .expect("first");
+    ws.ingest(
+        &p,
+        big.as_bytes(),
+        Some(0o644),
+        None,
+        &a,
+        1,
+        [1; 16],
+        1 << 20,
+    )
+    .expect("first");
     let base = ws.file_state(&p).expect("state").base();
     let changed = big.replacen("00007000 the quick", "00007000 the QUICK", 1);
     let changes = ws
-        .ingest(&p, changed.as_bytes(), Some(0o644), Some(&base), &a, 2, [2; 16], 1 << 20)
+        .ingest(
+            &p,
+            changed.as_bytes(),
+            Some(0o644),
+            Some(&base),
+            &a,
+            2,
+            [2; 16],
+            1 << 20,
+        )
         .expect("second");
     assert_eq!(ws.get_file(&p).expect("get").bytes, changed.as_bytes());
     let bytes: usize = changes.iter().map(|c| c.change.raw_bytes().len()).sum();
-    assert!(bytes < 1024, "{bytes} bytes of changes for one changed word");
+    assert!(
+        bytes < 1024,
+        "{bytes} bytes of changes for one changed word"
+    );
 }
