@@ -604,3 +604,36 @@ async fn linking_a_folder_that_has_files_keeps_both_sides() {
     assert_eq!(list["folders"], serde_json::json!([]));
     drop(tmp);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_line_save_in_a_large_file_sends_the_line_not_the_file() {
+    let line = |i: usize| format!("{i:08} the quick brown fox jumps over the lazy dog, line {i}\n");
+    // 200 KB (the benchmark does 1 MB, in a release build).
+    let big: String = (0..3_000).map(line).collect();
+    let p = pair("developer", |dir| write(dir, "big.txt", &big)).await;
+    assert!(has(&p.fb, "big.txt", &big).await, "{}", p.logs());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    const OUT: &str = "xencode_sync_bytes_total{direction=\"out\"}";
+    let before = p.a.metric(OUT).await;
+    sh(
+        &p.fa,
+        "sed -i 's/00001500 the quick/00001500 the QUICK/' big.txt",
+    );
+    let changed = big.replacen("00001500 the quick", "00001500 the QUICK", 1);
+    assert_ne!(changed, big);
+    assert!(has(&p.fb, "big.txt", &changed).await, "{}", p.logs());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = p.a.metric(OUT).await - before;
+    assert!(
+        sent > 0.0 && sent < 4096.0,
+        "{sent} bytes sent for one changed word of a {} byte file\n{}",
+        big.len(),
+        p.a.get_text("/metrics")
+            .await
+            .lines()
+            .filter(|l| l.contains("sync_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(p.tmp);
+}
