@@ -72,8 +72,11 @@ pub fn run(name: &str, data: &[u8]) -> bool {
 pub fn wire_frame(data: &[u8]) {
     let protocol = StreamProtocol::new(wire::SYNC_PROTOCOL);
     let mut stream = futures::io::Cursor::new(data);
-    if let Ok(RawFrame::Frame(bytes)) = block_on(FrameCodec.read_request(&protocol, &mut stream)) {
-        roundtrip(&bytes);
+    if let Ok(RawFrame::Frames(frames)) = block_on(FrameCodec.read_request(&protocol, &mut stream))
+    {
+        for bytes in frames {
+            roundtrip(&bytes);
+        }
     }
     roundtrip(data);
     if let Ok(a) = wire::decode_announcement(data) {

@@ -405,13 +405,28 @@ impl Net {
         if outbox.in_flight.is_some() {
             return;
         }
-        if let Some(bytes) = outbox.queue.pop_front() {
-            self.metrics.sync_frame("out", bytes.len());
+        // As many queued frames as one request carries, in order.
+        let mut batch = Vec::new();
+        let mut total = 0;
+        while let Some(next) = outbox.queue.front() {
+            if !batch.is_empty()
+                && (batch.len() >= codec::MAX_BATCH_FRAMES
+                    || total + next.len() > wire::MAX_FRAME_BYTES)
+            {
+                break;
+            }
+            total += next.len();
+            if let Some(bytes) = outbox.queue.pop_front() {
+                self.metrics.sync_frame("out", bytes.len());
+                batch.push(bytes);
+            }
+        }
+        if !batch.is_empty() {
             outbox.in_flight = Some(
                 self.swarm
                     .behaviour_mut()
                     .sync
-                    .send_request(&peer, RawFrame::Frame(bytes)),
+                    .send_request(&peer, RawFrame::Frames(batch)),
             );
         }
     }
@@ -536,46 +551,49 @@ impl Net {
                     request, channel, ..
                 } => {
                     let _ = self.swarm.behaviour_mut().sync.send_response(channel, ());
-                    if self.over_rate(peer) {
-                        tracing::warn!(%peer, "peer exceeds the frame rate limit; disconnecting");
-                        self.metrics.peer_violation("rate_limit");
-                        let _ = self.swarm.disconnect_peer_id(peer);
-                        return;
-                    }
-                    let request = match request {
-                        RawFrame::Frame(bytes) => {
-                            self.metrics.sync_frame("in", bytes.len());
-                            bytes
-                        }
+                    let frames = match request {
+                        RawFrame::Frames(frames) => frames,
                         RawFrame::Oversize(len) => {
                             self.metrics.peer_violation("malformed_frame");
                             let error = format!(
-                                "a frame of {len} bytes exceeds the {}-byte limit",
-                                wire::MAX_FRAME_BYTES
+                                "a request of {len} bytes exceeds the limits ({} bytes, {} frames)",
+                                wire::MAX_FRAME_BYTES,
+                                codec::MAX_BATCH_FRAMES
                             );
                             let _ = self.store.net_input(Input::Malformed { peer, error }).await;
                             return;
                         }
                     };
-                    let input = match wire::decode(&request) {
-                        Ok(frame) => {
-                            // Tokens are verified here, never on the store's
-                            // thread (see `store::tokens`).
-                            if self.store.verify_token(&frame, crate::now_ms()).await == Some(false)
-                            {
-                                self.metrics.peer_violation("bad_token");
-                            }
-                            Input::Received { peer, frame }
+                    for request in frames {
+                        // The rate limit counts frames, batched or not.
+                        if self.over_rate(peer) {
+                            tracing::warn!(%peer, "peer exceeds the frame rate limit; disconnecting");
+                            self.metrics.peer_violation("rate_limit");
+                            let _ = self.swarm.disconnect_peer_id(peer);
+                            return;
                         }
-                        Err(e) => {
-                            self.metrics.peer_violation("malformed_frame");
-                            Input::Malformed {
-                                peer,
-                                error: e.to_string(),
+                        self.metrics.sync_frame("in", request.len());
+                        let input = match wire::decode(&request) {
+                            Ok(frame) => {
+                                // Tokens are verified here, never on the
+                                // store's thread (see `store::tokens`).
+                                if self.store.verify_token(&frame, crate::now_ms()).await
+                                    == Some(false)
+                                {
+                                    self.metrics.peer_violation("bad_token");
+                                }
+                                Input::Received { peer, frame }
                             }
-                        }
-                    };
-                    let _ = self.store.net_input(input).await;
+                            Err(e) => {
+                                self.metrics.peer_violation("malformed_frame");
+                                Input::Malformed {
+                                    peer,
+                                    error: e.to_string(),
+                                }
+                            }
+                        };
+                        let _ = self.store.net_input(input).await;
+                    }
                 }
                 request_response::Message::Response { request_id, .. } => {
                     if let Some(o) = self.outboxes.get_mut(&peer)
