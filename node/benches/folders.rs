@@ -19,7 +19,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{BoxError, NodeProcess, ms, percentiles, today};
+use common::{BoxError, NodeProcess, free_port, ms, percentiles, today};
 use serde_json::json;
 
 const LATENCY_FILES: usize = 200;
@@ -32,12 +32,6 @@ fn main() -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     rt.block_on(run())
-}
-
-fn free_port() -> Result<u16, BoxError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn peer_id(n: &NodeProcess) -> Result<String, BoxError> {
@@ -78,6 +72,44 @@ fn until_file(path: &Path, want: &[u8]) -> Result<Duration, BoxError> {
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+}
+
+/// Writes `n` files in `fa` one at a time, each timed until `fb` has it
+/// (`nudge` runs after each write: Syncthing's explicit scan).
+fn latency(
+    fa: &Path,
+    fb: &Path,
+    tag: &str,
+    n: usize,
+    mut nudge: impl FnMut(&str) -> Result<(), BoxError>,
+) -> Result<(Duration, Duration), BoxError> {
+    std::fs::create_dir_all(fa.join("lat"))?;
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = format!("{tag} edit {i} at {:?}\n", Instant::now());
+        let name = format!("lat/{tag}{}.txt", i % 20);
+        let started = Instant::now();
+        std::fs::write(fa.join(&name), &body)?;
+        nudge(&name)?;
+        until_file(&fb.join(&name), body.as_bytes())?;
+        lat.push(started.elapsed());
+    }
+    Ok(percentiles(&mut lat))
+}
+
+/// Writes [`BURST_FILES`] files at once in `fa`; the time until `fb` has
+/// them all.
+fn burst(fa: &Path, fb: &Path) -> Result<Duration, BoxError> {
+    std::fs::create_dir_all(fa.join("burst"))?;
+    let body = |i: usize| format!("burst file {i}\n");
+    let started = Instant::now();
+    for i in 0..BURST_FILES {
+        std::fs::write(fa.join(format!("burst/f{i}.txt")), body(i))?;
+    }
+    for i in 0..BURST_FILES {
+        until_file(&fb.join(format!("burst/f{i}.txt")), body(i).as_bytes())?;
+    }
+    Ok(started.elapsed())
 }
 
 fn canonical(p: &Path) -> Result<String, BoxError> {
@@ -159,40 +191,12 @@ async fn run() -> Result<(), BoxError> {
     std::fs::write(fa.join("ready.txt"), b"ok")?;
     until_file(&fb.join("ready.txt"), b"ok")?;
 
-    // 1. Latency of one file.
-    let mut lat = Vec::with_capacity(LATENCY_FILES);
-    for i in 0..LATENCY_FILES {
-        let body = format!("edit {i} at {:?}\n", Instant::now());
-        let name = format!("lat/{}.txt", i % 20);
-        std::fs::create_dir_all(fa.join("lat"))?;
-        let started = Instant::now();
-        std::fs::write(fa.join(&name), &body)?;
-        until_file(&fb.join(&name), body.as_bytes())?;
-        lat.push(started.elapsed());
-    }
-    let (p50, p99) = percentiles(&mut lat);
+    // 1. Latency of one file; 2. a burst of 1,000 files.
+    let (p50, p99) = latency(&fa, &fb, "x", LATENCY_FILES, |_| Ok(()))?;
     println!("latency: p50 {:.1} ms, p99 {:.1} ms", ms(p50), ms(p99));
-
-    // 2. A burst of 1,000 files.
-    std::fs::create_dir_all(fa.join("burst"))?;
-    let started = Instant::now();
-    for i in 0..BURST_FILES {
-        std::fs::write(
-            fa.join(format!("burst/f{i}.txt")),
-            format!("burst file {i}\n"),
-        )?;
-    }
-    let written = started.elapsed();
-    for i in 0..BURST_FILES {
-        until_file(
-            &fb.join(format!("burst/f{i}.txt")),
-            format!("burst file {i}\n").as_bytes(),
-        )?;
-    }
-    let burst = started.elapsed();
+    let burst = burst(&fa, &fb)?;
     println!(
-        "burst: {BURST_FILES} files written in {:.0} ms, all on B after {:.0} ms",
-        ms(written),
+        "burst: {BURST_FILES} files, all on B after {:.0} ms",
         ms(burst)
     );
 
@@ -354,43 +358,12 @@ struct StFigures {
 
 async fn syncthing_figures(dir: &Path, big: &str, changed: &str) -> Result<StFigures, BoxError> {
     let (a, _b, fa, fb) = common::syncthing::pair(dir).await?;
-    std::fs::create_dir_all(fa.join("lat"))?;
-    let mut watch = Vec::new();
-    for i in 0..30 {
-        let body = format!("st edit {i} at {:?}\n", Instant::now());
-        let name = format!("lat/w{i}.txt");
-        let started = Instant::now();
-        std::fs::write(fa.join(&name), &body)?;
-        until_file(&fb.join(&name), body.as_bytes())?;
-        watch.push(started.elapsed());
-    }
-    let (watch_p50, watch_p99) = percentiles(&mut watch);
-    let mut scan = Vec::new();
-    for i in 0..100 {
-        let body = format!("st scanned {i} at {:?}\n", Instant::now());
-        let name = format!("lat/s{i}.txt");
-        let started = Instant::now();
-        std::fs::write(fa.join(&name), &body)?;
-        a.scan(&name).await?;
-        until_file(&fb.join(&name), body.as_bytes())?;
-        scan.push(started.elapsed());
-    }
-    let (scan_p50, scan_p99) = percentiles(&mut scan);
-    std::fs::create_dir_all(fa.join("burst"))?;
-    let started = Instant::now();
-    for i in 0..BURST_FILES {
-        std::fs::write(
-            fa.join(format!("burst/f{i}.txt")),
-            format!("burst file {i}\n"),
-        )?;
-    }
-    for i in 0..BURST_FILES {
-        until_file(
-            &fb.join(format!("burst/f{i}.txt")),
-            format!("burst file {i}\n").as_bytes(),
-        )?;
-    }
-    let burst_ms = ms(started.elapsed());
+    let (watch_p50, watch_p99) = latency(&fa, &fb, "w", 30, |_| Ok(()))?;
+    let handle = tokio::runtime::Handle::current();
+    let (scan_p50, scan_p99) = tokio::task::block_in_place(|| {
+        latency(&fa, &fb, "s", 100, |name| handle.block_on(a.scan(name)))
+    })?;
+    let burst_ms = ms(burst(&fa, &fb)?);
     std::fs::write(fa.join("big.txt"), big)?;
     until_file(&fb.join("big.txt"), big.as_bytes())?;
     tokio::time::sleep(Duration::from_secs(3)).await;

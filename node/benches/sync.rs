@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, ObjType, ROOT, ReadDoc};
-use common::{BoxError, Edit, NodeProcess, ms, percentiles, today};
+use common::{BoxError, Edit, NodeProcess, free_port, ms, percentiles, today};
 use serde_json::json;
 
 const PROPAGATION_EDITS: usize = 1_000;
@@ -35,12 +35,6 @@ fn main() -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     rt.block_on(run())
-}
-
-fn free_port() -> Result<u16, BoxError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 struct Team {

@@ -58,6 +58,13 @@ pub fn percentiles(v: &mut [Duration]) -> (Duration, Duration) {
     (at(0.5), at(0.99))
 }
 
+/// A free TCP port on loopback.
+pub fn free_port() -> Result<u16, BoxError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// A real `xencode node` process (the release binary), killed on drop.
 pub struct NodeProcess {
     child: Child,

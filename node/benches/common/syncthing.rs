@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::BoxError;
+use super::{BoxError, free_port};
 
 /// One running Syncthing, killed on drop.
 pub struct Syncthing {
@@ -35,12 +35,6 @@ pub fn available() -> Result<String, String> {
             "syncthing is not installed (apt install syncthing); its baseline is skipped".into(),
         ),
     }
-}
-
-fn free_port() -> Result<u16, BoxError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 impl Syncthing {
