@@ -260,11 +260,43 @@ pub fn prepare(
     }
 }
 
-/// Makes every prepared file of the file system under `root` durable at
-/// once (one `syncfs` instead of an `fsync` per file).
-pub fn flush(root: &Path) -> Result<(), DiskError> {
-    let dir = File::open(root).map_err(|e| DiskError::io(root, e))?;
-    rustix::fs::syncfs(&dir).map_err(|e| DiskError::io(root, e.into()))
+/// Makes prepared files durable before they are renamed into place: each
+/// file's own `fdatasync` (a whole-file-system sync would also wait for
+/// unrelated writers, such as a build in the same file system), several at
+/// once so that the journal commits them together.
+pub fn flush(files: &[Prepared]) -> Result<(), DiskError> {
+    const THREADS: usize = 8;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let per_thread = files.len().div_ceil(THREADS);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = files
+            .chunks(per_thread)
+            .map(|chunk| {
+                s.spawn(move || {
+                    for p in chunk {
+                        p.file
+                            .sync_data()
+                            .map_err(|e| DiskError::io(&p.target, e))?;
+                    }
+                    Ok::<(), DiskError>(())
+                })
+            })
+            .collect();
+        for w in workers {
+            match w.join() {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(DiskError::Io {
+                        path: String::new(),
+                        source: io::Error::other("a sync thread panicked"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Renames a prepared (and flushed) file over its target, unless the

@@ -485,12 +485,16 @@ impl Task {
         if prepared.is_empty() {
             return;
         }
-        // One flush makes the whole batch durable before any rename.
-        if let Err(e) = disk::flush(&self.root) {
+        // The whole batch is durable before any rename.
+        let (meta, files): (Vec<_>, Vec<disk::Prepared>) = prepared
+            .into_iter()
+            .map(|(key, state, expect, p)| ((key, state, expect), p))
+            .unzip();
+        if let Err(e) = disk::flush(&files) {
             self.error(e);
             return;
         }
-        for (key, state, expect, p) in prepared {
+        for ((key, state, expect), p) in meta.into_iter().zip(files) {
             let limit = self.options.max_file_bytes.max(state.bytes.len() as u64);
             match disk::commit(p, expect.as_ref(), limit) {
                 Ok(outcome) => self.written(key, &state, outcome, records),
