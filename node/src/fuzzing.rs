@@ -66,7 +66,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
     }
 }
 
-/// A frame as it arrives on `/xencode/sync/1`: the stream codec (length
+/// A frame as it arrives on `/xencode/sync/2`: the stream codec (length
 /// prefix, bounds), then `wire::decode`; a decoded frame must encode back to
 /// the same frame. Announcements (gossip payloads) too.
 pub fn wire_frame(data: &[u8]) {

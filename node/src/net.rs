@@ -5,7 +5,7 @@
 //!
 //! Transports: TCP and QUIC, noise, yamux. Behaviours: identify, ping,
 //! mDNS (optional), connection limits, gossipsub (announcements only, with
-//! peer scoring) and `/xencode/sync/1` (request-response with
+//! peer scoring) and `/xencode/sync/2` (request-response with
 //! [`codec::FrameCodec`]). Frames to one peer are sent one at a time — the
 //! next only after the previous was acknowledged — so a session's stream
 //! stays ordered, as Automerge sync requires.

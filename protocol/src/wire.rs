@@ -1,4 +1,4 @@
-//! Everything that crosses the network on `/xencode/sync/1`, encoded with
+//! Everything that crosses the network on `/xencode/sync/2`, encoded with
 //! postcard. Decoding checks the size first and never panics; a frame that
 //! fails to decode is a protocol violation by the sender.
 //!
@@ -12,7 +12,9 @@ use crate::envelope::SignedHead;
 use crate::ids::{DocId, WorkspaceId};
 
 /// The libp2p stream protocol of workspace sync.
-pub const SYNC_PROTOCOL: &str = "/xencode/sync/1";
+/// Version 2: a request carries one or more length-prefixed frames (version
+/// 1 carried one; a version-1 node would drop all but the first).
+pub const SYNC_PROTOCOL: &str = "/xencode/sync/2";
 /// Largest frame accepted, in bytes.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 /// Target size of the changes carried by one frame; larger sets are split.

@@ -1,4 +1,4 @@
-//! A raw libp2p peer for hostile tests: it speaks `/xencode/sync/1` at the
+//! A raw libp2p peer for hostile tests: it speaks `/xencode/sync/2` at the
 //! byte level, so it can send what an honest node never would — garbage,
 //! oversize length prefixes, frames outside a session, stolen tokens,
 //! forged signatures — and records every frame the node sends it. It also
@@ -13,11 +13,13 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, noise, tcp, yamux};
 
 /// One request as it goes on the wire: a length prefix that may lie, then
-/// the body.
+/// the body; a node batches several frames in one request (`more`, each
+/// with an honest prefix).
 #[derive(Debug, Clone)]
 pub struct RawRequest {
     pub declared_len: u32,
     pub body: Vec<u8>,
+    pub more: Vec<Vec<u8>>,
 }
 
 impl RawRequest {
@@ -26,6 +28,7 @@ impl RawRequest {
         Self {
             declared_len: u32::try_from(body.len()).unwrap_or(u32::MAX),
             body,
+            more: Vec::new(),
         }
     }
 }
@@ -53,7 +56,27 @@ impl Codec for RawCodec {
             .take((declared_len as usize).min(MAX_READ) as u64)
             .read_to_end(&mut body)
             .await?;
-        Ok(RawRequest { declared_len, body })
+        // The frames batched behind the first, until the stream ends.
+        let mut more = Vec::new();
+        loop {
+            let mut len = [0u8; 4];
+            match io.read_exact(&mut len).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e),
+            }
+            let mut next = Vec::new();
+            (&mut *io)
+                .take((u32::from_be_bytes(len) as usize).min(MAX_READ) as u64)
+                .read_to_end(&mut next)
+                .await?;
+            more.push(next);
+        }
+        Ok(RawRequest {
+            declared_len,
+            body,
+            more,
+        })
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
@@ -76,6 +99,11 @@ impl Codec for RawCodec {
     {
         io.write_all(&req.declared_len.to_be_bytes()).await?;
         io.write_all(&req.body).await?;
+        for f in &req.more {
+            let len = u32::try_from(f.len()).unwrap_or(u32::MAX);
+            io.write_all(&len.to_be_bytes()).await?;
+            io.write_all(f).await?;
+        }
         io.close().await
     }
 
@@ -128,7 +156,7 @@ impl RawPeer {
                     sync: request_response::Behaviour::with_codec(
                         RawCodec,
                         [(
-                            StreamProtocol::new("/xencode/sync/1"),
+                            StreamProtocol::new("/xencode/sync/2"),
                             ProtocolSupport::Full,
                         )],
                         request_response::Config::default()
@@ -216,6 +244,7 @@ impl RawPeer {
                     },
                 )) => {
                     self.received.push(request.body);
+                    self.received.extend(request.more);
                     let _ = self.swarm.behaviour_mut().sync.send_response(channel, ());
                 }
                 SwarmEvent::ConnectionClosed { .. } => self.closed += 1,

@@ -1,4 +1,4 @@
-//! A hostile peer speaking raw `/xencode/sync/1` to a real node: malformed
+//! A hostile peer speaking raw `/xencode/sync/2` to a real node: malformed
 //! and oversize frames, content outside a session, a stolen token, forged
 //! and replayed signatures. The node keeps serving its honest teammate,
 //! counts the violations, applies nothing and leaks nothing.
@@ -78,6 +78,7 @@ async fn a_hostile_peer_is_refused_counted_and_learns_nothing() {
         RawRequest {
             declared_len: 100 * 1024 * 1024,
             body: vec![0; 16],
+            more: Vec::new(),
         },
     );
     raw.pump(Duration::from_secs(1)).await;

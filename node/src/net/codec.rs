@@ -1,4 +1,4 @@
-//! The `/xencode/sync/1` stream codec: a request is one or more
+//! The `/xencode/sync/2` stream codec: a request is one or more
 //! length-prefixed frames in order (u32 big-endian length each, at most
 //! `MAX_FRAME_BYTES` each and `MAX_FRAME_BYTES` together, at most
 //! [`MAX_BATCH_FRAMES`]), ended by the end of the stream; the response a
@@ -139,3 +139,6 @@ impl Codec for FrameCodec {
         io.close().await
     }
 }
+
+#[cfg(test)]
+mod tests;
