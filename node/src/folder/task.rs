@@ -351,6 +351,24 @@ impl Task {
         added
     }
 
+    /// Stops watching every watched directory not in `keep`.
+    fn unwatch_except(&mut self, keep: &[String]) {
+        let keep: HashSet<&String> = keep.iter().collect();
+        let gone: Vec<String> = self
+            .watched
+            .iter()
+            .filter(|d| !keep.contains(d))
+            .cloned()
+            .collect();
+        for d in gone {
+            if let Some(w) = self.watcher.as_mut() {
+                // Already gone with its directory, usually.
+                let _ = w.unwatch(&self.root.join(&d));
+            }
+            self.watched.remove(&d);
+        }
+    }
+
     fn relative(&self, p: &Path) -> Option<String> {
         let rel = p.strip_prefix(&self.root).ok()?.to_str()?;
         (!rel.is_empty()).then(|| rel.to_owned())

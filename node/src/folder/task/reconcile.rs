@@ -41,6 +41,11 @@ impl Task {
     /// Compares disk, workspace and records for `scope` (every path if
     /// `None`) and carries out what differs.
     pub(super) async fn reconcile(&mut self, scope: Option<BTreeSet<String>>) {
+        // A directory that vanished was deleted or moved; if moved, its
+        // files are somewhere in the tree (the watcher may not have said
+        // where, or not yet): compare everything, so that they are found
+        // and taken as renames. Rare (`mv` or `rm -r` of a directory).
+        let scope = scope.filter(|paths| !paths.iter().any(|p| self.directory_vanished(p)));
         let full = scope.is_none();
         if full && !self.synced_once {
             self.publish(FolderState::Scanning, 0);
@@ -88,6 +93,11 @@ impl Task {
         };
         for e in errors {
             self.error(e);
+        }
+        if full {
+            // Directories gone or moved away: their watches go too (a moved
+            // directory's watch would keep reporting its old path).
+            self.unwatch_except(&dirs);
         }
         let added = self.watch(&dirs);
         if !full {
@@ -150,6 +160,17 @@ impl Task {
         self.execute(plan, full && !self.synced_once).await;
         self.synced_once |= full;
         self.publish(FolderState::Watching, 0);
+    }
+
+    /// Whether `p` was a synced directory that is no longer on disk.
+    fn directory_vanished(&self, p: &str) -> bool {
+        let under = format!("{p}/");
+        let had_files = self
+            .records
+            .range(under.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&under));
+        had_files && matches!(disk::lstat(&self.root.join(p)), Ok(None))
     }
 
     /// Decides, per path, what to do.
