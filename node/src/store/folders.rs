@@ -223,26 +223,16 @@ impl Store {
         .await
     }
 
-    /// Whether this node may write to `ws` now, and the heads of all its
-    /// files.
-    pub async fn file_heads(&self, ws: WorkspaceId) -> Result<(bool, Vec<FileHeads>), StoreError> {
-        self.folder(|reply| FolderCommand::Heads {
-            ws,
-            prefixes: None,
-            reply,
-        })
-        .await
-    }
-
-    /// Like [`Self::file_heads`], for the files at or under each prefix.
-    pub async fn file_heads_under(
+    /// Whether this node may write to `ws` now, and the heads of its files:
+    /// all of them, or (`prefixes`) those at or under each prefix.
+    pub async fn file_heads(
         &self,
         ws: WorkspaceId,
-        prefixes: Vec<String>,
+        prefixes: Option<Vec<String>>,
     ) -> Result<(bool, Vec<FileHeads>), StoreError> {
         self.folder(|reply| FolderCommand::Heads {
             ws,
-            prefixes: Some(prefixes),
+            prefixes,
             reply,
         })
         .await

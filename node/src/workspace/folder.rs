@@ -35,6 +35,17 @@ pub struct FileState {
     pub mode: Option<u32>,
 }
 
+impl SyncBase {
+    /// Whether this base is document `doc` at exactly `heads` (in any order).
+    pub fn is_at(&self, doc: DocId, heads: &[[u8; 32]]) -> bool {
+        let mut now = heads.to_vec();
+        let mut then = self.heads.clone();
+        now.sort_unstable();
+        then.sort_unstable();
+        self.doc == doc && now == then
+    }
+}
+
 impl FileState {
     /// The base a folder records after syncing this state.
     pub fn base(&self) -> SyncBase {
@@ -188,14 +199,10 @@ impl Workspace {
         let Some(id) = self.file_doc(path) else {
             return Ok(Some(Vec::new()));
         };
-        let unchanged = id == base.doc
-            && self.files.get_mut(&id).is_some_and(|d| {
-                let mut now: Vec<[u8; 32]> = d.heads().into_iter().map(|h| h.0).collect();
-                let mut then = base.heads.clone();
-                now.sort_unstable();
-                then.sort_unstable();
-                now == then
-            });
+        let unchanged = self.files.get_mut(&id).is_some_and(|d| {
+            let now: Vec<[u8; 32]> = d.heads().into_iter().map(|h| h.0).collect();
+            base.is_at(id, &now)
+        });
         if !unchanged {
             return Ok(None);
         }

@@ -114,13 +114,10 @@ impl Task {
         }
         self.skipped.truncate(MAX_SKIPPED);
         // 2. The workspace.
-        let heads = if full {
-            self.store.file_heads(self.link.workspace).await
-        } else {
-            self.store
-                .file_heads_under(self.link.workspace, prefixes.clone())
-                .await
-        };
+        let heads = self
+            .store
+            .file_heads(self.link.workspace, (!full).then(|| prefixes.clone()))
+            .await;
         let (may_write, heads) = match heads {
             Ok(h) => h,
             Err(e) => {
@@ -195,7 +192,7 @@ impl Task {
                 continue;
             };
             let ws_changed = match (in_ws, &rec) {
-                (Some(h), Some(r)) => r.base.doc != h.doc || !same_heads(&r.base.heads, &h.heads),
+                (Some(h), Some(r)) => !r.base.is_at(h.doc, &h.heads),
                 (Some(_), None) => true,
                 _ => false,
             };
@@ -609,14 +606,6 @@ impl Task {
 
 fn remove_op(path: WorkspacePath, r: FileRecord) -> DiskOp {
     DiskOp::Remove { path, base: r.base }
-}
-
-fn same_heads(a: &[[u8; 32]], b: &[[u8; 32]]) -> bool {
-    let mut a = a.to_vec();
-    let mut b = b.to_vec();
-    a.sort_unstable();
-    b.sort_unstable();
-    a == b
 }
 
 /// On a case-insensitive disk: each incoming path that differs only by

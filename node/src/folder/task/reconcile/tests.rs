@@ -14,8 +14,21 @@ fn prefixes_under_another_are_dropped() {
 
 #[test]
 fn heads_compare_as_sets() {
-    assert!(same_heads(&[[1; 32], [2; 32]], &[[2; 32], [1; 32]]));
-    assert!(!same_heads(&[[1; 32]], &[[1; 32], [2; 32]]));
+    let doc = xencode_protocol::DocId::derive(
+        &xencode_protocol::WorkspaceId::derive(&[7; 32], &[1; 16]),
+        &[1; 16],
+    );
+    let base = crate::workspace::folder::SyncBase {
+        doc,
+        heads: vec![[1; 32], [2; 32]],
+    };
+    assert!(base.is_at(doc, &[[2; 32], [1; 32]]));
+    assert!(!base.is_at(doc, &[[1; 32]]));
+    let other = xencode_protocol::DocId::derive(
+        &xencode_protocol::WorkspaceId::derive(&[7; 32], &[1; 16]),
+        &[2; 16],
+    );
+    assert!(!base.is_at(other, &[[1; 32], [2; 32]]));
 }
 
 #[test]
