@@ -174,10 +174,11 @@ pub fn router(state: ApiState) -> Router {
         AnalysisList, AnalysisRecord, AnalyzeRequest, DocumentList, ModelList, ProcessedDocument,
     };
     use xencode_protocol::api::{
-        AuditLog, CreateWorkspace, FileInfo, FileList, FolderInfo, FolderList, FolderOutcome,
-        FolderRequest, Health, InviteRequest, InviteResponse, JoinRequest, LinkFolder, LoginLink,
-        NodeEvent, NodeInfo, PeerList, RevokeRequest, SessionInfo, SpliceRequest, SpliceResponse,
-        WorkspaceDetail, WorkspaceList, WorkspaceSummary,
+        AuditLog, CreateWorkspace, EditorLease, EditorSession, FileInfo, FileList, FolderInfo,
+        FolderList, FolderOutcome, FolderRequest, Health, InviteRequest, InviteResponse,
+        JoinRequest, LinkFolder, LoginLink, NodeEvent, NodeInfo, PeerList, RevokeRequest,
+        SessionInfo, SpliceRequest, SpliceResponse, WorkspaceDetail, WorkspaceList,
+        WorkspaceSummary,
     };
     const WS: &str = "workspaces";
     const FILES: &str = "files";
@@ -322,6 +323,17 @@ pub fn router(state: ApiState) -> Router {
             .json_body::<FolderRequest>()
             .json::<FolderOutcome>(200),
             folders::revert,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/workspaces/{id}/editors",
+            Doc::new(
+                FOLDERS,
+                "An editor session (`xencode lsp`) holds these files open: the folder leaves them to it",
+            )
+            .json_body::<EditorSession>()
+            .json::<EditorLease>(200),
+            folders::editors,
         )
         .route(
             Method::POST,

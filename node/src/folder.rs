@@ -16,6 +16,7 @@
 //! only the periodic and start-up comparisons look at every file.
 
 pub mod disk;
+pub mod editors;
 mod ignores;
 mod task;
 
@@ -30,6 +31,7 @@ use xencode_protocol::api::{FolderInfo, FolderOutcome, FolderState};
 
 use crate::store::folders::FolderLink;
 use crate::store::{Store, StoreError};
+use editors::{Editors, EditorsError, Save};
 use task::Task;
 
 /// Tunables of linked folders.
@@ -94,6 +96,8 @@ pub enum FolderError {
 
 enum Control {
     Revert(oneshot::Sender<Result<FolderOutcome, FolderError>>),
+    /// Editors closed these files: compare them again.
+    Recheck(Vec<String>),
     Stop,
 }
 
@@ -109,6 +113,7 @@ pub struct Folders {
     store: Store,
     options: FolderOptions,
     running: Arc<tokio::sync::Mutex<BTreeMap<String, Running>>>,
+    editors: Arc<Editors>,
 }
 
 impl std::fmt::Debug for Folders {
@@ -124,7 +129,22 @@ impl Folders {
             store,
             options,
             running: Arc::default(),
+            editors: Arc::default(),
         };
+        // Editor sessions that stopped renewing give their files back.
+        let weak = Arc::downgrade(&folders.running);
+        let editors = Arc::clone(&folders.editors);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let Some(running) = weak.upgrade() else { break };
+                let closed = editors.expire();
+                if !closed.is_empty() {
+                    recheck(&running, closed).await;
+                }
+            }
+        });
         for link in folders.store.folder_links().await? {
             let name = folders.workspace_name(link.workspace).await;
             folders.spawn(link, name).await;
@@ -259,6 +279,7 @@ impl Folders {
             link.clone(),
             self.options.clone(),
             Arc::clone(&status),
+            Arc::clone(&self.editors),
         );
         let thread = std::thread::Builder::new()
             .name("xencode-folder".into())
@@ -318,6 +339,24 @@ impl Folders {
         rx.await.map_err(|_| FolderError::Stopped)?
     }
 
+    /// An editor session (`xencode lsp`) holds `open` of `workspace` open
+    /// and wrote `saves` (see [`editors`]); renewed within
+    /// [`editors::LEASE`] or it lapses.
+    pub async fn editing(
+        &self,
+        session: &str,
+        workspace: WorkspaceId,
+        open: std::collections::BTreeSet<String>,
+        saves: Vec<(String, Save)>,
+    ) -> Result<Duration, EditorsError> {
+        let closed = self.editors.update(session, workspace, open, saves)?;
+        if !closed.is_empty() {
+            let closed = closed.into_iter().map(|p| (workspace, p)).collect();
+            recheck(&self.running, closed).await;
+        }
+        Ok(editors::LEASE)
+    }
+
     /// The key of a linked folder named by `dir` (canonicalized if it exists).
     async fn known(&self, dir: &str) -> Result<String, FolderError> {
         let running = self.running.lock().await;
@@ -341,6 +380,30 @@ impl Folders {
         for r in all {
             stop(r).await;
         }
+    }
+}
+
+/// Asks the folders of each workspace to compare files editors closed.
+async fn recheck(
+    running: &tokio::sync::Mutex<BTreeMap<String, Running>>,
+    closed: Vec<(WorkspaceId, String)>,
+) {
+    let mut by_ws: BTreeMap<WorkspaceId, Vec<String>> = BTreeMap::new();
+    for (ws, p) in closed {
+        by_ws.entry(ws).or_default().push(p);
+    }
+    let targets: Vec<(mpsc::Sender<Control>, Vec<String>)> = {
+        let running = running.lock().await;
+        running
+            .values()
+            .filter_map(|r| {
+                let ws = r.status.lock().ok()?.workspace;
+                Some((r.control.clone(), by_ws.get(&ws)?.clone()))
+            })
+            .collect()
+    };
+    for (control, paths) in targets {
+        let _ = control.send(Control::Recheck(paths)).await;
     }
 }
 

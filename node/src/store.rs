@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
+use automerge::ChangeHash;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use xencode_protocol::analysis::{AnalysisRecord, ProcessedDocument};
 use xencode_protocol::api::{
@@ -335,6 +336,7 @@ pub(crate) enum Command {
     Splice {
         ws: WorkspaceId,
         path: WorkspacePath,
+        base: Option<Vec<ChangeHash>>,
         edits: Vec<SpliceEdit>,
         now_ms: u64,
         reply: Reply<SpliceResponse>,
@@ -685,16 +687,20 @@ impl Store {
         .await
     }
 
+    /// Character edits to a text file, at the current version or at `base`
+    /// (see [`Workspace::edit`](crate::workspace::Workspace::edit)).
     pub async fn splice(
         &self,
         ws: WorkspaceId,
         path: WorkspacePath,
+        base: Option<Vec<ChangeHash>>,
         edits: Vec<SpliceEdit>,
         now_ms: u64,
     ) -> Result<SpliceResponse, StoreError> {
         self.ask(|reply| Command::Splice {
             ws,
             path,
+            base,
             edits,
             now_ms,
             reply,

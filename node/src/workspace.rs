@@ -21,9 +21,7 @@ use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
     ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
 };
-use xencode_protocol::api::{
-    FileInfo, FileKind, Member, Role, SpliceEdit, WorkspaceDetail, WorkspaceSummary,
-};
+use xencode_protocol::api::{FileInfo, FileKind, Member, Role, WorkspaceDetail, WorkspaceSummary};
 use xencode_protocol::policy::schema;
 use xencode_protocol::{DocId, WorkspaceId, WorkspacePath};
 
@@ -61,6 +59,10 @@ pub enum WorkspaceError {
         delete: u64,
         len: u64,
     },
+    #[error(
+        "{0}: the version the edit was made at is not in this file's history (the file was replaced, or the heads are not this file's); fetch it again"
+    )]
+    UnknownBase(WorkspacePath),
     #[error("the workspace document is damaged: {0}")]
     Damaged(String),
 }
@@ -482,55 +484,6 @@ impl Workspace {
         self.note_file(path, None);
         Ok(changes)
     }
-
-    /// Applies character edits to a text file as one change. Each edit's
-    /// position is relative to the text the edits before it left. Refused as
-    /// a whole if any edit is out of range.
-    pub fn splice(
-        &mut self,
-        path: &WorkspacePath,
-        edits: &[SpliceEdit],
-        author: &Author,
-        now_ms: u64,
-    ) -> Result<(u64, Vec<ChangeHash>, Vec<NewChange>), WorkspaceError> {
-        let doc_id = self.existing_file(path)?.id;
-        let cites = self.access.am.get_heads();
-        let doc = self
-            .files
-            .get_mut(&doc_id)
-            .ok_or_else(|| WorkspaceError::FileNotFound(path.clone()))?;
-        let text = get_text_obj(&doc.am).ok_or_else(|| WorkspaceError::NotText(path.clone()))?;
-        // Validate the whole batch before touching the document.
-        let mut len = doc.am.length(&text) as u64;
-        for (i, e) in edits.iter().enumerate() {
-            let end = e.pos.checked_add(e.delete);
-            if end.is_none_or(|end| end > len) {
-                return Err(WorkspaceError::OutOfRange {
-                    edit: i,
-                    pos: e.pos,
-                    delete: e.delete,
-                    len,
-                });
-            }
-            len = len - e.delete + e.insert.chars().count() as u64;
-        }
-        for e in edits {
-            // Both fit in usize/isize: they are bounded by the text length.
-            let applied = doc
-                .am
-                .splice_text(&text, e.pos as usize, e.delete as isize, &e.insert);
-            if let Err(err) = applied {
-                doc.am.rollback();
-                return Err(damaged(err));
-            }
-        }
-        if let Err(err) = stamp(&mut doc.am, author, now_ms) {
-            doc.am.rollback();
-            return Err(damaged(err));
-        }
-        let changes: Vec<_> = doc.commit(now_ms, &cites).into_iter().collect();
-        Ok((len, doc.heads(), changes))
-    }
 }
 
 /// Writes `bytes` as the file's content; returns whether anything changed.
@@ -663,9 +616,11 @@ fn get_bytes(am: &AutoCommit, obj: &ObjId, key: &str) -> Option<Vec<u8>> {
 
 mod access;
 mod analyses;
+mod editing;
 pub mod folder;
 pub mod merge;
 pub use access::MemberState;
+pub use editing::Edited;
 
 #[cfg(test)]
 mod tests;

@@ -238,6 +238,12 @@ pub struct SpliceEdit {
 /// (`{path, pos, delete, insert}`) or a batch (`{path, edits: [...]}`). A
 /// batch applies in order, each position relative to the text left by the
 /// edits before it, atomically, as one Automerge change.
+///
+/// With `base` (the file's heads an editor's text corresponds to), the edits
+/// are relative to the text at `base` and merged with whatever arrived since;
+/// the answer's `catch_up` then turns the editor's text into the merged one
+/// (`xencode lsp`). `edits` may be empty with a base: only the catch-up. An
+/// empty base is the empty document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpliceRequest {
@@ -250,6 +256,9 @@ pub struct SpliceRequest {
     pub insert: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edits: Option<Vec<SpliceEdit>>,
+    /// Hex change hashes: the version the edits were made at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Vec<String>>,
 }
 
 impl SpliceRequest {
@@ -261,6 +270,15 @@ impl SpliceRequest {
             delete: None,
             insert: None,
             edits: Some(edits),
+            base: None,
+        }
+    }
+
+    /// A batch made at `base` (hex heads); `edits` may be empty.
+    pub fn at(path: WorkspacePath, base: Vec<String>, edits: Vec<SpliceEdit>) -> Self {
+        Self {
+            base: Some(base),
+            ..Self::batch(path, edits)
         }
     }
 
@@ -271,7 +289,9 @@ impl SpliceRequest {
             (Some(_), true) => {
                 Err("give either `edits` or `pos`/`delete`/`insert`, not both".into())
             }
-            (Some(edits), false) if edits.is_empty() => Err("`edits` is empty".into()),
+            (Some(edits), false) if edits.is_empty() && self.base.is_none() => {
+                Err("`edits` is empty".into())
+            }
             (Some(edits), false) if edits.len() > MAX_SPLICE_EDITS => Err(format!(
                 "{} edits in one request; the limit is {MAX_SPLICE_EDITS}",
                 edits.len()
@@ -302,6 +322,14 @@ pub struct SpliceResponse {
     pub chars: u64,
     /// Heads of the file's document after the change.
     pub heads: Vec<String>,
+    /// With a `base`: the version the editor holds now (its base plus its
+    /// edits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mine: Option<Vec<String>>,
+    /// With a `base`: edits, each relative to the text the ones before it
+    /// left, from the text at `mine` to the text at `heads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<Vec<SpliceEdit>>,
 }
 
 #[cfg(test)]
@@ -672,6 +700,37 @@ pub struct LinkFolder {
 pub struct FolderRequest {
     /// Absolute path of a linked directory.
     pub dir: String,
+}
+
+/// `POST /api/v1/workspaces/{id}/editors`: an editor session (`xencode
+/// lsp`) says which files of the workspace it holds open, and what it saved.
+/// It owns those files while the lease lasts: the linked folder does not
+/// write them and does not take its saves in twice. Renew before the lease
+/// ends; `open: []` closes them all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditorSession {
+    /// Chosen by the editor session, unique to it (1–64 characters).
+    pub session: String,
+    pub open: Vec<WorkspacePath>,
+    #[serde(default)]
+    pub saves: Vec<EditorSave>,
+}
+
+/// A save an editor made: the saved bytes' blake3 hash (hex), and the
+/// file's heads (hex) at which the workspace holds that text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditorSave {
+    pub path: WorkspacePath,
+    pub hash: String,
+    pub heads: Vec<String>,
+}
+
+/// Answer to [`EditorSession`]: renew within this many milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EditorLease {
+    pub lease_ms: u64,
 }
 
 /// What `folder unlink` or `folder revert` did.

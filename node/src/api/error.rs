@@ -94,6 +94,9 @@ impl From<StoreError> for ApiError {
             StoreError::Workspace(WorkspaceError::OutOfRange { .. }) => {
                 Self::bad_request("out_of_range", msg)
             }
+            StoreError::Workspace(WorkspaceError::UnknownBase(_)) => {
+                Self::new(StatusCode::CONFLICT, "unknown_base", msg)
+            }
             StoreError::DiskFull => Self::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", msg),
             StoreError::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

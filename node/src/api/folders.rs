@@ -5,11 +5,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use xencode_protocol::api::{FolderList, FolderOutcome, FolderRequest, LinkFolder};
+use xencode_protocol::api::{
+    EditorLease, EditorSession, FolderList, FolderOutcome, FolderRequest, LinkFolder,
+};
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, WsId};
 use crate::folder::FolderError;
 
 impl From<FolderError> for ApiError {
@@ -61,4 +63,52 @@ pub async fn revert(
     ApiJson(req): ApiJson<FolderRequest>,
 ) -> Result<Json<FolderOutcome>, ApiError> {
     Ok(Json(state.folders()?.revert(&req.dir).await?))
+}
+
+pub async fn editors(
+    State(state): State<ApiState>,
+    WsId(id): WsId,
+    ApiJson(req): ApiJson<EditorSession>,
+) -> Result<Json<EditorLease>, ApiError> {
+    let bad = |m: &str| ApiError::bad_request("invalid_editor_session", m.to_owned());
+    if req.session.is_empty() || req.session.len() > 64 {
+        return Err(bad("`session` must be 1 to 64 characters"));
+    }
+    if req.saves.len() > crate::folder::editors::MAX_OPEN {
+        return Err(bad("too many saves in one request"));
+    }
+    let hash = |h: &str| -> Result<[u8; 32], ApiError> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(h, &mut out).map_err(|_| bad("a hash is not 64 hex digits"))?;
+        Ok(out)
+    };
+    let mut saves = Vec::with_capacity(req.saves.len());
+    for s in req.saves {
+        if s.heads.len() > 256 {
+            return Err(bad("too many heads in a save"));
+        }
+        let heads = s
+            .heads
+            .iter()
+            .map(|h| hash(h))
+            .collect::<Result<Vec<_>, _>>()?;
+        saves.push((
+            s.path.to_string(),
+            crate::folder::editors::Save {
+                hash: hash(&s.hash)?,
+                heads,
+            },
+        ));
+    }
+    // The workspace must be ours (the same answer as every other route).
+    state.store()?.workspace(id).await?;
+    let open = req.open.iter().map(ToString::to_string).collect();
+    let lease = state
+        .folders()?
+        .editing(&req.session, id, open, saves)
+        .await
+        .map_err(|e| bad(&e.to_string()))?;
+    Ok(Json(EditorLease {
+        lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+    }))
 }

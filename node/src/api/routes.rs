@@ -190,15 +190,40 @@ pub async fn remove_file(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A document's heads are few (one per concurrent writer); more is not a
+/// version of it.
+const MAX_BASE_HEADS: usize = 256;
+
 pub async fn splice(
     State(state): State<ApiState>,
     WsId(id): WsId,
     ApiJson(req): ApiJson<SpliceRequest>,
 ) -> Result<Response, ApiError> {
+    let base = match &req.base {
+        Some(heads) => Some(
+            heads
+                .iter()
+                .map(|h| h.parse::<automerge::ChangeHash>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    ApiError::bad_request("invalid_splice", "`base` holds a malformed change hash")
+                })?,
+        ),
+        None => None,
+    };
+    if base.as_ref().is_some_and(|b| b.len() > MAX_BASE_HEADS) {
+        return Err(ApiError::bad_request(
+            "invalid_splice",
+            format!("`base` has more than {MAX_BASE_HEADS} heads"),
+        ));
+    }
     let (path, edits) = req
         .into_edits()
         .map_err(|m| ApiError::bad_request("invalid_splice", m))?;
-    let resp = state.store()?.splice(id, path, edits, now_ms()).await?;
+    let resp = state
+        .store()?
+        .splice(id, path, base, edits, now_ms())
+        .await?;
     Ok(Json(resp).into_response())
 }
 

@@ -17,6 +17,7 @@ use xencode_protocol::WorkspacePath;
 use xencode_protocol::api::{FolderInfo, FolderState, NodeEvent};
 
 use super::disk;
+use super::editors::Editors;
 use super::ignores::{self, Ignores};
 use super::{Control, FolderOptions};
 use crate::store::Store;
@@ -95,6 +96,13 @@ pub(super) struct Task {
     synced_once: bool,
     /// Files being written right now: left alone until they are closed.
     busy: BTreeSet<String>,
+    /// Files open in editors (`xencode lsp`), which own them.
+    editors: Arc<Editors>,
+    /// Writes to open files not (yet) known as the editor's own save: when
+    /// their grace period ends...
+    deferred: BTreeMap<String, Instant>,
+    /// ...and those whose grace period is over (taken in as any write).
+    grace_over: BTreeSet<String>,
 }
 
 impl Task {
@@ -103,6 +111,7 @@ impl Task {
         link: FolderLink,
         options: FolderOptions,
         status: Arc<Mutex<FolderInfo>>,
+        editors: Arc<Editors>,
     ) -> Self {
         let root = PathBuf::from(&link.dir);
         Self {
@@ -126,6 +135,9 @@ impl Task {
             followup: BTreeSet::new(),
             synced_once: false,
             busy: BTreeSet::new(),
+            editors,
+            deferred: BTreeMap::new(),
+            grace_over: BTreeSet::new(),
         }
     }
 
@@ -181,7 +193,11 @@ impl Task {
         let mut writing: BTreeMap<String, Instant> = BTreeMap::new();
         loop {
             let due = first.map(|f| (last + self.options.quiet).min(f + self.options.max_delay));
-            let stale = writing.values().min().map(|t| *t + WRITE_TIMEOUT);
+            let stale = writing
+                .values()
+                .map(|t| *t + WRITE_TIMEOUT)
+                .chain(self.deferred.values().copied())
+                .min();
             let wake = match (due, stale) {
                 (Some(d), Some(s)) => d.min(s),
                 (Some(t), None) | (None, Some(t)) => t,
@@ -235,6 +251,10 @@ impl Task {
                         let _ = reply.send(r);
                         continue;
                     }
+                    Some(Control::Recheck(paths)) => {
+                        dirty.extend(paths);
+                        first.get_or_insert(Instant::now());
+                    }
                     Some(Control::Stop) | None => break,
                 },
                 _ = tokio::time::sleep_until(wake), if due.is_some() || stale.is_some() => {
@@ -247,6 +267,18 @@ impl Task {
                         .collect();
                     for p in timed_out {
                         writing.remove(&p);
+                        dirty.insert(p);
+                        first.get_or_insert(now);
+                    }
+                    let due: Vec<String> = self
+                        .deferred
+                        .iter()
+                        .filter(|(_, t)| now >= **t)
+                        .map(|(p, _)| p.clone())
+                        .collect();
+                    for p in due {
+                        self.deferred.remove(&p);
+                        self.grace_over.insert(p.clone());
                         dirty.insert(p);
                         first.get_or_insert(now);
                     }

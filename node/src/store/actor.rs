@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use automerge::ActorId;
+use automerge::{ActorId, ChangeHash};
 use redb::{ReadableDatabase, ReadableTableMetadata};
 use tokio::sync::mpsc;
 use xencode_protocol::api::{
@@ -169,21 +169,39 @@ impl Actor {
             Command::Splice {
                 ws,
                 path,
+                base,
                 edits,
                 now_ms,
                 reply,
             } => {
-                let made = self.write(ws, |w, a| {
-                    let (chars, heads, changes) = w.splice(&path, &edits, a, now_ms)?;
-                    let resp = SpliceResponse {
-                        path: path.clone(),
-                        edits_applied: edits.len(),
-                        chars,
-                        heads: heads.iter().map(ToString::to_string).collect(),
-                    };
-                    Ok((resp, changes))
-                });
-                self.disk.defer(made, reply);
+                let answer = |e: crate::workspace::Edited, n: usize| SpliceResponse {
+                    path: path.clone(),
+                    edits_applied: n,
+                    chars: e.chars,
+                    heads: hex_heads(&e.heads),
+                    mine: base.as_ref().map(|_| hex_heads(&e.mine)),
+                    catch_up: base.as_ref().map(|_| e.catch_up.clone()),
+                };
+                if edits.is_empty() {
+                    // Only a catch-up: a read, which a viewer may make too.
+                    self.flush();
+                    let r = self
+                        .workspaces
+                        .get_mut(&ws)
+                        .ok_or(StoreError::WorkspaceNotFound(ws))
+                        .and_then(|w| {
+                            Ok(w.edit(&path, base.as_deref(), &[], &self.author, now_ms)?)
+                        })
+                        .map(|e| answer(e, 0));
+                    let _ = reply.send(r);
+                } else {
+                    let made = self.write(ws, |w, a| {
+                        let mut e = w.edit(&path, base.as_deref(), &edits, a, now_ms)?;
+                        let changes = std::mem::take(&mut e.changes);
+                        Ok((answer(e, edits.len()), changes))
+                    });
+                    self.disk.defer(made, reply);
+                }
             }
             // Reads see only committed state: commit what is staged first.
             Command::ListWorkspaces { reply } => {
@@ -732,6 +750,10 @@ impl Inbox {
             }
         })
     }
+}
+
+fn hex_heads(heads: &[ChangeHash]) -> Vec<String> {
+    heads.iter().map(ToString::to_string).collect()
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ async fn everything_survives_a_reopen() {
         .await
         .expect("put");
     store
-        .splice(ws, p("a.py"), ins(0, "# hi\n"), 3)
+        .splice(ws, p("a.py"), None, ins(0, "# hi\n"), 3)
         .await
         .expect("splice");
     let before = store.workspace(ws).await.expect("show");
@@ -90,7 +90,7 @@ async fn everything_survives_a_reopen() {
     );
     // Writing after a reopen continues the same actor's sequence.
     store
-        .splice(ws, p("a.py"), ins(0, "!"), 4)
+        .splice(ws, p("a.py"), None, ins(0, "!"), 4)
         .await
         .expect("splice after reopen");
     close(store, thread);
@@ -116,7 +116,7 @@ async fn concurrent_writers_are_all_acknowledged_and_kept() {
             let path = p(&format!("f{i:02}.txt"));
             store.put_file(ws, path.clone(), Vec::new(), 1).await?;
             store
-                .splice(ws, path, ins(0, &format!("file {i}")), 2)
+                .splice(ws, path, None, ins(0, &format!("file {i}")), 2)
                 .await
         }));
     }
@@ -152,7 +152,7 @@ async fn compaction_folds_change_records_into_a_snapshot() {
         .expect("put");
     for i in 0..25u64 {
         store
-            .splice(ws, p("log.txt"), ins(i, "x"), 2)
+            .splice(ws, p("log.txt"), None, ins(i, "x"), 2)
             .await
             .expect("splice");
     }
@@ -183,7 +183,7 @@ async fn compaction_folds_change_records_into_a_snapshot() {
     assert_eq!(store.workspace(ws).await.expect("show").heads, heads);
     assert!(store.compact().await.expect("compact all") >= 1);
     store
-        .splice(ws, p("log.txt"), ins(0, "y"), 3)
+        .splice(ws, p("log.txt"), None, ins(0, "y"), 3)
         .await
         .expect("splice");
     close(store, thread);

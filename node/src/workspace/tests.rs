@@ -2,8 +2,9 @@
 //! revocations, analyses; validation before mutation.
 
 use super::*;
+use xencode_protocol::api::SpliceEdit;
 
-fn author(n: u8) -> Author {
+pub(super) fn author(n: u8) -> Author {
     Author {
         peer_id: format!("peer-{n}"),
         public_key: [n; 32],
@@ -11,13 +12,13 @@ fn author(n: u8) -> Author {
     }
 }
 
-const LIMIT: usize = 1 << 20;
+pub(super) const LIMIT: usize = 1 << 20;
 
-fn path(p: &str) -> WorkspacePath {
+pub(super) fn path(p: &str) -> WorkspacePath {
     WorkspacePath::parse(p).expect("valid path")
 }
 
-fn edit(pos: u64, delete: u64, insert: &str) -> SpliceEdit {
+pub(super) fn edit(pos: u64, delete: u64, insert: &str) -> SpliceEdit {
     SpliceEdit {
         pos,
         delete,
@@ -25,7 +26,7 @@ fn edit(pos: u64, delete: u64, insert: &str) -> SpliceEdit {
     }
 }
 
-fn new_ws() -> Workspace {
+pub(super) fn new_ws() -> Workspace {
     let (ws, changes) = Workspace::create(
         WorkspaceId::from_bytes([9; 16]),
         &[0; 16],

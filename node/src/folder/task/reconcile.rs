@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use tokio::time::Instant;
+
 use xencode_protocol::WorkspacePath;
 use xencode_protocol::api::{FileKind, FolderOutcome, FolderState};
 
@@ -15,7 +17,11 @@ use super::super::ignores::{self, Ignores};
 use super::{BYTES_PER_COMMIT, MAX_SKIPPED, OPS_PER_COMMIT, Task};
 use crate::store::StoreError;
 use crate::store::folders::{DiskOp, DiskStamp, FileRecord, record_of};
-use crate::workspace::folder::{FileHeads, FileState};
+use crate::workspace::folder::{FileHeads, FileState, SyncBase};
+
+/// How long a write to a file open in an editor waits for the editor to
+/// claim it as its own save before it is taken in as another tool's.
+const EDITOR_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where a path stands on one side.
 struct Seen {
@@ -181,6 +187,7 @@ impl Task {
         let limit = self.options.max_file_bytes;
         let mut new_files: Vec<(WorkspacePath, Seen)> = Vec::new();
         let mut removed: Vec<(WorkspacePath, FileRecord)> = Vec::new();
+        let open = self.editors.open_in(self.link.workspace);
         for path in all {
             if self.busy.contains(path) {
                 continue;
@@ -234,6 +241,11 @@ impl Task {
                     }
                 }
             };
+            if open.contains(path)
+                && !self.editor_may_go(path, in_ws, disk_changed, &seen, &mut plan)
+            {
+                continue;
+            }
             match (on_disk.is_some(), in_ws, rec) {
                 (true, Some(_), rec) => {
                     if disk_changed {
@@ -324,6 +336,48 @@ impl Task {
             }
         }
         plan
+    }
+
+    /// For a file open in an editor: whether the usual comparison may go
+    /// on. The folder never writes it (the editor owns it); the editor's own
+    /// save is recorded as synced at the heads the editor reported; any
+    /// other write is taken in once a grace period has passed without the
+    /// editor claiming it.
+    fn editor_may_go(
+        &mut self,
+        path: &str,
+        in_ws: Option<&FileHeads>,
+        disk_changed: bool,
+        seen: &Option<Seen>,
+        plan: &mut Plan,
+    ) -> bool {
+        // Not in the workspace yet: a new file is added as usual.
+        let Some(h) = in_ws else { return true };
+        let Some(s) = seen.as_ref().filter(|_| disk_changed) else {
+            return false;
+        };
+        if let Some(save) = self.editors.saved(self.link.workspace, path, &s.stamp.hash) {
+            let r = FileRecord {
+                base: SyncBase {
+                    doc: h.doc,
+                    heads: save.heads,
+                },
+                content_hash: s.stamp.hash,
+                disk: Some(s.stamp),
+            };
+            self.records.insert(path.to_owned(), r.clone());
+            plan.records.push((path.to_owned(), Some(r)));
+            self.deferred.remove(path);
+            self.grace_over.remove(path);
+            return false;
+        }
+        if self.grace_over.remove(path) {
+            return true;
+        }
+        self.deferred
+            .entry(path.to_owned())
+            .or_insert_with(|| Instant::now() + EDITOR_GRACE);
+        false
     }
 
     async fn execute(&mut self, mut plan: Plan, full: bool) {
