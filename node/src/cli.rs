@@ -10,6 +10,7 @@
 mod client;
 mod commands;
 mod folders;
+mod lsp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -128,6 +129,10 @@ enum Command {
     /// ways (edits merge character by character), with any editor or tool.
     #[command(subcommand)]
     Folder(FolderCommand),
+    /// A language server over stdio for editors, started by the editor for
+    /// files in a linked folder: live co-editing with teammates and the
+    /// team's findings as diagnostics (docs/editors.md).
+    Lsp,
     /// Show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -271,6 +276,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Id => commands::id(&dir),
         Command::Config(ConfigCommand::Show) => commands::config_show(&dir, json),
         Command::Restore { file } => commands::restore(&dir, &file, json),
+        Command::Lsp => lsp::run(&dir).await,
         command => {
             let client = client::Client::connect(&dir)?;
             match command {
@@ -313,6 +319,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 | Command::Id
                 | Command::Config(_)
                 | Command::Restore { .. }
+                | Command::Lsp
                 | Command::ExtractWorker { .. } => Ok(()),
             }
         }

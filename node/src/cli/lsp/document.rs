@@ -1,0 +1,182 @@
+//! One document open in the editor, kept in step with the node.
+//!
+//! The editor's text (`shadow`, exactly as its `didChange`s say) is always
+//! "the node's text at `base`, plus the editor's own edits since". To send
+//! those edits, the server diffs the base text against the shadow and asks
+//! the node to apply the difference *at* `base`; the node merges it with
+//! whatever arrived meanwhile and answers with the catch-up from the editor's
+//! text to the merged one. If the editor has not moved on, the catch-up goes
+//! to it as a `workspace/applyEdit`, and the server waits for the editor to
+//! report the result (the echo) before it sends anything else. If the
+//! editor moved on first, or refused or skipped the edit (a version check),
+//! the base stays at the editor's last sent text and the next exchange
+//! brings the catch-up again: rebased, resent, never lost or doubled.
+
+use serde_json::Value;
+use xencode_protocol::api::{SpliceRequest, SpliceResponse};
+use xencode_protocol::{WorkspaceId, WorkspacePath};
+
+use super::text;
+
+/// Where the editor's text stands while an applied edit is awaited.
+#[derive(Debug)]
+struct Echo {
+    /// The text the editor has once it applied the edit.
+    target: String,
+    /// If it never does: the base to go back to.
+    fallback: (Vec<String>, String),
+}
+
+#[derive(Debug)]
+pub struct OpenDoc {
+    pub uri: String,
+    pub workspace: WorkspaceId,
+    pub path: WorkspacePath,
+    pub version: i64,
+    pub shadow: String,
+    /// The node's heads and its text there; `None` before the first answer.
+    base: Option<(Vec<String>, String)>,
+    /// The editor's text when the request in flight was sent.
+    in_flight: Option<String>,
+    echo: Option<Echo>,
+    /// The node's file changed since the last exchange.
+    pub poll: bool,
+    /// The file was not in the workspace when opened: the editor's text is
+    /// the news, not the node's.
+    pub editor_wins: bool,
+    /// A save whose text is not yet a known version of the node's.
+    saved: Option<String>,
+}
+
+impl OpenDoc {
+    pub fn new(
+        uri: String,
+        workspace: WorkspaceId,
+        path: WorkspacePath,
+        version: i64,
+        text: String,
+    ) -> Self {
+        Self {
+            uri,
+            workspace,
+            path,
+            version,
+            shadow: text,
+            base: None,
+            in_flight: None,
+            echo: None,
+            poll: false,
+            editor_wins: false,
+            saved: None,
+        }
+    }
+
+    /// The node's text at the base, if known.
+    pub fn node_text(&self) -> Option<&str> {
+        self.base.as_ref().map(|(_, t)| t.as_str())
+    }
+
+    /// Whether a request may go now and should.
+    pub fn next_request(&mut self) -> Option<SpliceRequest> {
+        if self.in_flight.is_some() || self.echo.is_some() {
+            return None;
+        }
+        let req = match &self.base {
+            None => SpliceRequest::at(self.path.clone(), Vec::new(), Vec::new()),
+            Some((heads, base_text)) => {
+                let edits = text::diff(base_text, &self.shadow);
+                if edits.is_empty() && !self.poll {
+                    return None;
+                }
+                SpliceRequest::at(self.path.clone(), heads.clone(), edits)
+            }
+        };
+        self.poll = false;
+        self.in_flight = Some(self.shadow.clone());
+        Some(req)
+    }
+
+    /// The request in flight failed: it is sent again later.
+    pub fn failed(&mut self) {
+        self.in_flight = None;
+    }
+
+    /// Takes the node's answer; returns the LSP edits to send the editor.
+    pub fn answer(&mut self, resp: SpliceResponse) -> Option<Vec<Value>> {
+        let sent = self.in_flight.take()?;
+        let catch_up = resp.catch_up.unwrap_or_default();
+        let mine = resp.mine.unwrap_or_default();
+        if self.base.is_none() {
+            // The first answer: the node's whole text.
+            let node = text::apply_splices("", &catch_up);
+            self.base = Some((resp.heads, node.clone()));
+            if node == self.shadow || self.editor_wins {
+                // Equal, or the editor's text goes to the node next.
+                return None;
+            }
+            return self.expect_echo(node, None);
+        }
+        let node = text::apply_splices(&sent, &catch_up);
+        if self.shadow != sent {
+            // The editor moved on: its base is what it sent; the next
+            // exchange brings the catch-up again, from there.
+            self.base = Some((mine, sent));
+            return None;
+        }
+        if node == self.shadow {
+            self.base = Some((resp.heads, node));
+            return None;
+        }
+        self.base = Some((resp.heads, node.clone()));
+        self.expect_echo(node, Some((mine, sent)))
+    }
+
+    fn expect_echo(
+        &mut self,
+        target: String,
+        fallback: Option<(Vec<String>, String)>,
+    ) -> Option<Vec<Value>> {
+        let edits = text::text_edits(&self.shadow, &target);
+        let fallback = fallback.or_else(|| self.base.clone())?;
+        self.echo = Some(Echo { target, fallback });
+        Some(edits)
+    }
+
+    /// The editor reports a change (one `contentChanges` entry).
+    pub fn change(&mut self, change: &Value) -> Result<(), String> {
+        text::apply_change(&mut self.shadow, change)?;
+        if self.echo.as_ref().is_some_and(|e| e.target == self.shadow) {
+            self.echo = None;
+        }
+        Ok(())
+    }
+
+    /// The editor answered the `applyEdit`: if its echo has not been seen,
+    /// it did not apply it (refused, or skipped as out of date).
+    pub fn applied(&mut self) {
+        if let Some(e) = self.echo.take() {
+            self.base = Some(e.fallback);
+        }
+    }
+
+    /// The editor saved `text`.
+    pub fn save(&mut self, text: String) {
+        self.saved = Some(text);
+    }
+
+    /// A save whose text is the node's at the base: its hash and heads.
+    pub fn settled_save(&mut self) -> Option<([u8; 32], Vec<String>)> {
+        if self.echo.is_some() {
+            return None;
+        }
+        let (heads, base_text) = self.base.as_ref()?;
+        let saved = self.saved.as_ref()?;
+        if saved != base_text {
+            return None;
+        }
+        let hash = *blake3::hash(saved.as_bytes()).as_bytes();
+        let heads = heads.clone();
+        self.saved = None;
+        Some((hash, heads))
+    }
+}

@@ -1,0 +1,257 @@
+//! Positions as LSP counts them (lines, UTF-16 code units) against text as
+//! the node counts it (Unicode scalar values), and edits between the two.
+//!
+//! Lines end at `\n`, `\r\n` or a lone `\r` (LSP's rule); a column past the
+//! end of its line means the end of the line, a line past the end of the
+//! text means its end.
+
+use serde_json::{Value, json};
+use xencode_node::workspace::merge;
+use xencode_protocol::api::SpliceEdit;
+
+/// An LSP position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pos {
+    pub line: u32,
+    pub character: u32,
+}
+
+impl Pos {
+    pub fn from_json(v: &Value) -> Option<Self> {
+        Some(Self {
+            line: u32::try_from(v.get("line")?.as_u64()?).ok()?,
+            character: u32::try_from(v.get("character")?.as_u64()?).ok()?,
+        })
+    }
+
+    pub fn to_json(self) -> Value {
+        json!({"line": self.line, "character": self.character})
+    }
+}
+
+/// The byte offset of `pos` in `text`.
+pub fn byte_at(text: &str, pos: Pos) -> usize {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    let mut line = 0;
+    while line < pos.line {
+        match bytes[i..].iter().position(|&b| b == b'\n' || b == b'\r') {
+            Some(k) => {
+                i += k;
+                i += if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                line += 1;
+            }
+            None => return text.len(),
+        }
+    }
+    let mut units = 0u32;
+    for (k, c) in text[i..].char_indices() {
+        if c == '\n' || c == '\r' || units >= pos.character {
+            return i + k;
+        }
+        units += c.len_utf16() as u32;
+    }
+    text.len()
+}
+
+/// The LSP position of byte offset `at` (a char boundary) in `text`.
+pub fn pos_at(text: &str, at: usize) -> Pos {
+    let before = &text[..at];
+    let mut line = 0u32;
+    let mut start = 0;
+    let b = before.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\n' || (b[i] == b'\r' && b.get(i + 1) != Some(&b'\n')) {
+            line += 1;
+            start = i + 1;
+        }
+        i += 1;
+    }
+    // "\r" at the very end of `before` followed by "\n" in the text: still
+    // on the line the pair ends.
+    let character = before[start..]
+        .chars()
+        .filter(|c| *c != '\r')
+        .map(|c| c.len_utf16() as u32)
+        .sum();
+    Pos { line, character }
+}
+
+/// Applies one `contentChanges` entry (a range and its new text, or the
+/// whole text) to `text`.
+pub fn apply_change(text: &mut String, change: &Value) -> Result<(), String> {
+    let new = change
+        .get("text")
+        .and_then(Value::as_str)
+        .ok_or("a content change without text")?;
+    match change.get("range") {
+        None | Some(Value::Null) => {
+            text.clear();
+            text.push_str(new);
+        }
+        Some(range) => {
+            let start = range.get("start").and_then(Pos::from_json);
+            let end = range.get("end").and_then(Pos::from_json);
+            let (Some(start), Some(end)) = (start, end) else {
+                return Err("a content change with a malformed range".into());
+            };
+            let (a, b) = (byte_at(text, start), byte_at(text, end));
+            if a > b {
+                return Err("a content change whose range ends before it starts".into());
+            }
+            text.replace_range(a..b, new);
+        }
+    }
+    Ok(())
+}
+
+/// Byte offset of scalar index `n` in `text`, counting from byte `from`
+/// (itself at scalar index `at`).
+fn byte_of_char(text: &str, from: usize, at: u64, n: u64) -> usize {
+    let skip = usize::try_from(n - at).unwrap_or(usize::MAX);
+    text[from..]
+        .char_indices()
+        .nth(skip)
+        .map_or(text.len(), |(k, _)| from + k)
+}
+
+/// LSP `TextEdit`s (all relative to `old`, as LSP wants) that turn `old`
+/// into `new`.
+pub fn text_edits(old: &str, new: &str) -> Vec<Value> {
+    let splices = merge::splices(old, new);
+    let mut out = Vec::with_capacity(splices.len());
+    // Splices are in order, each relative to the text the previous ones
+    // left: map each back to `old`'s scalar positions.
+    let mut shift: i64 = 0;
+    let (mut byte, mut chr) = (0usize, 0u64);
+    for s in &splices {
+        let orig = i64::try_from(s.pos).unwrap_or(i64::MAX) - shift;
+        let Ok(orig) = u64::try_from(orig) else {
+            return whole(old, new);
+        };
+        if orig < chr {
+            return whole(old, new);
+        }
+        let start = byte_of_char(old, byte, chr, orig);
+        let end = byte_of_char(old, start, orig, orig + s.delete);
+        // LSP has no position between "\r" and "\n": take the pair whole.
+        let (mut a, mut b, mut insert) = (start, end, s.insert.clone());
+        if splits_crlf(old, a) {
+            a -= 1;
+            insert.insert(0, '\r');
+        }
+        if splits_crlf(old, b) {
+            b += 1;
+            insert.push('\n');
+        }
+        out.push(json!({
+            "range": {"start": pos_at(old, a).to_json(), "end": pos_at(old, b).to_json()},
+            "newText": insert,
+        }));
+        shift += s.insert.chars().count() as i64 - i64::try_from(s.delete).unwrap_or(0);
+        (byte, chr) = (end, orig + s.delete);
+    }
+    out
+}
+
+/// Whether byte `at` falls between the two bytes of a "\r\n".
+fn splits_crlf(text: &str, at: usize) -> bool {
+    at > 0 && text.as_bytes().get(at - 1) == Some(&b'\r') && text.as_bytes().get(at) == Some(&b'\n')
+}
+
+/// One edit replacing all of `old`.
+fn whole(old: &str, new: &str) -> Vec<Value> {
+    vec![json!({
+        "range": {"start": Pos { line: 0, character: 0 }.to_json(), "end": pos_at(old, old.len()).to_json()},
+        "newText": new,
+    })]
+}
+
+/// Applies LSP `TextEdit`s (relative to `text`, not overlapping) to `text`.
+#[cfg(test)]
+pub fn apply_text_edits(text: &str, edits: &[Value]) -> String {
+    let mut spans: Vec<(usize, usize, String)> = edits
+        .iter()
+        .map(|e| {
+            let r = &e["range"];
+            let a = byte_at(text, Pos::from_json(&r["start"]).expect("start"));
+            let b = byte_at(text, Pos::from_json(&r["end"]).expect("end"));
+            (a, b, e["newText"].as_str().expect("text").to_owned())
+        })
+        .collect();
+    spans.sort_by_key(|s| std::cmp::Reverse(s.0));
+    let mut out = text.to_owned();
+    for (a, b, t) in spans {
+        out.replace_range(a..b, &t);
+    }
+    out
+}
+
+/// The node's splices that turn `old` into `new`.
+pub fn diff(old: &str, new: &str) -> Vec<SpliceEdit> {
+    merge::splices(old, new)
+}
+
+/// Applies node splices to `text`.
+pub fn apply_splices(text: &str, edits: &[SpliceEdit]) -> String {
+    merge::apply(text, edits)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn p(line: u32, character: u32) -> Pos {
+        Pos { line, character }
+    }
+
+    #[test]
+    fn utf16_columns_and_every_line_ending() {
+        let t = "a😀b\r\nsé\rx\ny";
+        assert_eq!(byte_at(t, p(0, 3)), "a😀".len(), "the emoji is two units");
+        assert_eq!(byte_at(t, p(0, 99)), "a😀b".len(), "clamped to the line");
+        assert_eq!(byte_at(t, p(1, 1)), "a😀b\r\ns".len());
+        assert_eq!(
+            byte_at(t, p(2, 0)),
+            "a😀b\r\nsé\r".len(),
+            "a lone \\r ends a line"
+        );
+        assert_eq!(byte_at(t, p(3, 1)), t.len());
+        assert_eq!(byte_at(t, p(9, 0)), t.len());
+        for at in (0..=t.len()).filter(|a| t.is_char_boundary(*a)) {
+            let inside_crlf =
+                at > 0 && t.as_bytes()[at - 1] == b'\r' && t.as_bytes().get(at) == Some(&b'\n');
+            if !inside_crlf {
+                assert_eq!(byte_at(t, pos_at(t, at)), at, "round trip at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn content_changes_apply_like_an_editor() {
+        let mut t = String::from("hello\nworld\n");
+        let change = json!({"range": {"start": {"line": 1, "character": 0}, "end": {"line": 1, "character": 5}}, "text": "there"});
+        apply_change(&mut t, &change).expect("apply");
+        assert_eq!(t, "hello\nthere\n");
+        apply_change(&mut t, &json!({"text": "all new"})).expect("full");
+        assert_eq!(t, "all new");
+        let backwards = json!({"range": {"start": {"line": 0, "character": 3}, "end": {"line": 0, "character": 1}}, "text": ""});
+        assert!(apply_change(&mut t, &backwards).is_err());
+        assert_eq!(t, "all new", "untouched");
+    }
+
+    proptest! {
+        #[test]
+        fn text_edits_turn_old_into_new(old in "[ab\n\r😀é]{0,24}", new in "[ab\n\r😀é]{0,24}") {
+            let edits = text_edits(&old, &new);
+            prop_assert_eq!(apply_text_edits(&old, &edits), new);
+        }
+    }
+}
