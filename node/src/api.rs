@@ -58,6 +58,9 @@ struct Inner {
     refusals: crate::store::refusals::Refusals,
     /// The OpenAPI document, built with the router.
     openapi: OnceLock<Arc<serde_json::Value>>,
+    /// Set when the node stops: long-lived streams (events) end, so that
+    /// the server's graceful shutdown does not wait for their clients.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// Linked folders.
     folders: OnceLock<crate::folder::Folders>,
 }
@@ -105,8 +108,14 @@ impl ApiState {
                 refusals: crate::store::refusals::Refusals::default(),
                 openapi: OnceLock::new(),
                 folders: OnceLock::new(),
+                stopping: tokio::sync::watch::Sender::new(false),
             }),
         }
+    }
+
+    /// Ends the long-lived streams (at shutdown).
+    pub fn stop_streams(&self) {
+        self.inner.stopping.send_replace(true);
     }
 
     /// Makes the loaded store available; `/health` turns 200.

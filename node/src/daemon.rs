@@ -237,8 +237,18 @@ pub async fn run(
     let served = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");
+            state.stop_streams();
             let _ = stop_tx.send(true);
-            server.await
+            // A client that keeps its connection open does not hold the
+            // node up for long.
+            match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("connections still open after 5 s; closing them");
+                    server.abort();
+                    server.await
+                }
+            }
         }
         r = &mut server => r,
     };

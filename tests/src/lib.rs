@@ -13,6 +13,7 @@ pub use serde_json;
 
 pub mod browser;
 pub mod member;
+pub mod neovim;
 pub mod netns;
 pub mod ollama_double;
 pub mod raw_peer;

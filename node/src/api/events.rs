@@ -25,17 +25,26 @@ pub async fn events(
     let only = workspace_filter(query.as_deref())?;
     let rx = store.subscribe();
     let gauge = Subscriber::new(state.inner.metrics.clone());
+    let stopping = state.inner.stopping.subscribe();
     let stream = futures::stream::unfold(
-        (rx, store, gauge),
-        move |(mut rx, store, gauge)| async move {
+        (rx, store, gauge, stopping),
+        move |(mut rx, store, gauge, mut stopping)| async move {
             loop {
-                let event = match rx.recv().await {
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    // The node is stopping: the stream ends.
+                    _ = stopping.wait_for(|s| *s) => return None,
+                };
+                let event = match received {
                     Ok(event) => event,
                     Err(RecvError::Lagged(missed)) => NodeEvent::Lagged { missed },
                     Err(RecvError::Closed) => return None,
                 };
                 if visible(&store, only, &event) {
-                    return Some((Ok::<_, Infallible>(to_sse(&event)), (rx, store, gauge)));
+                    return Some((
+                        Ok::<_, Infallible>(to_sse(&event)),
+                        (rx, store, gauge, stopping),
+                    ));
                 }
             }
         },

@@ -448,8 +448,9 @@ impl Server {
                 }
                 self.pump();
             }
-            "analysis" => {
-                if let Some(ws) = ws {
+            // A teammate's analysis arrives as a change of the index.
+            "analysis" | "index_changed" => {
+                if let Some(ws) = ws.filter(|w| self.docs.values().any(|d| d.workspace == *w)) {
                     self.fetch_analyses(ws);
                 }
             }

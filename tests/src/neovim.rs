@@ -1,0 +1,208 @@
+//! A real Neovim (Debian's, headless) with its built-in LSP client running
+//! `xencode lsp`, driven over its RPC socket with `nvim --server --remote-expr`.
+//!
+//! The configuration is the one `docs/editors.md` gives, plus a few helpers
+//! for the test to read and edit the buffer.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::xencode_bin;
+
+/// The init file: the documented setup and the test's helpers.
+const INIT: &str = r#"
+vim.o.swapfile = false
+vim.o.hidden = true
+vim.o.shortmess = vim.o.shortmess .. 'F'
+local cmd = { vim.env.XENCODE_BIN, '--data-dir', vim.env.XENCODE_HOME, 'lsp' }
+local client_id
+vim.api.nvim_create_autocmd({ 'BufReadPost', 'BufNewFile' }, {
+  callback = function(args)
+    if not client_id then
+      client_id = vim.lsp.start_client({
+        name = 'xencode',
+        cmd = cmd,
+        root_dir = vim.fn.getcwd(),
+        flags = { debounce_text_changes = 0 },
+      })
+    end
+    vim.lsp.buf_attach_client(args.buf, client_id)
+  end,
+})
+-- The language server brings every change into the buffer; a reload from
+-- disk would only race it.
+vim.o.autoread = false
+_G.xmessages = {}
+vim.lsp.handlers['window/showMessage'] = function(_, result)
+  table.insert(_G.xmessages, result.message)
+end
+-- Answers travel through the message area, which shortens long ones:
+-- the buffer's text goes through a file instead.
+function _G.xdump(path)
+  local lines = vim.api.nvim_buf_get_lines(0, 0, -1, true)
+  local eol = vim.bo.eol and '\n' or ''
+  local f = assert(io.open(path .. '.tmp', 'wb'))
+  f:write(table.concat(lines, '\n') .. eol)
+  f:close()
+  assert(os.rename(path .. '.tmp', path))
+  return 1
+end
+function _G.xattached()
+  return #vim.tbl_keys(vim.lsp.buf_get_clients(0))
+end
+-- Inserts `text` ('|' stands for a newline) at character `pos` of the
+-- buffer's text (counted in characters; the text is ASCII here).
+function _G.xinsert(pos, text)
+  text = text:gsub('|', '\n')
+  local lines = vim.api.nvim_buf_get_lines(0, 0, -1, true)
+  local row, col = 0, pos
+  for i, l in ipairs(lines) do
+    if col <= #l then row = i - 1 break end
+    col = col - #l - 1
+    row = i
+  end
+  if row >= #lines then row = #lines - 1 col = #lines[#lines] end
+  vim.api.nvim_buf_set_text(0, row, col, row, col, vim.split(text, '\n', true))
+  return 1
+end
+function _G.xdiagnostics()
+  local out = {}
+  for _, d in ipairs(vim.diagnostic.get(0)) do
+    table.insert(out, d.lnum .. ':' .. d.message)
+  end
+  return vim.fn.json_encode(table.concat(out, '\n'))
+end
+function _G.xlog()
+  return vim.fn.json_encode(table.concat(_G.xmessages, '\n'))
+end
+"#;
+
+/// One headless Neovim editing one file.
+pub struct Neovim {
+    child: Child,
+    socket: PathBuf,
+    dump: PathBuf,
+}
+
+impl Drop for Neovim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Why Neovim cannot run here, if it cannot.
+pub fn unavailable() -> Option<String> {
+    match Command::new("nvim").arg("--version").output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("`nvim` is not installed (apt install neovim)".into()),
+    }
+}
+
+impl Neovim {
+    /// Opens `file` with the LSP client talking to the node of `data_dir`.
+    pub fn open(scratch: &Path, data_dir: &Path, file: &Path) -> Result<Self> {
+        std::fs::create_dir_all(scratch)?;
+        let init = scratch.join("init.lua");
+        std::fs::write(&init, INIT)?;
+        let socket = scratch.join("nvim.sock");
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new("nvim")
+            .arg("--headless")
+            .arg("-n")
+            .arg("-u")
+            .arg(&init)
+            .arg("--listen")
+            .arg(&socket)
+            .arg(file)
+            .current_dir(file.parent().unwrap_or(scratch))
+            .env("XENCODE_BIN", xencode_bin())
+            .env("XENCODE_HOME", data_dir)
+            .env("XDG_STATE_HOME", scratch)
+            .env("XDG_DATA_HOME", scratch)
+            .env("XDG_CACHE_HOME", scratch)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nvim")?;
+        let dump = scratch.join("buffer.txt");
+        let nvim = Self {
+            child,
+            socket,
+            dump,
+        };
+        let started = Instant::now();
+        while nvim.expr("luaeval('xattached()')").ok().as_deref() != Some("1") {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("Neovim did not attach the language server");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(nvim)
+    }
+
+    /// Evaluates a Vim expression in Neovim (Neovim 0.7 prints the result
+    /// on stderr, with line ends translated: helpers answer in JSON).
+    pub fn expr(&self, e: &str) -> Result<String> {
+        let out = Command::new("nvim")
+            .arg("--headless")
+            .arg("--server")
+            .arg(&self.socket)
+            .arg("--remote-expr")
+            .arg(e)
+            .stdin(Stdio::null())
+            .output()
+            .context("nvim --remote-expr")?;
+        if !out.status.success() {
+            bail!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+
+    /// Evaluates a helper that answers a JSON string.
+    fn json(&self, e: &str) -> Option<String> {
+        self.expr(e)
+            .ok()
+            .and_then(|s| serde_json::from_str::<String>(&s).ok())
+    }
+
+    /// The buffer's text ("" if Neovim did not answer).
+    pub fn text(&self) -> String {
+        self.try_text().unwrap_or_default()
+    }
+
+    /// The buffer's text, if Neovim answered.
+    pub fn try_text(&self) -> Option<String> {
+        let path = self.dump.to_str()?.replace('\'', "''");
+        self.expr(&format!("luaeval('xdump(_A)', '{path}')")).ok()?;
+        std::fs::read_to_string(&self.dump).ok()
+    }
+
+    /// Inserts ASCII `text` ('|' for a newline) at character `pos`.
+    pub fn insert(&self, pos: usize, text: &str) -> Result<()> {
+        let quoted = text.replace('\'', "''");
+        self.expr(&format!(
+            "luaeval('xinsert(_A[1], _A[2])', [{pos}, '{quoted}'])"
+        ))
+        .map(|_| ())
+    }
+
+    /// The diagnostics shown: `line:message` per line (0-based lines).
+    pub fn diagnostics(&self) -> String {
+        self.json("luaeval('xdiagnostics()')").unwrap_or_default()
+    }
+
+    /// The server's messages shown to the user.
+    pub fn messages(&self) -> String {
+        self.json("luaeval('xlog()')").unwrap_or_default()
+    }
+
+    /// Whether Neovim still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+}

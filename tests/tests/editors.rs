@@ -1,0 +1,282 @@
+//! Editors join live through `xencode lsp` (`docs/editors.md`): two real
+//! nodes on loopback, each with its linked folder, and a real Neovim
+//! (headless, its built-in LSP client) on each.
+//!
+//! Needs `nvim`; without it the tests skip (fail under
+//! `XENCODE_REQUIRE_ALL_TESTS=1`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use xencode_tests::neovim::{self, Neovim};
+use xencode_tests::{Node, invite_and_join, last_line, ok_stdout, skip_or_fail, wait_for};
+
+const SYNC: Duration = Duration::from_secs(60);
+
+struct Pair {
+    tmp: tempfile::TempDir,
+    a: Node,
+    b: Node,
+    ws: String,
+    fa: PathBuf,
+    fb: PathBuf,
+}
+
+impl Pair {
+    fn logs(&self) -> String {
+        format!(
+            "--- A ---\n{}\n--- B ---\n{}",
+            self.a.log_text(),
+            self.b.log_text()
+        )
+    }
+}
+
+/// A shares a folder holding `files`; B joins and links its own; both
+/// folders hold them.
+async fn pair(files: &[(&str, &str)]) -> Option<Pair> {
+    if let Some(reason) = neovim::unavailable() {
+        skip_or_fail("editor tests", &reason);
+        return None;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(&tmp.path().join("a")).expect("a");
+    let b = Node::start(&tmp.path().join("b")).expect("b");
+    let fa = tmp.path().join("folder-a");
+    let fb = tmp.path().join("folder-b");
+    for (path, body) in files {
+        let p = fa.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, body).expect("write");
+    }
+    let out = a.cli(&[
+        "folder",
+        "share",
+        fa.to_str().expect("utf8"),
+        "--name",
+        "pair",
+    ]);
+    ok_stdout(&out);
+    let ws = last_line(&out);
+    invite_and_join(&a, &ws, &b, "developer");
+    ok_stdout(&b.cli(&["folder", "link", &ws, fb.to_str().expect("utf8")]));
+    for (path, body) in files {
+        let p = fb.join(path);
+        let arrived = wait_for(SYNC, || {
+            let p = p.clone();
+            async move { std::fs::read_to_string(&p).is_ok_and(|s| s == *body) }
+        })
+        .await;
+        assert!(arrived, "{path} never reached B's folder");
+    }
+    Some(Pair {
+        tmp,
+        a,
+        b,
+        ws,
+        fa,
+        fb,
+    })
+}
+
+/// Waits until `f` holds (polling).
+async fn until(f: impl Fn() -> bool) -> bool {
+    let f = &f;
+    wait_for(SYNC, || async move { f() }).await
+}
+
+fn open(p: &Pair, who: &str, folder: &Path, node: &Node, rel: &str) -> Neovim {
+    Neovim::open(
+        &p.tmp.path().join(format!("nvim-{who}")),
+        &node.dir,
+        &folder.join(rel),
+    )
+    .unwrap_or_else(|e| panic!("{who}'s Neovim: {e:#}\n{}", p.logs()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_neovims_co_edit_through_their_nodes_and_nothing_is_lost_or_doubled() {
+    let Some(p) = pair(&[("src/app.py", "def main():\n    return 1\n")]).await else {
+        return;
+    };
+    let va = open(&p, "a", &p.fa, &p.a, "src/app.py");
+    let vb = open(&p, "b", &p.fb, &p.b, "src/app.py");
+    // Typed in one appears in the other.
+    va.insert(0, "# from A|").expect("type in A");
+    assert!(
+        until(|| vb.text() == "# from A\ndef main():\n    return 1\n").await,
+        "B's buffer: {:?}\n{}",
+        vb.text(),
+        p.logs()
+    );
+    // Both type at the same spot at once: both end identical, with both.
+    std::thread::scope(|s| {
+        s.spawn(|| va.insert(0, "AAA").expect("A"));
+        s.spawn(|| vb.insert(0, "BBB").expect("B"));
+    });
+    assert!(
+        until(|| {
+            let (ta, tb) = (va.text(), vb.text());
+            ta == tb && ta.contains("AAA") && ta.contains("BBB")
+        })
+        .await,
+        "A {:?} B {:?}",
+        va.text(),
+        vb.text()
+    );
+    // A third tool writes the file on disk in A's folder: both buffers get it.
+    let disk = p.fa.join("src/app.py");
+    let now = std::fs::read_to_string(&disk).unwrap_or_default();
+    let edited = va.text().replace("return 1", "return 2");
+    assert_ne!(now, edited);
+    std::fs::write(&disk, &edited).expect("third tool");
+    assert!(
+        until(|| va.text().contains("return 2") && vb.text().contains("return 2")).await,
+        "A {:?} B {:?}\n{}",
+        va.text(),
+        vb.text(),
+        p.logs()
+    );
+    // 1,000 edits from both sides at once at random places: A types runs
+    // of `x`, B of `y` (and now and then a new line). At the end both
+    // buffers are equal, and hold exactly what was typed: every `x` and `y`
+    // once, the text from before in its order, nothing lost or doubled.
+    let before = va.text();
+    let edits = 500;
+    let typed = |name: &str, i: usize| {
+        let c = if name == "a" { "x" } else { "y" };
+        let run = c.repeat(1 + i % 3);
+        if i % 50 == 49 { format!("{run}|") } else { run }
+    };
+    std::thread::scope(|s| {
+        for (name, v) in [("a", &va), ("b", &vb)] {
+            s.spawn(move || {
+                let mut seed: u64 = if name == "a" { 7 } else { 11 };
+                for i in 0..edits {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let len = v.text().chars().count();
+                    let pos = usize::try_from(seed >> 33).unwrap_or(0) % (len + 1);
+                    v.insert(pos, &typed(name, i)).expect("edit");
+                }
+            });
+        }
+    });
+    // Settled: both buffers and both nodes hold the same text.
+    let settled = wait_for(SYNC, || async {
+        let (Some(ta), Some(tb)) = (va.try_text(), vb.try_text()) else {
+            return false;
+        };
+        let na = p.a.file(&p.ws, "src/app.py").await;
+        let nb = p.b.file(&p.ws, "src/app.py").await;
+        ta == tb && na.as_deref() == Some(ta.as_bytes()) && nb.as_deref() == Some(ta.as_bytes())
+    })
+    .await;
+    let (ta, tb) = (va.text(), vb.text());
+    let na = p.a.file(&p.ws, "src/app.py").await;
+    let na = na.map(|b| String::from_utf8_lossy(&b).into_owned());
+    assert!(
+        settled,
+        "buffers and nodes differ:\nA {ta:?}\nB {tb:?}\nnode A {na:?}"
+    );
+    let count = |t: &str, c: char| t.chars().filter(|x| *x == c).count();
+    let xs: usize = (0..edits).map(|i| 1 + i % 3).sum();
+    assert_eq!(count(&ta, 'x'), xs, "A's typing lost or doubled: {ta:?}");
+    assert_eq!(count(&ta, 'y'), xs, "B's typing lost or doubled: {ta:?}");
+    assert_eq!(count(&ta, '\n'), count(&before, '\n') + 2 * edits / 50);
+    let rest = |t: &str| {
+        t.chars()
+            .filter(|c| !matches!(c, 'x' | 'y' | '\n'))
+            .collect::<String>()
+    };
+    assert_eq!(rest(&ta), rest(&before), "the text from before changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_teams_findings_show_as_diagnostics_and_follow_a_teammates_analysis() {
+    let body = "x = eval(input())\ndef broken(:\n    pass\n";
+    let Some(p) = pair(&[("bad.py", body)]).await else {
+        return;
+    };
+    let vb = open(&p, "b", &p.fb, &p.b, "bad.py");
+    // The teammate (A) analyses the file: B's editor shows the findings.
+    ok_stdout(&p.a.cli(&["analyze", &p.ws, "bad.py"]));
+    let shown = until(|| {
+        let d = vb.diagnostics();
+        d.lines()
+            .any(|l| l.starts_with("0:") && l.contains("CWE-95"))
+            && d.lines()
+                .any(|l| l.starts_with("1:") && l.contains("syntax error"))
+    })
+    .await;
+    assert!(shown, "diagnostics: {:?}\n{}", vb.diagnostics(), p.logs());
+    // A fixes the syntax error and analyses again: B's diagnostics follow.
+    std::fs::write(
+        p.fa.join("bad.py"),
+        "x = eval(input())\ndef fixed():\n    pass\n",
+    )
+    .expect("fix");
+    assert!(
+        until(|| vb.text().contains("fixed")).await,
+        "{:?}",
+        vb.text()
+    );
+    let fresh = wait_for(SYNC, || async {
+        ok_stdout(&p.a.cli(&["analyze", &p.ws, "bad.py"]));
+        let d = vb.diagnostics();
+        d.contains("CWE-95") && !d.contains("syntax error") && !d.contains("stale")
+    })
+    .await;
+    assert!(fresh, "diagnostics: {:?}\n{}", vb.diagnostics(), p.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_stopping_under_neovim_loses_nothing() {
+    let Some(p) = pair(&[("notes.md", "one\n")]).await else {
+        return;
+    };
+    let mut va = open(&p, "a", &p.fa, &p.a, "notes.md");
+    let ws = p.ws.clone();
+    let (dir, port) = (p.a.dir.clone(), p.a.p2p_port);
+    let Pair {
+        tmp: _tmp, a, b, ..
+    } = p;
+    a.stop();
+    va.insert(0, "typed while the node was down|")
+        .expect("type");
+    assert!(
+        until(|| va.messages().contains("node")).await,
+        "no word of the node going: {:?}",
+        va.messages()
+    );
+    assert!(va.alive(), "Neovim must keep running");
+    let a = Node::start_with(&dir, port, &[b.addr()]).expect("restart");
+    let want = "typed while the node was down\none\n";
+    let resumed = wait_for(SYNC, || async {
+        a.file(&ws, "notes.md")
+            .await
+            .is_some_and(|t| t == want.as_bytes())
+    })
+    .await;
+    assert!(
+        resumed,
+        "A's node: {:?}; buffer {:?}\n{}",
+        a.file(&ws, "notes.md")
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned()),
+        va.text(),
+        a.log_text()
+    );
+    let reached_b = wait_for(SYNC, || async {
+        b.file(&ws, "notes.md")
+            .await
+            .is_some_and(|t| t == want.as_bytes())
+    })
+    .await;
+    assert!(
+        reached_b,
+        "B never got the edit made while A's node was down"
+    );
+    assert_eq!(va.text(), want);
+}
