@@ -430,6 +430,28 @@ pub fn invite_and_join(inviter: &Node, ws: &str, joiner: &Node, role: &str) {
     );
 }
 
+/// Two nodes, A and B, sharing workspace `ws` through linked folders `fa`
+/// and `fb` under `tmp` (the folder and editor tests).
+pub struct Pair {
+    pub tmp: tempfile::TempDir,
+    pub a: Node,
+    pub b: Node,
+    pub ws: String,
+    pub fa: PathBuf,
+    pub fb: PathBuf,
+}
+
+impl Pair {
+    /// Both nodes' logs, for a failure message.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- A ---\n{}\n--- B ---\n{}",
+            self.a.log_text(),
+            self.b.log_text()
+        )
+    }
+}
+
 /// Skips a test that cannot run on this machine, saying why; under
 /// `XENCODE_REQUIRE_ALL_TESTS=1` (as in CI) a skip is a failure instead.
 pub fn skip_or_fail(test: &str, reason: &str) {

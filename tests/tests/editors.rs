@@ -5,32 +5,13 @@
 //! Needs `nvim`; without it the tests skip (fail under
 //! `XENCODE_REQUIRE_ALL_TESTS=1`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use xencode_tests::neovim::{self, Neovim};
-use xencode_tests::{Node, invite_and_join, last_line, ok_stdout, skip_or_fail, wait_for};
+use xencode_tests::{Node, Pair, invite_and_join, last_line, ok_stdout, skip_or_fail, wait_for};
 
 const SYNC: Duration = Duration::from_secs(60);
-
-struct Pair {
-    tmp: tempfile::TempDir,
-    a: Node,
-    b: Node,
-    ws: String,
-    fa: PathBuf,
-    fb: PathBuf,
-}
-
-impl Pair {
-    fn logs(&self) -> String {
-        format!(
-            "--- A ---\n{}\n--- B ---\n{}",
-            self.a.log_text(),
-            self.b.log_text()
-        )
-    }
-}
 
 /// A shares a folder holding `files`; B joins and links its own; both
 /// folders hold them.

@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use xencode_tests::{Node, invite_and_join, last_line, ok_stdout, wait_for};
+use xencode_tests::{Node, Pair, invite_and_join, last_line, ok_stdout, wait_for};
 
 const SYNC: Duration = Duration::from_secs(60);
 
@@ -119,25 +119,6 @@ fn diff(a: &Path, b: &Path) -> String {
         }
     }
     out
-}
-
-struct Pair {
-    tmp: tempfile::TempDir,
-    a: Node,
-    b: Node,
-    ws: String,
-    fa: PathBuf,
-    fb: PathBuf,
-}
-
-impl Pair {
-    fn logs(&self) -> String {
-        format!(
-            "--- A ---\n{}\n--- B ---\n{}",
-            self.a.log_text(),
-            self.b.log_text()
-        )
-    }
 }
 
 /// A shares folder `fa` (filled by `fill` first), B joins with `role` and
