@@ -84,7 +84,7 @@ pub async fn editors(
     };
     let mut saves = Vec::with_capacity(req.saves.len());
     for s in req.saves {
-        if s.heads.len() > 256 {
+        if s.heads.len() > super::routes::MAX_BASE_HEADS {
             return Err(bad("too many heads in a save"));
         }
         let heads = s

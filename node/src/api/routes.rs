@@ -192,7 +192,7 @@ pub async fn remove_file(
 
 /// A document's heads are few (one per concurrent writer); more is not a
 /// version of it.
-const MAX_BASE_HEADS: usize = 256;
+pub(super) const MAX_BASE_HEADS: usize = 256;
 
 pub async fn splice(
     State(state): State<ApiState>,

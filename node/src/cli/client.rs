@@ -8,6 +8,20 @@ use xencode_node::paths::DataDir;
 use xencode_protocol::api::{ErrorBody, WorkspaceList};
 use xencode_protocol::{WorkspaceId, WorkspacePath};
 
+/// The node answered with an error (its code and message); printed as
+/// `message [code]`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} [{code}]")]
+pub struct NodeRefused {
+    pub code: String,
+    pub message: String,
+}
+
+/// The error code the node refused with, if that is what `e` is.
+pub fn refusal_code(e: &anyhow::Error) -> Option<&str> {
+    e.downcast_ref::<NodeRefused>().map(|r| r.code.as_str())
+}
+
 /// A connection to the node of one data directory.
 pub struct Client {
     base: Url,
@@ -85,7 +99,11 @@ impl Client {
         }
         let body = resp.bytes().await.unwrap_or_default();
         match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(err) => bail!("{} [{}]", err.error.message, err.error.code),
+            Ok(err) => Err(NodeRefused {
+                code: err.error.code,
+                message: err.error.message,
+            }
+            .into()),
             Err(_) => bail!("the node answered {status}"),
         }
     }

@@ -401,15 +401,15 @@ impl Server {
             }
             Err(e) => {
                 doc.failed();
-                let msg = format!("{e:#}");
-                if msg.contains("[file_not_found]") {
+                match super::client::refusal_code(&e) {
                     // Not in the workspace yet (a new file): the folder adds
                     // it on save; the editor's text is the news then.
-                    doc.editor_wins = true;
-                } else if msg.contains("[unknown_base]") || msg.contains("[not_text]") {
-                    problem = Some(format!("{}: not live-shared: {msg}", doc.path));
-                } else {
-                    problem = Some(String::new());
+                    Some("file_not_found") => doc.editor_wins = true,
+                    Some("unknown_base" | "not_text") => {
+                        problem = Some(format!("{}: not live-shared: {e:#}", doc.path));
+                    }
+                    // Any other answer, or none: the node is not there.
+                    _ => problem = Some(String::new()),
                 }
             }
         }
