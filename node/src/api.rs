@@ -185,7 +185,7 @@ pub fn router(state: ApiState) -> Router {
     use xencode_protocol::api::{
         AuditLog, CreateWorkspace, EditorLease, EditorSession, FileInfo, FileList, FolderInfo,
         FolderList, FolderOutcome, FolderRequest, Health, InviteRequest, InviteResponse,
-        JoinRequest, LinkFolder, LoginLink, NodeEvent, NodeInfo, PeerList, RevokeRequest,
+        JoinRequest, LinkFolder, LoginLink, NodeEvent, NodeInfo, PeerList, Presence, RevokeRequest,
         SessionInfo, SpliceRequest, SpliceResponse, WorkspaceDetail, WorkspaceList,
         WorkspaceSummary,
     };
@@ -343,6 +343,16 @@ pub fn router(state: ApiState) -> Router {
             .json_body::<EditorSession>()
             .json::<EditorLease>(200),
             folders::editors,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/workspaces/{id}/presence",
+            Doc::new(
+                FOLDERS,
+                "Teammates with files of the workspace open in an editor, and their cursors",
+            )
+            .json::<Presence>(200),
+            folders::presence,
         )
         .route(
             Method::POST,

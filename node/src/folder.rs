@@ -31,7 +31,7 @@ use xencode_protocol::api::{FolderInfo, FolderOutcome, FolderState};
 
 use crate::store::folders::FolderLink;
 use crate::store::{Store, StoreError};
-use editors::{Editors, EditorsError, Save};
+use editors::{Cursor, Editors, EditorsError, Save};
 use task::Task;
 
 /// Tunables of linked folders.
@@ -134,6 +134,7 @@ impl Folders {
         // Editor sessions that stopped renewing give their files back.
         let weak = Arc::downgrade(&folders.running);
         let editors = Arc::clone(&folders.editors);
+        let store = folders.store.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
@@ -141,6 +142,7 @@ impl Folders {
                 let Some(running) = weak.upgrade() else { break };
                 let closed = editors.expire();
                 if !closed.is_empty() {
+                    tell_presence(&store, &editors, &closed).await;
                     recheck(&running, closed).await;
                 }
             }
@@ -339,19 +341,23 @@ impl Folders {
         rx.await.map_err(|_| FolderError::Stopped)?
     }
 
-    /// An editor session (`xencode lsp`) holds `open` of `workspace` open
-    /// and wrote `saves` (see [`editors`]); renewed within
-    /// [`editors::LEASE`] or it lapses.
+    /// An editor session (`xencode lsp`) holds `open` of `workspace` open,
+    /// with its cursor at `cursors`, and wrote `saves` (see [`editors`]);
+    /// renewed within [`editors::LEASE`] or it lapses. Teammates hear what
+    /// this node has open.
     pub async fn editing(
         &self,
         session: &str,
         workspace: WorkspaceId,
         open: std::collections::BTreeSet<String>,
         saves: Vec<(String, Save)>,
+        cursors: Vec<(String, Cursor)>,
     ) -> Result<Duration, EditorsError> {
-        let closed = self.editors.update(session, workspace, open, saves)?;
+        let closed = self
+            .editors
+            .update(session, workspace, open, saves, cursors)?;
+        tell_presence(&self.store, &self.editors, &[(workspace, String::new())]).await;
         if !closed.is_empty() {
-            let closed = closed.into_iter().map(|p| (workspace, p)).collect();
             recheck(&self.running, closed).await;
         }
         Ok(editors::LEASE)
@@ -379,6 +385,26 @@ impl Folders {
             .collect();
         for r in all {
             stop(r).await;
+        }
+    }
+}
+
+/// Tells the store what this node has open in the workspaces named in
+/// `touched`, for its teammates.
+async fn tell_presence(store: &Store, editors: &Editors, touched: &[(WorkspaceId, String)]) {
+    let workspaces: std::collections::BTreeSet<WorkspaceId> =
+        touched.iter().map(|(ws, _)| *ws).collect();
+    for ws in workspaces {
+        let files = editors
+            .presence(ws)
+            .into_iter()
+            .map(|(path, c)| crate::store::OpenHere {
+                path,
+                cursor: c.map(|c| (c.offset, c.heads)),
+            })
+            .collect();
+        if let Err(e) = store.set_presence(ws, files).await {
+            tracing::debug!(%ws, error = %e, "presence not told");
         }
     }
 }

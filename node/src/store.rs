@@ -23,7 +23,10 @@ pub mod fuzz;
 mod host;
 mod memberships;
 mod persist;
+mod presence;
 pub mod refusals;
+
+pub use presence::OpenHere;
 mod sync_driver;
 pub mod tables;
 pub mod tokens;
@@ -332,6 +335,17 @@ pub(crate) enum Command {
         path: WorkspacePath,
         now_ms: u64,
         reply: Reply<()>,
+    },
+    /// This node's editors have these files open, with cursors (offset,
+    /// heads): its presence.
+    SetPresence {
+        ws: WorkspaceId,
+        files: Vec<OpenHere>,
+    },
+    /// Teammates with files of `ws` open.
+    Presence {
+        ws: WorkspaceId,
+        reply: Reply<Vec<xencode_protocol::api::Teammate>>,
     },
     Splice {
         ws: WorkspaceId,
@@ -706,6 +720,27 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// What this node's editors have open in `ws` (path, cursor offset and
+    /// the heads it is at): its teammates hear it.
+    pub async fn set_presence(
+        &self,
+        ws: WorkspaceId,
+        files: Vec<OpenHere>,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::SetPresence { ws, files })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Teammates with files of `ws` open in an editor, with their cursors.
+    pub async fn presence(
+        &self,
+        ws: WorkspaceId,
+    ) -> Result<Vec<xencode_protocol::api::Teammate>, StoreError> {
+        self.ask(|reply| Command::Presence { ws, reply }).await
     }
 
     /// Compacts every document that has change records; returns how many.

@@ -514,6 +514,9 @@ pub enum NodeEvent {
         target: String,
         kind: String,
     },
+    /// Which files teammates have open (or where their cursors are)
+    /// changed: see `GET /api/v1/workspaces/{id}/presence`.
+    Presence { workspace: WorkspaceId },
     /// The client fell behind and missed events: refetch what it shows.
     Lagged { missed: u64 },
 }
@@ -529,7 +532,8 @@ impl NodeEvent {
             | Self::Session { workspace, .. }
             | Self::Applied { workspace, .. }
             | Self::Rejected { workspace, .. }
-            | Self::Analysis { workspace, .. } => Some(*workspace),
+            | Self::Analysis { workspace, .. }
+            | Self::Presence { workspace } => Some(*workspace),
             Self::Peer { .. } | Self::Lagged { .. } => None,
         }
     }
@@ -546,6 +550,7 @@ impl NodeEvent {
             Self::Applied { .. } => "applied",
             Self::Rejected { .. } => "rejected",
             Self::Analysis { .. } => "analysis",
+            Self::Presence { .. } => "presence",
             Self::Lagged { .. } => "lagged",
         }
     }
@@ -715,6 +720,38 @@ pub struct EditorSession {
     pub open: Vec<WorkspacePath>,
     #[serde(default)]
     pub saves: Vec<EditorSave>,
+    /// Where the editor's cursor is in open files (teammates see it).
+    #[serde(default)]
+    pub cursors: Vec<EditorCursor>,
+}
+
+/// An editor's cursor: an offset in Unicode scalar values into the file's
+/// text at `heads` (hex; the version the editor holds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditorCursor {
+    pub path: WorkspacePath,
+    pub offset: u64,
+    pub heads: Vec<String>,
+}
+
+/// A teammate (another node) with a file of the workspace open in an
+/// editor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Teammate {
+    pub peer_id: String,
+    /// Its role in the workspace, if it is a member still.
+    pub role: Option<Role>,
+    pub path: WorkspacePath,
+    /// Its cursor: an offset in Unicode scalar values into the file's
+    /// current text on this node, if it said where it is.
+    pub cursor: Option<u64>,
+}
+
+/// `GET /api/v1/workspaces/{id}/presence`: who has which files open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Presence {
+    pub teammates: Vec<Teammate>,
 }
 
 /// A save an editor made: the saved bytes' blake3 hash (hex), and the
@@ -731,6 +768,9 @@ pub struct EditorSave {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EditorLease {
     pub lease_ms: u64,
+    /// Teammates with one of the session's open files open too.
+    #[serde(default)]
+    pub teammates: Vec<Teammate>,
 }
 
 /// What `folder unlink` or `folder revert` did.

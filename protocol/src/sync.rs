@@ -50,7 +50,7 @@ use libp2p_identity::PeerId;
 use crate::envelope::SignedHead;
 use crate::ids::{DocId, WorkspaceId};
 use crate::policy::AdmitError;
-use crate::wire::{Frame, MAX_REASON_BYTES};
+use crate::wire::{Frame, MAX_REASON_BYTES, OpenFile};
 
 /// Bounds of the engine.
 #[derive(Debug, Clone)]
@@ -167,6 +167,12 @@ pub enum Input {
         peer: PeerId,
         workspace: WorkspaceId,
         digest: [u8; 16],
+    },
+    /// This node has these files of `workspace` open in editors (all of
+    /// them; empty when none): its members with a session hear it.
+    Presence {
+        workspace: WorkspaceId,
+        files: Vec<OpenFile>,
     },
     /// Time passed.
     Tick,
@@ -304,6 +310,14 @@ pub enum Event {
         reason: RejectReason,
         count: usize,
     },
+    /// An admitted peer has these files of the workspace open (all of
+    /// them: it replaces what the peer said before). Its word ends with
+    /// [`Event::SessionClosed`].
+    Presence {
+        peer: PeerId,
+        workspace: WorkspaceId,
+        files: Vec<OpenFile>,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -380,6 +394,8 @@ pub struct Engine {
     dialed: BTreeMap<PeerId, u64>,
     /// The time of the input being handled, stamped on frames sent.
     now_ms: u64,
+    /// What this node has open in editors, per workspace (never empty).
+    presence: BTreeMap<WorkspaceId, Vec<OpenFile>>,
 }
 
 /// Least time between two dials of one peer prompted by its announcements.
@@ -391,6 +407,7 @@ const MAX_RESOLVE_ROUNDS: usize = 8;
 /// Recent signatures kept in memory before the cache is cleared.
 const MAX_RECENT_SIGNATURES: usize = 65_536;
 
+mod presence;
 mod receive;
 mod send;
 
@@ -529,6 +546,7 @@ impl Engine {
                 workspace,
                 digest,
             } => self.announced(host, peer, workspace, digest, now_ms),
+            Input::Presence { workspace, files } => self.local_presence(workspace, files),
             Input::Tick => {
                 self.expire(now_ms);
                 self.revalidate(host, now_ms);
@@ -648,6 +666,7 @@ impl Engine {
                     self.close_session((peer, ws));
                 }
             }
+            Frame::Presence { files, .. } => self.peer_presence(peer, ws, files),
             Frame::Sync {
                 doc,
                 message,
@@ -723,6 +742,7 @@ impl Engine {
             peer,
             workspace: ws,
         });
+        self.greet_with_presence(peer, ws);
         for doc in host.documents(&ws) {
             self.generate(host, peer, ws, doc);
         }

@@ -24,6 +24,11 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Longest refusal reason.
 pub const MAX_REASON_BYTES: usize = 512;
 
+/// Files one presence frame may name.
+pub const MAX_PRESENCE_FILES: usize = 64;
+/// Longest cursor (an Automerge cursor's text form) accepted.
+pub const MAX_CURSOR_BYTES: usize = 128;
+
 /// Largest gossip announcement accepted, in bytes.
 pub const MAX_ANNOUNCEMENT_BYTES: usize = 64;
 
@@ -92,6 +97,24 @@ pub enum Frame {
     },
     /// Ends the session for a workspace.
     Close { workspace: WorkspaceId },
+    /// The files of the workspace the sender has open in an editor, with
+    /// where its cursor is: all of them (it replaces what the sender said
+    /// before; empty when none). Ephemeral: never stored, gone with the
+    /// session.
+    Presence {
+        workspace: WorkspaceId,
+        files: Vec<OpenFile>,
+    },
+}
+
+/// A file open in an editor on the sending node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OpenFile {
+    /// The file's workspace path (the receiver checks it like any path).
+    pub path: String,
+    /// An Automerge cursor (its text form) in the file's text: it stays on
+    /// the same character whatever is typed around it.
+    pub cursor: Option<String>,
 }
 
 impl Frame {
@@ -102,7 +125,8 @@ impl Frame {
             | Frame::Accept { workspace, .. }
             | Frame::Refuse { workspace, .. }
             | Frame::Sync { workspace, .. }
-            | Frame::Close { workspace } => *workspace,
+            | Frame::Close { workspace }
+            | Frame::Presence { workspace, .. } => *workspace,
         }
     }
 }
@@ -144,6 +168,19 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
         Frame::Refuse { reason, .. } if reason.len() > MAX_REASON_BYTES => {
             Err(WireError::FieldTooLarge("reason"))
         }
+        Frame::Presence { files, .. } if files.len() > MAX_PRESENCE_FILES => {
+            Err(WireError::FieldTooLarge("presence files"))
+        }
+        Frame::Presence { files, .. }
+            if files.iter().any(|f| {
+                f.path.len() > crate::path::MAX_PATH_BYTES
+                    || f.cursor
+                        .as_ref()
+                        .is_some_and(|c| c.len() > MAX_CURSOR_BYTES)
+            }) =>
+        {
+            Err(WireError::FieldTooLarge("presence path or cursor"))
+        }
         _ => Ok(frame),
     }
 }
@@ -178,6 +215,13 @@ mod tests {
             },
             Frame::Close {
                 workspace: WorkspaceId::from_bytes([9; 16]),
+            },
+            Frame::Presence {
+                workspace: WorkspaceId::from_bytes([9; 16]),
+                files: vec![OpenFile {
+                    path: "src/app.py".into(),
+                    cursor: Some("12@0a1b".into()),
+                }],
             },
         ];
         for f in frames {
@@ -217,6 +261,35 @@ mod tests {
         };
         let bytes = postcard::to_stdvec(&big).expect("encode");
         assert_eq!(decode(&bytes), Err(WireError::FieldTooLarge("token")));
+        let crowd = Frame::Presence {
+            workspace: WorkspaceId::from_bytes([1; 16]),
+            files: vec![
+                OpenFile {
+                    path: "a".into(),
+                    cursor: None
+                };
+                MAX_PRESENCE_FILES + 1
+            ],
+        };
+        let bytes = postcard::to_stdvec(&crowd).expect("encode");
+        assert_eq!(
+            decode(&bytes),
+            Err(WireError::FieldTooLarge("presence files"))
+        );
+        for (path, cursor) in [
+            ("a".repeat(crate::path::MAX_PATH_BYTES + 1), None),
+            ("a".into(), Some("1".repeat(MAX_CURSOR_BYTES + 1))),
+        ] {
+            let long = Frame::Presence {
+                workspace: WorkspaceId::from_bytes([1; 16]),
+                files: vec![OpenFile { path, cursor }],
+            };
+            let bytes = postcard::to_stdvec(&long).expect("encode");
+            assert_eq!(
+                decode(&bytes),
+                Err(WireError::FieldTooLarge("presence path or cursor"))
+            );
+        }
         // Every prefix of a valid frame fails cleanly.
         let valid = encode(&Frame::Sync {
             workspace: WorkspaceId::from_bytes([1; 16]),

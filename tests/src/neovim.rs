@@ -39,6 +39,32 @@ _G.xmessages = {}
 vim.lsp.handlers['window/showMessage'] = function(_, result)
   table.insert(_G.xmessages, result.message)
 end
+-- Teammates' cursors (docs/editors.md, "Presence"): a mark where each
+-- teammate's cursor is, with its name at the end of the line.
+local presence_ns = vim.api.nvim_create_namespace('xencode-presence')
+vim.lsp.handlers['xencode/presence'] = function(_, result)
+  local buf = vim.uri_to_bufnr(result.uri)
+  vim.api.nvim_buf_clear_namespace(buf, presence_ns, 0, -1)
+  for _, t in ipairs(result.teammates) do
+    local p = t.position
+    local line = p and vim.api.nvim_buf_get_lines(buf, p.line, p.line + 1, false)[1]
+    if line then
+      local ok, col = pcall(vim.str_byteindex, line, p.character, true)
+      if not ok then col = #line end
+      vim.api.nvim_buf_set_extmark(buf, presence_ns, p.line, col, {
+        virt_text = { { ' ' .. t.name .. ' (' .. (t.role or '?') .. ')', 'Comment' } },
+        virt_text_pos = 'eol',
+      })
+    end
+  end
+end
+function _G.xpresence()
+  local out = {}
+  for _, m in ipairs(vim.api.nvim_buf_get_extmarks(0, presence_ns, 0, -1, { details = true })) do
+    table.insert(out, m[2] .. ':' .. m[3] .. ':' .. m[4].virt_text[1][1])
+  end
+  return vim.fn.json_encode(table.concat(out, '\n'))
+end
 -- Answers travel through the message area, which shortens long ones:
 -- the buffer's text goes through a file instead.
 function _G.xdump(path)
@@ -194,6 +220,17 @@ impl Neovim {
     /// The diagnostics shown: `line:message` per line (0-based lines).
     pub fn diagnostics(&self) -> String {
         self.json("luaeval('xdiagnostics()')").unwrap_or_default()
+    }
+
+    /// Teammates' cursors drawn in the buffer: `line:column: name (role)`
+    /// per teammate (0-based, columns in bytes).
+    pub fn presence(&self) -> String {
+        self.json("luaeval('xpresence()')").unwrap_or_default()
+    }
+
+    /// Closes the buffer (the language server hears `didClose`).
+    pub fn close_buffer(&self) -> Result<()> {
+        self.expr("execute('bdelete!')").map(|_| ())
     }
 
     /// The server's messages shown to the user.

@@ -261,3 +261,67 @@ async fn the_node_stopping_under_neovim_loses_nothing() {
     );
     assert_eq!(va.text(), want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teammates_see_who_has_the_file_open_and_where_their_cursor_is() {
+    let Some(p) = pair(&[("src/app.py", "def main():\n    return 1\n")]).await else {
+        return;
+    };
+    let va = open(&p, "a", &p.fa, &p.a, "src/app.py");
+    let vb = open(&p, "b", &p.fb, &p.b, "src/app.py");
+    let a_id = p.a.get_json("/api/v1/node").await["peer_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let a_short = &a_id[a_id.len().saturating_sub(8)..];
+    // A types at the start of the second line: B's editor names A (with
+    // its role) and draws A's cursor where A typed, after the new text.
+    va.insert(12, "# A ").expect("type in A");
+    let drawn = until(|| {
+        vb.presence()
+            .lines()
+            .any(|l| l == format!("1:4: {a_short} (admin)"))
+    })
+    .await;
+    assert!(
+        drawn,
+        "B's presence marks: {:?}, buffer {:?}\n{}",
+        vb.presence(),
+        vb.text(),
+        p.logs()
+    );
+    assert!(
+        vb.messages()
+            .contains(&format!("{a_short} (admin) opened src/app.py")),
+        "{:?}",
+        vb.messages()
+    );
+    // The API says the same, cursor counted in characters of B's text.
+    let presence =
+        p.b.get_json(&format!("/api/v1/workspaces/{}/presence", p.ws))
+            .await;
+    let them = &presence["teammates"];
+    assert_eq!(them.as_array().map(Vec::len), Some(1), "{presence}");
+    assert_eq!(them[0]["peer_id"], a_id.as_str());
+    assert_eq!(them[0]["path"], "src/app.py");
+    assert_eq!(them[0]["cursor"], 12 + 4);
+    // B typing before A's cursor moves it along (an Automerge cursor).
+    vb.insert(0, "#|").expect("type in B");
+    assert!(
+        until(|| vb.presence().lines().any(|l| l.starts_with("2:4:"))).await,
+        "A's cursor did not follow the text: {:?}",
+        vb.presence()
+    );
+    // A closes the file: B hears it.
+    va.close_buffer().expect("close in A");
+    assert!(
+        until(|| vb.presence().is_empty()
+            && vb
+                .messages()
+                .contains(&format!("{a_short} (admin) closed src/app.py")))
+        .await,
+        "{:?} {:?}",
+        vb.presence(),
+        vb.messages()
+    );
+}

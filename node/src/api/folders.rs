@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use xencode_protocol::api::{
-    EditorLease, EditorSession, FolderList, FolderOutcome, FolderRequest, LinkFolder,
+    EditorLease, EditorSession, FolderList, FolderOutcome, FolderRequest, LinkFolder, Presence,
 };
 
 use super::ApiState;
@@ -82,33 +82,58 @@ pub async fn editors(
         hex::decode_to_slice(h, &mut out).map_err(|_| bad("a hash is not 64 hex digits"))?;
         Ok(out)
     };
-    let mut saves = Vec::with_capacity(req.saves.len());
-    for s in req.saves {
-        if s.heads.len() > super::routes::MAX_BASE_HEADS {
-            return Err(bad("too many heads in a save"));
+    let heads = |list: &[String]| -> Result<Vec<[u8; 32]>, ApiError> {
+        if list.len() > super::routes::MAX_BASE_HEADS {
+            return Err(bad("too many heads"));
         }
-        let heads = s
-            .heads
-            .iter()
-            .map(|h| hash(h))
-            .collect::<Result<Vec<_>, _>>()?;
-        saves.push((
-            s.path.to_string(),
-            crate::folder::editors::Save {
-                hash: hash(&s.hash)?,
-                heads,
-            },
-        ));
+        list.iter().map(|h| hash(h)).collect()
+    };
+    if req.cursors.len() > crate::folder::editors::MAX_OPEN {
+        return Err(bad("too many cursors in one request"));
+    }
+    let mut saves = Vec::with_capacity(req.saves.len());
+    for s in &req.saves {
+        let save = crate::folder::editors::Save {
+            hash: hash(&s.hash)?,
+            heads: heads(&s.heads)?,
+        };
+        saves.push((s.path.to_string(), save));
+    }
+    let mut cursors = Vec::with_capacity(req.cursors.len());
+    for c in &req.cursors {
+        let cursor = crate::folder::editors::Cursor {
+            offset: c.offset,
+            heads: heads(&c.heads)?,
+        };
+        cursors.push((c.path.to_string(), cursor));
     }
     // The workspace must be ours (the same answer as every other route).
-    state.store()?.workspace(id).await?;
-    let open = req.open.iter().map(ToString::to_string).collect();
+    let store = state.store()?;
+    store.workspace(id).await?;
+    let open: std::collections::BTreeSet<String> =
+        req.open.iter().map(ToString::to_string).collect();
     let lease = state
         .folders()?
-        .editing(&req.session, id, open, saves)
+        .editing(&req.session, id, open.clone(), saves, cursors)
         .await
         .map_err(|e| bad(&e.to_string()))?;
+    let teammates = store
+        .presence(id)
+        .await?
+        .into_iter()
+        .filter(|t| open.contains(t.path.as_str()))
+        .collect();
     Ok(Json(EditorLease {
         lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+        teammates,
     }))
+}
+
+/// `GET /api/v1/workspaces/{id}/presence`: teammates with files open.
+pub async fn presence(
+    State(state): State<ApiState>,
+    WsId(id): WsId,
+) -> Result<Json<Presence>, ApiError> {
+    let teammates = state.store()?.presence(id).await?;
+    Ok(Json(Presence { teammates }))
 }

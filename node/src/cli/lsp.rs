@@ -13,6 +13,7 @@
 
 mod document;
 mod findings;
+mod presence;
 mod rpc;
 mod text;
 
@@ -25,7 +26,9 @@ use anyhow::Result;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use xencode_node::paths::DataDir;
-use xencode_protocol::api::{EditorSave, EditorSession, FolderList, SpliceResponse};
+use xencode_protocol::api::{
+    EditorCursor, EditorLease, EditorSave, EditorSession, FolderList, SpliceResponse, Teammate,
+};
 use xencode_protocol::{WorkspaceId, WorkspacePath};
 
 use super::client::Client;
@@ -33,6 +36,8 @@ use document::OpenDoc;
 
 /// How often leases are renewed and a lost node is looked for.
 const TICK: Duration = Duration::from_secs(2);
+/// How often moved cursors are looked for.
+const POLL: Duration = Duration::from_millis(100);
 /// Quiet time after an edit before the file is analysed again.
 const REANALYSE_AFTER: Duration = Duration::from_millis(1500);
 /// Messages queued from the editor, and to it.
@@ -101,8 +106,12 @@ pub async fn run(dir: &DataDir) -> Result<()> {
         analyses: BTreeMap::new(),
         edited_at: BTreeMap::new(),
         declined: BTreeSet::new(),
+        renewed_at: Instant::now(),
+        teammates: BTreeMap::new(),
+        told_cursors: BTreeMap::new(),
+        leased_at: BTreeMap::new(),
     };
-    let mut tick = tokio::time::interval(TICK);
+    let mut tick = tokio::time::interval(POLL);
     loop {
         tokio::select! {
             input = rx.recv() => match input {
@@ -118,6 +127,9 @@ pub async fn run(dir: &DataDir) -> Result<()> {
                 None => break,
             },
             _ = tick.tick() => server.tick().await,
+        }
+        for ws in server.cursors_due() {
+            server.lease(ws).await;
         }
     }
     server.release().await;
@@ -145,6 +157,14 @@ struct Server {
     edited_at: BTreeMap<String, Instant>,
     /// Files outside every linked folder, already told about.
     declined: BTreeSet<String>,
+    /// When the leases were last renewed.
+    renewed_at: Instant,
+    /// Teammates with each open file open too, as last told the editor.
+    teammates: BTreeMap<String, Vec<Teammate>>,
+    /// The cursor of each open file as last told the node.
+    told_cursors: BTreeMap<String, EditorCursor>,
+    /// When each workspace's lease was last sent.
+    leased_at: BTreeMap<WorkspaceId, Instant>,
 }
 
 impl Server {
@@ -231,9 +251,11 @@ impl Server {
             ("textDocument/didSave", None) => self.saved(&params),
             ("textDocument/didClose", None) => self.close(&params).await,
             ("textDocument/hover", Some(id)) => {
+                self.cursor_seen(&params);
                 let h = self.hover(&params);
                 self.reply(&id, h);
             }
+            ("xencode/cursor", None) => self.cursor_seen(&params),
             ("", Some(id)) => self.editor_answer(&id, &msg),
             (_, Some(id)) => self.send(json!({"jsonrpc": "2.0", "id": id,
                 "error": {"code": -32601, "message": format!("xencode lsp does not handle {method}")}})),
@@ -336,6 +358,8 @@ impl Server {
         };
         if let Some(doc) = self.docs.remove(uri) {
             self.edited_at.remove(uri);
+            self.teammates.remove(uri);
+            self.told_cursors.remove(uri);
             self.notify(
                 "textDocument/publishDiagnostics",
                 json!({"uri": uri, "diagnostics": []}),
@@ -454,6 +478,13 @@ impl Server {
                     self.fetch_analyses(ws);
                 }
             }
+            // Teammates opened or closed files, or moved: the lease's
+            // answer says who has ours open.
+            "presence" => {
+                if let Some(ws) = ws.filter(|w| self.docs.values().any(|d| d.workspace == *w)) {
+                    self.lease(ws).await;
+                }
+            }
             _ => {}
         }
     }
@@ -461,6 +492,10 @@ impl Server {
     /// Renews the leases, retries what waits for the node, re-analyses
     /// files edited a while ago.
     async fn tick(&mut self) {
+        if self.renewed_at.elapsed() < TICK {
+            return;
+        }
+        self.renewed_at = Instant::now();
         if self.client.is_none() && !self.docs.is_empty() {
             self.node();
         }
@@ -481,6 +516,15 @@ impl Server {
         self.pump();
     }
 
+    /// The open documents of `ws`.
+    fn uris_in(&self, ws: WorkspaceId) -> Vec<String> {
+        self.docs
+            .values()
+            .filter(|d| d.workspace == ws)
+            .map(|d| d.uri.clone())
+            .collect()
+    }
+
     /// Tells the node which files of `ws` are open here (and saves).
     async fn lease(&mut self, ws: WorkspaceId) {
         let Some(client) = self.node() else { return };
@@ -491,19 +535,25 @@ impl Server {
             .map(|d| d.path.clone())
             .collect();
         let saves = self.saves.remove(&ws).unwrap_or_default();
+        let cursors = self.cursors(ws);
+        self.told(ws, &cursors);
         let body = EditorSession {
             session: self.session.clone(),
             open,
             saves,
+            cursors,
         };
         let w = ws.to_string();
-        let r: Result<Value> = client
+        let r: Result<EditorLease> = client
             .post_json(&["api", "v1", "workspaces", &w, "editors"], &body)
             .await;
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "lease not renewed");
-            self.saves.entry(ws).or_default().extend(body.saves);
-            self.lost();
+        match r {
+            Ok(lease) => self.heard(ws, &lease.teammates),
+            Err(e) => {
+                tracing::debug!(error = %e, "lease not renewed");
+                self.saves.entry(ws).or_default().extend(body.saves);
+                self.lost();
+            }
         }
     }
 

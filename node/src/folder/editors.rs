@@ -13,7 +13,12 @@
 //! the editor's word arrive first.
 //!
 //! Sessions are leases: a language server renews its list; one that stops
-//! (killed, crashed) expires and its files are the folder's again.
+//! (killed, crashed) expires and its files are the folder's again. A
+//! session is per language server and workspace (one server may edit files
+//! of several linked folders).
+//!
+//! What is open, with the cursors the servers report, is also this node's
+//! presence, which its teammates see ([`Editors::presence`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -38,16 +43,28 @@ pub struct Save {
     pub heads: Vec<[u8; 32]>,
 }
 
+/// Where an editor's cursor is: an offset in Unicode scalar values into the
+/// file's text at `heads`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub offset: u64,
+    pub heads: Vec<[u8; 32]>,
+}
+
 #[derive(Debug)]
 struct Session {
-    workspace: WorkspaceId,
     open: BTreeSet<String>,
+    cursors: BTreeMap<String, Cursor>,
+    /// When the session last spoke (the freshest cursor wins).
+    renewed: Instant,
     expires: Instant,
 }
 
+type SessionKey = (String, WorkspaceId);
+
 #[derive(Debug, Default)]
 struct Inner {
-    sessions: HashMap<String, Session>,
+    sessions: HashMap<SessionKey, Session>,
     saves: BTreeMap<(WorkspaceId, String), Vec<Save>>,
 }
 
@@ -68,24 +85,30 @@ pub enum EditorsError {
 
 impl Editors {
     /// Session `id` holds `open` of `workspace` open (replacing what it said
-    /// before) and wrote `saves`. Returns the files of the workspace no
-    /// session holds open any more.
+    /// before), with its cursor in some of them, and wrote `saves`. Returns
+    /// the files (of any workspace) no session holds open any more.
     pub fn update(
         &self,
         id: &str,
         workspace: WorkspaceId,
         open: BTreeSet<String>,
         saves: Vec<(String, Save)>,
-    ) -> Result<Vec<String>, EditorsError> {
+        cursors: Vec<(String, Cursor)>,
+    ) -> Result<Vec<(WorkspaceId, String)>, EditorsError> {
         if open.len() > MAX_OPEN {
             return Err(EditorsError::TooManyFiles(open.len()));
         }
         let now = Instant::now();
         let mut inner = self.lock();
         let closed = expire(&mut inner, now);
-        if !inner.sessions.contains_key(id) && inner.sessions.len() >= MAX_SESSIONS {
+        let key = (id.to_owned(), workspace);
+        if !inner.sessions.contains_key(&key) && inner.sessions.len() >= MAX_SESSIONS {
             return Err(EditorsError::TooManySessions);
         }
+        let cursors = cursors
+            .into_iter()
+            .filter(|(p, _)| open.contains(p))
+            .collect();
         for (path, save) in saves {
             let list = inner.saves.entry((workspace, path)).or_default();
             list.retain(|s| s.hash != save.hash);
@@ -94,26 +117,45 @@ impl Editors {
                 list.remove(0);
             }
         }
-        let before = inner
-            .sessions
-            .insert(
-                id.to_owned(),
-                Session {
-                    workspace,
-                    open,
-                    expires: now + LEASE,
-                },
-            )
-            .map(|s| (s.workspace, s.open));
+        let before = inner.sessions.insert(
+            key,
+            Session {
+                open,
+                cursors,
+                renewed: now,
+                expires: now + LEASE,
+            },
+        );
         let mut released = closed;
-        if let Some((ws, paths)) = before {
-            released.extend(paths.into_iter().map(|p| (ws, p)));
+        if let Some(s) = before {
+            released.extend(s.open.into_iter().map(|p| (workspace, p)));
         }
-        Ok(still_closed(&mut inner, released)
+        Ok(still_closed(&mut inner, released))
+    }
+
+    /// This node's presence in `workspace`: each file some live session
+    /// holds open, with the cursor of the session that spoke last.
+    pub fn presence(&self, workspace: WorkspaceId) -> Vec<(String, Option<Cursor>)> {
+        let now = Instant::now();
+        let inner = self.lock();
+        let mut files: BTreeMap<&String, (Option<&Cursor>, Instant)> = BTreeMap::new();
+        for ((_, ws), s) in &inner.sessions {
+            if *ws != workspace || s.expires <= now {
+                continue;
+            }
+            for path in &s.open {
+                let entry = files.entry(path).or_insert((None, s.renewed));
+                if let Some(c) = s.cursors.get(path)
+                    && (entry.0.is_none() || s.renewed >= entry.1)
+                {
+                    *entry = (Some(c), s.renewed);
+                }
+            }
+        }
+        files
             .into_iter()
-            .filter(|(ws, _)| *ws == workspace)
-            .map(|(_, p)| p)
-            .collect())
+            .map(|(p, (c, _))| (p.clone(), c.cloned()))
+            .collect()
     }
 
     /// Sessions whose lease ran out; the files no session holds open any
@@ -130,9 +172,9 @@ impl Editors {
         let inner = self.lock();
         inner
             .sessions
-            .values()
-            .filter(|s| s.workspace == workspace && s.expires > now)
-            .flat_map(|s| s.open.iter().cloned())
+            .iter()
+            .filter(|((_, ws), s)| *ws == workspace && s.expires > now)
+            .flat_map(|(_, s)| s.open.iter().cloned())
             .collect()
     }
 
@@ -156,16 +198,16 @@ impl Editors {
 }
 
 fn expire(inner: &mut Inner, now: Instant) -> Vec<(WorkspaceId, String)> {
-    let gone: Vec<String> = inner
+    let gone: Vec<SessionKey> = inner
         .sessions
         .iter()
         .filter(|(_, s)| s.expires <= now)
-        .map(|(id, _)| id.clone())
+        .map(|(key, _)| key.clone())
         .collect();
     let mut closed = Vec::new();
-    for id in gone {
-        if let Some(s) = inner.sessions.remove(&id) {
-            closed.extend(s.open.into_iter().map(|p| (s.workspace, p)));
+    for key in gone {
+        if let Some(s) = inner.sessions.remove(&key) {
+            closed.extend(s.open.into_iter().map(|p| (key.1, p)));
         }
     }
     closed
@@ -182,8 +224,8 @@ fn still_closed(
         .filter(|(ws, p)| {
             !inner
                 .sessions
-                .values()
-                .any(|s| s.workspace == *ws && s.open.contains(p))
+                .iter()
+                .any(|((_, w), s)| w == ws && s.open.contains(p))
         })
         .collect();
     out.sort();
@@ -216,19 +258,21 @@ mod tests {
                 ws,
                 set(&["x.py", "y.py"]),
                 vec![("x.py".into(), save.clone())],
+                vec![],
             )
             .expect("a");
         assert!(closed.is_empty());
-        e.update("b", ws, set(&["x.py"]), vec![]).expect("b");
+        e.update("b", ws, set(&["x.py"]), vec![], vec![])
+            .expect("b");
         assert_eq!(e.open_in(ws), set(&["x.py", "y.py"]));
         assert_eq!(e.saved(ws, "x.py", &[7; 32]), Some(save));
         assert_eq!(e.saved(ws, "x.py", &[9; 32]), None);
         // A closes both: y.py is closed, x.py still open in B.
-        let closed = e.update("a", ws, set(&[]), vec![]).expect("a");
-        assert_eq!(closed, vec!["y.py".to_owned()]);
+        let closed = e.update("a", ws, set(&[]), vec![], vec![]).expect("a");
+        assert_eq!(closed, vec![(ws, "y.py".to_owned())]);
         assert!(e.saved(ws, "x.py", &[7; 32]).is_some());
-        let closed = e.update("b", ws, set(&[]), vec![]).expect("b");
-        assert_eq!(closed, vec!["x.py".to_owned()]);
+        let closed = e.update("b", ws, set(&[]), vec![], vec![]).expect("b");
+        assert_eq!(closed, vec![(ws, "x.py".to_owned())]);
         assert!(e.saved(ws, "x.py", &[7; 32]).is_none(), "forgotten");
         assert!(e.open_in(ws).is_empty());
     }
@@ -239,16 +283,54 @@ mod tests {
         let ws = WorkspaceId::from_bytes([1; 16]);
         let many: BTreeSet<String> = (0..=MAX_OPEN).map(|i| format!("f{i}")).collect();
         assert!(matches!(
-            e.update("a", ws, many, vec![]),
+            e.update("a", ws, many, vec![], vec![]),
             Err(EditorsError::TooManyFiles(_))
         ));
         for i in 0..MAX_SESSIONS {
-            e.update(&format!("s{i}"), ws, set(&[]), vec![])
+            e.update(&format!("s{i}"), ws, set(&[]), vec![], vec![])
                 .expect("room");
         }
         assert!(matches!(
-            e.update("one-more", ws, set(&[]), vec![]),
+            e.update("one-more", ws, set(&[]), vec![], vec![]),
             Err(EditorsError::TooManySessions)
         ));
+    }
+
+    #[test]
+    fn one_server_keeps_files_of_two_workspaces_and_presence_takes_the_latest_cursor() {
+        let e = Editors::default();
+        let (w1, w2) = (
+            WorkspaceId::from_bytes([1; 16]),
+            WorkspaceId::from_bytes([2; 16]),
+        );
+        let at = |offset| Cursor {
+            offset,
+            heads: vec![[3; 32]],
+        };
+        e.update(
+            "lsp",
+            w1,
+            set(&["a.py"]),
+            vec![],
+            vec![("a.py".into(), at(4))],
+        )
+        .expect("w1");
+        e.update("lsp", w2, set(&["b.py"]), vec![], vec![])
+            .expect("w2");
+        assert_eq!(e.open_in(w1), set(&["a.py"]), "w2's word kept w1's");
+        assert_eq!(e.presence(w1), vec![("a.py".to_owned(), Some(at(4)))]);
+        assert_eq!(e.presence(w2), vec![("b.py".to_owned(), None)]);
+        // A second editor on the same file moves the cursor; a cursor in a
+        // file a session does not hold open is ignored.
+        std::thread::sleep(Duration::from_millis(2));
+        e.update(
+            "other",
+            w1,
+            set(&["a.py"]),
+            vec![],
+            vec![("a.py".into(), at(9)), ("zzz.py".into(), at(1))],
+        )
+        .expect("other");
+        assert_eq!(e.presence(w1), vec![("a.py".to_owned(), Some(at(9)))]);
     }
 }

@@ -287,6 +287,11 @@ impl Actor {
                     .ok_or(StoreError::WorkspaceNotFound(ws));
                 let _ = reply.send(r);
             }
+            Command::SetPresence { ws, files } => self.set_presence(ws, files),
+            Command::Presence { ws, reply } => {
+                let r = self.teammates(ws);
+                let _ = reply.send(r);
+            }
             Command::Compact { reply } => {
                 self.flush();
                 let _ = reply.send(self.compact_due(true));

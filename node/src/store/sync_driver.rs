@@ -33,6 +33,8 @@ pub(super) struct SyncDriver {
     pub(super) write_rule: WriteRule,
     /// Sessions refused to peers that are no members, tallied.
     pub(super) refusals: super::refusals::Refusals,
+    /// What teammates have open in editors.
+    pub(super) heard: super::presence::Heard,
 }
 
 impl SyncDriver {
@@ -44,6 +46,7 @@ impl SyncDriver {
             net_overflow: BTreeSet::new(),
             write_rule: WriteRule::default(),
             refusals: Default::default(),
+            heard: Default::default(),
         }
     }
 }
@@ -280,7 +283,16 @@ impl Actor {
             }
             Event::SessionClosed { peer, workspace } => {
                 tracing::info!(%peer, %workspace, "sync session closed");
+                self.presence_ended(peer, workspace);
                 session_event(workspace, &peer, SessionState::Closed, None)
+            }
+            Event::Presence {
+                peer,
+                workspace,
+                files,
+            } => {
+                self.heard_presence(peer, workspace, files);
+                return;
             }
         };
         self.stats.publish(event);

@@ -11,7 +11,7 @@
 
 use automerge::PatchAction;
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ChangeHash, ObjId, ReadDoc};
+use automerge::{AutoCommit, ChangeHash, Cursor, CursorPosition, ObjId, ReadDoc};
 use xencode_protocol::WorkspacePath;
 use xencode_protocol::api::SpliceEdit;
 
@@ -134,6 +134,43 @@ impl Workspace {
             catch_up,
             changes,
         })
+    }
+}
+
+impl Workspace {
+    /// An Automerge cursor (its text form) at `offset` (Unicode scalar
+    /// values) of a text file's text at `heads`: it stays on that character
+    /// whatever is typed around it. `None` if the file, its text or those
+    /// heads are unknown.
+    pub fn cursor(
+        &self,
+        path: &WorkspacePath,
+        offset: u64,
+        heads: &[ChangeHash],
+    ) -> Option<String> {
+        let am = &self.existing_file(path).ok()?.am;
+        let text = text_at(am, heads)?;
+        let len = am.length_at(&text, heads);
+        let at = match usize::try_from(offset) {
+            Ok(o) if o < len => CursorPosition::Index(o),
+            _ => CursorPosition::End,
+        };
+        am.get_cursor(&text, at, Some(heads))
+            .ok()
+            .map(|c| c.to_string())
+    }
+
+    /// Where a cursor (from [`Workspace::cursor`], perhaps a peer's) is in a
+    /// text file's current text. `None` if it is not a cursor into it.
+    pub fn cursor_position(&self, path: &WorkspacePath, cursor: &str) -> Option<u64> {
+        let am = &self.existing_file(path).ok()?.am;
+        let text = get_text_obj(am)?;
+        let cursor = Cursor::try_from(cursor).ok()?;
+        // A peer's bytes: whatever Automerge makes of them, never a panic.
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            am.get_cursor_position(&text, &cursor, None)
+        }));
+        u64::try_from(found.ok()?.ok()?).ok()
     }
 }
 

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use super::*;
 use crate::capability::CapabilityError;
 use crate::ids::actor_id;
-use crate::wire;
+use crate::wire::{self, OpenFile};
 
 const WS: WorkspaceId = WorkspaceId::from_bytes([7; 16]);
 const DOCS: [DocId; 3] = [
@@ -166,6 +166,8 @@ struct Node {
     host: TestHost,
     engine: Engine,
     rejected: usize,
+    /// What each peer said it has open, until its session closed.
+    presence: BTreeMap<PeerId, Vec<OpenFile>>,
 }
 
 /// Directed links: frames in flight for the current connection, plus frames
@@ -206,6 +208,7 @@ impl Net {
                     host,
                     engine: Engine::new(Limits::default()),
                     rejected: 0,
+                    presence: BTreeMap::new(),
                 }
             })
             .collect();
@@ -250,6 +253,12 @@ impl Net {
                     self.announced.push((i, digest));
                 }
                 Output::Dial { peer } => self.dials.push((i, peer)),
+                Output::Event(Event::Presence { peer, files, .. }) => {
+                    self.nodes[i].presence.insert(peer, files);
+                }
+                Output::Event(Event::SessionClosed { peer, .. }) => {
+                    self.nodes[i].presence.remove(&peer);
+                }
                 Output::Event(_) | Output::Disconnect { .. } => {}
             }
         }
@@ -918,4 +927,106 @@ fn a_read_only_peer_cannot_make_a_node_create_documents() {
     // From a writer it is taken (it may bring content).
     offer(&mut net, true);
     assert!(net.nodes[0].host.docs.contains_key(&unknown));
+}
+
+#[test]
+fn presence_reaches_members_with_sessions_and_ends_with_the_session() {
+    let mut rng = SmallRng::seed_from_u64(9);
+    let mut net = Net::new(3, 3);
+    net.edit(0, DOCS[0], &mut rng);
+    let open = |path: &str, cursor: Option<&str>| OpenFile {
+        path: path.into(),
+        cursor: cursor.map(Into::into),
+    };
+    // Said before any session: peers hear it when their session opens.
+    net.input(
+        0,
+        Input::Presence {
+            workspace: WS,
+            files: vec![open("a.py", Some("3@ab"))],
+        },
+    );
+    net.heal();
+    let zero = net.nodes[0].id;
+    for i in [1, 2] {
+        assert_eq!(
+            net.nodes[i].presence[&zero],
+            vec![open("a.py", Some("3@ab"))]
+        );
+    }
+    // A change replaces it everywhere; saying the same again sends nothing.
+    net.input(
+        0,
+        Input::Presence {
+            workspace: WS,
+            files: vec![open("b.py", None), open("a.py", Some("4@ab"))],
+        },
+    );
+    net.heal();
+    assert_eq!(net.nodes[2].presence[&zero].len(), 2);
+    net.input(
+        0,
+        Input::Presence {
+            workspace: WS,
+            files: vec![open("a.py", Some("4@ab")), open("b.py", None)],
+        },
+    );
+    assert!(net.links[&(0, 1)].is_empty(), "nothing new to say");
+    // Closing everything is said too.
+    net.input(
+        0,
+        Input::Presence {
+            workspace: WS,
+            files: vec![],
+        },
+    );
+    net.heal();
+    assert_eq!(net.nodes[1].presence[&zero], vec![]);
+    // The word ends with the session.
+    net.input(
+        0,
+        Input::Presence {
+            workspace: WS,
+            files: vec![open("c.py", None)],
+        },
+    );
+    net.heal();
+    assert!(net.nodes[1].presence.contains_key(&zero));
+    net.disconnect(0, 1);
+    assert!(!net.nodes[1].presence.contains_key(&zero));
+}
+
+#[test]
+fn presence_from_outside_a_session_is_a_violation_and_never_heard() {
+    let mut net = Net::new(2, 2);
+    let stranger = net.nodes[1].id;
+    let node = &mut net.nodes[0];
+    node.engine
+        .handle(&mut node.host, Input::Connected { peer: stranger }, 0);
+    while node.engine.poll_output().is_some() {}
+    let mut disconnected = false;
+    for _ in 0..3 {
+        node.engine.handle(
+            &mut node.host,
+            Input::Received {
+                peer: stranger,
+                frame: Frame::Presence {
+                    workspace: WS,
+                    files: vec![OpenFile {
+                        path: "secret.py".into(),
+                        cursor: None,
+                    }],
+                },
+            },
+            0,
+        );
+        while let Some(o) = node.engine.poll_output() {
+            disconnected |= matches!(o, Output::Disconnect { .. });
+            assert!(
+                !matches!(o, Output::Event(Event::Presence { .. })),
+                "a stranger's presence is not heard"
+            );
+        }
+    }
+    assert!(disconnected);
 }

@@ -13,10 +13,10 @@
 //! brings the catch-up again: rebased, resent, never lost or doubled.
 
 use serde_json::Value;
-use xencode_protocol::api::{SpliceRequest, SpliceResponse};
+use xencode_protocol::api::{EditorCursor, SpliceRequest, SpliceResponse};
 use xencode_protocol::{WorkspaceId, WorkspacePath};
 
-use super::text;
+use super::text::{self, Pos};
 
 /// Where the editor's text stands while an applied edit is awaited.
 #[derive(Debug)]
@@ -46,6 +46,12 @@ pub struct OpenDoc {
     pub editor_wins: bool,
     /// A save whose text is not yet a known version of the node's.
     saved: Option<String>,
+    /// Where the editor's cursor was last seen (the end of its last edit,
+    /// or a position it asked about), as a byte offset into `shadow` that
+    /// moves with the text.
+    cursor: Option<usize>,
+    /// The cursor as last placed in the node's text.
+    placed: Option<EditorCursor>,
 }
 
 impl OpenDoc {
@@ -68,7 +74,27 @@ impl OpenDoc {
             poll: false,
             editor_wins: false,
             saved: None,
+            cursor: None,
+            placed: None,
         }
+    }
+
+    /// The cursor as an offset into the node's text at a version the node
+    /// knows: placed afresh when the editor's text is the node's (nothing
+    /// of its own in flight), else where it was last placed.
+    pub fn placed_cursor(&mut self) -> Option<EditorCursor> {
+        if let (Some(at), Some((heads, base)), None, None) =
+            (self.cursor, &self.base, &self.in_flight, &self.echo)
+            && *base == self.shadow
+            && base.is_char_boundary(at)
+        {
+            self.placed = Some(EditorCursor {
+                path: self.path.clone(),
+                offset: base[..at].chars().count() as u64,
+                heads: heads.clone(),
+            });
+        }
+        self.placed.clone()
     }
 
     /// The node's text at the base, if known.
@@ -144,11 +170,27 @@ impl OpenDoc {
 
     /// The editor reports a change (one `contentChanges` entry).
     pub fn change(&mut self, change: &Value) -> Result<(), String> {
-        text::apply_change(&mut self.shadow, change)?;
+        // While our own edit is coming back, changes are its echo: not where
+        // the editor's user is.
+        let echoing = self.echo.is_some();
+        let replaced = text::apply_change(&mut self.shadow, change)?;
         if self.echo.as_ref().is_some_and(|e| e.target == self.shadow) {
             self.echo = None;
         }
+        self.cursor = match (replaced, self.cursor) {
+            (None, _) => None,
+            (Some((a, _, n)), _) if !echoing => Some(a + n),
+            // Someone else's edit: the cursor moves with the text.
+            (Some((a, b, n)), Some(c)) if c >= b => Some(c - (b - a) + n),
+            (Some((a, _, n)), Some(c)) if c > a => Some(a + n),
+            (_, c) => c,
+        };
         Ok(())
+    }
+
+    /// The editor's cursor is at `pos`.
+    pub fn cursor_at(&mut self, pos: Pos) {
+        self.cursor = Some(text::byte_at(&self.shadow, pos));
     }
 
     /// The editor answered the `applyEdit`: if its echo has not been seen,

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use xencode_protocol::WorkspaceId;
 use xencode_protocol::analysis::{AnalysisList, AnalysisRecord, AnalyzeRequest};
 
+use super::presence::short;
 use super::{Input, Server};
 
 /// LSP severities.
@@ -48,12 +49,7 @@ impl Server {
                 self.analyses.insert(key, rec);
             }
         }
-        let uris: Vec<String> = self
-            .docs
-            .values()
-            .filter(|d| d.workspace == ws)
-            .map(|d| d.uri.clone())
-            .collect();
+        let uris = self.uris_in(ws);
         for uri in uris {
             self.publish(&uri);
         }
@@ -133,10 +129,6 @@ impl Server {
         }
         json!({"contents": {"kind": "markdown", "value": text}})
     }
-}
-
-fn short(peer: &str) -> &str {
-    peer.get(peer.len().saturating_sub(8)..).unwrap_or(peer)
 }
 
 fn severity(s: &str) -> u8 {

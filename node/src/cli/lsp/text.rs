@@ -83,8 +83,12 @@ pub fn pos_at(text: &str, at: usize) -> Pos {
 }
 
 /// Applies one `contentChanges` entry (a range and its new text, or the
-/// whole text) to `text`.
-pub fn apply_change(text: &mut String, change: &Value) -> Result<(), String> {
+/// whole text) to `text`. For a ranged change, returns the byte range it
+/// replaced and the length of the new text.
+pub fn apply_change(
+    text: &mut String,
+    change: &Value,
+) -> Result<Option<(usize, usize, usize)>, String> {
     let new = change
         .get("text")
         .and_then(Value::as_str)
@@ -93,6 +97,7 @@ pub fn apply_change(text: &mut String, change: &Value) -> Result<(), String> {
         None | Some(Value::Null) => {
             text.clear();
             text.push_str(new);
+            Ok(None)
         }
         Some(range) => {
             let start = range.get("start").and_then(Pos::from_json);
@@ -105,9 +110,9 @@ pub fn apply_change(text: &mut String, change: &Value) -> Result<(), String> {
                 return Err("a content change whose range ends before it starts".into());
             }
             text.replace_range(a..b, new);
+            Ok(Some((a, b, new.len())))
         }
     }
-    Ok(())
 }
 
 /// Byte offset of scalar index `n` in `text`, counting from byte `from`
@@ -238,9 +243,11 @@ mod tests {
     fn content_changes_apply_like_an_editor() {
         let mut t = String::from("hello\nworld\n");
         let change = json!({"range": {"start": {"line": 1, "character": 0}, "end": {"line": 1, "character": 5}}, "text": "there"});
-        apply_change(&mut t, &change).expect("apply");
+        let replaced = apply_change(&mut t, &change).expect("apply");
         assert_eq!(t, "hello\nthere\n");
-        apply_change(&mut t, &json!({"text": "all new"})).expect("full");
+        assert_eq!(replaced, Some((6, 11, 5)));
+        let whole = apply_change(&mut t, &json!({"text": "all new"})).expect("full");
+        assert_eq!(whole, None);
         assert_eq!(t, "all new");
         let backwards = json!({"range": {"start": {"line": 0, "character": 3}, "end": {"line": 0, "character": 1}}, "text": ""});
         assert!(apply_change(&mut t, &backwards).is_err());
