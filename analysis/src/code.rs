@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use tree_sitter::{InputEdit, Node, ParseOptions, Parser, Point, Tree};
 use xencode_protocol::analysis::{
-    AiResult, CodeAnalysis, OutlineItem, PerformanceHint, SecurityIssue, Suggestion, SyntaxError,
+    AiResult, CodeAnalysis, FixEdit, OutlineItem, PerformanceHint, SecurityIssue, Suggestion,
+    SyntaxError,
 };
 
 /// Limits of one analysis.
@@ -391,13 +392,54 @@ impl Walker<'_> {
     }
 
     fn suggest(&mut self, n: Node, kind: &str, description: String, fix: Option<&str>) {
+        self.suggest_with(n, kind, description, fix, Vec::new());
+    }
+
+    /// A suggestion with a mechanical fix.
+    fn suggest_with(
+        &mut self,
+        n: Node,
+        kind: &str,
+        description: String,
+        fix: Option<&str>,
+        edits: Vec<FixEdit>,
+    ) {
         self.out.suggestions.push(Suggestion {
             kind: kind.into(),
             description,
             line_start: line(n),
             line_end: end_line(n),
             suggested_fix: fix.map(str::to_owned),
+            edits,
         });
+    }
+
+    /// 1-based line and character column of byte `at` of the source.
+    fn point(&self, at: usize) -> (u32, u32) {
+        let before = self.src.get(..at).unwrap_or(self.src);
+        let line_start = before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        let line = before.iter().filter(|b| **b == b'\n').count() as u32 + 1;
+        let col = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count() as u32
+            + 1;
+        (line, col)
+    }
+
+    /// An edit replacing bytes `from..to` of the source with `text`.
+    fn replace(&self, from: usize, to: usize, text: &str) -> FixEdit {
+        let (line, column) = self.point(from);
+        let (end_line, end_column) = self.point(to);
+        FixEdit {
+            line,
+            column,
+            end_line,
+            end_column,
+            text: text.to_owned(),
+        }
     }
 
     fn security(&mut self, n: Node, kind: &str, severity: &str, cwe: &str, description: String) {
@@ -470,11 +512,13 @@ impl Walker<'_> {
                     && let Some(v) = p.child_by_field_name("value")
                     && matches!(v.kind(), "list" | "dictionary" | "set")
                 {
-                    self.suggest(
+                    let edits = self.none_default(n, p, v);
+                    self.suggest_with(
                         p,
                         "mutable_default_argument",
                         format!("a mutable default in `{name}` is shared between calls"),
                         Some("default to None and create the value inside the function"),
+                        edits,
                     );
                 }
             }
@@ -488,6 +532,46 @@ impl Walker<'_> {
                 None,
             );
         }
+    }
+
+    /// The edits that make parameter `p` of function `f` default to None
+    /// and create its value `v` inside: none when the body does not start
+    /// on a line of its own.
+    fn none_default(&self, f: Node, p: Node, v: Node) -> Vec<FixEdit> {
+        let Some(name) = p.child_by_field_name("name").map(|x| self.text(x)) else {
+            return Vec::new();
+        };
+        let Some(body) = f.child_by_field_name("body") else {
+            return Vec::new();
+        };
+        let mut cursor = body.walk();
+        let stmts: Vec<Node> = body.named_children(&mut cursor).collect();
+        let docstring = |s: &Node| {
+            s.kind() == "expression_statement"
+                && s.named_child(0).is_some_and(|e| e.kind() == "string")
+        };
+        let Some(first) = stmts
+            .iter()
+            .find(|s| !docstring(s) && s.kind() != "comment")
+        else {
+            return Vec::new();
+        };
+        let at = first.start_byte();
+        let line_start = at - first.start_position().column;
+        let indent = std::str::from_utf8(&self.src[line_start..at]).unwrap_or("x");
+        if line(*first) == line(f) || !indent.chars().all(|c| c == ' ' || c == '\t') {
+            return Vec::new();
+        }
+        let step = if indent.contains('\t') { "\t" } else { "    " };
+        let value = self.text(v);
+        vec![
+            self.replace(v.start_byte(), v.end_byte(), "None"),
+            self.replace(
+                at,
+                at,
+                &format!("if {name} is None:\n{indent}{step}{name} = {value}\n{indent}"),
+            ),
+        ]
     }
 
     fn call(&mut self, n: Node) {
@@ -530,6 +614,17 @@ impl Walker<'_> {
             "yaml.load" | "yaml.load_all"
                 if !keyword("Loader").is_some_and(|l| l.contains("Safe")) =>
             {
+                if keyword("Loader").is_none() && self.text(func) == name {
+                    let safe = name.replacen("load", "safe_load", 1);
+                    let edit = self.replace(func.start_byte(), func.end_byte(), &safe);
+                    self.suggest_with(
+                        n,
+                        "use_safe_load",
+                        format!("`{name}` can build arbitrary objects; `{safe}` builds plain data"),
+                        Some(&safe),
+                        vec![edit],
+                    );
+                }
                 self.security(
                     n,
                     "unsafe_deserialization",
@@ -755,11 +850,17 @@ impl Walker<'_> {
                 "CWE-396",
                 "a bare `except:` also catches KeyboardInterrupt and SystemExit and hides real errors".into(),
             );
-            self.suggest(
+            let edits = n
+                .child(0)
+                .filter(|k| k.kind() == "except")
+                .map(|k| vec![self.replace(k.end_byte(), k.end_byte(), " Exception")])
+                .unwrap_or_default();
+            self.suggest_with(
                 n,
                 "bare_except",
                 "catch the exceptions you expect".into(),
                 Some("except Exception:"),
+                edits,
             );
         }
     }
@@ -796,6 +897,7 @@ impl Walker<'_> {
                     line_start: o.line_start,
                     line_end: o.line_end,
                     suggested_fix: None,
+                    edits: Vec::new(),
                 });
             }
         }

@@ -22,6 +22,23 @@ pub struct Suggestion {
     pub line_start: u32,
     pub line_end: u32,
     pub suggested_fix: Option<String>,
+    /// The fix as text edits, when it can be made mechanically (an editor
+    /// offers it as a code action). Each is relative to the analysed text;
+    /// they do not overlap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edits: Vec<FixEdit>,
+}
+
+/// Replaces the text from (`line`, `column`) up to (`end_line`,
+/// `end_column`) with `text`; lines and columns 1-based, columns in
+/// characters (Unicode scalar values).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FixEdit {
+    pub line: u32,
+    pub column: u32,
+    pub end_line: u32,
+    pub end_column: u32,
+    pub text: String,
 }
 
 /// A security weakness, with its CWE id.

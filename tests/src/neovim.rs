@@ -101,6 +101,24 @@ function _G.xdiagnostics()
   end
   return vim.fn.json_encode(table.concat(out, '\n'))
 end
+-- Asks for the code actions on 0-based `line` and applies the first, as
+-- choosing it in the menu does; its title lands in `xfixed`.
+_G.xfixed = ''
+function _G.xfix(line)
+  local params = {
+    textDocument = vim.lsp.util.make_text_document_params(),
+    range = { start = { line = line, character = 0 }, ['end'] = { line = line, character = 0 } },
+    context = { diagnostics = {} },
+  }
+  vim.lsp.buf_request(0, 'textDocument/codeAction', params, function(_, actions)
+    local a = actions and actions[1]
+    if a then
+      vim.lsp.util.apply_workspace_edit(a.edit, 'utf-16')
+      _G.xfixed = a.title
+    end
+  end)
+  return 1
+end
 function _G.xlog()
   return vim.fn.json_encode(table.concat(_G.xmessages, '\n'))
 end
@@ -231,6 +249,18 @@ impl Neovim {
     /// Closes the buffer (the language server hears `didClose`).
     pub fn close_buffer(&self) -> Result<()> {
         self.expr("execute('bdelete!')").map(|_| ())
+    }
+
+    /// Applies the first code action offered on 0-based `line`; its title
+    /// once applied (poll: the answer comes asynchronously).
+    pub fn fix(&self, line: u32) -> Result<()> {
+        self.expr(&format!("luaeval('xfix({line})')")).map(|_| ())
+    }
+
+    /// The title of the code action last applied ("" if none yet).
+    pub fn fixed(&self) -> String {
+        self.json("luaeval('vim.fn.json_encode(xfixed)')")
+            .unwrap_or_default()
     }
 
     /// The server's messages shown to the user.

@@ -210,6 +210,31 @@ async fn the_teams_findings_show_as_diagnostics_and_follow_a_teammates_analysis(
     })
     .await;
     assert!(fresh, "diagnostics: {:?}\n{}", vb.diagnostics(), p.logs());
+    // A suggested fix is a code action: B applies it in its editor, and
+    // the fixed text reaches A.
+    let bare = "try:\n    go()\nexcept:\n    pass\n";
+    std::fs::write(p.fa.join("bad.py"), bare).expect("write");
+    assert!(until(|| vb.text() == bare).await, "{:?}", vb.text());
+    let offered = wait_for(SYNC, || async {
+        ok_stdout(&p.a.cli(&["analyze", &p.ws, "bad.py"]));
+        vb.diagnostics().contains("bare_except") && !vb.diagnostics().contains("stale")
+    })
+    .await;
+    assert!(offered, "diagnostics: {:?}", vb.diagnostics());
+    vb.fix(2).expect("code action");
+    let fixed = "try:\n    go()\nexcept Exception:\n    pass\n";
+    assert!(
+        until(|| vb.fixed().contains("except Exception:")).await,
+        "no code action applied: {:?}",
+        vb.text()
+    );
+    let reached = wait_for(SYNC, || async {
+        p.a.file(&p.ws, "bad.py")
+            .await
+            .is_some_and(|t| t == fixed.as_bytes())
+    })
+    .await;
+    assert!(reached, "B's buffer {:?}", vb.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

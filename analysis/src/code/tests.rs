@@ -283,3 +283,80 @@ fn deep_nesting_does_not_overflow_the_stack() {
             .all(|e| e.line <= 2 && !e.message.contains('\n'))
     );
 }
+
+/// Applies a suggestion's edits to `src` (as an editor would).
+fn apply_fix(src: &str, edits: &[FixEdit]) -> String {
+    let offset = |line: u32, column: u32| -> usize {
+        let start: usize = src
+            .split_inclusive('\n')
+            .take(line as usize - 1)
+            .map(str::len)
+            .sum();
+        src[start..]
+            .char_indices()
+            .nth(column as usize - 1)
+            .map_or(src.len(), |(i, _)| start + i)
+    };
+    let mut ranges: Vec<(usize, usize, &str)> = edits
+        .iter()
+        .map(|e| {
+            (
+                offset(e.line, e.column),
+                offset(e.end_line, e.end_column),
+                e.text.as_str(),
+            )
+        })
+        .collect();
+    ranges.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut out = src.to_owned();
+    for (a, b, t) in ranges {
+        out.replace_range(a..b, t);
+    }
+    out
+}
+
+#[test]
+fn mechanical_fixes_come_as_edits_that_make_valid_code_without_the_finding() {
+    let cases = [
+        (
+            "bare_except",
+            "try:\n    go()\nexcept:\n    pass\n",
+            "try:\n    go()\nexcept Exception:\n    pass\n",
+        ),
+        (
+            "mutable_default_argument",
+            "def add(é, items=[]):\n    \"\"\"Adds.\"\"\"\n    items.append(é)\n    return items\n",
+            "def add(é, items=None):\n    \"\"\"Adds.\"\"\"\n    if items is None:\n        items = []\n    items.append(é)\n    return items\n",
+        ),
+        (
+            "use_safe_load",
+            "import yaml\nconf = yaml.load(open('c.yml'))\n",
+            "import yaml\nconf = yaml.safe_load(open('c.yml'))\n",
+        ),
+    ];
+    for (kind, before, after) in cases {
+        let a = run(before);
+        let s = a
+            .suggestions
+            .iter()
+            .find(|s| s.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind}: {:?}", a.suggestions));
+        let fixed = apply_fix(before, &s.edits);
+        assert_eq!(fixed, after, "{kind}");
+        let again = run(&fixed);
+        assert!(again.syntax_errors.is_empty(), "{kind}: {fixed}");
+        assert!(
+            !again.suggestions.iter().any(|s| s.kind == kind),
+            "{kind} still found in {fixed}"
+        );
+    }
+    // A one-line body gets no mechanical fix (the prose one stays).
+    let a = run("def f(x=[]): return x\n");
+    let s = a
+        .suggestions
+        .iter()
+        .find(|s| s.kind == "mutable_default_argument")
+        .expect("found");
+    assert!(s.edits.is_empty());
+    assert!(s.suggested_fix.is_some());
+}

@@ -256,6 +256,11 @@ impl Server {
                 self.reply(&id, h);
             }
             ("xencode/cursor", None) => self.cursor_seen(&params),
+            ("textDocument/codeAction", Some(id)) => {
+                self.cursor_seen(&params);
+                let actions = self.code_actions(&params);
+                self.reply(&id, actions);
+            }
             ("", Some(id)) => self.editor_answer(&id, &msg),
             (_, Some(id)) => self.send(json!({"jsonrpc": "2.0", "id": id,
                 "error": {"code": -32601, "message": format!("xencode lsp does not handle {method}")}})),
@@ -574,6 +579,7 @@ fn capabilities() -> Value {
             "positionEncoding": "utf-16",
             "textDocumentSync": {"openClose": true, "change": 2, "save": {"includeText": true}},
             "hoverProvider": true,
+            "codeActionProvider": {"codeActionKinds": ["quickfix"]},
         },
         "serverInfo": {"name": "xencode", "version": env!("CARGO_PKG_VERSION")},
     })

@@ -14,6 +14,7 @@ use xencode_protocol::WorkspaceId;
 use xencode_protocol::analysis::{AnalysisList, AnalysisRecord, AnalyzeRequest};
 
 use super::presence::short;
+use super::text;
 use super::{Input, Server};
 
 /// LSP severities.
@@ -137,6 +138,56 @@ fn severity(s: &str) -> u8 {
         "warning" | "medium" => WARNING,
         "low" | "info" => INFORMATION,
         _ => HINT,
+    }
+}
+
+impl Server {
+    /// The suggested fixes of the stored analysis on the requested lines,
+    /// as quick fixes; only while the analysis is of the buffer's text (its
+    /// positions would be off otherwise).
+    pub(super) fn code_actions(&self, params: &Value) -> Value {
+        let uri = params["textDocument"]["uri"].as_str().unwrap_or("");
+        let Some(doc) = self.docs.get(uri) else {
+            return json!([]);
+        };
+        let Some(rec) = self.analyses.get(&(doc.workspace, doc.path.to_string())) else {
+            return json!([]);
+        };
+        if blake3::hash(doc.shadow.as_bytes()).to_hex().as_str() != rec.content_hash {
+            return json!([]);
+        }
+        let line = |k: &str| params["range"][k]["line"].as_u64().unwrap_or(0);
+        let (from, to) = (line("start"), line("end"));
+        let actions: Vec<Value> = rec
+            .analysis
+            .suggestions
+            .iter()
+            .filter(|s| !s.edits.is_empty())
+            .filter(|s| u64::from(s.line_start) <= to + 1 && u64::from(s.line_end) > from)
+            .map(|s| {
+                let edits: Vec<Value> = s
+                    .edits
+                    .iter()
+                    .map(|e| {
+                        let at = |l: u32, c: u32| {
+                            text::pos_of_char(&doc.shadow, l.saturating_sub(1), c.saturating_sub(1))
+                                .to_json()
+                        };
+                        json!({"range": {"start": at(e.line, e.column), "end": at(e.end_line, e.end_column)},
+                            "newText": e.text})
+                    })
+                    .collect();
+                let title = s.suggested_fix.as_deref().unwrap_or(&s.description);
+                json!({
+                    "title": format!("xencode: {title}"),
+                    "kind": "quickfix",
+                    "edit": {"documentChanges": [
+                        {"textDocument": {"uri": uri, "version": doc.version}, "edits": edits}
+                    ]},
+                })
+            })
+            .collect();
+        json!(actions)
     }
 }
 

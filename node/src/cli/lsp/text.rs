@@ -82,6 +82,21 @@ pub fn pos_at(text: &str, at: usize) -> Pos {
     Pos { line, character }
 }
 
+/// The LSP position of character `column` (0-based, in Unicode scalar
+/// values) of line `line` (0-based) of `text`, clamped to the line's end.
+pub fn pos_of_char(text: &str, line: u32, column: u32) -> Pos {
+    let start = byte_at(text, Pos { line, character: 0 });
+    let mut at = start;
+    for (n, (k, c)) in text[start..].char_indices().enumerate() {
+        if n >= column as usize || c == '\n' || c == '\r' {
+            at = start + k;
+            break;
+        }
+        at = start + k + c.len_utf8();
+    }
+    pos_at(text, at)
+}
+
 /// Applies one `contentChanges` entry (a range and its new text, or the
 /// whole text) to `text`. For a ranged change, returns the byte range it
 /// replaced and the length of the new text.
@@ -237,6 +252,15 @@ mod tests {
                 assert_eq!(byte_at(t, pos_at(t, at)), at, "round trip at {at}");
             }
         }
+    }
+
+    #[test]
+    fn character_columns_become_utf16_positions_within_the_line() {
+        let t = "a😀b\r\nxy";
+        assert_eq!(pos_of_char(t, 0, 2), p(0, 3), "the emoji is two units");
+        assert_eq!(pos_of_char(t, 0, 9), p(0, 4), "clamped to the line");
+        assert_eq!(pos_of_char(t, 1, 1), p(1, 1));
+        assert_eq!(pos_of_char(t, 7, 0), pos_at(t, t.len()), "past the end");
     }
 
     #[test]
