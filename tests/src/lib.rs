@@ -442,6 +442,45 @@ pub struct Pair {
 }
 
 impl Pair {
+    /// A shares a new folder holding `files` (path, text) as a workspace; B
+    /// joins as a developer and links its own folder; both folders hold the
+    /// files when this returns.
+    pub async fn sharing(files: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let a = Node::start(&tmp.path().join("a")).expect("a");
+        let b = Node::start(&tmp.path().join("b")).expect("b");
+        let fa = tmp.path().join("folder-a");
+        let fb = tmp.path().join("folder-b");
+        for (path, body) in files {
+            let p = fa.join(path);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, body).expect("write");
+        }
+        let dir = fa.to_str().expect("utf8");
+        let out = a.cli(&["folder", "share", dir, "--name", "pair"]);
+        ok_stdout(&out);
+        let ws = last_line(&out);
+        invite_and_join(&a, &ws, &b, "developer");
+        ok_stdout(&b.cli(&["folder", "link", &ws, fb.to_str().expect("utf8")]));
+        for (path, body) in files {
+            let p = fb.join(path);
+            let arrived = wait_for(Duration::from_secs(60), || {
+                let p = p.clone();
+                async move { std::fs::read_to_string(&p).is_ok_and(|s| s == *body) }
+            })
+            .await;
+            assert!(arrived, "{path} never reached B's folder");
+        }
+        Self {
+            tmp,
+            a,
+            b,
+            ws,
+            fa,
+            fb,
+        }
+    }
+
     /// Both nodes' logs, for a failure message.
     pub fn logs(&self) -> String {
         format!(

@@ -119,6 +119,45 @@ function _G.xfix(line)
   end)
   return 1
 end
+-- The keystroke benchmark: `xtype` inserts `n` characters at the end of
+-- the first line, one every `every` ms, and writes when each went in
+-- (vim.loop.hrtime, CLOCK_MONOTONIC, ns) to `path`; `xwatch` notes when
+-- the first line reached each length, written to `path` by `xwatched`.
+function _G.xtype(n, every, path)
+  local times, i = {}, 0
+  local timer = vim.loop.new_timer()
+  timer:start(every, every, vim.schedule_wrap(function()
+    i = i + 1
+    local line = vim.api.nvim_buf_get_lines(0, 0, 1, true)[1]
+    table.insert(times, vim.loop.hrtime())
+    vim.api.nvim_buf_set_text(0, 0, #line, 0, #line, { 'k' })
+    if i >= n then
+      timer:stop()
+      local f = assert(io.open(path, 'w'))
+      f:write(table.concat(times, '\n'))
+      f:close()
+    end
+  end))
+  return 1
+end
+_G.xseen = {}
+function _G.xwatch()
+  local buf = vim.api.nvim_get_current_buf()
+  vim.api.nvim_buf_attach(buf, false, {
+    on_lines = function()
+      local now = vim.loop.hrtime()
+      local len = #vim.api.nvim_buf_get_lines(buf, 0, 1, true)[1]
+      if not _G.xseen[len] then _G.xseen[len] = now end
+    end,
+  })
+  return 1
+end
+function _G.xwatched(path)
+  local f = assert(io.open(path, 'w'))
+  for len, t in pairs(_G.xseen) do f:write(len .. ' ' .. t .. '\n') end
+  f:close()
+  return 1
+end
 function _G.xlog()
   return vim.fn.json_encode(table.concat(_G.xmessages, '\n'))
 end
@@ -261,6 +300,39 @@ impl Neovim {
     pub fn fixed(&self) -> String {
         self.json("luaeval('vim.fn.json_encode(xfixed)')")
             .unwrap_or_default()
+    }
+
+    /// Starts typing `n` characters at the end of the first line, one every
+    /// `every_ms`; when done, `path` holds each one's time (ns, monotonic).
+    pub fn type_timed(&self, n: usize, every_ms: u64, path: &Path) -> Result<()> {
+        let p = path.to_str().context("utf-8 path")?.replace('\'', "''");
+        self.expr(&format!(
+            "luaeval('xtype(_A[1], _A[2], _A[3])', [{n}, {every_ms}, '{p}'])"
+        ))
+        .map(|_| ())
+    }
+
+    /// Starts noting when the first line reaches each length.
+    pub fn watch_first_line(&self) -> Result<()> {
+        self.expr("luaeval('xwatch()')").map(|_| ())
+    }
+
+    /// When the first line first reached each length (length → ns,
+    /// monotonic), as noted since `watch_first_line`.
+    pub fn first_line_times(&self, scratch: &Path) -> Result<Vec<(usize, u64)>> {
+        let path = scratch.join("watched.txt");
+        let p = path.to_str().context("utf-8 path")?.replace('\'', "''");
+        self.expr(&format!("luaeval('xwatched(_A)', '{p}')"))?;
+        let text = std::fs::read_to_string(&path)?;
+        let mut out: Vec<(usize, u64)> = text
+            .lines()
+            .filter_map(|l| {
+                let (a, b) = l.split_once(' ')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+            .collect();
+        out.sort_unstable();
+        Ok(out)
     }
 
     /// The server's messages shown to the user.

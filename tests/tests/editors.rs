@@ -9,55 +9,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use xencode_tests::neovim::{self, Neovim};
-use xencode_tests::{Node, Pair, invite_and_join, last_line, ok_stdout, skip_or_fail, wait_for};
+use xencode_tests::{Node, Pair, ok_stdout, skip_or_fail, wait_for};
 
 const SYNC: Duration = Duration::from_secs(60);
 
-/// A shares a folder holding `files`; B joins and links its own; both
-/// folders hold them.
+/// Two nodes sharing `files` through linked folders, if Neovim is here.
 async fn pair(files: &[(&str, &str)]) -> Option<Pair> {
     if let Some(reason) = neovim::unavailable() {
         skip_or_fail("editor tests", &reason);
         return None;
     }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let a = Node::start(&tmp.path().join("a")).expect("a");
-    let b = Node::start(&tmp.path().join("b")).expect("b");
-    let fa = tmp.path().join("folder-a");
-    let fb = tmp.path().join("folder-b");
-    for (path, body) in files {
-        let p = fa.join(path);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, body).expect("write");
-    }
-    let out = a.cli(&[
-        "folder",
-        "share",
-        fa.to_str().expect("utf8"),
-        "--name",
-        "pair",
-    ]);
-    ok_stdout(&out);
-    let ws = last_line(&out);
-    invite_and_join(&a, &ws, &b, "developer");
-    ok_stdout(&b.cli(&["folder", "link", &ws, fb.to_str().expect("utf8")]));
-    for (path, body) in files {
-        let p = fb.join(path);
-        let arrived = wait_for(SYNC, || {
-            let p = p.clone();
-            async move { std::fs::read_to_string(&p).is_ok_and(|s| s == *body) }
-        })
-        .await;
-        assert!(arrived, "{path} never reached B's folder");
-    }
-    Some(Pair {
-        tmp,
-        a,
-        b,
-        ws,
-        fa,
-        fb,
-    })
+    Some(Pair::sharing(files).await)
 }
 
 /// Waits until `f` holds (polling).

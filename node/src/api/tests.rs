@@ -19,6 +19,7 @@ const MAX_BODY: usize = 64 * 1024;
 
 struct TestApi {
     router: Router,
+    state: ApiState,
     _dir: tempfile::TempDir,
     _thread: Option<StoreThread>,
 }
@@ -40,6 +41,11 @@ fn state(metrics: Arc<Metrics>) -> ApiState {
 }
 
 fn api() -> TestApi {
+    api_and_store().0
+}
+
+/// The API over a fresh store, and the store's handle.
+fn api_and_store() -> (TestApi, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     let (store, thread) = Store::open(
@@ -54,12 +60,14 @@ fn api() -> TestApi {
     )
     .expect("store");
     let state = state(metrics);
-    state.attach_store(store);
-    TestApi {
-        router: router(state),
+    state.attach_store(store.clone());
+    let api = TestApi {
+        router: router(state.clone()),
+        state,
         _dir: dir,
         _thread: Some(thread),
-    }
+    };
+    (api, store)
 }
 
 /// A request as a well-behaved local client sends it.
@@ -792,3 +800,5 @@ fn no_route_bypasses_the_openapi_builder() {
         }
     }
 }
+
+mod editors;

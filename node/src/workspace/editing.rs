@@ -165,12 +165,17 @@ impl Workspace {
     pub fn cursor_position(&self, path: &WorkspacePath, cursor: &str) -> Option<u64> {
         let am = &self.existing_file(path).ok()?.am;
         let text = get_text_obj(am)?;
-        let cursor = Cursor::try_from(cursor).ok()?;
-        // A peer's bytes: whatever Automerge makes of them, never a panic.
+        // A peer's bytes. Automerge's parser slices the text as if it were
+        // ASCII and not empty (it panics otherwise): check that first, and
+        // never let a panic out whatever Automerge makes of the rest.
+        if cursor.is_empty() || !cursor.is_ascii() {
+            return None;
+        }
         let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            am.get_cursor_position(&text, &cursor, None)
+            let cursor = Cursor::try_from(cursor).ok()?;
+            am.get_cursor_position(&text, &cursor, None).ok()
         }));
-        u64::try_from(found.ok()?.ok()?).ok()
+        u64::try_from(found.ok()??).ok()
     }
 }
 

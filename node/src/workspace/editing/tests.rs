@@ -150,3 +150,48 @@ proptest! {
         prop_assert!(editor.chars().count() <= "start".len() + typed);
     }
 }
+
+#[test]
+fn cursors_follow_their_character_and_hostile_ones_place_nowhere() {
+    let mut ws = new_ws();
+    let a = author(1);
+    ws.put_file(&path("f.py"), b"abcdef", &a, 1, [1; 16], LIMIT)
+        .expect("put");
+    let heads = ws
+        .edit(&path("f.py"), Some(&[]), &[], &a, 2)
+        .expect("read")
+        .heads;
+    // On `d`; text typed before it moves it along, text after does not.
+    let c = ws.cursor(&path("f.py"), 3, &heads).expect("a cursor");
+    ws.splice(&path("f.py"), &[edit(0, 0, "XY")], &a, 3)
+        .expect("before");
+    ws.splice(&path("f.py"), &[edit(7, 0, "Z")], &a, 4)
+        .expect("after");
+    assert_eq!(ws.cursor_position(&path("f.py"), &c), Some(5));
+    // At or past the end: the end, wherever it goes.
+    let end = ws.cursor(&path("f.py"), u64::MAX, &heads).expect("end");
+    assert_eq!(ws.cursor_position(&path("f.py"), &end), Some(9));
+    // Unknown heads, files or junk from a peer: nothing, and no panic.
+    assert_eq!(ws.cursor(&path("f.py"), 1, &[ChangeHash([9; 32])]), None);
+    assert_eq!(ws.cursor(&path("nope.py"), 1, &heads), None);
+    let actor = "ab".repeat(16);
+    for junk in [
+        "",
+        "é",
+        "é@00",
+        "x",
+        "-",
+        "@",
+        "1@",
+        "-1@zz",
+        "99999999999999999999@00",
+        "18446744073709551615@00",
+        &format!("3@{actor}"),
+        &format!("0@{actor}"),
+        "s",
+        "e",
+    ] {
+        let p = ws.cursor_position(&path("f.py"), junk);
+        assert!(p.is_none_or(|p| p <= 9), "{junk:?} placed at {p:?}");
+    }
+}
