@@ -14,6 +14,8 @@
 //! does I/O.
 
 use std::cell::RefCell;
+
+pub use lazy::Am;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -79,7 +81,7 @@ pub enum DocKind {
 #[derive(Debug, Clone)]
 pub struct Doc {
     pub id: DocId,
-    pub am: AutoCommit,
+    pub am: Am,
 }
 
 impl Doc {
@@ -87,7 +89,15 @@ impl Doc {
     pub fn new(id: DocId, actor: &ActorId) -> Self {
         let mut am = AutoCommit::new();
         am.set_actor(actor.clone());
-        Self { id, am }
+        Self::of(id, am)
+    }
+
+    /// A document around an Automerge document.
+    pub fn of(id: DocId, am: AutoCommit) -> Self {
+        Self {
+            id,
+            am: Am::new(am),
+        }
     }
 
     /// Commits pending operations; returns the change to persist, if any.
@@ -107,9 +117,9 @@ impl Doc {
         })
     }
 
-    /// Heads as hex strings.
+    /// Its heads (without waking it).
     pub fn heads(&mut self) -> Vec<ChangeHash> {
-        self.am.get_heads()
+        self.am.heads()
     }
 }
 
@@ -205,6 +215,33 @@ impl Workspace {
             },
             changes,
         ))
+    }
+
+    /// Puts file documents to sleep, the least recently used first, until
+    /// at most `keep` are awake (see [`lazy`]); nothing when at most
+    /// `2 * keep` are, so the sweep is rare. Returns how many slept.
+    pub fn rest(&mut self, keep: usize) -> usize {
+        let mut awake: Vec<(u64, DocId)> = self
+            .files
+            .iter()
+            .filter(|(_, d)| d.am.is_awake())
+            .map(|(id, d)| (d.am.last_used(), *id))
+            .collect();
+        if awake.len() <= keep.saturating_mul(2) {
+            return 0;
+        }
+        awake.sort_unstable();
+        let mut slept = 0;
+        for (_, id) in &awake[..awake.len() - keep] {
+            if let Some(d) = self.files.get_mut(id) {
+                // Listings must not wake it again.
+                d.am.facts(file_facts);
+                if d.am.sleep() {
+                    slept += 1;
+                }
+            }
+        }
+        slept
     }
 
     /// Every document of the workspace, mutably.
@@ -542,26 +579,41 @@ pub(crate) fn stamp(
     Ok(())
 }
 
-fn file_info(path: WorkspacePath, doc: &Doc) -> FileInfo {
-    let am = &doc.am;
-    let (kind, size_bytes, chars) = match get_text_obj(am) {
+/// What a listing shows of a file's document.
+pub(crate) fn file_facts(am: &AutoCommit) -> lazy::Facts {
+    let (text, size_bytes, chars) = match get_text_obj(am) {
         Some(t) => {
             let s = am.text(&t).unwrap_or_default();
-            (FileKind::Text, s.len() as u64, Some(am.length(&t) as u64))
+            (true, s.len() as u64, Some(am.length(&t) as u64))
         }
         None => (
-            FileKind::Binary,
+            false,
             get_bytes(am, &ROOT, "data").map_or(0, |b| b.len() as u64),
             None,
         ),
     };
-    FileInfo {
-        path,
-        kind,
+    lazy::Facts {
+        text,
         size_bytes,
         chars,
         updated_by: get_str(am, &ROOT, "updated_by").unwrap_or_default(),
         updated_at: get_u64(am, &ROOT, "updated_at").unwrap_or(0),
+    }
+}
+
+fn file_info(path: WorkspacePath, doc: &Doc) -> FileInfo {
+    let f = doc.am.facts(file_facts);
+    FileInfo {
+        path,
+        kind: if f.text {
+            FileKind::Text
+        } else {
+            FileKind::Binary
+        },
+        size_bytes: f.size_bytes,
+        chars: f.chars,
+        updated_by: f.updated_by,
+        updated_at: f.updated_at,
     }
 }
 
@@ -618,6 +670,7 @@ mod access;
 mod analyses;
 mod editing;
 pub mod folder;
+pub mod lazy;
 pub mod merge;
 pub use access::MemberState;
 pub use editing::Edited;

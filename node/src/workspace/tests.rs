@@ -295,3 +295,59 @@ fn a_one_line_save_of_a_large_file_is_a_small_change() {
         "{bytes} bytes of changes for one changed word"
     );
 }
+
+#[test]
+fn resting_puts_all_but_the_recent_files_to_sleep_and_nothing_changes() {
+    let mut ws = new_ws();
+    let a = author(1);
+    let n = 600u32;
+    for i in 0..n {
+        let body = format!("file {i}\n");
+        let nonce: [u8; 16] = std::array::from_fn(|k| (i >> (8 * (k % 4))) as u8 ^ k as u8);
+        ws.put_file(
+            &path(&format!("f{i}.txt")),
+            body.as_bytes(),
+            &a,
+            1,
+            nonce,
+            LIMIT,
+        )
+        .expect("put");
+    }
+    let awake = |ws: &Workspace| ws.files.values().filter(|d| d.am.is_awake()).count();
+    let listed = ws.list_files();
+    let heads_before: Vec<_> = ws.docs_mut().map(|d| d.heads()).collect();
+    // Up to twice the number kept stay as they are; past it, all but the
+    // most recently used sleep.
+    assert_eq!(ws.rest(300), 0);
+    assert_eq!(ws.rest(100), 500);
+    assert_eq!(awake(&ws), 100);
+    // Listing and heads wake nothing and say the same.
+    assert_eq!(ws.list_files(), listed);
+    assert_eq!(
+        ws.docs_mut().map(|d| d.heads()).collect::<Vec<_>>(),
+        heads_before
+    );
+    assert_eq!(awake(&ws), 100);
+    // A sleeping file reads and edits as before (it wakes).
+    assert_eq!(
+        ws.get_file(&path("f0.txt")).expect("get").bytes,
+        b"file 0\n"
+    );
+    let (_, _, changes) = ws
+        .splice(&path("f0.txt"), &[edit(0, 4, "FILE")], &a, 2)
+        .expect("edit");
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        ws.get_file(&path("f0.txt")).expect("get").bytes,
+        b"FILE 0\n"
+    );
+    assert_eq!(
+        ws.list_files()
+            .iter()
+            .find(|f| f.path.as_str() == "f0.txt")
+            .map(|f| f.updated_at),
+        Some(2),
+        "the listing follows the change"
+    );
+}
