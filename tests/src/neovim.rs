@@ -168,6 +168,7 @@ pub struct Neovim {
     child: Child,
     socket: PathBuf,
     dump: PathBuf,
+    scratch: PathBuf,
 }
 
 impl Drop for Neovim {
@@ -217,6 +218,7 @@ impl Neovim {
             child,
             socket,
             dump,
+            scratch: scratch.to_path_buf(),
         };
         let started = Instant::now();
         while nvim.expr("luaeval('xattached()')").ok().as_deref() != Some("1") {
@@ -338,6 +340,17 @@ impl Neovim {
     /// The server's messages shown to the user.
     pub fn messages(&self) -> String {
         self.json("luaeval('xlog()')").unwrap_or_default()
+    }
+
+    /// The end of Neovim's LSP log (the language server's stderr lands
+    /// there), for a failure message.
+    pub fn lsp_log(&self) -> String {
+        let text = ["nvim/lsp.log", "lsp.log"]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(self.scratch.join(p)).ok())
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
     /// Whether Neovim still runs.

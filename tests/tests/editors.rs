@@ -125,8 +125,26 @@ async fn two_neovims_co_edit_through_their_nodes_and_nothing_is_lost_or_doubled(
     );
     let count = |t: &str, c: char| t.chars().filter(|x| *x == c).count();
     let xs: usize = (0..edits).map(|i| 1 + i % 3).sum();
-    assert_eq!(count(&ta, 'x'), xs, "A's typing lost or doubled: {ta:?}");
-    assert_eq!(count(&ta, 'y'), xs, "B's typing lost or doubled: {ta:?}");
+    let logs = || {
+        format!(
+            "--- A's Neovim ---\n{}\n--- B's Neovim ---\n{}\n{}",
+            va.lsp_log(),
+            vb.lsp_log(),
+            p.logs()
+        )
+    };
+    assert_eq!(
+        count(&ta, 'x'),
+        xs,
+        "A's typing lost or doubled: {ta:?}\n{}",
+        logs()
+    );
+    assert_eq!(
+        count(&ta, 'y'),
+        xs,
+        "B's typing lost or doubled: {ta:?}\n{}",
+        logs()
+    );
     assert_eq!(count(&ta, '\n'), count(&before, '\n') + 2 * edits / 50);
     let rest = |t: &str| {
         t.chars()
@@ -200,7 +218,7 @@ async fn the_teams_findings_show_as_diagnostics_and_follow_a_teammates_analysis(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_node_stopping_under_neovim_loses_nothing() {
+async fn the_node_killed_under_neovim_loses_nothing() {
     let Some(p) = pair(&[("notes.md", "one\n")]).await else {
         return;
     };
@@ -210,7 +228,7 @@ async fn the_node_stopping_under_neovim_loses_nothing() {
     let Pair {
         tmp: _tmp, a, b, ..
     } = p;
-    a.stop();
+    a.kill9();
     va.insert(0, "typed while the node was down|")
         .expect("type");
     assert!(

@@ -25,6 +25,10 @@ struct Echo {
     target: String,
     /// If it never does: the base to go back to.
     fallback: (Vec<String>, String),
+    /// The edits sent, and the editor's first change after they were sent
+    /// (for the log, when the two disagree).
+    sent: String,
+    first_change: Option<String>,
 }
 
 #[derive(Debug)]
@@ -164,7 +168,14 @@ impl OpenDoc {
     ) -> Option<Vec<Value>> {
         let edits = text::text_edits(&self.shadow, &target);
         let fallback = fallback.or_else(|| self.base.clone())?;
-        self.echo = Some(Echo { target, fallback });
+        let mut sent = Value::from(edits.clone()).to_string();
+        sent.truncate(300);
+        self.echo = Some(Echo {
+            target,
+            fallback,
+            sent,
+            first_change: None,
+        });
         Some(edits)
     }
 
@@ -197,6 +208,21 @@ impl OpenDoc {
     /// it did not apply it (refused, or skipped as out of date).
     pub fn applied(&mut self) {
         if let Some(e) = self.echo.take() {
+            if self.shadow != e.fallback.1 {
+                // Either the editor changed the text itself and skipped the
+                // edit (the usual case), or it applied the edit differently
+                // from what was sent: the second would double the edit
+                // once the text is sent back. Said, to tell them apart.
+                tracing::warn!(
+                    uri = %self.uri,
+                    editor = self.shadow.len(),
+                    sent = e.fallback.1.len(),
+                    target = e.target.len(),
+                    edits = %e.sent,
+                    first_change = e.first_change.as_deref().unwrap_or(""),
+                    "the editor's text is neither what it had nor what it was sent; taking it as its own edits"
+                );
+            }
             self.base = Some(e.fallback);
         }
     }
