@@ -14,8 +14,6 @@
 //! does I/O.
 
 use std::cell::RefCell;
-
-pub use lazy::Am;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -81,7 +79,7 @@ pub enum DocKind {
 #[derive(Debug, Clone)]
 pub struct Doc {
     pub id: DocId,
-    pub am: Am,
+    pub am: AutoCommit,
 }
 
 impl Doc {
@@ -89,15 +87,7 @@ impl Doc {
     pub fn new(id: DocId, actor: &ActorId) -> Self {
         let mut am = AutoCommit::new();
         am.set_actor(actor.clone());
-        Self::of(id, am)
-    }
-
-    /// A document around an Automerge document.
-    pub fn of(id: DocId, am: AutoCommit) -> Self {
-        Self {
-            id,
-            am: Am::new(am),
-        }
+        Self { id, am }
     }
 
     /// Commits pending operations; returns the change to persist, if any.
@@ -117,9 +107,9 @@ impl Doc {
         })
     }
 
-    /// Its heads (without waking it).
+    /// Heads as hex strings.
     pub fn heads(&mut self) -> Vec<ChangeHash> {
-        self.am.heads()
+        self.am.get_heads()
     }
 }
 
@@ -215,33 +205,6 @@ impl Workspace {
             },
             changes,
         ))
-    }
-
-    /// Puts file documents to sleep, the least recently used first, until
-    /// at most `keep` are awake (see [`lazy`]); nothing when at most
-    /// `2 * keep` are, so the sweep is rare. Returns how many slept.
-    pub fn rest(&mut self, keep: usize) -> usize {
-        let mut awake: Vec<(u64, DocId)> = self
-            .files
-            .iter()
-            .filter(|(_, d)| d.am.is_awake())
-            .map(|(id, d)| (d.am.last_used(), *id))
-            .collect();
-        if awake.len() <= keep.saturating_mul(2) {
-            return 0;
-        }
-        awake.sort_unstable();
-        let mut slept = 0;
-        for (_, id) in &awake[..awake.len() - keep] {
-            if let Some(d) = self.files.get_mut(id) {
-                // Listings must not wake it again.
-                d.am.facts(file_facts);
-                if d.am.sleep() {
-                    slept += 1;
-                }
-            }
-        }
-        slept
     }
 
     /// Every document of the workspace, mutably.
@@ -579,41 +542,26 @@ pub(crate) fn stamp(
     Ok(())
 }
 
-/// What a listing shows of a file's document.
-pub(crate) fn file_facts(am: &AutoCommit) -> lazy::Facts {
-    let (text, size_bytes, chars) = match get_text_obj(am) {
+fn file_info(path: WorkspacePath, doc: &Doc) -> FileInfo {
+    let am = &doc.am;
+    let (kind, size_bytes, chars) = match get_text_obj(am) {
         Some(t) => {
             let s = am.text(&t).unwrap_or_default();
-            (true, s.len() as u64, Some(am.length(&t) as u64))
+            (FileKind::Text, s.len() as u64, Some(am.length(&t) as u64))
         }
         None => (
-            false,
+            FileKind::Binary,
             get_bytes(am, &ROOT, "data").map_or(0, |b| b.len() as u64),
             None,
         ),
     };
-    lazy::Facts {
-        text,
+    FileInfo {
+        path,
+        kind,
         size_bytes,
         chars,
         updated_by: get_str(am, &ROOT, "updated_by").unwrap_or_default(),
         updated_at: get_u64(am, &ROOT, "updated_at").unwrap_or(0),
-    }
-}
-
-fn file_info(path: WorkspacePath, doc: &Doc) -> FileInfo {
-    let f = doc.am.facts(file_facts);
-    FileInfo {
-        path,
-        kind: if f.text {
-            FileKind::Text
-        } else {
-            FileKind::Binary
-        },
-        size_bytes: f.size_bytes,
-        chars: f.chars,
-        updated_by: f.updated_by,
-        updated_at: f.updated_at,
     }
 }
 
@@ -670,7 +618,6 @@ mod access;
 mod analyses;
 mod editing;
 pub mod folder;
-pub mod lazy;
 pub mod merge;
 pub use access::MemberState;
 pub use editing::Edited;

@@ -129,12 +129,6 @@ pub trait Host {
     ) -> WriteDecision;
     /// A saved Automerge sync state for (peer, doc).
     fn sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>>;
-    /// The heads of a document the host holds. A host that keeps documents
-    /// out of memory can answer without loading them (digests ask for every
-    /// document's heads).
-    fn heads(&mut self, ws: &WorkspaceId, doc: &DocId) -> Option<Vec<ChangeHash>> {
-        self.document(ws, doc).map(|am| am.get_heads())
-    }
 }
 
 /// All a peer is told when its session is refused, whatever the reason.
@@ -425,9 +419,10 @@ pub fn digest(host: &mut impl Host, ws: &WorkspaceId) -> [u8; 16] {
     let mut docs = host.documents(ws);
     docs.sort();
     for doc in docs {
-        let Some(mut heads) = host.heads(ws, &doc) else {
+        let Some(am) = host.document(ws, &doc) else {
             continue;
         };
+        let mut heads = am.get_heads();
         heads.sort();
         h.update(doc.as_bytes());
         h.update(&(heads.len() as u64).to_le_bytes());

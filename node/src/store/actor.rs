@@ -35,12 +35,6 @@ use crate::workspace::{Author, NewChange, Workspace, access_doc_id, index_doc_id
 /// three parts — what goes to disk ([`Persistence`]), the sync engine and the
 /// network it talks to ([`SyncDriver`]), and this node's memberships
 /// ([`Memberships`]) — each in its own file.
-/// File documents kept awake per workspace; the rest sleep as their saved
-/// bytes ([`crate::workspace::lazy`]).
-const AWAKE_FILES: usize = 256;
-/// How often the awake documents are counted.
-const REST_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
 pub(super) struct Actor {
     pub(super) disk: Persistence,
     pub(super) sync: SyncDriver,
@@ -117,7 +111,6 @@ impl Actor {
     /// behind a flood of network input, which waits for them instead. A
     /// group of up to `max_group` commands shares one commit.
     pub(super) fn run(mut self, mut inbox: Inbox) {
-        let mut rested = Instant::now();
         while let Some(cmd) = inbox.next() {
             self.handle(cmd);
             let mut grouped = 1;
@@ -133,12 +126,6 @@ impl Actor {
             self.flush();
             if let Err(e) = self.compact_due(false) {
                 tracing::warn!(error = %e, "compaction failed; the change records stay and it is retried later");
-            }
-            if rested.elapsed() >= REST_EVERY {
-                rested = Instant::now();
-                for w in self.workspaces.values_mut() {
-                    w.rest(AWAKE_FILES);
-                }
             }
         }
         self.flush();

@@ -91,17 +91,6 @@ impl Host for HostView<'_> {
         )
     }
 
-    fn heads(&mut self, ws: &WorkspaceId, doc: &DocId) -> Option<Vec<ChangeHash>> {
-        let w = self.workspaces.get_mut(ws)?;
-        if *doc == w.access.id {
-            return Some(w.access.heads());
-        }
-        if *doc == w.index.id {
-            return Some(w.index.heads());
-        }
-        w.files.get_mut(doc).map(Doc::heads)
-    }
-
     fn signature(&self, _ws: &WorkspaceId, doc: &DocId, hash: &ChangeHash) -> Option<SignedHead> {
         self.read(|tx| {
             let table = tx.open_table(SIGNATURES).ok()?;
@@ -249,13 +238,13 @@ mod tests {
         let member = ws.access.am.get_heads();
         // A node that has not heard of the revocation yet.
         let mut unaware = Workspace::empty(id, &admin);
-        *unaware.access.am = ws.access.am.fork();
+        unaware.access.am = ws.access.am.fork();
         ws.revoke(&dev.peer_id, &admin, 3_000).expect("revoke");
         let revoked = ws.access.am.get_heads();
         let file = DocId::from_bytes([7; 16]);
         let mut fresh = || {
             let mut copy = Workspace::empty(id, &admin);
-            *copy.access.am = ws.access.am.fork();
+            copy.access.am = ws.access.am.fork();
             copy
         };
 
@@ -264,7 +253,7 @@ mod tests {
         assert_eq!(decide(fresh(), &dev, file, &later), WriteDecision::Deny);
         // A node that lacks the revocation does not allow it: it waits.
         let mut copy = Workspace::empty(id, &admin);
-        *copy.access.am = unaware.access.am.fork();
+        copy.access.am = unaware.access.am.fork();
         assert_eq!(decide(copy, &dev, file, &later), WriteDecision::Unknown);
 
         // Concurrent with the revocation (the window docs/security.md
@@ -326,7 +315,7 @@ mod tests {
         let promote = theirs.get_last_local_change().expect("change").clone();
         let copy = |ws: &mut Workspace| {
             let mut c = Workspace::empty(id, &admin);
-            *c.access.am = ws.access.am.fork();
+            c.access.am = ws.access.am.fork();
             c
         };
         assert_eq!(

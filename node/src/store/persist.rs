@@ -188,17 +188,13 @@ impl Persistence {
             }
             let doc_id = DocId::from_bytes(k.value());
             let (am, counters) = load_doc(&snapshots, &changes, doc_id)?;
-            let mut doc = Doc::of(doc_id, am);
+            let mut doc = Doc { id: doc_id, am };
             doc.am.set_actor(author.actor.clone());
             self.counters.insert(doc_id, counters);
             match record.kind {
                 DocKind::Access => access = Some(doc),
                 DocKind::Index => index = Some(doc),
                 DocKind::File => {
-                    // Asleep until used: a large workspace loads in little
-                    // memory (see `workspace::lazy`).
-                    doc.am.facts(crate::workspace::file_facts);
-                    doc.am.sleep();
                     files.insert(doc_id, doc);
                 }
             }
