@@ -208,12 +208,19 @@ async fn a_hostile_editor_gets_clear_answers_and_the_server_keeps_serving() {
         node.file(&ws, "ok.py").await.as_deref() == Some(b"x = 1\n# tail".as_slice())
     })
     .await;
-    assert!(
-        landed,
-        "the node has {:?}; the server said {:#?}",
-        node.file(&ws, "ok.py").await,
-        ed.seen
-    );
+    if !landed {
+        let _ = ed.child.kill();
+        let mut err = String::new();
+        if let Some(mut e) = ed.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        panic!(
+            "the node has {:?}; the server said {:#?}\nits log:\n{err}\nthe node's:\n{}",
+            node.file(&ws, "ok.py").await,
+            ed.seen,
+            node.log_text()
+        );
+    }
     // Over the node's text limit, or not UTF-8: not live-shared, said so,
     // and the files on disk untouched.
     for (name, text) in [("big.txt", big.as_str()), ("latin1.txt", "caf\u{fffd}\n")] {
