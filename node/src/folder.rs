@@ -20,7 +20,7 @@ pub mod editors;
 mod ignores;
 mod task;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -142,7 +142,8 @@ impl Folders {
                 let Some(running) = weak.upgrade() else { break };
                 let closed = editors.expire();
                 if !closed.is_empty() {
-                    tell_presence(&store, &editors, &closed).await;
+                    let touched: BTreeSet<WorkspaceId> = closed.iter().map(|(ws, _)| *ws).collect();
+                    tell_presence(&store, &editors, touched).await;
                     recheck(&running, closed).await;
                 }
             }
@@ -356,7 +357,7 @@ impl Folders {
         let closed = self
             .editors
             .update(session, workspace, open, saves, cursors)?;
-        tell_presence(&self.store, &self.editors, &[(workspace, String::new())]).await;
+        tell_presence(&self.store, &self.editors, [workspace]).await;
         if !closed.is_empty() {
             recheck(&self.running, closed).await;
         }
@@ -389,11 +390,13 @@ impl Folders {
     }
 }
 
-/// Tells the store what this node has open in the workspaces named in
-/// `touched`, for its teammates.
-async fn tell_presence(store: &Store, editors: &Editors, touched: &[(WorkspaceId, String)]) {
-    let workspaces: std::collections::BTreeSet<WorkspaceId> =
-        touched.iter().map(|(ws, _)| *ws).collect();
+/// Tells the store what this node has open in `workspaces`, for its
+/// teammates.
+async fn tell_presence(
+    store: &Store,
+    editors: &Editors,
+    workspaces: impl IntoIterator<Item = WorkspaceId>,
+) {
     for ws in workspaces {
         let files = editors
             .presence(ws)
