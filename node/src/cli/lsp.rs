@@ -110,6 +110,7 @@ pub async fn run(dir: &DataDir) -> Result<()> {
         teammates: BTreeMap::new(),
         told_cursors: BTreeMap::new(),
         leased_at: BTreeMap::new(),
+        presence_due: BTreeSet::new(),
     };
     let mut tick = tokio::time::interval(POLL);
     loop {
@@ -128,7 +129,7 @@ pub async fn run(dir: &DataDir) -> Result<()> {
             },
             _ = tick.tick() => server.tick().await,
         }
-        for ws in server.cursors_due() {
+        for ws in server.leases_due() {
             server.lease(ws).await;
         }
     }
@@ -165,6 +166,8 @@ struct Server {
     told_cursors: BTreeMap<String, EditorCursor>,
     /// When each workspace's lease was last sent.
     leased_at: BTreeMap<WorkspaceId, Instant>,
+    /// Workspaces whose teammates' presence changed since the last lease.
+    presence_due: BTreeSet<WorkspaceId>,
 }
 
 impl Server {
@@ -485,9 +488,11 @@ impl Server {
             }
             // Teammates opened or closed files, or moved: the lease's
             // answer says who has ours open.
+            // Asked at most every `CURSOR_EVERY` (`leases_due`): a busy
+            // teammate's cursor moves many times a second.
             "presence" => {
                 if let Some(ws) = ws.filter(|w| self.docs.values().any(|d| d.workspace == *w)) {
-                    self.lease(ws).await;
+                    self.presence_due.insert(ws);
                 }
             }
             _ => {}

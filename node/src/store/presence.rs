@@ -29,10 +29,33 @@ pub struct OpenHere {
 /// A teammate's word: its open files and their cursors.
 type Said = Vec<(WorkspacePath, Option<String>)>;
 
-/// What teammates have open: (workspace, peer) → their files.
+/// What teammates have open: workspace → peer → their files.
 #[derive(Debug, Default)]
 pub(super) struct Heard {
-    files: BTreeMap<(WorkspaceId, PeerId), Said>,
+    files: BTreeMap<WorkspaceId, BTreeMap<PeerId, Said>>,
+}
+
+impl Heard {
+    /// Records what `peer` said about `ws`; whether it changed anything.
+    fn set(&mut self, ws: WorkspaceId, peer: PeerId, said: Said) -> bool {
+        if said.is_empty() {
+            return self.forget(ws, peer);
+        }
+        let peers = self.files.entry(ws).or_default();
+        peers.insert(peer, said.clone()) != Some(said)
+    }
+
+    /// Forgets `peer`'s word about `ws`; whether there was one.
+    fn forget(&mut self, ws: WorkspaceId, peer: PeerId) -> bool {
+        let Some(peers) = self.files.get_mut(&ws) else {
+            return false;
+        };
+        let had = peers.remove(&peer).is_some();
+        if peers.is_empty() {
+            self.files.remove(&ws);
+        }
+        had
+    }
 }
 
 impl Actor {
@@ -65,20 +88,14 @@ impl Actor {
             .into_iter()
             .filter_map(|f| Some((WorkspacePath::parse(&f.path).ok()?, f.cursor)))
             .collect();
-        let key = (ws, peer);
-        let changed = if files.is_empty() {
-            self.sync.heard.files.remove(&key).is_some()
-        } else {
-            self.sync.heard.files.insert(key, files.clone()) != Some(files)
-        };
-        if changed {
+        if self.sync.heard.set(ws, peer, files) {
             self.stats.publish(NodeEvent::Presence { workspace: ws });
         }
     }
 
     /// A session closed: the peer's word about `ws` ends.
     pub(super) fn presence_ended(&mut self, peer: PeerId, ws: WorkspaceId) {
-        if self.sync.heard.files.remove(&(ws, peer)).is_some() {
+        if self.sync.heard.forget(ws, peer) {
             self.stats.publish(NodeEvent::Presence { workspace: ws });
         }
     }
@@ -90,10 +107,7 @@ impl Actor {
             .get(&ws)
             .ok_or(StoreError::WorkspaceNotFound(ws))?;
         let mut out = Vec::new();
-        for ((w_id, peer), files) in &self.sync.heard.files {
-            if *w_id != ws {
-                continue;
-            }
+        for (peer, files) in self.sync.heard.files.get(&ws).into_iter().flatten() {
             let peer_id = peer.to_string();
             let role = w.role_of(&peer_id);
             for (path, cursor) in files {

@@ -159,14 +159,24 @@ fn lines(text: &[char]) -> Vec<std::ops::Range<usize>> {
 /// later version of `base`: returns splices to apply to `theirs`, in the
 /// sequential form the store takes (each relative to the text the ones
 /// before it left). Text that `theirs` inserted is never deleted, text that
-/// both deleted is deleted once, and where both inserted at one place, our
-/// text goes after theirs.
+/// both deleted is deleted once, an edit both sides made alike is made once
+/// (as git's merge does: a tool that wrote the text a teammate already has,
+/// plus its own change, adds only its change), and where both inserted
+/// different text at one place, our text goes after theirs.
 pub fn rebase(base: &str, ours: &[Edit], theirs: &str) -> Vec<SpliceEdit> {
     let remote = edits(base, theirs);
     // Each surviving base position maps to a position in `theirs`.
     let map = PositionMap::new(&remote);
     let mut out: Vec<(usize, usize, String)> = Vec::new();
     for e in ours {
+        let i = remote.partition_point(|r| r.pos < e.pos);
+        if remote[i..]
+            .iter()
+            .take_while(|r| r.pos == e.pos)
+            .any(|r| r == e)
+        {
+            continue;
+        }
         let mut deletes = Vec::new();
         for (a, b) in map.surviving(e.pos, e.pos + e.delete) {
             let start = map.forward(a);

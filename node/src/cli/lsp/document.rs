@@ -16,6 +16,8 @@ use serde_json::Value;
 use xencode_protocol::api::{EditorCursor, SpliceRequest, SpliceResponse};
 use xencode_protocol::{WorkspaceId, WorkspacePath};
 
+use xencode_node::workspace::merge;
+
 use super::text::{self, Pos};
 
 /// Where the editor's text stands while an applied edit is awaited.
@@ -140,11 +142,22 @@ impl OpenDoc {
             // The first answer: the node's whole text.
             let node = text::apply_splices("", &catch_up);
             self.base = Some((resp.heads, node.clone()));
-            if node == self.shadow || self.editor_wins {
-                // Equal, or the editor's text goes to the node next.
+            if self.editor_wins {
+                // The editor's text goes to the node next.
                 return None;
             }
-            return self.expect_echo(node, None);
+            // What the editor typed since it sent its text is its own, on
+            // top of the node's text: the editor gets the node's side.
+            let target = if self.shadow == sent {
+                node
+            } else {
+                let mine = merge::edits(&sent, &self.shadow);
+                merge::apply(&node, &merge::rebase(&sent, &mine, &node))
+            };
+            if target == self.shadow {
+                return None;
+            }
+            return self.expect_echo(target, None);
         }
         let node = text::apply_splices(&sent, &catch_up);
         if self.shadow != sent {
@@ -168,8 +181,7 @@ impl OpenDoc {
     ) -> Option<Vec<Value>> {
         let edits = text::text_edits(&self.shadow, &target);
         let fallback = fallback.or_else(|| self.base.clone())?;
-        let mut sent = Value::from(edits.clone()).to_string();
-        sent.truncate(300);
+        let sent = clip(Value::from(edits.clone()).to_string());
         self.echo = Some(Echo {
             target,
             fallback,
@@ -184,6 +196,9 @@ impl OpenDoc {
         // While our own edit is coming back, changes are its echo: not where
         // the editor's user is.
         let echoing = self.echo.is_some();
+        if let Some(e) = self.echo.as_mut().filter(|e| e.first_change.is_none()) {
+            e.first_change = Some(clip(change.to_string()));
+        }
         let replaced = text::apply_change(&mut self.shadow, change)?;
         if self.echo.as_ref().is_some_and(|e| e.target == self.shadow) {
             self.echo = None;
@@ -248,3 +263,16 @@ impl OpenDoc {
         Some((hash, heads))
     }
 }
+
+/// At most 300 bytes of `s` for a log line, cut at a character boundary.
+fn clip(mut s: String) -> String {
+    let mut end = s.len().min(300);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s
+}
+
+#[cfg(test)]
+mod tests;

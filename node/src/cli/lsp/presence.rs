@@ -42,24 +42,25 @@ impl Server {
             .collect()
     }
 
-    /// Workspaces whose cursors moved since they were last told, and may be
-    /// told again now.
-    pub(super) fn cursors_due(&mut self) -> Vec<WorkspaceId> {
-        let mut due = Vec::new();
+    /// Workspaces to lease now: their cursors moved since they were last
+    /// told, or teammates' presence changed, and the last lease is at least
+    /// `CURSOR_EVERY` old.
+    pub(super) fn leases_due(&mut self) -> Vec<WorkspaceId> {
+        let mut due: Vec<WorkspaceId> = self.presence_due.iter().copied().collect();
         for doc in self.docs.values_mut() {
             let ws = doc.workspace;
             let Some(c) = doc.placed_cursor() else {
                 continue;
             };
-            let told = self.told_cursors.get(&doc.uri);
-            let recent = self
-                .leased_at
-                .get(&ws)
-                .is_some_and(|t| t.elapsed() < CURSOR_EVERY);
-            if told != Some(&c) && !recent && !due.contains(&ws) {
+            if self.told_cursors.get(&doc.uri) != Some(&c) && !due.contains(&ws) {
                 due.push(ws);
             }
         }
+        due.retain(|ws| {
+            self.leased_at
+                .get(ws)
+                .is_none_or(|t| t.elapsed() >= CURSOR_EVERY)
+        });
         due
     }
 
@@ -120,6 +121,7 @@ impl Server {
     /// Remembers what the node was told, when.
     pub(super) fn told(&mut self, ws: WorkspaceId, cursors: &[EditorCursor]) {
         self.leased_at.insert(ws, Instant::now());
+        self.presence_due.remove(&ws);
         for doc in self.docs.values().filter(|d| d.workspace == ws) {
             match cursors.iter().find(|c| c.path == doc.path) {
                 Some(c) => self.told_cursors.insert(doc.uri.clone(), c.clone()),

@@ -140,56 +140,69 @@ fn byte_of_char(text: &str, from: usize, at: u64, n: u64) -> usize {
         .map_or(text.len(), |(k, _)| from + k)
 }
 
-/// LSP `TextEdit`s (all relative to `old`, as LSP wants) that turn `old`
-/// into `new`.
+/// LSP `TextEdit`s (all relative to `old`, as LSP wants, in order and
+/// apart) that turn `old` into `new`: one per changed place, so that the
+/// editor keeps its cursor, marks and undo steps elsewhere.
 pub fn text_edits(old: &str, new: &str) -> Vec<Value> {
-    let splices = merge::splices(old, new);
-    let mut out = Vec::with_capacity(splices.len());
-    // Splices are in order, each relative to the text the previous ones
-    // left: map each back to `old`'s scalar positions.
-    let mut shift: i64 = 0;
-    let (mut byte, mut chr) = (0usize, 0u64);
-    for s in &splices {
-        let orig = i64::try_from(s.pos).unwrap_or(i64::MAX) - shift;
-        let Ok(orig) = u64::try_from(orig) else {
-            return whole(old, new);
-        };
-        if orig < chr {
-            return whole(old, new);
-        }
-        let start = byte_of_char(old, byte, chr, orig);
-        let end = byte_of_char(old, start, orig, orig + s.delete);
-        // LSP has no position between "\r" and "\n": take the pair whole.
-        let (mut a, mut b, mut insert) = (start, end, s.insert.clone());
-        if splits_crlf(old, a) {
-            a -= 1;
-            insert.insert(0, '\r');
-        }
-        if splits_crlf(old, b) {
-            b += 1;
-            insert.push('\n');
-        }
-        out.push(json!({
-            "range": {"start": pos_at(old, a).to_json(), "end": pos_at(old, b).to_json()},
-            "newText": insert,
-        }));
-        shift += s.insert.chars().count() as i64 - i64::try_from(s.delete).unwrap_or(0);
-        (byte, chr) = (end, orig + s.delete);
+    // Each changed place as byte ranges of `old` and of `new`; between two
+    // of them both texts hold the same characters.
+    let mut groups: Vec<[usize; 4]> = Vec::new();
+    let (mut ob, mut oc, mut nb, mut nc) = (0usize, 0u64, 0usize, 0u64);
+    for e in merge::edits(old, new) {
+        let (pos, delete) = (e.pos as u64, e.delete as u64);
+        let at = nc + (pos - oc);
+        let oa = byte_of_char(old, ob, oc, pos);
+        let na = byte_of_char(new, nb, nc, at);
+        let o_end = byte_of_char(old, oa, pos, pos + delete);
+        let n_end = na + e.insert.len();
+        groups.push([oa, o_end, na, n_end]);
+        (ob, oc) = (o_end, pos + delete);
+        (nb, nc) = (n_end, at + e.insert.chars().count() as u64);
     }
-    out
+    join_touching(&mut groups);
+    // LSP has no position between "\r" and "\n": a place that splits one
+    // takes the pair whole (the character it takes is the same in both
+    // texts, since places do not touch).
+    for g in &mut groups {
+        if splits_crlf(old, g[0]) {
+            g[0] -= 1;
+            g[2] -= 1;
+        }
+        if splits_crlf(old, g[1]) {
+            g[1] += 1;
+            g[3] += 1;
+        }
+    }
+    join_touching(&mut groups);
+    groups
+        .into_iter()
+        .map(|[oa, ob, na, nb]| {
+            json!({
+                "range": {"start": pos_at(old, oa).to_json(), "end": pos_at(old, ob).to_json()},
+                "newText": new[na..nb],
+            })
+        })
+        .collect()
+}
+
+/// Joins changed places that touch or overlap into one.
+fn join_touching(groups: &mut Vec<[usize; 4]>) {
+    let mut out: Vec<[usize; 4]> = Vec::with_capacity(groups.len());
+    for g in groups.drain(..) {
+        match out.last_mut() {
+            Some(last) if last[1] >= g[0] => {
+                last[1] = last[1].max(g[1]);
+                last[3] = last[3].max(g[3]);
+            }
+            _ => out.push(g),
+        }
+    }
+    *groups = out;
 }
 
 /// Whether byte `at` falls between the two bytes of a "\r\n".
 fn splits_crlf(text: &str, at: usize) -> bool {
     at > 0 && text.as_bytes().get(at - 1) == Some(&b'\r') && text.as_bytes().get(at) == Some(&b'\n')
-}
-
-/// One edit replacing all of `old`.
-fn whole(old: &str, new: &str) -> Vec<Value> {
-    vec![json!({
-        "range": {"start": Pos { line: 0, character: 0 }.to_json(), "end": pos_at(old, old.len()).to_json()},
-        "newText": new,
-    })]
 }
 
 /// Applies LSP `TextEdit`s (relative to `text`, not overlapping) to `text`.
@@ -278,11 +291,26 @@ mod tests {
         assert_eq!(t, "all new", "untouched");
     }
 
+    #[test]
+    fn separate_changes_are_separate_edits_in_order() {
+        let old = "one\ntwo\nthree\n";
+        let new = "one!\ntwo\nthree?\n";
+        let edits = text_edits(old, new);
+        assert_eq!(edits.len(), 2, "{edits:?}");
+        assert_eq!(edits[0]["range"]["start"], p(0, 3).to_json());
+        assert_eq!(edits[1]["range"]["start"], p(2, 5).to_json());
+        assert_eq!(apply_text_edits(old, &edits), new);
+    }
+
     proptest! {
         #[test]
         fn text_edits_turn_old_into_new(old in "[ab\n\r😀é]{0,24}", new in "[ab\n\r😀é]{0,24}") {
             let edits = text_edits(&old, &new);
             prop_assert_eq!(apply_text_edits(&old, &edits), new);
+            let at = |e: &Value, end: &str| byte_at(&old, Pos::from_json(&e["range"][end]).expect("pos"));
+            for w in edits.windows(2) {
+                prop_assert!(at(&w[0], "end") < at(&w[1], "start"), "in order and apart: {:?}", edits);
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Diffs and three-way merges: exact on hand-made cases, and by property on
 //! random texts (the diff reproduces its target; a merge with an unchanged
-//! side is the other side; disjoint line edits both survive).
+//! side is the other side, with two equal sides that side; disjoint line
+//! edits both survive).
 
 use proptest::prelude::*;
 
@@ -68,6 +69,16 @@ fn both_deleting_the_same_text_deletes_it_once() {
 }
 
 #[test]
+fn an_edit_both_sides_made_alike_is_made_once() {
+    assert_eq!(merged("ab", "aXb", "aXb"), "aXb");
+    // A tool writes what the teammate's live edits made, plus its change.
+    let base = "def main():\n    return 1\n";
+    let theirs = "AAA# from A\ndef main():\n    return 1\n";
+    let ours = "AAA# from A\ndef main():\n    return 2\n";
+    assert_eq!(merged(base, ours, theirs), ours);
+}
+
+#[test]
 fn both_inserting_at_one_place_keeps_both_ours_after() {
     assert_eq!(merged("ab", "aOURSb", "aTHEIRSb"), "aTHEIRSOURSb");
 }
@@ -123,7 +134,8 @@ proptest! {
     #[test]
     fn a_merge_with_one_side_unchanged_is_the_other_side(base in text(), other in text()) {
         prop_assert_eq!(merged(&base, &base, &other), other.clone());
-        prop_assert_eq!(merged(&base, &other, &base), other);
+        prop_assert_eq!(merged(&base, &other, &base), other.clone());
+        prop_assert_eq!(merged(&base, &other, &other), other, "made alike, made once");
     }
 
     #[test]

@@ -1,0 +1,100 @@
+//! The document's exchange with the node, answer by answer, with the
+//! editor's keystrokes falling between request and answer.
+
+use serde_json::json;
+use xencode_node::workspace::merge;
+use xencode_protocol::api::SpliceResponse;
+use xencode_protocol::{WorkspaceId, WorkspacePath};
+
+use super::{OpenDoc, clip};
+use crate::cli::lsp::text;
+
+fn doc(text: &str) -> OpenDoc {
+    OpenDoc::new(
+        "file:///f/a.py".into(),
+        WorkspaceId::from_bytes([9; 16]),
+        WorkspacePath::parse("a.py").expect("path"),
+        1,
+        text.into(),
+    )
+}
+
+/// The node's answer: it holds `node` at `heads`, reached from `from`.
+fn answer(from: &str, node: &str, heads: &str) -> SpliceResponse {
+    SpliceResponse {
+        path: WorkspacePath::parse("a.py").expect("path"),
+        edits_applied: 0,
+        chars: node.chars().count() as u64,
+        heads: vec![heads.into()],
+        mine: Some(vec![format!("{heads}-mine")]),
+        catch_up: Some(merge::splices(from, node)),
+    }
+}
+
+/// A keystroke: `text` typed at the end.
+fn type_at_end(d: &mut OpenDoc, typed: &str) {
+    let end = json!({"line": 1_000_000, "character": 0});
+    d.change(&json!({"range": {"start": end, "end": end}, "text": typed}))
+        .expect("change");
+}
+
+#[test]
+fn a_keystroke_before_the_first_answer_is_sent_not_undone() {
+    let mut d = doc("x = 1\n");
+    assert!(d.next_request().is_some());
+    type_at_end(&mut d, "# tail");
+    assert_eq!(d.answer(answer("", "x = 1\n", "h1")), None);
+    let req = d.next_request().expect("the keystroke goes to the node");
+    assert_eq!(req.base, Some(vec!["h1".to_owned()]));
+    let edits = req.edits.expect("edits");
+    assert_eq!(merge::apply("x = 1\n", &edits), "x = 1\n# tail");
+}
+
+#[test]
+fn a_newer_node_text_reaches_the_editor_with_its_keystrokes_kept() {
+    let mut d = doc("x = 1\n");
+    assert!(d.next_request().is_some());
+    type_at_end(&mut d, "# tail");
+    let edits = d
+        .answer(answer("", "x = 2\n", "h1"))
+        .expect("the node's side goes to the editor");
+    let editor = text::apply_text_edits(&d.shadow, &edits);
+    assert_eq!(editor, "x = 2\n# tail");
+    // The echo: nothing else goes until it is seen, then only the keystroke.
+    assert!(d.next_request().is_none());
+    d.change(&json!({"text": editor})).expect("echo");
+    d.applied();
+    let req = d.next_request().expect("the keystroke goes to the node");
+    let edits = req.edits.expect("edits");
+    assert_eq!(merge::apply("x = 2\n", &edits), "x = 2\n# tail");
+}
+
+#[test]
+fn a_teammates_edit_is_applied_once_even_when_the_editor_types_over_it() {
+    let mut d = doc("ab\n");
+    d.next_request();
+    assert_eq!(d.answer(answer("", "ab\n", "h1")), None);
+    d.poll = true;
+    d.next_request().expect("poll");
+    d.answer(answer("ab\n", "Tab\n", "h2"))
+        .expect("the teammate's edit");
+    // The editor types first, so it skips the versioned edit.
+    type_at_end(&mut d, "!");
+    d.applied();
+    let req = d.next_request().expect("resend");
+    // The next exchange starts from what the editor last sent ("ab\n"):
+    // the node merges and brings the teammate's "T" once.
+    assert_eq!(req.base, Some(vec!["h2-mine".to_owned()]));
+    let mine = req.edits.expect("edits");
+    assert_eq!(merge::apply("ab\n", &mine), "ab\n!");
+    let back = d.answer(answer("ab\n!", "Tab\n!", "h3")).expect("catch-up");
+    assert_eq!(text::apply_text_edits(&d.shadow, &back), "Tab\n!");
+}
+
+#[test]
+fn log_excerpts_are_cut_at_a_character_boundary() {
+    let s = "é".repeat(200);
+    let c = clip(s);
+    assert!(c.len() <= 300 && c.chars().all(|ch| ch == 'é'));
+    assert_eq!(clip("short".into()), "short");
+}
