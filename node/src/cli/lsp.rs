@@ -378,11 +378,14 @@ impl Server {
 
     /// The editor answered a request of ours (an `applyEdit`).
     fn editor_answer(&mut self, id: &Value, _msg: &Value) {
-        let Some(uri) = id.as_i64().and_then(|i| self.pending_apply.remove(&i)) else {
+        let Some((id, uri)) = id
+            .as_i64()
+            .and_then(|i| Some((i, self.pending_apply.remove(&i)?)))
+        else {
             return;
         };
         if let Some(doc) = self.docs.get_mut(&uri) {
-            doc.applied();
+            doc.applied(id);
         }
     }
 
@@ -449,6 +452,9 @@ impl Server {
             let id = self.next_id;
             self.next_id += 1;
             self.pending_apply.insert(id, uri.to_owned());
+            if let Some(doc) = self.docs.get_mut(uri) {
+                doc.sent_as(id);
+            }
             self.send(
                 json!({"jsonrpc": "2.0", "id": id, "method": "workspace/applyEdit",
                 "params": {"label": "xencode: a teammate's edit", "edit": {"documentChanges": [

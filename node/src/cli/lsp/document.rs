@@ -10,7 +10,11 @@
 //! report the result (the echo) before it sends anything else. If the
 //! editor moved on first, or refused or skipped the edit (a version check),
 //! the base stays at the editor's last sent text and the next exchange
-//! brings the catch-up again: rebased, resent, never lost or doubled.
+//! brings the catch-up again: rebased, resent, never lost or doubled. An
+//! edit's fate is read from the editor's answer to *its* request only: the
+//! answer to an earlier one can arrive after the next edit went out, and
+//! taking it for the next one's would make that edit's echo look like
+//! typing (sent back, doubled).
 
 use serde_json::Value;
 use xencode_protocol::api::{EditorCursor, SpliceRequest, SpliceResponse};
@@ -27,6 +31,9 @@ struct Echo {
     target: String,
     /// If it never does: the base to go back to.
     fallback: (Vec<String>, String),
+    /// The id of the `applyEdit` request that carries it: the answer to an
+    /// earlier one (whose echo was seen) says nothing about this one.
+    request: Option<i64>,
     /// The edits sent, and the editor's first change after they were sent
     /// (for the log, when the two disagree).
     sent: String,
@@ -185,6 +192,7 @@ impl OpenDoc {
         self.echo = Some(Echo {
             target,
             fallback,
+            request: None,
             sent,
             first_change: None,
         });
@@ -219,27 +227,49 @@ impl OpenDoc {
         self.cursor = Some(text::byte_at(&self.shadow, pos));
     }
 
-    /// The editor answered the `applyEdit`: if its echo has not been seen,
-    /// it did not apply it (refused, or skipped as out of date).
-    pub fn applied(&mut self) {
-        if let Some(e) = self.echo.take() {
-            if self.shadow != e.fallback.1 {
-                // Either the editor changed the text itself and skipped the
-                // edit (the usual case), or it applied the edit differently
-                // from what was sent: the second would double the edit
-                // once the text is sent back. Said, to tell them apart.
-                tracing::warn!(
-                    uri = %self.uri,
-                    editor = self.shadow.len(),
-                    sent = e.fallback.1.len(),
-                    target = e.target.len(),
-                    edits = %e.sent,
-                    first_change = e.first_change.as_deref().unwrap_or(""),
-                    "the editor's text is neither what it had nor what it was sent; taking it as its own edits"
-                );
-            }
+    /// The edits just returned by [`Self::answer`] went to the editor as
+    /// the `applyEdit` request `id`.
+    pub fn sent_as(&mut self, id: i64) {
+        if let Some(e) = &mut self.echo {
+            e.request = Some(id);
+        }
+    }
+
+    /// The editor answered the `applyEdit` request `id`: if its echo has not
+    /// been seen, it did not apply it (refused, or skipped as out of date).
+    pub fn applied(&mut self, id: i64) {
+        if self.echo.as_ref().is_some_and(|e| e.request != Some(id)) {
+            return;
+        }
+        let Some(e) = self.echo.take() else {
+            return;
+        };
+        if self.shadow == e.fallback.1 {
+            self.base = Some(e.fallback);
+            return;
+        }
+        // The editor changed its text, and it is neither what it had nor
+        // what it was sent. Either it typed and skipped the edit (the usual
+        // case: its text is its old one plus a few keystrokes), or it
+        // applied the edit a little differently (an editor's own fix-up of
+        // the last line, say): taking the second for the first would send
+        // the teammate's edit back as this editor's, doubled. The nearer
+        // of the two texts tells them apart.
+        let typed = distance(&e.fallback.1, &self.shadow);
+        let fixed_up = distance(&e.target, &self.shadow);
+        tracing::warn!(
+            uri = %self.uri,
+            typed,
+            fixed_up,
+            edits = %e.sent,
+            first_change = e.first_change.as_deref().unwrap_or(""),
+            "the editor's text is neither what it had nor what it was sent"
+        );
+        if typed <= fixed_up {
             self.base = Some(e.fallback);
         }
+        // Else the base stays the node's text the edit brought: the fix-up
+        // goes to the node as this editor's change.
     }
 
     /// The editor saved `text`.
@@ -262,6 +292,14 @@ impl OpenDoc {
         self.saved = None;
         Some((hash, heads))
     }
+}
+
+/// How many characters an edit from `a` to `b` deletes and inserts.
+fn distance(a: &str, b: &str) -> usize {
+    merge::edits(a, b)
+        .iter()
+        .map(|e| e.delete + e.insert.chars().count())
+        .sum()
 }
 
 /// At most 300 bytes of `s` for a log line, cut at a character boundary.

@@ -62,8 +62,9 @@ fn a_newer_node_text_reaches_the_editor_with_its_keystrokes_kept() {
     assert_eq!(editor, "x = 2\n# tail");
     // The echo: nothing else goes until it is seen, then only the keystroke.
     assert!(d.next_request().is_none());
+    d.sent_as(1);
     d.change(&json!({"text": editor})).expect("echo");
-    d.applied();
+    d.applied(1);
     let req = d.next_request().expect("the keystroke goes to the node");
     let edits = req.edits.expect("edits");
     assert_eq!(merge::apply("x = 2\n", &edits), "x = 2\n# tail");
@@ -78,9 +79,10 @@ fn a_teammates_edit_is_applied_once_even_when_the_editor_types_over_it() {
     d.next_request().expect("poll");
     d.answer(answer("ab\n", "Tab\n", "h2"))
         .expect("the teammate's edit");
+    d.sent_as(7);
     // The editor types first, so it skips the versioned edit.
     type_at_end(&mut d, "!");
-    d.applied();
+    d.applied(7);
     let req = d.next_request().expect("resend");
     // The next exchange starts from what the editor last sent ("ab\n"):
     // the node merges and brings the teammate's "T" once.
@@ -97,4 +99,54 @@ fn log_excerpts_are_cut_at_a_character_boundary() {
     let c = clip(s);
     assert!(c.len() <= 300 && c.chars().all(|ch| ch == 'é'));
     assert_eq!(clip("short".into()), "short");
+}
+
+#[test]
+fn the_answer_to_an_earlier_apply_edit_does_not_settle_a_later_one() {
+    let mut d = doc("ab\n");
+    d.next_request();
+    d.answer(answer("", "ab\n", "h1"));
+    d.poll = true;
+    d.next_request();
+    let first = d.answer(answer("ab\n", "Tab\n", "h2")).expect("first");
+    d.sent_as(1);
+    // The editor applies it (its echo), and a second teammate edit goes
+    // out before the editor's answer to the first arrives.
+    d.change(&json!({"text": text::apply_text_edits(&d.shadow, &first)}))
+        .expect("echo");
+    d.poll = true;
+    d.next_request().expect("poll");
+    let second = d.answer(answer("Tab\n", "TTab\n", "h3")).expect("second");
+    d.sent_as(2);
+    d.applied(1);
+    // The second edit's echo is still the editor applying it, not a
+    // keystroke: nothing goes back to the node.
+    d.change(&json!({"text": text::apply_text_edits(&d.shadow, &second)}))
+        .expect("echo");
+    d.applied(2);
+    assert_eq!(d.shadow, "TTab\n");
+    assert!(
+        d.next_request().is_none(),
+        "the teammate's edit is not resent"
+    );
+}
+
+#[test]
+fn an_edit_the_editor_applied_a_little_differently_is_not_sent_back() {
+    let mut d = doc("a\nb\n");
+    d.next_request();
+    d.answer(answer("", "a\nb\n", "h1"));
+    d.poll = true;
+    d.next_request();
+    let teammate = "a\nteammate's long line\nb\n";
+    d.answer(answer("a\nb\n", teammate, "h2")).expect("edit");
+    d.sent_as(3);
+    // The editor applies it, then fixes up its last line on its own.
+    d.change(&json!({"text": "a\nteammate's long line\nb"}))
+        .expect("echo");
+    d.applied(3);
+    let req = d.next_request().expect("the fix-up goes to the node");
+    assert_eq!(req.base, Some(vec!["h2".to_owned()]));
+    let edits = req.edits.expect("edits");
+    assert_eq!(merge::apply(teammate, &edits), "a\nteammate's long line\nb");
 }
