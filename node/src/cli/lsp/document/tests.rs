@@ -31,6 +31,21 @@ fn answer(from: &str, node: &str, heads: &str) -> SpliceResponse {
     }
 }
 
+/// A document whose first exchange found the node's text equal (at "h1").
+fn synced(text: &str) -> OpenDoc {
+    let mut d = doc(text);
+    d.next_request().expect("first request");
+    assert_eq!(d.answer(answer("", text, "h1")), None);
+    d
+}
+
+/// `d` with a poll of the node in flight (a teammate's edit arrived).
+fn polling(mut d: OpenDoc) -> OpenDoc {
+    d.poll = true;
+    d.next_request().expect("poll");
+    d
+}
+
 /// A keystroke: `text` typed at the end.
 fn type_at_end(d: &mut OpenDoc, typed: &str) {
     let end = json!({"line": 1_000_000, "character": 0});
@@ -72,11 +87,7 @@ fn a_newer_node_text_reaches_the_editor_with_its_keystrokes_kept() {
 
 #[test]
 fn a_teammates_edit_is_applied_once_even_when_the_editor_types_over_it() {
-    let mut d = doc("ab\n");
-    d.next_request();
-    assert_eq!(d.answer(answer("", "ab\n", "h1")), None);
-    d.poll = true;
-    d.next_request().expect("poll");
+    let mut d = polling(synced("ab\n"));
     d.answer(answer("ab\n", "Tab\n", "h2"))
         .expect("the teammate's edit");
     d.sent_as(7);
@@ -103,11 +114,7 @@ fn log_excerpts_are_cut_at_a_character_boundary() {
 
 #[test]
 fn the_answer_to_an_earlier_apply_edit_does_not_settle_a_later_one() {
-    let mut d = doc("ab\n");
-    d.next_request();
-    d.answer(answer("", "ab\n", "h1"));
-    d.poll = true;
-    d.next_request();
+    let mut d = polling(synced("ab\n"));
     let first = d.answer(answer("ab\n", "Tab\n", "h2")).expect("first");
     d.sent_as(1);
     // The editor applies it (its echo), and a second teammate edit goes
@@ -133,11 +140,7 @@ fn the_answer_to_an_earlier_apply_edit_does_not_settle_a_later_one() {
 
 #[test]
 fn an_edit_the_editor_applied_a_little_differently_is_not_sent_back() {
-    let mut d = doc("a\nb\n");
-    d.next_request();
-    d.answer(answer("", "a\nb\n", "h1"));
-    d.poll = true;
-    d.next_request();
+    let mut d = polling(synced("a\nb\n"));
     let teammate = "a\nteammate's long line\nb\n";
     d.answer(answer("a\nb\n", teammate, "h2")).expect("edit");
     d.sent_as(3);
