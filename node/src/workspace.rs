@@ -134,6 +134,9 @@ pub struct Workspace {
     /// heads it was read at: reading it from Automerge costs O(files), and
     /// it is needed for every change event and every sync step.
     file_index: RefCell<Option<Arc<FileIndex>>>,
+    /// New files' index entries wait for [`Workspace::end_index_batch`]: a
+    /// burst of new files makes one index change, not one each.
+    index_batch: bool,
 }
 
 /// The index document's `files` map, read once per index state.
@@ -202,6 +205,7 @@ impl Workspace {
                 index,
                 files: BTreeMap::new(),
                 file_index: RefCell::default(),
+                index_batch: false,
             },
             changes,
         ))
@@ -313,7 +317,8 @@ impl Workspace {
     /// Records a local change to the index's files map in the cached file
     /// index (O(log files)), so that it stays valid at the new heads.
     fn note_file(&mut self, path: &WorkspacePath, doc: Option<DocId>) {
-        let heads = self.index.am.get_heads();
+        // Not `get_heads`: it would commit a batch's entries, uncited.
+        let heads = self.index.am.base_heads();
         let mut slot = self.file_index.borrow_mut();
         let Some(cached) = slot.as_mut() else {
             return;
@@ -352,6 +357,7 @@ impl Workspace {
             index: Doc::new(index_doc_id(&id), &author.actor),
             files: BTreeMap::new(),
             file_index: RefCell::default(),
+            index_batch: false,
         }
     }
 
@@ -437,13 +443,34 @@ impl Workspace {
         {
             return Ok(id);
         }
-        let cites = self.access.am.get_heads();
         let id = DocId::derive(&self.id, &new_doc_nonce);
         self.enter_file(path, id, author, now_ms)?;
-        changes.extend(self.index.commit(now_ms, &cites));
+        if !self.index_batch {
+            let cites = self.access.am.get_heads();
+            changes.extend(self.index.commit(now_ms, &cites));
+        }
         self.note_file(path, Some(id));
         self.files.insert(id, Doc::new(id, &author.actor));
         Ok(id)
+    }
+
+    /// From now until [`Self::end_index_batch`], new files' index entries
+    /// are kept uncommitted.
+    pub fn begin_index_batch(&mut self) {
+        self.index_batch = true;
+    }
+
+    /// Commits the index entries of the new files since
+    /// [`Self::begin_index_batch`] as one change.
+    pub fn end_index_batch(&mut self, now_ms: u64) -> Option<NewChange> {
+        self.index_batch = false;
+        let cites = self.access.am.get_heads();
+        let change = self.index.commit(now_ms, &cites)?;
+        let heads = self.index.am.base_heads();
+        if let Some(cached) = self.file_index.borrow_mut().as_mut() {
+            Arc::make_mut(cached).heads = heads;
+        }
+        Some(change)
     }
 
     /// Writes the index entry naming `doc` as `path`'s (uncommitted).

@@ -505,6 +505,12 @@ impl Engine {
         self.pending_bytes
     }
 
+    /// Documents with an entry in the pending buffer (changes or signatures
+    /// waiting).
+    pub fn pending_documents(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Feeds one input.
     pub fn handle(&mut self, host: &mut impl Host, input: Input, now_ms: u64) {
         self.now_ms = now_ms;

@@ -431,6 +431,7 @@ impl Actor {
         let out = self.write(ws, |w, author| {
             let mut out = Vec::with_capacity(ops.len());
             let mut changes = Vec::new();
+            w.begin_index_batch();
             for op in ops {
                 match op {
                     DiskOp::Write {
@@ -506,6 +507,7 @@ impl Actor {
                     }
                 }
             }
+            changes.extend(w.end_index_batch(now_ms));
             Ok((out, changes))
         })?;
         for (path, record) in records {

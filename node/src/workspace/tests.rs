@@ -295,3 +295,43 @@ fn a_one_line_save_of_a_large_file_is_a_small_change() {
         "{bytes} bytes of changes for one changed word"
     );
 }
+
+#[test]
+fn a_batch_of_new_files_makes_one_index_change() {
+    let mut ws = new_ws();
+    let a = author(1);
+    let index = ws.index.id;
+    ws.begin_index_batch();
+    let mut changes = Vec::new();
+    for i in 0..5u8 {
+        let p = path(&format!("new/f{i}.txt"));
+        changes.extend(
+            ws.ingest(
+                &p,
+                b"hello\n",
+                Some(0o644),
+                None,
+                &a,
+                2,
+                [i + 10; 16],
+                LIMIT,
+            )
+            .expect("ingest"),
+        );
+        // Known at once, though not yet committed.
+        assert!(ws.file_state(&p).is_some(), "{p} while batching");
+    }
+    changes.extend(ws.end_index_batch(3));
+    let of_index = changes.iter().filter(|c| c.doc == index).count();
+    assert_eq!(of_index, 1, "one index change for five new files");
+    assert_eq!(changes.len(), 6, "and one change per file");
+    // The change carries the citation of the access heads, like any other.
+    let last = changes.last().expect("index change");
+    assert!(last.change.message().is_some(), "cited");
+    assert_eq!(ws.list_files().len(), 5);
+    // Without a batch, each new file is its own index change (an API write).
+    let c = ws
+        .ingest(&path("g.txt"), b"x", None, None, &a, 4, [99; 16], LIMIT)
+        .expect("ingest");
+    assert_eq!(c.iter().filter(|c| c.doc == index).count(), 1);
+}

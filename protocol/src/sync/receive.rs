@@ -184,21 +184,38 @@ impl Engine {
     /// documents as long as anything was applied: changes elsewhere may have
     /// waited for these (the access heads they cite), and changes here for
     /// their dependencies.
+    /// Only documents with changes still pending are passed over: a
+    /// document whose changes all applied leaves the buffer at once, so a
+    /// burst of new documents costs each frame its own, not every earlier one.
     pub(super) fn resolve(&mut self, host: &mut impl Host, ws: WorkspaceId, doc: DocId) {
         let mut progressed = self.resolve_doc(host, ws, doc);
+        self.forget_if_done(ws, doc);
         let mut rounds = 0;
         while progressed && rounds < super::MAX_RESOLVE_ROUNDS {
             rounds += 1;
             progressed = false;
             let docs: Vec<DocId> = self
                 .pending
-                .keys()
-                .filter(|(w, _)| *w == ws)
-                .map(|(_, d)| *d)
+                .range((ws, DocId::from_bytes([0; 16]))..)
+                .take_while(|((w, _), _)| *w == ws)
+                .filter(|(_, p)| !p.changes.is_empty())
+                .map(|((_, d), _)| *d)
                 .collect();
             for d in docs {
                 progressed |= self.resolve_doc(host, ws, d);
+                self.forget_if_done(ws, d);
             }
+        }
+    }
+
+    /// Drops the pending entry of `doc` once nothing in it waits.
+    fn forget_if_done(&mut self, ws: WorkspaceId, doc: DocId) {
+        if self
+            .pending
+            .get(&(ws, doc))
+            .is_some_and(|p| p.changes.is_empty() && p.signatures.is_empty())
+        {
+            self.pending.remove(&(ws, doc));
         }
     }
 
