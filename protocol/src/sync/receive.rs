@@ -184,6 +184,7 @@ impl Engine {
     /// documents as long as anything was applied: changes elsewhere may have
     /// waited for these (the access heads they cite), and changes here for
     /// their dependencies.
+    ///
     /// Only documents with changes still pending are passed over: a
     /// document whose changes all applied leaves the buffer at once, so a
     /// burst of new documents costs each frame its own, not every earlier one.
