@@ -257,19 +257,21 @@ impl OpenDoc {
         // of the two texts tells them apart.
         let typed = distance(&e.fallback.1, &self.shadow);
         let fixed_up = distance(&e.target, &self.shadow);
-        tracing::warn!(
-            uri = %self.uri,
-            typed,
-            fixed_up,
-            edits = %e.sent,
-            first_change = e.first_change.as_deref().unwrap_or(""),
-            "the editor's text is neither what it had nor what it was sent"
-        );
         if typed <= fixed_up {
+            tracing::debug!(uri = %self.uri, typed, fixed_up, "the editor skipped an edit; it is sent again");
             self.base = Some(e.fallback);
+        } else {
+            // The base stays the node's text the edit brought: the fix-up
+            // goes to the node as this editor's change.
+            tracing::warn!(
+                uri = %self.uri,
+                typed,
+                fixed_up,
+                edits = %e.sent,
+                first_change = e.first_change.as_deref().unwrap_or(""),
+                "the editor applied an edit differently from what was sent; its difference is taken as its own edit"
+            );
         }
-        // Else the base stays the node's text the edit brought: the fix-up
-        // goes to the node as this editor's change.
     }
 
     /// The editor saved `text`.
