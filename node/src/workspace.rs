@@ -461,9 +461,14 @@ impl Workspace {
     }
 
     /// Commits the index entries of the new files since
-    /// [`Self::begin_index_batch`] as one change.
+    /// [`Self::begin_index_batch`] as one change, and ends the batch.
     pub fn end_index_batch(&mut self, now_ms: u64) -> Option<NewChange> {
         self.index_batch = false;
+        self.commit_index_batch(now_ms)
+    }
+
+    /// Commits the batch's entries so far as one change; the batch goes on.
+    pub fn commit_index_batch(&mut self, now_ms: u64) -> Option<NewChange> {
         let cites = self.access.am.get_heads();
         let change = self.index.commit(now_ms, &cites)?;
         let heads = self.index.am.base_heads();

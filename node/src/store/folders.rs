@@ -470,8 +470,7 @@ impl Actor {
                         // The batch's new files first, in their own change:
                         // a removal or rename that fails rolls the index
                         // back, and must take back only itself.
-                        changes.extend(w.end_index_batch(now_ms));
-                        w.begin_index_batch();
+                        changes.extend(w.commit_index_batch(now_ms));
                         match w.remove_if_unchanged(&path, &base, now_ms) {
                             Ok(Some(c)) => {
                                 changes.extend(c);
@@ -491,8 +490,7 @@ impl Actor {
                         stamp,
                         base,
                     } => {
-                        changes.extend(w.end_index_batch(now_ms));
-                        w.begin_index_batch();
+                        changes.extend(w.commit_index_batch(now_ms));
                         let moved = if w.file_state(&from).is_some_and(|s| s.doc == base.doc) {
                             w.rename_file(&from, &to, author, now_ms)
                         } else {
