@@ -7,6 +7,7 @@
 //! no other crate of the workspace.
 
 pub mod analysis;
+pub mod apply;
 pub mod api;
 pub mod capability;
 pub mod envelope;

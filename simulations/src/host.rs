@@ -159,7 +159,7 @@ impl SimHost {
     /// Keeps a change this member made: signature, durable record, held.
     fn keep(&mut self, doc: DocId, loose: &Loose) -> Option<()> {
         let change = Change::from_bytes(loose.raw.clone()).ok()?;
-        self.doc_mut(doc).apply_changes([change]).ok()?;
+        xencode_protocol::apply::apply_changes(self.doc_mut(doc), [change]).ok()?;
         self.sigs.insert((doc, loose.hash), loose.signature.clone());
         self.durable.entry(doc).or_default().push(loose.raw.clone());
         if doc != self.team.access {
@@ -254,7 +254,7 @@ impl SimHost {
                 .filter_map(|r| Change::from_bytes(r.clone()).ok())
                 .collect();
             let mut am = AutoCommit::new();
-            if am.apply_changes(changes).is_ok() && *doc != self.team.access {
+            if xencode_protocol::apply::apply_changes(&mut am, changes).is_ok() && *doc != self.team.access {
                 self.held += raws.len() as u64;
             }
             self.docs.insert(*doc, am);

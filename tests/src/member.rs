@@ -96,11 +96,12 @@ impl Member {
             .into_iter()
             .filter_map(|c| Change::from_bytes(c).ok())
             .collect();
-        let _ = am.apply_changes(changes);
+        let _ = xencode_protocol::apply::apply_changes(am, changes);
         let Some(msg) = message.and_then(|m| sync::Message::decode(&m).ok()) else {
             return;
         };
         let _ = am.sync().receive_sync_message(state, msg);
+        xencode_protocol::apply::forget_patches(am);
         if let Some(mut reply) = am.sync().generate_sync_message(state) {
             reply.changes = ChunkList::empty();
             let f = Frame::Sync {

@@ -531,7 +531,9 @@ fn load_doc(
         next = k.value().1 + 1;
     }
     let pending = batch.len() as u64;
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| am.apply_changes(batch)))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        xencode_protocol::apply::apply_changes(&mut am, batch)
+    }))
         .map_err(|_| LoadError::document(id, "its changes do not apply", "Automerge panicked"))?
         .map_err(|e| LoadError::document(id, "its changes do not apply", e))?;
     Ok((am, Counters { next, pending }))

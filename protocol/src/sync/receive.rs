@@ -86,6 +86,7 @@ impl Engine {
                 return;
             };
             let received = guarded(|| am.sync().receive_sync_message(&mut ds.state, msg));
+            crate::apply::forget_patches(am);
             if !matches!(received, Some(Ok(()))) {
                 // The state may be half-updated: start this document afresh.
                 ds.state = sync::State::new();
@@ -460,7 +461,7 @@ impl Engine {
 fn apply_or_restore(am: &mut automerge::AutoCommit, changes: &[Change]) -> bool {
     let before = am.clone();
     let applied = matches!(
-        guarded(|| am.apply_changes(changes.iter().cloned())),
+        guarded(|| crate::apply::apply_changes(am, changes.iter().cloned())),
         Some(Ok(()))
     ) && changes.iter().all(|c| {
         let hash = c.hash();
