@@ -7,8 +7,8 @@
 //! no other crate of the workspace.
 
 pub mod analysis;
-pub mod apply;
 pub mod api;
+pub mod apply;
 pub mod capability;
 pub mod envelope;
 pub mod ids;

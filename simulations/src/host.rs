@@ -254,7 +254,9 @@ impl SimHost {
                 .filter_map(|r| Change::from_bytes(r.clone()).ok())
                 .collect();
             let mut am = AutoCommit::new();
-            if xencode_protocol::apply::apply_changes(&mut am, changes).is_ok() && *doc != self.team.access {
+            if xencode_protocol::apply::apply_changes(&mut am, changes).is_ok()
+                && *doc != self.team.access
+            {
                 self.held += raws.len() as u64;
             }
             self.docs.insert(*doc, am);

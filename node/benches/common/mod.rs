@@ -86,6 +86,8 @@ impl NodeProcess {
     /// off, and `extra` arguments to `node`; waits until it answers.
     pub fn start(home: &Path, extra: &[String]) -> Result<Self, BoxError> {
         let _ = std::fs::remove_file(home.join("api-url"));
+        // A node loads every document before it answers: minutes for a large
+        // uncompacted store (issue 17).
         let child = Command::new(env!("CARGO_BIN_EXE_xencode"))
             .arg("--data-dir")
             .arg(home)
@@ -108,7 +110,7 @@ impl NodeProcess {
                     auth: format!("Bearer {}", token.trim()),
                 });
             }
-            if started.elapsed() > Duration::from_secs(60) {
+            if started.elapsed() > Duration::from_secs(300) {
                 return Err("the node did not start".into());
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -266,7 +266,7 @@ impl Harness {
                 let heads = doc.am.get_heads();
                 let records: Vec<automerge::Change> = doc.am.get_changes(&[]);
                 let mut fresh = AutoCommit::new();
-                if let Err(e) = fresh.apply_changes(records) {
+                if let Err(e) = xencode_protocol::apply::apply_changes(&mut fresh, records) {
                     panic!("the change records no longer load: {e}");
                 }
                 assert_eq!(fresh.get_heads(), heads, "heads differ after reload");

@@ -86,7 +86,7 @@ impl Host for HostView<'_> {
             &mut w
                 .files
                 .entry(*doc)
-                .or_insert_with(|| Doc::new(*doc, &actor))
+                .or_insert_with(|| Box::new(Doc::new(*doc, &actor)))
                 .am,
         )
     }
@@ -467,7 +467,7 @@ mod tests {
             WriteDecision::Allow
         );
         // And whatever the document says, the root stays an admin.
-        ws.access.am.apply_changes([fine]).expect("apply");
+        xencode_protocol::apply::apply_changes(&mut ws.access.am, [fine]).expect("apply");
         assert_eq!(
             ws.member_state(&root.peer_id),
             MemberState::Member(Role::Admin)

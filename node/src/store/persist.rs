@@ -195,7 +195,7 @@ impl Persistence {
                 DocKind::Access => access = Some(doc),
                 DocKind::Index => index = Some(doc),
                 DocKind::File => {
-                    files.insert(doc_id, doc);
+                    files.insert(doc_id, Box::new(doc));
                 }
             }
         }
@@ -534,8 +534,8 @@ fn load_doc(
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         xencode_protocol::apply::apply_changes(&mut am, batch)
     }))
-        .map_err(|_| LoadError::document(id, "its changes do not apply", "Automerge panicked"))?
-        .map_err(|e| LoadError::document(id, "its changes do not apply", e))?;
+    .map_err(|_| LoadError::document(id, "its changes do not apply", "Automerge panicked"))?
+    .map_err(|e| LoadError::document(id, "its changes do not apply", e))?;
     Ok((am, Counters { next, pending }))
 }
 

@@ -207,7 +207,7 @@ fn concurrent_splices_from_two_authors_merge() {
     other.commit();
     let theirs = other.get_changes(&[]);
     let mine = ws.files.get_mut(&id).expect("doc");
-    mine.am.apply_changes(theirs).expect("merge");
+    xencode_protocol::apply::apply_changes(&mut mine.am, theirs).expect("merge");
     assert_eq!(
         ws.get_file(&path("doc")).expect("get").bytes,
         b"HELLO world!"
