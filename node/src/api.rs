@@ -63,6 +63,10 @@ struct Inner {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Linked folders.
     folders: OnceLock<crate::folder::Folders>,
+    /// Set once the node is usable from the CLI (its `api-url` written):
+    /// until then `/health` answers 503, so a script that waits for health
+    /// can run the CLI next.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 /// How documents are processed.
@@ -109,6 +113,7 @@ impl ApiState {
                 openapi: OnceLock::new(),
                 folders: OnceLock::new(),
                 stopping: tokio::sync::watch::Sender::new(false),
+                ready: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -118,7 +123,21 @@ impl ApiState {
         self.inner.stopping.send_replace(true);
     }
 
-    /// Makes the loaded store available; `/health` turns 200.
+    /// Whether the node has finished starting (see [`ApiState::mark_ready`]).
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(std::sync::atomic::Ordering::Acquire)
+            && self.inner.store.get().is_some()
+    }
+
+    /// The node is usable: everything a client needs (the store, and the
+    /// `api-url` file the CLI reads) is in place; `/health` turns 200.
+    pub fn mark_ready(&self) {
+        self.inner
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Makes the loaded store available to the routes.
     pub fn attach_store(&self, store: Store) {
         if self.inner.store.set(store).is_err() {
             tracing::warn!("the store was attached twice; keeping the first");

@@ -220,6 +220,7 @@ pub async fn run(
     drop(store);
 
     write_api_url(&dir, &api_url)?;
+    state.mark_ready();
     let listening = net_info
         .listen
         .read()

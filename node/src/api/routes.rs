@@ -16,8 +16,7 @@ use crate::now_ms;
 use crate::store::tables::SCHEMA_VERSION;
 
 pub async fn health(State(state): State<ApiState>) -> Response {
-    let loaded = state.inner.store.get().is_some();
-    let (status, word) = if loaded {
+    let (status, word) = if state.is_ready() {
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")

@@ -61,6 +61,7 @@ fn api_and_store() -> (TestApi, Store) {
     .expect("store");
     let state = state(metrics);
     state.attach_store(store.clone());
+    state.mark_ready();
     let api = TestApi {
         router: router(state.clone()),
         state,
