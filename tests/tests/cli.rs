@@ -1,6 +1,9 @@
 //! The CLI contract (ARCHITECTURE section 7) against a real node process.
 
-use xencode_tests::{Node, cli, cli_with_stdin, last_line, ok_stdout};
+use xencode_tests::{
+    Node, cli, cli_with_stdin, free_port, health_ok, last_line, ok_stdout, run_with_stdin,
+    xencode_bin,
+};
 
 #[test]
 fn the_cli_drives_a_real_node_end_to_end() {
@@ -154,4 +157,143 @@ fn invalid_configuration_is_reported_with_the_key_to_fix() {
     std::fs::write(home.join("config.toml"), "[network]\nmdsn = false\n").expect("write");
     let out = cli(&home, &["config", "show"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("mdsn"));
+}
+
+/// A script that waits for `/health` and then runs the CLI must work the
+/// first time: health turns 200 only once `api-url` is written. The node is
+/// restarted with a linked folder each round, which widens the window the
+/// old order left (store loaded, folders still starting, no `api-url`).
+#[test]
+fn health_answers_200_only_once_the_cli_can_reach_the_node() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("home");
+    let folder = tmp.path().join("project");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    for i in 0..200 {
+        std::fs::write(folder.join(format!("f{i}.py")), format!("x = {i}\n")).expect("write");
+    }
+    ok_stdout(&cli(&home, &["init"]));
+    for round in 0..4 {
+        let port = free_port();
+        let api_url = format!("http://127.0.0.1:{port}");
+        // A killed node leaves its api-url behind.
+        let _ = std::fs::remove_file(home.join("api-url"));
+        let mut child = Running(
+            std::process::Command::new(xencode_bin())
+                .arg("--data-dir")
+                .arg(&home)
+                .args(["node", "--api", &format!("127.0.0.1:{port}")])
+                .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+                .env_remove("XENCODE_HOME")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn node"),
+        );
+        let started = std::time::Instant::now();
+        while !health_ok(&api_url) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "round {round}: /health never answered 200"
+            );
+            assert!(
+                child.0.try_wait().expect("wait").is_none(),
+                "the node exited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(
+            std::fs::read_to_string(home.join("api-url"))
+                .unwrap_or_default()
+                .trim(),
+            api_url,
+            "round {round}: /health said ok before api-url was written"
+        );
+        ok_stdout(&cli(&home, &["workspace", "list"]));
+        if round == 0 {
+            // Later rounds start with a linked folder to compare.
+            let folder = folder.to_str().expect("utf-8 path");
+            ok_stdout(&cli(
+                &home,
+                &["folder", "share", folder, "--name", "project"],
+            ));
+        }
+        drop(child);
+    }
+}
+
+/// A node process, killed when dropped (also when an assertion fails).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `xencode dashboard` says it opened a browser only when the opener says
+/// so: a failing `xdg-open` or no graphical session (over SSH) gets the URL
+/// and what went wrong, never "opened".
+#[test]
+fn dashboard_reports_whether_the_browser_really_opened() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("home");
+    ok_stdout(&cli(&home, &["init"]));
+    let _node = Node::start(&home).expect("node starts");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    let opener = bin.join("xdg-open");
+    let opened_file = tmp.path().join("opened");
+    let run = |display: Option<&str>| {
+        let mut cmd = std::process::Command::new(xencode_bin());
+        cmd.arg("--data-dir").arg(&home).arg("dashboard");
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.env("PATH", path).env_remove("WAYLAND_DISPLAY");
+        match display {
+            Some(d) => cmd.env("DISPLAY", d),
+            None => cmd.env_remove("DISPLAY"),
+        };
+        let out = run_with_stdin(cmd, &[]);
+        let url = last_line(&out);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "no URL printed: {url}"
+        );
+        (url, err)
+    };
+    let script = |body: &str| {
+        std::fs::write(&opener, format!("#!/bin/sh\n{body}\n")).expect("write opener");
+        std::fs::set_permissions(&opener, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+
+    // No display at all: the opener is not even tried.
+    script(&format!("echo \"$1\" > {}", opened_file.display()));
+    let (_, err) = run(None);
+    assert!(err.contains("no graphical session"), "{err}");
+    assert!(!err.contains("opened the dashboard"), "{err}");
+    assert!(!opened_file.exists(), "xdg-open ran without a display");
+
+    // A display, but the opener fails (what xdg-open does over SSH).
+    script("echo 'xdg-open: no method available' >&2; exit 3");
+    let (_, err) = run(Some(":9"));
+    assert!(err.contains("failed"), "{err}");
+    assert!(!err.contains("opened the dashboard"), "{err}");
+
+    // The opener succeeds: it got the login URL, and it is reported.
+    script(&format!("echo \"$1\" > {}", opened_file.display()));
+    let (url, err) = run(Some(":9"));
+    assert!(
+        err.contains("opened the dashboard in your browser"),
+        "{err}"
+    );
+    let given = std::fs::read_to_string(&opened_file).expect("the opener ran");
+    assert_eq!(given.trim(), url);
 }

@@ -553,9 +553,13 @@ pub async fn dashboard(client: &Client, no_open: bool, json: bool) -> Result<()>
     }
     if !no_open {
         match open_browser(&link.url) {
-            Ok(()) => eprintln!("opened the dashboard in your browser"),
+            Ok(Opened::Yes) => eprintln!("opened the dashboard in your browser"),
+            Ok(Opened::Pending(program)) => eprintln!(
+                "asked `{program}` to open the dashboard; if no browser appears, open this URL within {} s:",
+                link.expires_in_secs
+            ),
             Err(e) => eprintln!(
-                "could not start a browser ({e}); open this URL yourself within {} s:",
+                "could not open a browser ({e:#}); open this URL yourself within {} s:",
                 link.expires_in_secs
             ),
         }
@@ -569,21 +573,49 @@ pub async fn dashboard(client: &Client, no_open: bool, json: bool) -> Result<()>
     Ok(())
 }
 
-/// Starts the desktop's browser on `url` without waiting for it.
-fn open_browser(url: &str) -> Result<()> {
+/// What became of asking the desktop to open a URL.
+enum Opened {
+    /// The opener said it did.
+    Yes,
+    /// The opener is still running (some wait for the browser to close).
+    Pending(&'static str),
+}
+
+/// Asks the desktop's opener (`xdg-open`, `open`) to show `url`, and says
+/// whether it did: without a graphical session (over SSH, say) `xdg-open`
+/// fails, and that must not be reported as an open browser.
+fn open_browser(url: &str) -> Result<Opened> {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
     let program = if cfg!(target_os = "macos") {
         "open"
     } else {
+        let display = ["DISPLAY", "WAYLAND_DISPLAY"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+        if !display {
+            anyhow::bail!("no graphical session: neither DISPLAY nor WAYLAND_DISPLAY is set");
+        }
         "xdg-open"
     };
-    std::process::Command::new(program)
+    let mut child = std::process::Command::new(program)
         .arg(url)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .with_context(|| format!("`{program}` is not available"))?;
-    Ok(())
+    let started = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(Opened::Yes),
+            Ok(Some(status)) => anyhow::bail!("`{program}` failed: {status}"),
+            Ok(None) if started.elapsed() < WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(None) => return Ok(Opened::Pending(program)),
+            Err(e) => return Err(e).with_context(|| format!("waiting for `{program}`")),
+        }
+    }
 }
 
 pub async fn models(client: &Client, json: bool) -> Result<()> {
