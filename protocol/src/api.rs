@@ -432,9 +432,32 @@ pub struct PeerWorkspace {
     pub id: WorkspaceId,
     /// A sync session is open.
     pub syncing: bool,
-    /// Changes this node holds that the peer has not acknowledged; `None`
-    /// when the peer holds changes this node has not seen yet.
+    /// Changes this node holds that the peer is not known to have; `None`
+    /// when that is not known (see `lag`).
     pub behind: Option<u64>,
+    /// What `behind` means: measured in the open session (`live`), or from
+    /// the state the peer's last session ended with, against this node's
+    /// changes now (an offline peer's last known lag).
+    #[serde(default)]
+    pub lag: Lag,
+}
+
+/// How far a peer is from this node in one workspace.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Lag {
+    /// Measured in the open session.
+    Live,
+    /// Not syncing now: counted from where the peer's last session ended.
+    LastKnown,
+    /// In the open session, the peer holds changes this node has not seen
+    /// yet, and lacks none of ours.
+    PeerAhead,
+    /// Never synced with this node (or nothing is remembered of it).
+    #[default]
+    Unknown,
 }
 
 /// `GET /api/v1/peers`.

@@ -194,7 +194,11 @@ async fn two_browsers_edit_one_file_live() -> anyhow::Result<()> {
         pa.goto(&format!("{}/#/", a.api_url)).await?;
         let short_b = &b.peer_id[b.peer_id.len() - 6..];
         pa.wait_text("#peers-table", UI, |t| {
-            t.contains(short_b) && t.contains("connected") && t.contains("Team Alpha")
+            t.contains(short_b)
+                && t.contains("connected")
+                && (t.contains("Team Alpha: syncing, up to date")
+                    || t.contains(" changes behind")
+                    || t.contains(" change behind"))
         })
         .await?;
         pa.screenshot("7-peers").await?;

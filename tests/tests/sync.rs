@@ -183,6 +183,34 @@ async fn three_nodes_converge_on_fifty_concurrent_writes() {
         text.contains(&t.b.peer_id) && text.contains("up to date"),
         "{text}"
     );
+
+    // C goes offline; A changes a file twice. A still says how far behind
+    // C is, from where C's last session ended, and says that it is that.
+    let c_id = t.c.peer_id.clone();
+    t.c.stop();
+    for body in ["offline 1", "offline 2"] {
+        assert!(put(&t.a, &ws, "announce.txt", body).await.is_success());
+    }
+    let c_lag = |peers: &serde_json::Value| {
+        peers["peers"]
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["peer_id"] == c_id.as_str()))
+            .map(|p| (p["connected"].clone(), p["workspaces"][0].clone()))
+    };
+    let offline = wait_for(CONVERGE, || async {
+        let peers = t.a.get_json("/api/v1/peers").await;
+        c_lag(&peers).is_some_and(|(connected, w)| {
+            connected == false && w["lag"] == "last_known" && w["behind"].as_u64() >= Some(2)
+        })
+    })
+    .await;
+    assert!(offline, "{}", t.a.get_json("/api/v1/peers").await);
+    let text = ok_stdout(&t.a.cli(&["peers"]));
+    let line = text.lines().find(|l| l.contains(&c_id)).unwrap_or_default();
+    assert!(
+        line.contains("offline") && line.contains("behind as of its last session"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

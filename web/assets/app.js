@@ -54,6 +54,21 @@ function short(id) {
   return id && id.length > 16 ? id.slice(0, 8) + '…' + id.slice(-6) : id;
 }
 
+// How far a peer is in one workspace (`lag` in GET /api/v1/peers): what is
+// measured live, what is remembered from its last session, and what is not
+// known are never confused.
+function lagText(w) {
+  const changes = (n) => (n === 1 ? '1 change' : `${n} changes`);
+  switch (w.lag) {
+    case 'live': return w.behind === 0 ? 'syncing, up to date' : `syncing, ${changes(w.behind)} behind`;
+    case 'peer_ahead': return 'syncing, the peer has changes this node has not seen yet';
+    case 'last_known': return w.behind === 0
+      ? 'not syncing; nothing new since its last session'
+      : `not syncing; ${changes(w.behind)} behind as of its last session`;
+    default: return w.syncing ? 'syncing; lag unknown' : 'not syncing; lag unknown (never synced with this node)';
+  }
+}
+
 class ApiError extends Error {
   constructor(status, code, message) {
     super(message);
@@ -239,8 +254,7 @@ async function overview() {
           h('td', {}, h('code', { title: p.peer_id, text: short(p.peer_id) })),
           h('td', { class: p.connected ? 'ok' : 'muted', text: p.connected ? 'connected' : 'offline' }),
           h('td', {}, ...p.workspaces.map((w) => h('div', {},
-            `${names[w.id] || short(w.id)}: ${w.syncing ? 'syncing' : 'idle'}, `,
-            w.behind === null ? 'peer has changes we lack' : `${w.behind} change(s) behind`))))))));
+            `${names[w.id] || short(w.id)}: `, lagText(w)))))))));
     } catch (e) {
       nodeBox.replaceChildren(errorBox(e));
     }

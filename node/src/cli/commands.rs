@@ -224,18 +224,38 @@ pub async fn peers(client: &Client, json: bool) -> Result<()> {
             .workspaces
             .iter()
             .map(|w| {
-                let lag = match (w.syncing, w.behind) {
-                    (false, _) => "not syncing".to_owned(),
-                    (true, Some(0)) => "up to date".to_owned(),
-                    (true, Some(n)) => format!("{n} changes behind"),
-                    (true, None) => "ahead of this node".to_owned(),
-                };
+                let lag = lag_text(w);
                 format!("{} ({lag})", w.id)
             })
             .collect();
         println!("{}  {state}  {}", p.peer_id, ws.join(", "));
     }
     Ok(())
+}
+
+/// How far a peer is, in words: what is measured, what is remembered from
+/// its last session, and what is not known are never confused.
+fn lag_text(w: &xencode_protocol::api::PeerWorkspace) -> String {
+    use xencode_protocol::api::Lag;
+    let changes = |n: u64| {
+        if n == 1 {
+            "1 change".to_owned()
+        } else {
+            format!("{n} changes")
+        }
+    };
+    match (w.lag, w.behind) {
+        (Lag::Live, Some(0)) => "up to date".to_owned(),
+        (Lag::Live, Some(n)) => format!("{} behind", changes(n)),
+        (Lag::PeerAhead, _) => "ahead of this node".to_owned(),
+        (Lag::LastKnown, Some(0)) => "not syncing; nothing new since its last session".to_owned(),
+        (Lag::LastKnown, Some(n)) => {
+            format!("not syncing; {} behind as of its last session", changes(n))
+        }
+        (Lag::Live | Lag::LastKnown, None) => "lag unknown".to_owned(),
+        (Lag::Unknown, _) if w.syncing => "syncing; lag unknown".to_owned(),
+        (Lag::Unknown, _) => "not syncing; lag unknown (never synced with this node)".to_owned(),
+    }
 }
 
 pub async fn invite(

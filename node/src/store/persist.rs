@@ -211,6 +211,22 @@ impl Persistence {
         Ok(ws)
     }
 
+    /// The sync states saved for `peer` (where its sessions ended), by
+    /// document, as committed.
+    pub(super) fn sync_states_of(&self, peer: &str) -> Result<HashMap<DocId, Vec<u8>>, LoadError> {
+        let read = self.db()?.begin_read().map_err(redb::Error::from)?;
+        let table = read.open_table(SYNC_STATES).map_err(redb::Error::from)?;
+        let mut out = HashMap::new();
+        for entry in table
+            .range((peer, [0u8; 16])..=(peer, [0xff; 16]))
+            .map_err(redb::Error::from)?
+        {
+            let (k, v) = entry.map_err(redb::Error::from)?;
+            out.insert(DocId::from_bytes(k.value().1), v.value().to_vec());
+        }
+        Ok(out)
+    }
+
     /// This node's memberships, as committed.
     pub(super) fn load_memberships(&self) -> Result<BTreeMap<WorkspaceId, Membership>, LoadError> {
         let read = self.db()?.begin_read().map_err(redb::Error::from)?;

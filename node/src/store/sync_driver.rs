@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{Change, ChangeHash};
 use tokio::sync::mpsc;
-use xencode_protocol::api::{NodeEvent, PeerInfo, PeerWorkspace, SessionState};
+use xencode_protocol::api::{Lag, NodeEvent, PeerInfo, PeerWorkspace, SessionState};
 use xencode_protocol::envelope::SignedHead;
 use xencode_protocol::policy::WriteRule;
 use xencode_protocol::sync::{Engine, Event, Input, Limits, Output};
@@ -395,6 +395,8 @@ impl Actor {
         let mut out = Vec::new();
         for peer in known {
             let mut workspaces = Vec::new();
+            // Where the peer's last sessions ended, read once per peer.
+            let mut saved = None;
             let ids: Vec<WorkspaceId> = self.workspaces.keys().copied().collect();
             for ws_id in ids {
                 let syncing = self.sync.engine.peers_of(&ws_id).contains(&peer);
@@ -405,15 +407,34 @@ impl Actor {
                 if !syncing && !member {
                     continue;
                 }
-                let behind = if syncing {
-                    self.behind(&peer, &ws_id)
+                let (behind, lag) = if syncing {
+                    match self.behind(&peer, &ws_id) {
+                        Some(n) => (Some(n), Lag::Live),
+                        None => (None, Lag::PeerAhead),
+                    }
                 } else {
-                    None
+                    let saved = saved.get_or_insert_with(|| {
+                        self.disk
+                            .sync_states_of(&peer.to_string())
+                            .unwrap_or_else(|e| {
+                                tracing::warn!(%peer, error = %e, "saved sync states unreadable");
+                                Default::default()
+                            })
+                    });
+                    match self
+                        .workspaces
+                        .get_mut(&ws_id)
+                        .and_then(|w| last_known_behind(w, saved))
+                    {
+                        Some(n) => (Some(n), Lag::LastKnown),
+                        None => (None, Lag::Unknown),
+                    }
                 };
                 workspaces.push(PeerWorkspace {
                     id: ws_id,
                     syncing,
                     behind,
+                    lag,
                 });
             }
             out.push(PeerInfo {
@@ -450,6 +471,36 @@ impl Actor {
         }
         Some(total)
     }
+}
+
+/// How many of this workspace's changes a peer that is not syncing lacks,
+/// counted from the heads its last session ended with (the saved sync
+/// states); `None` if it never synced any of the workspace's documents.
+/// A document it never synced counts whole.
+fn last_known_behind(
+    ws: &mut crate::workspace::Workspace,
+    saved: &std::collections::HashMap<xencode_protocol::DocId, Vec<u8>>,
+) -> Option<u64> {
+    let mut total = 0u64;
+    let mut any = false;
+    for doc in ws.docs_mut() {
+        let shared = match saved.get(&doc.id) {
+            Some(bytes) => match automerge::sync::State::decode(bytes) {
+                Ok(state) => {
+                    any = true;
+                    state.shared_heads
+                }
+                Err(_) => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        let known: Vec<_> = shared
+            .into_iter()
+            .filter(|h| doc.am.get_change_meta_by_hash(h).is_some())
+            .collect();
+        total += doc.am.get_changes(&known).len() as u64;
+    }
+    any.then_some(total)
 }
 
 fn session_event(
