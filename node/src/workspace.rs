@@ -21,7 +21,9 @@ use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
     ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
 };
-use xencode_protocol::api::{FileInfo, FileKind, Member, Role, WorkspaceDetail, WorkspaceSummary};
+use xencode_protocol::api::{
+    FileInfo, FileKind, Member, Role, Standing, WorkspaceDetail, WorkspaceSummary,
+};
 use xencode_protocol::policy::schema;
 use xencode_protocol::{DocId, WorkspaceId, WorkspacePath};
 
@@ -226,10 +228,20 @@ impl Workspace {
         get_str(&self.access.am, &ROOT, "name").unwrap_or_default()
     }
 
-    /// Summary as seen by the node whose peer id is `me`.
-    pub fn summary(&self, me: &str) -> WorkspaceSummary {
+    /// Summary as seen by the node whose peer id is `me`, at `now_ms`.
+    pub fn summary(&self, me: &str, now_ms: u64) -> WorkspaceSummary {
         let members = self.members();
+        let mine = members.iter().find(|m| m.peer_id == me);
+        let effective_role = self.effective_role(me, now_ms);
+        let standing = match mine {
+            None => Standing::NotMember,
+            Some(m) if m.revoked => Standing::Revoked,
+            Some(_) if effective_role.is_none() => Standing::Expired,
+            Some(_) => Standing::Member,
+        };
         WorkspaceSummary {
+            standing,
+            effective_role,
             id: self.id,
             name: self.name(),
             created_at: get_u64(&self.access.am, &ROOT, "created_at").unwrap_or(0),
@@ -243,8 +255,8 @@ impl Workspace {
     }
 
     /// Full detail, including the heads of every document.
-    pub fn detail(&mut self, me: &str) -> WorkspaceDetail {
-        let summary = self.summary(me);
+    pub fn detail(&mut self, me: &str, now_ms: u64) -> WorkspaceDetail {
+        let summary = self.summary(me, now_ms);
         let members = self.members();
         let mut heads: Vec<String> = self
             .docs_mut()

@@ -153,9 +153,35 @@ pub struct WorkspaceSummary {
     pub created_at: u64,
     /// Peer id of the creator, whose key is the capability root.
     pub owner: String,
-    /// This node's role in the workspace.
+    /// This node's role in the workspace as recorded in its membership
+    /// (kept after a revocation or expiry: see `standing`).
     pub role: Role,
     pub files: usize,
+    /// Whether that membership holds now. Writes are judged by
+    /// `effective_role`, which is `role` only while `standing` is `member`.
+    #[serde(default)]
+    pub standing: Standing,
+    /// The role this node's writes are judged by now; `null`: none (revoked,
+    /// expired, or not a member): it can read what it holds, not write.
+    #[serde(default)]
+    pub effective_role: Option<Role>,
+}
+
+/// Whether a membership holds now.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Standing {
+    /// A member in good standing.
+    #[default]
+    Member,
+    /// The membership was revoked by an admin.
+    Revoked,
+    /// The membership's token expired.
+    Expired,
+    /// Not in the member list this node holds (perhaps not yet synced).
+    NotMember,
 }
 
 /// `GET /api/v1/workspaces`.

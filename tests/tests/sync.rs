@@ -321,6 +321,13 @@ async fn a_revoked_developer_is_refused_by_everyone() {
         t.c.file(&ws, "after-c.txt").await.is_none(),
         "C got a write made after its revocation"
     );
+
+    // A lists C as revoked in words too, as its JSON does.
+    let shown = ok_stdout(&t.a.cli(&["workspace", "show", &ws]));
+    assert!(
+        shown.contains(&format!("{}  viewer (revoked)", t.c.peer_id)),
+        "{shown}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

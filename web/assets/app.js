@@ -54,6 +54,25 @@ function short(id) {
   return id && id.length > 16 ? id.slice(0, 8) + '…' + id.slice(-6) : id;
 }
 
+// The role this node's writes are judged by now (`effective_role`; null when
+// revoked, expired or not a member), and how to say it.
+function effectiveRole(w) {
+  return w.effective_role === undefined ? w.role : w.effective_role;
+}
+
+function canWriteIn(w) {
+  return ['developer', 'admin'].includes(effectiveRole(w));
+}
+
+function roleText(w) {
+  switch (w.standing) {
+    case 'revoked': return `no role (revoked; was ${w.role})`;
+    case 'expired': return `no role (membership expired; was ${w.role})`;
+    case 'not_member': return 'not a member (yet: waiting for the first sync)';
+    default: return w.role;
+  }
+}
+
 // How far a peer is in one workspace (`lag` in GET /api/v1/peers): what is
 // measured live, what is remembered from its last session, and what is not
 // known are never confused.
@@ -301,7 +320,7 @@ async function workspaces() {
       list.replaceChildren(r.workspaces.length
         ? h('ul', { id: 'ws-list' }, ...r.workspaces.map((w) => h('li', {},
           h('a', { href: `#/ws/${w.id}`, text: w.name }), ' ',
-          h('span', { class: 'muted', text: `${w.role} · ${w.files} file(s) · ${short(w.id)}` }))))
+          h('span', { class: 'muted', text: `${roleText(w)} · ${w.files} file(s) · ${short(w.id)}` }))))
         : h('p', { class: 'muted', id: 'ws-empty', text: 'No workspaces yet: create one, or join with a token a teammate sent you.' }));
     } catch (e) { list.replaceChildren(errorBox(e)); }
   };
@@ -323,28 +342,34 @@ async function workspace(id) {
     h('section', { class: 'card', 'aria-labelledby': 'docs-h' }, h('h2', { id: 'docs-h', text: 'Documents' }), docs),
     h('section', { class: 'card', 'aria-labelledby': 'an-h' }, h('h2', { id: 'an-h', text: 'Analyses' }), analyses)));
   let detail;
-  const canWrite = () => detail && detail.role !== 'viewer';
+  const canWrite = () => detail && canWriteIn(detail);
   const load = async () => {
     try {
       detail = await api('GET', `/api/v1/workspaces/${enc(id)}`);
     } catch (e) { head.replaceChildren(errorBox(e)); return; }
-    head.replaceChildren(h('h1', { id: 'ws-title', text: detail.name }),
-      h('p', { class: 'muted' }, `Your role: ${detail.role} · ${detail.members.filter((m) => !m.revoked).length} member(s) · id `, h('code', { text: id })));
+    head.replaceChildren(...[h('h1', { id: 'ws-title', text: detail.name }),
+      detail.standing && detail.standing !== 'member'
+        ? h('p', { class: 'bad', id: 'standing-banner', role: 'alert', text: detail.standing === 'not_member'
+          ? 'This node is not in the member list it holds yet: writes wait for the first sync with a member.'
+          : `Your membership was ${detail.standing === 'revoked' ? 'revoked' : 'ended by its expiry'}: you can read what this node holds; your changes are refused everywhere.` })
+        : null,
+      h('p', { class: 'muted' }, `Your role: ${roleText(detail)} · ${detail.members.filter((m) => !m.revoked).length} member(s) · id `, h('code', { text: id }))].filter(Boolean));
     members.replaceChildren(h('table', { id: 'members' },
       h('thead', {}, h('tr', {}, h('th', { text: 'Peer' }), h('th', { text: 'Role' }), h('th', { text: 'Added' }), h('th', { text: '' }))),
       h('tbody', {}, ...detail.members.map((m) => h('tr', {},
         h('td', {}, h('code', { title: m.peer_id, text: short(m.peer_id) }), m.peer_id === state.peerId ? ' (you)' : ''),
         h('td', { text: m.revoked ? `${m.role} (revoked)` : m.role }),
         h('td', { text: when(m.added_at) }),
-        h('td', {}, detail.role === 'admin' && !m.revoked && m.peer_id !== state.peerId
+        h('td', {}, effectiveRole(detail) === 'admin' && !m.revoked && m.peer_id !== state.peerId
           ? h('button', { type: 'button', class: 'danger', 'aria-label': `Revoke ${m.peer_id}`, onclick: (e) => {
             if (!confirm(`Revoke ${m.peer_id}? Their sessions close and later writes are refused.`)) return;
             busy(e.currentTarget, async () => { await api('POST', `/api/v1/workspaces/${enc(id)}/revoke`, { target: m.peer_id }); load(); });
           } }, 'Revoke') : null))))));
     // Built once per role: a reload must not wipe a token being copied.
-    if (admin.dataset.role !== detail.role) {
-      admin.dataset.role = detail.role;
-      admin.replaceChildren(detail.role === 'admin' ? inviteForm(id) : h('p', { class: 'muted', text: 'Only admins invite and revoke.' }));
+    const eff = String(effectiveRole(detail));
+    if (admin.dataset.role !== eff) {
+      admin.dataset.role = eff;
+      admin.replaceChildren(eff === 'admin' ? inviteForm(id) : h('p', { class: 'muted', text: 'Only admins invite and revoke.' }));
     }
     loadFiles(); loadDocs(); loadAnalyses();
   };
@@ -528,11 +553,15 @@ async function fileView(id, path) {
     text = await r.text();
   } catch (e) { box.replaceChildren(errorBox(e)); return; }
 
-  const readOnly = detail.role === 'viewer';
+  const readOnly = !canWriteIn(detail);
   const editor = h('textarea', { id: 'editor', spellcheck: 'false', 'aria-label': `Content of ${path}`, readonly: readOnly });
   editor.value = text;
   box.replaceChildren(editor);
-  if (readOnly) box.append(h('p', { class: 'muted', text: 'You are a viewer here: read only.' }));
+  if (readOnly) {
+    box.append(h('p', { class: 'muted', text: effectiveRole(detail) === 'viewer'
+      ? 'You are a viewer here: read only.'
+      : `Read only: your role here is ${roleText(detail)}.` }));
+  }
   status.textContent = readOnly ? 'read only' : 'saved';
 
   // `shadow` is the text the node holds as far as we know: everything

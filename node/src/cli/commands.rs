@@ -13,7 +13,7 @@ use xencode_protocol::analysis::{
 };
 use xencode_protocol::api::{
     AuditLog, CreateWorkspace, FileInfo, FileList, InviteRequest, InviteResponse, JoinRequest,
-    LoginLink, NodeInfo, PeerList, RevokeRequest, Role, WorkspaceDetail, WorkspaceList,
+    LoginLink, NodeInfo, PeerList, RevokeRequest, Role, Standing, WorkspaceDetail, WorkspaceList,
     WorkspaceSummary,
 };
 
@@ -118,7 +118,7 @@ pub async fn workspace(client: &Client, cmd: WorkspaceCommand, json: bool) -> Re
                     "{}  {}  ({}, {} files)",
                     w.id,
                     w.name,
-                    w.role.as_str(),
+                    role_text(w),
                     w.files
                 );
             }
@@ -133,11 +133,24 @@ pub async fn workspace(client: &Client, cmd: WorkspaceCommand, json: bool) -> Re
             println!("id:        {}", s.id);
             println!("name:      {}", s.name);
             println!("owner:     {}", s.owner);
-            println!("your role: {}", s.role.as_str());
+            println!("your role: {}", role_text(s));
+            if s.standing != Standing::Member {
+                eprintln!(
+                    "note: this node can read what it holds of this workspace, but its changes are refused"
+                );
+            }
             println!("files:     {}", s.files);
             println!("members:");
+            let now = xencode_node::now_ms();
             for m in &d.members {
-                println!("  {}  {}", m.peer_id, m.role.as_str());
+                let state = if m.revoked {
+                    " (revoked)"
+                } else if m.expires_at.is_some_and(|e| now > e) {
+                    " (expired)"
+                } else {
+                    ""
+                };
+                println!("  {}  {}{state}", m.peer_id, m.role.as_str());
             }
             println!("heads:");
             for h in &d.heads {
@@ -231,6 +244,20 @@ pub async fn peers(client: &Client, json: bool) -> Result<()> {
         println!("{}  {state}  {}", p.peer_id, ws.join(", "));
     }
     Ok(())
+}
+
+/// This node's role in a workspace, in words: the role its writes are
+/// judged by now, and why there is none.
+fn role_text(w: &WorkspaceSummary) -> String {
+    let was = w.role.as_str();
+    match w.standing {
+        Standing::Member => w.effective_role.unwrap_or(w.role).as_str().to_owned(),
+        Standing::Revoked => format!("none (revoked; was {was})"),
+        Standing::Expired => format!("none (membership expired; was {was})"),
+        Standing::NotMember => {
+            "none yet (not in the member list: waiting for the first sync)".to_owned()
+        }
+    }
 }
 
 /// How far a peer is, in words: what is measured, what is remembered from

@@ -207,7 +207,12 @@ impl Actor {
             Command::ListWorkspaces { reply } => {
                 self.flush();
                 let me = &self.author.peer_id;
-                let list = self.workspaces.values().map(|w| w.summary(me)).collect();
+                let now = crate::now_ms();
+                let list = self
+                    .workspaces
+                    .values()
+                    .map(|w| w.summary(me, now))
+                    .collect();
                 let _ = reply.send(Ok(list));
             }
             Command::Workspace { id, reply } => {
@@ -216,7 +221,7 @@ impl Actor {
                 let r = self
                     .workspaces
                     .get_mut(&id)
-                    .map(|w| w.detail(&me))
+                    .map(|w| w.detail(&me, crate::now_ms()))
                     .ok_or(StoreError::WorkspaceNotFound(id));
                 let _ = reply.send(r);
             }
@@ -408,7 +413,7 @@ impl Actor {
         let id = WorkspaceId::derive(&self.author.public_key, &nonce);
         let (ws, changes) = Workspace::create(id, &nonce, name, &self.author, now_ms)?;
         let (mut ws, mut changes) = (ws, changes);
-        let summary = ws.summary(&self.author.peer_id);
+        let summary = ws.summary(&self.author.peer_id, now_ms);
         let token = capability::mint(
             &self.signing.to_bytes(),
             &id,

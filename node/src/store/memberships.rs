@@ -194,6 +194,8 @@ impl Actor {
             owner: String::new(),
             role: inv.role,
             files: 0,
+            standing: xencode_protocol::api::Standing::Member,
+            effective_role: Some(inv.role),
         })
     }
 

@@ -42,14 +42,50 @@ pub(super) fn new_ws() -> Workspace {
 #[test]
 fn creator_is_the_admin_member_and_owner() {
     let ws = new_ws();
-    let summary = ws.summary("peer-1");
+    let summary = ws.summary("peer-1", 0);
     assert_eq!(summary.name, "team");
     assert_eq!(summary.owner, "peer-1");
     assert_eq!(summary.role, Role::Admin);
     let members = ws.members();
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].role, Role::Admin);
-    assert_eq!(ws.summary("someone-else").role, Role::Viewer);
+    assert_eq!(ws.summary("someone-else", 0).role, Role::Viewer);
+}
+
+/// The summary says whether a membership holds now: a revoked or expired
+/// member keeps its recorded role but has no effective one.
+#[test]
+fn a_revoked_or_expired_member_has_no_effective_role() {
+    use xencode_protocol::api::Standing;
+    let mut ws = new_ws();
+    let root = author(1);
+    ws.add_member("peer-2", Role::Developer, "t2", None, &root, 2_000)
+        .expect("add");
+    ws.add_member("peer-3", Role::Viewer, "t3", Some(10_000), &root, 2_000)
+        .expect("add");
+    let dev = ws.summary("peer-2", 3_000);
+    assert_eq!(
+        (dev.standing, dev.effective_role, dev.role),
+        (Standing::Member, Some(Role::Developer), Role::Developer)
+    );
+    ws.revoke("peer-2", &root, 4_000).expect("revoke");
+    let dev = ws.summary("peer-2", 5_000);
+    assert_eq!(
+        (dev.standing, dev.effective_role, dev.role),
+        (Standing::Revoked, None, Role::Developer)
+    );
+    let viewer = ws.summary("peer-3", 9_000);
+    assert_eq!(viewer.standing, Standing::Member);
+    let viewer = ws.summary("peer-3", 11_000);
+    assert_eq!(
+        (viewer.standing, viewer.effective_role),
+        (Standing::Expired, None)
+    );
+    let stranger = ws.summary("peer-9", 5_000);
+    assert_eq!(
+        (stranger.standing, stranger.effective_role),
+        (Standing::NotMember, None)
+    );
 }
 
 #[test]
@@ -144,7 +180,7 @@ fn an_out_of_range_batch_changes_nothing() {
     let a = author(1);
     ws.put_file(&path("t"), b"abc", &a, 1, [1; 16], LIMIT)
         .expect("put");
-    let before = ws.detail("peer-1").heads;
+    let before = ws.detail("peer-1", 0).heads;
     let err = ws
         .splice(&path("t"), &[edit(0, 0, "xx"), edit(5, 1, "")], &a, 2)
         .expect_err("second edit is past the end");
@@ -161,7 +197,7 @@ fn an_out_of_range_batch_changes_nothing() {
         .splice(&path("t"), &[edit(u64::MAX, u64::MAX, "")], &a, 2)
         .expect_err("overflow");
     assert!(matches!(err, WorkspaceError::OutOfRange { .. }));
-    assert_eq!(ws.detail("peer-1").heads, before);
+    assert_eq!(ws.detail("peer-1", 0).heads, before);
     assert_eq!(ws.get_file(&path("t")).expect("get").bytes, b"abc");
 }
 
