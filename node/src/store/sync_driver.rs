@@ -450,20 +450,19 @@ impl Actor {
     /// How many of our changes the peer has not acknowledged, from its last
     /// advertised heads; `None` if it holds heads we do not know.
     fn behind(&mut self, peer: &PeerId, ws_id: &WorkspaceId) -> Option<u64> {
-        let theirs = self.sync.engine.their_heads(peer, ws_id);
+        let mut theirs: std::collections::HashMap<_, _> = self
+            .sync
+            .engine
+            .their_heads(peer, ws_id)
+            .into_iter()
+            .collect();
         let ws = self.workspaces.get_mut(ws_id)?;
         let mut total = 0u64;
         let mut ahead = false;
         for doc in ws.docs_mut() {
-            let mut their = theirs
-                .iter()
-                .find(|(d, _)| *d == doc.id)
-                .map(|(_, h)| h.clone())
-                .unwrap_or_default();
-            let before = their.len();
-            their.retain(|h| doc.am.get_change_meta_by_hash(h).is_some());
-            ahead |= their.len() < before;
-            total += doc.am.get_changes(&their).len() as u64;
+            let (lacks, unknown) = lacking(doc, theirs.remove(&doc.id).unwrap_or_default());
+            ahead |= unknown;
+            total += lacks;
         }
         // The peer holds changes this node has not seen, and lacks none of ours.
         if ahead && total == 0 {
@@ -494,13 +493,20 @@ fn last_known_behind(
             },
             None => Vec::new(),
         };
-        let known: Vec<_> = shared
-            .into_iter()
-            .filter(|h| doc.am.get_change_meta_by_hash(h).is_some())
-            .collect();
-        total += doc.am.get_changes(&known).len() as u64;
+        total += lacking(doc, shared).0;
     }
     any.then_some(total)
+}
+
+/// How many of `doc`'s changes a peer that has `known` lacks, and whether
+/// `known` names changes this node does not have.
+fn lacking(doc: &mut crate::workspace::Doc, mut known: Vec<automerge::ChangeHash>) -> (u64, bool) {
+    let before = known.len();
+    known.retain(|h| doc.am.get_change_meta_by_hash(h).is_some());
+    (
+        doc.am.get_changes(&known).len() as u64,
+        known.len() < before,
+    )
 }
 
 fn session_event(
