@@ -204,9 +204,9 @@ pub fn router(state: ApiState) -> Router {
     use xencode_protocol::api::{
         AuditLog, CreateWorkspace, EditorLease, EditorSession, FileInfo, FileList, FolderInfo,
         FolderList, FolderOutcome, FolderRequest, Health, InviteRequest, InviteResponse,
-        JoinRequest, LinkFolder, LoginLink, NodeEvent, NodeInfo, PeerList, Presence, RevokeRequest,
-        SessionInfo, SpliceRequest, SpliceResponse, WorkspaceDetail, WorkspaceList,
-        WorkspaceSummary,
+        JoinRequest, LinkFolder, LoginLink, NodeEvent, NodeInfo, PeerList, Presence,
+        RenameWorkspace, RevokeRequest, SessionInfo, SpliceRequest, SpliceResponse,
+        WorkspaceDetail, WorkspaceList, WorkspaceRemoved, WorkspaceSummary,
     };
     const WS: &str = "workspaces";
     const FILES: &str = "files";
@@ -261,6 +261,24 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/workspaces/{id}",
             Doc::new(WS, "A workspace: members, heads").json::<WorkspaceDetail>(200),
             routes::show_workspace,
+        )
+        .route(
+            Method::PATCH,
+            "/api/v1/workspaces/{id}",
+            Doc::new(WS, "Rename a workspace (admins; for every member)")
+                .json_body::<RenameWorkspace>()
+                .json::<WorkspaceSummary>(200),
+            routes::rename_workspace,
+        )
+        .route(
+            Method::DELETE,
+            "/api/v1/workspaces/{id}",
+            Doc::new(
+                WS,
+                "Forget a workspace on this node: unlink its folders, delete its history from the store",
+            )
+            .json::<WorkspaceRemoved>(200),
+            routes::remove_workspace,
         )
         .route(
             Method::GET,

@@ -5,7 +5,8 @@
 //! Output rules scripts rely on (ARCHITECTURE section 7): ids alone on the
 //! last stdout line, `file list` one sorted path per line, `file get` the
 //! exact bytes, `--json` the bare JSON object, any error a non-zero exit with
-//! a message on stderr.
+//! a message on stderr (and under `--json` also `{"error": {code, message}}`
+//! on stdout).
 
 mod client;
 mod commands;
@@ -185,12 +186,54 @@ struct NodeArgs {
 
 #[derive(Debug, Subcommand)]
 enum WorkspaceCommand {
-    /// Create a workspace; print its id.
-    Create { name: String },
+    /// Create a workspace; print its id. Names are unique on a node
+    /// (without regard to case).
+    ///
+    /// Example: WS=$(xencode workspace create "Team Docs" --exist-ok)
+    Create {
+        name: String,
+        /// If this node already has a workspace of that name, print its id
+        /// instead of refusing (a script run twice).
+        #[arg(long)]
+        exist_ok: bool,
+    },
     /// List workspaces (id, name, role, files).
     List,
     /// Show a workspace: members, files, heads. WS is an id or a unique name.
     Show { ws: String },
+    /// Rename a workspace for every member (admins).
+    ///
+    /// Example: xencode workspace rename "Team Docs" "Team Handbook"
+    Rename {
+        /// Workspace id or unique name.
+        ws: String,
+        /// The new name (unique on this node).
+        name: String,
+    },
+    /// Leave a workspace you were invited to: this node forgets it and
+    /// deletes its copy (its linked folders are unlinked; their files
+    /// stay). Join again with a new invitation.
+    ///
+    /// Example: xencode workspace leave "Team Docs" --yes
+    Leave {
+        /// Workspace id or unique name.
+        ws: String,
+        /// Do not ask for confirmation (needed without a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Remove a workspace you created: this node deletes it and its whole
+    /// history from its store (linked folders are unlinked; their files
+    /// stay). Members keep their own copies.
+    ///
+    /// Example: xencode workspace rm "Team Docs" --yes
+    Rm {
+        /// Workspace id or unique name.
+        ws: String,
+        /// Do not ask for confirmation (needed without a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,6 +294,11 @@ impl Cli {
         }
     }
 
+    /// Whether `--json` was given (errors are then JSON on stdout too).
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
     /// Whether this invocation runs the node (for the default log level).
     pub fn runs_node(&self) -> bool {
         matches!(self.command, Command::Node(_))
@@ -266,14 +314,23 @@ impl Cli {
     }
 }
 
+/// The `--json` form of an error: `{"error": {"code", "message"}}`, the
+/// shape of the node's own error answers.
+pub fn error_json(e: &anyhow::Error) -> String {
+    let body = serde_json::json!({
+        "error": { "code": client::error_code(e), "message": format!("{e:#}") }
+    });
+    serde_json::to_string_pretty(&body).unwrap_or_else(|_| "{}".to_owned())
+}
+
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<()> {
     let dir = cli.data_dir()?;
     let json = cli.json;
     match cli.command {
-        Command::Init => commands::init(&dir),
-        Command::Node(args) => commands::node(&dir, args).await,
-        Command::Id => commands::id(&dir),
+        Command::Init => commands::init(&dir, json),
+        Command::Node(args) => commands::node(&dir, args, json).await,
+        Command::Id => commands::id(&dir, json),
         Command::Config(ConfigCommand::Show) => commands::config_show(&dir, json),
         Command::Restore { file } => commands::restore(&dir, &file, json),
         Command::Lsp => lsp::run(&dir).await,

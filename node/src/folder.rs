@@ -114,6 +114,10 @@ pub struct Folders {
     options: FolderOptions,
     running: Arc<tokio::sync::Mutex<BTreeMap<String, Running>>>,
     editors: Arc<Editors>,
+    /// Ends the editor-lease task at `stop` (it holds a store handle, which
+    /// would keep the store open, and the node's shutdown waiting, until
+    /// its next tick).
+    stopping: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Folders {
@@ -130,15 +134,20 @@ impl Folders {
             options,
             running: Arc::default(),
             editors: Arc::default(),
+            stopping: Arc::default(),
         };
         // Editor sessions that stopped renewing give their files back.
         let weak = Arc::downgrade(&folders.running);
         let editors = Arc::clone(&folders.editors);
         let store = folders.store.clone();
+        let stopping = Arc::clone(&folders.stopping);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stopping.notified() => break,
+                }
                 let Some(running) = weak.upgrade() else { break };
                 let closed = editors.expire();
                 if !closed.is_empty() {
@@ -323,6 +332,23 @@ impl Folders {
         })
     }
 
+    /// Unlinks every folder of `workspace` (before the node forgets it);
+    /// the files stay. Returns how many.
+    pub async fn unlink_workspace(&self, workspace: WorkspaceId) -> Result<usize, FolderError> {
+        let dirs: Vec<String> = self
+            .running
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, r)| r.status.lock().is_ok_and(|s| s.workspace == workspace))
+            .map(|(dir, _)| dir.clone())
+            .collect();
+        for dir in &dirs {
+            self.unlink(dir).await?;
+        }
+        Ok(dirs.len())
+    }
+
     /// On a receive-only folder, puts the workspace's version back over
     /// every local edit.
     pub async fn revert(&self, dir: &str) -> Result<FolderOutcome, FolderError> {
@@ -381,6 +407,7 @@ impl Folders {
 
     /// Stops every folder task (at shutdown).
     pub async fn stop(&self) {
+        self.stopping.notify_one();
         let all: Vec<Running> = std::mem::take(&mut *self.running.lock().await)
             .into_values()
             .collect();

@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     if let Some((kind, max_memory_mib)) = args.extract_worker() {
         return ExitCode::from(xencode_analysis::worker::run_worker(kind, max_memory_mib));
     }
+    let json = args.json();
     let default_level = if args.runs_node() { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
@@ -34,6 +35,9 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if json {
+                println!("{}", cli::error_json(&e));
+            }
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

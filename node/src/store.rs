@@ -96,6 +96,10 @@ pub enum StoreError {
     WorkspaceNotFound(WorkspaceId),
     #[error("invalid workspace name: {0}")]
     InvalidName(#[from] xencode_protocol::api::NameError),
+    #[error(
+        "this node already has a workspace named {name:?} ({id}); use it by name or id, or choose another name"
+    )]
+    NameTaken { name: String, id: WorkspaceId },
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
     #[error("the disk is full; nothing was written. Free some space and retry")]
@@ -272,6 +276,16 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 #[derive(Debug)]
 pub(crate) enum Command {
     CreateWorkspace {
+        name: String,
+        now_ms: u64,
+        reply: Reply<WorkspaceSummary>,
+    },
+    RemoveWorkspace {
+        ws: WorkspaceId,
+        reply: Reply<xencode_protocol::api::WorkspaceRemoved>,
+    },
+    RenameWorkspace {
+        ws: WorkspaceId,
         name: String,
         now_ms: u64,
         reply: Reply<WorkspaceSummary>,
@@ -518,6 +532,32 @@ impl Store {
         now_ms: u64,
     ) -> Result<WorkspaceSummary, StoreError> {
         self.ask(|reply| Command::CreateWorkspace {
+            name,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Forgets a workspace on this node, deleting its history from the
+    /// store (unlink its folders first: `Folders::unlink_workspace`).
+    pub async fn remove_workspace(
+        &self,
+        ws: WorkspaceId,
+    ) -> Result<xencode_protocol::api::WorkspaceRemoved, StoreError> {
+        self.ask(|reply| Command::RemoveWorkspace { ws, reply })
+            .await
+    }
+
+    /// Renames a workspace (admins; the new name must be free on this node).
+    pub async fn rename_workspace(
+        &self,
+        ws: WorkspaceId,
+        name: String,
+        now_ms: u64,
+    ) -> Result<WorkspaceSummary, StoreError> {
+        self.ask(|reply| Command::RenameWorkspace {
+            ws,
             name,
             now_ms,
             reply,

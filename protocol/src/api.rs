@@ -116,6 +116,32 @@ pub struct CreateWorkspace {
     pub name: String,
 }
 
+/// `PATCH /api/v1/workspaces/{id}`: a new name for the workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RenameWorkspace {
+    pub name: String,
+}
+
+/// `DELETE /api/v1/workspaces/{id}`: what this node forgot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct WorkspaceRemoved {
+    pub id: WorkspaceId,
+    pub name: String,
+    /// Whether this node created the workspace (`workspace rm`); members
+    /// keep their own copies either way.
+    pub was_owner: bool,
+    /// Documents whose history was deleted from the store.
+    pub documents: usize,
+    /// Linked folders unlinked (their files stay on disk).
+    pub folders_unlinked: usize,
+    /// Audit entries about the workspace, redacted (the chain re-sealed).
+    pub audit_entries_redacted: u64,
+    /// Whether the store file was compacted afterwards, so no freed page
+    /// still holds the workspace's bytes (false: retried at the next
+    /// removal; `docs/operations.md`).
+    pub compacted: bool,
+}
+
 /// Checks a workspace name: 1 to [`MAX_WORKSPACE_NAME_CHARS`] characters, no
 /// control characters, not only whitespace.
 pub fn validate_workspace_name(name: &str) -> Result<(), NameError> {
@@ -130,6 +156,60 @@ pub fn validate_workspace_name(name: &str) -> Result<(), NameError> {
         return Err(NameError::ControlCharacter);
     }
     Ok(())
+}
+
+/// The form names are compared in: trimmed, lower case. "Team Docs" and
+/// "team docs " name the same workspace.
+pub fn name_key(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
+/// Whether two workspace names are the same name (see [`name_key`]).
+pub fn same_name(a: &str, b: &str) -> bool {
+    name_key(a) == name_key(b)
+}
+
+/// Up to three of `names` close to a mistyped `wanted` (edit distance on
+/// [`name_key`]s, at most a third of the length, at least 2), nearest first.
+pub fn similar_names<'a>(wanted: &str, names: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let key: Vec<char> = name_key(wanted).chars().collect();
+    let budget = (key.len() / 3).max(2);
+    let mut close: Vec<(usize, &str)> = names
+        .into_iter()
+        .filter_map(|n| {
+            let other: Vec<char> = name_key(n).chars().collect();
+            let d = edit_distance(&key, &other, budget)?;
+            // A prefix ("team" for "Team Docs") is a fair guess too.
+            let prefix = !key.is_empty() && other.starts_with(&key);
+            (d <= budget || prefix).then_some((if prefix { d.min(budget) } else { d }, n))
+        })
+        .collect();
+    close.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    close.dedup_by(|a, b| a.1 == b.1);
+    close.into_iter().take(3).map(|(_, n)| n).collect()
+}
+
+/// Levenshtein distance, or `None` as soon as it must exceed `budget`
+/// (bounded work for long names).
+fn edit_distance(a: &[char], b: &[char], budget: usize) -> Option<usize> {
+    if a.len().abs_diff(b.len()) > budget {
+        // Too far apart to be a typo, but maybe a prefix: report the bound.
+        return Some(budget + 1);
+    }
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut row = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != cb);
+            row[j + 1] = substitute.min(prev[j + 1] + 1).min(row[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut row);
+        if prev.iter().min().is_some_and(|m| *m > budget) {
+            return Some(budget + 1);
+        }
+    }
+    prev.last().copied()
 }
 
 /// Why a workspace name is refused.
@@ -369,6 +449,25 @@ mod tests {
     }
 
     #[test]
+    fn names_match_without_case_and_typos_get_suggestions() {
+        assert!(same_name("Team Docs", " team docs"));
+        assert!(!same_name("Team Docs", "Team Doc"));
+        let names = ["Team Docs", "Backend", "team-docs-old", "Design"];
+        assert_eq!(similar_names("Team Dcos", names), vec!["Team Docs"]);
+        assert_eq!(similar_names("backnd", names), vec!["Backend"]);
+        assert_eq!(
+            similar_names("team", names),
+            vec!["Team Docs", "team-docs-old"]
+        );
+        assert!(similar_names("Marketing", names).is_empty());
+        assert!(similar_names("", names).is_empty());
+        // Long names cost bounded work and still find a typo.
+        let long = "x".repeat(200);
+        let typo = format!("{}y", "x".repeat(199));
+        assert_eq!(similar_names(&typo, [long.as_str()]), vec![long.as_str()]);
+    }
+
+    #[test]
     fn single_and_batch_splices_parse() {
         let (path, edits) = req(r#"{"path":"a.py","pos":3,"insert":"x"}"#).expect("single");
         assert_eq!(path.as_str(), "a.py");
@@ -534,6 +633,8 @@ pub enum NodeEvent {
     },
     /// A workspace was created or joined here.
     WorkspaceAdded { workspace: WorkspaceId },
+    /// This node forgot a workspace (`workspace leave` or `rm`).
+    WorkspaceRemoved { workspace: WorkspaceId },
     /// A peer connected or disconnected.
     Peer { peer: String, connected: bool },
     /// A sync session with a peer opened, closed or was refused.
@@ -578,6 +679,7 @@ impl NodeEvent {
             | Self::IndexChanged { workspace, .. }
             | Self::AccessChanged { workspace, .. }
             | Self::WorkspaceAdded { workspace }
+            | Self::WorkspaceRemoved { workspace }
             | Self::Session { workspace, .. }
             | Self::Applied { workspace, .. }
             | Self::Rejected { workspace, .. }
@@ -594,6 +696,7 @@ impl NodeEvent {
             Self::IndexChanged { .. } => "index_changed",
             Self::AccessChanged { .. } => "access_changed",
             Self::WorkspaceAdded { .. } => "workspace_added",
+            Self::WorkspaceRemoved { .. } => "workspace_removed",
             Self::Peer { .. } => "peer",
             Self::Session { .. } => "session",
             Self::Applied { .. } => "applied",

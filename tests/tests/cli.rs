@@ -297,3 +297,147 @@ fn dashboard_reports_whether_the_browser_really_opened() {
     let given = std::fs::read_to_string(&opened_file).expect("the opener ran");
     assert_eq!(given.trim(), url);
 }
+
+/// `--json` means JSON for every command: `init`, `id` and `node` print an
+/// object, and an error is `{"error": {code, message}}` on stdout with the
+/// same non-zero exit as in text mode (also when Ollama is down).
+#[test]
+fn json_mode_prints_json_for_every_command_and_every_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("home");
+    let parse = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "not bare JSON ({e}): {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let init = cli(&home, &["init", "--json"]);
+    assert!(init.status.success());
+    let init = parse(&init);
+    assert_eq!(init["created"], true);
+    let peer_id = init["peer_id"].as_str().expect("peer_id").to_owned();
+    assert_eq!(parse(&cli(&home, &["init", "--json"]))["created"], false);
+    assert_eq!(parse(&cli(&home, &["id", "--json"]))["peer_id"], peer_id);
+
+    // No node yet: the error is JSON too, with a code to branch on.
+    let down = cli(&home, &["status", "--json"]);
+    assert!(!down.status.success());
+    assert_eq!(parse(&down)["error"]["code"], "node_not_running");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("xencode node"));
+
+    // Ollama: a closed port.
+    let port = free_port();
+    std::fs::write(
+        home.join("config.toml"),
+        format!("[analysis]\nollama_host = \"http://127.0.0.1:{port}\"\n"),
+    )
+    .expect("write config");
+    let node = Node::start(&home).expect("node starts");
+    for json in [false, true] {
+        let mut args = vec!["models"];
+        if json {
+            args.push("--json");
+        }
+        let out = cli(&home, &args);
+        assert!(!out.status.success(), "models --json={json} exits non-zero");
+        if json {
+            let err = parse(&out);
+            assert_eq!(err["error"]["code"], "ollama_unavailable");
+            assert!(
+                err["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(&port.to_string())),
+                "{err}"
+            );
+        }
+    }
+    // A refusal by the node keeps the node's own code.
+    let missing = cli(&home, &["workspace", "show", "no such workspace", "--json"]);
+    assert!(!missing.status.success());
+    assert_eq!(parse(&missing)["error"]["code"], "workspace_not_found");
+    node.stop();
+
+    // `node --json`: one JSON line once it is ready.
+    let mut child = std::process::Command::new(xencode_bin())
+        .args(["--data-dir", home.to_str().expect("utf8"), "--json", "node"])
+        .args([
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+        ])
+        .env_remove("XENCODE_HOME")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn node");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+        .expect("read the ready line");
+    let _ = child.kill();
+    let _ = child.wait();
+    let ready: serde_json::Value = serde_json::from_str(&line).expect("one JSON line");
+    assert_eq!(ready["peer_id"], peer_id);
+    assert!(
+        ready["api_url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("http://127.0.0.1:")),
+        "{ready}"
+    );
+    assert!(ready["listen"].as_array().is_some_and(|l| !l.is_empty()));
+}
+
+/// The README tour's commands, run twice against the same data dir (a new
+/// user trying it again): the second run works as the first did, on the same
+/// workspace, and every name-based command still resolves.
+#[test]
+fn the_readme_tour_runs_twice() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("tour");
+    let logo = tmp.path().join("logo.png");
+    std::fs::write(&logo, [0x89, b'P', b'N', b'G', 0, 1, 2, 3]).expect("write logo");
+    let mut first_ws = None;
+    for run in 1..=2 {
+        let init = cli(&home, &["init"]);
+        assert!(init.status.success(), "run {run}: init");
+        let node = Node::start(&home).expect("node starts");
+        let create = cli(&home, &["workspace", "create", "Team Docs", "--exist-ok"]);
+        let ws = last_line(&create);
+        ok_stdout(&create);
+        assert_eq!(*first_ws.get_or_insert_with(|| ws.clone()), ws, "run {run}");
+        ok_stdout(&cli_with_stdin(
+            &home,
+            &["file", "put", "Team Docs", "src/main.py"],
+            b"print(\"hello\")\n",
+        ));
+        ok_stdout(&cli(
+            &home,
+            &[
+                "file",
+                "put",
+                &ws,
+                "docs/logo.png",
+                logo.to_str().expect("utf8"),
+            ],
+        ));
+        assert_eq!(
+            ok_stdout(&cli(&home, &["file", "list", &ws])),
+            "docs/logo.png\nsrc/main.py\n",
+            "run {run}"
+        );
+        ok_stdout(&cli(&home, &["workspace", "show", "Team Docs"]));
+        ok_stdout(&cli(&home, &["analyze", &ws, "src/main.py"]));
+        ok_stdout(&cli(&home, &["status", "--json"]));
+        ok_stdout(&cli(&home, &["audit"]));
+        let backup = tmp.path().join(format!("tour-{run}.backup"));
+        ok_stdout(&cli(&home, &["backup", backup.to_str().expect("utf8")]));
+        let list = ok_stdout(&cli(&home, &["workspace", "list"]));
+        assert_eq!(list.lines().count(), 1, "run {run}: one Team Docs\n{list}");
+        assert!(node.stop().success());
+    }
+}

@@ -162,6 +162,7 @@ function describe(ev) {
     case 'index_changed': return `workspace index updated (${ev.origin})`;
     case 'access_changed': return `members updated (${ev.origin})`;
     case 'workspace_added': return 'workspace added';
+    case 'workspace_removed': return 'workspace removed from this node';
     case 'peer': return `peer ${short(ev.peer)} ${ev.connected ? 'connected' : 'disconnected'}`;
     case 'session': return `sync with ${short(ev.peer)} ${ev.state}${ev.reason ? ': ' + ev.reason : ''}`;
     case 'applied': return `applied ${ev.changes} change(s) from ${short(ev.peer)}`;
@@ -172,7 +173,7 @@ function describe(ev) {
   }
 }
 
-const EVENT_TYPES = ['file_changed', 'index_changed', 'access_changed', 'workspace_added',
+const EVENT_TYPES = ['file_changed', 'index_changed', 'access_changed', 'workspace_added', 'workspace_removed',
   'peer', 'session', 'applied', 'rejected', 'analysis', 'lagged'];
 
 function connectEvents() {
@@ -282,7 +283,7 @@ async function overview() {
   let timer = null;
   listen((ev) => {
     drawActivity();
-    if (['peer', 'session', 'applied', 'workspace_added', 'lagged'].includes(ev.type)) {
+    if (['peer', 'session', 'applied', 'workspace_added', 'workspace_removed', 'lagged'].includes(ev.type)) {
       clearTimeout(timer);
       timer = setTimeout(load, 300);
     }
@@ -325,7 +326,7 @@ async function workspaces() {
     } catch (e) { list.replaceChildren(errorBox(e)); }
   };
   await load();
-  listen((ev) => { if (['workspace_added', 'access_changed', 'index_changed'].includes(ev.type)) load(); });
+  listen((ev) => { if (['workspace_added', 'workspace_removed', 'access_changed', 'index_changed'].includes(ev.type)) load(); });
 }
 
 async function workspace(id) {

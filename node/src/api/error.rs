@@ -85,6 +85,7 @@ impl From<StoreError> for ApiError {
                 format!("{msg}; list them with `xencode workspace list`"),
             ),
             StoreError::InvalidName(_) => Self::bad_request("invalid_name", msg),
+            StoreError::NameTaken { .. } => Self::new(StatusCode::CONFLICT, "name_taken", msg),
             StoreError::Workspace(WorkspaceError::FileNotFound(_)) => {
                 Self::new(StatusCode::NOT_FOUND, "file_not_found", msg)
             }

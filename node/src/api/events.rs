@@ -88,7 +88,10 @@ fn visible(store: &Store, only: Option<WorkspaceId>, event: &NodeEvent) -> bool 
     if only.is_some_and(|o| o != ws) {
         return false;
     }
-    matches!(event, NodeEvent::WorkspaceAdded { .. }) || store.stats().role(&ws).is_some()
+    matches!(
+        event,
+        NodeEvent::WorkspaceAdded { .. } | NodeEvent::WorkspaceRemoved { .. }
+    ) || store.stats().role(&ws).is_some()
 }
 
 fn to_sse(event: &NodeEvent) -> Event {

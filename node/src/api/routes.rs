@@ -7,7 +7,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use xencode_protocol::api::{
     AuditLog, CreateWorkspace, FileKind, FileList, Health, InviteRequest, JoinRequest, NodeInfo,
-    PeerList, RevokeRequest, SpliceRequest, StoreInfo, WorkspaceList,
+    PeerList, RenameWorkspace, RevokeRequest, SpliceRequest, StoreInfo, WorkspaceList,
+    WorkspaceRemoved, WorkspaceSummary,
 };
 
 use super::extract::{ApiJson, ApiPath, RawBody, WsFile, WsId, parse_ws, query_pairs};
@@ -132,6 +133,34 @@ pub async fn create_workspace(
 ) -> Result<Response, ApiError> {
     let ws = state.store()?.create_workspace(req.name, now_ms()).await?;
     Ok((StatusCode::CREATED, Json(ws)).into_response())
+}
+
+pub async fn rename_workspace(
+    State(state): State<ApiState>,
+    WsId(id): WsId,
+    ApiJson(req): ApiJson<RenameWorkspace>,
+) -> Result<Json<WorkspaceSummary>, ApiError> {
+    Ok(Json(
+        state
+            .store()?
+            .rename_workspace(id, req.name, now_ms())
+            .await?,
+    ))
+}
+
+/// Forgets the workspace on this node: its folders are unlinked (files
+/// stay), then its history is deleted from the store.
+pub async fn remove_workspace(
+    State(state): State<ApiState>,
+    WsId(id): WsId,
+) -> Result<Json<WorkspaceRemoved>, ApiError> {
+    let store = state.store()?;
+    // Unknown ids fail here, before any folder is touched.
+    store.workspace(id).await?;
+    let unlinked = state.folders()?.unlink_workspace(id).await?;
+    let mut removed = store.remove_workspace(id).await?;
+    removed.folders_unlinked += unlinked;
+    Ok(Json(removed))
 }
 
 pub async fn show_workspace(

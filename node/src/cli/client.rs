@@ -5,7 +5,7 @@ use reqwest::{Method, RequestBuilder, Response, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use xencode_node::paths::DataDir;
-use xencode_protocol::api::{ErrorBody, WorkspaceList};
+use xencode_protocol::api::{ErrorBody, WorkspaceList, same_name, similar_names};
 use xencode_protocol::{WorkspaceId, WorkspacePath};
 
 /// The node answered with an error (its code and message); printed as
@@ -20,6 +20,47 @@ pub struct NodeRefused {
 /// The error code the node refused with, if that is what `e` is.
 pub fn refusal_code(e: &anyhow::Error) -> Option<&str> {
     e.downcast_ref::<NodeRefused>().map(|r| r.code.as_str())
+}
+
+/// A failure the CLI itself classifies, with a stable code for `--json`
+/// (`{"error": {"code", "message"}}`), like the node's own refusals.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn error(code: &'static str, message: impl Into<String>) -> anyhow::Error {
+        Self {
+            code,
+            message: message.into(),
+        }
+        .into()
+    }
+}
+
+/// The stable code of any CLI error: the node's, the CLI's own, or
+/// `error` for everything else (I/O, bad arguments found late).
+pub fn error_code(e: &anyhow::Error) -> &str {
+    if let Some(code) = refusal_code(e) {
+        return code;
+    }
+    e.chain()
+        .find_map(|c| c.downcast_ref::<Failure>())
+        .map_or("error", |f| f.code)
+}
+
+/// A peer id as people read it: the last 8 characters (`…Xq3mP9aZ`), where
+/// a whole 52-character id would drown the line.
+pub fn short_id(peer_id: &str) -> String {
+    let n = peer_id.chars().count();
+    if n <= 12 {
+        return peer_id.to_owned();
+    }
+    let tail: String = peer_id.chars().skip(n - 8).collect();
+    format!("…{tail}")
 }
 
 /// A connection to the node of one data directory.
@@ -37,10 +78,15 @@ impl Client {
         let api_url_file = url_path.display().to_string();
         let raw = match std::fs::read_to_string(&url_path) {
             Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-                "no node is running for {} (there is no {api_url_file}) — start one with `xencode node`",
-                dir.root().display()
-            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Failure::error(
+                    "node_not_running",
+                    format!(
+                        "no node is running for {} (there is no {api_url_file}) — start one with `xencode node`",
+                        dir.root().display()
+                    ),
+                ));
+            }
             Err(e) => return Err(e).with_context(|| format!("cannot read {api_url_file}")),
         };
         let base = Url::parse(raw.trim())
@@ -84,10 +130,12 @@ impl Client {
     async fn send(&self, req: RequestBuilder) -> Result<Response> {
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() || e.is_timeout() {
-                anyhow!(
-                    "no node answers at {} (from {}) — start one with `xencode node`",
-                    self.base,
-                    self.api_url_file
+                Failure::error(
+                    "node_not_running",
+                    format!(
+                        "no node answers at {} (from {}) — start one with `xencode node`",
+                        self.base, self.api_url_file
+                    ),
                 )
             } else {
                 anyhow!("talking to the node at {} failed: {e}", self.base)
@@ -145,9 +193,36 @@ impl Client {
         segments: &[&str],
         body: &B,
     ) -> Result<T> {
-        let req = self
-            .request(Method::POST, segments.iter().copied())?
-            .json(body);
+        self.send_json(Method::POST, segments, body).await
+    }
+
+    /// Sends a JSON body with `method` and reads the JSON answer.
+    async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: &B,
+    ) -> Result<T> {
+        let req = self.request(method, segments.iter().copied())?.json(body);
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .context("the node sent an unreadable answer")
+    }
+
+    /// `PATCH`es JSON.
+    pub async fn patch_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: &B,
+    ) -> Result<T> {
+        self.send_json(Method::PATCH, segments, body).await
+    }
+
+    /// `DELETE`s and reads the JSON answer.
+    pub async fn delete_json<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<T> {
+        let req = self.request(Method::DELETE, segments.iter().copied())?;
         self.send(req)
             .await?
             .json()
@@ -220,26 +295,55 @@ impl Client {
         Ok(())
     }
 
-    /// Resolves a workspace argument: an id, or the name of exactly one workspace.
+    /// Resolves a workspace argument: an id, or the name of exactly one
+    /// workspace — exactly as written, else without regard to case.
     pub async fn resolve_workspace(&self, arg: &str) -> Result<WorkspaceId> {
         if let Ok(id) = arg.parse::<WorkspaceId>() {
             return Ok(id);
         }
         let list: WorkspaceList = self.get_json(&["api", "v1", "workspaces"]).await?;
-        let matches: Vec<_> = list.workspaces.iter().filter(|w| w.name == arg).collect();
+        let exact: Vec<_> = list.workspaces.iter().filter(|w| w.name == arg).collect();
+        let matches = if exact.is_empty() {
+            list.workspaces
+                .iter()
+                .filter(|w| same_name(&w.name, arg))
+                .collect()
+        } else {
+            exact
+        };
         match matches.as_slice() {
             [one] => Ok(one.id),
-            [] => bail!(
-                "no workspace is named or has the id {arg:?}; list them with `xencode workspace list`"
-            ),
-            many => bail!(
-                "{} workspaces are named {arg:?}; give the id instead: {}",
-                many.len(),
-                many.iter()
-                    .map(|w| w.id.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            [] => {
+                let close = similar_names(arg, list.workspaces.iter().map(|w| w.name.as_str()));
+                let hint = match close.as_slice() {
+                    [] => String::new(),
+                    [one] => format!(" — did you mean {one:?}?"),
+                    many => format!(
+                        " — did you mean one of {}?",
+                        many.iter()
+                            .map(|n| format!("{n:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                Err(Failure::error(
+                    "workspace_not_found",
+                    format!(
+                        "no workspace is named or has the id {arg:?}{hint}; list them with `xencode workspace list`"
+                    ),
+                ))
+            }
+            many => Err(Failure::error(
+                "ambiguous_name",
+                format!(
+                    "{} workspaces are named {arg:?}; give the id instead (or rename one with `xencode workspace rename ID NAME`): {}",
+                    many.len(),
+                    many.iter()
+                        .map(|w| format!("{} (owner {})", w.id, short_id(&w.owner)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
         }
     }
 }

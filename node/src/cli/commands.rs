@@ -13,11 +13,11 @@ use xencode_protocol::analysis::{
 };
 use xencode_protocol::api::{
     AuditLog, CreateWorkspace, FileInfo, FileList, InviteRequest, InviteResponse, JoinRequest,
-    LoginLink, NodeInfo, PeerList, RevokeRequest, Role, Standing, WorkspaceDetail, WorkspaceList,
-    WorkspaceSummary,
+    LoginLink, NodeInfo, PeerList, RenameWorkspace, RevokeRequest, Role, Standing, WorkspaceDetail,
+    WorkspaceList, WorkspaceRemoved, WorkspaceSummary,
 };
 
-use super::client::Client;
+use super::client::{Client, Failure, refusal_code, short_id};
 use super::{FileCommand, NodeArgs, WorkspaceCommand};
 
 pub(super) fn print_json<T: Serialize>(value: &T) -> Result<()> {
@@ -26,8 +26,15 @@ pub(super) fn print_json<T: Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-pub fn init(dir: &DataDir) -> Result<()> {
+pub fn init(dir: &DataDir, json: bool) -> Result<()> {
     let done = identity::init(dir)?;
+    if json {
+        return print_json(&serde_json::json!({
+            "peer_id": done.identity.peer_id().to_string(),
+            "data_dir": dir.root().display().to_string(),
+            "created": done.created,
+        }));
+    }
     if done.created {
         eprintln!("initialized {}", dir.root().display());
     } else {
@@ -37,8 +44,12 @@ pub fn init(dir: &DataDir) -> Result<()> {
     Ok(())
 }
 
-pub fn id(dir: &DataDir) -> Result<()> {
-    println!("{}", Identity::load(dir)?.peer_id());
+pub fn id(dir: &DataDir, json: bool) -> Result<()> {
+    let peer_id = Identity::load(dir)?.peer_id().to_string();
+    if json {
+        return print_json(&serde_json::json!({ "peer_id": peer_id }));
+    }
+    println!("{peer_id}");
     Ok(())
 }
 
@@ -52,7 +63,7 @@ pub fn config_show(dir: &DataDir, json: bool) -> Result<()> {
     }
 }
 
-pub async fn node(dir: &DataDir, args: NodeArgs) -> Result<()> {
+pub async fn node(dir: &DataDir, args: NodeArgs, json: bool) -> Result<()> {
     let mut config = Config::load(&dir.config())?;
     if let Some(api) = args.api {
         config.api.listen = api;
@@ -65,8 +76,19 @@ pub async fn node(dir: &DataDir, args: NodeArgs) -> Result<()> {
         config.network.mdns = false;
     }
     config.validate()?;
-    let print_ready = |ready: &Ready| {
+    let print_ready = move |ready: &Ready| {
         let mut out = std::io::stdout().lock();
+        if json {
+            // One line, so a supervisor can read it as soon as it comes.
+            let line = serde_json::json!({
+                "peer_id": ready.peer_id,
+                "listen": ready.listen,
+                "api_url": ready.api_url,
+            });
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+            return;
+        }
         let _ = writeln!(out, "peer id: {}", ready.peer_id);
         for addr in &ready.listen {
             let _ = writeln!(out, "listen:  {addr}");
@@ -98,15 +120,56 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
 
 pub async fn workspace(client: &Client, cmd: WorkspaceCommand, json: bool) -> Result<()> {
     match cmd {
-        WorkspaceCommand::Create { name } => {
-            let ws: WorkspaceSummary = client
-                .post_json(&["api", "v1", "workspaces"], &CreateWorkspace { name })
-                .await?;
+        WorkspaceCommand::Create { name, exist_ok } => {
+            let made: Result<WorkspaceSummary> = client
+                .post_json(
+                    &["api", "v1", "workspaces"],
+                    &CreateWorkspace { name: name.clone() },
+                )
+                .await;
+            let ws = match made {
+                Err(e) if exist_ok && refusal_code(&e) == Some("name_taken") => {
+                    let id = client.resolve_workspace(&name).await?.to_string();
+                    let list: WorkspaceList = client.get_json(&["api", "v1", "workspaces"]).await?;
+                    let ws = list
+                        .workspaces
+                        .into_iter()
+                        .find(|w| w.id.to_string() == id)
+                        .context("the workspace disappeared; try again")?;
+                    if !json {
+                        eprintln!("workspace {:?} exists already; using it", ws.name);
+                    }
+                    ws
+                }
+                other => {
+                    let ws = other?;
+                    if !json {
+                        eprintln!("created workspace {:?}", ws.name);
+                    }
+                    ws
+                }
+            };
             if json {
                 return print_json(&ws);
             }
-            eprintln!("created workspace {:?}", ws.name);
             println!("{}", ws.id);
+        }
+        WorkspaceCommand::Rename { ws, name } => {
+            let id = client.resolve_workspace(&ws).await?.to_string();
+            let s: WorkspaceSummary = client
+                .patch_json(&["api", "v1", "workspaces", &id], &RenameWorkspace { name })
+                .await?;
+            if json {
+                return print_json(&s);
+            }
+            eprintln!("renamed to {:?} (for every member, as they sync)", s.name);
+            println!("{}", s.id);
+        }
+        WorkspaceCommand::Leave { ws, yes } => {
+            remove_workspace(client, &ws, false, yes, json).await?;
+        }
+        WorkspaceCommand::Rm { ws, yes } => {
+            remove_workspace(client, &ws, true, yes, json).await?;
         }
         WorkspaceCommand::List => {
             let list: WorkspaceList = client.get_json(&["api", "v1", "workspaces"]).await?;
@@ -157,6 +220,94 @@ pub async fn workspace(client: &Client, cmd: WorkspaceCommand, json: bool) -> Re
                 println!("  {h}");
             }
         }
+    }
+    Ok(())
+}
+
+/// `workspace leave` (a member) and `workspace rm` (its creator): the same
+/// deletion on this node, each refusing the other's case with the right
+/// command to use.
+async fn remove_workspace(
+    client: &Client,
+    ws: &str,
+    as_owner: bool,
+    yes: bool,
+    json: bool,
+) -> Result<()> {
+    let id = client.resolve_workspace(ws).await?.to_string();
+    let d: WorkspaceDetail = client.get_json(&["api", "v1", "workspaces", &id]).await?;
+    let info: NodeInfo = client.get_json(&["api", "v1", "node"]).await?;
+    let owner = d.summary.owner == info.peer_id;
+    let name = &d.summary.name;
+    if owner && !as_owner {
+        return Err(Failure::error(
+            "is_owner",
+            format!(
+                "you created {name:?}; to delete it from this node use `xencode workspace rm {id}`"
+            ),
+        ));
+    }
+    if !owner && as_owner {
+        return Err(Failure::error(
+            "not_owner",
+            format!(
+                "{name:?} was created by {}; to remove your copy use `xencode workspace leave {id}`",
+                short_id(&d.summary.owner)
+            ),
+        ));
+    }
+    if !yes {
+        confirm(
+            &format!(
+                "Delete {name:?} ({} files) and its whole history from this node? Members keep their copies. Type the workspace's name to confirm: ",
+                d.summary.files
+            ),
+            name,
+        )?;
+    }
+    let removed: WorkspaceRemoved = client
+        .delete_json(&["api", "v1", "workspaces", &id])
+        .await?;
+    if json {
+        return print_json(&removed);
+    }
+    eprintln!(
+        "{} {:?}: {} documents deleted, {} folders unlinked (files kept), {} audit entries redacted{}",
+        if as_owner { "removed" } else { "left" },
+        removed.name,
+        removed.documents,
+        removed.folders_unlinked,
+        removed.audit_entries_redacted,
+        if removed.compacted {
+            ""
+        } else {
+            "; the store could not be compacted now, so freed pages may hold old bytes until the next removal or `xencode backup`/`restore`"
+        }
+    );
+    println!("{}", removed.id);
+    Ok(())
+}
+
+/// Asks on the terminal; refuses without one (scripts pass `--yes`).
+fn confirm(prompt: &str, expected: &str) -> Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::error(
+            "confirmation_needed",
+            "this deletes data: pass --yes to confirm without a terminal",
+        ));
+    }
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("cannot read the confirmation")?;
+    if answer.trim() != expected.trim() {
+        return Err(Failure::error(
+            "not_confirmed",
+            "not confirmed; nothing was deleted",
+        ));
     }
     Ok(())
 }
@@ -667,11 +818,15 @@ fn open_browser(url: &str) -> Result<Opened> {
 
 pub async fn models(client: &Client, json: bool) -> Result<()> {
     let list: ModelList = client.get_json(&["api", "v1", "models"]).await?;
+    if list.status != "ok" {
+        // The same exit status with or without --json: no models to list.
+        return Err(Failure::error(
+            "ollama_unavailable",
+            format!("{} (Ollama at {})", list.status, list.host),
+        ));
+    }
     if json {
         return print_json(&list);
-    }
-    if list.status != "ok" {
-        anyhow::bail!("{} (Ollama at {})", list.status, list.host);
     }
     for m in &list.models {
         let default = if list.default_model.as_ref() == Some(&m.name) {

@@ -10,7 +10,7 @@ use automerge::{ActorId, ChangeHash};
 use redb::{ReadableDatabase, ReadableTableMetadata};
 use tokio::sync::mpsc;
 use xencode_protocol::api::{
-    AuditLog, ChangeOrigin, NodeEvent, SpliceResponse, validate_workspace_name,
+    AuditLog, ChangeOrigin, NodeEvent, SpliceResponse, same_name, validate_workspace_name,
 };
 use xencode_protocol::{DocId, WorkspaceId};
 
@@ -140,6 +140,18 @@ impl Actor {
                 reply,
             } => {
                 let made = self.create_workspace(&name, now_ms);
+                self.disk.defer(made, reply);
+            }
+            Command::RemoveWorkspace { ws, reply } => {
+                let _ = reply.send(self.remove_workspace(ws));
+            }
+            Command::RenameWorkspace {
+                ws,
+                name,
+                now_ms,
+                reply,
+            } => {
+                let made = self.rename_workspace(ws, &name, now_ms);
                 self.disk.defer(made, reply);
             }
             Command::PutFile {
@@ -409,6 +421,7 @@ impl Actor {
         now_ms: u64,
     ) -> Result<xencode_protocol::api::WorkspaceSummary, StoreError> {
         validate_workspace_name(name)?;
+        self.check_name_free(name, None)?;
         let nonce = random_nonce()?;
         let id = WorkspaceId::derive(&self.author.public_key, &nonce);
         let (ws, changes) = Workspace::create(id, &nonce, name, &self.author, now_ms)?;
@@ -440,6 +453,122 @@ impl Actor {
         self.stage_membership(id, membership);
         self.stage_local(id, changes);
         Ok(summary)
+    }
+
+    /// Refuses a name another workspace on this node already has (without
+    /// regard to case): names are how people pick a workspace here.
+    fn check_name_free(&self, name: &str, except: Option<WorkspaceId>) -> Result<(), StoreError> {
+        let taken = self
+            .workspaces
+            .iter()
+            .find(|(id, ws)| Some(**id) != except && same_name(&ws.name(), name));
+        match taken {
+            Some((id, ws)) => Err(StoreError::NameTaken {
+                name: ws.name(),
+                id: *id,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Renames a workspace for every member (admins only).
+    fn rename_workspace(
+        &mut self,
+        ws_id: WorkspaceId,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<xencode_protocol::api::WorkspaceSummary, StoreError> {
+        validate_workspace_name(name)?;
+        let ws = self
+            .workspaces
+            .get(&ws_id)
+            .ok_or(StoreError::WorkspaceNotFound(ws_id))?;
+        if self.my_role(ws) != Some(Role::Admin) {
+            return Err(Forbidden::NotAdmin("rename a workspace").into());
+        }
+        self.check_name_free(name, Some(ws_id))?;
+        let me = self.author.peer_id.clone();
+        let ws = self
+            .workspaces
+            .get_mut(&ws_id)
+            .ok_or(StoreError::WorkspaceNotFound(ws_id))?;
+        let changes = ws.rename(name.trim(), now_ms)?;
+        let summary = ws.summary(&me, now_ms);
+        self.stage_local(ws_id, changes);
+        Ok(summary)
+    }
+
+    /// Forgets a workspace on this node: closes its sync sessions, deletes
+    /// every record of it from the store (see
+    /// [`Persistence::forget_workspace`]) and records that in the audit
+    /// log. Members' copies elsewhere are theirs; nothing is sent to them.
+    fn remove_workspace(
+        &mut self,
+        ws_id: WorkspaceId,
+    ) -> Result<xencode_protocol::api::WorkspaceRemoved, StoreError> {
+        let Some(ws) = self.workspaces.get(&ws_id) else {
+            return Err(StoreError::WorkspaceNotFound(ws_id));
+        };
+        let name = ws.name();
+        let was_owner = ws.is_root(&self.author.peer_id);
+        // What waits for a commit goes first: its replies were promised.
+        self.flush();
+        let Some(ws) = self.workspaces.remove(&ws_id) else {
+            return Err(StoreError::WorkspaceNotFound(ws_id));
+        };
+        let docs: BTreeSet<DocId> = [ws.access.id, ws.index.id]
+            .into_iter()
+            .chain(ws.files.into_keys())
+            .collect();
+        self.members.map.remove(&ws_id);
+        self.publish_roles();
+        // Sessions for it fail admission now: closed, the peer told.
+        self.revalidate_sessions();
+        self.disk
+            .staged_sync_states
+            .retain(|(_, doc, _)| !docs.contains(doc));
+        self.disk.staged.retain(|s| s.ws != ws_id);
+        self.flush();
+        let forgotten = match self.disk.forget_workspace(ws_id, &docs) {
+            Ok(f) => f,
+            Err(e) => {
+                // Nothing was deleted: load it back as it is on disk.
+                self.disk.reopen_if_poisoned();
+                if let Ok(Some(m)) = self.disk.read_membership(&ws_id) {
+                    self.members.map.insert(ws_id, m);
+                }
+                if let Ok(w) = self.disk.load_workspace(ws_id, &self.author) {
+                    self.workspaces.insert(ws_id, w);
+                }
+                self.publish_roles();
+                return Err(e);
+            }
+        };
+        self.disk.audit_staged.push(audit::Decision {
+            at_ms: crate::now_ms(),
+            who: "local:node".into(),
+            action: "forget a workspace".into(),
+            workspace: None,
+            allow: true,
+            reason: format!(
+                "{} documents deleted, {} audit entries redacted",
+                forgotten.documents, forgotten.audit_redacted
+            ),
+        });
+        self.flush();
+        self.publish_stats();
+        self.stats
+            .publish(NodeEvent::WorkspaceRemoved { workspace: ws_id });
+        tracing::info!(workspace = %ws_id, documents = forgotten.documents, compacted = forgotten.compacted, "workspace removed from this node");
+        Ok(xencode_protocol::api::WorkspaceRemoved {
+            id: ws_id,
+            name,
+            was_owner,
+            documents: forgotten.documents,
+            folders_unlinked: forgotten.folders,
+            audit_entries_redacted: forgotten.audit_redacted,
+            compacted: forgotten.compacted,
+        })
     }
 
     fn ai_cache_get(&self, key: [u8; 32]) -> Result<Option<String>, StoreError> {

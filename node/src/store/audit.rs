@@ -206,6 +206,88 @@ pub fn append(
     Ok(tip)
 }
 
+/// Redacts every entry about workspace `ws` (its id in the entry, or its id
+/// written in the action or reason) inside a write transaction, for a
+/// workspace this node forgets: who, when and allow/deny stay, what and
+/// why become "redacted". The chain is re-sealed from the first redacted
+/// entry on (each later hash recomputed), so it still verifies; the caller
+/// records the redaction as a new entry. Returns the new tip and how many
+/// entries were redacted.
+pub fn redact_workspace(
+    tx: &redb::WriteTransaction,
+    tip: Tip,
+    ws: &WorkspaceId,
+) -> Result<(Tip, u64), redb::Error> {
+    let storage = |e: postcard::Error| redb::Error::Corrupted(format!("audit entry: {e}"));
+    let text = ws.to_string();
+    let bytes = *ws.as_bytes();
+    let mut table = tx.open_table(AUDIT)?;
+    let mut first = None;
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        if let Ok(r) = postcard::from_bytes::<Record>(v.value())
+            && about(&r, &bytes, &text)
+        {
+            first = Some(k.value());
+            break;
+        }
+    }
+    let Some(first) = first else {
+        return Ok((tip, 0));
+    };
+    // The hash the re-sealed part starts from: the entry before, or the
+    // anchor of a pruned log.
+    let mut prev = match table.range(..first)?.next_back() {
+        Some(entry) => {
+            let (k, v) = entry?;
+            let r: Record = postcard::from_bytes(v.value()).map_err(storage)?;
+            Tip {
+                seq: k.value(),
+                hash: r.hash,
+            }
+        }
+        None => {
+            let meta = tx.open_table(super::tables::META)?;
+            match meta.get(ANCHOR_KEY)? {
+                Some(v) => {
+                    let (seq, hash): (u64, [u8; 32]) =
+                        postcard::from_bytes(v.value()).map_err(storage)?;
+                    Tip { seq, hash }
+                }
+                None => Tip::default(),
+            }
+        }
+    };
+    let mut rewritten = Vec::new();
+    let mut redacted = 0;
+    for entry in table.range(first..)? {
+        let (k, v) = entry?;
+        let seq = k.value();
+        let mut r: Record = postcard::from_bytes(v.value()).map_err(storage)?;
+        if about(&r, &bytes, &text) {
+            r.workspace = None;
+            r.action = REDACTED.to_owned();
+            r.reason = REDACTED.to_owned();
+            redacted += 1;
+        }
+        r.hash = chain_hash(&prev.hash, seq, &r).map_err(storage)?;
+        prev = Tip { seq, hash: r.hash };
+        rewritten.push((seq, postcard::to_stdvec(&r).map_err(storage)?));
+    }
+    for (seq, bytes) in rewritten {
+        table.insert(seq, bytes.as_slice())?;
+    }
+    debug_assert_eq!(prev.seq, tip.seq);
+    Ok((prev, redacted))
+}
+
+/// What a redacted entry says instead of its action and reason.
+pub const REDACTED: &str = "(redacted: the workspace was removed from this node)";
+
+fn about(r: &Record, ws: &[u8; 16], text: &str) -> bool {
+    r.workspace.as_ref() == Some(ws) || r.action.contains(text) || r.reason.contains(text)
+}
+
 /// Reads the log: verifies the whole chain, and returns the newest `limit`
 /// entries that `visible` admits, oldest first.
 pub fn read(
@@ -368,6 +450,47 @@ mod tests {
         );
         assert_eq!(entries.last().map(|e| e.seq), Some(120));
         assert_eq!(tip.seq, 120);
+    }
+
+    #[test]
+    fn redacting_a_workspace_keeps_the_chain_verifiable_and_leaves_no_trace() {
+        let (_dir, db) = db_with(0);
+        let gone = WorkspaceId::from_bytes([7; 16]);
+        let kept = WorkspaceId::from_bytes([9; 16]);
+        let mut decisions: Vec<Decision> = (0..30).map(|i| decision(i, true)).collect();
+        decisions[3].workspace = Some(gone);
+        decisions[4].action = format!("GET /api/v1/workspaces/{gone}/files/secret.py");
+        decisions[5].workspace = Some(kept);
+        decisions[20].workspace = Some(gone);
+        let tx = db.begin_write().expect("tx");
+        let tip = append(&tx, Tip::default(), &decisions, MAX_ENTRIES).expect("append");
+        let (new_tip, n) = redact_workspace(&tx, tip, &gone).expect("redact");
+        tx.commit().expect("commit");
+        assert_eq!(n, 3);
+        assert_eq!(new_tip.seq, tip.seq);
+        assert_ne!(new_tip.hash, tip.hash, "re-sealed");
+        assert_eq!(super::tip(&db).expect("tip"), new_tip);
+        let (entries, chain) = read(&db, 100, |_| true).expect("read");
+        assert!(chain.intact, "{chain:?}");
+        assert_eq!(entries.len(), 30);
+        assert_eq!(entries[3].action, REDACTED);
+        assert_eq!(entries[3].workspace, None);
+        assert_eq!(
+            entries[5].workspace,
+            Some(kept),
+            "other workspaces untouched"
+        );
+        let text = gone.to_string();
+        assert!(
+            entries
+                .iter()
+                .all(|e| !e.action.contains(&text) && e.workspace != Some(gone))
+        );
+        // A later append continues the re-sealed chain.
+        let tx = db.begin_write().expect("tx");
+        append(&tx, new_tip, &[decision(99, false)], MAX_ENTRIES).expect("append");
+        tx.commit().expect("commit");
+        assert!(read(&db, 0, |_| true).expect("read").1.intact);
     }
 
     #[test]

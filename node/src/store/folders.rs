@@ -526,6 +526,22 @@ impl Actor {
     }
 }
 
+/// The directories linked to workspace `ws`, read inside a write transaction.
+pub(super) fn links_of(
+    tx: &redb::WriteTransaction,
+    ws: &WorkspaceId,
+) -> Result<Vec<String>, StoreError> {
+    let links = tx.open_table(FOLDERS).map_err(classify)?;
+    let mut out = Vec::new();
+    for entry in links.iter().map_err(classify)? {
+        let (k, v) = entry.map_err(classify)?;
+        if postcard::from_bytes::<FolderLink>(v.value()).is_ok_and(|l| l.workspace == *ws) {
+            out.push(k.value().to_owned());
+        }
+    }
+    Ok(out)
+}
+
 /// Writes staged folder changes inside the store's commit.
 pub(super) fn commit(
     tx: &redb::WriteTransaction,

@@ -42,7 +42,7 @@ impl Actor {
         self.disk.staged_memberships.push((ws, m));
     }
 
-    fn my_role(&self, ws: &Workspace) -> Option<Role> {
+    pub(super) fn my_role(&self, ws: &Workspace) -> Option<Role> {
         ws.effective_role(&self.author.peer_id, crate::now_ms())
     }
 

@@ -16,8 +16,8 @@ use xencode_protocol::{DocId, WorkspaceId};
 
 use super::audit;
 use super::tables::{
-    self, CHANGES, DOCS, DocRecord, MEMBERSHIPS, Membership, SIGNATURES, SNAPSHOTS, SYNC_STATES,
-    WORKSPACES,
+    self, AI_CACHE, CHANGES, DOCS, DocRecord, MEMBERSHIPS, Membership, SIGNATURES, SNAPSHOTS,
+    SYNC_STATES, WORKSPACES,
 };
 use super::{OpenError, StoreError, StoreOptions};
 use crate::workspace::{Author, Doc, DocKind, NewChange, Workspace, access_doc_id, index_doc_id};
@@ -402,6 +402,102 @@ impl Persistence {
         super::folders::commit(&tx, &self.staged_folders)?;
         tx.commit().map_err(classify)?;
         Ok((added.into_iter().collect(), tip))
+    }
+}
+
+/// What [`Persistence::forget_workspace`] deleted.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Forgotten {
+    pub documents: usize,
+    pub folders: usize,
+    pub audit_redacted: u64,
+    pub compacted: bool,
+}
+
+impl Persistence {
+    /// Deletes every record of workspace `ws` in one durable transaction —
+    /// its documents (those in `docs` and any other `docs-1` names as its),
+    /// change records, snapshots, signatures, sync states, membership,
+    /// folder links and their sync records — redacts the audit entries
+    /// about it, clears the AI answer cache (answers may quote its files),
+    /// then compacts the file so no freed page keeps its bytes. Nothing
+    /// may be staged (the caller flushed).
+    pub(super) fn forget_workspace(
+        &mut self,
+        ws: WorkspaceId,
+        docs: &std::collections::BTreeSet<DocId>,
+    ) -> Result<Forgotten, StoreError> {
+        let mut out = Forgotten::default();
+        let db = self.db()?;
+        let mut tx = db.begin_write().map_err(classify)?;
+        tx.set_durability(Durability::Immediate).map_err(classify)?;
+        let mut gone: std::collections::BTreeSet<[u8; 16]> =
+            docs.iter().map(|d| *d.as_bytes()).collect();
+        {
+            tx.open_table(WORKSPACES)
+                .map_err(classify)?
+                .remove(*ws.as_bytes())
+                .map_err(classify)?;
+            tx.open_table(MEMBERSHIPS)
+                .map_err(classify)?
+                .remove(*ws.as_bytes())
+                .map_err(classify)?;
+            let mut table = tx.open_table(DOCS).map_err(classify)?;
+            for entry in table.iter().map_err(classify)? {
+                let (k, v) = entry.map_err(classify)?;
+                if postcard::from_bytes::<DocRecord>(v.value())
+                    .is_ok_and(|r| r.workspace == *ws.as_bytes())
+                {
+                    gone.insert(k.value());
+                }
+            }
+            table.retain(|k, _| !gone.contains(&k)).map_err(classify)?;
+            out.documents = gone.len();
+            let mut changes = tx.open_table(CHANGES).map_err(classify)?;
+            let mut snapshots = tx.open_table(SNAPSHOTS).map_err(classify)?;
+            let mut signatures = tx.open_table(SIGNATURES).map_err(classify)?;
+            for doc in &gone {
+                changes
+                    .retain_in((*doc, 0)..=(*doc, u64::MAX), |_, _| false)
+                    .map_err(classify)?;
+                snapshots.remove(*doc).map_err(classify)?;
+                signatures
+                    .retain_in((*doc, [0; 32])..=(*doc, [0xff; 32]), |_, _| false)
+                    .map_err(classify)?;
+            }
+            tx.open_table(SYNC_STATES)
+                .map_err(classify)?
+                .retain(|(_, doc), _| !gone.contains(&doc))
+                .map_err(classify)?;
+            tx.open_table(AI_CACHE)
+                .map_err(classify)?
+                .retain(|_, _| false)
+                .map_err(classify)?;
+        }
+        let links: Vec<String> = super::folders::links_of(&tx, &ws)?;
+        out.folders = links.len();
+        let unlinks: Vec<super::folders::FolderWrite> = links
+            .into_iter()
+            .map(super::folders::FolderWrite::Unlink)
+            .collect();
+        super::folders::commit(&tx, &unlinks)?;
+        let (tip, redacted) =
+            audit::redact_workspace(&tx, self.audit_tip, &ws).map_err(classify)?;
+        out.audit_redacted = redacted;
+        tx.commit().map_err(classify)?;
+        self.audit_tip = tip;
+        for doc in docs {
+            self.counters.remove(doc);
+        }
+        out.compacted = match self.db.as_mut().map(Database::compact) {
+            Some(Ok(_)) => true,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the store was not compacted after removing a workspace; its freed pages may still hold its bytes until the next compaction");
+                false
+            }
+            None => false,
+        };
+        Ok(out)
     }
 }
 

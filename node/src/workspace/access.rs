@@ -120,6 +120,13 @@ impl Workspace {
         Ok(self.access.commit(now_ms, &[]).into_iter().collect())
     }
 
+    /// Renames the workspace (an admin's change to the access document;
+    /// the name is checked by the caller).
+    pub fn rename(&mut self, name: &str, now_ms: u64) -> Result<Vec<NewChange>, WorkspaceError> {
+        schema::rename(&mut self.access.am, name).map_err(damaged)?;
+        Ok(self.access.commit(now_ms, &[]).into_iter().collect())
+    }
+
     /// Peers listed as members (revoked or not), for dialing.
     pub fn member_peers(&self) -> Vec<String> {
         schema::member_peers(&self.access.am)

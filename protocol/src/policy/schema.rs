@@ -75,6 +75,11 @@ pub fn genesis(
     Ok(())
 }
 
+/// Renames the workspace (an admin's change; any admin may make it).
+pub fn rename(am: &mut AutoCommit, name: &str) -> Result<(), AutomergeError> {
+    am.put(ROOT, "name", name)
+}
+
 /// Records `peer` as a member with `role`, added by `by`, holding the token
 /// `token_id` that expires at `expires_ms` (the membership ends with it). A
 /// revoked peer invited again is reinstated: its old token stays revoked by
