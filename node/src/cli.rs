@@ -103,15 +103,21 @@ enum Command {
     /// node first). The replaced store is kept beside it; the node starts a
     /// new actor epoch, and peers send back what it missed.
     Restore { file: std::path::PathBuf },
-    /// Show the audit log: every authorization decision (API and peers),
-    /// node-wide and for the workspaces this node administers, and whether
-    /// its hash chain is intact (exit 1 if it is not).
+    /// Show the audit log: authorization decisions (peers' sessions and
+    /// changes, every refusal, every API request that changes state; not
+    /// your own reads), node-wide and for the workspaces this node
+    /// administers, and whether its hash chain is intact (exit 1 if not).
+    ///
+    /// Example: xencode audit --denied --limit 20
     Audit {
         /// Only this workspace's entries (needs the admin role there).
         ws: Option<String>,
         /// How many of the newest entries to show.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only refusals.
+        #[arg(long)]
+        denied: bool,
     },
     /// Open the dashboard in the browser, logged in by a one-time URL
     /// (valid for 2 minutes, usable once). The URL is printed on stdout.
@@ -355,8 +361,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 } => commands::analyze(&client, &ws, path, ai, model, json).await,
                 Command::Models => commands::models(&client, json).await,
                 Command::Backup { file } => commands::backup(&client, &file, json).await,
-                Command::Audit { ws, limit } => {
-                    commands::audit(&client, ws.as_deref(), limit, json).await
+                Command::Audit { ws, limit, denied } => {
+                    commands::audit(&client, ws.as_deref(), limit, denied, json).await
                 }
                 Command::Dashboard { no_open } => commands::dashboard(&client, no_open, json).await,
                 Command::Doc(DocCommand::Add {

@@ -425,6 +425,7 @@ pub(crate) enum Command {
     ReadAudit {
         workspace: Option<WorkspaceId>,
         limit: usize,
+        denied_only: bool,
         reply: Reply<AuditLog>,
     },
     /// Linked folders (`folders.rs`).
@@ -667,14 +668,18 @@ impl Store {
     /// The newest `limit` audit entries this node's user may see: node-wide
     /// ones, and those of workspaces where this node is an admin (only
     /// `workspace`'s if given), with the whole chain verified.
+    /// The newest `limit` audit entries this node's user may see (of
+    /// `workspace` only, if given; refusals only, if `denied_only`).
     pub async fn read_audit(
         &self,
         workspace: Option<WorkspaceId>,
         limit: usize,
+        denied_only: bool,
     ) -> Result<AuditLog, StoreError> {
         self.ask(|reply| Command::ReadAudit {
             workspace,
             limit,
+            denied_only,
             reply,
         })
         .await

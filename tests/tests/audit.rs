@@ -84,10 +84,42 @@ async fn decisions_are_logged_and_tampering_shows() {
     );
     assert!(!has(&log, &|e| e["who"] == "unauthenticated"));
     assert!(has(&log, &|e| e["action"]
-        == "POST /api/v1/workspaces/{id}/invites"
+        == format!("POST /api/v1/workspaces/{ws}/invites").as_str()
         && e["decision"] == "allow"
         && e["who"] == "local:api-token"
         && e["workspace"] == ws.as_str()));
+    // A change names the file itself; the owner's own reads are not logged
+    // (the test's many GETs above), refusals always are.
+    assert_eq!(
+        put(&a, &ws, "src/café menu.py", "x = 1\n").await,
+        reqwest::StatusCode::OK
+    );
+    let log = audit_json(&a, &[]);
+    assert!(
+        has(&log, &|e| e["action"]
+            == format!(
+                "PUT /api/v1/workspaces/{ws}/files/src/café menu.py"
+            )
+            .as_str()),
+        "{log}"
+    );
+    assert!(
+        !has(&log, &|e| e["who"] == "local:api-token"
+            && e["decision"] == "allow"
+            && e["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("GET "))),
+        "the owner's allowed reads are not logged"
+    );
+    // A refusal on A: the creator cannot be revoked (403).
+    assert!(!a.cli(&["revoke", &ws, &a.peer_id]).status.success());
+    let denied = audit_json(&a, &["--denied"]);
+    assert!(
+        has(&denied, &|e| e["action"]
+            == format!("POST /api/v1/workspaces/{ws}/revoke").as_str()),
+        "{denied}"
+    );
+    assert!(entries(&denied).iter().all(|e| e["decision"] == "deny"));
     // Sequence numbers are consecutive.
     let seqs: Vec<u64> = entries(&log)
         .iter()

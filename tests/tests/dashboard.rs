@@ -219,6 +219,18 @@ async fn two_browsers_edit_one_file_live() -> anyhow::Result<()> {
         pa.wait_text("#audit", UI, |t| t.contains("/revoke"))
             .await?;
         pa.screenshot("8-audit").await?;
+        // Refusals only: a refused request (revoking the creator) shows,
+        // nothing allowed does.
+        assert!(!a.cli(&["revoke", &ws, &a.peer_id]).status.success());
+        pa.exec(
+            "const f = document.getElementById('audit-filter'); f.value = 'deny'; f.dispatchEvent(new Event('change'));",
+            serde_json::json!([]),
+        )
+        .await?;
+        pa.wait_text("#audit", UI, |t| {
+            t.contains("deny") && t.contains("/revoke") && !t.contains("allow")
+        })
+        .await?;
         pa.close().await?;
         pb.close().await?;
         Ok::<(), anyhow::Error>(())

@@ -725,12 +725,16 @@ async function docView(id, docId) {
 
 async function auditView() {
   const box = h('div', {}, h('p', { class: 'muted', text: 'Loading the audit log…' }));
+  const filter = h('select', { id: 'audit-filter', 'aria-label': 'Which decisions' },
+    h('option', { value: 'any', text: 'All decisions' }),
+    h('option', { value: 'deny', text: 'Refusals only' }));
   show(h('h1', { text: 'Audit log' }),
-    h('p', { class: 'muted', text: 'Every authorization decision of this node, allowed and refused: the local API and peers\' sync sessions. Workspace entries show for workspaces you administer.' }),
+    h('p', { class: 'muted', text: 'Authorization decisions of this node: peers\' sync sessions and changes, every refusal, and every request that changes something (your own reads are not logged). Workspace entries show for workspaces you administer.' }),
+    h('p', {}, h('label', {}, 'Show ', filter)),
     box);
   const load = async () => {
     try {
-      const log = await api('GET', '/api/v1/audit?limit=300');
+      const log = await api('GET', `/api/v1/audit?limit=300&decision=${filter.value}`);
       const chain = log.chain.intact
         ? h('p', { class: 'ok', id: 'audit-chain', text: `Hash chain intact (${log.chain.checked} entries checked).` })
         : h('p', { class: 'bad', id: 'audit-chain', role: 'alert', text: `The hash chain breaks at entry ${log.chain.broken_at}: the log was changed outside xencode.` });
@@ -741,9 +745,11 @@ async function auditView() {
           h('td', { class: e.decision === 'allow' ? 'ok' : 'bad', text: e.decision }),
           h('td', {}, h('code', { title: e.who, text: short(e.who) })), h('td', {}, h('code', { text: e.action })),
           h('td', { text: e.workspace ? short(e.workspace) : '' }), h('td', { text: e.reason })))))
-        : h('p', { class: 'muted', text: 'No entries yet.' }));
+        : h('p', { class: 'muted', id: 'audit-empty', text: filter.value === 'deny' ? 'No refusals.' : 'No entries yet.' }));
+      box.dataset.filter = filter.value;
     } catch (e) { box.replaceChildren(errorBox(e)); }
   };
+  filter.addEventListener('change', load);
   await load();
   listen((ev) => { if (['rejected', 'session'].includes(ev.type)) load(); });
 }

@@ -166,18 +166,24 @@ fn unauthorized(message: &str) -> Response {
     resp
 }
 
-/// Appends every authorization decision of the API to the audit log: each
-/// request that needed authentication, allowed or refused (by the Host and
-/// Origin checks, the token, the CSRF check, or a workspace role), and each
-/// login. Public assets and `/health` need no decision; allowed metric
-/// scrapes are not logged (a scraper would flood the log), refused ones are.
+/// Appends the API's authorization decisions to the audit log: every
+/// refusal (by the Host and Origin checks, the token, the CSRF check, or a
+/// workspace role), every allowed request that changes state, and each
+/// login. Allowed reads by this node's own user (API token or dashboard
+/// session) are not logged: they are the owner looking at their own data,
+/// and would bury what matters. Public assets and `/health` need no
+/// decision; allowed metric scrapes are not logged, refused ones are. An
+/// entry names what was asked for: the request's actual path (a file's
+/// path, decoded), not the route's template.
 pub async fn audit(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let method = method_label(req.method());
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
     let workspace = workspace_in(req.uri().path());
+    let target = readable_path(req.uri().path());
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -217,6 +223,11 @@ pub async fn audit(State(state): State<ApiState>, req: Request, next: Next) -> R
         }
         return resp;
     }
+    // A backup is a read, but one that takes everything away: logged.
+    let backup = route.as_deref() == Some("/api/v1/backup");
+    if reads && !denied && principal.is_some() && !backup {
+        return resp;
+    }
     let who = principal.map_or_else(|| "unauthenticated".to_owned(), Principal::label);
     let reason = match (resp.extensions().get::<ErrorCode>(), principal) {
         (Some(code), _) if denied => code.0.to_owned(),
@@ -229,13 +240,54 @@ pub async fn audit(State(state): State<ApiState>, req: Request, next: Next) -> R
         .audit(crate::store::audit::Decision {
             at_ms: crate::now_ms(),
             who,
-            action: format!("{method} {}", route.as_deref().unwrap_or("(no route)")),
+            action: if route.is_some() {
+                format!("{method} {target}")
+            } else {
+                format!("{method} (no route)")
+            },
             workspace,
             allow: !denied,
             reason,
         })
         .await;
     resp
+}
+
+/// Longest request path an audit entry keeps (in characters).
+const MAX_AUDITED_PATH: usize = 512;
+
+/// A request path as a person reads it: percent-escapes decoded (invalid
+/// UTF-8 replaced), control characters shown as `?`, cut at
+/// [`MAX_AUDITED_PATH`] characters.
+fn readable_path(path: &str) -> String {
+    let raw = path.as_bytes();
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if raw[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                raw.get(i + 1).copied().and_then(hex),
+                raw.get(i + 2).copied().and_then(hex),
+            )
+        {
+            bytes.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+            i += 3;
+            continue;
+        }
+        bytes.push(raw[i]);
+        i += 1;
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(MAX_AUDITED_PATH)
+        .collect();
+    if text.chars().count() > MAX_AUDITED_PATH {
+        out.push('…');
+    }
+    out
 }
 
 /// The workspace a request path names, if any.
@@ -284,6 +336,18 @@ fn method_label(method: &Method) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audited_paths_are_decoded_and_bounded() {
+        assert_eq!(
+            readable_path("/api/v1/workspaces/x/files/src/caf%C3%A9%20menu.py"),
+            "/api/v1/workspaces/x/files/src/café menu.py"
+        );
+        assert_eq!(readable_path("/a/%0Ab%ZZ%4"), "/a/?b%ZZ%4");
+        assert_eq!(readable_path("/%FF"), "/\u{fffd}");
+        let long = format!("/{}", "a".repeat(2000));
+        assert_eq!(readable_path(&long).chars().count(), MAX_AUDITED_PATH + 1);
+    }
 
     #[test]
     fn invented_methods_share_one_label() {

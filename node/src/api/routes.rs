@@ -291,9 +291,21 @@ pub async fn audit(
 ) -> Result<Json<AuditLog>, ApiError> {
     let mut workspace = None;
     let mut limit = 200usize;
-    for (key, value) in query_pairs(query.as_deref(), &["workspace", "limit"])? {
+    let mut denied_only = false;
+    for (key, value) in query_pairs(query.as_deref(), &["workspace", "limit", "decision"])? {
         if key == "workspace" {
             workspace = Some(parse_ws(value)?);
+        } else if key == "decision" {
+            denied_only = match value {
+                "deny" => true,
+                "any" => false,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid_query",
+                        "`decision` must be `deny` or `any`",
+                    ));
+                }
+            };
         } else {
             limit = value
                 .parse()
@@ -313,7 +325,7 @@ pub async fn audit(
     if !pending.is_empty() {
         store.audit_refusals(pending).await;
     }
-    Ok(Json(store.read_audit(workspace, limit).await?))
+    Ok(Json(store.read_audit(workspace, limit, denied_only).await?))
 }
 
 /// `GET /api/v1/backup` (API token only, enforced by the router): a consistent snapshot of the

@@ -664,8 +664,17 @@ pub fn restore(dir: &DataDir, file: &std::path::Path, json: bool) -> Result<()> 
     Ok(())
 }
 
-pub async fn audit(client: &Client, ws: Option<&str>, limit: usize, json: bool) -> Result<()> {
+pub async fn audit(
+    client: &Client,
+    ws: Option<&str>,
+    limit: usize,
+    denied: bool,
+    json: bool,
+) -> Result<()> {
     let mut query = vec![("limit", limit.to_string())];
+    if denied {
+        query.push(("decision", "deny".to_owned()));
+    }
     if let Some(ws) = ws {
         query.push(("workspace", client.resolve_workspace(ws).await?.to_string()));
     }
@@ -685,7 +694,7 @@ pub async fn audit(client: &Client, ws: Option<&str>, limit: usize, json: bool) 
                 e.seq,
                 utc(e.at),
                 e.decision,
-                e.who,
+                who_text(&e.who),
                 e.action,
                 ws,
                 e.reason
@@ -717,6 +726,14 @@ pub async fn audit(client: &Client, ws: Option<&str>, limit: usize, json: bool) 
             "the audit log was tampered with: the hash chain breaks at entry {}; keep a copy of the store for investigation",
             log.chain.broken_at.unwrap_or_default()
         )
+    }
+}
+
+/// Who an audit entry names, for reading: a peer by its short id.
+fn who_text(who: &str) -> String {
+    match who.strip_prefix("peer:") {
+        Some(peer) => format!("peer:{}", short_id(peer)),
+        None => who.to_owned(),
     }
 }
 

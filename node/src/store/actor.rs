@@ -326,9 +326,10 @@ impl Actor {
             Command::ReadAudit {
                 workspace,
                 limit,
+                denied_only,
                 reply,
             } => {
-                let _ = reply.send(self.read_audit(workspace, limit));
+                let _ = reply.send(self.read_audit(workspace, limit, denied_only));
             }
             Command::Net { input } => {
                 if matches!(input, Input::Tick) {
@@ -754,6 +755,7 @@ impl Actor {
         &mut self,
         workspace: Option<WorkspaceId>,
         limit: usize,
+        denied_only: bool,
     ) -> Result<AuditLog, StoreError> {
         // Staged entries first, so the log shows every decision made so far,
         // and the sessions refused to strangers up to now.
@@ -776,10 +778,13 @@ impl Actor {
             }
         }
         let db = self.disk.db()?;
-        let (entries, chain) = audit::read(db, limit, |entry_ws| match (workspace, entry_ws) {
-            (Some(want), got) => got == Some(want),
-            (None, None) => true,
-            (None, Some(got)) => admin_of.contains(&got),
+        let (entries, chain) = audit::read(db, limit, |entry_ws, allow| {
+            let shown = match (workspace, entry_ws) {
+                (Some(want), got) => got == Some(want),
+                (None, None) => true,
+                (None, Some(got)) => admin_of.contains(&got),
+            };
+            shown && !(denied_only && allow)
         })?;
         // Strangers' refusals are node-wide: shown with the node's log.
         let refusals = if workspace.is_none() {

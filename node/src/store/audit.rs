@@ -293,7 +293,7 @@ fn about(r: &Record, ws: &[u8; 16], text: &str) -> bool {
 pub fn read(
     db: &redb::Database,
     limit: usize,
-    visible: impl Fn(Option<WorkspaceId>) -> bool,
+    visible: impl Fn(Option<WorkspaceId>, bool) -> bool,
 ) -> Result<(Vec<AuditEntry>, AuditChain), AuditError> {
     let tx = db.begin_read().map_err(redb::Error::from)?;
     let start = anchor(&tx)?;
@@ -323,7 +323,7 @@ pub fn read(
         };
         prev = Tip { seq, hash: r.hash };
         let workspace = r.workspace.map(WorkspaceId::from_bytes);
-        if !visible(workspace) {
+        if !visible(workspace, r.allow) {
             continue;
         }
         if out.len() == limit {
@@ -374,7 +374,7 @@ mod tests {
     #[test]
     fn an_untouched_chain_verifies() {
         let (_dir, db) = db_with(50);
-        let (entries, chain) = read(&db, 10, |_| true).expect("read");
+        let (entries, chain) = read(&db, 10, |_, _| true).expect("read");
         assert!(chain.intact);
         assert_eq!(chain.checked, 50);
         assert_eq!(entries.len(), 10);
@@ -426,7 +426,7 @@ mod tests {
                 tamper(&mut t);
             }
             tx.commit().expect("commit");
-            let (_, chain) = read(&db, 0, |_| true).expect("read");
+            let (_, chain) = read(&db, 0, |_, _| true).expect("read");
             assert!(!chain.intact);
             assert_eq!(chain.broken_at, Some(broken_at));
         }
@@ -441,7 +441,7 @@ mod tests {
             tip = append(&tx, tip, &[decision(i, true)], 50).expect("append");
             tx.commit().expect("commit");
         }
-        let (entries, chain) = read(&db, 1000, |_| true).expect("read");
+        let (entries, chain) = read(&db, 1000, |_, _| true).expect("read");
         assert!(chain.intact, "{chain:?}");
         assert!(
             entries.len() <= 51 && entries.len() >= 45,
@@ -470,7 +470,7 @@ mod tests {
         assert_eq!(new_tip.seq, tip.seq);
         assert_ne!(new_tip.hash, tip.hash, "re-sealed");
         assert_eq!(super::tip(&db).expect("tip"), new_tip);
-        let (entries, chain) = read(&db, 100, |_| true).expect("read");
+        let (entries, chain) = read(&db, 100, |_, _| true).expect("read");
         assert!(chain.intact, "{chain:?}");
         assert_eq!(entries.len(), 30);
         assert_eq!(entries[3].action, REDACTED);
@@ -490,13 +490,13 @@ mod tests {
         let tx = db.begin_write().expect("tx");
         append(&tx, new_tip, &[decision(99, false)], MAX_ENTRIES).expect("append");
         tx.commit().expect("commit");
-        assert!(read(&db, 0, |_| true).expect("read").1.intact);
+        assert!(read(&db, 0, |_, _| true).expect("read").1.intact);
     }
 
     #[test]
     fn visibility_filters_entries_but_not_the_check() {
         let (_dir, db) = db_with(12);
-        let (entries, chain) = read(&db, 100, |_| false).expect("read");
+        let (entries, chain) = read(&db, 100, |_, _| false).expect("read");
         assert!(entries.is_empty());
         assert_eq!(chain.checked, 12);
     }
