@@ -40,16 +40,30 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create the identity, API token and config; print the peer id.
+    ///
+    /// Keeps what already exists, so it is safe to run again.
+    ///
+    /// Example: xencode init
     Init,
     /// Run the node in the foreground; print its peer id, addresses and API URL.
+    ///
+    /// Example: xencode node --api 127.0.0.1:0 --listen /ip4/0.0.0.0/tcp/4001
     Node(NodeArgs),
     /// Print this node's peer id.
+    ///
+    /// Example: B=$(xencode id)
     Id,
     /// Show the running node's status.
+    ///
+    /// Example: xencode status --json
     Status,
     /// Show peers: connected or not, and per workspace how far behind each is.
+    ///
+    /// Example: xencode peers
     Peers,
     /// Invite a peer to a workspace; print the invitation token for `xencode join`.
+    ///
+    /// Example: xencode invite "Team Docs" 12D3KooW... --role developer --expires 7d
     Invite {
         /// Workspace id or unique name.
         ws: String,
@@ -63,9 +77,21 @@ enum Command {
         expires: Option<String>,
     },
     /// Accept an invitation: add the workspace and start syncing; print its id.
-    Join { token: String },
+    ///
+    /// Example: xencode join "$INVITE"
+    Join {
+        /// The invitation token printed by `xencode invite`.
+        token: String,
+    },
     /// Revoke a member (by peer id) or a token (by token id).
-    Revoke { ws: String, target: String },
+    ///
+    /// Example: xencode revoke "Team Docs" 12D3KooW...
+    Revoke {
+        /// Workspace id or unique name.
+        ws: String,
+        /// A member's peer id, or a token id (`token_id` from `invite --json`).
+        target: String,
+    },
     /// Add documents (PDF, HTML, DOCX, Markdown) to a workspace.
     #[command(subcommand)]
     Doc(DocCommand),
@@ -80,6 +106,8 @@ enum Command {
     /// Analyse a Python file of the workspace (syntax errors, outline,
     /// complexity, security issues, performance hints, suggestions) and store
     /// the result in the workspace for the team.
+    ///
+    /// Example: xencode analyze "Team Docs" src/main.py --ai
     Analyze {
         /// Workspace id or unique name.
         ws: String,
@@ -95,14 +123,28 @@ enum Command {
         model: Option<String>,
     },
     /// List the local Ollama's models and the one reviews use by default.
+    ///
+    /// Exits 1 (code `ollama_unavailable` under --json) when Ollama does not answer.
+    ///
+    /// Example: xencode models
     Models,
     /// Write a consistent backup of the running node's store to FILE (a new
     /// file). identity.key is not in it: keep a copy of that secret apart.
-    Backup { file: std::path::PathBuf },
+    ///
+    /// Example: xencode backup ~/backups/xencode-$(date +%F).redb
+    Backup {
+        /// The backup file to create (never overwritten).
+        file: std::path::PathBuf,
+    },
     /// Replace the store with a backup made by `xencode backup` (stop the
     /// node first). The replaced store is kept beside it; the node starts a
     /// new actor epoch, and peers send back what it missed.
-    Restore { file: std::path::PathBuf },
+    ///
+    /// Example: xencode restore ~/backups/xencode-2026-12-01.redb
+    Restore {
+        /// A backup made by `xencode backup` of this node.
+        file: std::path::PathBuf,
+    },
     /// Show the audit log: authorization decisions (peers' sessions and
     /// changes, every refusal, every API request that changes state; not
     /// your own reads), node-wide and for the workspaces this node
@@ -121,12 +163,14 @@ enum Command {
     },
     /// Open the dashboard in the browser, logged in by a one-time URL
     /// (valid for 2 minutes, usable once). The URL is printed on stdout.
+    ///
+    /// Example: xencode dashboard --no-open
     Dashboard {
         /// Print the login URL only; do not start a browser.
         #[arg(long)]
         no_open: bool,
     },
-    /// Create, list and show workspaces.
+    /// Create, list, show, rename, leave and remove workspaces.
     #[command(subcommand)]
     Workspace(WorkspaceCommand),
     /// Put, get, list and remove files of a workspace.
@@ -139,10 +183,31 @@ enum Command {
     /// A language server over stdio for editors, started by the editor for
     /// files in a linked folder: live co-editing with teammates and the
     /// team's findings as diagnostics (docs/editors.md).
+    ///
+    /// Example: xencode lsp   (in Neovim: cmd = { "xencode", "lsp" })
     Lsp,
     /// Show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish or
+    /// powershell), generated from these very definitions.
+    ///
+    /// Example: xencode completions bash > ~/.local/share/bash-completion/completions/xencode
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), generated from these very definitions;
+    /// with --dir, write one page per command there (xencode.1,
+    /// xencode-workspace-create.1, ...).
+    ///
+    /// Example: xencode man --dir ~/.local/share/man/man1 && man xencode-folder-link
+    Man {
+        /// Write every command's page into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,14 +216,20 @@ enum FolderCommand {
     /// gets the workspace's files; files in DIR are added to the workspace;
     /// a file on both sides with different content becomes a local edit on
     /// top of the workspace's version (which stays in its history).
+    ///
+    /// Example: xencode folder link "Team Docs" ~/work/team-docs
     Link {
         /// Workspace id or unique name.
         ws: String,
+        /// The directory (created if missing).
         dir: PathBuf,
     },
     /// Create a workspace from DIR (a git checkout, say) and link it; print
     /// the workspace id.
+    ///
+    /// Example: xencode folder share ~/project --name project
     Share {
+        /// The directory whose files become the workspace's.
         dir: PathBuf,
         /// The workspace's name (default: the directory's name).
         #[arg(long)]
@@ -166,12 +237,24 @@ enum FolderCommand {
     },
     /// Linked folders: workspace, state, files, local changes, last sync,
     /// errors.
+    ///
+    /// Example: xencode folder list
     List,
     /// Stop syncing DIR; its files stay.
-    Unlink { dir: PathBuf },
+    ///
+    /// Example: xencode folder unlink ~/work/team-docs
+    Unlink {
+        /// A linked directory.
+        dir: PathBuf,
+    },
     /// In a receive-only folder (viewer role), put the workspace's version
     /// back over local edits.
-    Revert { dir: PathBuf },
+    ///
+    /// Example: xencode folder revert ~/work/team-docs
+    Revert {
+        /// A linked, receive-only directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +280,7 @@ enum WorkspaceCommand {
     ///
     /// Example: WS=$(xencode workspace create "Team Docs" --exist-ok)
     Create {
+        /// The workspace's name, as people will pick it.
         name: String,
         /// If this node already has a workspace of that name, print its id
         /// instead of refusing (a script run twice).
@@ -204,9 +288,16 @@ enum WorkspaceCommand {
         exist_ok: bool,
     },
     /// List workspaces (id, name, role, files).
+    ///
+    /// Example: xencode workspace list
     List,
-    /// Show a workspace: members, files, heads. WS is an id or a unique name.
-    Show { ws: String },
+    /// Show a workspace: members, files, heads.
+    ///
+    /// Example: xencode workspace show "team docs"
+    Show {
+        /// Workspace id or unique name (any case).
+        ws: String,
+    },
     /// Rename a workspace for every member (admins).
     ///
     /// Example: xencode workspace rename "Team Docs" "Team Handbook"
@@ -245,23 +336,49 @@ enum WorkspaceCommand {
 #[derive(Debug, Subcommand)]
 enum FileCommand {
     /// Store a file: FILE's bytes, or standard input if FILE is `-` or absent.
+    ///
+    /// Example: echo 'print("hi")' | xencode file put "Team Docs" src/main.py
     Put {
+        /// Workspace id or unique name.
         ws: String,
+        /// The path inside the workspace (e.g. src/main.py).
         path: String,
+        /// A local file to read (default: standard input).
         file: Option<PathBuf>,
     },
     /// Print a file's exact bytes.
-    Get { ws: String, path: String },
+    ///
+    /// Example: xencode file get "Team Docs" src/main.py > main.py
+    Get {
+        /// Workspace id or unique name.
+        ws: String,
+        /// The path inside the workspace.
+        path: String,
+    },
     /// Print the workspace's file paths, one per line, sorted.
-    List { ws: String },
+    ///
+    /// Example: xencode file list "Team Docs"
+    List {
+        /// Workspace id or unique name.
+        ws: String,
+    },
     /// Remove a file.
-    Rm { ws: String, path: String },
+    ///
+    /// Example: xencode file rm "Team Docs" old/notes.md
+    Rm {
+        /// Workspace id or unique name.
+        ws: String,
+        /// The path inside the workspace.
+        path: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum DocCommand {
     /// Extract a local file's text (in an isolated process, within the
     /// analysis limits) and store the file and its text in the workspace.
+    ///
+    /// Example: xencode doc add "Team Docs" ./design.pdf --ai
     Add {
         /// Workspace id or unique name.
         ws: String,
@@ -276,6 +393,8 @@ enum DocCommand {
         model: Option<String>,
     },
     /// List the workspace's processed documents.
+    ///
+    /// Example: xencode doc list "Team Docs"
     List {
         /// Workspace id or unique name.
         ws: String,
@@ -285,6 +404,8 @@ enum DocCommand {
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Print the effective configuration (config.toml plus XENCODE_* overrides).
+    ///
+    /// Example: xencode config show
     Show,
 }
 
@@ -329,6 +450,19 @@ pub fn error_json(e: &anyhow::Error) -> String {
     serde_json::to_string_pretty(&body).unwrap_or_else(|_| "{}".to_owned())
 }
 
+/// Writes generated text to stdout; a reader that stopped early (`| head`)
+/// is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to standard output")
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<()> {
     let dir = cli.data_dir()?;
@@ -340,6 +474,31 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Config(ConfigCommand::Show) => commands::config_show(&dir, json),
         Command::Restore { file } => commands::restore(&dir, &file, json),
         Command::Lsp => lsp::run(&dir).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into memory first: the generator panics on a failed write
+            // (a closed pipe).
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "xencode", &mut out);
+            write_stdout(&out)
+        }
+        Command::Man { dir: Some(out) } => {
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::generate_to(cmd, &out)
+                .with_context(|| format!("cannot write the manual pages into {}", out.display()))?;
+            eprintln!("wrote the manual pages into {}", out.display());
+            Ok(())
+        }
+        Command::Man { dir: None } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .context("cannot render the manual page")?;
+            write_stdout(&out)
+        }
         command => {
             let client = client::Client::connect(&dir)?;
             match command {
@@ -383,8 +542,58 @@ pub async fn run(cli: Cli) -> Result<()> {
                 | Command::Config(_)
                 | Command::Restore { .. }
                 | Command::Lsp
+                | Command::Completions { .. }
+                | Command::Man { .. }
                 | Command::ExtractWorker { .. } => Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command a user can run says what it does and shows an
+    /// example; every argument says what it is (the man page and
+    /// completions are generated from this).
+    #[test]
+    fn every_command_has_help_and_an_example_and_every_argument_help() {
+        fn walk(cmd: &clap::Command, path: &str, problems: &mut Vec<String>) {
+            let name = format!("{path} {}", cmd.get_name()).trim().to_owned();
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if cmd.is_hide_set() {
+                    break;
+                }
+                if matches!(id, "help" | "version") || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    problems.push(format!("{name}: argument {id} has no help"));
+                }
+            }
+            let leaf = cmd.get_subcommands().next().is_none();
+            if leaf && !cmd.is_hide_set() && name != "xencode" {
+                let long = cmd
+                    .get_long_about()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                if cmd.get_about().is_none() {
+                    problems.push(format!("{name}: no description"));
+                }
+                if !long.contains("Example: ") || !long.contains("xencode ") {
+                    problems.push(format!("{name}: no example"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &name, problems);
+                }
+            }
+        }
+        let mut problems = Vec::new();
+        walk(&super::Cli::command(), "", &mut problems);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 }

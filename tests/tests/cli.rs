@@ -441,3 +441,43 @@ fn the_readme_tour_runs_twice() {
         assert!(node.stop().success());
     }
 }
+
+/// Completions and manual pages come from the clap definitions: every
+/// command is in them, including the newest.
+#[test]
+fn completions_and_manual_pages_cover_every_command() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("home");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok_stdout(&cli(&home, &["completions", shell]));
+        for word in ["workspace", "folder", "completions", "leave"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let bad = cli(&home, &["completions", "tcsh"]);
+    assert!(!bad.status.success());
+    let page = ok_stdout(&cli(&home, &["man"]));
+    assert!(page.contains(".TH xencode 1"), "{page}");
+    assert!(page.contains("workspace"));
+    let dir = tmp.path().join("man1");
+    let out = cli(&home, &["man", "--dir", dir.to_str().expect("utf8")]);
+    assert!(out.status.success());
+    let rm =
+        std::fs::read_to_string(dir.join("xencode-workspace-rm.1")).expect("a page per command");
+    assert!(rm.contains("Example") && rm.contains("\\-\\-yes"), "{rm}");
+    // `man` renders it when the machine has man (CI installs it).
+    if let Ok(rendered) = std::process::Command::new("man")
+        .args([
+            "-l",
+            dir.join("xencode-folder-link.1").to_str().expect("utf8"),
+        ])
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100")
+        .output()
+    {
+        if rendered.status.success() {
+            let text = String::from_utf8_lossy(&rendered.stdout);
+            assert!(text.contains("xencode folder link"), "{text}");
+        }
+    }
+}

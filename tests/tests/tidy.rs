@@ -247,3 +247,30 @@ fn the_code_map_names_every_top_level_module() {
         missing.join("\n")
     );
 }
+
+/// The licence `Cargo.toml` declares is the one the repository ships, and no
+/// placeholder repository URL is published with the crates.
+#[test]
+fn the_declared_licence_files_exist_and_no_placeholder_url_is_published() {
+    let manifest: toml::Value =
+        toml::from_str(&read(&root().join("Cargo.toml"))).expect("Cargo.toml parses");
+    let package = &manifest["workspace"]["package"];
+    assert_eq!(package["license"].as_str(), Some("MIT OR Apache-2.0"));
+    for (file, needle) in [
+        (
+            "LICENSE-MIT",
+            "Permission is hereby granted, free of charge",
+        ),
+        (
+            "LICENSE-APACHE",
+            "Apache License\n                        Version 2.0",
+        ),
+    ] {
+        assert!(read(&root().join(file)).contains(needle), "{file}");
+    }
+    let url = package.get("repository").and_then(toml::Value::as_str);
+    assert!(
+        url.is_none_or(|u| !u.contains("example.")),
+        "a placeholder repository URL: {url:?}"
+    );
+}
