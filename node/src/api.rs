@@ -49,7 +49,8 @@ struct Inner {
     max_body: usize,
     started: Instant,
     /// The extraction worker program and the limits of analysis.
-    analysis: OnceLock<AnalysisSetup>,
+    /// Replaced whole when `config.toml` is reloaded (SIGHUP).
+    analysis: std::sync::RwLock<Option<AnalysisSetup>>,
     /// Parses kept for incremental re-analysis of recently analysed files.
     parses: Arc<std::sync::Mutex<xencode_analysis::code::ParseCache>>,
     /// Dashboard login codes and sessions.
@@ -104,7 +105,7 @@ impl ApiState {
                 node,
                 max_body,
                 started: Instant::now(),
-                analysis: OnceLock::new(),
+                analysis: std::sync::RwLock::new(None),
                 parses: Arc::new(std::sync::Mutex::new(
                     xencode_analysis::code::ParseCache::new(PARSE_CACHE_FILES),
                 )),
@@ -147,7 +148,15 @@ impl ApiState {
     /// Sets the program run as the extraction worker (the `xencode` binary)
     /// and the analysis limits; without it, document routes answer 503.
     pub fn attach_analysis(&self, setup: AnalysisSetup) {
-        let _ = self.inner.analysis.set(setup);
+        if let Ok(mut slot) = self.inner.analysis.write() {
+            *slot = Some(setup);
+        }
+    }
+
+    /// The analysis setup now (a reload may replace it between requests;
+    /// each request keeps the one it started with).
+    pub fn analysis_setup(&self) -> Option<AnalysisSetup> {
+        self.inner.analysis.read().ok()?.clone()
     }
 
     /// Makes linked folders available to `/api/v1/folders`.
@@ -216,9 +225,7 @@ pub fn router(state: ApiState) -> Router {
     const FOLDERS: &str = "folders";
     const DASHBOARD: &str = "dashboard";
     let doc_limit = state
-        .inner
-        .analysis
-        .get()
+        .analysis_setup()
         .map_or(max_body_default(), |a| {
             usize::try_from(a.limits.max_bytes).unwrap_or(usize::MAX)
         })

@@ -22,7 +22,12 @@ use xencode_node::paths::DataDir;
 
 /// Local-first, server-less collaboration node for software teams.
 #[derive(Debug, Parser)]
-#[command(name = "xencode", version, propagate_version = true)]
+#[command(
+    name = "xencode",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("XENCODE_COMMIT"), ")"),
+    long_version = long_version(),
+    propagate_version = true
+)]
 pub struct Cli {
     /// Data directory (identity, API token, config, store).
     /// Default: the per-user data directory, e.g. ~/.local/share/xencode.
@@ -131,10 +136,21 @@ enum Command {
     /// Write a consistent backup of the running node's store to FILE (a new
     /// file). identity.key is not in it: keep a copy of that secret apart.
     ///
-    /// Example: xencode backup ~/backups/xencode-$(date +%F).redb
+    /// With --into DIR, the file is DIR/xencode-<UTC time>.redb (DIR is
+    /// created, 0700) and --keep N then deletes all but the newest N backups
+    /// there: what the shipped systemd timer runs.
+    ///
+    /// Example: xencode backup --into ~/backups/xencode --keep 14
     Backup {
         /// The backup file to create (never overwritten).
-        file: std::path::PathBuf,
+        #[arg(required_unless_present = "into", conflicts_with = "into")]
+        file: Option<std::path::PathBuf>,
+        /// Write a new time-stamped backup into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        into: Option<std::path::PathBuf>,
+        /// After a backup --into DIR, keep only the newest N there.
+        #[arg(long, value_name = "N", requires = "into", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
     },
     /// Replace the store with a backup made by `xencode backup` (stop the
     /// node first). The replaced store is kept beside it; the node starts a
@@ -257,7 +273,7 @@ enum FolderCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct NodeArgs {
     /// libp2p address to listen on (repeatable); replaces network.listen.
     #[arg(long, value_name = "MULTIADDR")]
@@ -271,6 +287,27 @@ struct NodeArgs {
     /// Do not discover peers on the LAN with mDNS.
     #[arg(long)]
     no_mdns: bool,
+}
+
+impl NodeArgs {
+    /// The flags over the file and the environment (at start and at every
+    /// reload).
+    fn apply(&self, config: &mut xencode_node::config::Config) {
+        if let Some(api) = self.api {
+            config.api.listen = api;
+        }
+        if !self.listen.is_empty() {
+            config.network.listen.clone_from(&self.listen);
+        }
+        for p in &self.peer {
+            if !config.network.peers.contains(p) {
+                config.network.peers.push(p.clone());
+            }
+        }
+        if self.no_mdns {
+            config.network.mdns = false;
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -441,6 +478,22 @@ impl Cli {
     }
 }
 
+/// `xencode --version`: the release, the commit it was built from, and the
+/// versions that decide compatibility — the wire protocol peers must share
+/// and the store schema this build reads and writes.
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{} (commit {})\nprotocol: {}\nstore schema: {}",
+            env!("CARGO_PKG_VERSION"),
+            env!("XENCODE_COMMIT"),
+            xencode_protocol::wire::SYNC_PROTOCOL,
+            xencode_node::store::tables::SCHEMA_VERSION
+        )
+    })
+}
+
 /// The `--json` form of an error: `{"error": {"code", "message"}}`, the
 /// shape of the node's own error answers.
 pub fn error_json(e: &anyhow::Error) -> String {
@@ -519,7 +572,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                     model,
                 } => commands::analyze(&client, &ws, path, ai, model, json).await,
                 Command::Models => commands::models(&client, json).await,
-                Command::Backup { file } => commands::backup(&client, &file, json).await,
+                Command::Backup { file, into, keep } => {
+                    commands::backup(&client, file, into, keep, json).await
+                }
                 Command::Audit { ws, limit, denied } => {
                     commands::audit(&client, ws.as_deref(), limit, denied, json).await
                 }

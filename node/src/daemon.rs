@@ -16,7 +16,9 @@ use crate::identity::{self, IdentityError};
 use crate::metrics::Metrics;
 use crate::net::{Net, NetError, NetInfo, NetOptions};
 use crate::paths::DataDir;
-use crate::store::{AuthorKey, OpenError, Store, StoreOptions};
+use crate::store::{AuthorKey, NetCommand, OpenError, Store, StoreOptions};
+
+pub mod reload;
 
 /// Why the node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +55,16 @@ pub struct Ready {
 }
 
 /// Runs a node until `shutdown` completes. `on_ready` is called once the
-/// store is loaded and `<data-dir>/api-url` is written.
+/// store is loaded and `<data-dir>/api-url` is written. On SIGHUP the
+/// configuration is read again with `reload` (the file, the environment and
+/// the command line's flags, as at start) and what can change live is
+/// applied ([`reload`]).
 pub async fn run(
     dir: DataDir,
     config: Config,
     on_ready: impl FnOnce(&Ready),
     shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: impl Fn() -> Result<Config, String> + Send + 'static,
 ) -> Result<(), NodeError> {
     let init = identity::init(&dir)?;
     if init.created {
@@ -94,20 +100,7 @@ pub async fn run(
         },
         usize::try_from(config.api.max_body_bytes).unwrap_or(usize::MAX),
     );
-    state.attach_analysis(crate::api::AnalysisSetup {
-        worker: std::env::current_exe().unwrap_or_else(|_| "xencode".into()),
-        limits: xencode_analysis::worker::DocLimits {
-            max_bytes: config.analysis.max_document_bytes,
-            timeout: Duration::from_secs(config.analysis.timeout_secs),
-            max_memory_mib: config.analysis.max_memory_mib,
-        },
-        ollama: xencode_analysis::ai::Client::new(
-            xencode_analysis::ai::host(config.analysis.ollama_host.as_deref()),
-            Duration::from_secs(config.analysis.ai_timeout_secs),
-            2,
-        ),
-        model_preferences: config.analysis.ollama_models.clone(),
-    });
+    state.attach_analysis(reload::analysis_setup(&config));
 
     // Serve at once so `/health` answers 503 while the store loads.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -157,7 +150,7 @@ pub async fn run(
 
     let net_info = Arc::new(NetInfo::default());
     let (net_tx, net_rx) = tokio::sync::mpsc::channel(8192);
-    let _ = store.attach_net(net_tx).await;
+    let _ = store.attach_net(net_tx.clone()).await;
     let net_options = NetOptions {
         listen: config.network.listen.clone(),
         peers: config.network.peers.clone(),
@@ -213,11 +206,10 @@ pub async fn run(
         state.attach_folders(f.clone());
     }
 
-    let compactor = tokio::spawn(compact_periodically(
+    let mut compactor = tokio::spawn(compact_periodically(
         store.clone(),
         Duration::from_secs(config.store.compact_interval_secs),
     ));
-    drop(store);
 
     write_api_url(&dir, &api_url)?;
     state.mark_ready();
@@ -234,25 +226,49 @@ pub async fn run(
     tracing::info!(api = %api_url, "node ready");
 
     let mut server = server;
-    let shutdown = std::pin::pin!(shutdown);
-    let served = tokio::select! {
-        () = shutdown => {
-            tracing::info!("shutting down");
-            state.stop_streams();
-            let _ = stop_tx.send(true);
-            // A client that keeps its connection open does not hold the
-            // node up for long.
-            match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!("connections still open after 5 s; closing them");
-                    server.abort();
-                    server.await
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; config reloads need a restart");
+            None
+        }
+    };
+    let mut running = config;
+    let served = loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("shutting down");
+                state.stop_streams();
+                let _ = stop_tx.send(true);
+                // A client that keeps its connection open does not hold the
+                // node up for long.
+                break match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!("connections still open after 5 s; closing them");
+                        server.abort();
+                        server.await
+                    }
+                };
+            }
+            r = &mut server => break r,
+            Some(()) = async {
+                match hangups.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
                 }
+            } => {
+                let Ok(new) = reload().map_err(|e| {
+                    tracing::error!(error = %e, "config.toml was not reloaded: fix it and send SIGHUP again; the node runs on with its previous configuration");
+                }) else {
+                    continue;
+                };
+                running = apply_reload(&running, &new, &state, &net_tx, &store, &mut compactor);
             }
         }
-        r = &mut server => r,
     };
+    drop(store);
     compactor.abort();
     let _ = compactor.await;
     if let Some(f) = folders {
@@ -274,6 +290,51 @@ pub async fn run(
         Ok(Err(e)) => Err(NodeError::Serve(e)),
         Err(e) => Err(NodeError::Join(e.to_string())),
     }
+}
+
+/// Applies what changed live, logs what needs a restart; returns the
+/// configuration the node now runs with.
+fn apply_reload(
+    running: &Config,
+    new: &Config,
+    state: &ApiState,
+    net: &tokio::sync::mpsc::Sender<NetCommand>,
+    store: &Store,
+    compactor: &mut tokio::task::JoinHandle<()>,
+) -> Config {
+    let changed = reload::changes(running, new);
+    let live: Vec<&str> = changed
+        .iter()
+        .filter(|(_, t)| *t == reload::Takes::Live)
+        .map(|(k, _)| *k)
+        .collect();
+    let restart: Vec<&str> = changed
+        .iter()
+        .filter(|(_, t)| *t == reload::Takes::Restart)
+        .map(|(k, _)| *k)
+        .collect();
+    let merged = reload::merge(running, new);
+    if live.iter().any(|k| k.starts_with("analysis.")) {
+        state.attach_analysis(reload::analysis_setup(&merged));
+    }
+    if merged.network.peers != running.network.peers {
+        let _ = net.try_send(NetCommand::SetBootstrap {
+            addrs: merged.network.peers.clone(),
+        });
+    }
+    if merged.store.compact_interval_secs != running.store.compact_interval_secs {
+        compactor.abort();
+        *compactor = tokio::spawn(compact_periodically(
+            store.clone(),
+            Duration::from_secs(merged.store.compact_interval_secs),
+        ));
+    }
+    if restart.is_empty() {
+        tracing::info!(applied = ?live, "config.toml reloaded");
+    } else {
+        tracing::warn!(applied = ?live, needs_restart = ?restart, "config.toml reloaded; restart the node for the keys in needs_restart (it runs on with their previous values)");
+    }
+    merged
 }
 
 async fn compact_periodically(store: Store, every: Duration) {

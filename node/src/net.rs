@@ -337,6 +337,18 @@ impl Net {
                     }
                 }
             }
+            NetCommand::SetBootstrap { addrs } => {
+                let now = Instant::now();
+                let wanted: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                self.bootstrap.retain(|(a, _, _)| wanted.contains(a));
+                for addr in wanted {
+                    if !self.bootstrap.iter().any(|(a, _, _)| *a == addr) {
+                        tracing::info!(%addr, "a peer added by a config reload; dialing it");
+                        self.bootstrap.push((addr, Duration::from_secs(1), now));
+                    }
+                }
+                self.redial_due();
+            }
             NetCommand::Dial { peer, addrs } => {
                 self.remember(&peer.to_string(), &addrs);
                 if !self.swarm.is_connected(&peer) {

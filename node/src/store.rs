@@ -206,6 +206,9 @@ pub enum NetCommand {
         workspace: WorkspaceId,
         digest: [u8; 16],
     },
+    /// The configured peers to dial until they answer (`network.peers`,
+    /// after a reload): new ones are dialed now, removed ones no longer.
+    SetBootstrap { addrs: Vec<String> },
 }
 
 /// Tunables of the store.

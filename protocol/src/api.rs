@@ -36,6 +36,12 @@ pub struct Health {
 pub struct NodeInfo {
     pub peer_id: String,
     pub version: String,
+    /// The commit the node was built from ("unknown" outside a checkout).
+    #[serde(default)]
+    pub commit: String,
+    /// The sync protocol peers must speak (`/xencode/sync/N`).
+    #[serde(default)]
+    pub protocol: String,
     pub api_url: String,
     pub data_dir: String,
     /// Network listen addresses from the configuration.

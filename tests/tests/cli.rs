@@ -481,3 +481,40 @@ fn completions_and_manual_pages_cover_every_command() {
         }
     }
 }
+
+/// `--version` names what decides compatibility: the commit, the sync
+/// protocol and the store schema; `status` says the same of the running node.
+#[test]
+fn version_names_the_commit_the_protocol_and_the_store_schema() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("home");
+    let long = ok_stdout(&cli(&home, &["--version"]));
+    assert!(long.starts_with("xencode "), "{long}");
+    assert!(long.contains("(commit "), "{long}");
+    assert!(long.contains("protocol: /xencode/sync/"), "{long}");
+    assert!(long.contains("store schema: "), "{long}");
+    let short = ok_stdout(&cli(&home, &["-V"]));
+    assert_eq!(short.lines().count(), 1, "{short}");
+    ok_stdout(&cli(&home, &["init"]));
+    let node = Node::start(&home).expect("node");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok_stdout(&cli(&home, &["status", "--json"]))).expect("json");
+    assert!(
+        status["protocol"]
+            .as_str()
+            .is_some_and(|p| long.contains(p)),
+        "{status}"
+    );
+    assert!(
+        status["commit"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty() && long.contains(c)),
+        "{status}"
+    );
+    let text = ok_stdout(&cli(&home, &["status"]));
+    assert!(
+        text.contains("uptime:      ") && text.contains(" s\n"),
+        "{text}"
+    );
+    node.stop();
+}

@@ -112,12 +112,7 @@ pub async fn analyze(
         let record = store_record(&store, id, &path, record).await?;
         return Ok(Json(record).into_response());
     };
-    let setup = state
-        .inner
-        .analysis
-        .get()
-        .cloned()
-        .ok_or_else(ApiError::starting)?;
+    let setup = state.analysis_setup().ok_or_else(ApiError::starting)?;
     if wants_stream {
         return Ok(stream_review(
             state, setup, store, id, path, source, record, req.model,
@@ -257,12 +252,7 @@ pub async fn add_document(
     WsId(id): WsId,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let setup = state
-        .inner
-        .analysis
-        .get()
-        .cloned()
-        .ok_or_else(ApiError::starting)?;
+    let setup = state.analysis_setup().ok_or_else(ApiError::starting)?;
     let store = state.store()?.clone();
     let bad_form = |e: String| {
         ApiError::bad_request(
@@ -474,12 +464,7 @@ async fn ask(
 
 /// `GET /api/v1/models`: the local Ollama's models and the default choice.
 pub async fn models(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let setup = state
-        .inner
-        .analysis
-        .get()
-        .cloned()
-        .ok_or_else(ApiError::starting)?;
+    let setup = state.analysis_setup().ok_or_else(ApiError::starting)?;
     let host = setup.ollama.url().to_owned();
     let list = match setup.ollama.models().await {
         Ok(models) => ModelList {

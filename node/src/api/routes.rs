@@ -94,6 +94,8 @@ pub async fn node_info(State(state): State<ApiState>) -> Result<Json<NodeInfo>, 
     Ok(Json(NodeInfo {
         peer_id: n.peer_id.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
+        commit: env!("XENCODE_COMMIT").into(),
+        protocol: xencode_protocol::wire::SYNC_PROTOCOL.into(),
         api_url: n.api_url.clone(),
         data_dir: n.data_dir.clone(),
         listen: {
@@ -115,7 +117,7 @@ pub async fn node_info(State(state): State<ApiState>) -> Result<Json<NodeInfo>, 
         },
         limits: xencode_protocol::api::NodeLimits {
             max_body_bytes: state.inner.max_body as u64,
-            max_document_bytes: state.inner.analysis.get().map_or(0, |a| a.limits.max_bytes),
+            max_document_bytes: state.analysis_setup().map_or(0, |a| a.limits.max_bytes),
         },
     }))
 }

@@ -1,6 +1,7 @@
 //! What each command does and prints.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -65,16 +66,8 @@ pub fn config_show(dir: &DataDir, json: bool) -> Result<()> {
 
 pub async fn node(dir: &DataDir, args: NodeArgs, json: bool) -> Result<()> {
     let mut config = Config::load(&dir.config())?;
-    if let Some(api) = args.api {
-        config.api.listen = api;
-    }
-    if !args.listen.is_empty() {
-        config.network.listen = args.listen;
-    }
-    config.network.peers.extend(args.peer);
-    if args.no_mdns {
-        config.network.mdns = false;
-    }
+    let overrides = args;
+    overrides.apply(&mut config);
     config.validate()?;
     let print_ready = move |ready: &Ready| {
         let mut out = std::io::stdout().lock();
@@ -96,7 +89,25 @@ pub async fn node(dir: &DataDir, args: NodeArgs, json: bool) -> Result<()> {
         let _ = writeln!(out, "api:     {}", ready.api_url);
         let _ = out.flush();
     };
-    daemon::run(dir.clone(), config, print_ready, daemon::shutdown_signal()).await?;
+    // A reload reads what the start read: the file, the environment, then
+    // these flags on top.
+    let reload = {
+        let path = dir.config();
+        move || -> std::result::Result<Config, String> {
+            let mut config = Config::load(&path).map_err(|e| e.to_string())?;
+            overrides.apply(&mut config);
+            config.validate().map_err(|e| e.to_string())?;
+            Ok(config)
+        }
+    };
+    daemon::run(
+        dir.clone(),
+        config,
+        print_ready,
+        daemon::shutdown_signal(),
+        reload,
+    )
+    .await?;
     Ok(())
 }
 
@@ -106,7 +117,8 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
         return print_json(&info);
     }
     println!("peer id:     {}", info.peer_id);
-    println!("version:     {}", info.version);
+    println!("version:     {} (commit {})", info.version, info.commit);
+    println!("protocol:    {}", info.protocol);
     println!("api:         {}", info.api_url);
     println!("data dir:    {}", info.data_dir);
     println!("workspaces:  {}", info.workspaces);
@@ -114,7 +126,7 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
         "store:       {} ({} bytes, schema {})",
         info.store.path, info.store.size_bytes, info.store.schema_version
     );
-    println!("uptime:      {}s", info.uptime_secs);
+    println!("uptime:      {}", human_duration(info.uptime_secs));
     Ok(())
 }
 
@@ -579,8 +591,27 @@ pub async fn analyze(
     Ok(())
 }
 
-pub async fn backup(client: &Client, file: &std::path::Path, json: bool) -> Result<()> {
+pub async fn backup(
+    client: &Client,
+    file: Option<std::path::PathBuf>,
+    into: Option<std::path::PathBuf>,
+    keep: Option<u32>,
+    json: bool,
+) -> Result<()> {
     use std::io::IsTerminal;
+    let file = match (file, &into) {
+        (Some(f), _) => f,
+        (None, Some(dir)) => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir.join(backup_name(xencode_node::now_ms()))
+        }
+        (None, None) => anyhow::bail!("give a FILE or --into DIR"),
+    };
+    let file = file.as_path();
     if file.exists() {
         anyhow::bail!(
             "{} exists; choose a new file name (a backup never overwrites)",
@@ -629,16 +660,24 @@ pub async fn backup(client: &Client, file: &std::path::Path, json: bool) -> Resu
             return Err(e);
         }
     };
+    let removed = match (&into, keep) {
+        (Some(dir), Some(n)) => rotate_backups(dir, n as usize)?,
+        _ => Vec::new(),
+    };
     if json {
         return print_json(&serde_json::json!({
             "file": file.display().to_string(),
             "bytes": written,
             "workspaces": workspaces,
+            "removed": removed,
         }));
     }
     eprintln!(
         "backed up {workspaces} workspace(s), {written} bytes; keep identity.key safe as well: the backup does not hold it"
     );
+    for old in &removed {
+        eprintln!("removed the old backup {old}");
+    }
     println!("{}", file.display());
     Ok(())
 }
@@ -726,6 +765,51 @@ pub async fn audit(
             "the audit log was tampered with: the hash chain breaks at entry {}; keep a copy of the store for investigation",
             log.chain.broken_at.unwrap_or_default()
         )
+    }
+}
+
+/// A time-stamped backup file name (`xencode-20261203T021500Z-042.redb`):
+/// names sort by time.
+fn backup_name(ms: u64) -> String {
+    let stamp: String = utc(ms)
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    format!("xencode-{stamp}-{:03}.redb", ms % 1000)
+}
+
+/// Deletes all but the newest `keep` backups `backup --into` made in `dir`
+/// (other files are left alone); returns the deleted paths.
+fn rotate_backups(dir: &std::path::Path, keep: usize) -> Result<Vec<String>> {
+    let mut ours: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("xencode-") && n.ends_with(".redb"))
+        })
+        .collect();
+    ours.sort();
+    let excess = ours.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for old in ours.into_iter().take(excess) {
+        std::fs::remove_file(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+        removed.push(old.display().to_string());
+    }
+    Ok(removed)
+}
+
+/// A duration as people say it: "42 s", "8 min", "3 h 5 min", "2 d 4 h".
+fn human_duration(secs: u64) -> String {
+    let (d, h, m) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{secs} s"),
+        (0, 0, m) => format!("{m} min"),
+        (0, h, 0) => format!("{h} h"),
+        (0, h, m) => format!("{h} h {m} min"),
+        (d, 0, _) => format!("{d} d"),
+        (d, h, _) => format!("{d} d {h} h"),
     }
 }
 
@@ -983,5 +1067,54 @@ mod tests {
         assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::utc(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(super::utc(1_795_645_605_386), "2026-11-25T22:26:45Z");
+    }
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        let cases = [
+            (42, "42 s"),
+            (515, "8 min"),
+            (3600, "1 h"),
+            (3 * 3600 + 5 * 60 + 9, "3 h 5 min"),
+            (86_400 * 2 + 4 * 3600 + 59, "2 d 4 h"),
+            (86_400, "1 d"),
+        ];
+        for (secs, text) in cases {
+            assert_eq!(super::human_duration(secs), text);
+        }
+    }
+
+    #[test]
+    fn backups_are_named_by_time_and_rotation_keeps_the_newest() {
+        assert_eq!(
+            super::backup_name(1_795_645_605_386),
+            "xencode-20261125T222645Z-386.redb"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let times = [
+            1_795_645_605_386u64,
+            1_795_645_605_999,
+            1_795_700_000_000,
+            1_700_000_000_000,
+        ];
+        for t in times {
+            std::fs::write(dir.path().join(super::backup_name(t)), b"x").expect("write");
+        }
+        std::fs::write(dir.path().join("notes.txt"), b"mine").expect("write");
+        let removed = super::rotate_backups(dir.path(), 2).expect("rotate");
+        assert_eq!(removed.len(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "notes.txt".to_owned(),
+                super::backup_name(1_795_645_605_999),
+                super::backup_name(1_795_700_000_000)
+            ]
+        );
     }
 }
