@@ -133,6 +133,10 @@ pub struct AnalysisRecord {
     pub incremental: bool,
     /// Whether it was written into the workspace (a viewer's is not).
     pub stored: bool,
+    /// In `GET .../analyses` only: whether the file changed since (its
+    /// bytes no longer hash to `content_hash`), or is gone (`true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<bool>,
 }
 
 /// `GET /api/v1/workspaces/{id}/analyses`.

@@ -153,6 +153,17 @@ impl Browser {
             .map(drop)
     }
 
+    /// Resizes the window (CSS pixels), e.g. to a narrow laptop split.
+    pub async fn set_window(&self, width: u32, height: u32) -> Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        )
+        .await
+        .map(drop)
+    }
+
     pub async fn current_url(&self) -> Result<String> {
         let v = self.call(reqwest::Method::GET, "/url", None).await?;
         Ok(v.as_str().unwrap_or_default().to_owned())

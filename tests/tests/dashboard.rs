@@ -374,3 +374,157 @@ async fn the_overview_lists_linked_folders_and_their_state() -> anyhow::Result<(
     }
     result
 }
+
+/// What a screenshot showed wrong, each checked in the page: the editor's
+/// font, long ids kept inside their card on a narrow window, findings
+/// coloured by weight, the stored analysis shown when a file opens (and
+/// marked stale once the file changes), no Analyze on files that cannot be
+/// analysed, a page (not JSON) for a spent login link, uptime in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_details_a_user_sees() -> anyhow::Result<()> {
+    if let Some(reason) = browser::unavailable() {
+        skip_or_fail("dashboard browser test", &reason);
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let node = Node::start(&tmp.path().join("n"))?;
+    let ws = last_line(&node.cli(&["workspace", "create", "details"]));
+    let source = "import os\n\ndef run(expr):\n    return eval(expr)\n";
+    for (path, body) in [("app.py", source), ("README.md", "# Notes\n")] {
+        assert!(
+            xencode_tests::put(&node, &ws, path, body)
+                .await
+                .is_success()
+        );
+    }
+    let bin = tmp.path().join("logo.bin");
+    std::fs::write(&bin, [0u8, 159, 146, 150, 255, 0, 1])?;
+    ok_stdout(&node.cli(&[
+        "file",
+        "put",
+        &ws,
+        "logo.bin",
+        bin.to_str().unwrap_or_default(),
+    ]));
+    let driver = Driver::start(&tmp.path().join("chromedriver.log")).await?;
+    let page = Browser::open(&driver, &shots_dir(), "details").await?;
+
+    // A spent login link: a page saying what to do, not raw JSON.
+    let out = node.cli(&["dashboard", "--no-open"]);
+    let url = last_line(&out);
+    page.goto(&url).await?;
+    page.wait_text("#node-id", UI, |t| t == node.peer_id)
+        .await?;
+    page.goto(&url).await?;
+    page.wait_text("#login-failed", UI, |t| t.contains("cannot be used"))
+        .await?;
+    let text = page.page_text().await?;
+    assert!(
+        text.contains("xencode dashboard") && !text.contains("\"error\""),
+        "{text}"
+    );
+    page.screenshot("spent-login-link").await?;
+
+    // Uptime in words; the peer id stays inside its card on a narrow window.
+    page.set_window(420, 900).await?;
+    page.goto(&format!("{}/#/", node.api_url)).await?;
+    let uptime = page
+        .wait_text("#node-uptime", UI, |t| !t.is_empty())
+        .await?;
+    assert!(
+        uptime.ends_with(" s") || uptime.ends_with(" min"),
+        "{uptime}"
+    );
+    let inside = page
+        .exec(
+            "const c = document.getElementById('node-id'); const card = c.closest('.card');
+             return c.getBoundingClientRect().right <= card.getBoundingClientRect().right + 1;",
+            json!([]),
+        )
+        .await?;
+    assert_eq!(inside, json!(true), "the peer id overflows its card");
+    page.screenshot("narrow-overview").await?;
+    page.set_window(1280, 900).await?;
+
+    // The editor is in a monospace font.
+    page.goto(&format!("{}/#/ws/{ws}/file/app.py", node.api_url))
+        .await?;
+    page.wait_value("#editor", UI, |v| v == source).await?;
+    let font = page
+        .exec(
+            "return getComputedStyle(document.getElementById('editor')).fontFamily;",
+            json!([]),
+        )
+        .await?;
+    assert!(font.as_str().is_some_and(|f| f.contains("mono")), "{font}");
+
+    // Findings coloured by weight: the eval (high) is not the colour of a
+    // suggestion.
+    page.click(&page.wait("#analyze-btn", UI).await?).await?;
+    page.wait_text("#code-view li.flag[data-line='4']", UI, |t| {
+        t.contains("CWE-95")
+    })
+    .await?;
+    let colours = page
+        .exec(
+            "return [...document.querySelectorAll('#code-view .note')].map(n => [n.dataset.severity, getComputedStyle(n).color]);",
+            json!([]),
+        )
+        .await?;
+    let pairs: Vec<(String, String)> = serde_json::from_value(colours.clone())?;
+    let high = pairs.iter().find(|(s, _)| s == "high").map(|p| p.1.clone());
+    let other = pairs.iter().find(|(s, _)| s != "high").map(|p| p.1.clone());
+    assert!(high.is_some() && other.is_some(), "{colours}");
+    assert_ne!(
+        high, other,
+        "a high finding and a lesser one look alike: {colours}"
+    );
+    page.screenshot("severity-colours").await?;
+
+    // Opened again: the stored analysis is there at once; after a change to
+    // the file it is marked stale.
+    page.goto(&format!("{}/#/ws/{ws}", node.api_url)).await?;
+    page.wait("main h1", UI).await?;
+    page.goto(&format!("{}/#/ws/{ws}/file/app.py", node.api_url))
+        .await?;
+    page.wait_text("#analysis-provenance", UI, |t| {
+        t.contains("Stored analysis")
+    })
+    .await?;
+    assert!(page.find("#analysis-stale").await?.is_none());
+    page.wait_text("#code-view li.flag[data-line='4']", UI, |t| {
+        t.contains("CWE-95")
+    })
+    .await?;
+    let changed = format!("# changed\n{source}");
+    assert!(
+        xencode_tests::put(&node, &ws, "app.py", &changed)
+            .await
+            .is_success()
+    );
+    page.goto(&format!("{}/#/ws/{ws}", node.api_url)).await?;
+    page.wait("main h1", UI).await?;
+    page.goto(&format!("{}/#/ws/{ws}/file/app.py", node.api_url))
+        .await?;
+    page.wait_text("#analysis-stale", UI, |t| t.contains("changed since"))
+        .await?;
+    page.screenshot("stale-findings").await?;
+
+    // No Analyze button where there is nothing to analyse.
+    for (file, shown) in [("logo.bin", "binary"), ("README.md", "saved")] {
+        page.goto(&format!("{}/#/ws/{ws}", node.api_url)).await?;
+        page.wait("main h1", UI).await?;
+        page.goto(&format!("{}/#/ws/{ws}/file/{file}", node.api_url))
+            .await?;
+        page.wait_text("#editor-status", UI, |t| t == shown).await?;
+        let visible = page
+            .exec(
+                "const b = document.getElementById('analyze-btn'); return !!b && b.offsetParent !== null;",
+                json!([]),
+            )
+            .await?;
+        assert_eq!(visible, json!(false), "an Analyze button on {file}");
+    }
+    page.close().await?;
+    Ok(())
+}

@@ -156,6 +156,14 @@ function listen(handler) {
   for (const ev of state.pending.splice(0)) handler(ev);
 }
 
+// A duration as people say it: "42 s", "8 min", "3 h 5 min", "2 d 4 h".
+function duration(secs) {
+  const d = Math.floor(secs / 86400), hr = Math.floor(secs / 3600) % 24, m = Math.floor(secs / 60) % 60;
+  if (d) return hr ? `${d} d ${hr} h` : `${d} d`;
+  if (hr) return m ? `${hr} h ${m} min` : `${hr} h`;
+  return m ? `${m} min` : `${secs} s`;
+}
+
 function describe(ev) {
   switch (ev.type) {
     case 'file_changed': return `${ev.origin === 'remote' ? 'peer edited' : 'edited'} ${ev.path}`;
@@ -263,7 +271,7 @@ async function overview() {
         h('dt', { text: 'Addresses' }), h('dd', {}, ...(node.listen.length ? node.listen.map((a) => h('div', {}, h('code', { text: a }))) : ['none yet'])),
         h('dt', { text: 'Workspaces' }), h('dd', { text: String(node.workspaces) }),
         h('dt', { text: 'Store' }), h('dd', { text: `${(node.store.size_bytes / 1e6).toFixed(1)} MB, epoch ${node.epoch}` }),
-        h('dt', { text: 'Uptime' }), h('dd', { text: `${node.uptime_secs} s` })));
+        h('dt', { text: 'Uptime' }), h('dd', { id: 'node-uptime', text: duration(node.uptime_secs) })));
       if (!peers.peers.length) {
         peersBox.replaceChildren(h('p', { class: 'muted' }, 'No peers yet. Invite a teammate from a workspace page; on the same LAN nodes find each other by themselves.'));
         return;
@@ -532,11 +540,13 @@ async function fileView(id, path) {
   const results = h('section', { id: 'analysis', 'aria-labelledby': 'res-h' });
   const ai = h('input', { type: 'checkbox', id: 'analyze-ai' });
   const analyzeBtn = h('button', { type: 'button', id: 'analyze-btn', text: 'Analyze' });
+  // Analysis is of Python source: no button for anything else.
+  const analysable = /\.(py|pyw|pyi)$/i.test(path);
+  const analyzeRow = h('div', { class: 'inline', hidden: !analysable }, analyzeBtn,
+    h('label', { class: 'check' }, h('span', {}, ai, ' AI review (local Ollama)')));
   show(h('p', {}, h('a', { href: `#/ws/${id}`, text: '← workspace' })),
     h('h1', {}, h('code', { id: 'file-title', text: path }), ' ', status),
-    box,
-    h('div', { class: 'inline' }, analyzeBtn, h('label', { class: 'check' }, h('span', {}, ai, ' AI review (local Ollama)'))),
-    results);
+    box, analyzeRow, results);
   const url = `/api/v1/workspaces/${enc(id)}/files/${filePath(path)}`;
   let detail;
   try {
@@ -549,6 +559,7 @@ async function fileView(id, path) {
     if (r.headers.get('x-xencode-file-kind') === 'binary') {
       box.replaceChildren(h('p', { class: 'muted', text: `A binary file (${(await r.arrayBuffer()).byteLength} bytes): stored whole, not editable here.` }));
       status.textContent = 'binary';
+      analyzeRow.remove();
       return;
     }
     text = await r.text();
@@ -641,6 +652,18 @@ async function fileView(id, path) {
   };
 
   analyzeBtn.addEventListener('click', () => busy(analyzeBtn, () => analyze(id, path, ai.checked, results, () => editor.value)));
+  // The team's stored findings for this file, as they are: marked stale if
+  // the file changed since they were made.
+  if (analysable) {
+    api('GET', `/api/v1/workspaces/${enc(id)}/analyses`).then((list) => {
+      const rec = list.analyses.find((a) => a.path === path);
+      if (!rec || results.childElementCount) return;
+      const provenance = h('p', { id: 'analysis-provenance', class: rec.stale ? 'warn' : 'muted' },
+        `Stored analysis by ${short(rec.by)}, ${when(rec.at)}.`,
+        rec.stale ? h('span', { id: 'analysis-stale', text: ' The file changed since: findings may no longer be on these lines. Press Analyze to run it again.' }) : null);
+      drawAnalysis(results, rec, editor.value, h('div', { id: 'ai-review' }), provenance);
+    }).catch(() => { /* findings are a bonus; the editor works without */ });
+  }
   listen((ev) => {
     if (ev.type === 'lagged' || (ev.type === 'file_changed' && ev.workspace === id && ev.path === path && ev.origin === 'remote')) refresh();
   });
@@ -684,24 +707,25 @@ async function analyze(id, path, withAi, results, source) {
 }
 
 // `rec` is an AnalysisRecord: the analysis' fields plus provenance.
-function drawAnalysis(results, rec, source, review) {
+function drawAnalysis(results, rec, source, review, provenance) {
   const a = rec;
   const notes = new Map();
-  const note = (line, text) => { if (!notes.has(line)) notes.set(line, []); notes.get(line).push(text); };
-  for (const e of a.syntax_errors) note(e.line, `syntax error (col ${e.column}): ${e.message}`);
-  for (const s of a.security_issues) note(s.line, `${s.severity} ${s.cwe_id}: ${s.description}`);
-  for (const p of a.performance_hints) note(p.line, `performance (${p.impact}): ${p.description}`);
-  for (const s of a.suggestions) note(s.line_start, `suggestion: ${s.description}`);
+  const note = (line, text, sev) => { if (!notes.has(line)) notes.set(line, []); notes.get(line).push({ text, sev }); };
+  const weight = (s) => (['high', 'critical', 'error'].includes(s) ? 'high' : (s === 'medium' ? 'medium' : 'low'));
+  for (const e of a.syntax_errors) note(e.line, `syntax error (col ${e.column}): ${e.message}`, 'high');
+  for (const s of a.security_issues) note(s.line, `${s.severity} ${s.cwe_id}: ${s.description}`, weight(s.severity));
+  for (const p of a.performance_hints) note(p.line, `performance (${p.impact}): ${p.description}`, p.impact === 'high' ? 'medium' : 'low');
+  for (const s of a.suggestions) note(s.line_start, `suggestion: ${s.description}`, 'info');
   const lines = source.split('\n');
   const code = h('ol', { class: 'code', id: 'code-view', 'aria-label': 'Source with findings' }, ...lines.map((l, i) => {
     const n = notes.get(i + 1);
     return h('li', { class: n ? 'flag' : null, 'data-line': i + 1 },
       h('span', { class: 'n', text: String(i + 1) }), h('span', { text: l || ' ' }),
-      ...(n ? n.map((t) => h('span', { class: 'note', text: t })) : []));
+      ...(n ? n.map((t) => h('span', { class: `note sev-${t.sev}`, 'data-severity': t.sev, text: t.text })) : []));
   }));
   const aiLine = a.ai.status === 'ok' ? `AI review by ${a.ai.model}` : (a.ai.status === 'pending' ? 'AI review: writing…' : `AI: ${a.ai.status}`);
   if (a.ai.status === 'ok' && a.ai.text) review.textContent = a.ai.text;
-  results.replaceChildren(h('h2', { id: 'res-h', text: 'Analysis' }),
+  results.replaceChildren(h('h2', { id: 'res-h', text: 'Analysis' }), ...(provenance ? [provenance] : []),
     h('p', {}, `${a.language}: ${a.syntax_errors.length} syntax error(s), ${a.security_issues.length} security issue(s), ${a.performance_hints.length} performance hint(s); complexity ${a.complexity_score.toFixed(1)}. `,
       h('span', { class: 'muted', text: rec.stored ? 'Stored in the workspace.' : 'Not stored (viewers cannot write).' })),
     h('h3', { text: aiLine }), review,

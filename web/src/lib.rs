@@ -11,6 +11,10 @@
 /// The dashboard's HTML page, served at `/`.
 pub const INDEX_HTML: &str = include_str!("../assets/index.html");
 
+/// The page a browser gets for a login link that is used, expired or
+/// unknown (instead of the API's JSON error).
+pub const LOGIN_FAILED_HTML: &str = include_str!("../assets/login-failed.html");
+
 /// The dashboard's script, served at `/assets/app.js`.
 pub const APP_JS: &str = include_str!("../assets/app.js");
 
@@ -37,10 +41,11 @@ mod tests {
     #[test]
     fn the_page_loads_nothing_from_other_origins() {
         assert!(INDEX_HTML.contains("<title>Xencode</title>"));
-        for text in [INDEX_HTML, APP_JS, APP_CSS] {
+        for text in [INDEX_HTML, APP_JS, APP_CSS, LOGIN_FAILED_HTML] {
             assert!(!text.contains("http://") && !text.contains("https://"));
         }
         assert!(!INDEX_HTML.contains("<script>"), "no inline script");
+        assert!(!LOGIN_FAILED_HTML.contains("<script"), "no script at all");
     }
 
     #[test]

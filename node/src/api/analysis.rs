@@ -107,6 +107,7 @@ pub async fn analyze(
         model_digest: None,
         incremental,
         stored: true,
+        stale: None,
     };
     let Some(source) = for_ai else {
         let record = store_record(&store, id, &path, record).await?;
@@ -235,7 +236,18 @@ fn stream_review(
 }
 
 pub async fn analyses(State(state): State<ApiState>, WsId(id): WsId) -> Result<Response, ApiError> {
-    let analyses = state.store()?.analyses(id).await?;
+    let store = state.store()?;
+    let mut analyses = store.analyses(id).await?;
+    // Each marked stale or not against the file as it is now.
+    for rec in &mut analyses {
+        let current = match WorkspacePath::parse(&rec.path) {
+            Ok(path) => store.get_file(id, path).await.ok(),
+            Err(_) => None,
+        };
+        rec.stale = Some(
+            current.is_none_or(|f| blake3::hash(&f.bytes).to_hex().as_str() != rec.content_hash),
+        );
+    }
     Ok(Json(AnalysisList { analyses }).into_response())
 }
 

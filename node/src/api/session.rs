@@ -224,7 +224,11 @@ pub async fn login_link(State(state): State<ApiState>) -> Result<Response, ApiEr
 
 /// `GET /login?code=...`: spends the code, sets the session cookie and sends
 /// the browser to the dashboard.
-pub async fn login(State(state): State<ApiState>, RawQuery(query): RawQuery) -> Response {
+pub async fn login(
+    State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let code = query
         .as_deref()
         .unwrap_or_default()
@@ -235,12 +239,34 @@ pub async fn login(State(state): State<ApiState>, RawQuery(query): RawQuery) -> 
         Ok(Some(id)) => id,
         Ok(None) => {
             tracing::warn!("refused a login URL that is unknown, used or expired");
-            return ApiError::new(
+            let mut resp = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "login_link_invalid",
                 "this login link is unknown, expired or already used; run `xencode dashboard` for a new one",
             )
             .into_response();
+            // A browser (the usual visitor) gets a page saying what to do;
+            // a script keeps the JSON error. The audit code stays on both.
+            let wants_html = headers
+                .get(axum::http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("text/html"));
+            if wants_html {
+                let (mut parts, _) = resp.into_parts();
+                parts.headers.insert(
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                parts.headers.insert(
+                    axum::http::header::CONTENT_SECURITY_POLICY,
+                    axum::http::HeaderValue::from_static(xencode_web::CONTENT_SECURITY_POLICY),
+                );
+                resp = Response::from_parts(
+                    parts,
+                    axum::body::Body::from(xencode_web::LOGIN_FAILED_HTML),
+                );
+            }
+            return resp;
         }
         Err(e) => return e.into_response(),
     };

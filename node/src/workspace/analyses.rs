@@ -76,6 +76,7 @@ impl Workspace {
                     model_digest: get_str(am, &e, "model_digest"),
                     incremental: false,
                     stored: true,
+                    stale: None,
                     path,
                 })
             })
