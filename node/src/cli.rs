@@ -10,6 +10,7 @@
 
 mod client;
 mod commands;
+mod doctor;
 mod folders;
 mod lsp;
 
@@ -205,6 +206,13 @@ enum Command {
     /// Show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check this node's setup — the data directory's permissions, the
+    /// config, the running node and its API, Ollama, LAN discovery, the
+    /// listen addresses, the members' clocks — and say what to do about
+    /// each problem (exit 1 if a check fails).
+    ///
+    /// Example: xencode doctor
+    Doctor,
     /// Print a shell completion script (bash, zsh, fish, elvish or
     /// powershell), generated from these very definitions.
     ///
@@ -527,6 +535,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Config(ConfigCommand::Show) => commands::config_show(&dir, json),
         Command::Restore { file } => commands::restore(&dir, &file, json),
         Command::Lsp => lsp::run(&dir).await,
+        Command::Doctor => doctor::run(&dir, json).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             // Into memory first: the generator panics on a failed write
@@ -598,6 +607,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 | Command::Restore { .. }
                 | Command::Lsp
                 | Command::Completions { .. }
+                | Command::Doctor
                 | Command::Man { .. }
                 | Command::ExtractWorker { .. } => Ok(()),
             }

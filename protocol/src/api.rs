@@ -555,6 +555,12 @@ pub struct PeerInfo {
     pub connected: bool,
     pub addresses: Vec<String>,
     pub workspaces: Vec<PeerWorkspace>,
+    /// How far this node's clock is ahead of the peer's, in ms (negative:
+    /// behind), from the send times of its recent sync frames (the network
+    /// delay included); `null` before any. Membership expiry and change
+    /// timestamps are judged by clocks: `xencode doctor` warns past 2 min.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// A workspace shared with a peer.

@@ -396,7 +396,24 @@ pub struct Engine {
     now_ms: u64,
     /// What this node has open in editors, per workspace (never empty).
     presence: BTreeMap<WorkspaceId, Vec<OpenFile>>,
+    /// Per peer, our clock minus the peer's as its recent frames showed it
+    /// (`now - sent_ms`, the one-way delay included): see
+    /// [`Engine::clock_offset`].
+    clocks: BTreeMap<PeerId, ClockSamples>,
 }
+
+/// The last few clock readings of one peer.
+#[derive(Debug, Clone, Default)]
+struct ClockSamples {
+    deltas: VecDeque<i64>,
+}
+
+/// Readings kept per peer: the smallest of them is the estimate (the one
+/// that waited least in queues).
+const CLOCK_SAMPLES: usize = 16;
+
+/// Peers whose clocks are tracked at most.
+const MAX_CLOCK_PEERS: usize = 4096;
 
 /// Least time between two dials of one peer prompted by its announcements.
 const REDIAL_AFTER_ANNOUNCE_MS: u64 = 10_000;
@@ -446,6 +463,37 @@ impl Engine {
     /// The next thing the driver must do.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    /// How far ahead of `peer`'s clock this node's clock is, in ms, as its
+    /// recent frames show (negative: behind); `None` before any frame of an
+    /// admitted session. An upper bound by the one-way delay: the smallest
+    /// of the last few `now - sent_ms` readings.
+    pub fn clock_offset(&self, peer: &PeerId) -> Option<i64> {
+        self.clocks
+            .get(peer)?
+            .deltas
+            .iter()
+            .copied()
+            .min_by_key(|d| d.unsigned_abs())
+    }
+
+    /// Records a frame's send time (only admitted peers', so the map is
+    /// bounded by the members; and by [`MAX_CLOCK_PEERS`] on top).
+    fn clock_reading(&mut self, peer: PeerId, sent_ms: u64, now_ms: u64) {
+        if sent_ms == 0
+            || (self.clocks.len() >= MAX_CLOCK_PEERS && !self.clocks.contains_key(&peer))
+        {
+            return;
+        }
+        let delta = i64::try_from(now_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(sent_ms).unwrap_or(i64::MAX));
+        let samples = self.clocks.entry(peer).or_default();
+        if samples.deltas.len() == CLOCK_SAMPLES {
+            samples.deltas.pop_front();
+        }
+        samples.deltas.push_back(delta);
     }
 
     /// Peers with an open session (admitted by us) for `ws`.
@@ -691,6 +739,7 @@ impl Engine {
                     self.strike(peer, "sync frame outside an admitted session");
                     return;
                 }
+                self.clock_reading(peer, sent_ms, now_ms);
                 let received = Received {
                     message,
                     changes,

@@ -327,6 +327,7 @@ impl Host for SimHost {
     fn signature(&self, _ws: &WorkspaceId, doc: &DocId, hash: &ChangeHash) -> Option<SignedHead> {
         self.sigs.get(&(*doc, *hash)).cloned()
     }
+
     fn token(&self, ws: &WorkspaceId) -> Option<Vec<u8>> {
         (*ws == WS).then(|| self.team.tokens[self.index].clone())
     }

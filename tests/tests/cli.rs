@@ -518,3 +518,96 @@ fn version_names_the_commit_the_protocol_and_the_store_schema() {
     );
     node.stop();
 }
+
+/// `xencode doctor` finds what is wrong and says what to do: a missing data
+/// dir, a token file others can read, a stopped node, teammates that cannot
+/// reach a loopback-only node, Ollama down; and compares members' clocks.
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_finds_problems_and_says_what_to_do() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("a");
+    let report = |home: &std::path::Path| -> (bool, serde_json::Value) {
+        let out = cli(home, &["doctor", "--json"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        // The report, then (on failure) the error object: take the first.
+        let first: serde_json::Value = serde_json::Deserializer::from_str(&text)
+            .into_iter()
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("no JSON report: {text}"));
+        (out.status.success(), first)
+    };
+    let check = |r: &serde_json::Value, name: &str| -> serde_json::Value {
+        r["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no {name} check: {r}"))
+    };
+    let (ok, r) = report(&home);
+    assert!(!ok);
+    assert_eq!(check(&r, "data dir")["status"], "fail");
+    assert!(
+        check(&r, "data dir")["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("xencode init"))
+    );
+
+    ok_stdout(&cli(&home, &["init"]));
+    let token = home.join("api-token");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let (ok, r) = report(&home);
+    assert!(!ok);
+    assert_eq!(check(&r, "api token")["status"], "fail");
+    assert!(
+        check(&r, "api token")["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("chmod 600"))
+    );
+    assert_eq!(check(&r, "node")["status"], "fail");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "[analysis]\nollama_host = \"http://127.0.0.1:{}\"\n",
+            free_port()
+        ),
+    )
+    .expect("config");
+    let a = Node::start(&home).expect("a");
+    let b = Node::start(&tmp.path().join("b")).expect("b");
+    let (ok, r) = report(&home);
+    assert!(ok, "{r}");
+    assert_eq!(r["status"], "warn", "{r}");
+    assert_eq!(check(&r, "node")["status"], "ok");
+    assert_eq!(check(&r, "api")["status"], "ok");
+    assert_eq!(check(&r, "listen")["status"], "warn", "loopback only: {r}");
+    assert_eq!(check(&r, "ollama")["status"], "warn");
+    assert_eq!(
+        check(&r, "mdns")["status"],
+        "warn",
+        "the node runs --no-mdns: {r}"
+    );
+
+    // After a sync, the member's clock is compared (same machine: close).
+    let ws = last_line(&a.cli(&["workspace", "create", "clocks"]));
+    xencode_tests::invite_and_join(&a, &ws, &b, "developer");
+    assert_eq!(
+        xencode_tests::put(&a, &ws, "x.txt", "x").await,
+        reqwest::StatusCode::OK
+    );
+    let measured = xencode_tests::wait_for(std::time::Duration::from_secs(60), || async {
+        check(&report(&home).1, "clocks")["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("1 members within"))
+    })
+    .await;
+    assert!(measured, "{}", report(&home).1);
+    let text = String::from_utf8_lossy(&cli(&home, &["doctor"]).stdout).into_owned();
+    assert!(
+        text.contains("warn  listen") && text.contains("→ "),
+        "{text}"
+    );
+}

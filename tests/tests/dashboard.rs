@@ -203,6 +203,11 @@ async fn two_browsers_edit_one_file_live() -> anyhow::Result<()> {
         .await?;
         pa.screenshot("7-peers").await?;
 
+        // B has the workspace page open while A revokes B.
+        pb.goto(&format!("{}/#/ws/{ws}", b.api_url)).await?;
+        pb.wait("#members", UI).await?;
+        assert!(pb.find("#standing-banner").await?.is_none());
+
         // A revokes B from the dashboard, after confirming.
         pa.goto(&format!("{}/#/ws/{ws}", a.api_url)).await?;
         let revoke = pa
@@ -212,6 +217,15 @@ async fn two_browsers_edit_one_file_live() -> anyhow::Result<()> {
         pa.accept_dialog().await?;
         pa.wait_text("#members", UI, |t| t.contains("developer (revoked)"))
             .await?;
+        // B's open page says so by itself (no reload): a banner, no write
+        // controls.
+        pb.wait_text("#standing-banner", SYNC, |t| t.contains("revoked"))
+            .await?;
+        assert!(
+            pb.find("#new-file-form").await?.is_none() && pb.find("#drop-zone").await?.is_none(),
+            "write controls are gone"
+        );
+        pb.screenshot("9-revoked").await?;
         // The audit view lists the revocation, and the chain is intact.
         pa.goto(&format!("{}/#/audit", a.api_url)).await?;
         pa.wait_text("#audit-chain", UI, |t| t.contains("intact"))

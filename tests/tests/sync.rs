@@ -322,6 +322,21 @@ async fn a_revoked_developer_is_refused_by_everyone() {
         "C got a write made after its revocation"
     );
 
+    // C itself learns why: the revocation reached it ahead of the refusal,
+    // so it says "revoked" rather than "developer" (or a guess).
+    let told = wait_for(Duration::from_secs(10), || async {
+        let d = t.c.get_json(&format!("/api/v1/workspaces/{ws}")).await;
+        d["standing"] == "revoked" && d["effective_role"].is_null()
+    })
+    .await;
+    assert!(
+        told,
+        "C does not know it was revoked: {}",
+        t.c.get_json(&format!("/api/v1/workspaces/{ws}")).await
+    );
+    let own = ok_stdout(&t.c.cli(&["workspace", "show", &ws]));
+    assert!(own.contains("your role: none (revoked"), "{own}");
+
     // A lists C as revoked in words too, as its JSON does.
     let shown = ok_stdout(&t.a.cli(&["workspace", "show", &ws]));
     assert!(

@@ -80,7 +80,9 @@ fn workspace_filter(query: Option<&str>) -> Result<Option<WorkspaceId>, ApiError
 
 /// Whether this node's user may see the event: workspace events only while
 /// this node is a member of the workspace (a workspace just created or joined
-/// is announced before its access document arrives).
+/// is announced before its access document arrives), except the ones that
+/// tell it its standing changed — added, removed, and the access change that
+/// revoked it (its open pages must say so without a reload).
 fn visible(store: &Store, only: Option<WorkspaceId>, event: &NodeEvent) -> bool {
     let Some(ws) = event.workspace() else {
         return true;
@@ -90,7 +92,9 @@ fn visible(store: &Store, only: Option<WorkspaceId>, event: &NodeEvent) -> bool 
     }
     matches!(
         event,
-        NodeEvent::WorkspaceAdded { .. } | NodeEvent::WorkspaceRemoved { .. }
+        NodeEvent::WorkspaceAdded { .. }
+            | NodeEvent::WorkspaceRemoved { .. }
+            | NodeEvent::AccessChanged { .. }
     ) || store.stats().role(&ws).is_some()
 }
 

@@ -442,6 +442,7 @@ impl Actor {
                 connected: connected.contains(&peer),
                 addresses: self.sync.peer_addrs.get(&peer).cloned().unwrap_or_default(),
                 workspaces,
+                clock_offset_ms: self.sync.engine.clock_offset(&peer),
             });
         }
         out

@@ -766,6 +766,52 @@ fn a_session_closed_on_revalidation_is_refused_and_the_peer_hears_it() {
     );
 }
 
+/// The change that ends a membership reaches the peer ahead of the refusal
+/// on the same connection (the session closes only after the change was
+/// offered to every admitted peer), so a revoked member learns why from the
+/// revocation itself rather than guessing.
+#[test]
+fn a_revoked_peer_gets_the_revocation_before_the_refusal() {
+    let mut rng = SmallRng::seed_from_u64(9);
+    let mut net = Net::new(2, 2);
+    net.edit(1, DOCS[2], &mut rng);
+    net.heal();
+    let before = net.links[&(1, 0)].len();
+    // "The revocation": a change node 1 makes, after which node 0 fails
+    // admission.
+    net.edit(1, DOCS[2], &mut rng);
+    let revocation = net.nodes[1]
+        .host
+        .docs
+        .get_mut(&DOCS[2])
+        .and_then(|am| am.get_last_local_change().map(|c| c.raw_bytes().to_vec()))
+        .expect("the last change");
+    net.nodes[1].host.refuse_all = true;
+    net.input(1, Input::Tick);
+    let after: Vec<&Frame> = net.links[&(1, 0)].iter().skip(before).collect();
+    let sent = after
+        .iter()
+        .position(|f| matches!(f, Frame::Sync { changes, .. } if changes.contains(&revocation)));
+    let refused = after.iter().position(|f| matches!(f, Frame::Refuse { .. }));
+    assert!(
+        matches!((sent, refused), (Some(s), Some(r)) if s < r),
+        "{after:?}"
+    );
+    // Delivered in order, node 0 holds the change when it hears the refusal.
+    net.heal();
+    let got = net.nodes[0]
+        .host
+        .docs
+        .get_mut(&DOCS[2])
+        .map(|am| am.get_heads());
+    let sent_heads = net.nodes[1]
+        .host
+        .docs
+        .get_mut(&DOCS[2])
+        .map(|am| am.get_heads());
+    assert_eq!(got, sent_heads);
+}
+
 #[test]
 fn honest_changes_are_canonical() {
     // The receive path refuses changes that do not re-encode to their own
