@@ -49,8 +49,13 @@ enum Command {
     ///
     /// Keeps what already exists, so it is safe to run again.
     ///
-    /// Example: xencode init
-    Init,
+    /// Example: xencode init --name "Ada (laptop)"
+    Init {
+        /// The name teammates see for this node (`[node] name` in
+        /// config.toml; up to 64 characters).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Run the node in the foreground; print its peer id, addresses and API URL.
     ///
     /// Example: xencode node --api 127.0.0.1:0 --listen /ip4/0.0.0.0/tcp/4001
@@ -529,7 +534,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let dir = cli.data_dir()?;
     let json = cli.json;
     match cli.command {
-        Command::Init => commands::init(&dir, json),
+        Command::Init { name } => commands::init(&dir, name.as_deref(), json),
         Command::Node(args) => commands::node(&dir, args, json).await,
         Command::Id => commands::id(&dir, json),
         Command::Config(ConfigCommand::Show) => commands::config_show(&dir, json),
@@ -600,7 +605,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Command::Workspace(cmd) => commands::workspace(&client, cmd, json).await,
                 Command::File(cmd) => commands::file(&client, cmd, json).await,
                 Command::Folder(cmd) => folders::run(&client, cmd, json).await,
-                Command::Init
+                Command::Init { .. }
                 | Command::Node(_)
                 | Command::Id
                 | Command::Config(_)

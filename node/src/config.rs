@@ -37,10 +37,22 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    pub node: NodeConfig,
     pub api: ApiConfig,
     pub network: NetworkConfig,
     pub store: StoreConfig,
     pub analysis: AnalysisConfig,
+}
+
+/// `[node]`: this node as people see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The display name teammates see for this node (`xencode init
+    /// --name`): written into this node's member entry of every workspace
+    /// it belongs to. Up to 64 characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// `[analysis]`: limits of document extraction (which runs in a child
@@ -199,6 +211,7 @@ impl Config {
                 why,
             };
             match key {
+                "NODE_NAME" => self.node.name = Some(value.clone()),
                 "API_LISTEN" => {
                     self.api.listen = value
                         .parse()
@@ -241,6 +254,14 @@ impl Config {
     /// Checks every value; the message says which key and what is allowed.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(name) = &self.node.name
+            && !xencode_protocol::policy::valid_member_name(name)
+        {
+            return invalid(format!(
+                "node.name = {name:?} must be 1 to {} characters, not only spaces, with no control characters",
+                xencode_protocol::policy::MAX_MEMBER_NAME_CHARS
+            ));
+        }
         if !self.api.listen.ip().is_loopback() {
             return invalid(format!(
                 "api.listen = {} is not a loopback address; the API is local-only, use 127.0.0.1 or [::1]",

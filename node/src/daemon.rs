@@ -125,6 +125,7 @@ pub async fn run(
     let options = StoreOptions {
         compact_after_changes: config.store.compact_after_changes,
         max_text_bytes: usize::try_from(config.store.max_text_bytes).unwrap_or(usize::MAX),
+        display_name: config.node.name.clone(),
         ..StoreOptions::default()
     };
     let opened = tokio::task::spawn_blocking({
@@ -320,6 +321,14 @@ fn apply_reload(
     if merged.network.peers != running.network.peers {
         let _ = net.try_send(NetCommand::SetBootstrap {
             addrs: merged.network.peers.clone(),
+        });
+    }
+    if merged.node.name != running.node.name {
+        let (store, name) = (store.clone(), merged.node.name.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.set_display_name(name).await {
+                tracing::warn!(error = %e, "the new display name was not recorded");
+            }
         });
     }
     if merged.store.compact_interval_secs != running.store.compact_interval_secs {

@@ -221,6 +221,9 @@ pub struct StoreOptions {
     /// UTF-8 files up to this size are Automerge Text; larger ones are
     /// stored whole.
     pub max_text_bytes: usize,
+    /// The display name this node gives itself in the workspaces it is a
+    /// member of (`[node] name`).
+    pub display_name: Option<String>,
 }
 
 impl Default for StoreOptions {
@@ -229,6 +232,7 @@ impl Default for StoreOptions {
             compact_after_changes: 1000,
             max_group: 256,
             max_text_bytes: 1 << 20,
+            display_name: None,
         }
     }
 }
@@ -286,6 +290,11 @@ pub(crate) enum Command {
     RemoveWorkspace {
         ws: WorkspaceId,
         reply: Reply<xencode_protocol::api::WorkspaceRemoved>,
+    },
+    /// A new display name (a config reload).
+    SetDisplayName {
+        name: Option<String>,
+        reply: Reply<()>,
     },
     RenameWorkspace {
         ws: WorkspaceId,
@@ -541,6 +550,12 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// Sets the display name this node gives itself in its workspaces.
+    pub async fn set_display_name(&self, name: Option<String>) -> Result<(), StoreError> {
+        self.ask(|reply| Command::SetDisplayName { name, reply })
+            .await
     }
 
     /// Forgets a workspace on this node, deleting its history from the

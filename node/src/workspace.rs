@@ -286,6 +286,7 @@ impl Workspace {
                         .and_then(|r| get_obj(am, &r, &peer))
                         .is_some();
                 Some(Member {
+                    name: self.access_doc().member_name(&peer),
                     expires_at: self.member_expiry(&peer),
                     role: Role::parse(&get_str(am, &m, "role")?)?,
                     added_by: get_str(am, &m, "added_by").unwrap_or_default(),

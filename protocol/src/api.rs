@@ -289,6 +289,9 @@ pub struct Member {
     /// When the membership ends with its token (unix ms); absent: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// The display name the member gave itself (`[node] name`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// `GET /api/v1/workspaces/{id}`.
@@ -555,6 +558,10 @@ pub struct PeerInfo {
     pub connected: bool,
     pub addresses: Vec<String>,
     pub workspaces: Vec<PeerWorkspace>,
+    /// The display name the peer gave itself in a workspace shared with
+    /// this node, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// How far this node's clock is ahead of the peer's, in ms (negative:
     /// behind), from the send times of its recent sync frames (the network
     /// delay included); `null` before any. Membership expiry and change

@@ -9,7 +9,9 @@
 //!
 //! - a change to the **access document** is judged at its own dependencies:
 //!   its author must be an admin there (the root always is), and it may not
-//!   reach for what is the root's alone ([`AccessDoc::touches_root`]);
+//!   reach for what is the root's alone ([`AccessDoc::touches_root`]) — or
+//!   a member of any role setting its own display name and nothing else
+//!   ([`AccessDoc::only_names_itself`]);
 //! - any other change is judged at the access heads its commit message cites
 //!   (`envelope::encode_citation`): its author must be a developer or admin,
 //!   not revoked, there; no citation is refused, cited heads not here yet
@@ -20,7 +22,7 @@
 //!
 //! The access document's schema (written by the node's `workspace` module):
 //! `{ name, created_at, owner, root_key (hex), nonce (hex), members: {peer:
-//! {role, added_by, added_at, token_id, expires_at?}}, revoked: {peer or
+//! {role, added_by, added_at, token_id, expires_at?, name?}}, revoked: {peer or
 //! token id: {kind: "peer" | "token", by, at, token_id?, peer?}} }`.
 
 use std::collections::{BTreeSet, HashMap};
@@ -200,6 +202,36 @@ impl AccessDoc<'_> {
         out
     }
 
+    /// `peer`'s display name as its member entry holds it now, if it is a
+    /// valid one ([`valid_member_name`]): shown, never trusted.
+    pub fn member_name(&self, peer: &str) -> Option<String> {
+        let members = self.map(&ROOT, "members", None)?;
+        let entry = self.map(&members, peer, None)?;
+        self.string(&entry, "name", None)
+            .filter(|n| valid_member_name(n))
+    }
+
+    /// Whether `change` (to the access document, by `peer`) does nothing
+    /// but set `peer`'s own display name: puts of one valid name string at
+    /// key `name` of its own member entry, read at the change's
+    /// dependencies. A member of any role may make such a change.
+    pub fn only_names_itself(&self, peer: &str, change: &Change) -> bool {
+        let deps = Some(change.deps());
+        let Some(entry) = self
+            .map(&ROOT, "members", deps)
+            .and_then(|m| self.map(&m, peer, deps))
+        else {
+            return false;
+        };
+        let entry = entry.to_string();
+        let ops = change.decode().operations;
+        !ops.is_empty() && ops.iter().all(|op| {
+            op.obj.to_string() == entry
+                && matches!(&op.key, LegacyKey::Map(k) if k == "name")
+                && matches!(&op.action, LegacyOp::Put(ScalarValue::Str(s)) if valid_member_name(s))
+        })
+    }
+
     /// Whether a change to the access document, by someone other than the
     /// root, reaches for what is the root's alone: the workspace's root key,
     /// nonce or creation time, the root's member entry, a revocation naming
@@ -247,6 +279,17 @@ impl AccessDoc<'_> {
         }
         false
     }
+}
+
+/// Longest display name a member may give itself, in characters.
+pub const MAX_MEMBER_NAME_CHARS: usize = 64;
+
+/// A display name: 1 to [`MAX_MEMBER_NAME_CHARS`] characters, not only
+/// white space, no control characters.
+pub fn valid_member_name(name: &str) -> bool {
+    !name.trim().is_empty()
+        && name.chars().count() <= MAX_MEMBER_NAME_CHARS
+        && !name.chars().any(char::is_control)
 }
 
 /// Decisions already made. A decision rests on a fixed point of the access
@@ -309,8 +352,13 @@ impl WriteRule {
                 let Some(state) = access.member_state_at(&peer, &key.3) else {
                     return WriteDecision::Unknown;
                 };
-                let allowed = matches!(state, MemberState::Member(role) if role >= needed)
-                    && !(is_access && access.touches_root(change));
+                // Any member may name itself; nothing else in the access
+                // document is a non-admin's to change.
+                let allowed = (matches!(state, MemberState::Member(role) if role >= needed)
+                    && !(is_access && access.touches_root(change)))
+                    || (is_access
+                        && matches!(state, MemberState::Member(_))
+                        && access.only_names_itself(&peer, change));
                 let decided = (allowed, access.member_expiry_at(&peer, Some(&key.3)));
                 if self.decided.len() >= MAX_DECISIONS {
                     self.decided.clear();
@@ -405,4 +453,139 @@ pub fn admit(
         read: grant.role.allows(Right::Read),
         write: grant.role.allows(Right::Write),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::ActorId;
+    use automerge::transaction::Transactable;
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::ids::{actor_id, peer_id_of};
+
+    const WS: WorkspaceId = WorkspaceId::from_bytes([3; 16]);
+
+    struct Who {
+        key: [u8; 32],
+        peer: String,
+    }
+
+    fn who(n: u8) -> Who {
+        let key = SigningKey::from_bytes(&[n; 32]).verifying_key().to_bytes();
+        let peer = peer_id_of(&key).expect("peer id").to_string();
+        Who { key, peer }
+    }
+
+    /// An access document: `root` created it, `viewer` and `dev` are
+    /// members, `gone` was a viewer and is revoked.
+    fn access(root: &Who, viewer: &Who, dev: &Who, gone: &Who) -> AutoCommit {
+        let mut am = AutoCommit::new().with_actor(ActorId::from(actor_id(&root.key, 0).as_slice()));
+        schema::genesis(
+            &mut am,
+            "ws",
+            schema::Creator {
+                peer: &root.peer,
+                root_key: &root.key,
+            },
+            &[1; 16],
+            1,
+        )
+        .expect("genesis");
+        for (m, role) in [
+            (viewer, Role::Viewer),
+            (dev, Role::Developer),
+            (gone, Role::Viewer),
+        ] {
+            schema::add_member(&mut am, &m.peer, role, "t", None, &root.peer, 2).expect("add");
+        }
+        schema::revoke(&mut am, &gone.peer, &root.peer, 3).expect("revoke");
+        am.commit();
+        am
+    }
+
+    /// A change `author` makes to its copy of `am`.
+    fn change_by(am: &mut AutoCommit, author: &Who, edit: impl FnOnce(&mut AutoCommit)) -> Change {
+        let mut fork = am
+            .fork()
+            .with_actor(ActorId::from(actor_id(&author.key, 0).as_slice()));
+        edit(&mut fork);
+        fork.commit();
+        fork.get_last_local_change().expect("a change").clone()
+    }
+
+    fn entry(am: &AutoCommit, peer: &str) -> ObjId {
+        let members = AccessDoc(am).map(&ROOT, "members", None).expect("members");
+        AccessDoc(am).map(&members, peer, None).expect("entry")
+    }
+
+    #[test]
+    fn a_member_of_any_role_may_name_itself_and_nothing_else() {
+        let (root, viewer, dev, gone, stranger) = (who(1), who(2), who(3), who(4), who(5));
+        let mut am = access(&root, &viewer, &dev, &gone);
+        let own = |am: &mut AutoCommit, w: &Who, name: &'static str| {
+            let peer = w.peer.clone();
+            change_by(am, w, move |f| {
+                schema::set_member_name(f, &peer, name).expect("name");
+            })
+        };
+        let decide = |am: &AutoCommit, w: &Who, c: &Change| {
+            WriteRule::default().may_write(&WS, AccessDoc(am), Some(root.key), true, &w.key, c)
+        };
+        // Allowed: a viewer and a developer naming themselves.
+        for w in [&viewer, &dev] {
+            let c = own(&mut am, w, "Alex from design");
+            assert_eq!(decide(&am, w, &c), WriteDecision::Allow, "{}", w.peer);
+        }
+        // Refused: a revoked member, a stranger, a name that is too long or
+        // has a control character.
+        let c = own(&mut am, &gone, "still here");
+        assert_eq!(decide(&am, &gone, &c), WriteDecision::Deny);
+        let c = change_by(&mut am, &stranger, |f| {
+            let e = entry(f, &viewer.peer);
+            f.put(&e, "name", "spoof").expect("put");
+        });
+        assert_eq!(decide(&am, &stranger, &c), WriteDecision::Deny);
+        let long = "x".repeat(MAX_MEMBER_NAME_CHARS + 1);
+        let c = change_by(&mut am, &viewer, |f| {
+            let e = entry(f, &viewer.peer);
+            f.put(&e, "name", long.as_str()).expect("put");
+        });
+        assert_eq!(decide(&am, &viewer, &c), WriteDecision::Deny);
+        let c = own(&mut am, &viewer, "bell\u{7}");
+        assert_eq!(decide(&am, &viewer, &c), WriteDecision::Deny);
+        // Refused: naming someone else, or naming itself and raising its
+        // role in the same change, or its role alone.
+        let root_peer = root.peer.clone();
+        let c = change_by(&mut am, &viewer, |f| {
+            schema::set_member_name(f, &root_peer, "not me").expect("name");
+        });
+        assert_eq!(decide(&am, &viewer, &c), WriteDecision::Deny);
+        let viewer_peer = viewer.peer.clone();
+        let c = change_by(&mut am, &viewer, |f| {
+            let e = entry(f, &viewer_peer);
+            f.put(&e, "name", "Vi").expect("put");
+            f.put(&e, "role", "admin").expect("put");
+        });
+        assert_eq!(decide(&am, &viewer, &c), WriteDecision::Deny);
+        let c = change_by(&mut am, &viewer, |f| {
+            let e = entry(f, &viewer_peer);
+            f.put(&e, "role", "admin").expect("put");
+        });
+        assert_eq!(decide(&am, &viewer, &c), WriteDecision::Deny);
+        // An object put at `name` (not a string) is refused too.
+        let c = change_by(&mut am, &viewer, |f| {
+            let e = entry(f, &viewer_peer);
+            f.put_object(&e, "name", ObjType::Map).expect("put");
+        });
+        assert_eq!(decide(&am, &viewer, &c), WriteDecision::Deny);
+        // Read back: the name a member gave itself, once applied.
+        let c = own(&mut am, &viewer, "Vi");
+        crate::apply::apply_changes(&mut am, vec![c]).expect("apply");
+        assert_eq!(
+            AccessDoc(&am).member_name(&viewer.peer).as_deref(),
+            Some("Vi")
+        );
+        assert_eq!(AccessDoc(&am).member_name(&dev.peer), None);
+    }
 }

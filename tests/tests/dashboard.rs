@@ -401,7 +401,9 @@ async fn the_dashboard_details_a_user_sees() -> anyhow::Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let node = Node::start(&tmp.path().join("n"))?;
+    let home = tmp.path().join("n");
+    ok_stdout(&xencode_tests::cli(&home, &["init", "--name", "Dee <b>"]));
+    let node = Node::start(&home)?;
     let ws = last_line(&node.cli(&["workspace", "create", "details"]));
     let source = "import os\n\ndef run(expr):\n    return eval(expr)\n";
     for (path, body) in [("app.py", source), ("README.md", "# Notes\n")] {
@@ -523,6 +525,11 @@ async fn the_dashboard_details_a_user_sees() -> anyhow::Result<()> {
     page.wait_text("#analysis-stale", UI, |t| t.contains("changed since"))
         .await?;
     page.screenshot("stale-findings").await?;
+
+    // Members by the name they gave themselves (as text, markup and all).
+    page.goto(&format!("{}/#/ws/{ws}", node.api_url)).await?;
+    page.wait_text("#members", UI, |t| t.contains("Dee <b>"))
+        .await?;
 
     // No Analyze button where there is nothing to analyse.
     for (file, shown) in [("logo.bin", "binary"), ("README.md", "saved")] {

@@ -225,3 +225,67 @@ async fn a_workspace_is_named_renamed_left_and_removed_without_a_trace() {
     assert_eq!(audit["chain"]["intact"], true, "{}", audit["chain"]);
     drop(tmp);
 }
+
+/// Names for people and nodes: `init --name` puts it in `config.toml`, the
+/// node writes it into its own member entry (a viewer too: the write rule
+/// lets any member name itself, and only itself), and teammates see it in
+/// `workspace show`, `peers` and the audit log; a reload renames.
+#[tokio::test(flavor = "multi_thread")]
+async fn members_are_shown_by_the_names_they_gave_themselves() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (ha, hb) = (tmp.path().join("a"), tmp.path().join("b"));
+    ok_stdout(&xencode_tests::cli(&ha, &["init", "--name", "Ada"]));
+    ok_stdout(&xencode_tests::cli(
+        &hb,
+        &["init", "--name", "Bob (laptop)"],
+    ));
+    let bad = xencode_tests::cli(&hb, &["init", "--name", "x\u{7}"]);
+    assert!(!bad.status.success(), "a control character is refused");
+    let a = Node::start(&ha).expect("a");
+    let b = Node::start(&hb).expect("b");
+    let ws = last_line(&a.cli(&["workspace", "create", "named"]));
+    xencode_tests::invite_and_join(&a, &ws, &b, "viewer");
+    let name_on = |node: &Node, peer: &str| {
+        let d = json(&node.cli(&["workspace", "show", &ws, "--json"]));
+        d["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["peer_id"] == peer).cloned())
+            .map(|m| m["name"].clone())
+            .unwrap_or_default()
+    };
+    let seen = wait_for(Duration::from_secs(60), || async {
+        name_on(&a, &b.peer_id) == "Bob (laptop)" && name_on(&b, &a.peer_id) == "Ada"
+    })
+    .await;
+    assert!(
+        seen,
+        "names did not travel: A sees {}, B sees {}",
+        name_on(&a, &b.peer_id),
+        name_on(&b, &a.peer_id)
+    );
+    let shown = ok_stdout(&a.cli(&["workspace", "show", &ws]));
+    assert!(
+        shown.contains(&format!("{}  viewer  Bob (laptop)", b.peer_id)),
+        "{shown}"
+    );
+    let peers = ok_stdout(&a.cli(&["peers"]));
+    assert!(peers.contains("name: Bob (laptop)"), "{peers}");
+    let audit = ok_stdout(&a.cli(&["audit"]));
+    assert!(audit.contains("(Bob (laptop))"), "{audit}");
+
+    // B renames itself by editing config.toml and reloading.
+    let config = hb.join("config.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("Bob (laptop)", "Bob")).expect("write");
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &b.pid().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+    let renamed = wait_for(Duration::from_secs(60), || async {
+        name_on(&a, &b.peer_id) == "Bob"
+    })
+    .await;
+    assert!(renamed, "A still sees {}", name_on(&a, &b.peer_id));
+}

@@ -279,7 +279,7 @@ async function overview() {
       peersBox.replaceChildren(h('table', { id: 'peers-table' },
         h('thead', {}, h('tr', {}, h('th', { text: 'Peer' }), h('th', { text: 'Connection' }), h('th', { text: 'Workspaces (lag)' }))),
         h('tbody', {}, ...peers.peers.map((p) => h('tr', {},
-          h('td', {}, h('code', { title: p.peer_id, text: short(p.peer_id) })),
+          h('td', {}, ...(p.name ? [h('span', { class: 'peer-name', text: p.name }), ' '] : []), h('code', { title: p.peer_id, text: short(p.peer_id) })),
           h('td', { class: p.connected ? 'ok' : 'muted', text: p.connected ? 'connected' : 'offline' }),
           h('td', {}, ...p.workspaces.map((w) => h('div', {},
             `${names[w.id] || short(w.id)}: `, lagText(w)))))))));
@@ -366,7 +366,7 @@ async function workspace(id) {
     members.replaceChildren(h('table', { id: 'members' },
       h('thead', {}, h('tr', {}, h('th', { text: 'Peer' }), h('th', { text: 'Role' }), h('th', { text: 'Added' }), h('th', { text: '' }))),
       h('tbody', {}, ...detail.members.map((m) => h('tr', {},
-        h('td', {}, h('code', { title: m.peer_id, text: short(m.peer_id) }), m.peer_id === state.peerId ? ' (you)' : ''),
+        h('td', {}, ...(m.name ? [h('span', { class: 'peer-name', text: m.name }), ' '] : []), h('code', { title: m.peer_id, text: short(m.peer_id) }), m.peer_id === state.peerId ? ' (you)' : ''),
         h('td', { text: m.revoked ? `${m.role} (revoked)` : m.role }),
         h('td', { text: when(m.added_at) }),
         h('td', {}, effectiveRole(detail) === 'admin' && !m.revoked && m.peer_id !== state.peerId

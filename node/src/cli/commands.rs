@@ -27,8 +27,11 @@ pub(super) fn print_json<T: Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-pub fn init(dir: &DataDir, json: bool) -> Result<()> {
+pub fn init(dir: &DataDir, name: Option<&str>, json: bool) -> Result<()> {
     let done = identity::init(dir)?;
+    if let Some(name) = name {
+        set_node_name(&dir.config(), name)?;
+    }
     if json {
         return print_json(&serde_json::json!({
             "peer_id": done.identity.peer_id().to_string(),
@@ -43,6 +46,61 @@ pub fn init(dir: &DataDir, json: bool) -> Result<()> {
     }
     println!("{}", done.identity.peer_id());
     Ok(())
+}
+
+/// Writes `[node] name` into config.toml, keeping the rest of the file as
+/// it is (comments included): the `name` line of the `[node]` table is
+/// replaced, or added under its header, or the table is added.
+fn set_node_name(path: &std::path::Path, name: &str) -> Result<()> {
+    if !xencode_protocol::policy::valid_member_name(name) {
+        anyhow::bail!(
+            "the name {name:?} must be 1 to {} characters, not only spaces, with no control characters",
+            xencode_protocol::policy::MAX_MEMBER_NAME_CHARS
+        );
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let current = Config::parse(&text, path)?;
+    if current.node.name.as_deref() == Some(name) {
+        return Ok(());
+    }
+    let line = format!("name = {}", toml::Value::String(name.to_owned()));
+    let updated = with_node_name(&text, &line);
+    Config::parse(&updated, path)?;
+    // Written whole through a temporary file: a crash leaves the old file.
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, &updated).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+/// `text` with `line` (`name = "…"`) as the `[node]` table's name.
+fn with_node_name(text: &str, line: &str) -> String {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let Some(header) = lines.iter().position(|l| l.trim() == "[node]") else {
+        let sep = if text.is_empty() || text.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        };
+        return format!("{text}{sep}\n[node]\n{line}\n");
+    };
+    let end = lines[header + 1..]
+        .iter()
+        .position(|l| l.trim_start().starts_with('['))
+        .map_or(lines.len(), |i| header + 1 + i);
+    let existing = (header + 1..end).find(|&i| {
+        lines[i]
+            .trim_start()
+            .strip_prefix("name")
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    });
+    match existing {
+        Some(i) => lines[i] = line.to_owned(),
+        None => lines.insert(header + 1, line.to_owned()),
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
 }
 
 pub fn id(dir: &DataDir, json: bool) -> Result<()> {
@@ -225,7 +283,12 @@ pub async fn workspace(client: &Client, cmd: WorkspaceCommand, json: bool) -> Re
                 } else {
                     ""
                 };
-                println!("  {}  {}{state}", m.peer_id, m.role.as_str());
+                let name = m
+                    .name
+                    .as_deref()
+                    .map(|n| format!("  {n}"))
+                    .unwrap_or_default();
+                println!("  {}  {}{state}{name}", m.peer_id, m.role.as_str());
             }
             println!("heads:");
             for h in &d.heads {
@@ -404,7 +467,12 @@ pub async fn peers(client: &Client, json: bool) -> Result<()> {
                 format!("{} ({lag})", w.id)
             })
             .collect();
-        println!("{}  {state}  {}", p.peer_id, ws.join(", "));
+        let name = p
+            .name
+            .as_deref()
+            .map(|n| format!("  name: {n}"))
+            .unwrap_or_default();
+        println!("{}  {state}  {}{name}", p.peer_id, ws.join(", "));
     }
     Ok(())
 }
@@ -723,6 +791,24 @@ pub async fn audit(
     if json {
         print_json(&log)?;
     } else {
+        // Peers by the names they gave themselves, where they did.
+        let names: std::collections::HashMap<String, String> = client
+            .get_json::<PeerList>(&["api", "v1", "peers"])
+            .await
+            .map(|l| {
+                l.peers
+                    .into_iter()
+                    .filter_map(|p| Some((p.peer_id, p.name?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let who_text = |who: &str| match who.strip_prefix("peer:") {
+            Some(peer) => match names.get(peer) {
+                Some(n) => format!("peer:{} ({n})", short_id(peer)),
+                None => format!("peer:{}", short_id(peer)),
+            },
+            None => who.to_owned(),
+        };
         for e in &log.entries {
             let ws = e
                 .workspace
@@ -810,14 +896,6 @@ fn human_duration(secs: u64) -> String {
         (0, h, m) => format!("{h} h {m} min"),
         (d, 0, _) => format!("{d} d"),
         (d, h, _) => format!("{d} d {h} h"),
-    }
-}
-
-/// Who an audit entry names, for reading: a peer by its short id.
-fn who_text(who: &str) -> String {
-    match who.strip_prefix("peer:") {
-        Some(peer) => format!("peer:{}", short_id(peer)),
-        None => who.to_owned(),
     }
 }
 
@@ -1067,6 +1145,27 @@ mod tests {
         assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::utc(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(super::utc(1_795_645_605_386), "2026-11-25T22:26:45Z");
+    }
+
+    #[test]
+    fn the_node_name_goes_into_its_table_and_nothing_else_moves() {
+        let line = "name = \"Ada\"";
+        assert_eq!(
+            super::with_node_name("", line),
+            "\n[node]\nname = \"Ada\"\n"
+        );
+        assert_eq!(
+            super::with_node_name("# top\n[node]\n\n[api]\nlisten = \"x\"\n", line),
+            "# top\n[node]\nname = \"Ada\"\n\n[api]\nlisten = \"x\"\n"
+        );
+        assert_eq!(
+            super::with_node_name("[node]\nname = \"Old\"\n[api]\n", line),
+            "[node]\nname = \"Ada\"\n[api]\n"
+        );
+        assert_eq!(
+            super::with_node_name("[api]\nname_x = 1", line),
+            "[api]\nname_x = 1\n\n[node]\nname = \"Ada\"\n"
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub enum Takes {
 /// forgotten silently (the unit test below counts them).
 pub fn changes(old: &Config, new: &Config) -> Vec<(&'static str, Takes)> {
     use Takes::{Live, Restart};
-    let keys: [(&'static str, bool, Takes); 14] = [
+    let keys: [(&'static str, bool, Takes); 15] = [
+        ("node.name", old.node.name != new.node.name, Live),
         ("api.listen", old.api.listen != new.api.listen, Restart),
         (
             "api.max_body_bytes",
@@ -99,6 +100,7 @@ pub fn changes(old: &Config, new: &Config) -> Vec<(&'static str, Takes)> {
 /// keys from `new`, the others kept from `running`.
 pub fn merge(running: &Config, new: &Config) -> Config {
     let mut merged = running.clone();
+    merged.node.name.clone_from(&new.node.name);
     merged.network.peers.clone_from(&new.network.peers);
     merged.store.compact_interval_secs = new.store.compact_interval_secs;
     merged.analysis.timeout_secs = new.analysis.timeout_secs;
@@ -142,6 +144,7 @@ mod tests {
     fn every_configuration_key_is_classified() {
         let mut all = Config::default();
         all.analysis.ollama_host = Some("http://127.0.0.1:11434".into());
+        all.node.name = Some("Ada".into());
         let text = toml::to_string(&all).expect("serialize");
         let table: toml::Table = toml::from_str(&text).expect("parse");
         let leaves: usize = table
@@ -163,6 +166,7 @@ mod tests {
         other.analysis.ollama_host = None;
         other.analysis.ollama_models.clear();
         other.analysis.ai_timeout_secs += 1;
+        other.node.name = None;
         assert_eq!(changes(&all, &other).len(), leaves);
     }
 

@@ -87,6 +87,7 @@ impl Actor {
             actor.workspaces.insert(id, ws);
         }
         actor.record_root_token_ids();
+        actor.record_own_names();
         actor.publish_stats();
         actor.publish_roles();
         tracing::info!(
@@ -141,6 +142,11 @@ impl Actor {
             } => {
                 let made = self.create_workspace(&name, now_ms);
                 self.disk.defer(made, reply);
+            }
+            Command::SetDisplayName { name, reply } => {
+                self.disk.options.display_name = name;
+                self.record_own_names();
+                self.disk.defer(Ok(()), reply);
             }
             Command::RemoveWorkspace { ws, reply } => {
                 let _ = reply.send(self.remove_workspace(ws));
@@ -456,6 +462,36 @@ impl Actor {
         Ok(summary)
     }
 
+    /// Writes this node's display name into its member entry of every
+    /// workspace where it is a member in good standing and the entry says
+    /// otherwise (staged; the next commit carries it). Run at start, after
+    /// the access documents change (a join's arrives) and on a new name.
+    pub(super) fn record_own_names(&mut self) {
+        let Some(name) = self.disk.options.display_name.clone() else {
+            return;
+        };
+        let me = self.author.peer_id.clone();
+        let now = crate::now_ms();
+        let ids: Vec<WorkspaceId> = self.workspaces.keys().copied().collect();
+        for id in ids {
+            let Some(ws) = self.workspaces.get_mut(&id) else {
+                continue;
+            };
+            if ws.effective_role(&me, now).is_none()
+                || ws.access_doc().member_name(&me).as_deref() == Some(name.as_str())
+            {
+                continue;
+            }
+            match ws.set_own_name(&me, &name, now) {
+                Ok(changes) if !changes.is_empty() => self.stage_local(id, changes),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(workspace = %id, error = %e, "cannot record this node's name")
+                }
+            }
+        }
+    }
+
     /// Refuses a name another workspace on this node already has (without
     /// regard to case): names are how people pick a workspace here.
     fn check_name_free(&self, name: &str, except: Option<WorkspaceId>) -> Result<(), StoreError> {
@@ -660,6 +696,14 @@ impl Actor {
             }
             if access_changed {
                 self.revalidate_sessions();
+            }
+            if access_changed && self.disk.options.display_name.is_some() {
+                // A join's access document may have arrived: name ourselves
+                // in it (a no-op when the name is there already).
+                self.record_own_names();
+                if !self.disk.staged.is_empty() {
+                    self.flush();
+                }
             }
         }
     }

@@ -442,6 +442,10 @@ impl Actor {
                 connected: connected.contains(&peer),
                 addresses: self.sync.peer_addrs.get(&peer).cloned().unwrap_or_default(),
                 workspaces,
+                name: self
+                    .workspaces
+                    .values()
+                    .find_map(|w| w.access_doc().member_name(&peer.to_string())),
                 clock_offset_ms: self.sync.engine.clock_offset(&peer),
             });
         }

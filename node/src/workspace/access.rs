@@ -127,6 +127,21 @@ impl Workspace {
         Ok(self.access.commit(now_ms, &[]).into_iter().collect())
     }
 
+    /// Sets this node's own display name in its member entry (any member
+    /// may: the write rule's one exception for non-admins); no change if
+    /// it has no entry yet or the name is the same.
+    pub fn set_own_name(
+        &mut self,
+        me: &str,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<Vec<NewChange>, WorkspaceError> {
+        if !schema::set_member_name(&mut self.access.am, me, name).map_err(damaged)? {
+            return Ok(Vec::new());
+        }
+        Ok(self.access.commit(now_ms, &[]).into_iter().collect())
+    }
+
     /// Peers listed as members (revoked or not), for dialing.
     pub fn member_peers(&self) -> Vec<String> {
         schema::member_peers(&self.access.am)

@@ -75,6 +75,28 @@ pub fn genesis(
     Ok(())
 }
 
+/// Sets `peer`'s display name in its member entry — the one change to the
+/// access document a member of any role may make, to its own entry only
+/// (see `AccessDoc::only_names_itself`). Returns whether anything changed
+/// (no entry, or the same name: nothing to do).
+pub fn set_member_name(
+    am: &mut AutoCommit,
+    peer: &str,
+    name: &str,
+) -> Result<bool, AutomergeError> {
+    let Some(members) = map(am, &ROOT, "members") else {
+        return Ok(false);
+    };
+    let Some(entry) = map(am, &members, peer) else {
+        return Ok(false);
+    };
+    if string(am, &entry, "name").as_deref() == Some(name) {
+        return Ok(false);
+    }
+    am.put(&entry, "name", name)?;
+    Ok(true)
+}
+
 /// Renames the workspace (an admin's change; any admin may make it).
 pub fn rename(am: &mut AutoCommit, name: &str) -> Result<(), AutomergeError> {
     am.put(ROOT, "name", name)
