@@ -314,14 +314,20 @@ fn apply_reload(
         .filter(|(_, t)| *t == reload::Takes::Restart)
         .map(|(k, _)| *k)
         .collect();
-    let merged = reload::merge(running, new);
+    let mut merged = reload::merge(running, new);
     if live.iter().any(|k| k.starts_with("analysis.")) {
         state.attach_analysis(reload::analysis_setup(&merged));
     }
-    if merged.network.peers != running.network.peers {
-        let _ = net.try_send(NetCommand::SetBootstrap {
-            addrs: merged.network.peers.clone(),
-        });
+    if merged.network.peers != running.network.peers
+        && net
+            .try_send(NetCommand::SetBootstrap {
+                addrs: merged.network.peers.clone(),
+            })
+            .is_err()
+    {
+        // Kept as they were, so the next reload tries again.
+        tracing::warn!("the network is too busy to take the new peers now; send SIGHUP again");
+        merged.network.peers.clone_from(&running.network.peers);
     }
     if merged.node.name != running.node.name {
         let (store, name) = (store.clone(), merged.node.name.clone());
