@@ -126,6 +126,15 @@ impl Client {
             .bearer_auth(&self.token))
     }
 
+    /// Sends a request and reads its JSON answer.
+    async fn send_for_json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T> {
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .context("the node sent an unreadable answer")
+    }
+
     /// Sends a request; a non-2xx answer becomes an error with the node's message.
     async fn send(&self, req: RequestBuilder) -> Result<Response> {
         let resp = req.send().await.map_err(|e| {
@@ -157,12 +166,8 @@ impl Client {
     }
 
     pub async fn get_json<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<T> {
-        let resp = self
-            .send(self.request(Method::GET, segments.iter().copied())?)
-            .await?;
-        resp.json()
+        self.send_for_json(self.request(Method::GET, segments.iter().copied())?)
             .await
-            .context("the node sent an unreadable answer")
     }
 
     /// `GET`s a response to read as it streams.
@@ -181,11 +186,7 @@ impl Client {
         url.query_pairs_mut()
             .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         let req = self.http.get(url).bearer_auth(&self.token);
-        self.send(req)
-            .await?
-            .json()
-            .await
-            .context("the node sent an unreadable answer")
+        self.send_for_json(req).await
     }
 
     pub async fn post_json<B: Serialize, T: DeserializeOwned>(
@@ -204,11 +205,7 @@ impl Client {
         body: &B,
     ) -> Result<T> {
         let req = self.request(method, segments.iter().copied())?.json(body);
-        self.send(req)
-            .await?
-            .json()
-            .await
-            .context("the node sent an unreadable answer")
+        self.send_for_json(req).await
     }
 
     /// `PATCH`es JSON.
@@ -223,11 +220,7 @@ impl Client {
     /// `DELETE`s and reads the JSON answer.
     pub async fn delete_json<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<T> {
         let req = self.request(Method::DELETE, segments.iter().copied())?;
-        self.send(req)
-            .await?
-            .json()
-            .await
-            .context("the node sent an unreadable answer")
+        self.send_for_json(req).await
     }
 
     /// `POST`s one file as the `file` field of a multipart form, after the
@@ -248,11 +241,7 @@ impl Client {
         let req = self
             .request(Method::POST, segments.iter().copied())?
             .multipart(form);
-        self.send(req)
-            .await?
-            .json()
-            .await
-            .context("the node sent an unreadable answer")
+        self.send_for_json(req).await
     }
 
     /// The request for `/api/v1/workspaces/{ws}/files/{path...}`. The path is
@@ -273,11 +262,7 @@ impl Client {
         bytes: Vec<u8>,
     ) -> Result<T> {
         let req = self.file_request(Method::PUT, ws, path)?.body(bytes);
-        self.send(req)
-            .await?
-            .json()
-            .await
-            .context("the node sent an unreadable answer")
+        self.send_for_json(req).await
     }
 
     pub async fn get_file(&self, ws: &str, path: &str) -> Result<Vec<u8>> {
