@@ -486,8 +486,10 @@ impl Persistence {
         out.audit_redacted = redacted;
         tx.commit().map_err(classify)?;
         self.audit_tip = tip;
-        for doc in docs {
-            self.counters.remove(doc);
+        // Every document deleted, loaded or not: no stale record counter
+        // survives for an id that has no records.
+        for doc in &gone {
+            self.counters.remove(&DocId::from_bytes(*doc));
         }
         out.compacted = match self.db.as_mut().map(Database::compact) {
             Some(Ok(_)) => true,
