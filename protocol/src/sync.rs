@@ -55,7 +55,9 @@ use crate::wire::{Frame, MAX_REASON_BYTES, OpenFile};
 /// Bounds of the engine.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Bytes of received changes waiting for a signature or dependencies.
+    /// Bytes of received changes waiting for a signature or dependencies,
+    /// counted inflated; also the most one change may inflate to (a larger
+    /// one is refused as malformed before Automerge decodes it).
     pub max_pending_bytes: usize,
     /// Pending changes older than this are dropped, in milliseconds.
     pub pending_ttl_ms: u64,
@@ -343,6 +345,8 @@ struct DocSync {
 struct PendingChange {
     change: Change,
     raw: Vec<u8>,
+    /// Its size in memory (inflated), counted in `pending_bytes`.
+    size: usize,
     actor: ActorId,
     /// The author whose signature covers this change.
     verified: Option<[u8; 32]>,

@@ -99,11 +99,17 @@ impl Engine {
         let mut malformed = 0;
         let mut fresh = Vec::new();
         for raw in changes {
+            // Sized before Automerge inflates it: a deflate bomb is a strike,
+            // not gigabytes of memory.
+            let Ok(size) = crate::chunks::inflated_len(&raw, self.limits.max_pending_bytes) else {
+                malformed += 1;
+                continue;
+            };
             match guarded(|| Change::from_bytes(raw.clone())) {
                 Some(Ok(change)) if canonical(&change) => {
                     let hash = change.hash();
                     if am.get_change_meta_by_hash(&hash).is_none() {
-                        fresh.push((hash, change, raw));
+                        fresh.push((hash, change, raw, size));
                     }
                 }
                 _ => malformed += 1,
@@ -111,21 +117,22 @@ impl Engine {
         }
         let mut overflow = 0;
         let pending = self.pending.entry((ws, doc)).or_default();
-        for (hash, change, raw) in fresh {
+        for (hash, change, raw, size) in fresh {
             if pending.changes.contains_key(&hash) {
                 continue;
             }
-            if self.pending_bytes + raw.len() > self.limits.max_pending_bytes {
+            if self.pending_bytes + size > self.limits.max_pending_bytes {
                 overflow += 1;
                 continue;
             }
-            self.pending_bytes += raw.len();
+            self.pending_bytes += size;
             let actor = change.actor_id().clone();
             pending.changes.insert(
                 hash,
                 PendingChange {
                     change,
                     raw,
+                    size,
                     actor,
                     verified: None,
                     from: peer,
@@ -273,7 +280,7 @@ impl Engine {
         let mut rejected: BTreeMap<(PeerId, RejectReason), usize> = BTreeMap::new();
         for hash in refused {
             if let Some(pc) = pending.changes.remove(&hash) {
-                self.pending_bytes -= pc.raw.len();
+                self.pending_bytes -= pc.size;
                 *rejected
                     .entry((pc.from, RejectReason::Unauthorized))
                     .or_default() += 1;
@@ -328,7 +335,7 @@ impl Engine {
             }
             for hash in malformed_now {
                 if let Some(pc) = pending.changes.remove(&hash) {
-                    self.pending_bytes -= pc.raw.len();
+                    self.pending_bytes -= pc.size;
                     *rejected
                         .entry((pc.from, RejectReason::Malformed))
                         .or_default() += 1;
@@ -347,7 +354,7 @@ impl Engine {
                 .filter_map(|h| pending.changes.remove(h))
                 .collect();
             for pc in &batch {
-                self.pending_bytes -= pc.raw.len();
+                self.pending_bytes -= pc.size;
             }
             let changes: Vec<Change> = batch.iter().map(|pc| pc.change.clone()).collect();
             // Crafted changes can make `apply_changes` panic halfway,
@@ -429,7 +436,7 @@ impl Engine {
             pending.changes.retain(|_, pc| {
                 let keep = now_ms.saturating_sub(pc.since_ms) < ttl;
                 if !keep {
-                    self.pending_bytes -= pc.raw.len();
+                    self.pending_bytes -= pc.size;
                     *expired.entry((pc.from, *ws)).or_default() += 1;
                 }
                 keep

@@ -88,9 +88,25 @@ impl TestHost {
                 am.put(ROOT, "shared", format!("value {tag}")).expect("put");
             }
         }
+        self.commit_signed(doc, &cites);
+    }
+
+    /// Puts `value` at the root's `key` as one signed change.
+    fn put(&mut self, doc: DocId, key: &str, value: String) {
+        let actor = ActorId::from(actor_id(&self.public(), 0).as_slice());
+        let cites = self.access.get_heads();
+        let am = self.document(&WS, &doc).expect("held");
+        am.set_actor(actor);
+        am.put(ROOT, key, value).expect("put");
+        self.commit_signed(doc, &cites);
+    }
+
+    /// Commits what is staged in `doc`, citing `cites`, and signs it.
+    fn commit_signed(&mut self, doc: DocId, cites: &[ChangeHash]) {
+        let am = self.docs.get_mut(&doc).expect("held");
         am.commit_with(
             automerge::transaction::CommitOptions::default()
-                .with_message(crate::envelope::encode_citation(&cites)),
+                .with_message(crate::envelope::encode_citation(cites)),
         );
         let hash = am.get_last_local_change().expect("change").hash();
         let sig = SignedHead::sign(&self.key, 0, &WS, &doc, hash.0);
@@ -620,6 +636,68 @@ fn forged_signatures_and_stolen_actor_ids_are_refused() {
             .expect("doc")
             .get_change_by_hash(&change.hash())
             .is_some()
+    );
+}
+
+#[test]
+fn a_compressed_change_is_sized_before_it_is_inflated() {
+    // A writer's genuine, signed change whose text deflates 1000 to 1: the
+    // receiver refuses it by its inflated size before Automerge inflates it,
+    // while a compressed change that fits is applied.
+    let mut net = Net::new(2, 2);
+    let cap = 1 << 20;
+    net.nodes[0].engine = Engine::new(Limits {
+        max_pending_bytes: cap,
+        ..Limits::default()
+    });
+    net.connect(0, 1);
+    net.heal();
+    let from = net.nodes[1].id;
+    let rejected_before = net.nodes[0].rejected;
+    for (key, len, fits) in [("small", 64 << 10, true), ("bomb", 2 * cap, false)] {
+        net.nodes[1].host.put(DOCS[0], key, "0".repeat(len));
+        let host = &mut net.nodes[1].host;
+        let mut change = host.docs[&DOCS[0]]
+            .clone()
+            .get_last_local_change()
+            .expect("change")
+            .clone();
+        let bytes = change.bytes().into_owned();
+        assert_eq!(bytes[8], 2, "sent compressed");
+        assert!(bytes.len() < len / 100, "{} bytes carry {len}", bytes.len());
+        let sig = host.sigs[&(DOCS[0], change.hash())].clone();
+        net.input(
+            0,
+            Input::Received {
+                peer: from,
+                frame: Frame::Sync {
+                    workspace: WS,
+                    doc: DOCS[0],
+                    message: None,
+                    changes: vec![bytes],
+                    signatures: vec![sig],
+                    sent_ms: 0,
+                },
+            },
+        );
+        let applied = net.nodes[0]
+            .host
+            .docs
+            .get_mut(&DOCS[0])
+            .expect("doc")
+            .get_change_by_hash(&change.hash())
+            .is_some();
+        assert_eq!(applied, fits, "{key}");
+    }
+    assert_eq!(
+        net.nodes[0].rejected - rejected_before,
+        1,
+        "the bomb is a strike"
+    );
+    assert_eq!(
+        net.nodes[0].engine.pending_bytes(),
+        0,
+        "nothing held for it"
     );
 }
 
