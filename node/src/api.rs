@@ -314,6 +314,28 @@ pub fn router(state: ApiState) -> Router {
             routes::remove_file,
         )
         .route(
+            Method::GET,
+            "/api/v1/workspaces/{id}/automerge/{*path}",
+            Doc::new(
+                FILES,
+                "A file's Automerge document, saved, for other Automerge applications",
+            )
+            .raw(200, "application/octet-stream"),
+            routes::export_automerge,
+        )
+        .route(
+            Method::PUT,
+            "/api/v1/workspaces/{id}/automerge/{*path}",
+            Doc::new(
+                FILES,
+                "Import a document made by another Automerge application as a new file, with its history (the body is the saved document)",
+            )
+            .query(&[("field", "the root key holding the text, default `text`")])
+            .raw_body("application/octet-stream")
+            .json::<xencode_protocol::api::FileImported>(201),
+            routes::import_automerge,
+        )
+        .route(
             Method::POST,
             "/api/v1/workspaces/{id}/splice",
             Doc::new(FILES, "Character edits to a text file (one, or a batch)")

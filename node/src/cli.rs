@@ -405,6 +405,39 @@ enum FileCommand {
         /// The path inside the workspace.
         path: String,
     },
+    /// Import a document made by another Automerge application (automerge
+    /// npm or PyPI packages, automerge-repo) as a new text file, with its
+    /// history: each of its versions becomes a change of this node's,
+    /// keeping its time and naming its original author. The text is read from
+    /// the document's root key `text`, or `--field`. A text over
+    /// store.max_text_bytes is refused (such files are stored whole and take
+    /// no character edits, so the history could not be kept).
+    ///
+    /// Example: xencode file import "Team Docs" notes.md notes.automerge
+    Import {
+        /// Workspace id or unique name.
+        ws: String,
+        /// The new file's path inside the workspace (it must not exist).
+        path: String,
+        /// The saved Automerge document (`-` for standard input).
+        file: PathBuf,
+        /// The root key holding the text.
+        #[arg(long, default_value = "text")]
+        field: String,
+    },
+    /// Save a file's Automerge document, history included, for other
+    /// Automerge applications: they find the text at the root key `text`
+    /// (a binary file's bytes at `data`). The output file is created 0600.
+    ///
+    /// Example: xencode file export "Team Docs" notes.md notes.automerge
+    Export {
+        /// Workspace id or unique name.
+        ws: String,
+        /// The path inside the workspace.
+        path: String,
+        /// Where to write the document (`-` for standard output).
+        file: PathBuf,
+    },
     /// Print the workspace's file paths, one per line, sorted.
     ///
     /// Example: xencode file list "Team Docs"

@@ -33,6 +33,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The most `store.max_text_bytes` may be: very large texts stall the store.
+pub const MAX_TEXT_BYTES_CAP: u64 = 64 << 20;
+
 /// The node's effective configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -289,7 +292,7 @@ impl Config {
         if self.store.compact_after_changes == 0 {
             return invalid("store.compact_after_changes must be at least 1".into());
         }
-        if self.store.max_text_bytes > 64 << 20 {
+        if self.store.max_text_bytes > MAX_TEXT_BYTES_CAP {
             return invalid(format!(
                 "store.max_text_bytes = {} is over the 67108864 limit: very large texts stall the store",
                 self.store.max_text_bytes

@@ -126,6 +126,8 @@ pub enum StoreError {
     InvalidInvitation(#[from] BadInvitation),
     #[error(transparent)]
     InvalidRequest(#[from] BadRequest),
+    #[error(transparent)]
+    Import(#[from] crate::workspace::interop::ImportError),
 }
 
 // Answers go to every reply of a commit group: the errors that are not
@@ -315,6 +317,18 @@ pub(crate) enum Command {
         bytes: Vec<u8>,
         now_ms: u64,
         reply: Reply<FileInfo>,
+    },
+    ImportFile {
+        ws: WorkspaceId,
+        path: WorkspacePath,
+        foreign: Box<crate::workspace::interop::Foreign>,
+        now_ms: u64,
+        reply: Reply<xencode_protocol::api::FileImported>,
+    },
+    ExportFile {
+        ws: WorkspaceId,
+        path: WorkspacePath,
+        reply: Reply<Vec<u8>>,
     },
     GetFile {
         ws: WorkspaceId,
@@ -607,6 +621,46 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// Imports a document made by another Automerge application as the new
+    /// file `path`, with its history (`interop`): read off the store thread,
+    /// then replayed as this node's changes.
+    pub async fn import_file(
+        &self,
+        ws: WorkspaceId,
+        path: WorkspacePath,
+        bytes: axum::body::Bytes,
+        field: String,
+        now_ms: u64,
+    ) -> Result<xencode_protocol::api::FileImported, StoreError> {
+        use crate::workspace::interop;
+        // The node's own limit is checked on the store thread (it may be
+        // reloaded); here, the most any configuration allows.
+        let cap = usize::try_from(crate::config::MAX_TEXT_BYTES_CAP).unwrap_or(usize::MAX);
+        let foreign = tokio::task::spawn_blocking(move || {
+            interop::read(&bytes, &field, interop::ImportLimits::for_text(cap))
+        })
+        .await
+        .map_err(|_| StoreError::Closed)??;
+        self.ask(|reply| Command::ImportFile {
+            ws,
+            path,
+            foreign: Box::new(foreign),
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// A file's document as Automerge saves it.
+    pub async fn export_file(
+        &self,
+        ws: WorkspaceId,
+        path: WorkspacePath,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.ask(|reply| Command::ExportFile { ws, path, reply })
+            .await
     }
 
     pub async fn get_file(

@@ -65,6 +65,8 @@ pub enum WorkspaceError {
         "{0}: the version the edit was made at is not in this file's history (the file was replaced, or the heads are not this file's); fetch it again"
     )]
     UnknownBase(WorkspacePath),
+    #[error("{0} already exists in this workspace; import to another path, or remove it first")]
+    FileExists(WorkspacePath),
     #[error("the workspace document is damaged: {0}")]
     Damaged(String),
 }
@@ -98,9 +100,25 @@ impl Doc {
     /// the access document itself, which are judged by their own history.
     fn commit(&mut self, now_ms: u64, cites: &[ChangeHash]) -> Option<NewChange> {
         let secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        self.commit_noted(secs, cites, None)
+    }
+
+    /// [`Self::commit`] at `secs`, with `note` as a second line of the
+    /// message (after the citation, which names the first line only).
+    fn commit_noted(
+        &mut self,
+        secs: i64,
+        cites: &[ChangeHash],
+        note: Option<&str>,
+    ) -> Option<NewChange> {
         let mut options = CommitOptions::default().with_time(secs);
         if !cites.is_empty() {
-            options = options.with_message(xencode_protocol::envelope::encode_citation(cites));
+            let mut message = xencode_protocol::envelope::encode_citation(cites);
+            if let Some(note) = note {
+                message.push('\n');
+                message.push_str(note);
+            }
+            options = options.with_message(message);
         }
         self.am.commit_with(options)?;
         self.am.get_last_local_change().map(|change| NewChange {
@@ -667,9 +685,10 @@ mod access;
 mod analyses;
 mod editing;
 pub mod folder;
+pub mod interop;
 pub mod merge;
 pub use access::MemberState;
 pub use editing::Edited;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

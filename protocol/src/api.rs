@@ -330,6 +330,22 @@ pub struct FileInfo {
     pub updated_at: u64,
 }
 
+/// The answer to `PUT /api/v1/workspaces/{id}/automerge/{*path}`: a
+/// document made by another Automerge application, imported with its
+/// history (`xencode file import`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FileImported {
+    pub file: FileInfo,
+    /// Changes the file got: one per version of the text (consecutive
+    /// foreign changes are grouped past 10,000).
+    pub versions: u64,
+    /// Changes in the foreign history, including those that did not touch
+    /// the text.
+    pub foreign_changes: u64,
+    /// Distinct Automerge actors among them.
+    pub foreign_actors: u64,
+}
+
 /// `GET /api/v1/workspaces/{id}/files`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FileList {

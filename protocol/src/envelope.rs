@@ -159,9 +159,12 @@ pub fn encode_citation(heads: &[automerge::ChangeHash]) -> String {
 }
 
 /// The access heads a change's message cites; `None` if it cites none or
-/// the citation is malformed or too long.
+/// the citation is malformed or too long. The citation is the message's
+/// first line; lines after it are free text (an imported change names its
+/// original author there).
 pub fn decode_citation(message: Option<&str>) -> Option<Vec<automerge::ChangeHash>> {
-    let body = message?.strip_prefix(CITATION_PREFIX)?;
+    let first = message?.split('\n').next()?;
+    let body = first.strip_prefix(CITATION_PREFIX)?;
     if body.is_empty() {
         return None;
     }
@@ -190,6 +193,9 @@ mod citation_tests {
         assert_eq!(decode_citation(Some(&msg)), Some(sorted));
         assert_eq!(decode_citation(None), None);
         assert_eq!(decode_citation(Some("fix typo")), None);
+        let noted = format!("{msg}\nimported from 0a0b #3: xa1:AAAA");
+        assert_eq!(decode_citation(Some(&noted)), decode_citation(Some(&msg)));
+        assert_eq!(decode_citation(Some(&format!("note\n{msg}"))), None);
         assert_eq!(decode_citation(Some("xa1:")), None);
         assert_eq!(decode_citation(Some("xa1:!!")), None);
         assert_eq!(decode_citation(Some("xa1:AQI")), None, "2 bytes is no hash");

@@ -433,6 +433,12 @@ fn the_readme_tour_runs_twice() {
         ok_stdout(&cli(&home, &["workspace", "show", "Team Docs"]));
         ok_stdout(&cli(&home, &["analyze", &ws, "src/main.py"]));
         ok_stdout(&cli(&home, &["status", "--json"]));
+        let exported = tmp.path().join("main.automerge");
+        let exported = exported.to_str().expect("utf8");
+        ok_stdout(&cli(
+            &home,
+            &["file", "export", &ws, "src/main.py", exported],
+        ));
         ok_stdout(&cli(&home, &["audit"]));
         let backup = tmp.path().join(format!("tour-{run}.backup"));
         ok_stdout(&cli(&home, &["backup", backup.to_str().expect("utf8")]));

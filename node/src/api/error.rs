@@ -89,6 +89,9 @@ impl From<StoreError> for ApiError {
             StoreError::Workspace(WorkspaceError::FileNotFound(_)) => {
                 Self::new(StatusCode::NOT_FOUND, "file_not_found", msg)
             }
+            StoreError::Workspace(WorkspaceError::FileExists(_)) => {
+                Self::new(StatusCode::CONFLICT, "file_exists", msg)
+            }
             StoreError::Workspace(WorkspaceError::NotText(_)) => {
                 Self::new(StatusCode::CONFLICT, "not_text", msg)
             }
@@ -97,6 +100,23 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Workspace(WorkspaceError::UnknownBase(_)) => {
                 Self::new(StatusCode::CONFLICT, "unknown_base", msg)
+            }
+            StoreError::Import(e) => {
+                use crate::workspace::interop::ImportError;
+                let (status, code) = match e {
+                    ImportError::Chunks(xencode_protocol::chunks::ChunkError::TooLarge {
+                        ..
+                    })
+                    | ImportError::TooManyChanges { .. } => {
+                        (StatusCode::PAYLOAD_TOO_LARGE, "document_too_large")
+                    }
+                    ImportError::TooLong { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "text_too_long"),
+                    ImportError::NoText { .. } => (StatusCode::BAD_REQUEST, "no_text"),
+                    ImportError::Chunks(_) | ImportError::Load(_) => {
+                        (StatusCode::BAD_REQUEST, "not_automerge")
+                    }
+                };
+                Self::new(status, code, msg)
             }
             StoreError::DiskFull => Self::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", msg),
             StoreError::Closed => Self::new(

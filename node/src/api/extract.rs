@@ -40,6 +40,32 @@ pub fn query_pairs<'a>(
         .collect()
 }
 
+/// A query value with its `%XX` escapes (and `+` for space) decoded;
+/// `None` if an escape is malformed or the result is not UTF-8.
+pub fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// A JSON body.
 pub struct ApiJson<T>(pub T);
 
@@ -144,7 +170,15 @@ impl<S: Send + Sync> FromRequestParts<S> for WsFile {
 
 #[cfg(test)]
 mod tests {
-    use super::query_pairs;
+    use super::{percent_decode, query_pairs};
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("a%20b+c%C3%B6").as_deref(), Some("a b cö"));
+        for bad in ["%", "%4", "%zz", "%ff"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn queries_keep_known_keys_and_refuse_others() {

@@ -11,7 +11,9 @@ use xencode_protocol::api::{
     WorkspaceRemoved, WorkspaceSummary,
 };
 
-use super::extract::{ApiJson, ApiPath, RawBody, WsFile, WsId, parse_ws, query_pairs};
+use super::extract::{
+    ApiJson, ApiPath, RawBody, WsFile, WsId, parse_ws, percent_decode, query_pairs,
+};
 use super::{ApiError, ApiState};
 use crate::now_ms;
 use crate::store::tables::SCHEMA_VERSION;
@@ -210,6 +212,51 @@ pub async fn put_file(
         .put_file(id, path, body.to_vec(), now_ms())
         .await?;
     Ok(Json(info).into_response())
+}
+
+/// The root key an imported document's text is read from, unless `field`
+/// says otherwise.
+pub const DEFAULT_IMPORT_FIELD: &str = "text";
+
+/// `PUT /api/v1/workspaces/{id}/automerge/{*path}[?field=KEY]`: a document
+/// made by another Automerge application becomes the new file `path`, with
+/// its history.
+pub async fn import_automerge(
+    State(state): State<ApiState>,
+    WsFile(id, path): WsFile,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let mut field = DEFAULT_IMPORT_FIELD.to_owned();
+    for (_, value) in query_pairs(query.as_deref(), &["field"])? {
+        field = percent_decode(value)
+            .filter(|f| !f.is_empty())
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_query", "`field` must be a URL-encoded root key")
+            })?;
+    }
+    let imported = state
+        .store()?
+        .import_file(id, path, body, field, now_ms())
+        .await?;
+    Ok((StatusCode::CREATED, Json(imported)).into_response())
+}
+
+/// `GET /api/v1/workspaces/{id}/automerge/{*path}`: the file's Automerge
+/// document, saved, for other Automerge applications.
+pub async fn export_automerge(
+    State(state): State<ApiState>,
+    WsFile(id, path): WsFile,
+) -> Result<Response, ApiError> {
+    let bytes = state.store()?.export_file(id, path).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 pub async fn remove_file(

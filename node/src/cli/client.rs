@@ -120,10 +120,11 @@ impl Client {
         method: Method,
         segments: impl IntoIterator<Item = &'a str>,
     ) -> Result<RequestBuilder> {
-        Ok(self
-            .http
-            .request(method, self.url(segments)?)
-            .bearer_auth(&self.token))
+        Ok(self.request_to(method, self.url(segments)?))
+    }
+
+    fn request_to(&self, method: Method, url: Url) -> RequestBuilder {
+        self.http.request(method, url).bearer_auth(&self.token)
     }
 
     /// Sends a request and reads its JSON answer.
@@ -244,15 +245,58 @@ impl Client {
         self.send_for_json(req).await
     }
 
-    /// The request for `/api/v1/workspaces/{ws}/files/{path...}`. The path is
-    /// validated here first: URL building would silently resolve `..`.
+    /// The request for `/api/v1/workspaces/{ws}/files/{path...}`.
     fn file_request(&self, method: Method, ws: &str, path: &str) -> Result<RequestBuilder> {
+        self.path_request(method, ws, "files", path)
+    }
+
+    /// The request for `/api/v1/workspaces/{ws}/{kind}/{path...}`.
+    fn path_request(
+        &self,
+        method: Method,
+        ws: &str,
+        kind: &str,
+        path: &str,
+    ) -> Result<RequestBuilder> {
+        Ok(self.request_to(method, self.path_url(ws, kind, path)?))
+    }
+
+    /// The URL `/api/v1/workspaces/{ws}/{kind}/{path...}`. The path is
+    /// validated here first: URL building would silently resolve `..`.
+    fn path_url(&self, ws: &str, kind: &str, path: &str) -> Result<Url> {
         let path =
             WorkspacePath::parse(path).map_err(|e| anyhow!("invalid file path {path:?}: {e}"))?;
-        let segments = ["api", "v1", "workspaces", ws, "files"]
+        let segments = ["api", "v1", "workspaces", ws, kind]
             .into_iter()
             .chain(path.as_str().split('/'));
-        self.request(method, segments)
+        self.url(segments)
+    }
+
+    /// Imports a saved Automerge document as the new file `path`, its text
+    /// read from the root's `field`.
+    pub async fn import_automerge<T: DeserializeOwned>(
+        &self,
+        ws: &str,
+        path: &str,
+        bytes: Vec<u8>,
+        field: &str,
+    ) -> Result<T> {
+        let mut url = self.path_url(ws, "automerge", path)?;
+        url.query_pairs_mut().append_pair("field", field);
+        let req = self.request_to(Method::PUT, url).body(bytes);
+        self.send_for_json(req).await
+    }
+
+    /// A file's Automerge document, saved.
+    pub async fn export_automerge(&self, ws: &str, path: &str) -> Result<Vec<u8>> {
+        let resp = self
+            .send(self.path_request(Method::GET, ws, "automerge", path)?)
+            .await?;
+        Ok(resp
+            .bytes()
+            .await
+            .context("reading the document from the node failed")?
+            .to_vec())
     }
 
     pub async fn put_file<T: DeserializeOwned>(

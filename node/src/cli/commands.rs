@@ -13,9 +13,9 @@ use xencode_protocol::analysis::{
     AnalysisRecord, AnalyzeRequest, DocumentList, ModelList, ProcessedDocument,
 };
 use xencode_protocol::api::{
-    AuditLog, CreateWorkspace, FileInfo, FileList, InviteRequest, InviteResponse, JoinRequest,
-    LoginLink, NodeInfo, PeerList, RenameWorkspace, RevokeRequest, Role, Standing, WorkspaceDetail,
-    WorkspaceList, WorkspaceRemoved, WorkspaceSummary,
+    AuditLog, CreateWorkspace, FileImported, FileInfo, FileList, InviteRequest, InviteResponse,
+    JoinRequest, LoginLink, NodeInfo, PeerList, RenameWorkspace, RevokeRequest, Role, Standing,
+    WorkspaceDetail, WorkspaceList, WorkspaceRemoved, WorkspaceSummary,
 };
 
 use super::client::{Client, Failure, refusal_code, short_id};
@@ -420,6 +420,59 @@ pub async fn file(client: &Client, cmd: FileCommand, json: bool) -> Result<()> {
             out.write_all(&bytes)
                 .context("cannot write to standard output")?;
             out.flush().context("cannot write to standard output")?;
+        }
+        FileCommand::Import {
+            ws,
+            path,
+            file,
+            field,
+        } => {
+            let id = client.resolve_workspace(&ws).await?.to_string();
+            let bytes = if file.as_os_str() == "-" {
+                read_stdin()?
+            } else {
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let imported: FileImported = client.import_automerge(&id, &path, bytes, &field).await?;
+            if json {
+                return print_json(&imported);
+            }
+            eprintln!(
+                "imported {} ({} characters): {} versions from {} changes by {} authors",
+                imported.file.path,
+                imported.file.chars.unwrap_or(0),
+                imported.versions,
+                imported.foreign_changes,
+                imported.foreign_actors
+            );
+        }
+        FileCommand::Export { ws, path, file } => {
+            let id = client.resolve_workspace(&ws).await?.to_string();
+            let bytes = client.export_automerge(&id, &path).await?;
+            if file.as_os_str() == "-" {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&bytes)
+                    .and_then(|()| out.flush())
+                    .context("cannot write to standard output")?;
+            } else {
+                let mut out = xencode_node::paths::create_private_file(&file)
+                    .with_context(|| format!("cannot create {}", file.display()))?;
+                out.write_all(&bytes)
+                    .and_then(|()| out.sync_all())
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+                if json {
+                    return print_json(&serde_json::json!({
+                        "path": path,
+                        "file": file,
+                        "bytes": bytes.len(),
+                    }));
+                }
+                eprintln!(
+                    "exported {path} to {} ({} bytes)",
+                    file.display(),
+                    bytes.len()
+                );
+            }
         }
         FileCommand::List { ws } => {
             let id = client.resolve_workspace(&ws).await?.to_string();

@@ -243,6 +243,38 @@ impl Actor {
                     .ok_or(StoreError::WorkspaceNotFound(id));
                 let _ = reply.send(r);
             }
+            Command::ImportFile {
+                ws,
+                path,
+                foreign,
+                now_ms,
+                reply,
+            } => {
+                let new_doc_nonce = random_nonce();
+                let max_text = self.disk.options.max_text_bytes;
+                let made = self.write(ws, |w, a| {
+                    foreign.fits(max_text)?;
+                    let (file, changes) =
+                        w.import_file(&path, &foreign, a, now_ms, new_doc_nonce?)?;
+                    let answer = xencode_protocol::api::FileImported {
+                        file,
+                        versions: foreign.versions.len() as u64,
+                        foreign_changes: foreign.changes as u64,
+                        foreign_actors: foreign.actors as u64,
+                    };
+                    Ok((answer, changes))
+                });
+                self.disk.defer(made, reply);
+            }
+            Command::ExportFile { ws, path, reply } => {
+                self.flush();
+                let r = self
+                    .workspaces
+                    .get_mut(&ws)
+                    .ok_or(StoreError::WorkspaceNotFound(ws))
+                    .and_then(|w| Ok(w.export_file(&path)?));
+                let _ = reply.send(r);
+            }
             Command::GetFile { ws, path, reply } => {
                 self.flush();
                 let r = self

@@ -280,8 +280,21 @@ impl Harness {
 
 /// Raw Automerge changes from an admitted developer, each signed by it (the
 /// fuzzer plays a malicious member, so signatures pass and the changes reach
-/// the sequence checks and `apply_changes`). Input: see [`split`].
+/// the sequence checks and `apply_changes`). Input: see [`split`]. The same
+/// bytes are also offered as a document to import (`file import`), whose
+/// reader must refuse or read them without panicking, within its limits.
 pub fn automerge_changes(data: &[u8]) {
+    use crate::workspace::interop;
+    let limits = interop::ImportLimits {
+        max_inflated: 1 << 20,
+        max_changes: 1_000,
+        max_versions: 100,
+        max_text_bytes: 1 << 16,
+    };
+    if let Ok(foreign) = interop::read(data, "text", limits) {
+        assert!(foreign.versions.len() <= limits.max_versions);
+        assert!(foreign.text.len() <= limits.max_text_bytes);
+    }
     let Some(mut h) = Harness::new() else { return };
     let (selector, chunks) = split(data);
     let doc = h

@@ -197,7 +197,7 @@ fn catch_up(
     to: &[ChangeHash],
 ) -> Vec<SpliceEdit> {
     if text_at(am, from).as_ref() == Some(text)
-        && let Some(edits) = text_patches(am.diff(from, to), text)
+        && let Some(edits) = text_patches(am.diff(from, to), text, "text")
     {
         return edits;
     }
@@ -209,14 +209,19 @@ fn catch_up(
     merge::splices(&before, &after)
 }
 
-/// The patches as splices of `text`, if that is all they do to it.
-fn text_patches(patches: Vec<automerge::Patch>, text: &ObjId) -> Option<Vec<SpliceEdit>> {
+/// The patches as splices of `text` (the root's `field`), if that is all
+/// they do to it.
+pub(super) fn text_patches(
+    patches: Vec<automerge::Patch>,
+    text: &ObjId,
+    field: &str,
+) -> Option<Vec<SpliceEdit>> {
     let mut out: Vec<SpliceEdit> = Vec::new();
     for p in patches {
         if p.obj != *text {
-            // The root's `text` key replaced: not a splice.
+            // The root's `field` replaced: not a splice.
             if p.obj == automerge::ROOT
-                && matches!(&p.action, PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } if key == "text")
+                && matches!(&p.action, PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } if key == field)
             {
                 return None;
             }
