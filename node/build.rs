@@ -13,7 +13,7 @@ fn main() {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_owned());
-    println!("cargo:rustc-env=XENCODE_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILT_FROM_COMMIT={commit}");
     // A new commit changes HEAD's target; rebuild the version text then.
     for path in ["../.git/HEAD", "../.git/refs/heads"] {
         if std::path::Path::new(path).exists() {

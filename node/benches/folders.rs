@@ -12,7 +12,9 @@
 //!    last tenth of the import; the node's memory (RSS) holding it.
 //!
 //! Run: `cargo bench -p xencode-node --bench folders`; writes the `folders`
-//! section of `docs/benchmarks.md`.
+//! section of `docs/benchmarks.md`. With `XENCODE_BENCH_QUICK=1`, only 1
+//! and 2 (with the moments the burst's last file reached each node's store),
+//! written nowhere: for tuning.
 
 mod common;
 
@@ -60,6 +62,17 @@ async fn until_watching(n: &NodeProcess, dir: &str) -> Result<serde_json::Value,
     }
 }
 
+/// When node `n` first has `path` in `ws`, from `started`.
+async fn first_seen(n: &NodeProcess, ws: &str, path: &str, started: Instant) -> Duration {
+    while started.elapsed() < WAIT {
+        if let Ok(Some(_)) = n.file(ws, path).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    started.elapsed()
+}
+
 /// Spins until `path` holds `want`.
 fn until_file(path: &Path, want: &[u8]) -> Result<Duration, BoxError> {
     let started = Instant::now();
@@ -100,9 +113,13 @@ fn latency(
 /// Writes [`BURST_FILES`] files at once in `fa`; the time until `fb` has
 /// them all.
 fn burst(fa: &Path, fb: &Path) -> Result<Duration, BoxError> {
+    burst_from(fa, fb, Instant::now())
+}
+
+/// [`burst`], timed from `started`.
+fn burst_from(fa: &Path, fb: &Path, started: Instant) -> Result<Duration, BoxError> {
     std::fs::create_dir_all(fa.join("burst"))?;
     let body = |i: usize| format!("burst file {i}\n");
-    let started = Instant::now();
     for i in 0..BURST_FILES {
         std::fs::write(fa.join(format!("burst/f{i}.txt")), body(i))?;
     }
@@ -195,11 +212,27 @@ async fn run() -> Result<(), BoxError> {
     // 1. Latency of one file; 2. a burst of 1,000 files.
     let (p50, p99) = latency(&fa, &fb, "x", LATENCY_FILES, |_| Ok(()))?;
     println!("latency: p50 {:.1} ms, p99 {:.1} ms", ms(p50), ms(p99));
-    let burst = burst(&fa, &fb)?;
-    println!(
-        "burst: {BURST_FILES} files, all on B after {:.0} ms",
-        ms(burst)
+    let started = Instant::now();
+    let (fa2, fb2) = (fa.clone(), fb.clone());
+    let last = format!("burst/f{}.txt", BURST_FILES - 1);
+    let (burst, on_a, on_b) = tokio::join!(
+        tokio::task::spawn_blocking(move || {
+            burst_from(&fa2, &fb2, started).map_err(|e| e.to_string())
+        }),
+        first_seen(&a, &ws, &last, started),
+        first_seen(&b, &ws, &last, started),
     );
+    let burst = burst??;
+    println!(
+        "burst: {BURST_FILES} files, all on B after {:.0} ms (the last file in A's store at {:.0} ms, in B's at {:.0} ms)",
+        ms(burst),
+        ms(on_a),
+        ms(on_b)
+    );
+    if std::env::var("XENCODE_BENCH_QUICK").is_ok_and(|v| v == "1") {
+        println!("XENCODE_BENCH_QUICK=1: latency and burst only; docs/benchmarks.md not written");
+        return Ok(());
+    }
 
     // 3. One line changed in a 1 MB text file.
     let line = |i: usize| format!("{i:08} the quick brown fox jumps over the lazy dog, line {i}\n");

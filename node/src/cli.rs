@@ -25,7 +25,7 @@ use xencode_node::paths::DataDir;
 #[derive(Debug, Parser)]
 #[command(
     name = "xencode",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("XENCODE_COMMIT"), ")"),
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BUILT_FROM_COMMIT"), ")"),
     long_version = long_version(),
     propagate_version = true
 )]
@@ -533,7 +533,7 @@ fn long_version() -> &'static str {
         format!(
             "{} (commit {})\nprotocol: {}\nstore schema: {}",
             env!("CARGO_PKG_VERSION"),
-            env!("XENCODE_COMMIT"),
+            env!("BUILT_FROM_COMMIT"),
             xencode_protocol::wire::SYNC_PROTOCOL,
             xencode_node::store::tables::SCHEMA_VERSION
         )

@@ -337,7 +337,7 @@ pub struct FileInfo {
 pub struct FileImported {
     pub file: FileInfo,
     /// Changes the file got: one per version of the text (consecutive
-    /// foreign changes are grouped past 10,000).
+    /// foreign changes are grouped in long histories, `docs/api.md`).
     pub versions: u64,
     /// Changes in the foreign history, including those that did not touch
     /// the text.

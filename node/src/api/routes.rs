@@ -96,7 +96,7 @@ pub async fn node_info(State(state): State<ApiState>) -> Result<Json<NodeInfo>, 
     Ok(Json(NodeInfo {
         peer_id: n.peer_id.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
-        commit: env!("XENCODE_COMMIT").into(),
+        commit: env!("BUILT_FROM_COMMIT").into(),
         protocol: xencode_protocol::wire::SYNC_PROTOCOL.into(),
         api_url: n.api_url.clone(),
         data_dir: n.data_dir.clone(),

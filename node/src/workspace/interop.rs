@@ -14,7 +14,9 @@
 //! its author's time and names its original actor, sequence number and
 //! message in the commit message, after the access citation. Long histories
 //! are grouped (consecutive changes per version) so a file never gets more
-//! than [`ImportLimits::max_versions`] changes.
+//! than [`ImportLimits::max_versions`] changes, and so the replay's cost —
+//! versions × operations, as Automerge applies a batch by walking the
+//! document — stays within [`REPLAY_BUDGET`].
 //!
 //! Everything here is pure: bytes in, versions out.
 
@@ -33,6 +35,16 @@ use super::{
 use automerge::transaction::Transactable;
 use xencode_protocol::WorkspacePath;
 use xencode_protocol::api::FileInfo;
+
+/// Operations visited, summed over the versions of a replay: Automerge 0.12
+/// applies each batch of changes by walking the document so far, about
+/// 370 ns per operation on this project's 2-core test machine (measured on
+/// the automerge-perf paper document, `docs/benchmarks.md`), so this keeps a
+/// replay near 2 s.
+const REPLAY_BUDGET: usize = 5_000_000;
+/// However long the history, at least this many versions are kept (the
+/// paper document, 259,779 changes, gets 100 versions of ~2,600 keystrokes).
+const MIN_VERSIONS: usize = 100;
 
 /// Bounds on what an import may cost.
 #[derive(Debug, Clone, Copy)]
@@ -135,7 +147,10 @@ pub fn read(bytes: &[u8], field: &str, limits: ImportLimits) -> Result<Foreign, 
             found: root_summary(&doc),
         });
     }
+    let text = Field::of(&doc, field).text(&doc, None);
     let changes = doc.get_changes(&[]);
+    // The changes are all the replay needs: the loaded document goes.
+    drop(doc);
     if changes.len() > limits.max_changes {
         return Err(ImportError::TooManyChanges {
             changes: changes.len(),
@@ -147,7 +162,16 @@ pub fn read(bytes: &[u8], field: &str, limits: ImportLimits) -> Result<Foreign, 
         .map(Change::actor_id)
         .collect::<std::collections::BTreeSet<_>>()
         .len();
-    let group = changes.len().div_ceil(limits.max_versions.max(1)).max(1);
+    // Automerge applies each batch by walking the whole document so far, so
+    // the replay costs about (versions × operations): the versions are
+    // bounded by a work budget as well, so a long history imports in bounded
+    // time (coarser versions for a long history; every change for a short).
+    let ops: usize = changes.iter().map(Change::len).sum();
+    let max_versions = limits
+        .max_versions
+        .min((REPLAY_BUDGET / ops.max(1)).max(MIN_VERSIONS))
+        .max(1);
+    let group = changes.len().div_ceil(max_versions).max(1);
     let mut scratch = AutoCommit::new();
     let mut versions = Vec::new();
     let mut before: Vec<ChangeHash> = Vec::new();
@@ -192,7 +216,6 @@ pub fn read(bytes: &[u8], field: &str, limits: ImportLimits) -> Result<Foreign, 
             note: note(batch),
         });
     }
-    let text = Field::of(&doc, field).text(&doc, None);
     if text.len() > limits.max_text_bytes {
         return Err(ImportError::TooLong {
             bytes: text.len(),
