@@ -12,7 +12,7 @@
 //!    last tenth of the import; the node's memory (RSS) holding it.
 //!
 //! Run: `cargo bench -p xencode-node --bench folders`; writes the `folders`
-//! section of `docs/benchmarks.md`. With `XENCODE_BENCH_QUICK=1`, only 1
+//! section of `docs/benchmarks.md`. With `FOLDERS_BENCH_QUICK=1`, only 1
 //! and 2 (with the moments the burst's last file reached each node's store),
 //! written nowhere: for tuning.
 
@@ -229,8 +229,8 @@ async fn run() -> Result<(), BoxError> {
         ms(on_a),
         ms(on_b)
     );
-    if std::env::var("XENCODE_BENCH_QUICK").is_ok_and(|v| v == "1") {
-        println!("XENCODE_BENCH_QUICK=1: latency and burst only; docs/benchmarks.md not written");
+    if std::env::var("FOLDERS_BENCH_QUICK").is_ok_and(|v| v == "1") {
+        println!("FOLDERS_BENCH_QUICK=1: latency and burst only; docs/benchmarks.md not written");
         return Ok(());
     }
 

@@ -93,7 +93,10 @@ impl NodeProcess {
             .arg(home)
             .args(["node", "--api", "127.0.0.1:0", "--no-mdns"])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env_remove("XENCODE_HOME")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -354,7 +354,11 @@ impl Actor {
                     Some(w) => Ok(paths
                         .into_iter()
                         .map(|p| {
-                            let state = w.file_state(&p);
+                            // A file the index names whose document has not
+                            // arrived yet has no content to write: writing
+                            // it empty would only be written over when it
+                            // arrives (its arrival is a `FileChanged`).
+                            let state = w.file_state(&p).filter(|s| !s.heads.is_empty());
                             (p, state)
                         })
                         .collect()),

@@ -53,6 +53,7 @@ impl Task {
         // and taken as renames. Rare (`mv` or `rm -r` of a directory).
         let scope = scope.filter(|paths| !paths.iter().any(|p| self.directory_vanished(p)));
         let full = scope.is_none();
+        let started = std::time::Instant::now();
         if full && !self.synced_once {
             self.publish(FolderState::Scanning, 0);
         }
@@ -159,8 +160,20 @@ impl Task {
         } else {
             self.local_changes.retain(|p| !all.contains(p));
         }
+        let compared = started.elapsed();
         let plan = self.plan(&all, &files, &ws);
+        let (ops, to_disk) = (plan.ops.len(), plan.to_disk.len());
         self.execute(plan, full && !self.synced_once).await;
+        tracing::debug!(
+            dir = %self.link.dir,
+            full,
+            paths = all.len(),
+            ops,
+            to_disk,
+            compared_ms = compared.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "compared the folder with the workspace"
+        );
         self.synced_once |= full;
         self.publish(FolderState::Watching, 0);
     }
