@@ -491,6 +491,27 @@ impl Pair {
     }
 }
 
+/// The JSON a `--json` command printed on stdout (its stderr in the panic
+/// if it is not JSON).
+pub fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The error code a failed `--json` command printed.
+pub fn error_code(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    json_of(out)["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Skips a test that cannot run on this machine, saying why; under
 /// `XENCODE_REQUIRE_ALL_TESTS=1` (as in CI) a skip is a failure instead.
 pub fn skip_or_fail(test: &str, reason: &str) {

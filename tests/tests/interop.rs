@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use xencode_tests::{Pair, ok_stdout, skip_or_fail, wait_for};
+use xencode_tests::{Pair, error_code, json_of as json, ok_stdout, skip_or_fail, wait_for};
 
 /// `tests/js`, with the npm package installed (`npm ci --prefix tests/js`,
 /// which `.ci/run` does); `None` after saying why not.
@@ -48,16 +48,6 @@ fn js(dir: &Path, args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON from automerge-docs.js")
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 fn texts(v: &serde_json::Value) -> Vec<String> {
@@ -187,58 +177,28 @@ async fn a_document_from_the_automerge_npm_package_round_trips_with_its_history(
     );
 
     // Refusals say what to do, and leave the workspace as it was.
-    let code = |out: &std::process::Output| {
-        assert!(!out.status.success());
-        json(out)["error"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+    let import = |path: &str, from: &str, extra: &[&str]| {
+        let from = file(from);
+        let mut args = vec!["file", "import", ws, path, from.as_str(), "--json"];
+        args.extend_from_slice(extra);
+        a.cli(&args)
     };
-    let again = a.cli(&[
-        "file",
-        "import",
-        ws,
-        "docs/notes.md",
-        &file("notes.automerge"),
-        "--json",
-    ]);
-    assert_eq!(code(&again), "file_exists");
-    let wrong = a.cli(&[
-        "file",
-        "import",
-        ws,
-        "other.md",
-        &file("notes.automerge"),
-        "--field",
-        "body",
-        "--json",
-    ]);
-    assert_eq!(code(&wrong), "no_text");
+    let again = import("docs/notes.md", "notes.automerge", &[]);
+    assert_eq!(error_code(&again), "file_exists");
+    let wrong = import("other.md", "notes.automerge", &["--field", "body"]);
+    assert_eq!(error_code(&wrong), "no_text");
     let message = json(&wrong)["error"]["message"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
     assert!(message.contains("text (text), title (text)"), "{message}");
     std::fs::write(file("junk.automerge"), b"not an automerge document").expect("write");
-    let junk = a.cli(&[
-        "file",
-        "import",
-        ws,
-        "junk.md",
-        &file("junk.automerge"),
-        "--json",
-    ]);
-    assert_eq!(code(&junk), "not_automerge");
-    let title = a.cli(&[
-        "file",
-        "import",
-        ws,
-        "title.txt",
-        &file("notes.automerge"),
-        "--field",
-        "title",
-    ]);
-    ok_stdout(&title);
+    assert_eq!(
+        error_code(&import("junk.md", "junk.automerge", &[])),
+        "not_automerge"
+    );
+    let title = import("title.txt", "notes.automerge", &["--field", "title"]);
+    assert_eq!(json(&title)["versions"], 1, "{}", json(&title));
     assert_eq!(
         a.file(ws, "title.txt").await.as_deref(),
         Some(&b"Meeting notes"[..])

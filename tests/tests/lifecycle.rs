@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use xencode_tests::{Node, Pair, last_line, ok_stdout, wait_for};
+use xencode_tests::{Node, Pair, error_code, json_of as json, last_line, ok_stdout, wait_for};
 
 /// Bytes that cannot compress: they appear verbatim in the store file as
 /// long as the workspace's history is in it.
@@ -44,24 +44,6 @@ fn traces_in_store(node: &Node, ws: &str, marker: &[u8]) -> Vec<&'static str> {
         found.push("file content");
     }
     found
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn error_code(out: &std::process::Output) -> String {
-    assert!(!out.status.success(), "expected a failure");
-    json(out)["error"]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]

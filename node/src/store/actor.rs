@@ -267,30 +267,15 @@ impl Actor {
                 self.disk.defer(made, reply);
             }
             Command::ExportFile { ws, path, reply } => {
-                self.flush();
-                let r = self
-                    .workspaces
-                    .get_mut(&ws)
-                    .ok_or(StoreError::WorkspaceNotFound(ws))
-                    .and_then(|w| Ok(w.export_file(&path)?));
+                let r = self.read(ws, |w| Ok(w.export_file(&path)?));
                 let _ = reply.send(r);
             }
             Command::GetFile { ws, path, reply } => {
-                self.flush();
-                let r = self
-                    .workspaces
-                    .get(&ws)
-                    .ok_or(StoreError::WorkspaceNotFound(ws))
-                    .and_then(|w| Ok(w.get_file(&path)?));
+                let r = self.read(ws, |w| Ok(w.get_file(&path)?));
                 let _ = reply.send(r);
             }
             Command::ListFiles { ws, reply } => {
-                self.flush();
-                let r = self
-                    .workspaces
-                    .get(&ws)
-                    .map(Workspace::list_files)
-                    .ok_or(StoreError::WorkspaceNotFound(ws));
+                let r = self.read(ws, |w| Ok(w.list_files()));
                 let _ = reply.send(r);
             }
             Command::PutAnalysis {
@@ -667,6 +652,20 @@ impl Actor {
 
     /// Commits everything staged in one durable transaction, then answers the
     /// deferred replies. On failure, memory is rolled back to what is on disk.
+    /// A read of workspace `ws`, from committed state (what is staged is
+    /// committed first).
+    fn read<T>(
+        &mut self,
+        ws: WorkspaceId,
+        f: impl FnOnce(&mut Workspace) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.flush();
+        self.workspaces
+            .get_mut(&ws)
+            .ok_or(StoreError::WorkspaceNotFound(ws))
+            .and_then(f)
+    }
+
     pub(super) fn flush(&mut self) {
         if self.disk.is_idle() {
             return;

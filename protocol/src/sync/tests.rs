@@ -573,6 +573,22 @@ fn a_stranger_without_a_token_learns_nothing() {
     assert!(matches!(last, Some(Frame::Refuse { reason, .. }) if reason == REFUSED));
 }
 
+/// A sync frame from `peer` carrying `changes` to `DOCS[0]` beside no
+/// sync message, vouched for by `signatures`.
+fn changes_from(peer: PeerId, changes: Vec<Vec<u8>>, signatures: Vec<SignedHead>) -> Input {
+    Input::Received {
+        peer,
+        frame: Frame::Sync {
+            workspace: WS,
+            doc: DOCS[0],
+            message: None,
+            changes,
+            signatures,
+            sent_ms: 0,
+        },
+    }
+}
+
 #[test]
 fn forged_signatures_and_stolen_actor_ids_are_refused() {
     let mut net = Net::new(3, 3);
@@ -590,20 +606,7 @@ fn forged_signatures_and_stolen_actor_ids_are_refused() {
     corrupted.signature[0] ^= 1;
     let from = net.nodes[1].id;
     for sig in [forged_actor, corrupted] {
-        net.input(
-            0,
-            Input::Received {
-                peer: from,
-                frame: Frame::Sync {
-                    workspace: WS,
-                    doc: DOCS[0],
-                    message: None,
-                    changes: vec![raw.clone()],
-                    signatures: vec![sig],
-                    sent_ms: 0,
-                },
-            },
-        );
+        net.input(0, changes_from(from, vec![raw.clone()], vec![sig]));
     }
     assert!(
         net.nodes[0].host.docs[&DOCS[0]]
@@ -614,20 +617,7 @@ fn forged_signatures_and_stolen_actor_ids_are_refused() {
     assert!(net.nodes[0].rejected >= 1, "the bad signature was counted");
     // With the author's real signature it applies.
     let genuine = net.nodes[2].host.sigs[&(DOCS[0], change.hash())].clone();
-    net.input(
-        0,
-        Input::Received {
-            peer: from,
-            frame: Frame::Sync {
-                workspace: WS,
-                doc: DOCS[0],
-                message: None,
-                changes: vec![raw],
-                signatures: vec![genuine],
-                sent_ms: 0,
-            },
-        },
-    );
+    net.input(0, changes_from(from, vec![raw], vec![genuine]));
     assert!(
         net.nodes[0]
             .host
@@ -666,20 +656,7 @@ fn a_compressed_change_is_sized_before_it_is_inflated() {
         assert_eq!(bytes[8], 2, "sent compressed");
         assert!(bytes.len() < len / 100, "{} bytes carry {len}", bytes.len());
         let sig = host.sigs[&(DOCS[0], change.hash())].clone();
-        net.input(
-            0,
-            Input::Received {
-                peer: from,
-                frame: Frame::Sync {
-                    workspace: WS,
-                    doc: DOCS[0],
-                    message: None,
-                    changes: vec![bytes],
-                    signatures: vec![sig],
-                    sent_ms: 0,
-                },
-            },
-        );
+        net.input(0, changes_from(from, vec![bytes], vec![sig]));
         let applied = net.nodes[0]
             .host
             .docs
