@@ -630,7 +630,7 @@ impl Store {
         &self,
         ws: WorkspaceId,
         path: WorkspacePath,
-        bytes: axum::body::Bytes,
+        bytes: Vec<u8>,
         field: String,
         now_ms: u64,
     ) -> Result<xencode_protocol::api::FileImported, StoreError> {

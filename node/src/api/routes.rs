@@ -237,7 +237,7 @@ pub async fn import_automerge(
     }
     let imported = state
         .store()?
-        .import_file(id, path, body, field, now_ms())
+        .import_file(id, path, body.to_vec(), field, now_ms())
         .await?;
     Ok((StatusCode::CREATED, Json(imported)).into_response())
 }

@@ -193,6 +193,16 @@ fn what_cannot_be_imported_is_refused_with_what_to_do() {
         Err(WorkspaceError::FileExists(p.clone()))
     );
     assert_eq!(ws.get_file(&p).expect("file").bytes, b"mine", "untouched");
+
+    // Edits that do not fit are refused before anything is made.
+    let mut bad = f.clone();
+    bad.versions[1].edits[0].pos = 10_000;
+    let q = path("bad.md");
+    assert!(matches!(
+        ws.import_file(&q, &bad, &author(1), 2, [7; 16]),
+        Err(WorkspaceError::OutOfRange { .. })
+    ));
+    assert!(ws.get_file(&q).is_err(), "no half-made file");
 }
 
 #[test]
