@@ -635,6 +635,11 @@ impl Store {
         now_ms: u64,
     ) -> Result<xencode_protocol::api::FileImported, StoreError> {
         use crate::workspace::interop;
+        // The common mistake (importing again) is refused before the read,
+        // which may take seconds; the store thread checks again.
+        if self.get_file(ws, path.clone()).await.is_ok() {
+            return Err(WorkspaceError::FileExists(path).into());
+        }
         // The node's own limit is checked on the store thread (it may be
         // reloaded); here, the most any configuration allows.
         let cap = usize::try_from(crate::config::MAX_TEXT_BYTES_CAP).unwrap_or(usize::MAX);
@@ -642,7 +647,9 @@ impl Store {
             interop::read(&bytes, &field, interop::ImportLimits::for_text(cap))
         })
         .await
-        .map_err(|_| StoreError::Closed)??;
+        .map_err(|_| {
+            interop::ImportError::Load("reading the document stopped unexpectedly".into())
+        })??;
         self.ask(|reply| Command::ImportFile {
             ws,
             path,
