@@ -80,22 +80,11 @@ impl Workspace {
             }
         }
         // Validate the whole batch before touching the document.
-        let mut len = match base {
+        let len = match base {
             Some(b) => doc.am.length_at(&text, b),
             None => doc.am.length(&text),
         } as u64;
-        for (i, e) in edits.iter().enumerate() {
-            let end = e.pos.checked_add(e.delete);
-            if end.is_none_or(|end| end > len) {
-                return Err(WorkspaceError::OutOfRange {
-                    edit: i,
-                    pos: e.pos,
-                    delete: e.delete,
-                    len,
-                });
-            }
-            len = len - e.delete + e.insert.chars().count() as u64;
-        }
+        check_edits(edits, len)?;
         let mut mine = base.map(<[ChangeHash]>::to_vec);
         let mut changes = Vec::new();
         if !edits.is_empty() {
@@ -177,6 +166,28 @@ impl Workspace {
         }));
         u64::try_from(found.ok()??).ok()
     }
+}
+
+/// Checks that each edit fits the text the ones before it leave, starting
+/// from a text of `len` characters (so that splicing them cannot fail half
+/// way); the length they leave.
+pub(super) fn check_edits<'a>(
+    edits: impl IntoIterator<Item = &'a SpliceEdit>,
+    mut len: u64,
+) -> Result<u64, WorkspaceError> {
+    for (i, e) in edits.into_iter().enumerate() {
+        let end = e.pos.checked_add(e.delete).filter(|end| *end <= len);
+        if end.is_none() || isize::try_from(e.delete).is_err() {
+            return Err(WorkspaceError::OutOfRange {
+                edit: i,
+                pos: e.pos,
+                delete: e.delete,
+                len,
+            });
+        }
+        len = len - e.delete + e.insert.chars().count() as u64;
+    }
+    Ok(len)
 }
 
 /// The text object at `heads`, if there was one.

@@ -28,7 +28,7 @@ use automerge::{
 use xencode_protocol::api::SpliceEdit;
 use xencode_protocol::chunks::{self, ChunkError};
 
-use super::editing::text_patches;
+use super::editing::{check_edits, text_patches};
 use super::{
     Author, NewChange, Workspace, WorkspaceError, damaged, file_info, get_text_obj, merge, stamp,
 };
@@ -248,19 +248,7 @@ impl Workspace {
         }
         // Validate first, mutate after: every edit must fit the text the
         // ones before it leave, or nothing is made.
-        let mut len = 0u64;
-        for (i, e) in foreign.versions.iter().flat_map(|v| &v.edits).enumerate() {
-            let end = e.pos.checked_add(e.delete).filter(|end| *end <= len);
-            if end.is_none() || isize::try_from(e.delete).is_err() {
-                return Err(WorkspaceError::OutOfRange {
-                    edit: i,
-                    pos: e.pos,
-                    delete: e.delete,
-                    len,
-                });
-            }
-            len = len - e.delete + e.insert.chars().count() as u64;
-        }
+        check_edits(foreign.versions.iter().flat_map(|v| &v.edits), 0)?;
         let mut changes = Vec::new();
         let id = self.file_doc_or_new(path, author, now_ms, new_doc_nonce, &mut changes)?;
         let cites = self.access.am.get_heads();
