@@ -149,9 +149,22 @@ pub fn analyze(parsed: &Parsed) -> CodeAnalysis {
         list_names: HashSet::new(),
         str_names: HashSet::new(),
         loop_attrs: HashSet::new(),
+        names: names::Names::default(),
     };
-    w.collect_names(parsed.tree.root_node());
-    w.walk(parsed.tree.root_node());
+    let root = parsed.tree.root_node();
+    w.collect_names(root);
+    let problems = compile::encoding(&parsed.source)
+        .into_iter()
+        .chain(compile::future_imports(root, &|n| w.text(n).to_owned()));
+    for p in problems.collect::<Vec<_>>() {
+        w.out.syntax_errors.push(SyntaxError {
+            line: p.line,
+            column: p.column,
+            message: p.message,
+            severity: "error".into(),
+        });
+    }
+    w.walk(root);
     w.finish()
 }
 
@@ -190,6 +203,8 @@ struct Walker<'a> {
     str_names: HashSet<String>,
     /// (loop, attribute chain) already reported.
     loop_attrs: HashSet<(usize, String)>,
+    /// What imported and assigned names stand for.
+    names: names::Names,
 }
 
 const SECRET_NAMES: &[&str] = &[
@@ -258,10 +273,12 @@ impl Walker<'_> {
         chars as u32 + 1
     }
 
-    /// First pass: which names hold lists and strings.
+    /// First pass, in source order: which names hold lists and strings,
+    /// and what imported and assigned names stand for.
     fn collect_names(&mut self, root: Node) {
         let mut stack = vec![root];
         while let Some(n) = stack.pop() {
+            self.names.learn(n, self.src);
             if n.kind() == "assignment"
                 && let (Some(left), Some(right)) = (
                     n.child_by_field_name("left"),
@@ -288,7 +305,8 @@ impl Walker<'_> {
                 }
             }
             let mut cursor = n.walk();
-            stack.extend(n.children(&mut cursor));
+            let children: Vec<Node> = n.children(&mut cursor).collect();
+            stack.extend(children.into_iter().rev());
         }
     }
 
@@ -329,6 +347,14 @@ impl Walker<'_> {
             }
             inner.in_error = true;
             return;
+        }
+        if let Some(message) = python2::problem(n, &|x| self.text(x).to_owned()) {
+            self.out.syntax_errors.push(SyntaxError {
+                line: line(n),
+                column: self.column(n),
+                message,
+                severity: "error".into(),
+            });
         }
         let kind = n.kind();
         if DECISIONS.contains(&kind) {
@@ -578,7 +604,14 @@ impl Walker<'_> {
         let Some(func) = n.child_by_field_name("function") else {
             return;
         };
-        let name = self.text(func).replace(char::is_whitespace, "");
+        let written = self.text(func).replace(char::is_whitespace, "");
+        let name = self.names.resolve(&written);
+        // Findings name the call as written, and what it stands for.
+        let shown = if name == written {
+            format!("`{name}`")
+        } else {
+            format!("`{written}` ({name})")
+        };
         let args = n.child_by_field_name("arguments");
         let keyword = |key: &str| -> Option<String> {
             let args = args?;
@@ -600,21 +633,23 @@ impl Walker<'_> {
                 "code_injection",
                 "high",
                 "CWE-95",
-                format!("`{name}` runs a string as code; never pass it input you do not control"),
+                format!("{shown} runs a string as code; never pass it input you do not control"),
             ),
             "pickle.load" | "pickle.loads" | "cPickle.load" | "cPickle.loads" | "marshal.load"
             | "marshal.loads" | "dill.load" | "dill.loads" | "shelve.open"
-            | "yaml.unsafe_load" | "jsonpickle.decode" => self.security(
+            | "yaml.unsafe_load" | "jsonpickle.decode" | "pickle.Unpickler"
+            | "cPickle.Unpickler" | "_pickle.Unpickler" | "_pickle.load" | "_pickle.loads"
+            | "dill.Unpickler" => self.security(
                 n,
                 "unsafe_deserialization",
                 "high",
                 "CWE-502",
-                format!("`{name}` can run code hidden in its input; load only trusted data, or use JSON"),
+                format!("{shown} can run code hidden in its input; load only trusted data, or use JSON"),
             ),
             "yaml.load" | "yaml.load_all"
                 if !keyword("Loader").is_some_and(|l| l.contains("Safe")) =>
             {
-                if keyword("Loader").is_none() && self.text(func) == name {
+                if keyword("Loader").is_none() && written == name {
                     let safe = name.replacen("load", "safe_load", 1);
                     let edit = self.replace(func.start_byte(), func.end_byte(), &safe);
                     self.suggest_with(
@@ -630,7 +665,7 @@ impl Walker<'_> {
                     "unsafe_deserialization",
                     "high",
                     "CWE-502",
-                    format!("`{name}` without a SafeLoader can build arbitrary objects; use yaml.safe_load"),
+                    format!("{shown} without a SafeLoader can build arbitrary objects; use yaml.safe_load"),
                 );
             }
             "os.system" | "os.popen" | "subprocess.getoutput" | "subprocess.getstatusoutput"
@@ -639,7 +674,7 @@ impl Walker<'_> {
                 "command_injection",
                 "high",
                 "CWE-78",
-                format!("`{name}` runs its argument through the shell; use subprocess.run with a list of arguments"),
+                format!("{shown} runs its argument through the shell; use subprocess.run with a list of arguments"),
             ),
             _ if name.starts_with("subprocess.") && keyword("shell").as_deref() == Some("True") => {
                 self.security(
@@ -647,12 +682,15 @@ impl Walker<'_> {
                     "command_injection",
                     "high",
                     "CWE-78",
-                    format!("`{name}` with shell=True lets shell syntax in its input run; pass a list and drop shell=True"),
+                    format!("{shown} with shell=True lets shell syntax in its input run; pass a list and drop shell=True"),
                 );
             }
-            _ if matches!(last, "md5" | "sha1")
+            // `usedforsecurity=False` says the hash is not a security
+            // control (a cache key, a checksum): Python's own opt-out.
+            _ if (matches!(last, "md5" | "sha1")
                 || (name == "hashlib.new"
-                    && (args_text.contains("md5") || args_text.contains("sha1"))) =>
+                    && (args_text.contains("md5") || args_text.contains("sha1"))))
+                && keyword("usedforsecurity").as_deref() != Some("False") =>
             {
                 let for_password = args_text.to_ascii_lowercase().contains("pass");
                 let (cwe, severity, what) = if for_password {
@@ -660,7 +698,7 @@ impl Walker<'_> {
                 } else {
                     ("CWE-328", "medium", "MD5 and SHA-1 are broken; use SHA-256 or better")
                 };
-                self.security(n, "weak_hash", severity, cwe, format!("`{name}`: {what}"));
+                self.security(n, "weak_hash", severity, cwe, format!("{shown}: {what}"));
             }
             _ => {}
         }
@@ -967,6 +1005,10 @@ impl ParseCache {
         Ok((analysis, reused))
     }
 }
+
+mod compile;
+mod names;
+mod python2;
 
 #[cfg(test)]
 mod tests;

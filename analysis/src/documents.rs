@@ -82,7 +82,8 @@ pub struct Extracted {
     pub text: String,
     pub metadata: DocumentMetadata,
     pub sections: Vec<Section>,
-    /// 0..1.
+    /// 0..1: the share the extractor could read times how much the text
+    /// looks like text (`quality.rs`).
     pub confidence: f64,
 }
 
@@ -111,6 +112,17 @@ pub fn extract(
         Kind::Markdown => markdown(&String::from_utf8_lossy(bytes)),
     };
     out.metadata.size_bytes = bytes.len() as u64;
+    let score = quality::text_score(&out.text);
+    out.confidence = (out.confidence * score).clamp(0.0, 1.0);
+    let what = match kind {
+        Kind::Pdf => "PDF",
+        Kind::Html => "HTML page",
+        Kind::Docx => "DOCX",
+        Kind::Markdown => "Markdown file",
+    };
+    if let Some(w) = quality::warning(score, out.text.trim().len(), what) {
+        out.metadata.warnings.push(w);
+    }
     Ok(out)
 }
 
@@ -165,7 +177,7 @@ fn pdf(bytes: &[u8], on_page: &mut dyn FnMut(u32, &str)) -> Result<Extracted, Do
         }));
         match page {
             Ok(Ok(text)) => {
-                let text = normalize(&text);
+                let text = quality::dehyphenate(&normalize(&text));
                 on_page(*n, &text);
                 ok += 1;
                 out.sections.push(Section {
@@ -441,8 +453,35 @@ fn docx(bytes: &[u8]) -> Result<Extracted, DocError> {
     }];
     let (mut para, mut style_level, mut in_text, mut in_cell) =
         (String::new(), None, false, 0usize);
+    // Open elements: above zero at the end means the XML was cut off.
+    let mut depth = 0usize;
     loop {
-        match reader.read_event() {
+        let event = reader.read_event();
+        match &event {
+            Ok(Event::Start(_)) => depth += 1,
+            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        match event {
+            Ok(Event::Eof) if depth > 0 => {
+                // Keep what was read up to the cut.
+                if let Some(s) = sections.last_mut() {
+                    s.text.push_str(&para);
+                }
+                out.metadata.warnings.push(
+                    "the document's XML ends early (the file was cut off or damaged): only the text before the cut was read".into(),
+                );
+                break;
+            }
+            Err(e) if sections.iter().any(|s| !s.text.trim().is_empty()) || !para.is_empty() => {
+                if let Some(s) = sections.last_mut() {
+                    s.text.push_str(&para);
+                }
+                out.metadata.warnings.push(format!(
+                    "the document's XML is damaged ({e}): only the text before the damage was read"
+                ));
+                break;
+            }
             Ok(Event::Start(e)) | Ok(Event::Empty(e)) => match e.name().into_inner() {
                 "w:p" => {
                     para.clear();
@@ -581,6 +620,8 @@ fn markdown(source: &str) -> Extracted {
     finish_sections(&mut out, sections);
     out
 }
+
+mod quality;
 
 #[cfg(test)]
 mod tests;

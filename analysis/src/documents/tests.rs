@@ -85,15 +85,7 @@ fn truncated_and_random_pdfs_are_clean_errors() {
         // Either a clean error or (lopdf is lenient) a result: never a panic.
         let _ = extract(Kind::Pdf, cut, &mut none);
     }
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let random: Vec<u8> = (0..10_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let random = random_bytes(10_000);
     assert!(matches!(
         extract(Kind::Pdf, &random, &mut none),
         Err(DocError::Malformed { kind: "PDF", .. })
@@ -197,11 +189,8 @@ fn docx_gives_paragraphs_headings_and_tables() {
     );
 }
 
-#[test]
-fn a_docx_zip_bomb_is_refused() {
-    // 80 MiB of zeros compresses to ~80 KiB.
-    let bomb = make_docx("<w:p/>", None);
-    assert!(extract(Kind::Docx, &bomb, &mut none).is_ok());
+/// A DOCX whose only part is `word/document.xml`, written in `chunks`.
+fn docx_of_one_part<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());
     {
         let mut zip = zip::ZipWriter::new(&mut buf);
@@ -210,13 +199,21 @@ fn a_docx_zip_bomb_is_refused() {
             zip::write::SimpleFileOptions::default(),
         )
         .expect("part");
-        let zeros = vec![b' '; 1024 * 1024];
-        for _ in 0..80 {
-            zip.write_all(&zeros).expect("write");
+        for chunk in chunks {
+            zip.write_all(chunk).expect("write");
         }
         zip.finish().expect("finish");
     }
-    let bytes = buf.into_inner();
+    buf.into_inner()
+}
+
+#[test]
+fn a_docx_zip_bomb_is_refused() {
+    // 80 MiB of zeros compresses to ~80 KiB.
+    let bomb = make_docx("<w:p/>", None);
+    assert!(extract(Kind::Docx, &bomb, &mut none).is_ok());
+    let zeros = vec![b' '; 1024 * 1024];
+    let bytes = docx_of_one_part(std::iter::repeat_n(&zeros[..], 80));
     assert!(bytes.len() < 2 * 1024 * 1024, "{}", bytes.len());
     assert_eq!(
         extract(Kind::Docx, &bytes, &mut none),
@@ -241,4 +238,104 @@ fn markdown_sections_follow_headings_outside_code_fences() {
     assert_eq!(headings, vec!["Guide", "Setup"]);
     assert!(out.sections[1].text.contains("# not a heading"));
     assert!(out.text.contains("Intro file."), "NFKC: {}", out.text);
+}
+
+/// Random bytes of `len` (xorshift, fixed seed).
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn garbage_and_empty_extractions_get_low_confidence_and_a_warning() {
+    let random = random_bytes(60_000);
+    for kind in [Kind::Html, Kind::Markdown] {
+        let out = extract(kind, &random, &mut none).expect("extracts something");
+        assert!(!out.text.is_empty());
+        assert!(
+            out.confidence < 0.3,
+            "{kind:?}: random bytes at confidence {}",
+            out.confidence
+        );
+        assert!(
+            out.metadata
+                .warnings
+                .iter()
+                .any(|w| w.contains("does not look like text")),
+            "{:?}",
+            out.metadata.warnings
+        );
+    }
+    // No text at all: confidence 0 and a warning.
+    let empty = extract(
+        Kind::Html,
+        b"<html><body><img src=x></body></html>",
+        &mut none,
+    )
+    .expect("html");
+    assert_eq!(empty.confidence, 0.0);
+    assert!(
+        empty
+            .metadata
+            .warnings
+            .iter()
+            .any(|w| w.contains("no text was found"))
+    );
+    // Real text of several kinds stays confident.
+    let prose = "Nodes exchange signed changes over libp2p; every change is checked against its author's rights before it is applied. ".repeat(20);
+    let code_md = format!(
+        "# Setup\n\n{prose}\n\n```\nfor (i, x) in xs.iter().enumerate() {{ let y = f(x)?; }}\n```\n"
+    );
+    let out = extract(Kind::Markdown, code_md.as_bytes(), &mut none).expect("md");
+    assert!(out.confidence > 0.9, "{}", out.confidence);
+    assert!(
+        out.metadata.warnings.is_empty(),
+        "{:?}",
+        out.metadata.warnings
+    );
+    let german =
+        "Die Topologie untersucht Eigenschaften, die unter stetigen Abbildungen erhalten bleiben. "
+            .repeat(10);
+    let out = extract(Kind::Markdown, german.as_bytes(), &mut none).expect("md");
+    assert!(out.confidence > 0.9, "{}", out.confidence);
+}
+
+#[test]
+fn a_docx_cut_off_mid_xml_keeps_its_text_and_says_so() {
+    let full = r#"<?xml version="1.0"?><w:document xmlns:w="w"><w:body><w:p><w:r><w:t>First paragraph survives.</w:t></w:r></w:p><w:p><w:r><w:t>Second is cut here and the rest is gone</w:t></w:r></w:p></w:body></w:document>"#;
+    let cut_at = full.find("here").expect("marker");
+    for cut in [cut_at, cut_at + 30] {
+        let docx = docx_of_one_part([&full.as_bytes()[..cut]]);
+        let out = extract(Kind::Docx, &docx, &mut none).expect("partial text");
+        assert!(
+            out.text.contains("First paragraph survives."),
+            "{}",
+            out.text
+        );
+        assert!(out.text.contains("Second is cut"), "{}", out.text);
+        assert!(
+            out.metadata
+                .warnings
+                .iter()
+                .any(|w| w.contains("cut off") || w.contains("damaged")),
+            "{:?}",
+            out.metadata.warnings
+        );
+    }
+}
+
+#[test]
+fn words_hyphenated_at_line_ends_are_joined_and_real_hyphens_kept() {
+    let text = "The docu-\nment was well-\nknown to the team; a well-known fact.\nJean-\nPaul read COVID-\n19 notes and the re-\n  ports.\nA dash at the end -\nstays.";
+    assert_eq!(
+        quality::dehyphenate(text),
+        "The document was well-known to the team; a well-known fact.\nJean-\nPaul read COVID-\n19 notes and the reports.\nA dash at the end -\nstays."
+    );
 }
