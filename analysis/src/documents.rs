@@ -149,6 +149,46 @@ fn pdf_info(doc: &pdf_extract::Document, key: &[u8]) -> Option<String> {
 }
 
 fn pdf(bytes: &[u8], on_page: &mut dyn FnMut(u32, &str)) -> Result<Extracted, DocError> {
+    let mut emitted = std::collections::BTreeSet::new();
+    let first = load_pdf(bytes).map(|doc| {
+        read_pdf(&doc, &mut |n, text| {
+            emitted.insert(n);
+            on_page(n, text);
+        })
+    });
+    let first = match first {
+        Err(DocError::Encrypted) => return Err(DocError::Encrypted),
+        other => other,
+    };
+    // A file that would not load, lost pages or gave no text may have a
+    // broken cross-reference table: rebuilt from its objects, it may give
+    // more (pages already heard are not heard twice).
+    let damaged = first.as_ref().map_or(true, |r| {
+        !r.metadata.warnings.is_empty() || r.text.trim().is_empty()
+    });
+    if damaged
+        && let Some(rebuilt) = pdf_repair::rebuild(bytes)
+        && let Ok(doc) = load_pdf(&rebuilt)
+    {
+        let mut second = read_pdf(&doc, &mut |n, text| {
+            if !emitted.contains(&n) {
+                on_page(n, text);
+            }
+        });
+        let had = first.as_ref().map_or(0, |r| r.text.chars().count());
+        if second.text.chars().count() > had {
+            second.metadata.warnings.insert(
+                0,
+                "the PDF is damaged (its cross-reference table is missing or wrong): it was rebuilt by scanning the file for its objects, and text may be missing".into(),
+            );
+            return Ok(second);
+        }
+    }
+    first
+}
+
+/// Loads a PDF (decrypting one with an empty user password).
+fn load_pdf(bytes: &[u8]) -> Result<pdf_extract::Document, DocError> {
     let loaded = catch_unwind(|| pdf_extract::Document::load_mem(bytes))
         .map_err(|_| malformed("PDF", "its structure is damaged"))?;
     let mut doc = loaded.map_err(|e| {
@@ -163,17 +203,22 @@ fn pdf(bytes: &[u8], on_page: &mut dyn FnMut(u32, &str)) -> Result<Extracted, Do
     if doc.is_encrypted() && doc.decrypt("").is_err() {
         return Err(DocError::Encrypted);
     }
+    Ok(doc)
+}
+
+/// The text of every page of a loaded PDF, each heard by `on_page` when done.
+fn read_pdf(doc: &pdf_extract::Document, on_page: &mut dyn FnMut(u32, &str)) -> Extracted {
     let pages: Vec<u32> = doc.get_pages().keys().copied().collect();
     let mut out = Extracted::default();
     out.metadata.pages = Some(pages.len() as u32);
-    out.metadata.title = pdf_info(&doc, b"Title");
-    out.metadata.author = pdf_info(&doc, b"Author");
+    out.metadata.title = pdf_info(doc, b"Title");
+    out.metadata.author = pdf_info(doc, b"Author");
     let mut ok = 0usize;
     for n in &pages {
         let page = catch_unwind(AssertUnwindSafe(|| {
             let mut s = String::new();
             let mut output = pdf_extract::PlainTextOutput::new(&mut s);
-            pdf_extract::output_doc_page(&doc, &mut output, *n).map(|()| s)
+            pdf_extract::output_doc_page(doc, &mut output, *n).map(|()| s)
         }));
         match page {
             Ok(Ok(text)) => {
@@ -204,7 +249,7 @@ fn pdf(bytes: &[u8], on_page: &mut dyn FnMut(u32, &str)) -> Result<Extracted, Do
     } else {
         ok as f64 / pages.len() as f64
     };
-    Ok(out)
+    out
 }
 
 /// Maximum element nesting of an HTML text, estimated from its tags.
@@ -621,6 +666,7 @@ fn markdown(source: &str) -> Extracted {
     out
 }
 
+mod pdf_repair;
 mod quality;
 
 #[cfg(test)]
