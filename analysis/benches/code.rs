@@ -8,41 +8,10 @@
 
 mod report;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use report::{BoxError, today};
+use report::{BoxError, python_files, stdlib, today};
 use xencode_analysis::code::{Limits, analyze, parse};
-
-fn stdlib() -> Option<PathBuf> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
-        ])
-        .output()
-        .ok()?;
-    let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
-    dir.is_dir().then_some(dir)
-}
-
-fn python_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.file_name().is_some_and(|n| n == "site-packages") {
-            continue;
-        }
-        if p.is_dir() {
-            python_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "py") {
-            out.push(p);
-        }
-    }
-}
 
 fn main() -> Result<(), BoxError> {
     let Some(dir) = stdlib() else {

@@ -43,3 +43,34 @@ pub fn write_report(name: &str, section: &str) -> Result<(), BoxError> {
     println!("wrote {} ({name})", path.display());
     Ok(())
 }
+
+/// The standard library of the `python3` on the PATH.
+pub fn stdlib() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
+        ])
+        .output()
+        .ok()?;
+    let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    dir.is_dir().then_some(dir)
+}
+
+/// Every `.py` file under `dir`, outside `site-packages`.
+pub fn python_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == "site-packages") {
+            continue;
+        }
+        if p.is_dir() {
+            python_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "py") {
+            out.push(p);
+        }
+    }
+}

@@ -160,12 +160,11 @@ fn pdf(bytes: &[u8], on_page: &mut dyn FnMut(u32, &str)) -> Result<Extracted, Do
         Err(DocError::Encrypted) => return Err(DocError::Encrypted),
         other => other,
     };
-    // A file that would not load, lost pages or gave no text may have a
-    // broken cross-reference table: rebuilt from its objects, it may give
-    // more (pages already heard are not heard twice).
-    let damaged = first.as_ref().map_or(true, |r| {
-        !r.metadata.warnings.is_empty() || r.text.trim().is_empty()
-    });
+    // A file that would not load or gave no text may have a broken
+    // cross-reference table: rebuilt from its objects, it may give more
+    // (pages already heard are not heard twice). A file that loaded and
+    // gave text is not read twice for a page the extractor failed on.
+    let damaged = first.as_ref().map_or(true, |r| r.text.trim().is_empty());
     if damaged
         && let Some(rebuilt) = pdf_repair::rebuild(bytes)
         && let Ok(doc) = load_pdf(&rebuilt)
