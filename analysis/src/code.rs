@@ -676,13 +676,24 @@ impl Walker<'_> {
                 "CWE-78",
                 format!("{shown} runs its argument through the shell; use subprocess.run with a list of arguments"),
             ),
-            _ if name.starts_with("subprocess.") && keyword("shell").as_deref() == Some("True") => {
+            // Any shell value but a false literal: `shell=1` is as true as
+            // `shell=True`, and `shell=flag` is true whenever `flag` is.
+            _ if name.starts_with("subprocess.")
+                && keyword("shell")
+                    .is_some_and(|v| !matches!(v.as_str(), "False" | "0" | "None" | "\"\"" | "''")) =>
+            {
+                let value = keyword("shell").unwrap_or_default();
+                let (severity, when) = if value == "True" || value.parse::<i64>().is_ok() {
+                    ("high", format!("with shell={value}"))
+                } else {
+                    ("medium", format!("with shell={value} (when it is true)"))
+                };
                 self.security(
                     n,
                     "command_injection",
-                    "high",
+                    severity,
                     "CWE-78",
-                    format!("{shown} with shell=True lets shell syntax in its input run; pass a list and drop shell=True"),
+                    format!("{shown} {when} lets shell syntax in its input run; pass a list of arguments without shell"),
                 );
             }
             // `usedforsecurity=False` says the hash is not a security

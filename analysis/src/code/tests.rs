@@ -556,3 +556,22 @@ fn cpython_badsyntax_files_are_refused() {
         run(ok).syntax_errors
     );
 }
+
+/// `shell=` set to anything but a false literal runs a shell: a truthy
+/// literal as surely as `True`, a variable whenever it is true.
+#[test]
+fn shell_values_other_than_false_are_command_injection() {
+    let src = "import subprocess\nsubprocess.Popen(c, shell=1)\nsubprocess.Popen(c, shell=flag)\nsubprocess.Popen(c, shell=0)\nsubprocess.Popen(c, shell=False)\nsubprocess.Popen(c, shell=None)\nsubprocess.Popen(\n    c,\n    shell=True,\n)\n";
+    let a = run(src);
+    let found: Vec<(u32, &str)> = a
+        .security_issues
+        .iter()
+        .map(|i| (i.line, i.severity.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![(2, "high"), (3, "medium"), (7, "high")],
+        "{:?}",
+        a.security_issues
+    );
+}
