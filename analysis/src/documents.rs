@@ -156,10 +156,9 @@ fn pdf(bytes: &[u8], on_page: &mut dyn FnMut(u32, &str)) -> Result<Extracted, Do
             on_page(n, text);
         })
     });
-    let first = match first {
-        Err(DocError::Encrypted) => return Err(DocError::Encrypted),
-        other => other,
-    };
+    if matches!(first, Err(DocError::Encrypted)) {
+        return first;
+    }
     // A file that would not load or gave no text may have a broken
     // cross-reference table: rebuilt from its objects, it may give more
     // (pages already heard are not heard twice). A file that loaded and
@@ -507,23 +506,19 @@ fn docx(bytes: &[u8]) -> Result<Extracted, DocError> {
             _ => {}
         }
         match event {
+            // Cut off (ends inside an element) or damaged after some text:
+            // keep what was read before, and say so.
             Ok(Event::Eof) if depth > 0 => {
-                // Keep what was read up to the cut.
-                if let Some(s) = sections.last_mut() {
-                    s.text.push_str(&para);
-                }
-                out.metadata.warnings.push(
-                    "the document's XML ends early (the file was cut off or damaged): only the text before the cut was read".into(),
+                keep_partial(
+                    &mut sections,
+                    &para,
+                    &mut out,
+                    "ends early (the file was cut off or damaged)".into(),
                 );
                 break;
             }
             Err(e) if sections.iter().any(|s| !s.text.trim().is_empty()) || !para.is_empty() => {
-                if let Some(s) = sections.last_mut() {
-                    s.text.push_str(&para);
-                }
-                out.metadata.warnings.push(format!(
-                    "the document's XML is damaged ({e}): only the text before the damage was read"
-                ));
+                keep_partial(&mut sections, &para, &mut out, format!("is damaged ({e})"));
                 break;
             }
             Ok(Event::Start(e)) | Ok(Event::Empty(e)) => match e.name().into_inner() {
@@ -593,6 +588,17 @@ fn docx(bytes: &[u8]) -> Result<Extracted, DocError> {
     }
     finish_sections(&mut out, sections);
     Ok(out)
+}
+
+/// Keeps the paragraph being read when a DOCX's XML stopped, and warns
+/// that only the text before `what` went wrong was read.
+fn keep_partial(sections: &mut [Section], para: &str, out: &mut Extracted, what: String) {
+    if let Some(s) = sections.last_mut() {
+        s.text.push_str(para);
+    }
+    out.metadata.warnings.push(format!(
+        "the document's XML {what}: only the text before it was read"
+    ));
 }
 
 /// The character an XML entity reference (`amp`, `#38`, `#x26`) stands for.
