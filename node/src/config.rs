@@ -117,7 +117,9 @@ pub struct NetworkConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Compact a document into a snapshot once it has this many change records.
+    /// Compact a document into a snapshot once it has this many change
+    /// records, and every document with records once the store holds this
+    /// many in all.
     pub compact_after_changes: u64,
     /// Also compact every document with change records this often, in seconds.
     pub compact_interval_secs: u64,

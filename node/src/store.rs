@@ -216,7 +216,8 @@ pub enum NetCommand {
 /// Tunables of the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// Compact a document once it has this many change records.
+    /// Compact a document once it has this many change records, and every
+    /// document with records once the store holds this many in all.
     pub compact_after_changes: u64,
     /// Largest number of commands folded into one commit.
     pub max_group: usize,

@@ -241,6 +241,17 @@ impl Workspace {
             .chain(self.files.values_mut().map(|d| &mut **d))
     }
 
+    /// One document of the workspace, by id, in O(log files).
+    pub fn doc_mut(&mut self, id: &DocId) -> Option<&mut Doc> {
+        if *id == self.access.id {
+            Some(&mut self.access)
+        } else if *id == self.index.id {
+            Some(&mut self.index)
+        } else {
+            self.files.get_mut(id).map(|d| &mut **d)
+        }
+    }
+
     /// The workspace's name.
     pub fn name(&self) -> String {
         get_str(&self.access.am, &ROOT, "name").unwrap_or_default()

@@ -315,6 +315,21 @@ impl Node {
         self.child.id()
     }
 
+    /// Peak and current resident memory, in KiB, from /proc.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

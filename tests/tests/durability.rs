@@ -1,7 +1,7 @@
 //! What the node acknowledged survives kill -9; bad stores stop it cleanly.
 
 use serde_json::json;
-use xencode_tests::{Node, cli, last_line, ok_stdout};
+use xencode_tests::{Node, cli, last_line, ok_stdout, put, splice};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_splices_survive_kill_9_and_restart() {
@@ -116,4 +116,81 @@ fn a_second_node_on_the_same_data_dir_is_refused() {
         url_before
     );
     drop(first);
+}
+
+/// Issue 17 (4): a store whose documents are still many small change
+/// records — as after a burst of work the node had no time to compact —
+/// starts in at most twice the memory the same store needs compacted (peak
+/// RSS from /proc; Automerge's patch log once made it 37 times).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_of_uncompacted_records_starts_in_at_most_twice_its_compacted_memory() {
+    const FILES: usize = 734;
+    const EDITED: usize = 25;
+    const SPLICES: usize = 20;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let config = |after: u64| {
+        std::fs::write(
+            home.join("config.toml"),
+            format!("[store]\ncompact_after_changes = {after}\ncompact_interval_secs = 86400\n"),
+        )
+        .expect("config")
+    };
+    config(1_000_000);
+    let node = Node::start(&home).expect("node starts");
+    let ws = last_line(&cli(&home, &["workspace", "create", "burst"]));
+    let body = |i: usize| {
+        (0..60)
+            .map(|l| format!("value_{i}_{l} = compute({l}, \"line {l} of module {i}\")\n"))
+            .collect::<String>()
+    };
+    for i in 0..FILES {
+        let status = put(&node, &ws, &format!("src/module_{i:04}.py"), &body(i)).await;
+        assert!(status.is_success(), "put {i}: {status}");
+    }
+    for i in 0..EDITED {
+        for s in 0..SPLICES {
+            let path = format!("src/module_{i:04}.py");
+            let status = splice(&node, &ws, &path, 0, &format!("# edit {s}\n")).await;
+            assert!(status.is_success(), "splice {i}/{s}: {status}");
+        }
+    }
+    let edited = node.file(&ws, "src/module_0000.py").await.expect("file");
+    assert_eq!(node.files(&ws).await.len(), FILES);
+    node.stop();
+
+    // Started from change records: one or more per document.
+    let node = Node::start(&home).expect("node restarts from change records");
+    assert_eq!(node.files(&ws).await.len(), FILES);
+    assert_eq!(
+        node.file(&ws, "src/module_0000.py").await,
+        Some(edited.clone())
+    );
+    let (from_records, _) = node.memory_kib();
+    node.stop();
+
+    // Compacted: the next write folds every document into a snapshot, and
+    // the store finishes it before an orderly exit.
+    config(1);
+    let node = Node::start(&home).expect("node starts to compact");
+    assert!(put(&node, &ws, "compact-now.txt", "x").await.is_success());
+    node.stop();
+    config(1_000_000);
+    let node = Node::start(&home).expect("node restarts from snapshots");
+    assert_eq!(node.file(&ws, "src/module_0000.py").await, Some(edited));
+    let (from_snapshots, _) = node.memory_kib();
+    node.stop();
+
+    println!(
+        "peak RSS at start: {from_records} KiB from change records, {from_snapshots} KiB from snapshots"
+    );
+    assert!(
+        from_records > 0 && from_snapshots > 0,
+        "/proc gave no peak RSS"
+    );
+    assert!(
+        from_records <= 2 * from_snapshots,
+        "starting from change records took {from_records} KiB, more than twice the {from_snapshots} KiB from snapshots"
+    );
 }

@@ -217,20 +217,6 @@ async fn a_hostile_peer_is_refused_counted_and_learns_nothing() {
     );
 }
 
-/// Peak and current resident memory of a process, in KiB, from /proc.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
 /// Only refusals and closes, and no workspace content, reached a stranger.
 fn learned_nothing(raw: &RawPeer, secrets: &[&str]) {
     for bytes in &raw.received {
@@ -258,7 +244,7 @@ async fn floods_connection_storms_guessed_topics_and_replays_leave_the_node_boun
     let ws_id: WorkspaceId = ws.parse().expect("workspace id");
     let a_id: PeerId = a.peer_id.parse().expect("peer id");
     let secrets = ["secret-plans", "classified"];
-    let (_, rss_before) = memory_kib(a.pid());
+    let (_, rss_before) = a.memory_kib();
 
     // 1. Gossip (first: gossipsub scores down many peers behind one IP
     // address, as the storm below makes them). The real topic, as an
@@ -441,7 +427,7 @@ async fn floods_connection_storms_guessed_topics_and_replays_leave_the_node_boun
         "A and B kept syncing:\n{}",
         a.log_text()
     );
-    let (peak, now) = memory_kib(a.pid());
+    let (peak, now) = a.memory_kib();
     let violations = a.get_text("/metrics").await;
     let violations: Vec<&str> = violations
         .lines()

@@ -5,7 +5,7 @@
 //! memberships' meaning: it writes what it is given, in one durable
 //! transaction per group, and folds change records into snapshots.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -58,7 +58,7 @@ pub(super) struct Persistence {
     pub(super) options: StoreOptions,
     /// Per document: the next change record's key, and records not yet
     /// folded into a snapshot.
-    pub(super) counters: HashMap<DocId, Counters>,
+    pub(super) counters: RecordCounts,
     /// Changes made in memory, not yet committed.
     pub(super) staged: Vec<Staged>,
     pub(super) new_workspaces: Vec<WorkspaceId>,
@@ -88,8 +88,8 @@ impl Persistence {
         Ok(Self {
             db: Some(db),
             path: path.to_owned(),
+            counters: RecordCounts::new(options.compact_after_changes),
             options,
-            counters: HashMap::new(),
             staged: Vec::new(),
             new_workspaces: Vec::new(),
             staged_memberships: Vec::new(),
@@ -115,9 +115,7 @@ impl Persistence {
     /// Records how many change records each document got in a commit.
     pub(super) fn count(&mut self, bumped: Vec<(DocId, u64)>) {
         for (doc, n) in bumped {
-            let c = self.counters.entry(doc).or_default();
-            c.next += n;
-            c.pending += n;
+            self.counters.bump(doc, n);
         }
     }
 
@@ -190,7 +188,7 @@ impl Persistence {
             let (am, counters) = load_doc(&snapshots, &changes, doc_id)?;
             let mut doc = Doc { id: doc_id, am };
             doc.am.set_actor(author.actor.clone());
-            self.counters.insert(doc_id, counters);
+            self.counters.set(doc_id, counters);
             match record.kind {
                 DocKind::Access => access = Some(doc),
                 DocKind::Index => index = Some(doc),
@@ -260,17 +258,7 @@ impl Persistence {
         workspaces: &mut BTreeMap<WorkspaceId, Workspace>,
         all: bool,
     ) -> Result<usize, StoreError> {
-        let threshold = if all {
-            1
-        } else {
-            self.options.compact_after_changes
-        };
-        let due: Vec<DocId> = self
-            .counters
-            .iter()
-            .filter(|(_, c)| c.pending >= threshold)
-            .map(|(d, _)| *d)
-            .collect();
+        let due = self.counters.due(all);
         if due.is_empty() {
             return Ok(0);
         }
@@ -282,11 +270,9 @@ impl Persistence {
             let mut snapshots = tx.open_table(SNAPSHOTS).map_err(classify)?;
             let mut changes = tx.open_table(CHANGES).map_err(classify)?;
             for doc_id in &due {
-                let Some(doc) = workspaces
-                    .values_mut()
-                    .flat_map(Workspace::docs_mut)
-                    .find(|d| d.id == *doc_id)
-                else {
+                // By id, not by walking every document: compaction must not
+                // cost more because the workspace holds more files.
+                let Some(doc) = workspaces.values_mut().find_map(|w| w.doc_mut(doc_id)) else {
                     continue;
                 };
                 let Some(saved) = verified_snapshot(&mut doc.am) else {
@@ -312,9 +298,7 @@ impl Persistence {
         }
         tx.commit().map_err(classify)?;
         for doc in &due {
-            if let Some(c) = self.counters.get_mut(doc) {
-                c.pending = 0;
-            }
+            self.counters.folded(doc);
         }
         tracing::debug!(
             documents = due.len(),
@@ -361,7 +345,7 @@ impl Persistence {
                         .insert((*new.doc.as_bytes(), sig.hash), bytes.as_slice())
                         .map_err(classify)?;
                 }
-                let counters = self.counters.get(&new.doc).copied();
+                let counters = self.counters.get(&new.doc);
                 if counters.is_none() && !added.contains_key(&new.doc) {
                     let kind = if new.doc == access_doc_id(ws) {
                         DocKind::Access
@@ -504,6 +488,89 @@ impl Persistence {
 }
 
 /// Per-document bookkeeping of change records.
+/// The change records of every document: what to key the next one with,
+/// and which documents are due for compaction — kept as records are
+/// written, so finding them costs nothing per unrelated document.
+pub(super) struct RecordCounts {
+    by_doc: HashMap<DocId, Counters>,
+    /// Documents with at least `per_doc` records not folded yet.
+    due: BTreeSet<DocId>,
+    /// Records not folded yet, over all documents.
+    pending: u64,
+    per_doc: u64,
+}
+
+impl RecordCounts {
+    pub(super) fn new(per_doc: u64) -> Self {
+        Self {
+            by_doc: HashMap::new(),
+            due: BTreeSet::new(),
+            pending: 0,
+            per_doc: per_doc.max(1),
+        }
+    }
+
+    pub(super) fn get(&self, doc: &DocId) -> Option<Counters> {
+        self.by_doc.get(doc).copied()
+    }
+
+    pub(super) fn set(&mut self, doc: DocId, c: Counters) {
+        self.remove(&doc);
+        self.by_doc.insert(doc, c);
+        self.pending += c.pending;
+        if c.pending >= self.per_doc {
+            self.due.insert(doc);
+        }
+    }
+
+    fn bump(&mut self, doc: DocId, n: u64) {
+        let c = self.by_doc.entry(doc).or_default();
+        c.next += n;
+        c.pending += n;
+        self.pending += n;
+        if c.pending >= self.per_doc {
+            self.due.insert(doc);
+        }
+    }
+
+    /// The document's records are folded into its snapshot.
+    fn folded(&mut self, doc: &DocId) {
+        if let Some(c) = self.by_doc.get_mut(doc) {
+            self.pending -= c.pending;
+            c.pending = 0;
+        }
+        self.due.remove(doc);
+    }
+
+    /// The document is gone with its records.
+    pub(super) fn remove(&mut self, doc: &DocId) {
+        if let Some(c) = self.by_doc.remove(doc) {
+            self.pending -= c.pending;
+        }
+        self.due.remove(doc);
+    }
+
+    /// The documents to compact: every one with records when `all`, or when
+    /// the store holds as many unfolded records as one document may (many
+    /// documents of a record or two each load slower than their snapshots,
+    /// and no single one would ever reach the threshold); else those past
+    /// the threshold.
+    fn due(&self, all: bool) -> Vec<DocId> {
+        if all || self.pending >= self.per_doc {
+            let mut docs: Vec<DocId> = self
+                .by_doc
+                .iter()
+                .filter(|(_, c)| c.pending > 0)
+                .map(|(d, _)| *d)
+                .collect();
+            docs.sort();
+            docs
+        } else {
+            self.due.iter().copied().collect()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Counters {
     /// Key of the next change record.

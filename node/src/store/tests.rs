@@ -181,17 +181,72 @@ async fn compaction_folds_change_records_into_a_snapshot() {
     let (store, thread) = open(&path, 10).expect("reopen");
     assert_eq!(text_of(&store, ws, "log.txt").await, "x".repeat(25));
     assert_eq!(store.workspace(ws).await.expect("show").heads, heads);
-    assert!(store.compact().await.expect("compact all") >= 1);
     store
         .splice(ws, p("log.txt"), None, ins(0, "y"), 3)
         .await
         .expect("splice");
+    assert!(store.compact().await.expect("compact all") >= 1);
     close(store, thread);
     let (store, thread) = open(&path, 10).expect("reopen after full compaction");
     assert_eq!(
         text_of(&store, ws, "log.txt").await,
         format!("y{}", "x".repeat(25))
     );
+    close(store, thread);
+}
+
+/// Many documents of a record or two each (a burst of new files) never
+/// reach the per-document threshold, yet load slower than snapshots: once
+/// the store holds as many unfolded records as one document may, every
+/// document with records is folded, without waiting for the timer.
+#[tokio::test]
+async fn many_small_documents_are_compacted_once_their_records_add_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let (store, thread) = open(&path, 50).expect("open");
+    let ws = store
+        .create_workspace("team".into(), 1)
+        .await
+        .expect("create")
+        .id;
+    for i in 0..60u64 {
+        store
+            .put_file(
+                ws,
+                p(&format!("f{i:02}.txt")),
+                format!("file {i}").into_bytes(),
+                2,
+            )
+            .await
+            .expect("put");
+    }
+    close(store, thread);
+    let db = Database::open(&path).expect("open raw");
+    let read = db.begin_read().expect("read");
+    let changes = read
+        .open_table(CHANGES)
+        .expect("changes")
+        .len()
+        .expect("len");
+    let snapshots = read
+        .open_table(SNAPSHOTS)
+        .expect("snapshots")
+        .len()
+        .expect("len");
+    assert!(
+        snapshots >= 40,
+        "{snapshots} snapshots: the small documents were not folded"
+    );
+    assert!(changes < 50, "{changes} change records remain");
+    drop(read);
+    drop(db);
+    let (store, thread) = open(&path, 50).expect("reopen");
+    for i in [0, 33, 59] {
+        assert_eq!(
+            text_of(&store, ws, &format!("f{i:02}.txt")).await,
+            format!("file {i}")
+        );
+    }
     close(store, thread);
 }
 
