@@ -4,9 +4,14 @@
 //! - Security: per class xencode claims, its findings against bandit's, by
 //!   file and line (bandit's test ids mapped to the class; its import-only
 //!   warnings B403/B404 and its "every subprocess call" B603 are not
-//!   findings xencode claims). Precision here is agreement with bandit, not
-//!   a judgement of either: the lines where they disagree are listed in
-//!   `target/quality-disagreements.txt` for reading.
+//!   findings xencode claims). Every line only one tool reports, and every
+//!   hard-coded-secret line, is judged by hand in `quality-judged.tsv` (next
+//!   to this file): precision and recall of both tools are computed against
+//!   those judgements. A line found by both tools in the other classes is a
+//!   true finding by the class's definition (a call of `eval`, `pickle.loads`,
+//!   `md5`, a shell). Lines not judged yet (another Python version moves the
+//!   corpus) are written to `target/quality-unjudged.tsv` in the same format
+//!   and counted in the table.
 //! - Complexity: each function's cyclomatic complexity against radon's.
 //! - PDF text: bag-of-words F1 of each sample in `../shared/data/pdfs`
 //!   against `pdftotext` (and against the ground truth where there is one).
@@ -68,10 +73,22 @@ type At = (String, u32);
 /// Each tool's findings, by class.
 type Findings = BTreeMap<&'static str, BTreeSet<At>>;
 
-fn bandit(bin: &Path, dir: &Path) -> Result<Findings, BoxError> {
-    let out = run(Command::new(bin.join("bandit"))
-        .args(["-r", "-q", "-f", "json"])
-        .arg(dir))?;
+/// Bandit's report on `dir` (a quarter of an hour on the standard library,
+/// single-threaded): kept under `target/` and reused while the corpus, its
+/// file count and bandit's version are the same.
+fn bandit(bin: &Path, dir: &Path, files: usize) -> Result<Findings, BoxError> {
+    let cache = repo_root()?.join("target/quality-bandit.json");
+    let key = format!("{BANDIT} {} {files}\n", dir.display());
+    let out = match std::fs::read(&cache) {
+        Ok(kept) if kept.starts_with(key.as_bytes()) => kept[key.len()..].to_vec(),
+        _ => {
+            let out = run(Command::new(bin.join("bandit"))
+                .args(["-r", "-q", "-f", "json"])
+                .arg(dir))?;
+            std::fs::write(&cache, [key.as_bytes(), &out].concat())?;
+            out
+        }
+    };
     let json: serde_json::Value = serde_json::from_slice(&out)?;
     let mut found = Findings::new();
     for r in json["results"].as_array().into_iter().flatten() {
@@ -117,14 +134,16 @@ fn radon(bin: &Path, dir: &Path) -> Result<HashMap<(String, u32), u32>, BoxError
 /// Lines of one finding may differ between the tools for a call written
 /// over several lines (bandit names the line of `shell=True`): a finding of
 /// ours matches one of theirs in the same file at most this many lines away.
-const LINE_SLACK: u32 = 3;
+const LINE_SLACK: u32 = 6;
 
 /// Pairs findings one to one (same file, lines within [`LINE_SLACK`]):
-/// how many pair, and those of each side left over.
-fn pair<'a>(ours: &'a BTreeSet<At>, theirs: &'a BTreeSet<At>) -> (usize, Vec<&'a At>, Vec<&'a At>) {
+/// the pairs (ours, theirs), and those of each side left over.
+type Paired<'a> = (Vec<(&'a At, &'a At)>, Vec<&'a At>, Vec<&'a At>);
+
+fn pair<'a>(ours: &'a BTreeSet<At>, theirs: &'a BTreeSet<At>) -> Paired<'a> {
     let mut left: BTreeSet<&At> = theirs.iter().collect();
     let mut only_ours = Vec::new();
-    let mut both = 0;
+    let mut both = Vec::new();
     for o in ours {
         let near = left
             .iter()
@@ -133,12 +152,90 @@ fn pair<'a>(ours: &'a BTreeSet<At>, theirs: &'a BTreeSet<At>) -> (usize, Vec<&'a
         match near {
             Some(t) => {
                 left.remove(t);
-                both += 1;
+                both.push((o, t));
             }
             None => only_ours.push(o),
         }
     }
     (both, left.into_iter().collect(), only_ours)
+}
+
+/// The class every line is judged in, not only the disagreements: whether
+/// a string is a secret is a judgement even when both tools report it.
+const JUDGE_ALL: &str = "CWE-798";
+
+/// The hand judgements, next to this file.
+const JUDGED: &str = "quality-judged.tsv";
+
+/// A judged line: class, file relative to the corpus, the line's text.
+type Line = (String, String, String);
+
+/// Reads [`JUDGED`]: tab-separated class, verdict (`yes` a true finding,
+/// `no` a false one, `?` not judged), file, line text, why.
+fn judgements() -> Result<HashMap<Line, bool>, BoxError> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches")
+        .join(JUDGED);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = HashMap::new();
+    for (n, row) in text.lines().enumerate() {
+        if row.starts_with('#') || row.trim().is_empty() {
+            continue;
+        }
+        let cols: Vec<&str> = row.split('\t').collect();
+        let [class, verdict, file, line, ..] = cols[..] else {
+            return Err(format!("{JUDGED}:{}: want class, verdict, file, line, why", n + 1).into());
+        };
+        let verdict = match verdict {
+            "yes" => true,
+            "no" => false,
+            "?" => continue,
+            other => {
+                return Err(
+                    format!("{JUDGED}:{}: verdict {other:?} is not yes, no or ?", n + 1).into(),
+                );
+            }
+        };
+        out.insert((class.into(), file.into(), line.into()), verdict);
+    }
+    Ok(out)
+}
+
+/// The text of line `at` of a file, as [`JUDGED`] keys it (trimmed, tabs
+/// as spaces), and the file relative to the corpus.
+struct Source<'d> {
+    dir: &'d Path,
+    files: HashMap<String, Vec<String>>,
+}
+
+impl Source<'_> {
+    fn key(&mut self, class: &str, (file, line): &At) -> Line {
+        let rel = Path::new(file)
+            .strip_prefix(self.dir)
+            .map_or_else(|_| file.clone(), |p| p.display().to_string());
+        let lines = self.files.entry(file.clone()).or_insert_with(|| {
+            std::fs::read(file)
+                .map(|b| {
+                    String::from_utf8_lossy(&b)
+                        .lines()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        let text = lines
+            .get((*line as usize).saturating_sub(1))
+            .map(|l| l.trim().replace('\t', " "))
+            .unwrap_or_default();
+        (class.to_owned(), rel, text)
+    }
+}
+
+/// True findings, judged findings and the unjudged, of one tool in one class.
+#[derive(Default)]
+struct Score {
+    right: usize,
+    judged: usize,
 }
 
 fn pct(n: usize, d: usize) -> String {
@@ -202,9 +299,13 @@ fn main() -> Result<(), BoxError> {
 
     // Xencode over the same files.
     let mut ours = Findings::new();
+    let mut not_utf8 = Vec::new();
     let mut complexity: HashMap<(String, u32), u32> = HashMap::new();
     for p in &paths {
+        // The node stores a file that is not UTF-8 whole and does not
+        // analyze it (a PEP 263 declaration of another encoding included).
         let Ok(src) = std::fs::read_to_string(p) else {
+            not_utf8.push(p.strip_prefix(&dir).unwrap_or(p).display().to_string());
             continue;
         };
         let Ok((parsed, _)) = parse(&src, None, Limits::default()) else {
@@ -226,9 +327,15 @@ fn main() -> Result<(), BoxError> {
             complexity.insert((file.clone(), o.line_start), o.complexity);
         }
     }
-    let theirs = bandit(&bin, &dir)?;
+    let theirs = bandit(&bin, &dir, paths.len())?;
+    let judged = judgements()?;
+    let mut source = Source {
+        dir: &dir,
+        files: HashMap::new(),
+    };
     let mut rows = String::new();
-    let mut disagreements = String::new();
+    let mut unjudged = String::new();
+    let mut unjudged_lines = 0;
     for (cwe, what, ids) in CLASSES {
         let empty = BTreeSet::new();
         let (o, t) = (
@@ -236,24 +343,57 @@ fn main() -> Result<(), BoxError> {
             theirs.get(cwe).unwrap_or(&empty),
         );
         let (both, only_theirs, only_ours) = pair(o, t);
+        // Each line: who found it, and whether it is a true finding.
+        let mut lines: Vec<(&At, &str)> = Vec::new();
+        lines.extend(both.iter().map(|(o, _)| (*o, "both")));
+        lines.extend(only_ours.iter().map(|o| (*o, "xencode")));
+        lines.extend(only_theirs.iter().map(|t| (*t, "bandit")));
+        let (mut x, mut b, mut truth, mut open) = (Score::default(), Score::default(), 0, 0);
+        for (at, who) in lines {
+            let key = source.key(cwe, at);
+            let verdict = if who == "both" && *cwe != JUDGE_ALL {
+                Some(true)
+            } else {
+                judged.get(&key).copied()
+            };
+            let Some(right) = verdict else {
+                open += 1;
+                let (class, file, text) = key;
+                let by = if who == "bandit" {
+                    format!("bandit {}", ids.join("/"))
+                } else {
+                    who.to_owned()
+                };
+                unjudged.push_str(&format!(
+                    "{class}\t?\t{file}\t{text}\tfound by {by} at line {}\n",
+                    at.1
+                ));
+                continue;
+            };
+            truth += usize::from(right);
+            for (score, found) in [(&mut x, who != "bandit"), (&mut b, who != "xencode")] {
+                if found {
+                    score.judged += 1;
+                    score.right += usize::from(right);
+                }
+            }
+        }
+        unjudged_lines += open;
         rows.push_str(&format!(
-            "| {cwe} {what} | {} | {} | {both} | {} | {} |\n",
+            "| {cwe} {what} | {} | {} | {} | {truth} | {} | {} | {} | {} | {open} |\n",
             t.len(),
             o.len(),
-            pct(both, t.len()),
-            pct(both, o.len()),
+            both.len(),
+            pct(x.right, x.judged),
+            pct(x.right, truth),
+            pct(b.right, b.judged),
+            pct(b.right, truth),
         ));
-        for (f, l) in only_theirs {
-            disagreements.push_str(&format!("{cwe} only bandit ({}): {f}:{l}\n", ids.join("/")));
-        }
-        for (f, l) in only_ours {
-            disagreements.push_str(&format!("{cwe} only xencode: {f}:{l}\n"));
-        }
     }
-    let listed = repo_root()?.join("target/quality-disagreements.txt");
-    std::fs::write(&listed, &disagreements)?;
+    let listed = repo_root()?.join("target/quality-unjudged.tsv");
+    std::fs::write(&listed, &unjudged)?;
     println!(
-        "lines where xencode and bandit differ: {}",
+        "{unjudged_lines} lines not judged yet (add them to analysis/benches/{JUDGED}): {}",
         listed.display()
     );
 
@@ -310,11 +450,16 @@ fn main() -> Result<(), BoxError> {
         "Measured {} with `cargo bench -p xencode-analysis --bench quality`. Corpus: the `.py` \
          files of the machine's Python standard library outside `site-packages` ({}; {} files), code nobody here wrote. \
          Peers installed by the bench: {BANDIT} and {RADON} from PyPI, pdftotext from Debian.\n\n\
-         Security findings by file and line against bandit's (within {LINE_SLACK} lines, one to one; its test ids per class in \
-         `analysis/benches/quality.rs`; bandit's import-only warnings are not counted). \
-         \"Agreement\" is the share of xencode's findings bandit also reports: where they differ \
-         the bench lists the lines (`target/quality-disagreements.txt`), and they are not yet judged by hand.\n\n\
-         | class | bandit | xencode | both | recall vs bandit | agreement |\n|---|---|---|---|---|---|\n{rows}\n\
+         Security findings, xencode's and bandit's, paired by file and line (within {LINE_SLACK} lines, one to one; \
+         bandit's test ids per class in `analysis/benches/quality.rs`; its import-only warnings are not counted). \
+         Judged by hand (`analysis/benches/{JUDGED}`, with the reason for each verdict): every line only one tool \
+         reports, and every hard-coded-secret line; a line both report in the other classes is a true finding by \
+         the class's definition. The judgements were made on Python 3.11's library and are keyed by file and line \
+         text, so another version's new lines show as not judged. Precision: the share of a tool's findings that are true; recall: the share of \
+         all true findings (either tool's) it reports.\n\n\
+         | class | bandit | xencode | both | true | xencode precision | xencode recall | bandit precision | bandit recall | not judged |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n{rows}\n\
+         Files xencode does not analyze because they are not UTF-8 (it stores them whole): {}.\n\n\
          Cyclomatic complexity against radon's, per function and method (matched by file and \
          `def` line): {compared} compared, {} exact ({:.1} %), {} within one ({:.1} %).\n\n\
          PDF text, bag-of-words F1 against pdftotext's text of the same file (1.0 = the same \
@@ -323,6 +468,11 @@ fn main() -> Result<(), BoxError> {
         today(),
         dir.display(),
         paths.len(),
+        if not_utf8.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("{} ({})", not_utf8.len(), not_utf8.join(", "))
+        },
         exact,
         100.0 * exact as f64 / compared.max(1) as f64,
         within,

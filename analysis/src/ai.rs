@@ -187,7 +187,7 @@ fn redact_line(line: &str) -> (String, usize) {
     // name = "value" / name: value, for secret-looking names.
     let lower = line.to_ascii_lowercase();
     let mut result = line.to_owned();
-    if super::code::is_secret_name(&lower)
+    if super::code::mentions_secret(&lower)
         && let Some(pos) = line.find(['=', ':'])
     {
         let value = line[pos + 1..].trim();

@@ -252,11 +252,62 @@ fn end_line(n: Node) -> u32 {
     n.end_position().row as u32 + 1
 }
 
-/// Whether a name looks like it holds a secret (password, token, api_key…);
-/// shared with the redaction of AI prompts.
-pub(crate) fn is_secret_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
+/// Whether text mentions a secret-looking name anywhere (password, token,
+/// api_key…): the broad test the redaction of AI prompts uses, where
+/// hiding too much costs nothing.
+pub(crate) fn mentions_secret(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
     SECRET_NAMES.iter().any(|s| lower.contains(s))
+}
+
+/// Words that name a credential when they end a name.
+const SECRET_WORDS: &[&str] = &[
+    "password",
+    "passwd",
+    "pwd",
+    "passphrase",
+    "secret",
+    "token",
+    "apikey",
+    "credential",
+];
+
+/// Words that make a credential of `key` before it (`api_key`, `secret_key`).
+const KEY_KINDS: &[&str] = &["api", "private", "access", "auth", "secret", "signing"];
+
+/// Whether a variable, attribute or keyword name holds a credential: the
+/// name's last word (snake_case or camelCase) is one (`db_password`,
+/// `authToken`, `API_KEY`, `tokens`). A name about a credential is not one:
+/// `token_type`, `password_prompt`, `PYPIRC_NOPASSWORD`,
+/// `first_token_with_whitespace` (bandit's `token_type == 'comment'`
+/// findings are of this kind).
+pub(crate) fn is_secret_name(name: &str) -> bool {
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if !c.is_ascii_alphanumeric() {
+            words.extend((!word.is_empty()).then(|| std::mem::take(&mut word)));
+            prev_lower = false;
+            continue;
+        }
+        if c.is_ascii_uppercase() && prev_lower {
+            words.push(std::mem::take(&mut word));
+        }
+        prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        word.push(c.to_ascii_lowercase());
+    }
+    words.extend((!word.is_empty()).then_some(word));
+    let Some(last) = words.last() else {
+        return false;
+    };
+    let single = last.strip_suffix('s').unwrap_or(last);
+    if SECRET_WORDS.contains(&last.as_str()) || SECRET_WORDS.contains(&single) {
+        return true;
+    }
+    matches!(single, "key")
+        && words.len() >= 2
+        && KEY_KINDS.contains(&words[words.len() - 2].as_str())
 }
 
 impl Walker<'_> {
@@ -394,6 +445,7 @@ impl Walker<'_> {
             }
             "call" => self.call(n),
             "assignment" => self.assignment(n, ctx),
+            "default_parameter" | "typed_default_parameter" => self.default_parameter(n),
             "augmented_assignment" => self.augmented(n, ctx),
             "comparison_operator" if ctx.loops > 0 => self.membership(n),
             "attribute" if ctx.loops > 0 => self.attribute_in_loop(n, ctx),
@@ -756,6 +808,25 @@ impl Walker<'_> {
             && !inner.contains('{')
             && !inner.contains("<")
             && !inner.eq_ignore_ascii_case("changeme")
+    }
+
+    /// `def login(user, password='hunter22')`: a credential as a default.
+    fn default_parameter(&mut self, n: Node) {
+        if let (Some(name), Some(value)) = (
+            n.child_by_field_name("name"),
+            n.child_by_field_name("value"),
+        ) && is_secret_name(self.text(name))
+            && self.is_secret_literal(value)
+        {
+            let name = self.text(name).to_owned();
+            self.security(
+                n,
+                "hardcoded_secret",
+                "high",
+                "CWE-798",
+                format!("`{name}` defaults to a literal; read secrets from the environment or a secret store"),
+            );
+        }
     }
 
     fn assignment(&mut self, n: Node, ctx: &Ctx) {

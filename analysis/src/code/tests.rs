@@ -575,3 +575,38 @@ fn shell_values_other_than_false_are_command_injection() {
         a.security_issues
     );
 }
+
+/// Issue 18: a hard-coded secret is a credential in a literal, found by the
+/// last word of the name that holds it, not by a word inside it (bandit
+/// reports `token_type = 'comment'`; so did xencode, 49 times in the
+/// standard library's email parser).
+#[test]
+fn secrets_are_named_by_the_last_word_of_their_name() {
+    let src = "\
+db_password = 'hunter22'
+authToken = 'abcd1234efgh'
+API_KEY = 'sk-live-1234'
+secret_key = 'zzzz9999'
+tokens = 'aaaa,bbbb'
+token_type = 'unstructured'
+password_prompt = 'Password: '
+PYPIRC_NOPASSWORD = 'index-servers = pypi'
+first_token_with_whitespace = 'xxx   '
+keyboard = 'qwerty-layout'
+connect(host='db', password='hunter22')
+connect(host='db', password_file='/etc/pw')
+def login(user, passwd='pass', token: str = 'abcd-efgh', prompt='Password: '):
+    pass
+";
+    let a = run(src);
+    assert_eq!(
+        lines_of(&a.security_issues, "CWE-798"),
+        vec![1, 2, 3, 4, 5, 11, 13, 13]
+    );
+    for name in ["client_secret", "accessKey", "PASSWD", "auth_tokens"] {
+        assert!(super::is_secret_name(name), "{name} holds a credential");
+    }
+    for name in ["token_type", "passwordHint", "key", "monkey", "secretary"] {
+        assert!(!super::is_secret_name(name), "{name} does not");
+    }
+}
