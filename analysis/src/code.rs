@@ -445,7 +445,9 @@ impl Walker<'_> {
             }
             "call" => self.call(n),
             "assignment" => self.assignment(n, ctx),
-            "default_parameter" | "typed_default_parameter" => self.default_parameter(n),
+            "default_parameter" | "typed_default_parameter" => {
+                self.named_secret(n, "defaults to a literal");
+            }
             "augmented_assignment" => self.augmented(n, ctx),
             "comparison_operator" if ctx.loops > 0 => self.membership(n),
             "attribute" if ctx.loops > 0 => self.attribute_in_loop(n, ctx),
@@ -773,21 +775,7 @@ impl Walker<'_> {
                 .filter(|a| a.kind() == "keyword_argument")
                 .collect();
             for a in kws {
-                if let (Some(k), Some(v)) = (
-                    a.child_by_field_name("name"),
-                    a.child_by_field_name("value"),
-                ) && is_secret_name(self.text(k))
-                    && self.is_secret_literal(v)
-                {
-                    let key = self.text(k).to_owned();
-                    self.security(
-                        a,
-                        "hardcoded_secret",
-                        "high",
-                        "CWE-798",
-                        format!("`{key}` is given a literal; read secrets from the environment or a secret store"),
-                    );
-                }
+                self.named_secret(a, "is given a literal");
             }
         }
     }
@@ -810,8 +798,11 @@ impl Walker<'_> {
             && !inner.eq_ignore_ascii_case("changeme")
     }
 
-    /// `def login(user, password='hunter22')`: a credential as a default.
-    fn default_parameter(&mut self, n: Node) {
+    /// A node with a `name` and a `value` — a keyword argument
+    /// (`connect(password='hunter22')`) or a parameter's default
+    /// (`def login(user, password='hunter22')`) — that gives a credential a
+    /// literal; `how` says which.
+    fn named_secret(&mut self, n: Node, how: &str) {
         if let (Some(name), Some(value)) = (
             n.child_by_field_name("name"),
             n.child_by_field_name("value"),
@@ -824,7 +815,7 @@ impl Walker<'_> {
                 "hardcoded_secret",
                 "high",
                 "CWE-798",
-                format!("`{name}` defaults to a literal; read secrets from the environment or a secret store"),
+                format!("`{name}` {how}; read secrets from the environment or a secret store"),
             );
         }
     }

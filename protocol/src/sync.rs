@@ -40,7 +40,7 @@
 //! its actor. Refused changes are reported and never applied, so never
 //! relayed: the engine only ever sends changes from the documents themselves.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::sync;
@@ -404,6 +404,8 @@ pub struct Engine {
     /// (`now - sent_ms`, the one-way delay included): see
     /// [`Engine::clock_offset`].
     clocks: BTreeMap<PeerId, ClockSamples>,
+    /// Each workspace's heads digest, kept as its documents change.
+    digests: Digests,
 }
 
 /// The last few clock readings of one peer.
@@ -433,27 +435,103 @@ mod receive;
 mod send;
 
 /// A digest of a workspace's documents and their heads, as announced on its
-/// gossip topic: equal digests mean equal heads.
+/// gossip topic: equal digests mean equal heads. The XOR of one keyed hash
+/// per document that has changes ([`doc_digest`]), so the engine keeps it as
+/// documents change ([`Digests`]) instead of walking them all for every
+/// announcement it sends or hears. This computes it from scratch.
 pub fn digest(host: &mut impl Host, ws: &WorkspaceId) -> [u8; 16] {
-    let mut h = blake3::Hasher::new_derive_key("xencode 2026 heads digest v1");
-    h.update(ws.as_bytes());
-    let mut docs = host.documents(ws);
-    docs.sort();
-    for doc in docs {
-        let Some(am) = host.document(ws, &doc) else {
-            continue;
-        };
-        let mut heads = am.get_heads();
-        heads.sort();
-        h.update(doc.as_bytes());
-        h.update(&(heads.len() as u64).to_le_bytes());
-        for head in heads {
-            h.update(&head.0);
-        }
-    }
     let mut out = [0u8; 16];
+    for doc in host.documents(ws) {
+        xor(&mut out, &doc_digest(host, ws, &doc));
+    }
+    out
+}
+
+/// One document's share of [`digest`]: zero for a document without
+/// changes (one a host created empty counts as absent).
+fn doc_digest(host: &mut impl Host, ws: &WorkspaceId, doc: &DocId) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if !host.has_document(ws, doc) {
+        return out;
+    }
+    let Some(am) = host.document(ws, doc) else {
+        return out;
+    };
+    let mut heads = am.get_heads();
+    if heads.is_empty() {
+        return out;
+    }
+    heads.sort();
+    let mut h = blake3::Hasher::new_derive_key("xencode 2026 heads digest v2");
+    h.update(ws.as_bytes());
+    h.update(doc.as_bytes());
+    h.update(&(heads.len() as u64).to_le_bytes());
+    for head in heads {
+        h.update(&head.0);
+    }
     out.copy_from_slice(&h.finalize().as_bytes()[..16]);
     out
+}
+
+fn xor(into: &mut [u8; 16], other: &[u8; 16]) {
+    for (a, b) in into.iter_mut().zip(other) {
+        *a ^= b;
+    }
+}
+
+/// [`digest`] of each workspace, kept up to date by the changes the engine
+/// sees (its own applies and the host's local changes): a change costs one
+/// document's hash, whatever the workspace holds.
+#[derive(Debug, Clone, Default)]
+struct Digests {
+    by_ws: BTreeMap<WorkspaceId, WorkspaceDigest>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct WorkspaceDigest {
+    docs: HashMap<DocId, [u8; 16]>,
+    sum: [u8; 16],
+}
+
+impl WorkspaceDigest {
+    fn set(&mut self, doc: DocId, one: [u8; 16]) {
+        let old = self.docs.insert(doc, one).unwrap_or_default();
+        xor(&mut self.sum, &old);
+        xor(&mut self.sum, &one);
+    }
+}
+
+impl Digests {
+    fn get(&mut self, host: &mut impl Host, ws: &WorkspaceId) -> [u8; 16] {
+        if let Some(d) = self.by_ws.get(ws) {
+            return d.sum;
+        }
+        let mut d = WorkspaceDigest::default();
+        for doc in host.documents(ws) {
+            let one = doc_digest(host, ws, &doc);
+            d.set(doc, one);
+        }
+        let sum = d.sum;
+        self.by_ws.insert(*ws, d);
+        sum
+    }
+
+    fn changed(&mut self, host: &mut impl Host, ws: &WorkspaceId, doc: &DocId) {
+        let Some(d) = self.by_ws.get_mut(ws) else {
+            return;
+        };
+        d.set(*doc, doc_digest(host, ws, doc));
+    }
+
+    fn forget(&mut self, ws: &WorkspaceId) {
+        self.by_ws.remove(ws);
+    }
+
+    /// `ws` is not held here (the host lists no document of it): nothing
+    /// to compare. A workspace joined but not synced yet is held.
+    fn holds_nothing(&self, ws: &WorkspaceId) -> bool {
+        self.by_ws.get(ws).is_none_or(|d| d.docs.is_empty())
+    }
 }
 
 impl Engine {
@@ -552,6 +630,13 @@ impl Engine {
         }
     }
 
+    /// The host changed a workspace's documents outside the engine (removed
+    /// the workspace, restored it from a backup): its digest is computed
+    /// again when next needed.
+    pub fn forget_digest(&mut self, ws: &WorkspaceId) {
+        self.digests.forget(ws);
+    }
+
     /// Bytes held in the pending buffer.
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes
@@ -587,6 +672,7 @@ impl Engine {
                 self.strikes.remove(&peer);
             }
             Input::Join { peer, workspace } => {
+                self.digests.forget(&workspace);
                 if self.connected.contains(&peer) {
                     self.open(host, peer, workspace);
                 }
@@ -611,7 +697,7 @@ impl Engine {
                 // Announce at most once per tick per workspace, however many
                 // local changes there were.
                 for workspace in std::mem::take(&mut self.unannounced) {
-                    let digest = digest(host, &workspace);
+                    let digest = self.digests.get(host, &workspace);
                     self.outputs
                         .push_back(Output::Announce { workspace, digest });
                 }
@@ -629,7 +715,8 @@ impl Engine {
         theirs: [u8; 16],
         now_ms: u64,
     ) {
-        if host.documents(&ws).is_empty() || digest(host, &ws) == theirs {
+        let mine = self.digests.get(host, &ws);
+        if self.digests.holds_nothing(&ws) || mine == theirs {
             return;
         }
         if self
@@ -836,6 +923,7 @@ impl Engine {
         doc: &DocId,
         source: Option<PeerId>,
     ) {
+        self.digests.changed(host, ws, doc);
         let peers = self.peers_of(ws);
         // A document made here reaches peers by its own local change; only a
         // peer's change to the index can name documents we must ask for.

@@ -570,6 +570,7 @@ impl Actor {
         let Some(ws) = self.workspaces.remove(&ws_id) else {
             return Err(StoreError::WorkspaceNotFound(ws_id));
         };
+        self.sync.engine.forget_digest(&ws_id);
         let docs: BTreeSet<DocId> = [ws.access.id, ws.index.id]
             .into_iter()
             .chain(ws.files.into_keys())
@@ -594,6 +595,7 @@ impl Actor {
                 if let Ok(w) = self.disk.load_workspace(ws_id, &self.author) {
                     self.workspaces.insert(ws_id, w);
                 }
+                self.sync.engine.forget_digest(&ws_id);
                 self.publish_roles();
                 return Err(e);
             }
@@ -745,6 +747,8 @@ impl Actor {
         self.disk.reopen_if_poisoned();
         let touched: BTreeSet<WorkspaceId> = staged.iter().map(|s| s.ws).collect();
         for ws in touched {
+            // Reloaded or dropped behind the sync engine's back.
+            self.sync.engine.forget_digest(&ws);
             if new_workspaces.contains(&ws) {
                 self.members.map.remove(&ws);
                 if let Some(w) = self.workspaces.remove(&ws) {

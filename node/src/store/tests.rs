@@ -136,6 +136,15 @@ async fn concurrent_writers_are_all_acknowledged_and_kept() {
     close(store, thread);
 }
 
+/// Change records and snapshots in the (closed) store file.
+fn records(path: &Path) -> (u64, u64) {
+    let db = Database::open(path).expect("open raw");
+    let read = db.begin_read().expect("read");
+    let changes = read.open_table(CHANGES).expect("changes");
+    let snapshots = read.open_table(SNAPSHOTS).expect("snapshots");
+    (changes.len().expect("len"), snapshots.len().expect("len"))
+}
+
 #[tokio::test]
 async fn compaction_folds_change_records_into_a_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -159,24 +168,11 @@ async fn compaction_folds_change_records_into_a_snapshot() {
     let heads = store.workspace(ws).await.expect("show").heads;
     close(store, thread);
 
-    let db = Database::open(&path).expect("open raw");
-    let read = db.begin_read().expect("read");
-    let changes = read
-        .open_table(CHANGES)
-        .expect("changes")
-        .len()
-        .expect("len");
-    let snapshots = read
-        .open_table(SNAPSHOTS)
-        .expect("snapshots")
-        .len()
-        .expect("len");
+    let (changes, snapshots) = records(&path);
     // 26 changes to the file doc crossed the threshold twice; fewer than 10
     // records remain for it, plus the access and index documents' ones.
     assert!(snapshots >= 1, "a snapshot was written");
     assert!(changes < 12, "{changes} change records remain");
-    drop(read);
-    drop(db);
 
     let (store, thread) = open(&path, 10).expect("reopen");
     assert_eq!(text_of(&store, ws, "log.txt").await, "x".repeat(25));
@@ -221,25 +217,12 @@ async fn many_small_documents_are_compacted_once_their_records_add_up() {
             .expect("put");
     }
     close(store, thread);
-    let db = Database::open(&path).expect("open raw");
-    let read = db.begin_read().expect("read");
-    let changes = read
-        .open_table(CHANGES)
-        .expect("changes")
-        .len()
-        .expect("len");
-    let snapshots = read
-        .open_table(SNAPSHOTS)
-        .expect("snapshots")
-        .len()
-        .expect("len");
+    let (changes, snapshots) = records(&path);
     assert!(
         snapshots >= 40,
         "{snapshots} snapshots: the small documents were not folded"
     );
     assert!(changes < 50, "{changes} change records remain");
-    drop(read);
-    drop(db);
     let (store, thread) = open(&path, 50).expect("reopen");
     for i in [0, 33, 59] {
         assert_eq!(

@@ -794,6 +794,42 @@ fn announcements_are_coalesced_and_prompt_a_dial_only_when_heads_differ() {
     assert_eq!(net.dials.len(), 2);
 }
 
+/// The digest the engine keeps as documents change (one document's hash per
+/// change, not a walk over all of them) is always the one computed from
+/// scratch: after local edits, after changes received from a peer, on
+/// every document.
+#[test]
+fn the_kept_digest_is_always_the_digest_of_the_heads() {
+    let mut rng = SmallRng::seed_from_u64(91);
+    let mut net = Net::new(2, 2);
+    for round in 0..30usize {
+        let node = round % 2;
+        for _ in 0..1 + round % 3 {
+            let doc = DOCS[rng.random_range(0..DOCS.len())];
+            net.edit(node, doc, &mut rng);
+        }
+        if round % 5 == 4 {
+            net.heal();
+        }
+        for i in 0..2 {
+            net.announced.clear();
+            net.input(i, Input::Tick);
+            for (who, announced) in net.announced.clone() {
+                assert_eq!(
+                    announced,
+                    digest(&mut net.nodes[who].host, &WS),
+                    "round {round}: node {who} announced a stale digest"
+                );
+            }
+        }
+    }
+    net.heal();
+    assert_eq!(
+        digest(&mut net.nodes[0].host, &WS),
+        digest(&mut net.nodes[1].host, &WS)
+    );
+}
+
 #[test]
 fn a_session_closed_on_revalidation_is_refused_and_the_peer_hears_it() {
     let mut rng = SmallRng::seed_from_u64(5);
