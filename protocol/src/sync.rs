@@ -406,6 +406,11 @@ pub struct Engine {
     clocks: BTreeMap<PeerId, ClockSamples>,
     /// Each workspace's heads digest, kept as its documents change.
     digests: Digests,
+    /// Whether received changes wait for [`Engine::settle`].
+    batch_applies: bool,
+    /// Documents with received changes to apply at [`Engine::settle`], and
+    /// the peers owed a sync message once they are.
+    deferred: BTreeMap<(WorkspaceId, DocId), BTreeSet<PeerId>>,
 }
 
 /// The last few clock readings of one peer.
@@ -630,6 +635,31 @@ impl Engine {
         }
     }
 
+    /// Applies received changes only at [`Engine::settle`], not as each
+    /// frame arrives. Automerge 0.12 applies a batch of changes in time that
+    /// grows with the document, whatever the batch holds (the 260,000-op
+    /// automerge-paper document: about 90 ms for one change or a hundred),
+    /// so a driver that handles frames in groups should apply each document
+    /// once per group: it turns this on and calls `settle` at the end of
+    /// every group, before it commits. Off by default: every frame is
+    /// applied as it is handled.
+    pub fn set_batch_applies(&mut self, on: bool) {
+        self.batch_applies = on;
+    }
+
+    /// Applies what the frames handled since the last call brought, one
+    /// batch per document, and answers the peers whose sync messages wait
+    /// for it. Nothing to do unless [`Engine::set_batch_applies`] is on.
+    pub fn settle(&mut self, host: &mut impl Host, now_ms: u64) {
+        self.now_ms = now_ms;
+        for ((ws, doc), owed) in std::mem::take(&mut self.deferred) {
+            self.resolve(host, ws, doc);
+            for peer in owed {
+                self.generate(host, peer, ws, doc);
+            }
+        }
+    }
+
     /// The host changed a workspace's documents outside the engine (removed
     /// the workspace, restored it from a backup): its digest is computed
     /// again when next needed.
@@ -692,6 +722,7 @@ impl Engine {
             } => self.announced(host, peer, workspace, digest, now_ms),
             Input::Presence { workspace, files } => self.local_presence(workspace, files),
             Input::Tick => {
+                self.settle(host, now_ms);
                 self.expire(now_ms);
                 self.revalidate(host, now_ms);
                 // Announce at most once per tick per workspace, however many

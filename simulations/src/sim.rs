@@ -269,7 +269,7 @@ impl Sim {
             .map(|(i, key)| Member {
                 id: peers[i],
                 host: SimHost::new(i, key, team.clone()),
-                engine: Engine::new(Limits::default()),
+                engine: batching_engine(),
                 alive: true,
                 commit_pending: false,
                 gossip_seen: BTreeSet::new(),
@@ -524,7 +524,7 @@ impl Sim {
                 }
                 let m = &mut self.members[node];
                 self.lost += m.host.crash();
-                m.engine = Engine::new(Limits::default());
+                m.engine = batching_engine();
                 m.gossip_seen.clear();
             }
             Ev::Restart { node } => {
@@ -864,6 +864,9 @@ impl Sim {
         let now = self.now;
         let m = &mut self.members[i];
         m.engine.handle(&mut m.host, input, now);
+        // The node settles at the end of each command group; here every
+        // input is its own group.
+        m.engine.settle(&mut m.host, now);
         self.drain(i);
     }
 
@@ -1074,6 +1077,14 @@ impl Sim {
             virtual_ms: self.now,
         }
     }
+}
+
+/// An engine configured as the node runs it: received changes are applied
+/// at `settle`, once per group of inputs.
+fn batching_engine() -> Engine {
+    let mut engine = Engine::new(Limits::default());
+    engine.set_batch_applies(true);
+    engine
 }
 
 #[cfg(test)]

@@ -124,11 +124,13 @@ impl Actor {
                     None => break,
                 }
             }
+            self.settle_engine();
             self.flush();
             if let Err(e) = self.compact_due(false) {
                 tracing::warn!(error = %e, "compaction failed; the change records stay and it is retried later");
             }
         }
+        self.settle_engine();
         self.flush();
         tracing::info!("store closed");
     }

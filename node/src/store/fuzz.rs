@@ -191,7 +191,12 @@ impl Harness {
             owner,
             decisions: Default::default(),
             tokens: Arc::new(TokenVerifier::default()),
-            engine: Engine::new(Limits::default()),
+            engine: {
+                // As the node runs it: applies wait for `settle`.
+                let mut e = Engine::new(Limits::default());
+                e.set_batch_applies(true);
+                e
+            },
             member: member.peer_id.parse().ok()?,
             key,
             ws: id,
@@ -221,6 +226,7 @@ impl Harness {
             tokens: &self.tokens,
         };
         self.engine.handle(&mut host, input, NOW);
+        self.engine.settle(&mut host, NOW);
         while let Some(out) = self.engine.poll_output() {
             // What the driver would persist or send is already applied in
             // memory; a disconnect ends the member's part.

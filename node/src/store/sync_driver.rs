@@ -39,8 +39,13 @@ pub(super) struct SyncDriver {
 
 impl SyncDriver {
     pub(super) fn new() -> Self {
+        // Received changes are applied once per command group (the actor
+        // calls `settle_engine` before it commits): Automerge's apply costs
+        // time in proportion to the document per call.
+        let mut engine = Engine::new(Limits::default());
+        engine.set_batch_applies(true);
         Self {
-            engine: Engine::new(Limits::default()),
+            engine,
             net: None,
             peer_addrs: BTreeMap::new(),
             net_overflow: BTreeSet::new(),
@@ -92,6 +97,12 @@ impl Actor {
             _ => {}
         }
         self.drive_engine(|engine, host, now| engine.handle(host, input, now));
+    }
+
+    /// Applies the changes the group's frames brought, one batch per
+    /// document ([`xencode_protocol::sync::Engine::settle`]).
+    pub(super) fn settle_engine(&mut self) {
+        self.drive_engine(|engine, host, now| engine.settle(host, now));
     }
 
     /// Closes sessions whose peer was revoked (or whose token no longer passes).

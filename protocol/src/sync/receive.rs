@@ -168,6 +168,14 @@ impl Engine {
                 self.strike(peer, reason.as_str());
             }
         }
+        if self.batch_applies {
+            // Applied, and the sender answered, at `settle`.
+            let owed = self.deferred.entry((ws, doc)).or_default();
+            if had_message {
+                owed.insert(peer);
+            }
+            return;
+        }
         self.resolve(host, ws, doc);
 
         if had_message {

@@ -184,6 +184,8 @@ struct Node {
     rejected: usize,
     /// What each peer said it has open, until its session closed.
     presence: BTreeMap<PeerId, Vec<OpenFile>>,
+    /// `Output::Persist`s: one per document per apply.
+    persists: usize,
 }
 
 /// Directed links: frames in flight for the current connection, plus frames
@@ -225,6 +227,7 @@ impl Net {
                     engine: Engine::new(Limits::default()),
                     rejected: 0,
                     presence: BTreeMap::new(),
+                    persists: 0,
                 }
             })
             .collect();
@@ -242,6 +245,17 @@ impl Net {
     fn input(&mut self, i: usize, input: Input) {
         let node = &mut self.nodes[i];
         node.engine.handle(&mut node.host, input, self.now);
+        self.drain(i);
+    }
+
+    /// What the node's driver does at the end of a group of inputs.
+    fn settle(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.engine.settle(&mut node.host, self.now);
+        self.drain(i);
+    }
+
+    fn drain(&mut self, i: usize) {
         while let Some(out) = self.nodes[i].engine.poll_output() {
             match out {
                 Output::Send { peer, frame } => {
@@ -259,6 +273,7 @@ impl Net {
                 Output::Persist {
                     doc, signatures, ..
                 } => {
+                    self.nodes[i].persists += 1;
                     for s in signatures {
                         self.nodes[i].host.sigs.insert((doc, ChangeHash(s.hash)), s);
                     }
@@ -792,6 +807,59 @@ fn announcements_are_coalesced_and_prompt_a_dial_only_when_heads_differ() {
         },
     );
     assert_eq!(net.dials.len(), 2);
+}
+
+/// With applies batched (as the node runs the engine), the changes many
+/// frames bring wait for `settle` and go into the document in one apply —
+/// Automerge's apply costs time in proportion to the document, per call —
+/// and the sender hears the new heads then; the result is the same.
+#[test]
+fn batched_applies_take_many_frames_in_one_apply_at_settle() {
+    let mut rng = SmallRng::seed_from_u64(12);
+    let mut net = Net::new(2, 2);
+    net.nodes[1].engine.set_batch_applies(true);
+    net.connect(0, 1);
+    // Sessions open; node 1 answers at settle.
+    for _ in 0..10 {
+        net.deliver(0, 1);
+        net.settle(1);
+        net.deliver(1, 0);
+    }
+    net.heal();
+    net.settle(1);
+    net.heal();
+    let before = net.nodes[1].host.heads()[&DOCS[0]].clone();
+    for _ in 0..30 {
+        net.edit(0, DOCS[0], &mut rng);
+    }
+    let mut frames = 0;
+    while net.deliver(0, 1) {
+        frames += 1;
+    }
+    assert!(frames >= 30, "one frame per edit: {frames}");
+    assert_eq!(
+        net.nodes[1].host.heads()[&DOCS[0]],
+        before,
+        "nothing applied before settle"
+    );
+    let persists = net.nodes[1].persists;
+    net.settle(1);
+    assert_eq!(
+        net.nodes[1].persists,
+        persists + 1,
+        "thirty frames, one apply"
+    );
+    assert_eq!(
+        net.nodes[1].host.heads()[&DOCS[0]],
+        net.nodes[0].host.heads()[&DOCS[0]]
+    );
+    // The sender hears the new heads, and both sides go quiet.
+    for _ in 0..20 {
+        net.heal();
+        net.settle(1);
+    }
+    assert_eq!(net.nodes[0].host.heads(), net.nodes[1].host.heads());
+    assert_eq!(net.nodes[1].rejected, 0);
 }
 
 /// The digest the engine keeps as documents change (one document's hash per
