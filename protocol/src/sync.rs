@@ -517,7 +517,11 @@ impl Digests {
             d.set(doc, one);
         }
         let sum = d.sum;
-        self.by_ws.insert(*ws, d);
+        // Announcements may name workspaces not held here: nothing kept for
+        // them, so they cannot grow the map.
+        if !d.docs.is_empty() {
+            self.by_ws.insert(*ws, d);
+        }
         sum
     }
 
