@@ -445,11 +445,7 @@ mod send;
 /// documents change ([`Digests`]) instead of walking them all for every
 /// announcement it sends or hears. This computes it from scratch.
 pub fn digest(host: &mut impl Host, ws: &WorkspaceId) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for doc in host.documents(ws) {
-        xor(&mut out, &doc_digest(host, ws, &doc));
-    }
-    out
+    Digests::default().get(host, ws)
 }
 
 /// One document's share of [`digest`]: zero for a document without
@@ -549,6 +545,14 @@ impl Engine {
             limits,
             ..Self::default()
         }
+    }
+
+    /// An engine as the node runs it, with [`Engine::set_batch_applies`]
+    /// on: the node, its fuzz harness and the simulator all make it here.
+    pub fn batched(limits: Limits) -> Self {
+        let mut engine = Self::new(limits);
+        engine.set_batch_applies(true);
+        engine
     }
 
     /// The next thing the driver must do.

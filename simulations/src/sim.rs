@@ -269,7 +269,7 @@ impl Sim {
             .map(|(i, key)| Member {
                 id: peers[i],
                 host: SimHost::new(i, key, team.clone()),
-                engine: batching_engine(),
+                engine: Engine::batched(Limits::default()),
                 alive: true,
                 commit_pending: false,
                 gossip_seen: BTreeSet::new(),
@@ -524,7 +524,7 @@ impl Sim {
                 }
                 let m = &mut self.members[node];
                 self.lost += m.host.crash();
-                m.engine = batching_engine();
+                m.engine = Engine::batched(Limits::default());
                 m.gossip_seen.clear();
             }
             Ev::Restart { node } => {
@@ -1077,14 +1077,6 @@ impl Sim {
             virtual_ms: self.now,
         }
     }
-}
-
-/// An engine configured as the node runs it: received changes are applied
-/// at `settle`, once per group of inputs.
-fn batching_engine() -> Engine {
-    let mut engine = Engine::new(Limits::default());
-    engine.set_batch_applies(true);
-    engine
 }
 
 #[cfg(test)]

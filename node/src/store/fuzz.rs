@@ -191,12 +191,8 @@ impl Harness {
             owner,
             decisions: Default::default(),
             tokens: Arc::new(TokenVerifier::default()),
-            engine: {
-                // As the node runs it: applies wait for `settle`.
-                let mut e = Engine::new(Limits::default());
-                e.set_batch_applies(true);
-                e
-            },
+            // As the node runs it: applies wait for `settle`.
+            engine: Engine::batched(Limits::default()),
             member: member.peer_id.parse().ok()?,
             key,
             ws: id,

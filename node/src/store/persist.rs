@@ -487,7 +487,6 @@ impl Persistence {
     }
 }
 
-/// Per-document bookkeeping of change records.
 /// The change records of every document: what to key the next one with,
 /// and which documents are due for compaction — kept as records are
 /// written, so finding them costs nothing per unrelated document.
@@ -571,6 +570,7 @@ impl RecordCounts {
     }
 }
 
+/// Per-document bookkeeping of change records.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Counters {
     /// Key of the next change record.

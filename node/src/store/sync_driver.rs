@@ -42,10 +42,8 @@ impl SyncDriver {
         // Received changes are applied once per command group (the actor
         // calls `settle_engine` before it commits): Automerge's apply costs
         // time in proportion to the document per call.
-        let mut engine = Engine::new(Limits::default());
-        engine.set_batch_applies(true);
         Self {
-            engine,
+            engine: Engine::batched(Limits::default()),
             net: None,
             peer_addrs: BTreeMap::new(),
             net_overflow: BTreeSet::new(),
