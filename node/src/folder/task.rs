@@ -187,12 +187,19 @@ impl Task {
         let mut dirty: BTreeSet<String> = BTreeSet::new();
         let mut full = false;
         let mut index_changed = false;
+        // The disk's burst so far: when its first and its latest change came.
         let mut first: Option<Instant> = None;
         let mut last = Instant::now();
+        // The workspace changed: its changes arrive whole (one event per
+        // file of a commit, sent together), so they are written out as soon
+        // as the events queued are read, with no quiet period to wait for.
+        let mut workspace_due = false;
         // Files being written, since when.
         let mut writing: BTreeMap<String, Instant> = BTreeMap::new();
         loop {
-            let due = first.map(|f| (last + self.options.quiet).min(f + self.options.max_delay));
+            let due = first
+                .map(|f| (last + self.options.quiet).min(f + self.options.max_delay))
+                .or(workspace_due.then(Instant::now));
             let stale = writing
                 .values()
                 .map(|t| *t + WRITE_TIMEOUT)
@@ -229,17 +236,15 @@ impl Task {
                 },
                 ev = events.recv() => {
                     match ev {
-                        Ok(NodeEvent::FileChanged { workspace, path, .. }) if workspace == self.link.workspace => {
-                            dirty.insert(path);
+                        Ok(ev) => {
+                            if !self.note_event(ev, &mut dirty, &mut index_changed) {
+                                continue;
+                            }
                         }
-                        Ok(NodeEvent::IndexChanged { workspace, .. } | NodeEvent::AccessChanged { workspace, .. })
-                            if workspace == self.link.workspace => index_changed = true,
-                        Ok(_) => continue,
                         Err(broadcast::error::RecvError::Lagged(_)) => full = true,
                         Err(broadcast::error::RecvError::Closed) => break,
                     }
-                    last = Instant::now();
-                    first.get_or_insert(last);
+                    workspace_due = true;
                 }
                 _ = rescan.tick() => {
                     full = true;
@@ -282,8 +287,20 @@ impl Task {
                         dirty.insert(p);
                         first.get_or_insert(now);
                     }
-                    if first.is_none_or(|f| now < (last + self.options.quiet).min(f + self.options.max_delay)) {
+                    let disk_waits = first
+                        .is_some_and(|f| now < (last + self.options.quiet).min(f + self.options.max_delay));
+                    if disk_waits || (first.is_none() && !workspace_due) {
                         continue;
+                    }
+                    // Whatever else the queues already hold joins this pass.
+                    loop {
+                        match events.try_recv() {
+                            Ok(ev) => {
+                                self.note_event(ev, &mut dirty, &mut index_changed);
+                            }
+                            Err(broadcast::error::TryRecvError::Lagged(_)) => full = true,
+                            Err(_) => break,
+                        }
                     }
                     if self.overflow.swap(false, Ordering::Relaxed) {
                         full = true;
@@ -297,6 +314,7 @@ impl Task {
                     full = false;
                     index_changed = false;
                     first = None;
+                    workspace_due = false;
                     self.reconcile(scope).await;
                     if !self.followup.is_empty() {
                         dirty.append(&mut self.followup);
@@ -314,6 +332,31 @@ impl Task {
         }
         self.watcher = None;
         tracing::info!(dir = %self.link.dir, "stopped syncing the folder");
+    }
+
+    /// Notes what a node event means for this folder; whether it concerns it.
+    fn note_event(
+        &self,
+        ev: NodeEvent,
+        dirty: &mut BTreeSet<String>,
+        index_changed: &mut bool,
+    ) -> bool {
+        match ev {
+            NodeEvent::FileChanged {
+                workspace, path, ..
+            } if workspace == self.link.workspace => {
+                dirty.insert(path);
+                true
+            }
+            NodeEvent::IndexChanged { workspace, .. }
+            | NodeEvent::AccessChanged { workspace, .. }
+                if workspace == self.link.workspace =>
+            {
+                *index_changed = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// `.xencode/link.json`: which workspace this folder is (nothing secret;

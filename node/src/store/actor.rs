@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use automerge::{ActorId, ChangeHash};
 use redb::{ReadableDatabase, ReadableTableMetadata};
@@ -22,7 +22,7 @@ use xencode_protocol::sync::Input;
 
 use super::audit;
 use super::memberships::Memberships;
-use super::persist::{Persistence, Staged, classify};
+use super::persist::{Compaction, Persistence, Staged, classify};
 use super::sync_driver::SyncDriver;
 use super::tables::{AI_CACHE, Membership};
 use super::{
@@ -111,8 +111,27 @@ impl Actor {
     /// first (libp2p's habit): the API's and the CLI's commands never wait
     /// behind a flood of network input, which waits for them instead. A
     /// group of up to `max_group` commands shares one commit.
+    ///
+    /// Compaction is background work: it runs once the store has been idle
+    /// for [`IDLE_BEFORE_COMPACTION`] (a burst of writes does not wait
+    /// behind it), or at once when records pile up past
+    /// [`Compaction::Overdue`].
     pub(super) fn run(mut self, mut inbox: Inbox) {
-        while let Some(cmd) = inbox.next() {
+        loop {
+            let cmd = match self.disk.counters.urgency() {
+                Compaction::None => inbox.next(),
+                Compaction::Due | Compaction::Overdue => {
+                    match inbox.next_within(IDLE_BEFORE_COMPACTION) {
+                        Next::Command(cmd) => Some(cmd),
+                        Next::Idle => {
+                            self.compact_logged();
+                            continue;
+                        }
+                        Next::Closed => None,
+                    }
+                }
+            };
+            let Some(cmd) = cmd else { break };
             self.handle(cmd);
             let mut grouped = 1;
             while grouped < self.disk.options.max_group {
@@ -126,8 +145,8 @@ impl Actor {
             }
             self.settle_engine();
             self.flush();
-            if let Err(e) = self.compact_due(false) {
-                tracing::warn!(error = %e, "compaction failed; the change records stay and it is retried later");
+            if self.disk.counters.urgency() == Compaction::Overdue {
+                self.compact_logged();
             }
         }
         self.settle_engine();
@@ -774,6 +793,13 @@ impl Actor {
         }
     }
 
+    /// Compacts what is due; a failure is logged and retried later.
+    fn compact_logged(&mut self) {
+        if let Err(e) = self.compact_due(false) {
+            tracing::warn!(error = %e, "compaction failed; the change records stay and it is retried later");
+        }
+    }
+
     /// Folds change records into snapshots ([`Persistence::compact`]).
     fn compact_due(&mut self, all: bool) -> Result<usize, StoreError> {
         let done = self.disk.compact(&mut self.workspaces, all)?;
@@ -961,21 +987,57 @@ impl Inbox {
     /// The next command, local ones first, waiting for one if none is
     /// ready; `None` once both queues are closed and empty.
     fn next(&mut self) -> Option<Command> {
+        match self.wait(None) {
+            Next::Command(cmd) => Some(cmd),
+            Next::Idle | Next::Closed => None,
+        }
+    }
+
+    /// As [`Self::next`], waiting at most `idle`.
+    fn next_within(&mut self, idle: Duration) -> Next {
+        self.wait(Some(idle))
+    }
+
+    fn wait(&mut self, idle: Option<Duration>) -> Next {
         if let Some(cmd) = self.ready() {
-            return Some(cmd);
+            return Next::Command(cmd);
         }
         let (local, network) = (&mut self.local, &mut self.network);
+        let (mut local_open, mut network_open) = (!local.is_closed(), !network.is_closed());
         futures::executor::block_on(async {
-            tokio::select! {
-                biased;
-                Some(cmd) = local.recv() => Some(cmd),
-                Some(cmd) = network.recv() => Some(cmd),
-                // Both closed: what is left was drained by `ready`.
-                else => None,
+            let mut timer = futures_timer::Delay::new(idle.unwrap_or_default());
+            // Closing (both queues closed and drained): nothing waits for
+            // an idle moment.
+            while local_open || network_open {
+                tokio::select! {
+                    biased;
+                    cmd = local.recv(), if local_open => match cmd {
+                        Some(cmd) => return Next::Command(cmd),
+                        None => local_open = false,
+                    },
+                    cmd = network.recv(), if network_open => match cmd {
+                        Some(cmd) => return Next::Command(cmd),
+                        None => network_open = false,
+                    },
+                    () = &mut timer, if idle.is_some() => return Next::Idle,
+                }
             }
+            Next::Closed
         })
     }
 }
+
+/// What waiting for a command found.
+enum Next {
+    Command(Command),
+    /// Nothing came for the time given.
+    Idle,
+    /// Both queues are closed and empty.
+    Closed,
+}
+
+/// How long the store waits without commands before it compacts.
+const IDLE_BEFORE_COMPACTION: Duration = Duration::from_millis(100);
 
 fn hex_heads(heads: &[ChangeHash]) -> Vec<String> {
     heads.iter().map(ToString::to_string).collect()

@@ -549,6 +549,17 @@ impl RecordCounts {
         self.due.remove(doc);
     }
 
+    /// How soon compaction should run.
+    pub(super) fn urgency(&self) -> Compaction {
+        if self.pending >= self.per_doc.saturating_mul(OVERDUE_FACTOR) {
+            Compaction::Overdue
+        } else if !self.due.is_empty() || self.pending >= self.per_doc {
+            Compaction::Due
+        } else {
+            Compaction::None
+        }
+    }
+
     /// The documents to compact: every one with records when `all`, or when
     /// the store holds as many unfolded records as one document may (many
     /// documents of a record or two each load slower than their snapshots,
@@ -568,6 +579,21 @@ impl RecordCounts {
             self.due.iter().copied().collect()
         }
     }
+}
+
+/// Unfolded records, in thresholds, past which compaction runs even while
+/// the store is busy (below it, it waits for a quiet moment).
+const OVERDUE_FACTOR: u64 = 4;
+
+/// Whether compaction has work, and whether it may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Compaction {
+    /// Nothing is past its threshold.
+    None,
+    /// Documents are past their threshold: compact when the store is idle.
+    Due,
+    /// So many records wait that compaction runs now, busy or not.
+    Overdue,
 }
 
 /// Per-document bookkeeping of change records.

@@ -166,6 +166,7 @@ async fn compaction_folds_change_records_into_a_snapshot() {
             .expect("splice");
     }
     let heads = store.workspace(ws).await.expect("show").heads;
+    idle().await;
     close(store, thread);
 
     let (changes, snapshots) = records(&path);
@@ -191,10 +192,65 @@ async fn compaction_folds_change_records_into_a_snapshot() {
     close(store, thread);
 }
 
+/// Long enough without commands for the store to compact what is due.
+async fn idle() {
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+}
+
+/// A store kept busy (each command arriving before it has been idle long
+/// enough to compact) still folds its records once they pile up past four
+/// thresholds: compaction waits for a quiet moment, but not forever.
+#[tokio::test]
+async fn a_busy_store_compacts_once_records_pile_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let (store, thread) = open(&path, 10).expect("open");
+    let ws = store
+        .create_workspace("team".into(), 1)
+        .await
+        .expect("create")
+        .id;
+    store
+        .put_file(ws, p("log.txt"), Vec::new(), 1)
+        .await
+        .expect("put");
+    for i in 0..25u64 {
+        store
+            .splice(ws, p("log.txt"), None, ins(i, "x"), 2)
+            .await
+            .expect("splice");
+    }
+    close(store, thread);
+    // Below four thresholds (40 records) nothing was folded while busy.
+    let (changes, snapshots) = records(&path);
+    assert!(
+        changes >= 26,
+        "{changes} records: folded while busy, too early"
+    );
+    let (store, thread) = open(&path, 10).expect("reopen");
+    for i in 0..60u64 {
+        store
+            .splice(ws, p("log.txt"), None, ins(i, "y"), 3)
+            .await
+            .expect("splice");
+    }
+    close(store, thread);
+    let (changes, more) = records(&path);
+    assert!(more > snapshots, "nothing was folded while busy");
+    assert!(changes < 50, "{changes} change records remain");
+    let (store, thread) = open(&path, 10).expect("reopen");
+    assert_eq!(
+        text_of(&store, ws, "log.txt").await,
+        format!("{}{}", "y".repeat(60), "x".repeat(25))
+    );
+    close(store, thread);
+}
+
 /// Many documents of a record or two each (a burst of new files) never
 /// reach the per-document threshold, yet load slower than snapshots: once
 /// the store holds as many unfolded records as one document may, every
-/// document with records is folded, without waiting for the timer.
+/// document with records is folded when the store is next idle, without
+/// waiting for the timer.
 #[tokio::test]
 async fn many_small_documents_are_compacted_once_their_records_add_up() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -216,6 +272,7 @@ async fn many_small_documents_are_compacted_once_their_records_add_up() {
             .await
             .expect("put");
     }
+    idle().await;
     close(store, thread);
     let (changes, snapshots) = records(&path);
     assert!(

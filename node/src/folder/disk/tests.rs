@@ -116,3 +116,50 @@ fn this_disk_is_case_sensitive() {
     let root = tempfile::tempdir().expect("tempdir");
     assert!(!case_insensitive(root.path()));
 }
+
+/// A batch large enough to be flushed by file system (and a small one, by
+/// file) ends with every file in place, its bytes and mode, and no
+/// temporary file left.
+#[test]
+fn batches_large_and_small_are_flushed_and_renamed_into_place() {
+    for n in [SYNCFS_FROM - 1, SYNCFS_FROM * 2] {
+        let root = tempfile::tempdir().expect("tempdir");
+        let prepared: Vec<Prepared> = (0..n)
+            .map(|i| {
+                let body = format!("file {i}\n");
+                match prepare(
+                    root.path(),
+                    &format!("d/f{i}.txt"),
+                    body.as_bytes(),
+                    0o640,
+                    None,
+                    1 << 20,
+                ) {
+                    Ok(Ok(p)) => p,
+                    other => panic!("prepare: {other:?}"),
+                }
+            })
+            .collect();
+        flush(&prepared).expect("flush");
+        for p in prepared {
+            assert!(matches!(
+                commit(p, None, 1 << 20).expect("commit"),
+                Written::Done(_)
+            ));
+        }
+        let names: Vec<String> = std::fs::read_dir(root.path().join("d"))
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), n, "{names:?}");
+        assert!(names.iter().all(|n| !n.starts_with(TMP_PREFIX)));
+        let path = root.path().join(format!("d/f{}.txt", n - 1));
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            format!("file {}\n", n - 1)
+        );
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+    }
+}
