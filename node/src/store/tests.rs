@@ -145,11 +145,10 @@ fn records(path: &Path) -> (u64, u64) {
     (changes.len().expect("len"), snapshots.len().expect("len"))
 }
 
-#[tokio::test]
-async fn compaction_folds_change_records_into_a_snapshot() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("x.redb");
-    let (store, thread) = open(&path, 10).expect("open");
+/// A store (compacting after 10 records) with a workspace whose `log.txt`
+/// got 25 one-character splices, each awaited: the store never idle long.
+async fn log_of_25_splices(path: &Path) -> (Store, StoreThread, WorkspaceId) {
+    let (store, thread) = open(path, 10).expect("open");
     let ws = store
         .create_workspace("team".into(), 1)
         .await
@@ -165,6 +164,14 @@ async fn compaction_folds_change_records_into_a_snapshot() {
             .await
             .expect("splice");
     }
+    (store, thread, ws)
+}
+
+#[tokio::test]
+async fn compaction_folds_change_records_into_a_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let (store, thread, ws) = log_of_25_splices(&path).await;
     let heads = store.workspace(ws).await.expect("show").heads;
     idle().await;
     close(store, thread);
@@ -204,22 +211,7 @@ async fn idle() {
 async fn a_busy_store_compacts_once_records_pile_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("x.redb");
-    let (store, thread) = open(&path, 10).expect("open");
-    let ws = store
-        .create_workspace("team".into(), 1)
-        .await
-        .expect("create")
-        .id;
-    store
-        .put_file(ws, p("log.txt"), Vec::new(), 1)
-        .await
-        .expect("put");
-    for i in 0..25u64 {
-        store
-            .splice(ws, p("log.txt"), None, ins(i, "x"), 2)
-            .await
-            .expect("splice");
-    }
+    let (store, thread, ws) = log_of_25_splices(&path).await;
     close(store, thread);
     // Below four thresholds (40 records) nothing was folded while busy.
     let (changes, snapshots) = records(&path);
