@@ -49,6 +49,11 @@ pub struct OpenDoc {
     pub shadow: String,
     /// The node's heads and its text there; `None` before the first answer.
     base: Option<(Vec<String>, String)>,
+    /// The editor's text when it opened the document, until the first
+    /// answer: everything typed since is the editor's own, even what was
+    /// typed before a first request that failed (the node was down) and
+    /// went again.
+    opened: Option<String>,
     /// The editor's text when the request in flight was sent.
     in_flight: Option<String>,
     echo: Option<Echo>,
@@ -80,6 +85,7 @@ impl OpenDoc {
             workspace,
             path,
             version,
+            opened: Some(text.clone()),
             shadow: text,
             base: None,
             in_flight: None,
@@ -153,13 +159,15 @@ impl OpenDoc {
                 // The editor's text goes to the node next.
                 return None;
             }
-            // What the editor typed since it sent its text is its own, on
-            // top of the node's text: the editor gets the node's side.
-            let target = if self.shadow == sent {
+            // What the editor typed since it opened the document is its
+            // own, on top of the node's text: the editor gets the node's
+            // side, and keeps its keystrokes.
+            let opened = self.opened.take().unwrap_or(sent);
+            let target = if self.shadow == opened {
                 node
             } else {
-                let mine = merge::edits(&sent, &self.shadow);
-                merge::apply(&node, &merge::rebase(&sent, &mine, &node))
+                let mine = merge::edits(&opened, &self.shadow);
+                merge::apply(&node, &merge::rebase(&opened, &mine, &node))
             };
             if target == self.shadow {
                 return None;

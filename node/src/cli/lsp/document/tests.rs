@@ -65,6 +65,36 @@ fn a_keystroke_before_the_first_answer_is_sent_not_undone() {
     assert_eq!(merge::apply("x = 1\n", &edits), "x = 1\n# tail");
 }
 
+/// The node went down before it answered the first request: what is typed
+/// then is sent once it is back, not replaced by the node's text (the first
+/// request went again with the typed text as the editor's text).
+#[test]
+fn keystrokes_typed_before_a_failed_first_request_are_kept() {
+    let mut d = doc("one\n");
+    assert!(d.next_request().is_some());
+    d.failed();
+    type_at_end(&mut d, "typed while the node was down");
+    assert!(d.next_request().is_some(), "the first request goes again");
+    assert_eq!(d.answer(answer("", "one\n", "h1")), None);
+    let req = d.next_request().expect("the keystrokes go to the node");
+    let edits = req.edits.expect("edits");
+    assert_eq!(
+        merge::apply("one\n", &edits),
+        "one\ntyped while the node was down"
+    );
+    // And when a teammate changed the file meanwhile, both are kept.
+    let mut d = doc("one\n");
+    assert!(d.next_request().is_some());
+    d.failed();
+    type_at_end(&mut d, "mine");
+    assert!(d.next_request().is_some());
+    let edits = d
+        .answer(answer("", "zero\none\n", "h1"))
+        .expect("the teammate's line goes to the editor");
+    let editor = text::apply_text_edits(&d.shadow, &edits);
+    assert_eq!(editor, "zero\none\nmine");
+}
+
 #[test]
 fn a_newer_node_text_reaches_the_editor_with_its_keystrokes_kept() {
     let mut d = doc("x = 1\n");
