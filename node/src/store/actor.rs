@@ -118,20 +118,16 @@ impl Actor {
     /// [`Compaction::Overdue`].
     pub(super) fn run(mut self, mut inbox: Inbox) {
         loop {
-            let cmd = match self.disk.counters.urgency() {
-                Compaction::None => inbox.next(),
-                Compaction::Due | Compaction::Overdue => {
-                    match inbox.next_within(IDLE_BEFORE_COMPACTION) {
-                        Next::Command(cmd) => Some(cmd),
-                        Next::Idle => {
-                            self.compact_logged();
-                            continue;
-                        }
-                        Next::Closed => None,
-                    }
+            let idle = (self.disk.counters.urgency() != Compaction::None)
+                .then_some(IDLE_BEFORE_COMPACTION);
+            let cmd = match inbox.wait(idle) {
+                Next::Command(cmd) => cmd,
+                Next::Idle => {
+                    self.compact_logged();
+                    continue;
                 }
+                Next::Closed => break,
             };
-            let Some(cmd) = cmd else { break };
             self.handle(cmd);
             let mut grouped = 1;
             while grouped < self.disk.options.max_group {
@@ -985,19 +981,8 @@ impl Inbox {
     }
 
     /// The next command, local ones first, waiting for one if none is
-    /// ready; `None` once both queues are closed and empty.
-    fn next(&mut self) -> Option<Command> {
-        match self.wait(None) {
-            Next::Command(cmd) => Some(cmd),
-            Next::Idle | Next::Closed => None,
-        }
-    }
-
-    /// As [`Self::next`], waiting at most `idle`.
-    fn next_within(&mut self, idle: Duration) -> Next {
-        self.wait(Some(idle))
-    }
-
+    /// ready — at most `idle`, if given; [`Next::Closed`] once both queues
+    /// are closed and empty.
     fn wait(&mut self, idle: Option<Duration>) -> Next {
         if let Some(cmd) = self.ready() {
             return Next::Command(cmd);
@@ -1005,7 +990,9 @@ impl Inbox {
         let (local, network) = (&mut self.local, &mut self.network);
         let (mut local_open, mut network_open) = (!local.is_closed(), !network.is_closed());
         futures::executor::block_on(async {
-            let mut timer = futures_timer::Delay::new(idle.unwrap_or_default());
+            // Only when asked for: a timer is registered with the timer
+            // thread as it is made, and most waits need none.
+            let mut timer = idle.map(futures_timer::Delay::new);
             // Closing (both queues closed and drained): nothing waits for
             // an idle moment.
             while local_open || network_open {
@@ -1019,7 +1006,11 @@ impl Inbox {
                         Some(cmd) => return Next::Command(cmd),
                         None => network_open = false,
                     },
-                    () = &mut timer, if idle.is_some() => return Next::Idle,
+                    () = async {
+                        if let Some(t) = timer.as_mut() {
+                            t.await;
+                        }
+                    }, if timer.is_some() => return Next::Idle,
                 }
             }
             Next::Closed
@@ -1065,10 +1056,16 @@ mod tests {
         local_tx
             .try_send(Command::ListWorkspaces { reply })
             .expect("room");
-        assert!(matches!(inbox.next(), Some(Command::ListWorkspaces { .. })));
+        assert!(matches!(
+            inbox.wait(None),
+            Next::Command(Command::ListWorkspaces { .. })
+        ));
         drop(local_tx);
         for _ in 0..3 {
-            assert!(matches!(inbox.next(), Some(Command::Net { .. })));
+            assert!(matches!(
+                inbox.wait(None),
+                Next::Command(Command::Net { .. })
+            ));
         }
         // Network input arriving later, from another thread, still wakes it.
         let sender = std::thread::spawn(move || {
@@ -1077,8 +1074,14 @@ mod tests {
                 .try_send(Command::Net { input: Input::Tick })
                 .expect("room");
         });
-        assert!(matches!(inbox.next(), Some(Command::Net { .. })));
+        assert!(matches!(
+            inbox.wait(None),
+            Next::Command(Command::Net { .. })
+        ));
         sender.join().expect("sender");
-        assert!(inbox.next().is_none(), "both queues closed");
+        assert!(
+            matches!(inbox.wait(None), Next::Closed),
+            "both queues closed"
+        );
     }
 }
