@@ -183,13 +183,26 @@ impl ApiState {
             .unwrap_or_default()
             .into_iter()
             .map(|a| {
-                if a.contains("/p2p/") {
+                // Circuit addresses end in this node's id already; other
+                // `/p2p/` parts name the relay.
+                if a.ends_with(&format!("/p2p/{id}")) {
                     a
                 } else {
                     format!("{a}/p2p/{id}")
                 }
             })
             .collect()
+    }
+
+    /// How the network reaches each connected peer.
+    pub(crate) fn links(
+        &self,
+    ) -> std::collections::HashMap<libp2p::PeerId, crate::net::reach::Link> {
+        self.inner
+            .net
+            .get()
+            .and_then(|n| n.links.read().ok().map(|l| l.clone()))
+            .unwrap_or_default()
     }
 
     fn store(&self) -> Result<&Store, ApiError> {

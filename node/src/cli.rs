@@ -300,6 +300,15 @@ struct NodeArgs {
     /// Do not discover peers on the LAN with mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// Relay for members of this node's workspaces (libp2p circuit relay
+    /// v2), so teammates behind NATs reach each other through this node;
+    /// sets network.relay. Strangers are refused.
+    #[arg(long)]
+    relay: bool,
+    /// A member's relay to be reachable through (repeatable; a multiaddr
+    /// ending in /p2p/<peer id>); added to network.relays.
+    #[arg(long, value_name = "MULTIADDR")]
+    relay_via: Vec<String>,
 }
 
 impl NodeArgs {
@@ -319,6 +328,14 @@ impl NodeArgs {
         }
         if self.no_mdns {
             config.network.mdns = false;
+        }
+        if self.relay {
+            config.network.relay = true;
+        }
+        for r in &self.relay_via {
+            if !config.network.relays.contains(r) {
+                config.network.relays.push(r.clone());
+            }
         }
     }
 }

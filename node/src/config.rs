@@ -111,6 +111,45 @@ pub struct NetworkConfig {
     pub peers: Vec<String>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
+    /// Serve libp2p circuit relay v2 to members of the workspaces this node
+    /// holds (never to strangers), so members behind NATs reach each other
+    /// through this node.
+    pub relay: bool,
+    /// Relays to hold a reservation on, so that members can reach this node
+    /// through them: multiaddrs ending in `/p2p/<peer id>` of members that
+    /// run with `relay = true`.
+    pub relays: Vec<String>,
+    /// What a relay (`relay = true`) gives at most.
+    pub relay_limits: RelayLimits,
+}
+
+/// `[network.relay_limits]`: the cost a relaying node accepts. Defaults
+/// keep a laptop relay cheap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayLimits {
+    /// Reservations held at once (one per member reachable through us).
+    pub max_reservations: usize,
+    /// Circuits open at once, in all.
+    pub max_circuits: usize,
+    /// Circuits open at once per source peer.
+    pub max_circuits_per_peer: usize,
+    /// A circuit is cut after this many seconds (its peers reconnect).
+    pub max_circuit_secs: u64,
+    /// A circuit is cut after this many bytes, both ways together.
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 64,
+            max_circuits: 32,
+            max_circuits_per_peer: 4,
+            max_circuit_secs: 30 * 60,
+            max_circuit_bytes: 256 << 20,
+        }
+    }
 }
 
 /// `[store]`: the redb store.
@@ -146,6 +185,9 @@ impl Default for NetworkConfig {
             ],
             peers: Vec::new(),
             mdns: true,
+            relay: false,
+            relays: Vec::new(),
+            relay_limits: RelayLimits::default(),
         }
     }
 }
@@ -226,6 +268,8 @@ impl Config {
                 "NETWORK_LISTEN" => self.network.listen = split_list(&value),
                 "NETWORK_PEERS" => self.network.peers = split_list(&value),
                 "NETWORK_MDNS" => self.network.mdns = parse_bool(&value).map_err(bad)?,
+                "NETWORK_RELAY" => self.network.relay = parse_bool(&value).map_err(bad)?,
+                "NETWORK_RELAYS" => self.network.relays = split_list(&value),
                 "STORE_COMPACT_AFTER_CHANGES" => {
                     self.store.compact_after_changes = parse_u64(&value).map_err(bad)?
                 }
@@ -282,6 +326,7 @@ impl Config {
         for (key, list) in [
             ("network.listen", &self.network.listen),
             ("network.peers", &self.network.peers),
+            ("network.relays", &self.network.relays),
         ] {
             for addr in list {
                 if let Err(e) = addr.parse::<Multiaddr>() {
@@ -290,6 +335,34 @@ impl Config {
                     ));
                 }
             }
+        }
+        for addr in &self.network.relays {
+            let ends_in_peer = addr
+                .parse::<Multiaddr>()
+                .ok()
+                .is_some_and(|a| matches!(a.iter().last(), Some(multiaddr::Protocol::P2p(_))));
+            if !ends_in_peer {
+                return invalid(format!(
+                    "network.relays: {addr:?} must end in the relay's peer id, e.g. /ip4/198.51.100.7/tcp/7421/p2p/12D3KooW… (`xencode status` on the relay prints it)"
+                ));
+            }
+        }
+        let limits = &self.network.relay_limits;
+        if limits.max_reservations == 0
+            || limits.max_circuits == 0
+            || limits.max_circuits_per_peer == 0
+        {
+            return invalid(
+                "network.relay_limits: max_reservations, max_circuits and max_circuits_per_peer must be at least 1 (turn relaying off with network.relay = false)".into(),
+            );
+        }
+        if !(10..=24 * 3600).contains(&limits.max_circuit_secs) {
+            return invalid(
+                "network.relay_limits.max_circuit_secs must be between 10 and 86400".into(),
+            );
+        }
+        if limits.max_circuit_bytes < 1 << 16 {
+            return invalid("network.relay_limits.max_circuit_bytes must be at least 65536".into());
         }
         if self.store.compact_after_changes == 0 {
             return invalid("store.compact_after_changes must be at least 1".into());
@@ -404,5 +477,30 @@ mod tests {
         c.network.peers = vec!["not-an-address".into()];
         let err = c.validate().expect_err("bad multiaddr");
         assert!(err.to_string().contains("network.peers"), "{err}");
+    }
+
+    #[test]
+    fn relays_name_their_peer_and_relay_limits_stay_usable() {
+        let mut c: Config =
+            toml::from_str("[network]\nrelay = true\n[network.relay_limits]\nmax_circuits = 8\n")
+                .expect("parse");
+        assert!(c.network.relay);
+        assert_eq!(c.network.relay_limits.max_circuits, 8);
+        assert_eq!(c.network.relay_limits.max_reservations, 64);
+        c.apply_env(env(&[(
+            "XENCODE_NETWORK_RELAYS",
+            "/ip4/10.0.0.1/tcp/7421/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+        )]))
+        .expect("apply");
+        c.validate().expect("valid");
+
+        c.network.relays = vec!["/ip4/10.0.0.1/tcp/7421".into()];
+        let err = c.validate().expect_err("a relay without its peer id");
+        assert!(err.to_string().contains("peer id"), "{err}");
+
+        c.network.relays.clear();
+        c.network.relay_limits.max_circuits = 0;
+        let err = c.validate().expect_err("no circuits");
+        assert!(err.to_string().contains("relay_limits"), "{err}");
     }
 }

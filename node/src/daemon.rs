@@ -156,6 +156,9 @@ pub async fn run(
         listen: config.network.listen.clone(),
         peers: config.network.peers.clone(),
         mdns: config.network.mdns,
+        relay: config.network.relay,
+        relays: config.network.relays.clone(),
+        relay_limits: config.network.relay_limits.clone(),
     };
     let net = match Net::new(
         identity.secret_bytes(),

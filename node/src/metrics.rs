@@ -30,6 +30,11 @@ pub struct Metrics {
     ollama_duration: HistogramVec,
     audit_entries: IntCounterVec,
     event_subscribers: IntGauge,
+    relay_reservations: IntGauge,
+    relay_circuits: IntGauge,
+    relay_requests: IntCounterVec,
+    relayed_bytes: IntCounterVec,
+    hole_punches: IntCounterVec,
 }
 
 /// Latency buckets from 50 µs to 10 s.
@@ -194,6 +199,49 @@ impl Metrics {
         registry.register(Box::new(store_commit_duration.clone()))?;
         registry.register(Box::new(workspaces.clone()))?;
         registry.register(Box::new(store_size.clone()))?;
+        let relay_reservations = IntGauge::new(
+            "relay_reservations",
+            "reservations this node's relay holds for members",
+        )?;
+        let relay_circuits =
+            IntGauge::new("relay_circuits", "circuits open through this node's relay")?;
+        let relay_requests = IntCounterVec::new(
+            Opts::new(
+                "relay_requests_total",
+                "requests to this node's relay, by kind (reservation, circuit) and outcome",
+            ),
+            &["kind", "outcome"],
+        )?;
+        let relayed_bytes = IntCounterVec::new(
+            Opts::new(
+                "relayed_sync_bytes_total",
+                "sync frame bytes this node sent or received over relayed connections",
+            ),
+            &["direction"],
+        )?;
+        let hole_punches = IntCounterVec::new(
+            Opts::new(
+                "hole_punches_total",
+                "attempts to upgrade a relayed connection to a direct one (DCUtR), by outcome",
+            ),
+            &["outcome"],
+        )?;
+        for kind in ["reservation", "circuit"] {
+            for outcome in ["accepted", "denied"] {
+                relay_requests.with_label_values(&[kind, outcome]);
+            }
+        }
+        for direction in ["in", "out"] {
+            relayed_bytes.with_label_values(&[direction]);
+        }
+        for outcome in ["success", "failure"] {
+            hole_punches.with_label_values(&[outcome]);
+        }
+        registry.register(Box::new(relay_reservations.clone()))?;
+        registry.register(Box::new(relay_circuits.clone()))?;
+        registry.register(Box::new(relay_requests.clone()))?;
+        registry.register(Box::new(relayed_bytes.clone()))?;
+        registry.register(Box::new(hole_punches.clone()))?;
         Ok(Self {
             registry,
             api_requests,
@@ -216,6 +264,11 @@ impl Metrics {
             ollama_duration,
             audit_entries,
             event_subscribers,
+            relay_reservations,
+            relay_circuits,
+            relay_requests,
+            relayed_bytes,
+            hole_punches,
         })
     }
 
@@ -270,6 +323,34 @@ impl Metrics {
         self.sync_bytes
             .with_label_values(&[direction])
             .inc_by(bytes as u64);
+    }
+
+    /// Reservations and circuits this node's relay holds now.
+    pub fn relay_state(&self, reservations: usize, circuits: usize) {
+        self.relay_reservations
+            .set(i64::try_from(reservations).unwrap_or(i64::MAX));
+        self.relay_circuits
+            .set(i64::try_from(circuits).unwrap_or(i64::MAX));
+    }
+
+    /// A request to this node's relay: `kind` "reservation" or "circuit",
+    /// `outcome` "accepted" or "denied".
+    pub fn relay_request(&self, kind: &str, outcome: &str) {
+        self.relay_requests
+            .with_label_values(&[kind, outcome])
+            .inc();
+    }
+
+    /// Sync bytes that went over a relayed connection, "in" or "out".
+    pub fn relayed(&self, direction: &str, bytes: usize) {
+        self.relayed_bytes
+            .with_label_values(&[direction])
+            .inc_by(bytes as u64);
+    }
+
+    /// One hole-punch attempt's outcome: "success" or "failure".
+    pub fn hole_punch(&self, outcome: &str) {
+        self.hole_punches.with_label_values(&[outcome]).inc();
     }
 
     /// Counts one gossip announcement ("in"/"out") and what became of it.

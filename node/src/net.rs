@@ -3,10 +3,12 @@
 //! ([`Store::net_input`]); the engine's sends arrive as [`NetCommand`]s.
 //! Nothing about what to sync is decided here.
 //!
-//! Transports: TCP and QUIC, noise, yamux. Behaviours: identify, ping,
-//! mDNS (optional), connection limits, gossipsub (announcements only, with
-//! peer scoring) and `/xencode/sync/2` (request-response with
-//! [`codec::FrameCodec`]). Frames to one peer are sent one at a time — the
+//! Transports: TCP and QUIC, noise, yamux, and circuits through relays.
+//! Behaviours: identify, ping, mDNS (optional), connection limits,
+//! gossipsub (announcements only, with peer scoring), `/xencode/sync/2`
+//! (request-response with [`codec::FrameCodec`]), and for members behind
+//! NATs circuit relay v2 (served with `relay = true`, members only) and
+//! DCUtR hole punching ([`reach`]). Frames to one peer are sent one at a time — the
 //! next only after the previous was acknowledged — so a session's stream
 //! stays ordered, as Automerge sync requires.
 //!
@@ -16,6 +18,7 @@
 //! ([`Input::Announced`]).
 
 pub(crate) mod codec;
+pub mod reach;
 
 use codec::RawFrame;
 
@@ -31,16 +34,18 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, connection_limits, gossipsub, identify, mdns, noise, ping,
-    tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, connection_limits, dcutr, gossipsub, identify, mdns, noise,
+    ping, relay, tcp, yamux,
 };
 use tokio::sync::{mpsc, watch};
 use xencode_protocol::WorkspaceId;
 use xencode_protocol::sync::Input;
 use xencode_protocol::wire::{self, Announcement, MAX_ANNOUNCEMENT_BYTES, SYNC_PROTOCOL};
 
+use crate::config::RelayLimits;
 use crate::metrics::Metrics;
-use crate::store::{NetCommand, Store};
+use crate::store::{NetCommand, Store, StoreStats};
+use reach::{Link, Links, RelayService, Reservations};
 
 /// Frames queued for one peer before it is considered too slow.
 const MAX_QUEUED_FRAMES: usize = 4096;
@@ -60,6 +65,8 @@ pub enum NetError {
     Listen { addr: String, error: String },
     #[error("{0:?} is not a multiaddr")]
     Addr(String),
+    #[error("cannot set up circuit relays: {0}")]
+    Relay(String),
 }
 
 #[derive(NetworkBehaviour)]
@@ -70,6 +77,9 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     gossip: gossipsub::Behaviour,
     sync: request_response::Behaviour<codec::FrameCodec>,
+    relay: Toggle<relay::Behaviour>,
+    relay_client: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
 }
 
 /// Gossipsub for announcements: signed messages, validated by us before they
@@ -113,8 +123,11 @@ fn topic_params() -> gossipsub::TopicScoreParams {
 /// What the network shares with the API.
 #[derive(Debug, Default)]
 pub struct NetInfo {
-    /// Addresses this node listens on.
+    /// Addresses this node listens on, circuit addresses through relays
+    /// included.
     pub listen: RwLock<Vec<String>>,
+    /// How each connected peer's best connection runs.
+    pub links: RwLock<HashMap<PeerId, Link>>,
 }
 
 /// Options of the network task.
@@ -123,6 +136,11 @@ pub struct NetOptions {
     pub listen: Vec<String>,
     pub peers: Vec<String>,
     pub mdns: bool,
+    /// Serve circuit relay v2 to members.
+    pub relay: bool,
+    /// Relays to hold reservations on (multiaddrs ending in `/p2p/<id>`).
+    pub relays: Vec<String>,
+    pub relay_limits: RelayLimits,
 }
 
 #[derive(Default)]
@@ -156,6 +174,14 @@ pub struct Net {
     rates: HashMap<PeerId, RateWindow>,
     /// Gossip topics followed, and their workspaces.
     topics: HashMap<gossipsub::TopicHash, WorkspaceId>,
+    /// The store's published figures: who is a member, for the relay.
+    stats: Arc<StoreStats>,
+    /// What this node's relay holds (when it relays).
+    relay_service: RelayService,
+    /// Reservations this node keeps on relays.
+    reservations: Reservations,
+    /// How each connection runs.
+    links: Links,
 }
 
 impl Net {
@@ -167,17 +193,30 @@ impl Net {
         metrics: Arc<Metrics>,
         info: Arc<NetInfo>,
     ) -> Result<Self, NetError> {
+        let stats = store.shared_stats();
         let mut secret = secret;
         let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut secret)
             .map_err(|e| NetError::Key(e.to_string()))?;
         let local = keypair.public().to_peer_id();
         let use_mdns = options.mdns;
+        let relay_server = options
+            .relay
+            .then(|| reach::server(local, &options.relay_limits, &stats));
+        let mut relays = Vec::new();
+        for addr in &options.relays {
+            relays.push(
+                addr.parse::<Multiaddr>()
+                    .map_err(|_| NetError::Addr(addr.clone()))?,
+            );
+        }
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
             .map_err(|e| NetError::Transport("TCP", e.to_string()))?
             .with_quic()
-            .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| NetError::Relay(e.to_string()))?
+            .with_behaviour(|key, relay_client| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
                 let mdns = if use_mdns {
                     match mdns::tokio::Behaviour::new(mdns::Config::default(), local) {
                         Ok(m) => Some(m),
@@ -193,7 +232,9 @@ impl Net {
                     limits: connection_limits::Behaviour::new(
                         connection_limits::ConnectionLimits::default()
                             .with_max_established(Some(256))
-                            .with_max_established_per_peer(Some(2))
+                            // A relayed connection and the direct one
+                            // hole punching makes beside it, and one spare.
+                            .with_max_established_per_peer(Some(3))
                             .with_max_pending_incoming(Some(64))
                             .with_max_pending_outgoing(Some(64)),
                     ),
@@ -211,6 +252,9 @@ impl Net {
                             .with_request_timeout(Duration::from_secs(60))
                             .with_max_concurrent_streams(64),
                     ),
+                    relay: Toggle::from(relay_server),
+                    relay_client,
+                    dcutr: dcutr::Behaviour::new(local),
                 })
             })
             .map_err(|e| NetError::Transport("behaviour", e.to_string()))?
@@ -239,6 +283,10 @@ impl Net {
             bootstrap,
             rates: HashMap::new(),
             topics: HashMap::new(),
+            stats,
+            relay_service: RelayService::default(),
+            reservations: Reservations::configured(&relays),
+            links: Links::default(),
         })
     }
 
@@ -264,6 +312,7 @@ impl Net {
                 _ = tick.tick() => {
                     let _ = self.store.net_input(Input::Tick).await;
                     self.redial_due();
+                    self.reach_tick();
                 }
             }
         }
@@ -411,6 +460,7 @@ impl Net {
         if !self.swarm.is_connected(&peer) {
             return;
         }
+        let relayed = self.relayed(&peer);
         let Some(outbox) = self.outboxes.get_mut(&peer) else {
             return;
         };
@@ -433,7 +483,11 @@ impl Net {
                 batch.push(bytes);
             }
         }
+
         if !batch.is_empty() {
+            if relayed {
+                self.metrics.relayed("out", total);
+            }
             outbox.in_flight = Some(
                 self.swarm
                     .behaviour_mut()
@@ -446,21 +500,54 @@ impl Net {
     async fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
-                tracing::info!(%address, "listening");
+                let relayed = reach::relay_of(&address).is_some();
+                if relayed {
+                    tracing::info!(%address, "reachable through a relay");
+                } else {
+                    tracing::info!(%address, "listening");
+                }
+                // A relay tells the peers it serves where it is.
+                if !relayed && self.swarm.behaviour().relay.is_enabled() {
+                    self.swarm.add_external_address(address.clone());
+                }
                 if let Ok(mut l) = self.info.listen.write() {
                     l.push(address.to_string());
                 }
             }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                tracing::info!(%address, "no longer listening");
+                let address = address.to_string();
+                if let Ok(mut l) = self.info.listen.write() {
+                    l.retain(|a| *a != address);
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                tracing::debug!(?listener_id, ?reason, "listener closed");
+                self.reservations.closed(listener_id);
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
                 let addr = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => address.clone(),
+                    // An inbound circuit: its local address names the relay.
+                    ConnectedPoint::Listener { local_addr, .. }
+                        if reach::relay_of(local_addr).is_some() =>
+                    {
+                        local_addr.clone()
+                    }
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
                 };
+                self.links.opened(peer_id, connection_id, &addr);
+                self.publish_links();
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {
                     // A bootstrap address answered: keep that peer connected.
                     let bare: Multiaddr = address
@@ -494,10 +581,20 @@ impl Net {
                 }
             }
             SwarmEvent::ConnectionClosed {
+                connection_id,
+                num_established,
+                ..
+            } if num_established > 0 => {
+                self.links.closed(connection_id);
+                self.publish_links();
+            }
+            SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
                 ..
             } => {
+                self.links.closed(connection_id);
+                self.publish_links();
                 self.outboxes.remove(&peer_id);
                 self.rates.remove(&peer_id);
                 self.metrics
@@ -524,9 +621,10 @@ impl Net {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
+                connection_id,
                 info,
-                ..
             })) => {
+                self.maybe_reserve_on(peer_id, connection_id, &info);
                 // Where the peer listens: redial it there if the connection drops.
                 let addrs: Vec<String> = info
                     .listen_addrs
@@ -539,6 +637,48 @@ impl Net {
                     .map(ToString::to_string)
                     .collect();
                 self.remember(&peer_id.to_string(), &addrs);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => {
+                if let Some((kind, outcome)) = self.relay_service.event(&e) {
+                    self.metrics.relay_request(kind, outcome);
+                }
+                let (reservations, circuits) = self.relay_service.counts();
+                self.metrics.relay_state(reservations, circuits);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal,
+                    ..
+                },
+            )) => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "reservation accepted: members can reach this node through the relay");
+                }
+                self.reservations.accepted(&relay_peer_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(connection) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punched: a direct connection replaces the relayed one");
+                    self.metrics.hole_punch("success");
+                    self.links.hole_punched(connection);
+                    self.publish_links();
+                }
+                Err(e) => {
+                    tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed; staying relayed");
+                    self.metrics.hole_punch("failure");
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                connection,
+                result: Ok(rtt),
+                ..
+            })) => {
+                self.links.rtt(connection, rtt);
+                self.publish_links();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 let me = *self.swarm.local_peer_id();
@@ -585,6 +725,9 @@ impl Net {
                             return;
                         }
                         self.metrics.sync_frame("in", request.len());
+                        if self.relayed(&peer) {
+                            self.metrics.relayed("in", request.len());
+                        }
                         let input = match wire::decode(&request) {
                             Ok(frame) => {
                                 // Tokens are verified here, never on the
@@ -683,6 +826,72 @@ impl Net {
             .behaviour_mut()
             .gossip
             .report_message_validation_result(&id, &via, acceptance);
+    }
+
+    /// Whether `peer`'s best connection runs through a relay.
+    fn relayed(&self, peer: &PeerId) -> bool {
+        self.info
+            .links
+            .read()
+            .is_ok_and(|l| l.get(peer).is_some_and(|l| l.relay.is_some()))
+    }
+
+    fn publish_links(&self) {
+        if let Ok(mut shared) = self.info.links.write() {
+            *shared = self.links.best();
+        }
+    }
+
+    /// A peer identified itself: if it is a member that relays, keep a
+    /// reservation on it so that members can reach this node through it.
+    fn maybe_reserve_on(
+        &mut self,
+        peer: PeerId,
+        connection: libp2p::swarm::ConnectionId,
+        info: &identify::Info,
+    ) {
+        if self.reservations.knows(&peer) || !info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+            return;
+        }
+        let Some(seen_at) = self.links.remote(connection) else {
+            return;
+        };
+        if reach::relay_of(&seen_at).is_some() {
+            return;
+        }
+        if let Some(addr) = reach::relay_address(peer, &info.listen_addrs, &seen_at) {
+            self.reservations.candidate(peer, addr);
+            self.reach_tick();
+        }
+    }
+
+    /// Once a second: ask relays for reservations that are due, and cut
+    /// what the relay holds for peers that are no longer members.
+    fn reach_tick(&mut self) {
+        let members = self
+            .stats
+            .members
+            .read()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        self.reservations.promote(&members);
+        for (relay, addr) in self.reservations.due(Instant::now()) {
+            match self.swarm.listen_on(addr.clone()) {
+                Ok(listener) => self.reservations.listening(relay, listener),
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "cannot ask the relay for a reservation")
+                }
+            }
+        }
+        for listener in self.reservations.forget_strangers(&members) {
+            self.swarm.remove_listener(listener);
+        }
+        if self.swarm.behaviour().relay.is_enabled() {
+            for peer in self.relay_service.strangers(&members) {
+                tracing::info!(%peer, "no longer a member: its relay reservation and circuits are cut");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+        }
     }
 
     fn over_rate(&mut self, peer: PeerId) -> bool {

@@ -249,6 +249,10 @@ pub struct StoreStats {
     /// This node's role in each workspace it is a member of (revoked or
     /// never-admitted workspaces are absent): what its event stream may show.
     pub roles: std::sync::RwLock<BTreeMap<WorkspaceId, Role>>,
+    /// The other members (listed, not revoked, not expired when last
+    /// published) of the workspaces this node holds: the only peers its
+    /// relay serves (`net::relay`).
+    pub members: std::sync::RwLock<std::collections::HashSet<xencode_protocol::PeerId>>,
     /// Committed happenings, for `GET /api/v1/events`. Bounded: a slow
     /// subscriber misses events and is told so, the store never waits.
     pub events: broadcast::Sender<NodeEvent>,
@@ -264,6 +268,7 @@ impl StoreStats {
             file_size: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             roles: std::sync::RwLock::new(BTreeMap::new()),
+            members: std::sync::RwLock::default(),
             events: broadcast::channel(EVENT_CAPACITY).0,
         }
     }
@@ -538,6 +543,12 @@ impl Store {
     /// Figures shared by the actor.
     pub fn stats(&self) -> &StoreStats {
         &self.stats
+    }
+
+    /// The same figures, to keep beyond this handle (the network's relay
+    /// reads who is a member from them).
+    pub fn shared_stats(&self) -> Arc<StoreStats> {
+        self.stats.clone()
     }
 
     /// Follows the committed events from now on.

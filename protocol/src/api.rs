@@ -584,6 +584,32 @@ pub struct PeerInfo {
     /// timestamps are judged by clocks: `xencode doctor` warns past 2 min.
     #[serde(default)]
     pub clock_offset_ms: Option<i64>,
+    /// How the connection to the peer runs, its best one when there are
+    /// several; absent when not connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionKind>,
+    /// The relay's peer id, for a relayed connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+    /// The last measured round-trip time (libp2p ping) of that connection,
+    /// in microseconds; `null` before the first ping.
+    #[serde(default)]
+    pub rtt_us: Option<u64>,
+}
+
+/// How this node is connected to a peer.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionKind {
+    /// Through a member's relay (libp2p circuit relay v2), end-to-end
+    /// encrypted: the relay sees who talks to whom and how much, not what.
+    Relayed,
+    /// Dialled directly, by either side.
+    Direct,
+    /// Direct, after hole punching (DCUtR) upgraded a relayed connection.
+    HolePunched,
 }
 
 /// A workspace shared with a peer.

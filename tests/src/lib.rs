@@ -162,24 +162,36 @@ impl Node {
 
     /// Starts a node listening for peers on `p2p_port`, dialing `peers`.
     pub fn start_with(dir: &Path, p2p_port: u16, peers: &[String]) -> Result<Self> {
+        let mut args = Vec::new();
+        for p in peers {
+            args.extend(["--peer".to_owned(), p.clone()]);
+        }
+        Self::start_args(dir, Some(p2p_port), &args)
+    }
+
+    /// Starts a node with `args` after `node`: listening for peers on
+    /// `p2p_port`, or on no address at all (reachable only through a
+    /// relay, as behind a NAT) when `None`.
+    pub fn start_args(dir: &Path, p2p_port: Option<u16>, args: &[String]) -> Result<Self> {
         let api_url_file = dir.join("api-url");
         let _ = std::fs::remove_file(&api_url_file);
         std::fs::create_dir_all(dir)?;
         let log = dir.with_extension(format!("node-{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log)?;
-        let listen = format!("/ip4/127.0.0.1/tcp/{p2p_port}");
         let mut cmd = Command::new(xencode_bin());
-        cmd.arg("--data-dir").arg(dir).args([
-            "node",
-            "--api",
-            "127.0.0.1:0",
-            "--listen",
-            &listen,
-            "--no-mdns",
-        ]);
-        for p in peers {
-            cmd.args(["--peer", p]);
+        cmd.arg("--data-dir")
+            .arg(dir)
+            .args(["node", "--api", "127.0.0.1:0", "--no-mdns"]);
+        match p2p_port {
+            Some(port) => {
+                cmd.args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")]);
+            }
+            None => {
+                cmd.env("XENCODE_NETWORK_LISTEN", "");
+            }
         }
+        cmd.args(args);
+        let p2p_port = p2p_port.unwrap_or(0);
         let child = cmd
             .env_remove("XENCODE_HOME")
             .stdin(Stdio::null())

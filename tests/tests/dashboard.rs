@@ -195,7 +195,7 @@ async fn two_browsers_edit_one_file_live() -> anyhow::Result<()> {
         let short_b = &b.peer_id[b.peer_id.len() - 6..];
         pa.wait_text("#peers-table", UI, |t| {
             t.contains(short_b)
-                && t.contains("connected")
+                && t.contains("connected (direct")
                 && (t.contains("Team Alpha: syncing, up to date")
                     || t.contains(" changes behind")
                     || t.contains(" change behind"))

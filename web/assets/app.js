@@ -73,6 +73,18 @@ function roleText(w) {
   }
 }
 
+// How a peer is connected (`connection`, `relay`, `rtt_us` in GET /api/v1/peers).
+const connectionText = (p) => {
+  if (!p.connected) return 'offline';
+  const rtt = p.rtt_us == null ? '' : `, ${(p.rtt_us / 1000).toFixed(1)} ms`;
+  switch (p.connection) {
+    case 'relayed': return `connected (relayed via ${short(p.relay || '?')}${rtt})`;
+    case 'hole-punched': return `connected (direct, hole-punched${rtt})`;
+    case 'direct': return `connected (direct${rtt})`;
+    default: return 'connected';
+  }
+};
+
 // How far a peer is in one workspace (`lag` in GET /api/v1/peers): what is
 // measured live, what is remembered from its last session, and what is not
 // known are never confused.
@@ -280,7 +292,7 @@ async function overview() {
         h('thead', {}, h('tr', {}, h('th', { text: 'Peer' }), h('th', { text: 'Connection' }), h('th', { text: 'Workspaces (lag)' }))),
         h('tbody', {}, ...peers.peers.map((p) => h('tr', {},
           h('td', {}, ...(p.name ? [h('span', { class: 'peer-name', text: p.name }), ' '] : []), h('code', { title: p.peer_id, text: short(p.peer_id) })),
-          h('td', { class: p.connected ? 'ok' : 'muted', text: p.connected ? 'connected' : 'offline' }),
+          h('td', { class: p.connected ? 'ok' : 'muted', text: connectionText(p) }),
           h('td', {}, ...p.workspaces.map((w) => h('div', {},
             `${names[w.id] || short(w.id)}: `, lagText(w)))))))));
     } catch (e) {

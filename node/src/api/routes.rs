@@ -426,7 +426,18 @@ pub async fn backup(State(state): State<ApiState>) -> Result<Response, ApiError>
 const MAX_AUDIT_LIMIT: usize = 100_000;
 
 pub async fn peers(State(state): State<ApiState>) -> Result<Json<PeerList>, ApiError> {
-    let peers = state.store()?.peers().await?;
+    let mut peers = state.store()?.peers().await?;
+    let links = state.links();
+    for p in &mut peers {
+        let Some(link) = p.peer_id.parse().ok().and_then(|id| links.get(&id)) else {
+            continue;
+        };
+        p.connection = Some(link.kind);
+        p.relay = link.relay.map(|r| r.to_string());
+        p.rtt_us = link
+            .rtt
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
     Ok(Json(PeerList { peers }))
 }
 

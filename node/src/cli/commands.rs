@@ -511,7 +511,7 @@ pub async fn peers(client: &Client, json: bool) -> Result<()> {
         return print_json(&list);
     }
     for p in &list.peers {
-        let state = if p.connected { "connected" } else { "offline" };
+        let state = connection_text(p);
         let ws: Vec<String> = p
             .workspaces
             .iter()
@@ -528,6 +528,29 @@ pub async fn peers(client: &Client, json: bool) -> Result<()> {
         println!("{}  {state}  {}{name}", p.peer_id, ws.join(", "));
     }
     Ok(())
+}
+
+/// How a peer is connected, in words: "offline", or "connected" and how:
+/// "(direct, 0.8 ms)", "(relayed via <relay>, 4.9 ms)" or "(direct,
+/// hole-punched, 1.2 ms)", the round trip once pinged.
+fn connection_text(p: &xencode_protocol::api::PeerInfo) -> String {
+    use xencode_protocol::api::ConnectionKind;
+    if !p.connected {
+        return "offline".to_owned();
+    }
+    let rtt = p
+        .rtt_us
+        .map(|us| format!(", {:.1} ms", us as f64 / 1000.0))
+        .unwrap_or_default();
+    match p.connection {
+        Some(ConnectionKind::Direct) => format!("connected (direct{rtt})"),
+        Some(ConnectionKind::HolePunched) => format!("connected (direct, hole-punched{rtt})"),
+        Some(ConnectionKind::Relayed) => format!(
+            "connected (relayed via {}{rtt})",
+            p.relay.as_deref().unwrap_or("an unknown relay")
+        ),
+        None => "connected".to_owned(),
+    }
 }
 
 /// This node's role in a workspace, in words: the role its writes are

@@ -21,7 +21,7 @@ pub enum Takes {
 /// forgotten silently (the unit test below counts them).
 pub fn changes(old: &Config, new: &Config) -> Vec<(&'static str, Takes)> {
     use Takes::{Live, Restart};
-    let keys: [(&'static str, bool, Takes); 15] = [
+    let keys: [(&'static str, bool, Takes); 18] = [
         ("node.name", old.node.name != new.node.name, Live),
         ("api.listen", old.api.listen != new.api.listen, Restart),
         (
@@ -42,6 +42,21 @@ pub fn changes(old: &Config, new: &Config) -> Vec<(&'static str, Takes)> {
         (
             "network.mdns",
             old.network.mdns != new.network.mdns,
+            Restart,
+        ),
+        (
+            "network.relay",
+            old.network.relay != new.network.relay,
+            Restart,
+        ),
+        (
+            "network.relays",
+            old.network.relays != new.network.relays,
+            Restart,
+        ),
+        (
+            "network.relay_limits",
+            old.network.relay_limits != new.network.relay_limits,
             Restart,
         ),
         (
@@ -157,6 +172,11 @@ mod tests {
         other.network.listen.clear();
         other.network.peers.push("/ip4/127.0.0.1/tcp/1".into());
         other.network.mdns = !all.network.mdns;
+        other.network.relay = !all.network.relay;
+        other.network.relays.push(
+            "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into(),
+        );
+        other.network.relay_limits.max_circuits += 1;
         other.store.compact_after_changes += 1;
         other.store.compact_interval_secs += 1;
         other.store.max_text_bytes += 1;

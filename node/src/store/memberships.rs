@@ -293,5 +293,17 @@ impl Actor {
         if let Ok(mut shared) = self.stats.roles.write() {
             *shared = roles;
         }
+        let now = crate::now_ms();
+        let members: std::collections::HashSet<PeerId> = self
+            .workspaces
+            .values()
+            .flat_map(|ws| ws.members())
+            .filter(|m| !m.revoked && m.expires_at.is_none_or(|t| t > now))
+            .filter(|m| m.peer_id != self.author.peer_id)
+            .filter_map(|m| m.peer_id.parse().ok())
+            .collect();
+        if let Ok(mut shared) = self.stats.members.write() {
+            *shared = members;
+        }
     }
 }

@@ -456,6 +456,10 @@ impl Actor {
                     .values()
                     .find_map(|w| w.access_doc().member_name(&peer.to_string())),
                 clock_offset_ms: self.sync.engine.clock_offset(&peer),
+                // The network's view, added by the API (`NetInfo`).
+                connection: None,
+                relay: None,
+                rtt_us: None,
             });
         }
         out
