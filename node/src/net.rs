@@ -31,7 +31,7 @@ use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, connection_limits, dcutr, gossipsub, identify, mdns, noise,
@@ -411,9 +411,35 @@ impl Net {
         let Some(r) = self.redial.get(&peer) else {
             return;
         };
-        let opts = DialOpts::peer_id(peer).addresses(r.addrs.clone()).build();
-        if let Err(e) = self.swarm.dial(opts) {
-            tracing::debug!(%peer, error = %e, "dial not started");
+        // libp2p dials a peer's addresses at once and gives up on all of
+        // them when one answers with another peer id: a teammate's
+        // `127.0.0.1` or `192.168.1.2` names another machine here. So the
+        // addresses this node listens on itself are never dialled, and
+        // circuits through relays are a dial of their own, which such a
+        // collision among the direct ones cannot abort.
+        let own: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        let (circuits, direct): (Vec<Multiaddr>, Vec<Multiaddr>) = r
+            .addrs
+            .iter()
+            .filter(|a| !own.contains(&without_peer(a)))
+            .cloned()
+            .partition(|a| reach::relay_of(a).is_some());
+        for (addrs, condition) in [
+            (direct, PeerCondition::DisconnectedAndNotDialing),
+            // Dialled only when not connected (`redial_due`, `Dial`), so
+            // beside the direct dial, not after it.
+            (circuits, PeerCondition::Always),
+        ] {
+            if addrs.is_empty() {
+                continue;
+            }
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(condition)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "dial not started");
+            }
         }
     }
 
@@ -550,17 +576,8 @@ impl Net {
                 self.publish_links();
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {
                     // A bootstrap address answered: keep that peer connected.
-                    let bare: Multiaddr = address
-                        .iter()
-                        .filter(|p| !matches!(p, Protocol::P2p(_)))
-                        .collect();
-                    self.bootstrap.retain(|(a, _, _)| {
-                        let b: Multiaddr = a
-                            .iter()
-                            .filter(|p| !matches!(p, Protocol::P2p(_)))
-                            .collect();
-                        b != bare
-                    });
+                    let bare = without_peer(address);
+                    self.bootstrap.retain(|(a, _, _)| without_peer(a) != bare);
                     self.remember(&peer_id.to_string(), &[address.to_string()]);
                 }
                 if let Some(r) = self.redial.get_mut(&peer_id) {
@@ -863,6 +880,15 @@ impl Net {
             self.reservations.candidate(peer, addr);
             self.reach_tick();
         }
+        if let Some(quic) = reach::quic_address(peer, &info.listen_addrs, &seen_at) {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(vec![quic])
+                .condition(PeerCondition::Always)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(relay = %peer, error = %e, "no QUIC connection to the relay");
+            }
+        }
     }
 
     /// Once a second: ask relays for reservations that are due, and cut
@@ -907,4 +933,11 @@ impl Net {
         w.frames += 1;
         w.frames > MAX_FRAMES_PER_SEC
     }
+}
+
+/// `addr` without its `/p2p/<id>` parts.
+fn without_peer(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
 }

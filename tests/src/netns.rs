@@ -61,6 +61,12 @@ impl NsNode {
 
     /// Starts a node in `ns` listening on `listen` (a multiaddr).
     pub fn start_with(ns: &str, dir: &Path, listen: &str) -> Self {
+        // mDNS on (the default); listen on the LAN interface, no --peer.
+        Self::start_args(ns, dir, &["--listen", listen])
+    }
+
+    /// Starts a node in `ns` with `args` after `node --api 127.0.0.1:0`.
+    pub fn start_args(ns: &str, dir: &Path, args: &[&str]) -> Self {
         std::fs::create_dir_all(dir).expect("data dir");
         let log = std::fs::File::create(dir.join("node.log")).expect("log");
         let child = Command::new("ip")
@@ -68,8 +74,8 @@ impl NsNode {
             .arg(xencode_bin())
             .arg("--data-dir")
             .arg(dir)
-            // mDNS on (the default); listen on the LAN interface, no --peer.
-            .args(["node", "--api", "127.0.0.1:0", "--listen", listen])
+            .args(["node", "--api", "127.0.0.1:0"])
+            .args(args)
             .env_remove("XENCODE_HOME")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -1,9 +1,8 @@
 //! Members that cannot be dialled reach each other through a member's relay
 //! (libp2p circuit relay v2), real processes on loopback: R runs `--relay`
 //! and listens; A and B listen on no address at all, as behind NATs, so
-//! every connection to them is one they dial or a circuit through R. (Real
-//! NAT routers in network namespaces, and hole punching through them, are
-//! not tested yet: `docs/protocol.md`, "Reaching members behind NATs".)
+//! every connection to them is one they dial or a circuit through R. Behind
+//! real NAT routers, with hole punching: `nat.rs`.
 
 use std::time::Duration;
 

@@ -78,8 +78,11 @@ impl RelayService {
                 self.reservations.insert(*src_peer_id);
                 Some(("reservation", "accepted"))
             }
-            relay::Event::ReservationReqDenied { src_peer_id, .. } => {
-                tracing::info!(peer = %src_peer_id, "relay reservation refused (not a member, or over the limits)");
+            relay::Event::ReservationReqDenied {
+                src_peer_id,
+                status,
+            } => {
+                tracing::info!(peer = %src_peer_id, ?status, "relay reservation refused (not a member, or over the limits)");
                 Some(("reservation", "denied"))
             }
             relay::Event::ReservationClosed { src_peer_id }
@@ -100,9 +103,9 @@ impl RelayService {
             relay::Event::CircuitReqDenied {
                 src_peer_id,
                 dst_peer_id,
-                ..
+                status,
             } => {
-                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, "relay circuit refused");
+                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, ?status, "relay circuit refused");
                 Some(("circuit", "denied"))
             }
             relay::Event::CircuitClosed {
@@ -332,6 +335,24 @@ pub(super) fn relay_address(
     Some(bare.with(Protocol::P2p(relay)))
 }
 
+/// The relay's QUIC address (as [`relay_address`] picks), when this node
+/// reached it over something else: a QUIC connection to the relay too gives
+/// this node an observed UDP address, which hole punching needs on both
+/// sides (a member seen only over TCP and one seen only over QUIC have no
+/// transport in common to punch with).
+pub(super) fn quic_address(
+    relay: PeerId,
+    listen: &[Multiaddr],
+    seen_at: &Multiaddr,
+) -> Option<Multiaddr> {
+    let quic = |a: &Multiaddr| a.iter().any(|p| p == Protocol::QuicV1);
+    if quic(seen_at) {
+        return None;
+    }
+    let udp: Vec<Multiaddr> = listen.iter().filter(|a| quic(a)).cloned().collect();
+    relay_address(relay, &udp, seen_at)
+}
+
 /// One connection as `xencode peers` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
@@ -468,6 +489,23 @@ mod tests {
         assert_eq!(
             picked.to_string(),
             format!("/ip4/10.9.0.1/tcp/7421/p2p/{relay}")
+        );
+        let quic: Multiaddr = "/ip4/10.9.0.1/udp/7421/quic-v1".parse().expect("addr");
+        let mut with_quic = listen.clone();
+        with_quic.push(quic.clone());
+        assert_eq!(
+            quic_address(relay, &with_quic, &seen).map(|a| a.to_string()),
+            Some(format!("{quic}/p2p/{relay}"))
+        );
+        assert_eq!(
+            quic_address(relay, &with_quic, &quic),
+            None,
+            "reached over QUIC already"
+        );
+        assert_eq!(
+            quic_address(relay, &listen, &seen),
+            None,
+            "no QUIC to reach"
         );
         let elsewhere: Multiaddr = "/ip4/192.0.2.1/tcp/1".parse().expect("addr");
         let picked = relay_address(relay, &listen, &elsewhere).expect("an address");
