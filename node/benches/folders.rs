@@ -21,7 +21,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{BoxError, NodeProcess, free_port, ms, percentiles, today};
+use common::{BoxError, NodeProcess, free_port, ms, percentiles, rss_mib, today};
 use serde_json::json;
 
 const LATENCY_FILES: usize = 200;
@@ -134,18 +134,6 @@ fn canonical(p: &Path) -> Result<String, BoxError> {
         .to_str()
         .ok_or("not UTF-8")?
         .to_owned())
-}
-
-/// A process's resident memory now (`VmRSS:`) or at its peak (`VmHWM:`).
-fn rss_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// A tree like a source checkout: 100 directories of 100 files, 200 bytes

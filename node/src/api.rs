@@ -194,6 +194,15 @@ impl ApiState {
             .collect()
     }
 
+    /// Whether peers can dial this node, as AutoNAT found.
+    pub(crate) fn reachability(&self) -> xencode_protocol::api::Reachability {
+        self.inner
+            .net
+            .get()
+            .and_then(|n| n.reachability.read().ok().map(|r| *r))
+            .unwrap_or_default()
+    }
+
     /// How the network reaches each connected peer.
     pub(crate) fn links(
         &self,

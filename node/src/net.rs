@@ -34,8 +34,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, connection_limits, dcutr, gossipsub, identify, mdns, noise,
-    ping, relay, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify,
+    mdns, noise, ping, relay, tcp, yamux,
 };
 use tokio::sync::{mpsc, watch};
 use xencode_protocol::WorkspaceId;
@@ -80,6 +80,7 @@ struct Behaviour {
     relay: Toggle<relay::Behaviour>,
     relay_client: relay::client::Behaviour,
     dcutr: dcutr::Behaviour,
+    autonat: autonat::Behaviour,
 }
 
 /// Gossipsub for announcements: signed messages, validated by us before they
@@ -128,6 +129,8 @@ pub struct NetInfo {
     pub listen: RwLock<Vec<String>>,
     /// How each connected peer's best connection runs.
     pub links: RwLock<HashMap<PeerId, Link>>,
+    /// Whether peers can dial this node (AutoNAT).
+    pub reachability: RwLock<xencode_protocol::api::Reachability>,
 }
 
 /// Options of the network task.
@@ -182,6 +185,8 @@ pub struct Net {
     reservations: Reservations,
     /// How each connection runs.
     links: Links,
+    /// Every configured listen address is a loopback one.
+    loopback_only: bool,
 }
 
 impl Net {
@@ -255,6 +260,7 @@ impl Net {
                     relay: Toggle::from(relay_server),
                     relay_client,
                     dcutr: dcutr::Behaviour::new(local),
+                    autonat: autonat::Behaviour::new(local, reach::autonat_config()),
                 })
             })
             .map_err(|e| NetError::Transport("behaviour", e.to_string()))?
@@ -267,6 +273,11 @@ impl Net {
                 error: format!("{e:?}"),
             })?;
         }
+        let loopback_only = options
+            .listen
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .all(|a| is_loopback(&a));
         let now = Instant::now();
         let mut bootstrap = Vec::new();
         for addr in &options.peers {
@@ -287,6 +298,7 @@ impl Net {
             relay_service: RelayService::default(),
             reservations: Reservations::configured(&relays),
             links: Links::default(),
+            loopback_only,
         })
     }
 
@@ -413,15 +425,16 @@ impl Net {
         };
         // libp2p dials a peer's addresses at once and gives up on all of
         // them when one answers with another peer id: a teammate's
-        // `127.0.0.1` or `192.168.1.2` names another machine here. So the
-        // addresses this node listens on itself are never dialled, and
+        // `127.0.0.1` or `192.168.1.2` names another machine here. So an
+        // address whose first hop is one this node listens on itself (a
+        // peer's, or a relay's in a circuit address) is never dialled, and
         // circuits through relays are a dial of their own, which such a
         // collision among the direct ones cannot abort.
         let own: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
         let (circuits, direct): (Vec<Multiaddr>, Vec<Multiaddr>) = r
             .addrs
             .iter()
-            .filter(|a| !own.contains(&without_peer(a)))
+            .filter(|a| !own.contains(&transport_of(a)))
             .cloned()
             .partition(|a| reach::relay_of(a).is_some());
         for (addrs, condition) in [
@@ -532,8 +545,12 @@ impl Net {
                 } else {
                     tracing::info!(%address, "listening");
                 }
-                // A relay tells the peers it serves where it is.
-                if !relayed && self.swarm.behaviour().relay.is_enabled() {
+                // A relay tells the peers it serves where it is: not at
+                // loopback addresses, unless it listens on nothing else.
+                if !relayed
+                    && self.swarm.behaviour().relay.is_enabled()
+                    && (self.loopback_only || !is_loopback(&address))
+                {
                     self.swarm.add_external_address(address.clone());
                 }
                 if let Ok(mut l) = self.info.listen.write() {
@@ -689,6 +706,20 @@ impl Net {
                     self.metrics.hole_punch("failure");
                 }
             },
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => {
+                let reachability = reach::reachability(&new);
+                tracing::info!(?reachability, status = ?new, "reachability (AutoNAT)");
+                if let Ok(mut r) = self.info.reachability.write() {
+                    *r = reachability;
+                }
+                for listener in self.reservations.reachable(new.is_public()) {
+                    self.swarm.remove_listener(listener);
+                }
+                self.reach_tick();
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 connection,
                 result: Ok(rtt),
@@ -935,9 +966,55 @@ impl Net {
     }
 }
 
+/// Where `addr` first goes: its protocols before any `/p2p/<id>` or
+/// `/p2p-circuit` (for a circuit address, the relay's transport address).
+fn transport_of(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .take_while(|p| !matches!(p, Protocol::P2p(_) | Protocol::P2pCircuit))
+        .collect()
+}
+
 /// `addr` without its `/p2p/<id>` parts.
 fn without_peer(addr: &Multiaddr) -> Multiaddr {
     addr.iter()
         .filter(|p| !matches!(p, Protocol::P2p(_)))
         .collect()
+}
+
+/// Whether `addr` is on a loopback interface.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_first_goes_to_its_transport_part() {
+        let relay = PeerId::random();
+        let peer = PeerId::random();
+        let circuit: Multiaddr =
+            format!("/ip4/127.0.0.1/tcp/7421/p2p/{relay}/p2p-circuit/p2p/{peer}")
+                .parse()
+                .expect("addr");
+        assert_eq!(
+            transport_of(&circuit).to_string(),
+            "/ip4/127.0.0.1/tcp/7421"
+        );
+        assert!(is_loopback(&circuit));
+        let direct: Multiaddr = format!("/ip4/198.18.1.2/udp/7421/quic-v1/p2p/{peer}")
+            .parse()
+            .expect("addr");
+        assert_eq!(
+            transport_of(&direct).to_string(),
+            "/ip4/198.18.1.2/udp/7421/quic-v1"
+        );
+        assert_eq!(without_peer(&direct), transport_of(&direct));
+        assert!(!is_loopback(&direct));
+    }
 }

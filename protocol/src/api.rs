@@ -54,6 +54,24 @@ pub struct NodeInfo {
     pub store: StoreInfo,
     /// The largest requests this node accepts.
     pub limits: NodeLimits,
+    /// Whether peers can dial this node, as AutoNAT found by asking peers
+    /// to dial it back: `public`, `private` (behind a NAT or firewall: it
+    /// keeps reservations on its members' relays) or `unknown` (not probed
+    /// yet, or no address to probe).
+    #[serde(default)]
+    pub reachability: Reachability,
+}
+
+/// What AutoNAT found about a node's reachability.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Reachability {
+    #[default]
+    Unknown,
+    Public,
+    Private,
 }
 
 /// Size limits of the API, from the node's `config.toml`.

@@ -314,7 +314,17 @@ fn behind_two_nats_members_sync_through_a_members_relay_and_punch_a_hole() {
     b.until("B never reconnected to A", |b| {
         !connection(b, &a_id).is_empty()
     });
-    drop((r, b_id));
+
+    // AutoNAT: R can be dialled, A cannot (and so keeps its reservation).
+    r.until("R never found itself reachable", |r| {
+        json(r, &["status"])["reachability"] == "public"
+    });
+    a.until("A never found itself behind a NAT", |a| {
+        json(a, &["status"])["reachability"] == "private"
+    });
+    let listen = json(&a, &["status"])["listen"].to_string();
+    assert!(listen.contains("/p2p-circuit/"), "{listen}");
+    drop(b_id);
 }
 
 #[test]

@@ -58,6 +58,38 @@ pub fn percentiles(v: &mut [Duration]) -> (Duration, Duration) {
     (at(0.5), at(0.99))
 }
 
+/// A process's resident memory now (`VmRSS:`) or at its peak (`VmHWM:`),
+/// in MiB; NaN if it cannot be read.
+pub fn rss_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// CPU time a process has used so far (user + system), in seconds, from
+/// `/proc/<pid>/stat` (clock ticks of 10 ms); NaN if it cannot be read.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which may hold spaces, in parentheses).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    match (ticks(11), ticks(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> Result<u16, BoxError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -85,6 +117,15 @@ impl NodeProcess {
     /// Starts a node on data directory `home` with a free API port, mDNS
     /// off, and `extra` arguments to `node`; waits until it answers.
     pub fn start(home: &Path, extra: &[String]) -> Result<Self, BoxError> {
+        Self::start_env(home, extra, &[])
+    }
+
+    /// [`Self::start`] with environment variables set for the node.
+    pub fn start_env(
+        home: &Path,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Self, BoxError> {
         let _ = std::fs::remove_file(home.join("api-url"));
         // A node loads every document before it answers: minutes for a large
         // uncompacted store (issue 17).
@@ -98,6 +139,7 @@ impl NodeProcess {
                 std::env::var("BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .env_remove("XENCODE_HOME")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;

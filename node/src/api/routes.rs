@@ -109,6 +109,7 @@ pub async fn node_info(State(state): State<ApiState>) -> Result<Json<NodeInfo>, 
             }
         },
         mdns: n.mdns,
+        reachability: state.reachability(),
         epoch: stats.epoch.load(Relaxed),
         workspaces: stats.workspaces.load(Relaxed),
         uptime_secs: state.inner.started.elapsed().as_secs(),

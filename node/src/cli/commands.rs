@@ -179,6 +179,17 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
     println!("protocol:    {}", info.protocol);
     println!("api:         {}", info.api_url);
     println!("data dir:    {}", info.data_dir);
+    for addr in &info.listen {
+        println!("listen:      {addr}");
+    }
+    let reach = match info.reachability {
+        xencode_protocol::api::Reachability::Public => "public (peers can dial this node)",
+        xencode_protocol::api::Reachability::Private => {
+            "private (behind a NAT: reached through members' relays)"
+        }
+        xencode_protocol::api::Reachability::Unknown => "unknown (not probed yet)",
+    };
+    println!("reachable:   {reach}");
     println!("workspaces:  {}", info.workspaces);
     println!(
         "store:       {} ({} bytes, schema {})",

@@ -3,6 +3,10 @@
 //! relays a node knows, and how each connection runs (direct, relayed,
 //! hole-punched by DCUtR) for `xencode peers`.
 //!
+//! AutoNAT tells a node whether peers can dial it. Until it is known to be
+//! reachable (`public`), it keeps a reservation on every member relay it
+//! knows; once it is, it gives the learned ones up (configured relays stay).
+//!
 //! A relay serves members only: reservations and circuits are admitted by
 //! a rate-limiter hook that asks whether the peer is a member (listed, not
 //! revoked, not expired) of a workspace this node holds
@@ -17,8 +21,8 @@ use std::time::{Duration, Instant};
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
-use libp2p::{Multiaddr, PeerId, relay};
-use xencode_protocol::api::ConnectionKind;
+use libp2p::{Multiaddr, PeerId, autonat, relay};
+use xencode_protocol::api::{ConnectionKind, Reachability};
 
 use crate::config::RelayLimits;
 use crate::store::StoreStats;
@@ -60,6 +64,29 @@ pub(super) fn server(
     // reachability: members learn from identify that this node relays.
     behaviour.set_status(Some(relay::Status::Enable));
     behaviour
+}
+
+/// AutoNAT (v1) as a node runs it: first probe 5 s after start, again
+/// every 30 s until sure, every 10 minutes then. Private addresses count:
+/// teammates on a LAN, or behind one NAT, are who must dial this node.
+pub(super) fn autonat_config() -> autonat::Config {
+    autonat::Config {
+        boot_delay: Duration::from_secs(5),
+        retry_interval: Duration::from_secs(30),
+        refresh_interval: Duration::from_secs(10 * 60),
+        throttle_server_period: Duration::from_secs(30),
+        only_global_ips: false,
+        ..autonat::Config::default()
+    }
+}
+
+/// AutoNAT's status as the API says it.
+pub(super) fn reachability(status: &autonat::NatStatus) -> Reachability {
+    match status {
+        autonat::NatStatus::Public(_) => Reachability::Public,
+        autonat::NatStatus::Private => Reachability::Private,
+        autonat::NatStatus::Unknown => Reachability::Unknown,
+    }
 }
 
 /// What the relay server holds, for metrics and for cutting strangers.
@@ -167,6 +194,9 @@ struct Slot {
 /// backoff.
 #[derive(Default)]
 pub(super) struct Reservations {
+    /// AutoNAT found this node reachable: relays learned from members are
+    /// not needed.
+    public: bool,
     slots: HashMap<PeerId, Slot>,
     /// Peers that said they relay, at the address to reach them.
     candidates: HashMap<PeerId, Multiaddr>,
@@ -269,9 +299,31 @@ impl Reservations {
         }
     }
 
-    /// Candidates that are members now and not reserved on yet: learned.
-    /// Returns how many were added.
+    /// AutoNAT's verdict: once reachable, learned relays are given up
+    /// (their listeners returned, to close); while not, they are wanted.
+    pub(super) fn reachable(&mut self, public: bool) -> Vec<ListenerId> {
+        self.public = public;
+        if !public {
+            return Vec::new();
+        }
+        let learned: Vec<PeerId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.configured)
+            .map(|(p, _)| *p)
+            .collect();
+        learned
+            .into_iter()
+            .filter_map(|p| self.slots.remove(&p)?.listener)
+            .collect()
+    }
+
+    /// Candidates that are members now and not reserved on yet: learned
+    /// (unless this node is reachable). Returns how many were added.
     pub(super) fn promote(&mut self, members: &HashSet<PeerId>) -> usize {
+        if self.public {
+            return 0;
+        }
         let ready: Vec<(PeerId, Multiaddr)> = self
             .candidates
             .iter()
@@ -586,5 +638,14 @@ mod tests {
         assert_eq!(r.promote(&[learned].into()), 1);
         assert!(r.knows(&learned));
         assert_eq!(r.promote(&[learned].into()), 0);
+        // Reachable: learned relays are given up, configured ones kept; and
+        // taken up again when AutoNAT finds the node unreachable.
+        let l3 = ListenerId::next();
+        r.listening(learned, l3);
+        assert_eq!(r.reachable(true), vec![l3]);
+        assert!(r.knows(&relay) && !r.knows(&learned));
+        assert_eq!(r.promote(&[learned].into()), 0);
+        assert!(r.reachable(false).is_empty());
+        assert_eq!(r.promote(&[learned].into()), 1);
     }
 }
