@@ -480,11 +480,15 @@ impl Net {
             }
         }
         for addr in dials {
-            // Skip addresses of peers we are connected to already.
-            let known = addr.iter().find_map(|p| match p {
-                Protocol::P2p(id) => Some(id),
-                _ => None,
-            });
+            // Skip addresses of peers we are connected to already (the
+            // last peer id: in a circuit address the first is the relay's).
+            let known = addr
+                .iter()
+                .filter_map(|p| match p {
+                    Protocol::P2p(id) => Some(id),
+                    _ => None,
+                })
+                .last();
             if known.is_some_and(|id| self.swarm.is_connected(&id)) {
                 continue;
             }
@@ -908,17 +912,9 @@ impl Net {
             return;
         }
         if let Some(addr) = reach::relay_address(peer, &info.listen_addrs, &seen_at) {
-            self.reservations.candidate(peer, addr);
+            let quic = reach::quic_address(peer, &info.listen_addrs, &seen_at);
+            self.reservations.candidate(peer, addr, quic);
             self.reach_tick();
-        }
-        if let Some(quic) = reach::quic_address(peer, &info.listen_addrs, &seen_at) {
-            let opts = DialOpts::peer_id(peer)
-                .addresses(vec![quic])
-                .condition(PeerCondition::Always)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(relay = %peer, error = %e, "no QUIC connection to the relay");
-            }
         }
     }
 
@@ -931,7 +927,17 @@ impl Net {
             .read()
             .map(|m| m.clone())
             .unwrap_or_default();
-        self.reservations.promote(&members);
+        for (relay, quic) in self.reservations.promote(&members) {
+            if let Some(quic) = quic.filter(|_| !self.links.over_quic(&relay)) {
+                let opts = DialOpts::peer_id(relay)
+                    .addresses(vec![quic])
+                    .condition(PeerCondition::Always)
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    tracing::debug!(%relay, error = %e, "no QUIC connection to the relay");
+                }
+            }
+        }
         for (relay, addr) in self.reservations.due(Instant::now()) {
             match self.swarm.listen_on(addr.clone()) {
                 Ok(listener) => self.reservations.listening(relay, listener),

@@ -160,17 +160,31 @@ async fn a_relay_refuses_strangers_and_cuts_a_revoked_member() {
     .await;
     assert!(both, "R:\n{}", r.log_text());
 
-    // A stranger, told where R is, asks for a reservation: refused.
+    // A stranger, told where R is and A's circuit address, asks R for a
+    // reservation and for a circuit to A: both refused.
+    let a_circuit = listen_addrs(a)
+        .into_iter()
+        .find(|l| l.contains("/p2p-circuit/"))
+        .expect("A's circuit address");
     let sdir = t.tmp.path().join("s");
-    let relay_via = r.addr();
-    let s = Node::start_args(&sdir, None, &["--relay-via".into(), relay_via]).expect("start S");
+    let s = Node::start_args(
+        &sdir,
+        None,
+        &["--relay-via".into(), r.addr(), "--peer".into(), a_circuit],
+    )
+    .expect("start S");
     let refused = wait_for(SETTLE, || async {
         r.metric("xencode_relay_requests_total{kind=\"reservation\",outcome=\"denied\"}")
             .await
             >= 1.0
+            && r.metric("xencode_relay_requests_total{kind=\"circuit\",outcome=\"denied\"}")
+                .await
+                >= 1.0
     })
     .await;
     assert!(refused, "R:\n{}", r.log_text());
+    // S reaches R, and nobody else.
+    assert_eq!(s.metric("xencode_peers_connected").await, 1.0);
     assert!(
         !listen_addrs(&s).iter().any(|l| l.contains("/p2p-circuit/")),
         "the stranger got a circuit address"

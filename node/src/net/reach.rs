@@ -199,7 +199,9 @@ pub(super) struct Reservations {
     public: bool,
     slots: HashMap<PeerId, Slot>,
     /// Peers that said they relay, at the address to reach them.
-    candidates: HashMap<PeerId, Multiaddr>,
+    /// and its QUIC address when this node reached it over something else
+    /// ([`quic_address`]).
+    candidates: HashMap<PeerId, (Multiaddr, Option<Multiaddr>)>,
 }
 
 impl Reservations {
@@ -291,11 +293,11 @@ impl Reservations {
         }
     }
 
-    /// A peer that relays identified itself at `addr`: reserved on once
-    /// it is a member (perhaps only after the access document syncs).
-    pub(super) fn candidate(&mut self, relay: PeerId, addr: Multiaddr) {
+    /// A peer that relays identified itself at `addr` (and `quic`): reserved
+    /// on once it is a member (perhaps only after the access document syncs).
+    pub(super) fn candidate(&mut self, relay: PeerId, addr: Multiaddr, quic: Option<Multiaddr>) {
         if self.candidates.len() < MAX_RELAYS * 4 || self.candidates.contains_key(&relay) {
-            self.candidates.insert(relay, addr);
+            self.candidates.insert(relay, (addr, quic));
         }
     }
 
@@ -319,22 +321,29 @@ impl Reservations {
     }
 
     /// Candidates that are members now and not reserved on yet: learned
-    /// (unless this node is reachable). Returns how many were added.
-    pub(super) fn promote(&mut self, members: &HashSet<PeerId>) -> usize {
+    /// (unless this node is reachable). Returns them, each with the QUIC
+    /// address to open a connection to as well, if any.
+    pub(super) fn promote(
+        &mut self,
+        members: &HashSet<PeerId>,
+    ) -> Vec<(PeerId, Option<Multiaddr>)> {
         if self.public {
-            return 0;
+            return Vec::new();
         }
-        let ready: Vec<(PeerId, Multiaddr)> = self
+        let ready: Vec<(PeerId, Multiaddr, Option<Multiaddr>)> = self
             .candidates
             .iter()
             .filter(|(p, _)| members.contains(p) && !self.slots.contains_key(p))
-            .map(|(p, a)| (*p, a.clone()))
+            .map(|(p, (a, q))| (*p, a.clone(), q.clone()))
             .collect();
-        for (relay, addr) in &ready {
-            tracing::info!(%relay, %addr, "a member relays; asking it for a reservation");
-            self.learned(*relay, addr.clone());
-        }
-        ready.len()
+        ready
+            .into_iter()
+            .map(|(relay, addr, quic)| {
+                tracing::info!(%relay, %addr, "a member relays; asking it for a reservation");
+                self.learned(relay, addr);
+                (relay, quic)
+            })
+            .collect()
     }
 }
 
@@ -442,6 +451,13 @@ impl Links {
         );
     }
 
+    /// Whether one of `peer`'s connections runs over QUIC.
+    pub(super) fn over_quic(&self, peer: &PeerId) -> bool {
+        self.by_connection
+            .values()
+            .any(|(p, _, a)| p == peer && a.iter().any(|x| x == Protocol::QuicV1))
+    }
+
     /// The address `connection` runs over.
     pub(super) fn remote(&self, connection: ConnectionId) -> Option<Multiaddr> {
         self.by_connection
@@ -513,6 +529,16 @@ mod tests {
         assert_eq!(links.best()[&other].kind, ConnectionKind::Relayed);
         assert_eq!(links.best()[&other].relay, Some(relay));
         links.opened(other, c2, &direct);
+        assert!(!links.over_quic(&other));
+        links.opened(
+            other,
+            ConnectionId::new_unchecked(3),
+            &format!("/ip4/10.0.0.2/udp/7421/quic-v1/p2p/{other}")
+                .parse()
+                .expect("addr"),
+        );
+        assert!(links.over_quic(&other) && !links.over_quic(&relay));
+        links.closed(ConnectionId::new_unchecked(3));
         links.hole_punched(c2);
         links.rtt(c2, Duration::from_millis(3));
         let best = links.best()[&other];
@@ -628,24 +654,28 @@ mod tests {
         assert_eq!(r.forget_strangers(&HashSet::new()), vec![l2]);
         assert!(r.knows(&relay) && !r.knows(&learned));
         // A relay seen before it is known as a member is taken up once it is.
+        let quic: Multiaddr = format!("/ip4/198.18.0.2/udp/7421/quic-v1/p2p/{learned}")
+            .parse()
+            .expect("addr");
         r.candidate(
             learned,
             format!("/ip4/198.18.0.2/tcp/7421/p2p/{learned}")
                 .parse()
                 .expect("addr"),
+            Some(quic.clone()),
         );
-        assert_eq!(r.promote(&HashSet::new()), 0);
-        assert_eq!(r.promote(&[learned].into()), 1);
+        assert!(r.promote(&HashSet::new()).is_empty());
+        assert_eq!(r.promote(&[learned].into()), vec![(learned, Some(quic))]);
         assert!(r.knows(&learned));
-        assert_eq!(r.promote(&[learned].into()), 0);
+        assert!(r.promote(&[learned].into()).is_empty());
         // Reachable: learned relays are given up, configured ones kept; and
         // taken up again when AutoNAT finds the node unreachable.
         let l3 = ListenerId::next();
         r.listening(learned, l3);
         assert_eq!(r.reachable(true), vec![l3]);
         assert!(r.knows(&relay) && !r.knows(&learned));
-        assert_eq!(r.promote(&[learned].into()), 0);
+        assert!(r.promote(&[learned].into()).is_empty());
         assert!(r.reachable(false).is_empty());
-        assert_eq!(r.promote(&[learned].into()), 1);
+        assert_eq!(r.promote(&[learned].into()).len(), 1);
     }
 }
