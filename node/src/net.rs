@@ -187,6 +187,8 @@ pub struct Net {
     links: Links,
     /// Every configured listen address is a loopback one.
     loopback_only: bool,
+    /// Peers to try hole punching with again, on a new relayed connection.
+    punch_retries: reach::PunchRetries,
 }
 
 impl Net {
@@ -299,6 +301,7 @@ impl Net {
             reservations: Reservations::configured(&relays),
             links: Links::default(),
             loopback_only,
+            punch_retries: reach::PunchRetries::default(),
         })
     }
 
@@ -453,6 +456,23 @@ impl Net {
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!(%peer, error = %e, "dial not started");
             }
+        }
+    }
+
+    /// A relay identified itself: the peers reached through it that are
+    /// not connected are dialled now, not at their next redial.
+    fn dial_through(&mut self, relay: PeerId) {
+        let waiting: Vec<PeerId> = self
+            .redial
+            .iter()
+            .filter(|(p, r)| {
+                !self.swarm.is_connected(p)
+                    && r.addrs.iter().any(|a| reach::relay_of(a) == Some(relay))
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in waiting {
+            self.dial(peer);
         }
     }
 
@@ -663,6 +683,9 @@ impl Net {
                 info,
             })) => {
                 self.maybe_reserve_on(peer_id, connection_id, &info);
+                // Identify told this node its observed address too, which
+                // hole punching over a circuit needs: now dial through it.
+                self.dial_through(peer_id);
                 // Where the peer listens: redial it there if the connection drops.
                 let addrs: Vec<String> = info
                     .listen_addrs
@@ -671,7 +694,7 @@ impl Net {
                         !a.iter()
                             .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified()))
                     })
-                    .take(8)
+                    .take(16)
                     .map(ToString::to_string)
                     .collect();
                 self.remember(&peer_id.to_string(), &addrs);
@@ -699,15 +722,17 @@ impl Net {
                 remote_peer_id,
                 result,
             })) => match result {
-                Ok(connection) => {
+                Ok(_) => {
                     tracing::info!(peer = %remote_peer_id, "hole punched: a direct connection replaces the relayed one");
                     self.metrics.hole_punch("success");
-                    self.links.hole_punched(connection);
+                    self.links.hole_punched(remote_peer_id);
                     self.publish_links();
+                    self.punch_retries.remove(&remote_peer_id);
                 }
                 Err(e) => {
                     tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed; staying relayed");
                     self.metrics.hole_punch("failure");
+                    self.punch_retries.failed(remote_peer_id, Instant::now());
                 }
             },
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
@@ -945,6 +970,26 @@ impl Net {
                     tracing::warn!(%addr, error = %e, "cannot ask the relay for a reservation")
                 }
             }
+        }
+        // Hole punching runs when a relayed connection opens; one that
+        // failed (say, before this node knew its own observed address) is
+        // tried again on a new one, while the peer is still only relayed.
+        for peer in self.punch_retries.due(Instant::now()) {
+            let relayed = self.links.relayed_connections(&peer);
+            if relayed.is_empty()
+                || self
+                    .links
+                    .best()
+                    .get(&peer)
+                    .is_some_and(|l| l.relay.is_none())
+            {
+                continue;
+            }
+            tracing::info!(%peer, "trying hole punching again on a new relayed connection");
+            for connection in relayed {
+                self.swarm.close_connection(connection);
+            }
+            self.dial(peer);
         }
         for listener in self.reservations.forget_strangers(&members) {
             self.swarm.remove_listener(listener);

@@ -224,13 +224,14 @@ fn has(node: &NsNode, ws: &str, path: &str, body: &str) -> bool {
     out.status.success() && out.stdout == body.as_bytes()
 }
 
+/// `file put`, once the node may write (a joiner's role arrives with the
+/// member list, in its first sync).
 fn put(node: &NsNode, ws: &str, path: &str, body: &str) {
-    let out = node.cli_with_stdin(&["file", "put", ws, path], body.as_bytes());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    node.until("the node never could write", |n| {
+        n.cli_with_stdin(&["file", "put", ws, path], body.as_bytes())
+            .status
+            .success()
+    });
 }
 
 /// R in public creates the workspace and invites A (admin); A reserves a
@@ -296,9 +297,24 @@ fn behind_two_nats_members_sync_through_a_members_relay_and_punch_a_hole() {
     b.until("B never connected to A", |b| {
         !connection(b, &a_id).is_empty()
     });
-    b.until("DCUtR never made B's connection to A direct", |b| {
-        connection(b, &a_id) == "hole-punched"
-    });
+    // (B may see the upgraded connection as plain `direct` when libp2p
+    // reports the punch before or after the connection churns; DCUtR's own
+    // report of success is in the logs.)
+    let started = Instant::now();
+    loop {
+        let kind = connection(&b, &a_id);
+        let punched = a.log().contains("hole punched") || b.log().contains("hole punched");
+        if punched && (kind == "hole-punched" || kind == "direct") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "DCUtR never made B's connection to A direct ({kind}).\nA:\n{}\nB:\n{}",
+            a.log(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // B goes offline; A writes; B comes back behind its NAT and catches up.
     b.kill9();

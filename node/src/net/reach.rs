@@ -414,6 +414,47 @@ pub(super) fn quic_address(
     relay_address(relay, &udp, seen_at)
 }
 
+/// Tries of hole punching after a failed one: 10 s later, then 20 s, then
+/// 40 s; then the peer stays relayed until it reconnects.
+#[derive(Default)]
+pub(super) struct PunchRetries {
+    by_peer: HashMap<PeerId, (Instant, u32)>,
+}
+
+impl PunchRetries {
+    const MAX: u32 = 3;
+
+    pub(super) fn failed(&mut self, peer: PeerId, now: Instant) {
+        let tries = self.by_peer.get(&peer).map_or(0, |(_, n)| *n);
+        if tries >= Self::MAX {
+            return;
+        }
+        let wait = Duration::from_secs(10) * 2u32.pow(tries);
+        self.by_peer.insert(peer, (now + wait, tries + 1));
+    }
+
+    pub(super) fn remove(&mut self, peer: &PeerId) {
+        self.by_peer.remove(peer);
+    }
+
+    /// Peers whose next try is due (each returned once per failure).
+    pub(super) fn due(&mut self, now: Instant) -> Vec<PeerId> {
+        let due: Vec<PeerId> = self
+            .by_peer
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &due {
+            if let Some((at, _)) = self.by_peer.get_mut(p) {
+                // Not again until it fails again.
+                *at = now + Duration::from_secs(24 * 3600);
+            }
+        }
+        due
+    }
+}
+
 /// One connection as `xencode peers` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
@@ -427,13 +468,29 @@ pub struct Link {
 pub(super) struct Links {
     /// The peer, the link, and the address the connection runs over.
     by_connection: HashMap<ConnectionId, (PeerId, Link, Multiaddr)>,
+    /// Peers DCUtR reached directly: their direct connections are the
+    /// punched hole (both sides dial at once, libp2p may keep either, and
+    /// only the side that drove DCUtR hears that it worked), until the peer
+    /// has no connection left.
+    punched: HashSet<PeerId>,
 }
 
 impl Links {
     pub(super) fn opened(&mut self, peer: PeerId, connection: ConnectionId, addr: &Multiaddr) {
         let relay = relay_of(addr);
+        // A direct connection beside a relayed one is the relayed one's
+        // upgrade: the peer could not be dialled before.
+        let beside_relayed = self
+            .by_connection
+            .values()
+            .any(|(p, l, _)| *p == peer && l.kind == ConnectionKind::Relayed);
+        if relay.is_none() && beside_relayed {
+            self.punched.insert(peer);
+        }
         let kind = if relay.is_some() {
             ConnectionKind::Relayed
+        } else if self.punched.contains(&peer) {
+            ConnectionKind::HolePunched
         } else {
             ConnectionKind::Direct
         };
@@ -451,6 +508,15 @@ impl Links {
         );
     }
 
+    /// `peer`'s relayed connections.
+    pub(super) fn relayed_connections(&self, peer: &PeerId) -> Vec<ConnectionId> {
+        self.by_connection
+            .iter()
+            .filter(|(_, (p, l, _))| p == peer && l.kind == ConnectionKind::Relayed)
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
     /// Whether one of `peer`'s connections runs over QUIC.
     pub(super) fn over_quic(&self, peer: &PeerId) -> bool {
         self.by_connection
@@ -466,14 +532,22 @@ impl Links {
     }
 
     pub(super) fn closed(&mut self, connection: ConnectionId) {
-        self.by_connection.remove(&connection);
+        if let Some((peer, _, _)) = self.by_connection.remove(&connection)
+            && !self.by_connection.values().any(|(p, _, _)| *p == peer)
+        {
+            self.punched.remove(&peer);
+        }
     }
 
-    /// DCUtR made `connection` (a direct one) out of a relayed one.
-    pub(super) fn hole_punched(&mut self, connection: ConnectionId) {
-        if let Some((_, link, _)) = self.by_connection.get_mut(&connection) {
-            link.kind = ConnectionKind::HolePunched;
-            link.relay = None;
+    /// DCUtR made a direct connection to `peer` out of a relayed one: every
+    /// direct connection to it is the punched hole (also one libp2p reports
+    /// only after this).
+    pub(super) fn hole_punched(&mut self, peer: PeerId) {
+        self.punched.insert(peer);
+        for (p, link, _) in self.by_connection.values_mut() {
+            if *p == peer && link.kind == ConnectionKind::Direct {
+                link.kind = ConnectionKind::HolePunched;
+            }
         }
     }
 
@@ -539,13 +613,19 @@ mod tests {
         );
         assert!(links.over_quic(&other) && !links.over_quic(&relay));
         links.closed(ConnectionId::new_unchecked(3));
-        links.hole_punched(c2);
+        links.hole_punched(other);
         links.rtt(c2, Duration::from_millis(3));
         let best = links.best()[&other];
         assert_eq!(best.kind, ConnectionKind::HolePunched);
         assert_eq!(best.relay, None);
         assert_eq!(best.rtt, Some(Duration::from_millis(3)));
+        // Both sides dialled: the other direct connection is the hole too.
+        let c4 = ConnectionId::new_unchecked(4);
+        links.opened(other, c4, &direct);
+        assert_eq!(links.best()[&other].kind, ConnectionKind::HolePunched);
         links.closed(c2);
+        assert_eq!(links.best()[&other].kind, ConnectionKind::HolePunched);
+        links.closed(c4);
         assert_eq!(links.best()[&other].kind, ConnectionKind::Relayed);
         links.closed(c1);
         assert!(links.best().is_empty());
@@ -619,6 +699,26 @@ mod tests {
         });
         assert_eq!(service.counts(), (1, 0));
         assert!(service.strangers(&members).is_empty());
+    }
+
+    #[test]
+    fn failed_hole_punching_is_tried_again_three_times_with_growing_waits() {
+        let peer = peer();
+        let mut r = PunchRetries::default();
+        let t0 = Instant::now();
+        let mut tries = Vec::new();
+        let mut now = t0;
+        r.failed(peer, now);
+        for _ in 0..200 {
+            now += Duration::from_secs(1);
+            if !r.due(now).is_empty() {
+                tries.push((now - t0).as_secs());
+                r.failed(peer, now);
+            }
+        }
+        assert_eq!(tries, vec![10, 30, 70]);
+        r.remove(&peer);
+        assert!(r.due(now + Duration::from_secs(100)).is_empty());
     }
 
     #[test]
