@@ -108,15 +108,8 @@ impl Team {
     }
 
     async fn until_b_has(&self, path: &str, want: &[u8]) -> Result<Duration, BoxError> {
-        let started = Instant::now();
-        let b = self.b()?;
-        while b.file(&self.ws, path).await?.as_deref() != Some(want) {
-            if started.elapsed() > WAIT {
-                return Err(format!("B never got {path}").into());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(started.elapsed())
+        let every = Duration::from_millis(5);
+        common::until_has(self.b()?, &self.ws, path, want, every, WAIT).await
     }
 
     async fn splice(&self, path: &str, edits: &[Edit]) -> Result<(), BoxError> {

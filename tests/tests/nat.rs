@@ -255,6 +255,18 @@ fn team(net: &Internet, tmp: &Path) -> (NsNode, NsNode, NsNode, String) {
     (r, a, b, ws)
 }
 
+/// A and B each write a file; each file reaches the other.
+fn edits_cross(a: &NsNode, b: &NsNode, ws: &str) {
+    put(a, ws, "notes.md", "from A\n");
+    put(b, ws, "todo.md", "from B\n");
+    b.until("A's edit never reached B", |b| {
+        has(b, ws, "notes.md", "from A\n")
+    });
+    a.until("B's edit never reached A", |a| {
+        has(a, ws, "todo.md", "from B\n")
+    });
+}
+
 fn skip(reason: &str) {
     skip_or_fail("the NAT test", reason);
 }
@@ -283,14 +295,7 @@ fn behind_two_nats_members_sync_through_a_members_relay_and_punch_a_hole() {
     let (a_id, b_id) = (last_line(&a.cli(&["id"])), last_line(&b.cli(&["id"])));
 
     // Edits both ways.
-    put(&a, &ws, "notes.md", "from A\n");
-    put(&b, &ws, "todo.md", "from B\n");
-    b.until("A's edit never reached B", |b| {
-        has(b, &ws, "notes.md", "from A\n")
-    });
-    a.until("B's edit never reached A", |a| {
-        has(a, &ws, "todo.md", "from B\n")
-    });
+    edits_cross(&a, &b, &ws);
 
     // A and B reach each other: first through R, then, the NATs mapping
     // each home port to one public port, by a hole DCUtR punches.
@@ -351,14 +356,7 @@ fn behind_a_symmetric_nat_sync_stays_relayed() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (_r, a, b, ws) = team(&net, tmp.path());
     let a_id = last_line(&a.cli(&["id"]));
-    put(&a, &ws, "notes.md", "from A\n");
-    put(&b, &ws, "todo.md", "from B\n");
-    b.until("A's edit never reached B", |b| {
-        has(b, &ws, "notes.md", "from A\n")
-    });
-    a.until("B's edit never reached A", |a| {
-        has(a, &ws, "todo.md", "from B\n")
-    });
+    edits_cross(&a, &b, &ws);
     b.until("B never connected to A through R", |b| {
         connection(b, &a_id) == "relayed"
     });

@@ -90,6 +90,26 @@ pub fn cpu_secs(pid: u32) -> f64 {
     }
 }
 
+/// Polls `node` every `every` until `path` of `ws` holds `want`; how long
+/// that took, or an error after `wait`.
+pub async fn until_has(
+    node: &NodeProcess,
+    ws: &str,
+    path: &str,
+    want: &[u8],
+    every: Duration,
+    wait: Duration,
+) -> Result<Duration, BoxError> {
+    let started = Instant::now();
+    while node.file(ws, path).await?.as_deref() != Some(want) {
+        if started.elapsed() > wait {
+            return Err(format!("{path} never arrived").into());
+        }
+        tokio::time::sleep(every).await;
+    }
+    Ok(started.elapsed())
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> Result<u16, BoxError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
