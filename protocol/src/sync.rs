@@ -660,8 +660,16 @@ impl Engine {
     /// for it. Nothing to do unless [`Engine::set_batch_applies`] is on.
     pub fn settle(&mut self, host: &mut impl Host, now_ms: u64) {
         self.now_ms = now_ms;
-        for ((ws, doc), owed) in std::mem::take(&mut self.deferred) {
-            self.resolve(host, ws, doc);
+        // Everything is applied before anyone is answered: a document whose
+        // changes wait for another's (the access heads they cite) would
+        // otherwise answer with its old heads — to a new member, empty
+        // heads, which Automerge reads as a peer that lost everything, and
+        // the sender sends the whole document again.
+        let deferred = std::mem::take(&mut self.deferred);
+        for (ws, doc) in deferred.keys() {
+            self.resolve(host, *ws, *doc);
+        }
+        for ((ws, doc), owed) in deferred {
             for peer in owed {
                 self.generate(host, peer, ws, doc);
             }
@@ -731,7 +739,7 @@ impl Engine {
             Input::Presence { workspace, files } => self.local_presence(workspace, files),
             Input::Tick => {
                 self.settle(host, now_ms);
-                self.expire(now_ms);
+                self.expire(host, now_ms);
                 self.revalidate(host, now_ms);
                 // Announce at most once per tick per workspace, however many
                 // local changes there were.

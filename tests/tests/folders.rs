@@ -607,14 +607,15 @@ async fn a_one_line_save_in_a_large_file_sends_the_line_not_the_file() {
     let sent = p.a.metric(OUT).await - before;
     assert!(
         sent > 0.0 && sent < 4096.0,
-        "{sent} bytes sent for one changed word of a {} byte file\n{}",
+        "{sent} bytes sent for one changed word of a {} byte file\n{}\n{}",
         big.len(),
         p.a.get_text("/metrics")
             .await
             .lines()
             .filter(|l| l.contains("sync_"))
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n"),
+        p.logs()
     );
     drop(p.tmp);
 }

@@ -11,6 +11,7 @@ use xencode_protocol::api::{Lag, NodeEvent, PeerInfo, PeerWorkspace, SessionStat
 use xencode_protocol::envelope::SignedHead;
 use xencode_protocol::policy::WriteRule;
 use xencode_protocol::sync::{Engine, Event, Input, Limits, Output};
+use xencode_protocol::wire::Frame;
 use xencode_protocol::{DocId, PeerId, WorkspaceId};
 
 use super::NetCommand;
@@ -84,6 +85,7 @@ impl Actor {
     /// Feeds the sync engine and carries out what it asks.
     pub(super) fn run_engine(&mut self, input: Input) {
         match &input {
+            Input::Received { peer, frame } => trace_frame("in", peer, frame),
             Input::Connected { peer } => self.stats.publish(NodeEvent::Peer {
                 peer: peer.to_string(),
                 connected: true,
@@ -140,7 +142,10 @@ impl Actor {
         let mut access_changed = false;
         while let Some(out) = self.sync.engine.poll_output() {
             match out {
-                Output::Send { peer, frame } => self.send_net(NetCommand::Send { peer, frame }),
+                Output::Send { peer, frame } => {
+                    trace_frame("out", &peer, &frame);
+                    self.send_net(NetCommand::Send { peer, frame });
+                }
                 Output::Disconnect { peer, reason } => {
                     tracing::warn!(%peer, %reason, "disconnecting a misbehaving peer");
                     self.send_net(NetCommand::Disconnect { peer, reason });
@@ -538,5 +543,63 @@ fn session_event(
         peer: peer.to_string(),
         state,
         reason,
+    }
+}
+
+/// Logs a frame at trace level (`RUST_LOG=xencode_node::store=trace`):
+/// which document, how many changes, whether it carries the sync message.
+fn trace_frame(direction: &str, peer: &PeerId, frame: &Frame) {
+    if !tracing::enabled!(tracing::Level::TRACE) {
+        return;
+    }
+    match frame {
+        Frame::Sync {
+            doc,
+            message,
+            changes,
+            signatures,
+            ..
+        } => {
+            let short = |h: &ChangeHash| hex::encode(&h.0[..4]);
+            let changes: Vec<String> = changes
+                .iter()
+                .filter_map(|raw| Change::from_bytes(raw.clone()).ok())
+                .map(|c| {
+                    let deps: Vec<String> = c.deps().iter().map(short).collect();
+                    format!("{}<-[{}]", short(&c.hash()), deps.join(","))
+                })
+                .collect();
+            let message = message
+                .as_ref()
+                .and_then(|m| automerge::sync::Message::decode(m).ok())
+                .map(|m| {
+                    let heads: Vec<String> = m.heads.iter().map(short).collect();
+                    let need: Vec<String> = m.need.iter().map(short).collect();
+                    format!(
+                        "heads [{}] need [{}] have {}",
+                        heads.join(","),
+                        need.join(","),
+                        m.have.len()
+                    )
+                });
+            tracing::trace!(
+                direction,
+                %peer,
+                %doc,
+                changes = ?changes,
+                signatures = signatures.len(),
+                message = ?message,
+                "sync frame"
+            )
+        }
+        Frame::Open { workspace, .. } => tracing::trace!(direction, %peer, %workspace, "open"),
+        Frame::Accept { workspace, .. } => tracing::trace!(direction, %peer, %workspace, "accept"),
+        Frame::Refuse { workspace, reason } => {
+            tracing::trace!(direction, %peer, %workspace, %reason, "refuse")
+        }
+        Frame::Close { workspace } => tracing::trace!(direction, %peer, %workspace, "close"),
+        Frame::Presence { files, .. } => {
+            tracing::trace!(direction, %peer, files = files.len(), "presence")
+        }
     }
 }

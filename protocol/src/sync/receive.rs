@@ -153,6 +153,9 @@ impl Engine {
             let excess = pending.signatures.len() - MAX_WAITING_SIGNATURES;
             pending.signatures.drain(..excess);
         }
+        if overflow > 0 {
+            self.sent_again(host, peer, ws, doc, false);
+        }
         for (reason, count) in [
             (RejectReason::Malformed, malformed),
             (RejectReason::BadSignature, bad_signatures),
@@ -437,18 +440,23 @@ impl Engine {
     }
 
     /// Drops pending changes that waited longer than the limit.
-    pub(super) fn expire(&mut self, now_ms: u64) {
+    pub(super) fn expire(&mut self, host: &mut impl Host, now_ms: u64) {
         let ttl = self.limits.pending_ttl_ms;
         let mut expired: BTreeMap<(PeerId, WorkspaceId), usize> = BTreeMap::new();
-        for ((ws, _), pending) in &mut self.pending {
+        let mut dropped: BTreeSet<(PeerId, WorkspaceId, DocId)> = BTreeSet::new();
+        for ((ws, doc), pending) in &mut self.pending {
             pending.changes.retain(|_, pc| {
                 let keep = now_ms.saturating_sub(pc.since_ms) < ttl;
                 if !keep {
                     self.pending_bytes -= pc.size;
                     *expired.entry((pc.from, *ws)).or_default() += 1;
+                    dropped.insert((pc.from, *ws, *doc));
                 }
                 keep
             });
+        }
+        for (peer, ws, doc) in dropped {
+            self.sent_again(host, peer, ws, doc, true);
         }
         for p in self.pending.values_mut() {
             let changes = &p.changes;
@@ -463,6 +471,34 @@ impl Engine {
                 reason: RejectReason::Expired,
                 count,
             });
+        }
+    }
+}
+
+impl Engine {
+    /// A change `peer` sent for `doc` was dropped here (the pending buffer
+    /// was full, or it waited too long): the peer holds it in Automerge's
+    /// `sent_hashes` and would never offer it again, so this document
+    /// could stop syncing with it. Our next message asks it to forget what
+    /// it sent (Automerge's sync reset) and offer again whatever we lack;
+    /// with `now`, that message is sent at once.
+    fn sent_again(
+        &mut self,
+        host: &mut impl Host,
+        peer: PeerId,
+        ws: WorkspaceId,
+        doc: DocId,
+        now: bool,
+    ) {
+        let Some(session) = self.sessions.get_mut(&(peer, ws)) else {
+            return;
+        };
+        let ds = session.doc(host, &peer, doc);
+        ds.state.needs_reset = true;
+        if now {
+            ds.state.in_flight = false;
+            ds.idle = None;
+            self.generate(host, peer, ws, doc);
         }
     }
 }

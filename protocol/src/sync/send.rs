@@ -53,6 +53,7 @@ impl Engine {
             return;
         };
         msg.changes = ChunkList::empty();
+        ask_for_what_pending_lacks(self.pending.get(&(ws, doc)), am, &mut msg.need);
         let new: Vec<ChangeHash> = ds.state.sent_hashes.difference(&before).copied().collect();
         let message = msg.encode();
         if new.is_empty() {
@@ -106,6 +107,51 @@ impl Engine {
             );
         }
     }
+}
+
+/// Dependencies asked for in one message.
+const MAX_ASKED: usize = 256;
+
+/// Completes a sync message's `need` with what our pending buffer waits
+/// for. Automerge computes `need` from the changes queued inside the
+/// document, but ours wait outside it, in the pending buffer, until they are
+/// checked: a change there whose dependency never came (the sender's bloom
+/// filter test said we had it: a false positive, about 1 in 100) would wait
+/// for good, and the document stop syncing, since nothing else would ever
+/// ask for the dependency. So the missing dependencies of pending changes
+/// are asked for by hash; changes already pending and covered by a
+/// signature are not asked for again. (A change the buffer itself drops is
+/// asked for again another way: see `Engine::sent_again`.)
+fn ask_for_what_pending_lacks(
+    pending: Option<&super::Pending>,
+    am: &mut automerge::AutoCommit,
+    need: &mut Vec<ChangeHash>,
+) {
+    let Some(pending) = pending else {
+        return;
+    };
+    need.retain(|h| {
+        pending
+            .changes
+            .get(h)
+            .is_none_or(|pc| pc.verified.is_none())
+    });
+    let mut asked: BTreeSet<ChangeHash> = need.iter().copied().collect();
+    for pc in pending.changes.values() {
+        for dep in pc.change.deps() {
+            if asked.len() >= MAX_ASKED {
+                break;
+            }
+            if !pending.changes.contains_key(dep)
+                && am.get_change_meta_by_hash(dep).is_none()
+                && asked.insert(*dep)
+            {
+                need.push(*dep);
+            }
+        }
+    }
+    // Automerge encodes hashes in order (and asserts it).
+    need.sort_unstable();
 }
 
 /// For each actor in `frame`, the signature of its newest change there that

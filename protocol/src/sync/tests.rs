@@ -1244,3 +1244,137 @@ fn presence_from_outside_a_session_is_a_violation_and_never_heard() {
     }
     assert!(disconnected);
 }
+
+/// A real bloom filter false positive: the sender's test says the peer has
+/// c1 (it has not), so only c2, on top of it, is offered. The peer holds c2
+/// in its pending buffer, asks for c1 by hash, gets it, and applies both.
+/// Before, c2 waited until the filter happened to change (here it does once
+/// B's own changes reach A; in a folder test where B sent nothing, it never
+/// did and a rename never arrived: about 1 change in 100), so the test
+/// checks that B asks for c1 by hash.
+#[test]
+fn a_dependency_the_bloom_filter_hid_is_asked_for_by_hash() {
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut net = Net::new(2, 2);
+    net.edit(0, DOCS[0], &mut rng);
+    net.heal();
+    net.disconnect(0, 1);
+    // Changes of B's own since the last sync fill its bloom filter.
+    for _ in 0..20 {
+        net.edit(1, DOCS[0], &mut rng);
+    }
+    let a_id = net.nodes[0].id;
+    let shared = net.nodes[1]
+        .host
+        .states
+        .get(&(a_id, DOCS[0]))
+        .and_then(|b| automerge::sync::State::decode(b).ok())
+        .expect("saved state")
+        .shared_heads;
+    let b_doc = net.nodes[1].host.docs.get_mut(&DOCS[0]).expect("doc");
+    let hashes: Vec<ChangeHash> = b_doc
+        .get_changes(&shared)
+        .iter()
+        .map(|c| c.hash())
+        .collect();
+    assert!(hashes.len() >= 20);
+    let bloom = automerge::sync::BloomFilter::from_hashes(hashes.iter());
+    // A makes edits until one's hash is a false positive there (~1 in 100).
+    let mut c1 = None;
+    for tag in 0..20_000 {
+        let before = net.nodes[0].host.docs[&DOCS[0]].clone();
+        net.nodes[0].host.edit(DOCS[0], &mut rng, 1_000 + tag);
+        let head = net.nodes[0].host.heads()[&DOCS[0]][0];
+        if bloom.contains_hash(&head) {
+            c1 = Some(head);
+            break;
+        }
+        net.nodes[0].host.docs.insert(DOCS[0], before);
+    }
+    let c1 = c1.expect("a false positive within 20,000 edits");
+    net.nodes[0].host.edit(DOCS[0], &mut rng, 99_999);
+    net.connect(0, 1);
+    // Delivered by hand, to see what B asks for.
+    let mut asked = false;
+    let mut steps = 0;
+    loop {
+        let mut any = false;
+        for (a, b) in [(0, 1), (1, 0)] {
+            while let Some(frame) = net.links.get_mut(&(a, b)).and_then(VecDeque::pop_front) {
+                if let Frame::Sync {
+                    doc,
+                    message: Some(m),
+                    ..
+                } = &frame
+                    && a == 1
+                    && *doc == DOCS[0]
+                {
+                    let msg = automerge::sync::Message::decode(m).expect("message");
+                    asked |= msg.need.contains(&c1);
+                }
+                let peer = net.nodes[a].id;
+                net.input(b, Input::Received { peer, frame });
+                any = true;
+                steps += 1;
+                assert!(steps < 10_000, "sync did not quiesce");
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    assert!(asked, "B asked for the change it lacked by hash");
+    assert_eq!(net.nodes[0].host.heads(), net.nodes[1].host.heads());
+    assert!(
+        net.nodes[1]
+            .host
+            .docs
+            .get_mut(&DOCS[0])
+            .expect("doc")
+            .get_change_by_hash(&c1)
+            .is_some()
+    );
+    assert_eq!(net.nodes[1].engine.pending_documents(), 0);
+}
+
+/// A change sent and then dropped by the receiver's pending buffer (here:
+/// stripped from its frame, as if dropped) is in the sender's `sent_hashes`
+/// and would never be offered again; c2, on top of it, waits until it
+/// expires, and then the receiver asks the sender (Automerge's sync reset)
+/// to offer again all it lacks: the document converges.
+#[test]
+fn a_change_the_pending_buffer_dropped_is_offered_again() {
+    let mut rng = SmallRng::seed_from_u64(7);
+    let mut net = Net::new(2, 2);
+    net.heal();
+    net.edit(0, DOCS[0], &mut rng);
+    net.heal();
+    // Two changes, c2 on top of c1, offered in one message.
+    net.nodes[0].host.edit(DOCS[0], &mut rng, 100);
+    let c1 = net.nodes[0].host.heads()[&DOCS[0]][0];
+    net.nodes[0].host.edit(DOCS[0], &mut rng, 101);
+    net.input(
+        0,
+        Input::LocalChange {
+            workspace: WS,
+            doc: DOCS[0],
+        },
+    );
+    let mut dropped = 0;
+    for frame in net.links.get_mut(&(0, 1)).expect("link") {
+        if let Frame::Sync { changes, .. } = frame {
+            let before = changes.len();
+            changes
+                .retain(|raw| Change::from_bytes(raw.clone()).map(|c| c.hash()).ok() != Some(c1));
+            dropped += before - changes.len();
+        }
+    }
+    assert_eq!(dropped, 1, "c1 was in the frames");
+    net.heal();
+    assert_ne!(net.nodes[0].host.heads(), net.nodes[1].host.heads());
+    net.now += Limits::default().pending_ttl_ms + 1;
+    net.input(1, Input::Tick);
+    net.heal();
+    assert_eq!(net.nodes[0].host.heads(), net.nodes[1].host.heads());
+    assert_eq!(net.nodes[1].engine.pending_documents(), 0);
+}
