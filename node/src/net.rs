@@ -239,9 +239,15 @@ impl Net {
                     limits: connection_limits::Behaviour::new(
                         connection_limits::ConnectionLimits::default()
                             .with_max_established(Some(256))
-                            // A relayed connection and the direct one
-                            // hole punching makes beside it, and one spare.
-                            .with_max_established_per_peer(Some(3))
+                            // Two peers dialling each other at once, a
+                            // relayed connection and the direct one hole
+                            // punching makes beside it, and AutoNAT's
+                            // dial-backs (a probe every 30 s until sure; each
+                            // stays until the idle timeout). With 3, the
+                            // second probe between two teammates on a LAN
+                            // was refused and each then called the other's
+                            // reachable node `private`.
+                            .with_max_established_per_peer(Some(6))
                             .with_max_pending_incoming(Some(64))
                             .with_max_pending_outgoing(Some(64)),
                     ),
