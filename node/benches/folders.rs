@@ -21,7 +21,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{BoxError, NodeProcess, free_port, ms, percentiles, rss_mib, today};
+use common::{
+    BoxError, DirectPair, NodeProcess, direct_pair, invite, ms, percentiles, rss_mib, today,
+};
 use serde_json::json;
 
 const LATENCY_FILES: usize = 200;
@@ -34,13 +36,6 @@ fn main() -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     rt.block_on(run())
-}
-
-async fn peer_id(n: &NodeProcess) -> Result<String, BoxError> {
-    Ok(n.get_json("/api/v1/node").await?["peer_id"]
-        .as_str()
-        .ok_or("no peer id")?
-        .to_owned())
 }
 
 /// Waits until the folder `dir` of node `n` is in sync (not scanning).
@@ -155,22 +150,7 @@ fn generate_tree(root: &Path, files: usize) -> Result<u64, BoxError> {
 
 async fn run() -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
-    let (pa, pb) = (free_port()?, free_port()?);
-    let a = NodeProcess::start(
-        &dir.path().join("a"),
-        &["--listen".into(), format!("/ip4/127.0.0.1/tcp/{pa}")],
-    )?;
-    let a_id = peer_id(&a).await?;
-    let b = NodeProcess::start(
-        &dir.path().join("b"),
-        &[
-            "--listen".into(),
-            format!("/ip4/127.0.0.1/tcp/{pb}"),
-            "--peer".into(),
-            format!("/ip4/127.0.0.1/tcp/{pa}/p2p/{a_id}"),
-        ],
-    )?;
-    let b_id = peer_id(&b).await?;
+    let DirectPair { a, b, .. } = direct_pair(dir.path()).await?;
     let fa = dir.path().join("folder-a");
     let fb = dir.path().join("folder-b");
     std::fs::create_dir_all(&fa)?;
@@ -183,14 +163,7 @@ async fn run() -> Result<(), BoxError> {
         .as_str()
         .ok_or("no workspace")?
         .to_owned();
-    let invite = a
-        .post(
-            &format!("/api/v1/workspaces/{ws}/invites"),
-            &json!({"peer_id": b_id, "role": "developer"}),
-        )
-        .await?;
-    b.post("/api/v1/join", &json!({"token": invite["token"]}))
-        .await?;
+    invite(&a, &ws, &b, "developer").await?;
     b.post("/api/v1/folders", &json!({"dir": fb_s, "workspace": ws}))
         .await?;
     until_watching(&b, &fb_s).await?;

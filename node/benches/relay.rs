@@ -19,7 +19,10 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{BoxError, NodeProcess, cpu_secs, free_port, ms, percentiles, rss_mib, today};
+use common::{
+    BoxError, DirectPair, NodeProcess, cpu_secs, direct_pair, free_port, invite, ms, percentiles,
+    rss_mib, today,
+};
 use serde_json::json;
 
 const EDITS: usize = 300;
@@ -46,13 +49,6 @@ struct Team {
     _dir: tempfile::TempDir,
 }
 
-async fn peer_id(node: &NodeProcess) -> Result<String, BoxError> {
-    Ok(node.get_json("/api/v1/node").await?["peer_id"]
-        .as_str()
-        .ok_or("no peer id")?
-        .to_owned())
-}
-
 /// `inviter` makes workspace `ws` (or a new one named `name`) and lets
 /// `joiners` in; returns its id.
 async fn share(
@@ -67,15 +63,7 @@ async fn share(
         .ok_or("no workspace id")?
         .to_owned();
     for (joiner, role) in joiners {
-        let invite = inviter
-            .post(
-                &format!("/api/v1/workspaces/{ws}/invites"),
-                &json!({"peer_id": peer_id(joiner).await?, "role": role}),
-            )
-            .await?;
-        joiner
-            .post("/api/v1/join", &json!({"token": invite["token"]}))
-            .await?;
+        invite(inviter, &ws, joiner, role).await?;
     }
     Ok(ws)
 }
@@ -102,19 +90,12 @@ async fn until_reserved(node: &NodeProcess) -> Result<(), BoxError> {
 impl Team {
     async fn direct() -> Result<Self, BoxError> {
         let dir = tempfile::tempdir()?;
-        let (pa, pb) = (free_port()?, free_port()?);
-        let a = NodeProcess::start(
-            &dir.path().join("a"),
-            &["--listen".into(), format!("/ip4/127.0.0.1/tcp/{pa}")],
-        )?;
-        let b_home = dir.path().join("b");
-        let b_args = vec![
-            "--listen".into(),
-            format!("/ip4/127.0.0.1/tcp/{pb}"),
-            "--peer".into(),
-            format!("/ip4/127.0.0.1/tcp/{pa}/p2p/{}", peer_id(&a).await?),
-        ];
-        let b = NodeProcess::start(&b_home, &b_args)?;
+        let DirectPair {
+            a,
+            b,
+            b_home,
+            b_args,
+        } = direct_pair(dir.path()).await?;
         let ws = share(&a, "bench", &[(&b, "developer")]).await?;
         Self::ready(Self {
             r: None,
@@ -158,7 +139,7 @@ impl Team {
             _dir: dir,
         })
         .await?;
-        let b_id = peer_id(team.b()?).await?;
+        let b_id = team.b()?.peer_id().await?;
         let peers = team.a.get_json("/api/v1/peers").await?;
         let link = peers["peers"]
             .as_array()

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, ObjType, ROOT, ReadDoc};
-use common::{BoxError, Edit, NodeProcess, free_port, ms, percentiles, today};
+use common::{
+    BoxError, DirectPair, Edit, NodeProcess, direct_pair, invite, ms, percentiles, today,
+};
 use serde_json::json;
 
 const PROPAGATION_EDITS: usize = 1_000;
@@ -53,41 +55,19 @@ struct Team {
 impl Team {
     async fn new() -> Result<Self, BoxError> {
         let dir = tempfile::tempdir()?;
-        let (pa, pb) = (free_port()?, free_port()?);
-        let a = NodeProcess::start(
-            &dir.path().join("a"),
-            &["--listen".into(), format!("/ip4/127.0.0.1/tcp/{pa}")],
-        )?;
-        let a_id = a.get_json("/api/v1/node").await?["peer_id"]
-            .as_str()
-            .ok_or("no peer id")?
-            .to_owned();
-        let b_home = dir.path().join("b");
-        let b_args = vec![
-            "--listen".into(),
-            format!("/ip4/127.0.0.1/tcp/{pb}"),
-            "--peer".into(),
-            format!("/ip4/127.0.0.1/tcp/{pa}/p2p/{a_id}"),
-        ];
-        let b = NodeProcess::start(&b_home, &b_args)?;
-        let b_id = b.get_json("/api/v1/node").await?["peer_id"]
-            .as_str()
-            .ok_or("no peer id")?
-            .to_owned();
+        let DirectPair {
+            a,
+            b,
+            b_home,
+            b_args,
+        } = direct_pair(dir.path()).await?;
         let ws = a
             .post("/api/v1/workspaces", &json!({"name": "bench"}))
             .await?["id"]
             .as_str()
             .ok_or("no workspace id")?
             .to_owned();
-        let invite = a
-            .post(
-                &format!("/api/v1/workspaces/{ws}/invites"),
-                &json!({"peer_id": b_id, "role": "developer"}),
-            )
-            .await?;
-        b.post("/api/v1/join", &json!({"token": invite["token"]}))
-            .await?;
+        invite(&a, &ws, &b, "developer").await?;
         let team = Self {
             a,
             b: Some(b),

@@ -110,6 +110,61 @@ pub async fn until_has(
     Ok(started.elapsed())
 }
 
+/// A listening on a free loopback port, and B, on another, dialling it:
+/// the direct pair the sync, relay and folder benchmarks start from.
+pub struct DirectPair {
+    pub a: NodeProcess,
+    pub b: NodeProcess,
+    pub b_home: PathBuf,
+    /// B's arguments, to restart it the same way.
+    pub b_args: Vec<String>,
+}
+
+pub async fn direct_pair(dir: &Path) -> Result<DirectPair, BoxError> {
+    let (pa, pb) = (free_port()?, free_port()?);
+    let a = NodeProcess::start(
+        &dir.join("a"),
+        &["--listen".into(), format!("/ip4/127.0.0.1/tcp/{pa}")],
+    )?;
+    let b_home = dir.join("b");
+    let b_args = vec![
+        "--listen".into(),
+        format!("/ip4/127.0.0.1/tcp/{pb}"),
+        "--peer".into(),
+        format!("/ip4/127.0.0.1/tcp/{pa}/p2p/{}", a.peer_id().await?),
+    ];
+    let b = NodeProcess::start(&b_home, &b_args)?;
+    Ok(DirectPair {
+        a,
+        b,
+        b_home,
+        b_args,
+    })
+}
+
+/// `inviter` invites `joiner` to workspace `ws` with `role`, and `joiner`
+/// joins.
+pub async fn invite(
+    inviter: &NodeProcess,
+    ws: &str,
+    joiner: &NodeProcess,
+    role: &str,
+) -> Result<(), BoxError> {
+    let invite = inviter
+        .post(
+            &format!("/api/v1/workspaces/{ws}/invites"),
+            &serde_json::json!({"peer_id": joiner.peer_id().await?, "role": role}),
+        )
+        .await?;
+    joiner
+        .post(
+            "/api/v1/join",
+            &serde_json::json!({"token": invite["token"]}),
+        )
+        .await?;
+    Ok(())
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> Result<u16, BoxError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -211,6 +266,13 @@ impl NodeProcess {
     }
 
     /// `GET` JSON.
+    pub async fn peer_id(&self) -> Result<String, BoxError> {
+        Ok(self.get_json("/api/v1/node").await?["peer_id"]
+            .as_str()
+            .ok_or("no peer id")?
+            .to_owned())
+    }
+
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, BoxError> {
         Ok(self
             .request(reqwest::Method::GET, path)
