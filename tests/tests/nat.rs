@@ -4,6 +4,9 @@
 //! that was not asked for. A and B can be dialled by nobody; A invites B and
 //! the invitation alone gets B to A, through R.
 //!
+//! A revoked member behind a NAT loses the relay: its reservation and
+//! circuits are cut and it is refused a new one.
+//!
 //! Needs root, `ip` (iproute2) and `nft` (nftables). Elsewhere it skips with
 //! the reason, unless `XENCODE_REQUIRE_ALL_TESTS=1` (as in CI).
 
@@ -354,8 +357,8 @@ fn behind_a_symmetric_nat_sync_stays_relayed() {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (_r, a, b, ws) = team(&net, tmp.path());
-    let a_id = last_line(&a.cli(&["id"]));
+    let (r, a, b, ws) = team(&net, tmp.path());
+    let (a_id, b_id) = (last_line(&a.cli(&["id"])), last_line(&b.cli(&["id"])));
     edits_cross(&a, &b, &ws);
     b.until("B never connected to A through R", |b| {
         connection(b, &a_id) == "relayed"
@@ -371,4 +374,28 @@ fn behind_a_symmetric_nat_sync_stays_relayed() {
         has(b, &ws, "later.md", "still relayed\n")
     });
     assert_eq!(connection(&b, &a_id), "relayed");
+
+    // R, the workspace's admin, revokes B, which reaches A only through R:
+    // R cuts B's reservation and circuits at once, refuses B's next
+    // reservation, and A loses B.
+    let out = r.cli(&["revoke", &ws, &b_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logged = |node: &NsNode, what: &str| {
+        node.log()
+            .lines()
+            .any(|l| l.contains(what) && l.contains(b_id.as_str()))
+    };
+    r.until("R never cut the revoked member's relay use", |r| {
+        logged(r, "no longer a member")
+    });
+    r.until("R never refused the revoked member a reservation", |r| {
+        logged(r, "relay reservation refused")
+    });
+    a.until("A still reaches the revoked member", |a| {
+        connection(a, &b_id).is_empty()
+    });
 }
