@@ -473,9 +473,7 @@ impl Engine {
             });
         }
     }
-}
 
-impl Engine {
     /// A change `peer` sent for `doc` was dropped here (the pending buffer
     /// was full, or it waited too long): the peer holds it in Automerge's
     /// `sent_hashes` and would never offer it again, so this document
