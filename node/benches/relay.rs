@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{
-    BoxError, DirectPair, NodeProcess, cpu_secs, direct_pair, free_port, invite, ms, percentiles,
-    rss_mib, today,
+    BoxError, DirectPair, NodeProcess, cpu_secs, direct_pair, free_port, ms, percentiles, rss_mib,
+    share, today,
 };
 use serde_json::json;
 
@@ -47,25 +47,6 @@ struct Team {
     b_env: &'static [(&'static str, &'static str)],
     ws: String,
     _dir: tempfile::TempDir,
-}
-
-/// `inviter` makes workspace `ws` (or a new one named `name`) and lets
-/// `joiners` in; returns its id.
-async fn share(
-    inviter: &NodeProcess,
-    name: &str,
-    joiners: &[(&NodeProcess, &str)],
-) -> Result<String, BoxError> {
-    let ws = inviter
-        .post("/api/v1/workspaces", &json!({ "name": name }))
-        .await?["id"]
-        .as_str()
-        .ok_or("no workspace id")?
-        .to_owned();
-    for (joiner, role) in joiners {
-        invite(inviter, &ws, joiner, role).await?;
-    }
-    Ok(ws)
 }
 
 /// Waits until `node` lists a circuit address among its own.

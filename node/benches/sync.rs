@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, ObjType, ROOT, ReadDoc};
-use common::{
-    BoxError, DirectPair, Edit, NodeProcess, direct_pair, invite, ms, percentiles, today,
-};
+use common::{BoxError, DirectPair, Edit, NodeProcess, direct_pair, ms, percentiles, share, today};
 use serde_json::json;
 
 const PROPAGATION_EDITS: usize = 1_000;
@@ -61,13 +59,7 @@ impl Team {
             b_home,
             b_args,
         } = direct_pair(dir.path()).await?;
-        let ws = a
-            .post("/api/v1/workspaces", &json!({"name": "bench"}))
-            .await?["id"]
-            .as_str()
-            .ok_or("no workspace id")?
-            .to_owned();
-        invite(&a, &ws, &b, "developer").await?;
+        let ws = share(&a, "bench", &[(&b, "developer")]).await?;
         let team = Self {
             a,
             b: Some(b),

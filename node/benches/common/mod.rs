@@ -142,6 +142,25 @@ pub async fn direct_pair(dir: &Path) -> Result<DirectPair, BoxError> {
     })
 }
 
+/// `inviter` makes a workspace named `name` and lets `joiners` in, each
+/// with its role; returns the workspace's id.
+pub async fn share(
+    inviter: &NodeProcess,
+    name: &str,
+    joiners: &[(&NodeProcess, &str)],
+) -> Result<String, BoxError> {
+    let ws = inviter
+        .post("/api/v1/workspaces", &serde_json::json!({ "name": name }))
+        .await?["id"]
+        .as_str()
+        .ok_or("no workspace id")?
+        .to_owned();
+    for (joiner, role) in joiners {
+        invite(inviter, &ws, joiner, role).await?;
+    }
+    Ok(ws)
+}
+
 /// `inviter` invites `joiner` to workspace `ws` with `role`, and `joiner`
 /// joins.
 pub async fn invite(

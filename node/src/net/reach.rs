@@ -415,7 +415,9 @@ pub(super) fn quic_address(
 }
 
 /// Tries of hole punching after a failed one: 10 s later, then 20 s, then
-/// 40 s; then the peer stays relayed until it reconnects.
+/// 40 s; then the peer stays relayed until this node restarts. (Not reset
+/// when the peer disconnects: a try itself closes the relayed connection,
+/// so a reset there would lift the limit.)
 #[derive(Default)]
 pub(super) struct PunchRetries {
     by_peer: HashMap<PeerId, (Instant, u32)>,
