@@ -2,8 +2,8 @@
 //! never the global default, so tests can run several nodes in one process).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the node exports, under the `xencode_` prefix.
@@ -16,6 +16,7 @@ pub struct Metrics {
     store_commit_duration: HistogramVec,
     workspaces: IntGauge,
     store_size: IntGauge,
+    documents: IntGaugeVec,
     changes_applied: IntCounter,
     changes_rejected: IntCounterVec,
     sessions_refused: IntCounterVec,
@@ -76,6 +77,13 @@ impl Metrics {
         )?;
         let workspaces = IntGauge::new("workspaces", "workspaces held by this node")?;
         let store_size = IntGauge::new("store_size_bytes", "size of the redb store file")?;
+        let documents = IntGaugeVec::new(
+            Opts::new(
+                "documents",
+                "file documents held, by state: loaded in memory, or parked as their snapshot",
+            ),
+            &["state"],
+        )?;
         let changes_applied = IntCounter::new(
             "changes_applied_total",
             "changes received from peers and applied",
@@ -199,6 +207,7 @@ impl Metrics {
         registry.register(Box::new(store_commit_duration.clone()))?;
         registry.register(Box::new(workspaces.clone()))?;
         registry.register(Box::new(store_size.clone()))?;
+        registry.register(Box::new(documents.clone()))?;
         let relay_reservations = IntGauge::new(
             "relay_reservations",
             "reservations this node's relay holds for members",
@@ -250,6 +259,7 @@ impl Metrics {
             store_commit_duration,
             workspaces,
             store_size,
+            documents,
             changes_applied,
             changes_rejected,
             sessions_refused,
@@ -297,6 +307,15 @@ impl Metrics {
             .set(i64::try_from(workspaces).unwrap_or(i64::MAX));
         self.store_size
             .set(i64::try_from(file_size).unwrap_or(i64::MAX));
+    }
+
+    /// Records how many file documents are loaded and how many parked.
+    pub fn documents(&self, loaded: usize, parked: usize) {
+        for (state, n) in [("loaded", loaded), ("parked", parked)] {
+            self.documents
+                .with_label_values(&[state])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn changes_applied(&self, n: u64) {

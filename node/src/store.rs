@@ -227,6 +227,9 @@ pub struct StoreOptions {
     /// The display name this node gives itself in the workspaces it is a
     /// member of (`[node] name`).
     pub display_name: Option<String>,
+    /// File documents kept loaded per workspace; idle ones beyond it are
+    /// parked as their snapshots (`workspace/parking.rs`).
+    pub loaded_file_docs: usize,
 }
 
 impl Default for StoreOptions {
@@ -236,6 +239,7 @@ impl Default for StoreOptions {
             max_group: 256,
             max_text_bytes: 1 << 20,
             display_name: None,
+            loaded_file_docs: crate::workspace::parking::LOADED_FILE_DOCS,
         }
     }
 }

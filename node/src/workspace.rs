@@ -25,6 +25,8 @@ use xencode_protocol::api::{
     FileInfo, FileKind, Member, Role, Standing, WorkspaceDetail, WorkspaceSummary,
 };
 use xencode_protocol::policy::schema;
+
+use parking::{Facts, FileDocs};
 use xencode_protocol::{DocId, WorkspaceId, WorkspacePath};
 
 /// Who makes local changes: the node's peer id and Automerge actor.
@@ -149,10 +151,9 @@ pub struct Workspace {
     pub id: WorkspaceId,
     pub access: Doc,
     pub index: Doc,
-    /// Boxed: an `AutoCommit` is 4 KB inline, and a map node holds eleven
-    /// slots whether used or not (a 10,000-file workspace spent 78 MB on
-    /// map nodes, 35 MB more than boxes).
-    pub files: BTreeMap<DocId, Box<Doc>>,
+    /// Within a memory budget: the least recently used are parked
+    /// (`parking.rs`).
+    pub files: FileDocs,
     /// The index's file map by path and by document, valid for the index
     /// heads it was read at: reading it from Automerge costs O(files), and
     /// it is needed for every change event and every sync step.
@@ -226,7 +227,7 @@ impl Workspace {
                 id,
                 access,
                 index,
-                files: BTreeMap::new(),
+                files: FileDocs::default(),
                 file_index: RefCell::default(),
                 index_batch: false,
             },
@@ -234,11 +235,38 @@ impl Workspace {
         ))
     }
 
-    /// Every document of the workspace, mutably.
+    /// Every document of the workspace, mutably, all loaded (for tests and
+    /// the fuzz harness: a node never needs them all at once).
     pub fn docs_mut(&mut self) -> impl Iterator<Item = &mut Doc> {
         [&mut self.access, &mut self.index]
             .into_iter()
-            .chain(self.files.values_mut().map(|d| &mut **d))
+            .chain(self.files.all_mut())
+    }
+
+    /// Every document's id with its heads, without loading parked ones.
+    pub fn all_heads(&mut self) -> Vec<(DocId, Vec<ChangeHash>)> {
+        let mut out = vec![
+            (self.access.id, self.access.heads()),
+            (self.index.id, self.index.heads()),
+        ];
+        let ids: Vec<DocId> = self.files.keys().copied().collect();
+        for id in ids {
+            if let Some(heads) = self.files.heads(&id) {
+                out.push((id, heads));
+            }
+        }
+        out
+    }
+
+    /// A snapshot of one of the workspace's documents that loads back:
+    /// `None` if the document is not the workspace's, `Some(None)` if its
+    /// saved form does not load back.
+    pub fn snapshot(&mut self, id: &DocId) -> Option<Option<Vec<u8>>> {
+        if self.files.contains_key(id) {
+            return self.files.snapshot(id);
+        }
+        self.doc_mut(id)
+            .map(|d| parking::verified_snapshot(&mut d.am))
     }
 
     /// One document of the workspace, by id, in O(log files).
@@ -248,7 +276,7 @@ impl Workspace {
         } else if *id == self.index.id {
             Some(&mut self.index)
         } else {
-            self.files.get_mut(id).map(|d| &mut **d)
+            self.files.get_mut(id)
         }
     }
 
@@ -288,8 +316,9 @@ impl Workspace {
         let summary = self.summary(me, now_ms);
         let members = self.members();
         let mut heads: Vec<String> = self
-            .docs_mut()
-            .flat_map(|d| d.heads())
+            .all_heads()
+            .into_iter()
+            .flat_map(|(_, h)| h)
             .map(|h| h.to_string())
             .collect();
         heads.sort();
@@ -400,7 +429,7 @@ impl Workspace {
             id,
             access: Doc::new(access_doc_id(&id), &author.actor),
             index: Doc::new(index_doc_id(&id), &author.actor),
-            files: BTreeMap::new(),
+            files: FileDocs::default(),
             file_index: RefCell::default(),
             index_batch: false,
         }
@@ -410,17 +439,25 @@ impl Workspace {
         self.file_index().by_path.get(path).copied()
     }
 
-    /// Information on every file, sorted by path.
-    pub fn list_files(&self) -> Vec<FileInfo> {
-        self.file_index()
+    /// Information on every file, sorted by path (parked documents are
+    /// not loaded, except once for those parked at start).
+    pub fn list_files(&mut self) -> Vec<FileInfo> {
+        let index = self.file_index();
+        index
             .by_path
             .iter()
-            .filter_map(|(path, doc)| Some(file_info(path.clone(), self.files.get(doc)?)))
+            .filter_map(|(path, doc)| Some(file_info(path.clone(), self.files.facts(doc)?)))
             .collect()
     }
 
+    /// Whether the workspace has a file at `path` (its document loaded or not).
+    pub fn has_file(&self, path: &WorkspacePath) -> bool {
+        self.file_doc(path)
+            .is_some_and(|id| self.files.contains_key(&id))
+    }
+
     /// The content of a file.
-    pub fn get_file(&self, path: &WorkspacePath) -> Result<FileContent, WorkspaceError> {
+    pub fn get_file(&mut self, path: &WorkspacePath) -> Result<FileContent, WorkspaceError> {
         let doc = self.existing_file(path)?;
         let am = &doc.am;
         if let Some(text) = get_text_obj(am) {
@@ -436,10 +473,9 @@ impl Workspace {
         })
     }
 
-    fn existing_file(&self, path: &WorkspacePath) -> Result<&Doc, WorkspaceError> {
+    fn existing_file(&mut self, path: &WorkspacePath) -> Result<&mut Doc, WorkspaceError> {
         self.file_doc(path)
-            .and_then(|id| self.files.get(&id))
-            .map(|d| &**d)
+            .and_then(|id| self.files.get_mut(&id))
             .ok_or_else(|| WorkspaceError::FileNotFound(path.clone()))
     }
 
@@ -471,7 +507,7 @@ impl Workspace {
         let doc = self
             .existing_file(path)
             .map_err(|_| WorkspaceError::Damaged("file document vanished".into()))?;
-        Ok((file_info(path.clone(), doc), changes))
+        Ok((file_info(path.clone(), parking::facts_of(&doc.am)), changes))
     }
 
     /// The document of `path`, or a new one entered in the index (its
@@ -496,7 +532,7 @@ impl Workspace {
             changes.extend(self.index.commit(now_ms, &cites));
         }
         self.note_file(path, Some(id));
-        self.files.insert(id, Box::new(Doc::new(id, &author.actor)));
+        self.files.insert(Doc::new(id, &author.actor));
         Ok(id)
     }
 
@@ -620,26 +656,14 @@ pub(crate) fn stamp(
     Ok(())
 }
 
-fn file_info(path: WorkspacePath, doc: &Doc) -> FileInfo {
-    let am = &doc.am;
-    let (kind, size_bytes, chars) = match get_text_obj(am) {
-        Some(t) => {
-            let s = am.text(&t).unwrap_or_default();
-            (FileKind::Text, s.len() as u64, Some(am.length(&t) as u64))
-        }
-        None => (
-            FileKind::Binary,
-            get_bytes(am, &ROOT, "data").map_or(0, |b| b.len() as u64),
-            None,
-        ),
-    };
+fn file_info(path: WorkspacePath, facts: Facts) -> FileInfo {
     FileInfo {
         path,
-        kind,
-        size_bytes,
-        chars,
-        updated_by: get_str(am, &ROOT, "updated_by").unwrap_or_default(),
-        updated_at: get_u64(am, &ROOT, "updated_at").unwrap_or(0),
+        kind: facts.kind,
+        size_bytes: facts.size_bytes,
+        chars: facts.chars,
+        updated_by: facts.updated_by,
+        updated_at: facts.updated_at,
     }
 }
 
@@ -698,6 +722,7 @@ mod editing;
 pub mod folder;
 pub mod interop;
 pub mod merge;
+pub mod parking;
 pub use access::MemberState;
 pub use editing::Edited;
 

@@ -95,6 +95,15 @@ pub trait Host {
     fn has_document(&self, ws: &WorkspaceId, doc: &DocId) -> bool {
         self.documents(ws).contains(doc)
     }
+    /// The heads of a held document, without creating it (`None` if it is
+    /// not held). A host that keeps idle documents unloaded answers this
+    /// without loading them.
+    fn heads(&mut self, ws: &WorkspaceId, doc: &DocId) -> Option<Vec<ChangeHash>> {
+        if !self.has_document(ws, doc) {
+            return None;
+        }
+        self.document(ws, doc).map(|am| am.get_heads())
+    }
     /// Whether a change to `doc` can name documents `ws` did not hold (the
     /// index): after a peer changes it, sessions look for new documents.
     /// Every other change costs the engine only the document it touched.
@@ -452,13 +461,9 @@ pub fn digest(host: &mut impl Host, ws: &WorkspaceId) -> [u8; 16] {
 /// changes (one a host created empty counts as absent).
 fn doc_digest(host: &mut impl Host, ws: &WorkspaceId, doc: &DocId) -> [u8; 16] {
     let mut out = [0u8; 16];
-    if !host.has_document(ws, doc) {
-        return out;
-    }
-    let Some(am) = host.document(ws, doc) else {
+    let Some(mut heads) = host.heads(ws, doc) else {
         return out;
     };
-    let mut heads = am.get_heads();
     if heads.is_empty() {
         return out;
     }
@@ -937,8 +942,50 @@ impl Engine {
         });
         self.greet_with_presence(peer, ws);
         for doc in host.documents(&ws) {
-            self.generate(host, peer, ws, doc);
+            if !self.resumes_in_step(host, peer, ws, doc) {
+                self.generate(host, peer, ws, doc);
+            }
         }
+    }
+
+    /// Whether `doc` ended its last session with `peer` in step and has not
+    /// changed here since (its heads are the shared heads saved then): its
+    /// sync state is restored and no message sent, so a session over a
+    /// large workspace costs only the documents that moved (a host may
+    /// keep idle documents unloaded). Sound because the peer skips under
+    /// the same condition: if both skip, each holds all the other's
+    /// heads; if the peer changed the document, its message starts the
+    /// exchange and this side answers from the restored state.
+    fn resumes_in_step(
+        &mut self,
+        host: &mut impl Host,
+        peer: PeerId,
+        ws: WorkspaceId,
+        doc: DocId,
+    ) -> bool {
+        let Some(session) = self.sessions.get_mut(&(peer, ws)) else {
+            return false;
+        };
+        if session.docs.contains_key(&doc) {
+            return false;
+        }
+        let Some(state) = host
+            .sync_state(&peer, &doc)
+            .and_then(|bytes| sync::State::decode(&bytes).ok())
+        else {
+            return false;
+        };
+        let Some(mut heads) = host.heads(&ws, &doc) else {
+            return false;
+        };
+        let mut shared = state.shared_heads.clone();
+        heads.sort();
+        shared.sort();
+        if heads.is_empty() || heads != shared {
+            return false;
+        }
+        session.docs.insert(doc, DocSync { state, idle: None });
+        true
     }
 
     fn close_session(&mut self, key: (PeerId, WorkspaceId)) {

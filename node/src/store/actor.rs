@@ -144,6 +144,7 @@ impl Actor {
             if self.disk.counters.urgency() == Compaction::Overdue {
                 self.compact_logged();
             }
+            self.publish_documents();
         }
         self.settle_engine();
         self.flush();
@@ -467,6 +468,7 @@ impl Actor {
         let id = WorkspaceId::derive(&self.author.public_key, &nonce);
         let (ws, changes) = Workspace::create(id, &nonce, name, &self.author, now_ms)?;
         let (mut ws, mut changes) = (ws, changes);
+        ws.files.set_budget(self.disk.options.loaded_file_docs);
         let summary = ws.summary(&self.author.peer_id, now_ms);
         let token = capability::mint(
             &self.signing.to_bytes(),
@@ -951,6 +953,15 @@ impl Actor {
         let size = std::fs::metadata(&self.disk.path).map_or(0, |m| m.len());
         self.stats.file_size.store(size, Ordering::Relaxed);
         self.metrics.store_state(self.workspaces.len(), size);
+        self.publish_documents();
+    }
+
+    /// How many file documents are loaded and parked (O(workspaces)).
+    fn publish_documents(&self) {
+        let (loaded, all) = self.workspaces.values().fold((0, 0), |(l, a), w| {
+            (l + w.files.loaded(), a + w.files.len())
+        });
+        self.metrics.documents(loaded, all.saturating_sub(loaded));
     }
 }
 

@@ -17,8 +17,8 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefi
 
 use super::OpenError;
 use super::tables::{
-    self, AI_CACHE, AUDIT, CHANGES, DOCS, MEMBERSHIPS, META, REFUSALS, SIGNATURES, SNAPSHOTS,
-    SYNC_STATES, WORKSPACES,
+    self, AI_CACHE, AUDIT, CHANGES, DOCS, FILE_FACTS, MEMBERSHIPS, META, REFUSALS, SIGNATURES,
+    SNAPSHOTS, SYNC_STATES, WORKSPACES,
 };
 
 /// Meta key naming the peer whose store a backup is.
@@ -85,6 +85,7 @@ pub fn write(
         copy(snapshot, &tx, DOCS)?;
         copy(snapshot, &tx, CHANGES)?;
         copy(snapshot, &tx, SNAPSHOTS)?;
+        copy(snapshot, &tx, FILE_FACTS)?;
         copy(snapshot, &tx, SIGNATURES)?;
         copy(snapshot, &tx, MEMBERSHIPS)?;
         copy(snapshot, &tx, SYNC_STATES)?;

@@ -272,7 +272,7 @@ impl Harness {
                     panic!("the change records no longer load: {e}");
                 }
                 assert_eq!(fresh.get_heads(), heads, "heads differ after reload");
-                if let Some(saved) = super::persist::verified_snapshot(&mut doc.am) {
+                if let Some(saved) = crate::workspace::parking::verified_snapshot(&mut doc.am) {
                     assert!(AutoCommit::load(&saved).is_ok());
                 }
             }
@@ -445,7 +445,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     }
     // Sync messages as a peer generates them, against this node's file doc.
     let mut state = automerge::sync::State::new();
-    if let Some(doc) = mine.files.values_mut().next() {
+    if let Some(doc) = mine.files.all_mut().next() {
         use automerge::sync::SyncDoc;
         if let Some(msg) = doc.am.sync().generate_sync_message(&mut state) {
             out.push(("sync_message", join(1, &[msg.clone().encode()])));

@@ -11,7 +11,7 @@ use xencode_protocol::sync::{Access, Host, WriteDecision};
 use xencode_protocol::{DocId, PeerId, WorkspaceId};
 
 use super::tables::{Membership, SIGNATURES, SYNC_STATES};
-use crate::workspace::{Author, Doc, MemberState, Workspace, access_doc_id};
+use crate::workspace::{Author, MemberState, Workspace, access_doc_id};
 
 /// Most documents a workspace may grow to through sync.
 const MAX_DOCS_PER_WORKSPACE: usize = 100_000;
@@ -81,14 +81,20 @@ impl Host for HostView<'_> {
         if !w.files.contains_key(doc) && w.files.len() >= MAX_DOCS_PER_WORKSPACE {
             return None;
         }
-        let actor = self.author.actor.clone();
-        Some(
-            &mut w
-                .files
-                .entry(*doc)
-                .or_insert_with(|| Box::new(Doc::new(*doc, &actor)))
-                .am,
-        )
+        w.files
+            .get_or_new(*doc, &self.author.actor)
+            .map(|d| &mut d.am)
+    }
+
+    fn heads(&mut self, ws: &WorkspaceId, doc: &DocId) -> Option<Vec<ChangeHash>> {
+        let w = self.workspaces.get_mut(ws)?;
+        if *doc == w.access.id {
+            return Some(w.access.heads());
+        }
+        if *doc == w.index.id {
+            return Some(w.index.heads());
+        }
+        w.files.heads(doc)
     }
 
     fn signature(&self, _ws: &WorkspaceId, doc: &DocId, hash: &ChangeHash) -> Option<SignedHead> {

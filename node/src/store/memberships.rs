@@ -156,8 +156,9 @@ impl Actor {
             .parse()
             .map_err(|_| BadInvitation::InviterNotAPeer)?;
         if !self.workspaces.contains_key(&inv.workspace) {
-            self.workspaces
-                .insert(inv.workspace, Workspace::empty(inv.workspace, &self.author));
+            let mut ws = Workspace::empty(inv.workspace, &self.author);
+            ws.files.set_budget(self.disk.options.loaded_file_docs);
+            self.workspaces.insert(inv.workspace, ws);
             self.disk.new_workspaces.push(inv.workspace);
         }
         let mut contacts = self

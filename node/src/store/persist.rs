@@ -16,10 +16,11 @@ use xencode_protocol::{DocId, WorkspaceId};
 
 use super::audit;
 use super::tables::{
-    self, AI_CACHE, CHANGES, DOCS, DocRecord, MEMBERSHIPS, Membership, SIGNATURES, SNAPSHOTS,
-    SYNC_STATES, WORKSPACES,
+    self, AI_CACHE, CHANGES, DOCS, DocRecord, FILE_FACTS, MEMBERSHIPS, Membership, SIGNATURES,
+    SNAPSHOTS, SYNC_STATES, WORKSPACES,
 };
 use super::{OpenError, StoreError, StoreOptions};
+use crate::workspace::parking::{FileDocs, saved_heads};
 use crate::workspace::{Author, Doc, DocKind, NewChange, Workspace, access_doc_id, index_doc_id};
 
 /// Why something stored could not be loaded.
@@ -175,7 +176,9 @@ impl Persistence {
         let docs = read.open_table(DOCS).map_err(redb::Error::from)?;
         let snapshots = read.open_table(SNAPSHOTS).map_err(redb::Error::from)?;
         let changes = read.open_table(CHANGES).map_err(redb::Error::from)?;
-        let mut files = BTreeMap::new();
+        // A cache: a store restored from a backup made before it has none.
+        let facts = read.open_table(FILE_FACTS).ok();
+        let mut files = FileDocs::with_budget(self.options.loaded_file_docs);
         let mut access = None;
         let mut index = None;
         for entry in docs.iter().map_err(redb::Error::from)? {
@@ -185,6 +188,19 @@ impl Persistence {
                 continue;
             }
             let doc_id = DocId::from_bytes(k.value());
+            // A file document folded into its snapshot is parked as that
+            // snapshot: loaded when first used, not at start.
+            if record.kind == DocKind::File
+                && let Some((saved, heads, counters)) = parked_doc(&snapshots, &changes, doc_id)?
+            {
+                self.counters.set(doc_id, counters);
+                let known = facts.as_ref().and_then(|t| {
+                    let v = t.get(k.value()).ok()??;
+                    postcard::from_bytes(v.value()).ok()
+                });
+                files.insert_parked(doc_id, saved, heads, author.actor.clone(), known);
+                continue;
+            }
             let (am, counters) = load_doc(&snapshots, &changes, doc_id)?;
             let mut doc = Doc { id: doc_id, am };
             doc.am.set_actor(author.actor.clone());
@@ -192,9 +208,7 @@ impl Persistence {
             match record.kind {
                 DocKind::Access => access = Some(doc),
                 DocKind::Index => index = Some(doc),
-                DocKind::File => {
-                    files.insert(doc_id, Box::new(doc));
-                }
+                DocKind::File => files.insert(doc),
             }
         }
         // A joined workspace may have no document synced yet.
@@ -269,13 +283,17 @@ impl Persistence {
         {
             let mut snapshots = tx.open_table(SNAPSHOTS).map_err(classify)?;
             let mut changes = tx.open_table(CHANGES).map_err(classify)?;
+            let mut facts = tx.open_table(FILE_FACTS).map_err(classify)?;
             for doc_id in &due {
                 // By id, not by walking every document: compaction must not
                 // cost more because the workspace holds more files.
-                let Some(doc) = workspaces.values_mut().find_map(|w| w.doc_mut(doc_id)) else {
+                let Some((saved, file_facts)) = workspaces.values_mut().find_map(|w| {
+                    let saved = w.snapshot(doc_id)?;
+                    Some((saved, w.files.known_facts(doc_id)))
+                }) else {
                     continue;
                 };
-                let Some(saved) = verified_snapshot(&mut doc.am) else {
+                let Some(saved) = saved else {
                     // Keep the change records: they still load one by one.
                     tracing::error!(
                         doc = %doc_id,
@@ -288,6 +306,11 @@ impl Persistence {
                 snapshots
                     .insert(*doc_id.as_bytes(), (upto, saved.as_slice()))
                     .map_err(classify)?;
+                if let Some(f) = file_facts.and_then(|f| postcard::to_allocvec(&f).ok()) {
+                    facts
+                        .insert(*doc_id.as_bytes(), f.as_slice())
+                        .map_err(classify)?;
+                }
                 changes
                     .retain_in(
                         (*doc_id.as_bytes(), 0)..(*doc_id.as_bytes(), next),
@@ -299,6 +322,10 @@ impl Persistence {
         tx.commit().map_err(classify)?;
         for doc in &due {
             self.counters.folded(doc);
+        }
+        // The snapshots just written are what idle documents park as.
+        for w in workspaces.values_mut() {
+            w.files.make_room();
         }
         tracing::debug!(
             documents = due.len(),
@@ -439,12 +466,14 @@ impl Persistence {
             out.documents = gone.len();
             let mut changes = tx.open_table(CHANGES).map_err(classify)?;
             let mut snapshots = tx.open_table(SNAPSHOTS).map_err(classify)?;
+            let mut facts = tx.open_table(FILE_FACTS).map_err(classify)?;
             let mut signatures = tx.open_table(SIGNATURES).map_err(classify)?;
             for doc in &gone {
                 changes
                     .retain_in((*doc, 0)..=(*doc, u64::MAX), |_, _| false)
                     .map_err(classify)?;
                 snapshots.remove(*doc).map_err(classify)?;
+                facts.remove(*doc).map_err(classify)?;
                 signatures
                     .retain_in((*doc, [0; 32])..=(*doc, [0xff; 32]), |_, _| false)
                     .map_err(classify)?;
@@ -695,15 +724,34 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> OpenError {
     }
 }
 
-/// The document saved as a snapshot, if the snapshot loads back with the
-/// same heads. Crafted changes a member sent (found by fuzzing) can leave a
-/// document whose saved form no longer loads; writing it in place of the
-/// change records would lose the document at the next start.
-pub(super) fn verified_snapshot(am: &mut AutoCommit) -> Option<Vec<u8>> {
-    let heads = am.get_heads();
-    let saved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| am.save())).ok()?;
-    let loaded = std::panic::catch_unwind(|| AutoCommit::load(&saved).map(|mut d| d.get_heads()));
-    matches!(loaded, Ok(Ok(h)) if h == heads).then_some(saved)
+/// A snapshot's bytes, its heads and the document's record counters.
+type ParkedDoc = (Vec<u8>, Vec<automerge::ChangeHash>, Counters);
+
+/// A document that is only a snapshot (no change records after it): its
+/// saved bytes and heads, read without loading it.
+fn parked_doc(
+    snapshots: &redb::ReadOnlyTable<[u8; 16], (u64, &[u8])>,
+    changes: &redb::ReadOnlyTable<([u8; 16], u64), &[u8]>,
+    id: DocId,
+) -> Result<Option<ParkedDoc>, LoadError> {
+    let key = *id.as_bytes();
+    let Some(v) = snapshots.get(key).map_err(redb::Error::from)? else {
+        return Ok(None);
+    };
+    let mut records = changes
+        .range((key, 0)..=(key, u64::MAX))
+        .map_err(redb::Error::from)?;
+    if records.next().is_some() {
+        return Ok(None);
+    }
+    let (upto, data) = v.value();
+    Ok(saved_heads(data).map(|heads| {
+        let counters = Counters {
+            next: upto + 1,
+            pending: 0,
+        };
+        (data.to_vec(), heads, counters)
+    }))
 }
 
 /// Loads a document: its snapshot, then its change records in one batch.

@@ -61,7 +61,7 @@ impl Heard {
 impl Actor {
     /// This node's editors have `files` of `ws` open.
     pub(super) fn set_presence(&mut self, ws: WorkspaceId, files: Vec<OpenHere>) {
-        let Some(w) = self.workspaces.get(&ws) else {
+        let Some(w) = self.workspaces.get_mut(&ws) else {
             return;
         };
         let files = files
@@ -101,10 +101,10 @@ impl Actor {
     }
 
     /// Teammates with files of `ws` open, cursors placed in this node's text.
-    pub(super) fn teammates(&self, ws: WorkspaceId) -> Result<Vec<Teammate>, StoreError> {
+    pub(super) fn teammates(&mut self, ws: WorkspaceId) -> Result<Vec<Teammate>, StoreError> {
         let w = self
             .workspaces
-            .get(&ws)
+            .get_mut(&ws)
             .ok_or(StoreError::WorkspaceNotFound(ws))?;
         let mut out = Vec::new();
         for (peer, files) in self.sync.heard.files.get(&ws).into_iter().flatten() {

@@ -482,8 +482,8 @@ impl Actor {
         let ws = self.workspaces.get_mut(ws_id)?;
         let mut total = 0u64;
         let mut ahead = false;
-        for doc in ws.docs_mut() {
-            let (lacks, unknown) = lacking(doc, theirs.remove(&doc.id).unwrap_or_default());
+        for (id, heads) in ws.all_heads() {
+            let (lacks, unknown) = lacking(ws, id, heads, theirs.remove(&id).unwrap_or_default());
             ahead |= unknown;
             total += lacks;
         }
@@ -505,8 +505,8 @@ fn last_known_behind(
 ) -> Option<u64> {
     let mut total = 0u64;
     let mut any = false;
-    for doc in ws.docs_mut() {
-        let shared = match saved.get(&doc.id) {
+    for (id, heads) in ws.all_heads() {
+        let shared = match saved.get(&id) {
             Some(bytes) => match automerge::sync::State::decode(bytes) {
                 Ok(state) => {
                     any = true;
@@ -516,14 +516,28 @@ fn last_known_behind(
             },
             None => Vec::new(),
         };
-        total += lacking(doc, shared).0;
+        total += lacking(ws, id, heads, shared).0;
     }
     any.then_some(total)
 }
 
 /// How many of `doc`'s changes a peer that has `known` lacks, and whether
 /// `known` names changes this node does not have.
-fn lacking(doc: &mut crate::workspace::Doc, mut known: Vec<automerge::ChangeHash>) -> (u64, bool) {
+fn lacking(
+    ws: &mut crate::workspace::Workspace,
+    id: xencode_protocol::DocId,
+    mut heads: Vec<automerge::ChangeHash>,
+    mut known: Vec<automerge::ChangeHash>,
+) -> (u64, bool) {
+    heads.sort();
+    known.sort();
+    // In step: nothing to count, and a parked document stays parked.
+    if heads == known {
+        return (0, false);
+    }
+    let Some(doc) = ws.doc_mut(&id) else {
+        return (0, false);
+    };
     let before = known.len();
     known.retain(|h| doc.am.get_change_meta_by_hash(h).is_some());
     (

@@ -24,7 +24,11 @@
 //!   [`FolderLink`](super::folders::FolderLink), a folder linked to a workspace;
 //! - `folder-files-1` (schema 6): (directory, path) -> postcard
 //!   [`FileRecord`](super::folders::FileRecord): what was last synced between
-//!   the file on disk and the workspace.
+//!   the file on disk and the workspace;
+//! - `file-facts-1` (schema 7): document id -> postcard
+//!   [`Facts`](crate::workspace::parking::Facts) of a file document as of
+//!   its snapshot (what a listing shows), so that a document parked at start
+//!   is listed without loading it. A cache: a missing entry costs a load.
 
 use std::fs;
 use std::io::Read;
@@ -39,7 +43,7 @@ use crate::workspace::DocKind;
 /// Written into `meta-1` so a foreign redb file is recognised.
 pub const FORMAT: &[u8] = b"xencode-store";
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
 pub const WORKSPACES: TableDefinition<[u8; 16], ()> = TableDefinition::new("workspaces-1");
@@ -61,6 +65,7 @@ pub const FOLDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("folders-
 /// Per file of a linked folder, what was last synced (see `folders.rs`).
 pub const FOLDER_FILES: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("folder-files-1");
+pub const FILE_FACTS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("file-facts-1");
 
 /// This node's membership of a workspace, kept beside the documents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +99,7 @@ const MIGRATIONS: &[Migration] = &[
     migrate_3_to_4,
     migrate_4_to_5,
     migrate_5_to_6,
+    migrate_6_to_7,
 ];
 
 /// Schema 2 adds signatures, memberships and sync states (empty: stores of
@@ -127,6 +133,13 @@ fn migrate_4_to_5(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
 fn migrate_5_to_6(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(FOLDERS)?;
     tx.open_table(FOLDER_FILES)?;
+    Ok(())
+}
+
+/// Schema 7 adds the listing facts of snapshotted file documents (empty:
+/// filled as documents are compacted).
+fn migrate_6_to_7(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(FILE_FACTS)?;
     Ok(())
 }
 
@@ -267,6 +280,7 @@ fn initialize(db: &Database) -> Result<(), redb::Error> {
         tx.open_table(REFUSALS)?;
         tx.open_table(FOLDERS)?;
         tx.open_table(FOLDER_FILES)?;
+        tx.open_table(FILE_FACTS)?;
     }
     tx.commit()?;
     Ok(())

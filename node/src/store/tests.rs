@@ -545,3 +545,79 @@ async fn a_schema_5_store_gains_folder_links_that_survive_a_reopen() {
     );
     close(store, thread);
 }
+
+/// The `xencode_documents{state}` gauge, after the store's last command.
+fn documents(metrics: &Metrics, state: &str) -> u64 {
+    let want = format!("xencode_documents{{state=\"{state}\"}} ");
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&want)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {want} in the metrics"))
+}
+
+fn open_parking(path: &Path, metrics: &Arc<Metrics>) -> (Store, StoreThread) {
+    let options = StoreOptions {
+        compact_after_changes: 10,
+        loaded_file_docs: 4,
+        ..StoreOptions::default()
+    };
+    Store::open(path, author(), options, Arc::clone(metrics)).expect("open")
+}
+
+/// Idle file documents beyond the budget are parked as their snapshots;
+/// they read, list and take edits as before, and after a restart they are
+/// listed without being loaded (their listing facts are stored beside the
+/// snapshot).
+#[tokio::test]
+async fn idle_file_documents_are_parked_and_listed_after_a_restart_without_loading() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let (store, thread) = open_parking(&path, &metrics);
+    let ws = store
+        .create_workspace("team".into(), 1)
+        .await
+        .expect("create")
+        .id;
+    for i in 1..=20 {
+        store
+            .put_file(
+                ws,
+                p(&format!("f{i:02}.txt")),
+                "é".repeat(i).into_bytes(),
+                2,
+            )
+            .await
+            .expect("put");
+    }
+    idle().await;
+    // A command after compaction publishes the counts.
+    store.list_files(ws).await.expect("list");
+    assert!(documents(&metrics, "loaded") <= 4, "the budget holds");
+    assert!(documents(&metrics, "parked") >= 16);
+    // Parked documents read and take edits as if loaded.
+    assert_eq!(text_of(&store, ws, "f03.txt").await, "ééé");
+    store
+        .splice(ws, p("f03.txt"), None, ins(0, "x"), 3)
+        .await
+        .expect("splice");
+    assert_eq!(text_of(&store, ws, "f03.txt").await, "xééé");
+    // Everything folded: at the restart every file is parked from its
+    // snapshot.
+    store.compact().await.expect("compact all");
+    let before = store.list_files(ws).await.expect("list");
+    close(store, thread);
+
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let (store, thread) = open_parking(&path, &metrics);
+    let after = store.list_files(ws).await.expect("list");
+    assert_eq!(
+        after, before,
+        "the same listing, sizes and authors included"
+    );
+    assert_eq!(documents(&metrics, "loaded"), 0, "listed without loading");
+    assert_eq!(documents(&metrics, "parked"), 20);
+    assert_eq!(text_of(&store, ws, "f20.txt").await, "é".repeat(20));
+    close(store, thread);
+}

@@ -132,7 +132,7 @@ impl Workspace {
     /// whatever is typed around it. `None` if the file, its text or those
     /// heads are unknown.
     pub fn cursor(
-        &self,
+        &mut self,
         path: &WorkspacePath,
         offset: u64,
         heads: &[ChangeHash],
@@ -151,7 +151,7 @@ impl Workspace {
 
     /// Where a cursor (from [`Workspace::cursor`], perhaps a peer's) is in a
     /// text file's current text. `None` if it is not a cursor into it.
-    pub fn cursor_position(&self, path: &WorkspacePath, cursor: &str) -> Option<u64> {
+    pub fn cursor_position(&mut self, path: &WorkspacePath, cursor: &str) -> Option<u64> {
         let am = &self.existing_file(path).ok()?.am;
         let text = get_text_obj(am)?;
         // A peer's bytes. Automerge's parser slices the text as if it were

@@ -296,7 +296,10 @@ impl Workspace {
                 "the imported file has no text".into(),
             ));
         }
-        Ok((file_info(path.clone(), doc), changes))
+        Ok((
+            file_info(path.clone(), super::parking::facts_of(&doc.am)),
+            changes,
+        ))
     }
 
     /// The file's document as Automerge saves it: any Automerge application

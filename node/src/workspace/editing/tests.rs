@@ -8,7 +8,7 @@ use super::super::merge;
 use super::super::tests::{LIMIT, author, edit, new_ws, path};
 use super::*;
 
-fn text(ws: &Workspace, p: &str) -> String {
+fn text(ws: &mut Workspace, p: &str) -> String {
     String::from_utf8(ws.get_file(&path(p)).expect("get").bytes).expect("utf-8")
 }
 
@@ -44,7 +44,7 @@ fn an_edit_at_an_old_base_merges_and_catches_the_editor_up() {
         )
         .expect("editor");
     assert_eq!(typed.changes.len(), 1);
-    assert_eq!(text(&ws, "f.py"), "def g():\n    return 1\n");
+    assert_eq!(text(&mut ws, "f.py"), "def g():\n    return 1\n");
     // The editor's text (its base plus its edit) caught up to the merge.
     let editor = merge::apply("def f():\n    return 1\n", &typed.catch_up);
     assert_eq!(editor, "def g():\n    return 1\n");
@@ -86,7 +86,7 @@ fn bases_that_are_not_this_files_are_refused() {
         ws.edit(&path("x"), Some(&x.heads), &[edit(5, 0, "!")], &a, 4),
         Err(WorkspaceError::OutOfRange { len: 3, .. })
     ));
-    assert_eq!(text(&ws, "x"), "one two three", "nothing half-applied");
+    assert_eq!(text(&mut ws, "x"), "one two three", "nothing half-applied");
 }
 
 /// One step of an editor session: the editor types (at its base) or a
@@ -137,7 +137,7 @@ proptest! {
                     base = r.heads;
                 }
                 Step::Teammate(p, d, ins) => {
-                    let now = text(&ws, "t");
+                    let now = text(&mut ws, "t");
                     let e = fit(&now, p, d, &ins);
                     typed += ins.chars().count();
                     ws.splice(&path("t"), &[e], &b, 3).expect("teammate");
@@ -146,7 +146,7 @@ proptest! {
         }
         let r = ws.edit(&path("t"), Some(&base), &[], &a, 4).expect("poll");
         editor = merge::apply(&editor, &r.catch_up);
-        prop_assert_eq!(&editor, &text(&ws, "t"));
+        prop_assert_eq!(&editor, &text(&mut ws, "t"));
         prop_assert!(editor.chars().count() <= "start".len() + typed);
     }
 }
