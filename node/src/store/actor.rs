@@ -294,6 +294,16 @@ impl Actor {
             }
             Command::ListFiles { ws, reply } => {
                 let r = self.read(ws, |w| Ok(w.list_files()));
+                // A store from before schema 7 learns its files' facts here
+                // once, instead of loading them at every start's listing.
+                if let Some(w) = self.workspaces.get_mut(&ws) {
+                    let learned = w.files.take_learned();
+                    if let Err(e) = self.disk.keep_facts(&learned) {
+                        tracing::warn!(error = %e, "cannot keep the files' listing facts; they are read again next time");
+                    }
+                }
+                // What the listing loaded shows in the gauge with the answer.
+                self.publish_documents();
                 let _ = reply.send(r);
             }
             Command::PutAnalysis {

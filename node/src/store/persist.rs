@@ -335,6 +335,29 @@ impl Persistence {
         Ok(due.len())
     }
 
+    /// Keeps the listing facts of file documents (one commit for all that a
+    /// listing learned; each document's are learned once).
+    pub(super) fn keep_facts(
+        &mut self,
+        facts: &[(DocId, crate::workspace::parking::Facts)],
+    ) -> Result<(), StoreError> {
+        if facts.is_empty() {
+            return Ok(());
+        }
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(classify)?;
+        {
+            let mut table = tx.open_table(FILE_FACTS).map_err(classify)?;
+            for (doc, f) in facts {
+                let bytes = postcard::to_stdvec(f)?;
+                table
+                    .insert(*doc.as_bytes(), bytes.as_slice())
+                    .map_err(classify)?;
+            }
+        }
+        tx.commit().map_err(classify)
+    }
+
     /// Writes the staged changes and audit entries; returns how many records
     /// each doc got and the audit chain's new end.
     pub(super) fn commit_staged(&mut self) -> Result<(Vec<(DocId, u64)>, audit::Tip), StoreError> {

@@ -621,3 +621,48 @@ async fn idle_file_documents_are_parked_and_listed_after_a_restart_without_loadi
     assert_eq!(text_of(&store, ws, "f20.txt").await, "é".repeat(20));
     close(store, thread);
 }
+
+/// A store from before the facts table (or one whose cache was lost)
+/// loads each parked file once for its first listing, keeps what it
+/// learned, and lists without loading from then on.
+#[tokio::test]
+async fn a_store_without_listing_facts_learns_them_at_its_first_listing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let (store, thread) = open_parking(&path, &metrics);
+    let ws = store
+        .create_workspace("team".into(), 1)
+        .await
+        .expect("create")
+        .id;
+    for i in 1..=8 {
+        store
+            .put_file(ws, p(&format!("f{i}.txt")), vec![b'a'; i], 2)
+            .await
+            .expect("put");
+    }
+    store.compact().await.expect("compact all");
+    let before = store.list_files(ws).await.expect("list");
+    close(store, thread);
+    {
+        let db = Database::open(&path).expect("open");
+        let tx = db.begin_write().expect("write");
+        tx.open_table(super::tables::FILE_FACTS)
+            .expect("facts")
+            .retain(|_, _| false)
+            .expect("clear");
+        tx.commit().expect("commit");
+    }
+    for (round, loads) in [(1, "some"), (2, "none")] {
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let (store, thread) = open_parking(&path, &metrics);
+        assert_eq!(store.list_files(ws).await.expect("list"), before);
+        let loaded = documents(&metrics, "loaded");
+        match loads {
+            "some" => assert!(loaded > 0, "round {round}: facts unknown, documents loaded"),
+            _ => assert_eq!(loaded, 0, "round {round}: listed from the kept facts"),
+        }
+        close(store, thread);
+    }
+}

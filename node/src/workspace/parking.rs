@@ -40,6 +40,9 @@ use super::Doc;
 /// small); the rest are parked. Enough for a burst or an import batch.
 pub const LOADED_FILE_DOCS: usize = 1024;
 
+/// Learned facts kept until the store takes them.
+const LEARNED_MAX: usize = 1 << 16;
+
 /// What a file listing shows of a file, kept while its document is parked
 /// (and stored beside its snapshot).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -84,6 +87,9 @@ pub struct FileDocs {
     budget: usize,
     /// How many slots are loaded.
     loaded: usize,
+    /// Facts learned by loading documents parked without them, for the
+    /// store to keep (so the next start lists them without loading).
+    learned: Vec<(DocId, Facts)>,
 }
 
 impl Default for FileDocs {
@@ -102,6 +108,7 @@ impl FileDocs {
             clock: 0,
             budget,
             loaded: 0,
+            learned: Vec::new(),
         }
     }
 
@@ -228,12 +235,24 @@ impl FileDocs {
     /// What a listing shows of the file, loading its document only if it
     /// was parked before anything was known of it.
     pub fn facts(&mut self, id: &DocId) -> Option<Facts> {
-        if let Some(Slot::Parked(p)) = self.slots.get(id)
-            && let Some(f) = &p.facts
-        {
-            return Some(f.clone());
+        let unknown = match self.slots.get(id)? {
+            Slot::Parked(p) => match &p.facts {
+                Some(f) => return Some(f.clone()),
+                None => true,
+            },
+            Slot::Loaded { .. } => false,
+        };
+        let facts = facts_of(&self.get_mut(id)?.am);
+        if unknown && self.learned.len() < LEARNED_MAX {
+            self.learned.push((*id, facts.clone()));
         }
-        self.get_mut(id).map(|d| facts_of(&d.am))
+        Some(facts)
+    }
+
+    /// Facts learned since the last call, by loading documents parked
+    /// without them.
+    pub fn take_learned(&mut self) -> Vec<(DocId, Facts)> {
+        std::mem::take(&mut self.learned)
     }
 
     /// A snapshot of the document that loads back (`None` if there is no
