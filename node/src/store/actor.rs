@@ -123,7 +123,8 @@ impl Actor {
             let cmd = match inbox.wait(idle) {
                 Next::Command(cmd) => cmd,
                 Next::Idle => {
-                    self.compact_logged();
+                    // Pass after pass, while nothing else is asked.
+                    while self.compact_logged() && inbox.is_empty() {}
                     continue;
                 }
                 Next::Closed => break,
@@ -142,7 +143,7 @@ impl Actor {
             self.settle_engine();
             self.flush();
             if self.disk.counters.urgency() == Compaction::Overdue {
-                self.compact_logged();
+                let _ = self.compact_logged();
             }
             self.publish_documents();
         }
@@ -801,10 +802,15 @@ impl Actor {
         }
     }
 
-    /// Compacts what is due; a failure is logged and retried later.
-    fn compact_logged(&mut self) {
-        if let Err(e) = self.compact_due(false) {
-            tracing::warn!(error = %e, "compaction failed; the change records stay and it is retried later");
+    /// Compacts one pass of what is due; a failure is logged and retried
+    /// later. Whether more is due.
+    fn compact_logged(&mut self) -> bool {
+        match self.compact_due(false) {
+            Ok(n) => n > 0 && self.disk.counters.urgency() != Compaction::None,
+            Err(e) => {
+                tracing::warn!(error = %e, "compaction failed; the change records stay and it is retried later");
+                false
+            }
         }
     }
 
@@ -993,6 +999,11 @@ pub(super) struct Inbox {
 }
 
 impl Inbox {
+    /// Whether no command waits in either queue.
+    fn is_empty(&self) -> bool {
+        self.local.is_empty() && self.network.is_empty()
+    }
+
     /// A command ready now, local ones first.
     fn ready(&mut self) -> Option<Command> {
         self.local
