@@ -123,8 +123,7 @@ impl Actor {
             let cmd = match inbox.wait(idle) {
                 Next::Command(cmd) => cmd,
                 Next::Idle => {
-                    // Pass after pass, while nothing else is asked.
-                    while self.compact_logged() && inbox.is_empty() {}
+                    self.compact_logged();
                     continue;
                 }
                 Next::Closed => break,
@@ -143,7 +142,7 @@ impl Actor {
             self.settle_engine();
             self.flush();
             if self.disk.counters.urgency() == Compaction::Overdue {
-                let _ = self.compact_logged();
+                self.compact_logged();
             }
             self.publish_documents();
         }
@@ -802,15 +801,10 @@ impl Actor {
         }
     }
 
-    /// Compacts one pass of what is due; a failure is logged and retried
-    /// later. Whether more is due.
-    fn compact_logged(&mut self) -> bool {
-        match self.compact_due(false) {
-            Ok(n) => n > 0 && self.disk.counters.urgency() != Compaction::None,
-            Err(e) => {
-                tracing::warn!(error = %e, "compaction failed; the change records stay and it is retried later");
-                false
-            }
+    /// Compacts what is due; a failure is logged and retried later.
+    fn compact_logged(&mut self) {
+        if let Err(e) = self.compact_due(false) {
+            tracing::warn!(error = %e, "compaction failed; the change records stay and it is retried later");
         }
     }
 
@@ -999,11 +993,6 @@ pub(super) struct Inbox {
 }
 
 impl Inbox {
-    /// Whether no command waits in either queue.
-    fn is_empty(&self) -> bool {
-        self.local.is_empty() && self.network.is_empty()
-    }
-
     /// A command ready now, local ones first.
     fn ready(&mut self) -> Option<Command> {
         self.local

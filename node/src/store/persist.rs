@@ -272,15 +272,9 @@ impl Persistence {
         workspaces: &mut BTreeMap<WorkspaceId, Workspace>,
         all: bool,
     ) -> Result<usize, StoreError> {
-        let mut due = self.counters.due(all);
+        let due = self.counters.due(all);
         if due.is_empty() {
             return Ok(0);
-        }
-        // One pass holds the store for at most about 0.2 s (a check costs
-        // a load, 0.7 ms for a 2 KB text document): the actor runs passes
-        // while nothing else is asked of it.
-        if !all {
-            due.truncate(COMPACT_PASS);
         }
         let started = Instant::now();
         let db = self.db()?;
@@ -638,9 +632,6 @@ impl RecordCounts {
         }
     }
 }
-
-/// Documents folded per compaction pass (an explicit `compact` folds all).
-const COMPACT_PASS: usize = 256;
 
 /// Unfolded records, in thresholds, past which compaction runs even while
 /// the store is busy (below it, it waits for a quiet moment).
