@@ -565,6 +565,27 @@ fn open_parking(path: &Path, metrics: &Arc<Metrics>) -> (Store, StoreThread) {
     Store::open(path, author(), options, Arc::clone(metrics)).expect("open")
 }
 
+/// A parking store (`open_parking`) with a workspace of files `1..=n`,
+/// each path and content from `file(i)`.
+async fn parking_store_with(
+    path: &Path,
+    metrics: &Arc<Metrics>,
+    n: usize,
+    file: impl Fn(usize) -> (String, Vec<u8>),
+) -> (Store, StoreThread, WorkspaceId) {
+    let (store, thread) = open_parking(path, metrics);
+    let ws = store
+        .create_workspace("team".into(), 1)
+        .await
+        .expect("create")
+        .id;
+    for i in 1..=n {
+        let (name, bytes) = file(i);
+        store.put_file(ws, p(&name), bytes, 2).await.expect("put");
+    }
+    (store, thread, ws)
+}
+
 /// Idle file documents beyond the budget are parked as their snapshots;
 /// they read, list and take edits as before, and after a restart they are
 /// listed without being loaded (their listing facts are stored beside the
@@ -574,23 +595,10 @@ async fn idle_file_documents_are_parked_and_listed_after_a_restart_without_loadi
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("x.redb");
     let metrics = Arc::new(Metrics::new().expect("metrics"));
-    let (store, thread) = open_parking(&path, &metrics);
-    let ws = store
-        .create_workspace("team".into(), 1)
-        .await
-        .expect("create")
-        .id;
-    for i in 1..=20 {
-        store
-            .put_file(
-                ws,
-                p(&format!("f{i:02}.txt")),
-                "é".repeat(i).into_bytes(),
-                2,
-            )
-            .await
-            .expect("put");
-    }
+    let (store, thread, ws) = parking_store_with(&path, &metrics, 20, |i| {
+        (format!("f{i:02}.txt"), "é".repeat(i).into_bytes())
+    })
+    .await;
     idle().await;
     // A command after compaction publishes the counts.
     store.list_files(ws).await.expect("list");
@@ -630,18 +638,8 @@ async fn a_store_without_listing_facts_learns_them_at_its_first_listing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("x.redb");
     let metrics = Arc::new(Metrics::new().expect("metrics"));
-    let (store, thread) = open_parking(&path, &metrics);
-    let ws = store
-        .create_workspace("team".into(), 1)
-        .await
-        .expect("create")
-        .id;
-    for i in 1..=8 {
-        store
-            .put_file(ws, p(&format!("f{i}.txt")), vec![b'a'; i], 2)
-            .await
-            .expect("put");
-    }
+    let (store, thread, ws) =
+        parking_store_with(&path, &metrics, 8, |i| (format!("f{i}.txt"), vec![b'a'; i])).await;
     store.compact().await.expect("compact all");
     let before = store.list_files(ws).await.expect("list");
     close(store, thread);
