@@ -22,8 +22,9 @@
 //!   current heads (crafted changes can make a document whose saved form
 //!   does not load: it stays loaded), and only with no uncommitted
 //!   operations;
-//! - only [`FileDocs::get_mut`] and the inserts park, so no reference to a
-//!   document is ever held across a parking (the borrow checker sees to it);
+//! - parking happens only inside `&mut self` calls ([`FileDocs::get_mut`],
+//!   the inserts, [`FileDocs::make_room`]), so no reference to a document
+//!   is ever held across a parking (the borrow checker sees to it);
 //! - what does not need a document's history — its heads, its listing —
 //!   is answered without loading it.
 
