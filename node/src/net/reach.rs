@@ -475,7 +475,18 @@ pub(super) struct Links {
     /// only the side that drove DCUtR hears that it worked), until the peer
     /// has no connection left.
     punched: HashSet<PeerId>,
+    /// Peers whose last relayed connection closed, until when a direct
+    /// connection to them still counts as its upgrade: the side that did
+    /// not drive DCUtR may see the relayed connection close before the
+    /// punched one opens.
+    relayed_until: HashMap<PeerId, Instant>,
 }
+
+/// How long after a relayed connection closes a direct one to the same peer
+/// is taken for the punched hole.
+const UPGRADE_WINDOW: Duration = Duration::from_secs(10);
+/// Peers remembered in that window, at most.
+const UPGRADES_KEPT: usize = 1024;
 
 impl Links {
     pub(super) fn opened(&mut self, peer: PeerId, connection: ConnectionId, addr: &Multiaddr) {
@@ -486,7 +497,11 @@ impl Links {
             .by_connection
             .values()
             .any(|(p, l, _)| *p == peer && l.kind == ConnectionKind::Relayed);
-        if relay.is_none() && beside_relayed {
+        let just_relayed = self
+            .relayed_until
+            .remove(&peer)
+            .is_some_and(|t| Instant::now() < t);
+        if relay.is_none() && (beside_relayed || just_relayed) {
             self.punched.insert(peer);
         }
         let kind = if relay.is_some() {
@@ -534,9 +549,19 @@ impl Links {
     }
 
     pub(super) fn closed(&mut self, connection: ConnectionId) {
-        if let Some((peer, _, _)) = self.by_connection.remove(&connection)
-            && !self.by_connection.values().any(|(p, _, _)| *p == peer)
-        {
+        let Some((peer, link, _)) = self.by_connection.remove(&connection) else {
+            return;
+        };
+        if link.kind == ConnectionKind::Relayed {
+            let now = Instant::now();
+            if self.relayed_until.len() >= UPGRADES_KEPT {
+                self.relayed_until.retain(|_, t| now < *t);
+            }
+            if self.relayed_until.len() < UPGRADES_KEPT {
+                self.relayed_until.insert(peer, now + UPGRADE_WINDOW);
+            }
+        }
+        if !self.by_connection.values().any(|(p, _, _)| *p == peer) {
             self.punched.remove(&peer);
         }
     }
@@ -631,6 +656,29 @@ mod tests {
         assert_eq!(links.best()[&other].kind, ConnectionKind::Relayed);
         links.closed(c1);
         assert!(links.best().is_empty());
+    }
+
+    /// The side that did not drive DCUtR may see the relayed connection
+    /// close before the punched one opens: that one is still the hole.
+    #[test]
+    fn a_direct_connection_right_after_a_relayed_one_is_the_punched_hole() {
+        let (other, relay) = (peer(), peer());
+        let relayed: Multiaddr = format!("/ip4/10.0.0.1/tcp/7421/p2p/{relay}/p2p-circuit")
+            .parse()
+            .expect("addr");
+        let direct: Multiaddr = "/ip4/10.0.0.2/tcp/7421".parse().expect("addr");
+        let mut links = Links::default();
+        let c1 = ConnectionId::new_unchecked(1);
+        links.opened(other, c1, &relayed);
+        links.closed(c1);
+        let c2 = ConnectionId::new_unchecked(2);
+        links.opened(other, c2, &direct);
+        assert_eq!(links.best()[&other].kind, ConnectionKind::HolePunched);
+        // Once: a later direct connection, with no relayed one before it,
+        // is plain direct.
+        links.closed(c2);
+        links.opened(other, ConnectionId::new_unchecked(3), &direct);
+        assert_eq!(links.best()[&other].kind, ConnectionKind::Direct);
     }
 
     #[test]
