@@ -25,9 +25,9 @@ use xencode_protocol::api::{
     FileInfo, FileKind, Member, Role, Standing, WorkspaceDetail, WorkspaceSummary,
 };
 use xencode_protocol::policy::schema;
+use xencode_protocol::{DocId, WorkspaceId, WorkspacePath};
 
 use parking::{Facts, FileDocs};
-use xencode_protocol::{DocId, WorkspaceId, WorkspacePath};
 
 /// Who makes local changes: the node's peer id and Automerge actor.
 #[derive(Debug, Clone)]
@@ -450,7 +450,8 @@ impl Workspace {
             .collect()
     }
 
-    /// Whether the workspace has a file at `path` (its document loaded or not).
+    /// Whether the workspace has a file at `path`, without loading its
+    /// document.
     pub fn has_file(&self, path: &WorkspacePath) -> bool {
         self.file_doc(path)
             .is_some_and(|id| self.files.contains_key(&id))
@@ -588,7 +589,9 @@ impl Workspace {
         path: &WorkspacePath,
         now_ms: u64,
     ) -> Result<Vec<NewChange>, WorkspaceError> {
-        self.existing_file(path)?;
+        if !self.has_file(path) {
+            return Err(WorkspaceError::FileNotFound(path.clone()));
+        }
         let am = &mut self.index.am;
         let files = get_obj(am, &ROOT, "files")
             .ok_or_else(|| WorkspaceError::Damaged("index has no files map".into()))?;

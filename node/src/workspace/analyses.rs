@@ -24,7 +24,9 @@ impl Workspace {
         record: &AnalysisRecord,
         now_ms: u64,
     ) -> Result<Vec<NewChange>, WorkspaceError> {
-        self.existing_file(path)?;
+        if !self.has_file(path) {
+            return Err(WorkspaceError::FileNotFound(path.clone()));
+        }
         let result = serde_json::to_string(&record.analysis).map_err(damaged)?;
         if result.len() > MAX_RESULT_BYTES {
             return Err(WorkspaceError::Damaged(format!(

@@ -243,7 +243,7 @@ impl Workspace {
         now_ms: u64,
         new_doc_nonce: [u8; 16],
     ) -> Result<(FileInfo, Vec<NewChange>), WorkspaceError> {
-        if self.existing_file(path).is_ok() {
+        if self.has_file(path) {
             return Err(WorkspaceError::FileExists(path.clone()));
         }
         // Validate first, mutate after: every edit must fit the text the
