@@ -969,23 +969,16 @@ impl Engine {
         if session.docs.contains_key(&doc) {
             return false;
         }
-        let Some(state) = host
-            .sync_state(&peer, &doc)
-            .and_then(|bytes| sync::State::decode(&bytes).ok())
-        else {
-            return false;
-        };
+        // Restored here either way: `generate` would restore the same.
+        let state = restored_state(host, &peer, &doc);
+        let mut shared = state.shared_heads.clone();
+        session.docs.insert(doc, DocSync { state, idle: None });
         let Some(mut heads) = host.heads(&ws, &doc) else {
             return false;
         };
-        let mut shared = state.shared_heads.clone();
         heads.sort();
         shared.sort();
-        if heads.is_empty() || heads != shared {
-            return false;
-        }
-        session.docs.insert(doc, DocSync { state, idle: None });
-        true
+        !heads.is_empty() && heads == shared
     }
 
     fn close_session(&mut self, key: (PeerId, WorkspaceId)) {
