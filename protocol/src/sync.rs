@@ -164,8 +164,15 @@ pub enum Input {
     Received { peer: PeerId, frame: Frame },
     /// Bytes from `peer` that did not decode as a frame.
     Malformed { peer: PeerId, error: String },
-    /// This node changed `doc` (already committed and signed).
-    LocalChange { workspace: WorkspaceId, doc: DocId },
+    /// This node changed `doc` (already committed and signed) with
+    /// `changes`. Giving them spares the engine rebuilding each one from
+    /// the document when it sends it (Automerge 0.12 rebuilds a change from
+    /// its operations: as costly as making it); empty, it rebuilds them.
+    LocalChange {
+        workspace: WorkspaceId,
+        doc: DocId,
+        changes: Vec<Change>,
+    },
     /// Open a session for `workspace` with `peer` even if the host does not
     /// list it (joining with an invitation).
     Join {
@@ -339,6 +346,9 @@ struct Session {
     token: Vec<u8>,
     /// We sent `Open` and wait for `Accept`.
     opening: bool,
+    /// When the session was admitted (ms): a document born after it the
+    /// peer cannot have yet (see `send::born_after`).
+    admitted_ms: u64,
     docs: BTreeMap<DocId, DocSync>,
 }
 
@@ -401,6 +411,10 @@ pub struct Engine {
     /// persisted them: a change relayed right after it was applied must
     /// travel with the signature that vouches for it.
     recent_signatures: BTreeMap<(DocId, ChangeHash), SignedHead>,
+    /// Changes made here recently, as [`Input::LocalChange`] gave them, and
+    /// their bytes: sent from here instead of rebuilt from the document.
+    recent_local: BTreeMap<(DocId, ChangeHash), Change>,
+    recent_local_bytes: usize,
     /// Workspaces changed here since the last announcement.
     unannounced: BTreeSet<WorkspaceId>,
     /// When each peer was last asked to be dialed, after an announcement.
@@ -443,6 +457,10 @@ const MAX_RESOLVE_ROUNDS: usize = 8;
 
 /// Recent signatures kept in memory before the cache is cleared.
 const MAX_RECENT_SIGNATURES: usize = 65_536;
+
+/// Recent local changes kept (count, bytes) before that cache is cleared.
+const MAX_RECENT_LOCAL: usize = 4096;
+const MAX_RECENT_LOCAL_BYTES: usize = 16 << 20;
 
 mod presence;
 mod receive;
@@ -732,7 +750,12 @@ impl Engine {
             Input::Malformed { peer, error } => {
                 self.strike(peer, &format!("malformed frame: {error}"));
             }
-            Input::LocalChange { workspace, doc } => {
+            Input::LocalChange {
+                workspace,
+                doc,
+                changes,
+            } => {
+                self.keep_local(doc, changes);
                 self.unannounced.insert(workspace);
                 self.changed(host, &workspace, &doc, None);
             }
@@ -910,6 +933,9 @@ impl Engine {
         let access = host.admit(&peer, &ws, token, now_ms)?;
         let session = self.sessions.entry((peer, ws)).or_default();
         session.opening = false;
+        if session.admitted.is_none() {
+            session.admitted_ms = now_ms;
+        }
         session.admitted = Some(access);
         session.token = token.to_vec();
         Ok(())
@@ -1033,6 +1059,23 @@ impl Engine {
             }
             if Some(peer) != source {
                 self.generate(host, peer, *ws, *doc);
+            }
+        }
+    }
+
+    /// Keeps local changes for `generate` (bounded: cleared when full).
+    fn keep_local(&mut self, doc: DocId, changes: Vec<Change>) {
+        for c in changes {
+            let size = c.raw_bytes().len();
+            if self.recent_local.len() >= MAX_RECENT_LOCAL
+                || self.recent_local_bytes + size > MAX_RECENT_LOCAL_BYTES
+            {
+                self.recent_local.clear();
+                self.recent_local_bytes = 0;
+            }
+            if size <= MAX_RECENT_LOCAL_BYTES {
+                self.recent_local_bytes += size;
+                self.recent_local.insert((doc, c.hash()), c);
             }
         }
     }

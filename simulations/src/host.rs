@@ -172,11 +172,11 @@ impl SimHost {
     /// persisted at once, as the node persists before it sends. Whether
     /// the member may write is the caller's business (an honest node
     /// checks [`Self::may_edit`] first; a tampered one does not). Returns
-    /// the change's hash.
-    pub fn edit(&mut self, doc: DocId, now: u64) -> Option<ChangeHash> {
+    /// the change, its bytes and its signature.
+    pub fn edit(&mut self, doc: DocId, now: u64) -> Option<Loose> {
         let loose = self.loose_edit(doc, now)?;
         self.keep(doc, &loose)?;
-        Some(loose.hash)
+        Some(loose)
     }
 
     /// An access-document change by this member revoking `target` (a

@@ -576,6 +576,7 @@ impl Sim {
             Input::LocalChange {
                 workspace: WS,
                 doc: access,
+                changes: Vec::new(),
             },
         );
         self.revalidate(0);
@@ -642,9 +643,10 @@ impl Sim {
         if !tampered && !self.members[node].host.may_edit(now) {
             return;
         }
-        let Some(hash) = self.members[node].host.edit(doc, now) else {
+        let Some(loose) = self.members[node].host.edit(doc, now) else {
             return;
         };
+        let hash = loose.hash;
         self.edits += 1;
         self.last_disturbance = now;
         self.members[node].last_changed = now;
@@ -662,7 +664,18 @@ impl Sim {
             // cut it off for its attacks, so they may never spread.
             self.required.entry(doc).or_default().push(hash);
         }
-        self.input(node, Input::LocalChange { workspace: WS, doc });
+        // The node gives the engine its change, as the real node does.
+        let changes = automerge::Change::from_bytes(loose.raw)
+            .into_iter()
+            .collect();
+        self.input(
+            node,
+            Input::LocalChange {
+                workspace: WS,
+                doc,
+                changes,
+            },
+        );
         if self.is_malicious(node) {
             self.misbehave(node, doc);
         }

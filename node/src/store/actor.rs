@@ -748,13 +748,19 @@ impl Actor {
                 self.send_net(NetCommand::Subscribe { workspace });
             }
             // Committed: now, and only now, offer our own changes to peers.
-            let local: BTreeSet<(WorkspaceId, DocId)> = staged
-                .iter()
-                .filter(|s| s.local)
-                .map(|s| (s.ws, s.change.doc))
-                .collect();
-            for (workspace, doc) in local {
-                self.run_engine(Input::LocalChange { workspace, doc });
+            let mut local: BTreeMap<(WorkspaceId, DocId), Vec<automerge::Change>> = BTreeMap::new();
+            for s in staged.iter().filter(|s| s.local) {
+                local
+                    .entry((s.ws, s.change.doc))
+                    .or_default()
+                    .push(s.change.change.clone());
+            }
+            for ((workspace, doc), changes) in local {
+                self.run_engine(Input::LocalChange {
+                    workspace,
+                    doc,
+                    changes,
+                });
             }
             if access_changed {
                 self.revalidate_sessions();

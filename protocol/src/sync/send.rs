@@ -27,6 +27,7 @@ impl Engine {
         if !session.admitted.is_some_and(|a| a.read) {
             return;
         }
+        let admitted_ms = session.admitted_ms;
         let ds = session.doc(host, &peer, doc);
         let Some(am) = host.document(&ws, &doc) else {
             return;
@@ -39,6 +40,7 @@ impl Engine {
             caps.retain(|c| *c != Capability::MessageV2);
         }
         let before = ds.state.sent_hashes.clone();
+        let born = born_after(&ds.state, am, admitted_ms);
         // What the peer told us last is in the state: a crafted sync message
         // (fuzzing found a bloom filter of zero bits, a division by zero in
         // Automerge) makes generating the answer panic. Start the document
@@ -54,6 +56,9 @@ impl Engine {
         };
         msg.changes = ChunkList::empty();
         ask_for_what_pending_lacks(self.pending.get(&(ws, doc)), am, &mut msg.need);
+        if let Some(h) = born {
+            ds.state.sent_hashes.insert(h);
+        }
         let new: Vec<ChangeHash> = ds.state.sent_hashes.difference(&before).copied().collect();
         let message = msg.encode();
         if new.is_empty() {
@@ -64,9 +69,15 @@ impl Engine {
         } else {
             ds.idle = None;
         }
+        let recent = &self.recent_local;
         let changes = causal_order(
             new.iter()
-                .filter_map(|h| am.get_change_by_hash(h))
+                .filter_map(|h| {
+                    recent
+                        .get(&(doc, *h))
+                        .cloned()
+                        .or_else(|| am.get_change_by_hash(h))
+                })
                 .collect(),
         );
         let mut frames: Vec<Vec<Change>> = Vec::new();
@@ -107,6 +118,35 @@ impl Engine {
             );
         }
     }
+}
+
+/// The change of a document born after the session was admitted, to send
+/// with the first message. Automerge's first message for a document only
+/// names heads (it does not know what the peer has), so a new document
+/// would cost a round trip (the peer's "I need these") before its change
+/// travels. A document whose whole history is one change, made after the
+/// session began (change times are whole seconds: made in the second the
+/// session began or later), and never synced with this peer, the peer can
+/// only have had from a third member in the moments since: its change goes
+/// with the first message. Wrong at worst by that one change's bytes, which
+/// the peer drops as already known.
+fn born_after(
+    state: &automerge::sync::State,
+    am: &mut automerge::AutoCommit,
+    admitted_ms: u64,
+) -> Option<ChangeHash> {
+    if state.their_heads.is_some()
+        || !state.shared_heads.is_empty()
+        || !state.sent_hashes.is_empty()
+    {
+        return None;
+    }
+    let [head] = am.get_heads()[..] else {
+        return None;
+    };
+    let meta = am.get_change_meta_by_hash(&head)?;
+    let since = i64::try_from(admitted_ms / 1000).unwrap_or(i64::MAX);
+    (meta.deps.is_empty() && meta.timestamp >= since).then_some(head)
 }
 
 /// Dependencies asked for in one message.
@@ -211,4 +251,53 @@ fn causal_order(changes: Vec<Change>) -> Vec<Change> {
     }
     let mut slots: Vec<Option<Change>> = changes.into_iter().map(Some).collect();
     order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::{CommitOptions, Transactable};
+    use automerge::{AutoCommit, ROOT};
+
+    use super::born_after;
+
+    /// A document of one change made at `secs`.
+    fn one_change(secs: i64) -> AutoCommit {
+        let mut am = AutoCommit::new();
+        am.put(ROOT, "k", 1).expect("put");
+        am.commit_with(CommitOptions::default().with_time(secs));
+        am
+    }
+
+    #[test]
+    fn only_a_one_change_document_made_since_the_session_began_goes_unasked() {
+        let fresh = automerge::sync::State::new();
+        let admitted_ms = 1_700_000_000_500;
+        // Made in the second the session began, or later: sent.
+        let mut am = one_change(1_700_000_000);
+        assert_eq!(
+            born_after(&fresh, &mut am, admitted_ms),
+            am.get_heads().first().copied()
+        );
+        // Made before: the peer may have it.
+        assert_eq!(
+            born_after(&fresh, &mut one_change(1_699_999_999), admitted_ms),
+            None
+        );
+        // Two changes: not a document just born.
+        let mut two = one_change(1_700_000_001);
+        two.put(ROOT, "k", 2).expect("put");
+        two.commit_with(CommitOptions::default().with_time(1_700_000_001));
+        assert_eq!(born_after(&fresh, &mut two, admitted_ms), None);
+        // Anything already known of the peer's copy decides instead.
+        let mut am = one_change(1_700_000_001);
+        let mut heard = automerge::sync::State::new();
+        heard.their_heads = Some(Vec::new());
+        assert_eq!(born_after(&heard, &mut am, admitted_ms), None);
+        let mut shared = automerge::sync::State::new();
+        shared.shared_heads = am.get_heads();
+        assert_eq!(born_after(&shared, &mut am, admitted_ms), None);
+        let mut sent = automerge::sync::State::new();
+        sent.sent_hashes.extend(am.get_heads());
+        assert_eq!(born_after(&sent, &mut am, admitted_ms), None);
+    }
 }

@@ -25,6 +25,8 @@ const DOCS: [DocId; 3] = [
     DocId::from_bytes([2; 16]),
     DocId::from_bytes([3; 16]),
 ];
+/// A document no host holds until one of them makes it.
+const LATE: DocId = DocId::from_bytes([4; 16]);
 const TOKEN: &[u8] = b"member";
 
 struct TestHost {
@@ -123,10 +125,18 @@ impl TestHost {
 
 impl Host for TestHost {
     fn documents(&self, ws: &WorkspaceId) -> Vec<DocId> {
-        if *ws == WS { DOCS.to_vec() } else { Vec::new() }
+        if *ws != WS {
+            return Vec::new();
+        }
+        let mut docs = DOCS.to_vec();
+        if self.docs.contains_key(&LATE) {
+            docs.push(LATE);
+        }
+        docs
     }
     fn document(&mut self, ws: &WorkspaceId, doc: &DocId) -> Option<&mut AutoCommit> {
-        (*ws == WS && DOCS.contains(doc)).then(|| self.docs.entry(*doc).or_default())
+        (*ws == WS && (DOCS.contains(doc) || *doc == LATE))
+            .then(|| self.docs.entry(*doc).or_default())
     }
     fn has_document(&self, ws: &WorkspaceId, doc: &DocId) -> bool {
         *ws == WS && self.docs.contains_key(doc)
@@ -380,7 +390,22 @@ impl Net {
         let tag = self.now;
         self.nodes[i].host.edit(doc, rng, tag);
         self.edits[i] += 1;
-        self.input(i, Input::LocalChange { workspace: WS, doc });
+        // Half the edits give their change, half leave the engine to
+        // rebuild it: both paths run.
+        let changes = if self.now.is_multiple_of(2) {
+            let am = self.nodes[i].host.docs.get_mut(&doc).expect("held");
+            am.get_last_local_change().into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        self.input(
+            i,
+            Input::LocalChange {
+                workspace: WS,
+                doc,
+                changes,
+            },
+        );
     }
 
     /// Connects everyone and delivers until nothing is in flight.
@@ -1358,6 +1383,7 @@ fn a_change_the_pending_buffer_dropped_is_offered_again() {
         Input::LocalChange {
             workspace: WS,
             doc: DOCS[0],
+            changes: Vec::new(),
         },
     );
     let mut dropped = 0;
@@ -1402,15 +1428,21 @@ fn heal_counting_syncs(net: &mut Net) -> Vec<(usize, DocId)> {
     }
 }
 
-#[test]
-fn a_reconnect_in_step_costs_only_the_documents_that_moved() {
-    let mut rng = SmallRng::seed_from_u64(77);
+/// Two connected writers in step, node 0 having written every document.
+fn two_in_step(seed: u64) -> (Net, SmallRng) {
+    let mut rng = SmallRng::seed_from_u64(seed);
     let mut net = Net::new(2, 2);
     net.connect(0, 1);
     for doc in DOCS {
         net.edit(0, doc, &mut rng);
     }
     net.heal();
+    (net, rng)
+}
+
+#[test]
+fn a_reconnect_in_step_costs_only_the_documents_that_moved() {
+    let (mut net, mut rng) = two_in_step(77);
     net.disconnect(0, 1);
     // Apart, node 1 changes one document.
     net.edit(1, DOCS[1], &mut rng);
@@ -1444,4 +1476,34 @@ fn a_reconnect_in_step_costs_only_the_documents_that_moved() {
             "{doc}: the restored state knows the peer's heads"
         );
     }
+}
+
+#[test]
+fn a_document_born_during_a_session_travels_with_its_first_message() {
+    let (mut net, mut rng) = two_in_step(9);
+    // Node 0 makes a new document: the peer cannot have it, so its one
+    // change goes with the first message instead of after the peer's
+    // "I need it".
+    net.edit(0, LATE, &mut rng);
+    let first = net.links[&(0, 1)].iter().find_map(|f| match f {
+        Frame::Sync { doc, changes, .. } if *doc == LATE => Some(changes.len()),
+        _ => None,
+    });
+    assert_eq!(first, Some(1), "the first message carries the change");
+    while net.deliver(0, 1) {}
+    assert_eq!(
+        net.nodes[1].host.heads().get(&LATE),
+        net.nodes[0].host.heads().get(&LATE),
+        "one trip brings it"
+    );
+    let syncs = heal_counting_syncs(&mut net);
+    assert!(
+        syncs.iter().all(|(from, _)| *from == 1),
+        "only the peer's acknowledgement follows: {syncs:?}"
+    );
+    assert_eq!(net.nodes[0].host.heads(), net.nodes[1].host.heads());
+    // Once the peer has answered, later changes follow Automerge's rules.
+    net.edit(0, LATE, &mut rng);
+    net.heal();
+    assert_eq!(net.nodes[0].host.heads(), net.nodes[1].host.heads());
 }
