@@ -416,7 +416,10 @@ impl Persistence {
                 let key = counters.map_or(0, |c| c.next) + *n;
                 *n += 1;
                 changes
-                    .insert((*new.doc.as_bytes(), key), new.change.bytes().as_ref())
+                    .insert(
+                        (*new.doc.as_bytes(), key),
+                        stored_form(&mut new.change).as_ref(),
+                    )
                     .map_err(classify)?;
             }
             let mut memberships = tx.open_table(MEMBERSHIPS).map_err(classify)?;
@@ -831,5 +834,66 @@ pub(super) fn classify(e: impl Into<redb::Error>) -> StoreError {
     match &e {
         redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => StoreError::DiskFull,
         _ => StoreError::Storage(std::sync::Arc::new(e)),
+    }
+}
+
+/// Changes up to this size are stored as they are; larger ones compressed.
+const STORED_RAW_UP_TO: usize = 4096;
+
+/// The bytes a change record is stored as. Automerge compresses (deflate)
+/// every change over 256 bytes, and setting up the compressor costs more
+/// than a small change is worth (a profile of a burst of 1,000 new files put
+/// 8% of the node's time in `zlib_rs::deflate::init` and its page faults);
+/// changes received from peers are stored as they came, uncompressed,
+/// already. Loading reads either form, and compaction folds both into a
+/// compressed snapshot.
+fn stored_form(change: &mut automerge::Change) -> std::borrow::Cow<'_, [u8]> {
+    if change.raw_bytes().len() <= STORED_RAW_UP_TO {
+        std::borrow::Cow::Borrowed(change.raw_bytes())
+    } else {
+        change.bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ObjType, ROOT};
+
+    use super::{STORED_RAW_UP_TO, stored_form};
+
+    /// The last change of a document holding `n` characters of text.
+    fn change_of(n: usize) -> automerge::Change {
+        let mut am = AutoCommit::new();
+        let text = am.put_object(ROOT, "text", ObjType::Text).expect("text");
+        am.splice_text(&text, 0, 0, &"a line of text\n".repeat(n / 15 + 1))
+            .expect("splice");
+        am.get_last_local_change().expect("a change")
+    }
+
+    #[test]
+    fn small_changes_are_stored_as_they_are_large_ones_compressed_and_both_load() {
+        let mut small = change_of(100);
+        assert!(small.raw_bytes().len() <= STORED_RAW_UP_TO);
+        let stored = stored_form(&mut small).into_owned();
+        assert_eq!(
+            stored,
+            small.raw_bytes(),
+            "no compressor for a small change"
+        );
+        let back = automerge::Change::from_bytes(stored).expect("loads");
+        assert_eq!(back.hash(), small.hash());
+
+        let mut large = change_of(100_000);
+        let raw_len = large.raw_bytes().len();
+        assert!(raw_len > STORED_RAW_UP_TO);
+        let stored = stored_form(&mut large).into_owned();
+        assert!(
+            stored.len() < raw_len / 2,
+            "compressed: {} of {raw_len}",
+            stored.len()
+        );
+        let back = automerge::Change::from_bytes(stored).expect("loads");
+        assert_eq!(back.hash(), large.hash());
     }
 }
