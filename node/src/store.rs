@@ -562,11 +562,12 @@ impl Store {
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(make(reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        self.send_command(make(reply)).await?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn send_command(&self, command: Command) -> Result<(), StoreError> {
+        self.tx.send(command).await.map_err(|_| StoreError::Closed)
     }
 
     pub async fn create_workspace(

@@ -61,8 +61,13 @@ fn classify(ev: notify::Event) -> Vec<FsEvent> {
         .collect()
 }
 
-/// Ops per ingest commit, and bytes.
+/// Ops per ingest commit, and bytes. A pass's first commit takes
+/// [`FIRST_COMMIT_OPS`] and each next one twice as many, up to
+/// [`OPS_PER_COMMIT`]: the first files of a burst reach the teammates while
+/// the rest are still being taken in, and a large import still commits in
+/// large batches.
 pub(super) const OPS_PER_COMMIT: usize = 512;
+pub(super) const FIRST_COMMIT_OPS: usize = 32;
 pub(super) const BYTES_PER_COMMIT: usize = 32 << 20;
 /// Watcher events queued before the queue counts as overflowed.
 const EVENT_QUEUE: usize = 8192;
@@ -103,6 +108,8 @@ pub(super) struct Task {
     deferred: BTreeMap<String, Instant>,
     /// ...and those whose grace period is over (taken in as any write).
     grace_over: BTreeSet<String>,
+    /// Sync records sent to the store and not yet known committed.
+    saving: Vec<tokio::sync::oneshot::Receiver<Result<(), crate::store::StoreError>>>,
 }
 
 impl Task {
@@ -138,6 +145,7 @@ impl Task {
             editors,
             deferred: BTreeMap::new(),
             grace_over: BTreeSet::new(),
+            saving: Vec::new(),
         }
     }
 
@@ -331,6 +339,11 @@ impl Task {
             }
         }
         self.watcher = None;
+        for rx in std::mem::take(&mut self.saving) {
+            if let Ok(Err(e)) = rx.await {
+                self.error(format!("cannot save the folder's records: {e}"));
+            }
+        }
         tracing::info!(dir = %self.link.dir, "stopped syncing the folder");
     }
 

@@ -223,6 +223,25 @@ impl Store {
         .await
     }
 
+    /// Queues sync records to save and returns without waiting for the
+    /// commit: the receiver says how it went. The folder's next pass need
+    /// not wait for it (its own records are in memory; the actor keeps
+    /// commands in order).
+    pub async fn folder_record_queued(
+        &self,
+        dir: String,
+        records: Vec<(String, Option<FileRecord>)>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send_command(super::Command::Folder(FolderCommand::Record {
+            dir,
+            records,
+            reply,
+        }))
+        .await?;
+        Ok(rx)
+    }
+
     /// Whether this node may write to `ws` now, and the heads of its files:
     /// all of them, or (`prefixes`) those at or under each prefix.
     pub async fn file_heads(

@@ -14,7 +14,7 @@ use xencode_protocol::api::{FileKind, FolderOutcome, FolderState};
 use super::super::FolderError;
 use super::super::disk::{self, DiskError, Written};
 use super::super::ignores::{self, Ignores};
-use super::{BYTES_PER_COMMIT, MAX_SKIPPED, OPS_PER_COMMIT, Task};
+use super::{BYTES_PER_COMMIT, FIRST_COMMIT_OPS, MAX_SKIPPED, OPS_PER_COMMIT, Task};
 use crate::store::StoreError;
 use crate::store::folders::{DiskOp, DiskStamp, FileRecord, record_of};
 use crate::workspace::folder::{FileHeads, FileState, SyncBase};
@@ -401,6 +401,7 @@ impl Task {
         let total = plan.ops.len();
         let mut done = 0;
         let mut ops = std::mem::take(&mut plan.ops).into_iter().peekable();
+        let mut per_commit = FIRST_COMMIT_OPS;
         while ops.peek().is_some() {
             let mut batch = Vec::new();
             let mut bytes = 0;
@@ -410,7 +411,7 @@ impl Task {
                     _ => 0,
                 };
                 if !batch.is_empty()
-                    && (batch.len() >= OPS_PER_COMMIT || bytes + size > BYTES_PER_COMMIT)
+                    && (batch.len() >= per_commit || bytes + size > BYTES_PER_COMMIT)
                 {
                     break;
                 }
@@ -428,6 +429,7 @@ impl Task {
                 })
                 .collect();
             done += batch.len();
+            per_commit = (per_commit * 2).min(OPS_PER_COMMIT);
             let outcome = self
                 .store
                 .folder_ingest(dir.clone(), ws, batch, crate::now_ms())
@@ -485,10 +487,31 @@ impl Task {
                 Err(e) => self.error(e),
             }
         }
-        if !records.is_empty()
-            && let Err(e) = self.store.folder_record(dir, records).await
-        {
+        self.save_records(dir, records).await;
+    }
+
+    /// Sends sync records to the store without waiting for their commit
+    /// (reported by a later pass, or when the folder stops).
+    async fn save_records(&mut self, dir: String, records: Vec<(String, Option<FileRecord>)>) {
+        let mut failed = Vec::new();
+        self.saving.retain_mut(|rx| match rx.try_recv() {
+            Ok(Ok(())) => false,
+            Ok(Err(e)) => {
+                failed.push(e);
+                false
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => false,
+        });
+        for e in failed {
             self.error(format!("cannot save the folder's records: {e}"));
+        }
+        if records.is_empty() {
+            return;
+        }
+        match self.store.folder_record_queued(dir, records).await {
+            Ok(rx) => self.saving.push(rx),
+            Err(e) => self.error(format!("cannot save the folder's records: {e}")),
         }
     }
 
