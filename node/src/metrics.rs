@@ -18,6 +18,7 @@ pub struct Metrics {
     store_size: IntGauge,
     documents: IntGaugeVec,
     changes_applied: IntCounter,
+    chunks_applied: IntCounter,
     changes_rejected: IntCounterVec,
     sessions_refused: IntCounterVec,
     peers_connected: IntGauge,
@@ -87,6 +88,10 @@ impl Metrics {
         let changes_applied = IntCounter::new(
             "changes_applied_total",
             "changes received from peers and applied",
+        )?;
+        let chunks_applied = IntCounter::new(
+            "sync_chunks_applied_total",
+            "documents replaced whole by a peer's checked catch-up chunk",
         )?;
         let changes_rejected = IntCounterVec::new(
             Opts::new(
@@ -186,6 +191,7 @@ impl Metrics {
             peer_violations.with_label_values(&[kind]);
         }
         registry.register(Box::new(changes_applied.clone()))?;
+        registry.register(Box::new(chunks_applied.clone()))?;
         registry.register(Box::new(changes_rejected.clone()))?;
         registry.register(Box::new(peers_connected.clone()))?;
         registry.register(Box::new(sync_frames.clone()))?;
@@ -261,6 +267,7 @@ impl Metrics {
             store_size,
             documents,
             changes_applied,
+            chunks_applied,
             changes_rejected,
             sessions_refused,
             peers_connected,
@@ -320,6 +327,11 @@ impl Metrics {
 
     pub fn changes_applied(&self, n: u64) {
         self.changes_applied.inc_by(n);
+    }
+
+    /// A document replaced whole by a peer's checked chunk.
+    pub fn chunk_applied(&self) {
+        self.chunks_applied.inc();
     }
 
     /// A sync session refused, labelled by [`xencode_protocol::sync::SessionRefusal::label`].

@@ -71,6 +71,21 @@ pub fn inflated_len(bytes: &[u8], cap: usize) -> Result<usize, ChunkError> {
     Ok(total)
 }
 
+/// Whether `bytes` are exactly one Automerge document chunk, as `save()`
+/// writes it, and nothing after it (`load` would apply change chunks
+/// following a document, unchecked by anything that read only the first).
+pub fn is_one_document(bytes: &[u8]) -> bool {
+    let one = || -> Result<bool, ChunkError> {
+        let (magic, after) = split(bytes, 4)?;
+        let (_checksum, after) = split(after, 4)?;
+        let (kind, after) = split(after, 1)?;
+        let (len, after) = leb128(after)?;
+        let len = usize::try_from(len).map_err(|_| ChunkError::Malformed)?;
+        Ok(magic == MAGIC && kind[0] == 0 && after.len() == len)
+    };
+    one().unwrap_or(false)
+}
+
 /// A document chunk's size with its deflated columns inflated.
 fn document_len(data: &[u8], cap: usize) -> Result<usize, ChunkError> {
     let (actors, mut i) = leb128(data)?;
@@ -222,6 +237,13 @@ mod tests {
                 "cut at {cut}"
             );
         }
+        assert!(is_one_document(&saved));
+        let mut two = saved.clone();
+        two.extend_from_slice(&saved);
+        assert!(!is_one_document(&two), "a second chunk after the document");
+        assert!(!is_one_document(&saved[..saved.len() - 1]));
+        let mut change = doc_with("x").get_last_local_change().expect("test data");
+        assert!(!is_one_document(change.bytes().as_ref()), "a change chunk");
         let mut bundle = saved.clone();
         bundle[8] = 3;
         assert_eq!(inflated_len(&bundle, 1 << 20), Err(ChunkError::Bundle));

@@ -292,6 +292,51 @@ pub fn valid_member_name(name: &str) -> bool {
         && !name.chars().any(char::is_control)
 }
 
+/// What the write rule reads of a change: a whole change, or only its
+/// metadata (a change inside a document chunk, which Automerge would have
+/// to rebuild from its operations to hand out whole). Metadata is enough
+/// for every document but the access document, whose changes are judged on
+/// their content too: there, metadata alone decides nothing
+/// ([`WriteDecision::Unknown`]) and the change must come whole.
+#[derive(Debug, Clone, Copy)]
+pub enum Written<'a> {
+    Change(&'a Change),
+    Meta(&'a automerge::ChangeMetadata<'a>),
+}
+
+impl<'a> From<&'a Change> for Written<'a> {
+    fn from(c: &'a Change) -> Self {
+        Written::Change(c)
+    }
+}
+
+impl Written<'_> {
+    fn hash(&self) -> ChangeHash {
+        match self {
+            Written::Change(c) => c.hash(),
+            Written::Meta(m) => m.hash,
+        }
+    }
+    fn deps(&self) -> &[ChangeHash] {
+        match self {
+            Written::Change(c) => c.deps(),
+            Written::Meta(m) => &m.deps,
+        }
+    }
+    fn message(&self) -> Option<&str> {
+        match self {
+            Written::Change(c) => c.message(),
+            Written::Meta(m) => m.message.as_deref(),
+        }
+    }
+    fn timestamp(&self) -> i64 {
+        match self {
+            Written::Change(c) => c.timestamp(),
+            Written::Meta(m) => m.timestamp,
+        }
+    }
+}
+
 /// Decisions already made. A decision rests on a fixed point of the access
 /// document's history, which never changes, so it holds forever; only the
 /// size is bounded.
@@ -320,11 +365,16 @@ impl WriteRule {
         root: Option<[u8; 32]>,
         is_access: bool,
         author: &[u8; 32],
-        change: &Change,
+        change: Written<'_>,
     ) -> WriteDecision {
         if is_access && root == Some(*author) {
             return WriteDecision::Allow;
         }
+        let content = match change {
+            Written::Change(c) => Some(c),
+            Written::Meta(_) if is_access => return WriteDecision::Unknown,
+            Written::Meta(_) => None,
+        };
         let Ok(peer) = crate::ids::peer_id_of(author) else {
             return WriteDecision::Deny;
         };
@@ -354,11 +404,12 @@ impl WriteRule {
                 };
                 // Any member may name itself; nothing else in the access
                 // document is a non-admin's to change.
+                let content_ok = |check: &dyn Fn(&Change) -> bool| content.is_some_and(check);
                 let allowed = (matches!(state, MemberState::Member(role) if role >= needed)
-                    && !(is_access && access.touches_root(change)))
+                    && !(is_access && content_ok(&|c| access.touches_root(c))))
                     || (is_access
                         && matches!(state, MemberState::Member(_))
-                        && access.only_names_itself(&peer, change));
+                        && content_ok(&|c| access.only_names_itself(&peer, c)));
                 let decided = (allowed, access.member_expiry_at(&peer, Some(&key.3)));
                 if self.decided.len() >= MAX_DECISIONS {
                     self.decided.clear();
@@ -530,7 +581,14 @@ mod tests {
             })
         };
         let decide = |am: &AutoCommit, w: &Who, c: &Change| {
-            WriteRule::default().may_write(&WS, AccessDoc(am), Some(root.key), true, &w.key, c)
+            WriteRule::default().may_write(
+                &WS,
+                AccessDoc(am),
+                Some(root.key),
+                true,
+                &w.key,
+                c.into(),
+            )
         };
         // Allowed: a viewer and a developer naming themselves.
         for w in [&viewer, &dev] {

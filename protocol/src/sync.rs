@@ -136,7 +136,7 @@ pub trait Host {
         ws: &WorkspaceId,
         doc: &DocId,
         author: &[u8; 32],
-        change: &Change,
+        change: crate::policy::Written<'_>,
     ) -> WriteDecision;
     /// A saved Automerge sync state for (peer, doc).
     fn sync_state(&self, peer: &PeerId, doc: &DocId) -> Option<Vec<u8>>;
@@ -208,6 +208,15 @@ pub enum Output {
         workspace: WorkspaceId,
         doc: DocId,
         changes: Vec<Vec<u8>>,
+        signatures: Vec<SignedHead>,
+    },
+    /// `doc` was replaced by the document in `saved` (a checked catch-up
+    /// chunk holding everything it held and more): keep `saved` as its
+    /// snapshot in place of what was stored, with the signatures.
+    Snapshot {
+        workspace: WorkspaceId,
+        doc: DocId,
+        saved: Vec<u8>,
         signatures: Vec<SignedHead>,
     },
     /// An Automerge sync state to keep for the next session with `peer`.
@@ -895,12 +904,7 @@ impl Engine {
                 sent_ms,
                 ..
             } => {
-                let admitted = self
-                    .sessions
-                    .get(&(peer, ws))
-                    .and_then(|s| s.admitted)
-                    .is_some();
-                if !admitted {
+                if !self.admitted(peer, ws) {
                     // Content from a peer we have not admitted is dropped unread.
                     self.strike(peer, "sync frame outside an admitted session");
                     return;
@@ -914,7 +918,36 @@ impl Engine {
                 };
                 self.receive_sync(host, peer, ws, doc, received, now_ms);
             }
+            Frame::Chunk {
+                doc,
+                message,
+                chunk,
+                signatures,
+                sent_ms,
+                ..
+            } => {
+                if !self.admitted(peer, ws) {
+                    self.strike(peer, "chunk frame outside an admitted session");
+                    return;
+                }
+                self.clock_reading(peer, sent_ms, now_ms);
+                let received = Received {
+                    message,
+                    changes: Vec::new(),
+                    signatures,
+                    sent_ms,
+                };
+                self.receive_chunk(host, peer, ws, doc, chunk, received, now_ms);
+            }
         }
+    }
+
+    /// Whether `peer` has an admitted session for `ws`.
+    fn admitted(&self, peer: PeerId, ws: WorkspaceId) -> bool {
+        self.sessions
+            .get(&(peer, ws))
+            .and_then(|s| s.admitted)
+            .is_some()
     }
 
     fn admit(

@@ -105,6 +105,20 @@ pub enum Frame {
         workspace: WorkspaceId,
         files: Vec<OpenFile>,
     },
+    /// Catch-up of much history at once: `chunk` is one Automerge document
+    /// chunk (the sender's whole document, as `save()` writes it), with the
+    /// signatures that cover its changes and the sync message that would
+    /// have gone with them. The receiver loads it into a scratch document
+    /// and checks every change it lacks before any of it is applied
+    /// (`docs/protocol.md`, "Catch-up by document chunk").
+    Chunk {
+        workspace: WorkspaceId,
+        doc: DocId,
+        message: Option<Vec<u8>>,
+        chunk: Vec<u8>,
+        signatures: Vec<SignedHead>,
+        sent_ms: u64,
+    },
 }
 
 /// A file open in an editor on the sending node.
@@ -125,6 +139,7 @@ impl Frame {
             | Frame::Accept { workspace, .. }
             | Frame::Refuse { workspace, .. }
             | Frame::Sync { workspace, .. }
+            | Frame::Chunk { workspace, .. }
             | Frame::Close { workspace }
             | Frame::Presence { workspace, .. } => *workspace,
         }
@@ -222,6 +237,14 @@ mod tests {
                     path: "src/app.py".into(),
                     cursor: Some("12@0a1b".into()),
                 }],
+            },
+            Frame::Chunk {
+                workspace: WorkspaceId::from_bytes([1; 16]),
+                doc: DocId::from_bytes([2; 16]),
+                message: None,
+                chunk: vec![0x85, 0x6f, 0x4a, 0x83],
+                signatures: Vec::new(),
+                sent_ms: 7,
             },
         ];
         for f in frames {

@@ -229,6 +229,26 @@ impl SimHost {
         }
     }
 
+    /// A document replaced whole by a checked chunk (already in memory):
+    /// its saved form staged as its new base record.
+    pub fn stage_snapshot(&mut self, doc: DocId, saved: Vec<u8>, signatures: Vec<SignedHead>) {
+        self.staged.push((doc, saved));
+        for s in signatures {
+            self.sigs.insert((doc, ChangeHash(s.hash)), s);
+        }
+        self.held = self.count_held();
+    }
+
+    /// Changes held outside the access document, counted in the documents.
+    fn count_held(&mut self) -> u64 {
+        let access = self.team.access;
+        self.docs
+            .iter_mut()
+            .filter(|(d, _)| **d != access)
+            .map(|(_, am)| am.get_changes_meta(&[]).len() as u64)
+            .sum()
+    }
+
     pub fn has_staged(&self) -> bool {
         !self.staged.is_empty()
     }
@@ -249,18 +269,23 @@ impl SimHost {
         self.docs.clear();
         self.held = 0;
         for (doc, raws) in &self.durable {
+            // From its last snapshot (a chunk that replaced it), if any.
+            let base = raws
+                .iter()
+                .rposition(|r| xencode_protocol::chunks::is_one_document(r));
+            let mut am = base
+                .and_then(|i| AutoCommit::load(&raws[i]).ok())
+                .unwrap_or_default();
             let changes: Vec<Change> = raws
                 .iter()
+                .filter(|r| !xencode_protocol::chunks::is_one_document(r))
                 .filter_map(|r| Change::from_bytes(r.clone()).ok())
                 .collect();
-            let mut am = AutoCommit::new();
-            if xencode_protocol::apply::apply_changes(&mut am, changes).is_ok()
-                && *doc != self.team.access
-            {
-                self.held += raws.len() as u64;
-            }
+            // One that does not apply is kept as far as it got, as before.
+            let _ = xencode_protocol::apply::apply_changes(&mut am, changes);
             self.docs.insert(*doc, am);
         }
+        self.held = self.count_held();
     }
 
     /// A crash: memory is lost (documents, sync states, the decisions and
@@ -377,7 +402,7 @@ impl Host for SimHost {
         ws: &WorkspaceId,
         doc: &DocId,
         author: &[u8; 32],
-        change: &Change,
+        change: xencode_protocol::policy::Written<'_>,
     ) -> WriteDecision {
         let is_access = *doc == self.team.access;
         let root = Some(self.team.root);

@@ -922,6 +922,19 @@ impl Sim {
                         self.at(self.now + COMMIT_MS, Ev::Commit { node: i });
                     }
                 }
+                Output::Snapshot {
+                    doc,
+                    saved,
+                    signatures,
+                    ..
+                } => {
+                    self.members[i].host.stage_snapshot(doc, saved, signatures);
+                    self.members[i].last_changed = self.now;
+                    if !self.members[i].commit_pending {
+                        self.members[i].commit_pending = true;
+                        self.at(self.now + COMMIT_MS, Ev::Commit { node: i });
+                    }
+                }
                 Output::SaveSyncState { peer, doc, state } => {
                     self.members[i].host.save_state(peer, doc, state);
                 }

@@ -372,6 +372,25 @@ async fn a_node_offline_during_a_thousand_edits_catches_up() {
         .await,
         "B caught up with the 1000 edits it missed"
     );
+    // They came as one checked document chunk, which B keeps as the
+    // file's stored form: it survives a restart and takes new edits.
+    assert!(
+        b.metric("xencode_sync_chunks_applied_total").await >= 1.0,
+        "the missed history came as a chunk"
+    );
+    b.stop();
+    let b = Node::start_with(&b_dir, b_port, &[t.a.addr()]).expect("b restarts again");
+    assert_eq!(b.file(&ws, "log.txt").await.as_deref(), Some(&want[..]));
+    assert!(splice(&b, &ws, "log.txt", 0, "!").await.is_success());
+    assert!(
+        wait_for(CONVERGE, || async {
+            t.a.file(&ws, "log.txt")
+                .await
+                .is_some_and(|f| f.starts_with(b"!"))
+        })
+        .await,
+        "B's edit on top of the chunk reaches A"
+    );
     let nodes = [&t.a, &b, &t.c];
     assert!(wait_for(CONVERGE, || converged(&nodes, &ws)).await);
 }

@@ -97,3 +97,14 @@ fn the_sync_harness_applies_a_members_genuine_changes() {
         .expect("a change seed");
     assert!(crate::store::fuzz::applied_heads(genuine) > 0);
 }
+
+#[test]
+fn the_sync_harness_takes_a_members_genuine_document_chunk() {
+    // The chunk seed must get past every check to the replacing path.
+    let seeds = fuzzing::seeds();
+    let (_, chunk) = seeds
+        .iter()
+        .find(|(t, d)| *t == "automerge_changes" && d.first() == Some(&0x41))
+        .expect("a chunk seed");
+    assert!(crate::store::fuzz::chunk_applies(chunk));
+}

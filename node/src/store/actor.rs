@@ -705,6 +705,7 @@ impl Actor {
         let result = self.disk.commit_staged();
         let elapsed = started.elapsed();
         let staged = std::mem::take(&mut self.disk.staged);
+        let snapshots = std::mem::take(&mut self.disk.staged_snapshots);
         let new_workspaces = std::mem::take(&mut self.disk.new_workspaces);
         let staged_memberships = std::mem::take(&mut self.disk.staged_memberships);
         self.disk.staged_sync_states.clear();
@@ -712,12 +713,22 @@ impl Actor {
         let audited = std::mem::take(&mut self.disk.audit_staged);
         let access_changed = staged
             .iter()
-            .any(|s| s.change.doc == crate::workspace::access_doc_id(&s.ws));
+            .map(|s| (s.ws, s.change.doc))
+            .chain(snapshots.iter().map(|s| (s.ws, s.doc)))
+            .any(|(ws, doc)| doc == crate::workspace::access_doc_id(&ws));
         let outcome = match result {
             Ok((bumped, tip)) => {
                 self.disk.audit_tip = tip;
                 self.metrics.store_commit(elapsed.as_secs_f64(), true);
+                let replaced: Vec<DocId> = snapshots.iter().map(|s| s.doc).collect();
+                self.disk.snapshotted(&replaced);
                 self.disk.count(bumped);
+                for snap in &snapshots {
+                    // What it parks as, when its turn comes.
+                    if let Some(w) = self.workspaces.get_mut(&snap.ws) {
+                        w.files.adopt_snapshot(&snap.doc, &snap.saved);
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
@@ -730,7 +741,12 @@ impl Actor {
                         self.members.map.remove(ws);
                     }
                 }
-                self.recover(&staged, &new_workspaces);
+                let touched: BTreeSet<WorkspaceId> = staged
+                    .iter()
+                    .map(|s| s.ws)
+                    .chain(snapshots.iter().map(|s| s.ws))
+                    .collect();
+                self.recover(&touched, &new_workspaces);
                 Err(e)
             }
         };
@@ -743,7 +759,9 @@ impl Actor {
             reply(outcome.clone());
         }
         if outcome.is_ok() {
-            self.emit_change_events(&staged, &new_workspaces);
+            let remote: Vec<(WorkspaceId, DocId)> =
+                snapshots.iter().map(|s| (s.ws, s.doc)).collect();
+            self.emit_change_events(&staged, &remote, &new_workspaces);
             for workspace in new_workspaces {
                 self.send_net(NetCommand::Subscribe { workspace });
             }
@@ -778,10 +796,9 @@ impl Actor {
 
     /// After a failed commit: reopen the database if it is poisoned, and reload
     /// every workspace the staged changes touched from what is committed.
-    fn recover(&mut self, staged: &[Staged], new_workspaces: &[WorkspaceId]) {
+    fn recover(&mut self, touched: &BTreeSet<WorkspaceId>, new_workspaces: &[WorkspaceId]) {
         self.disk.reopen_if_poisoned();
-        let touched: BTreeSet<WorkspaceId> = staged.iter().map(|s| s.ws).collect();
-        for ws in touched {
+        for &ws in touched {
             // Reloaded or dropped behind the sync engine's back.
             self.sync.engine.forget_digest(&ws);
             if new_workspaces.contains(&ws) {
@@ -922,17 +939,26 @@ impl Actor {
 
     /// Tells event subscribers what the commit just made durable: one event
     /// per document touched.
-    fn emit_change_events(&self, staged: &[Staged], new_workspaces: &[WorkspaceId]) {
+    /// `replaced`: documents a peer's chunk replaced (remote changes).
+    fn emit_change_events(
+        &self,
+        staged: &[Staged],
+        replaced: &[(WorkspaceId, DocId)],
+        new_workspaces: &[WorkspaceId],
+    ) {
         for workspace in new_workspaces {
             self.stats.publish(NodeEvent::WorkspaceAdded {
                 workspace: *workspace,
             });
         }
-        let touched: BTreeMap<(WorkspaceId, DocId), bool> =
+        let mut touched: BTreeMap<(WorkspaceId, DocId), bool> =
             staged.iter().fold(BTreeMap::new(), |mut m, s| {
                 *m.entry((s.ws, s.change.doc)).or_insert(false) |= !s.local;
                 m
             });
+        for key in replaced {
+            touched.insert(*key, true);
+        }
         for ((workspace, doc), remote) in touched {
             let origin = if remote {
                 ChangeOrigin::Remote

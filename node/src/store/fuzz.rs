@@ -259,6 +259,36 @@ impl Harness {
         self.input(Input::Tick);
     }
 
+    /// A document chunk (`Frame::Chunk`) from the member, with the
+    /// member's signature on each of its heads (the attacker signs what it
+    /// likes; the node must still check every change the chunk adds).
+    fn chunk(&mut self, doc: DocId, chunk: Vec<u8>) {
+        let signatures = std::panic::catch_unwind(|| AutoCommit::load(&chunk))
+            .ok()
+            .and_then(Result::ok)
+            .map(|mut am| {
+                am.get_heads()
+                    .iter()
+                    .take(64)
+                    .map(|h| SignedHead::sign(&self.key, 0, &self.ws, &doc, h.0))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let peer = self.member;
+        self.input(Input::Received {
+            peer,
+            frame: Frame::Chunk {
+                workspace: self.ws,
+                doc,
+                message: None,
+                chunk,
+                signatures,
+                sent_ms: NOW,
+            },
+        });
+        self.input(Input::Tick);
+    }
+
     /// Every document must still load the way the node loads it at the
     /// next start: from its change records, to the same heads. A snapshot
     /// is only written if it loads back (`verified_snapshot`).
@@ -303,8 +333,30 @@ pub fn automerge_changes(data: &[u8]) {
         .workspaces
         .get(&h.ws)
         .map_or(DocId::from_bytes([0; 16]), |w| target_doc(w, selector));
-    h.sync(doc, None, chunks);
+    // Selector bit 0x40: the bytes as one document chunk instead.
+    if selector & 0x40 != 0 {
+        h.chunk(doc, chunks.concat());
+    } else {
+        h.sync(doc, None, chunks);
+    }
     h.check();
+}
+
+/// Whether the input, sent as a document chunk, changed the document it
+/// targets (for the test that checks the chunk seed reaches the path that
+/// replaces a document whole).
+pub fn chunk_applies(data: &[u8]) -> bool {
+    let Some(mut h) = Harness::new() else {
+        return false;
+    };
+    let (selector, chunks) = split(data);
+    let Some(doc) = h.workspaces.get(&h.ws).map(|w| target_doc(w, selector)) else {
+        return false;
+    };
+    let before = h.heads();
+    h.chunk(doc, chunks.concat());
+    h.check();
+    h.heads() != before
 }
 
 /// How many of the input's changes the node applied (for the test that
@@ -391,7 +443,11 @@ pub fn viewer_frames(data: &[u8]) {
     } else {
         message
     };
-    h.sync(doc, message, chunks);
+    if selector & 0x40 != 0 {
+        h.chunk(doc, message.into_iter().chain(chunks).flatten().collect());
+    } else {
+        h.sync(doc, message, chunks);
+    }
     assert_eq!(h.heads(), before, "a viewer's frame changed a document");
     h.check();
 }
@@ -442,6 +498,13 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             .collect();
         out.push(("automerge_changes", join(0, &raw)));
         out.push(("automerge_changes", join(3, &raw)));
+    }
+    // The member's file document whole, as a catch-up chunk (0x40); the
+    // same from a viewer must change nothing.
+    if let Some(doc) = mine.files.all_mut().next() {
+        let saved = doc.am.save();
+        out.push(("automerge_changes", join(0x41, std::slice::from_ref(&saved))));
+        out.push(("viewer_frames", join(0x41, &[saved])));
     }
     // Sync messages as a peer generates them, against this node's file doc.
     let mut state = automerge::sync::State::new();

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::{AutoCommit, Change, ChangeHash};
+use automerge::{AutoCommit, ChangeHash};
 use redb::{Database, ReadableDatabase};
 use xencode_protocol::envelope::SignedHead;
 use xencode_protocol::policy::{self, AdmitError, WriteRule};
@@ -151,7 +151,7 @@ impl Host for HostView<'_> {
         ws: &WorkspaceId,
         doc: &DocId,
         author: &[u8; 32],
-        change: &Change,
+        change: xencode_protocol::policy::Written<'_>,
     ) -> WriteDecision {
         let Some(w) = self.workspaces.get(ws) else {
             return WriteDecision::Deny;
@@ -178,7 +178,7 @@ mod tests {
     //! the deciding node has seen since: both sides of the revocation window.
 
     use automerge::transaction::{CommitOptions, Transactable};
-    use automerge::{ActorId, ROOT, ReadDoc};
+    use automerge::{ActorId, Change, ROOT, ReadDoc};
     use xencode_protocol::envelope::encode_citation;
     use xencode_protocol::ids::{actor_id, peer_id_of};
 
@@ -224,7 +224,7 @@ mod tests {
             write_rule: &mut decisions,
             tokens: &tokens,
         };
-        host.may_write(&id, &doc, &who.public_key, c)
+        host.may_write(&id, &doc, &who.public_key, c.into())
     }
 
     #[test]

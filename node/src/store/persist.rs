@@ -62,6 +62,8 @@ pub(super) struct Persistence {
     pub(super) counters: RecordCounts,
     /// Changes made in memory, not yet committed.
     pub(super) staged: Vec<Staged>,
+    /// Documents replaced whole by a peer's checked chunk, not yet committed.
+    pub(super) staged_snapshots: Vec<StagedSnapshot>,
     pub(super) new_workspaces: Vec<WorkspaceId>,
     pub(super) staged_memberships: Vec<(WorkspaceId, Membership)>,
     pub(super) staged_sync_states: Vec<(String, DocId, Vec<u8>)>,
@@ -92,6 +94,7 @@ impl Persistence {
             counters: RecordCounts::new(options.compact_after_changes),
             options,
             staged: Vec::new(),
+            staged_snapshots: Vec::new(),
             new_workspaces: Vec::new(),
             staged_memberships: Vec::new(),
             staged_sync_states: Vec::new(),
@@ -107,10 +110,19 @@ impl Persistence {
     pub(super) fn is_idle(&self) -> bool {
         self.deferred.is_empty()
             && self.staged.is_empty()
+            && self.staged_snapshots.is_empty()
             && self.staged_memberships.is_empty()
             && self.staged_sync_states.is_empty()
             && self.staged_folders.is_empty()
             && self.audit_staged.is_empty()
+    }
+
+    /// After a commit: the documents whose snapshots it wrote have no
+    /// records left but those it added.
+    pub(super) fn snapshotted(&mut self, docs: &[DocId]) {
+        for doc in docs {
+            self.counters.folded(doc);
+        }
     }
 
     /// Records how many change records each document got in a commit.
@@ -366,6 +378,7 @@ impl Persistence {
         // Only allowed-read audit entries: durable with the next durable commit.
         let audit_only = self.deferred.is_empty()
             && self.staged.is_empty()
+            && self.staged_snapshots.is_empty()
             && self.staged_memberships.is_empty()
             && self.staged_sync_states.is_empty()
             && self.staged_folders.is_empty()
@@ -387,6 +400,39 @@ impl Persistence {
             let mut docs = tx.open_table(DOCS).map_err(classify)?;
             let mut changes = tx.open_table(CHANGES).map_err(classify)?;
             let mut signatures = tx.open_table(SIGNATURES).map_err(classify)?;
+            // Snapshots first: they replace the records committed before
+            // this transaction; changes staged in it are written after
+            // (those it already holds load again as duplicates, which
+            // Automerge skips).
+            let mut snapshots = tx.open_table(SNAPSHOTS).map_err(classify)?;
+            for snap in &self.staged_snapshots {
+                let key = *snap.doc.as_bytes();
+                for sig in &snap.signatures {
+                    let bytes = postcard::to_stdvec(sig)?;
+                    signatures
+                        .insert((key, sig.hash), bytes.as_slice())
+                        .map_err(classify)?;
+                }
+                let next = match self.counters.get(&snap.doc) {
+                    Some(c) => c.next,
+                    None => {
+                        let record = DocRecord {
+                            workspace: *snap.ws.as_bytes(),
+                            kind: doc_kind(&snap.ws, &snap.doc),
+                        };
+                        let bytes = postcard::to_stdvec(&record)?;
+                        docs.insert(key, bytes.as_slice()).map_err(classify)?;
+                        0
+                    }
+                };
+                snapshots
+                    .insert(key, (next.saturating_sub(1), snap.saved.as_slice()))
+                    .map_err(classify)?;
+                changes
+                    .retain_in((key, 0)..(key, next), |_, _| false)
+                    .map_err(classify)?;
+            }
+            drop(snapshots);
             for staged in &mut self.staged {
                 let (ws, new) = (&staged.ws, &mut staged.change);
                 for sig in &staged.signatures {
@@ -396,17 +442,11 @@ impl Persistence {
                         .map_err(classify)?;
                 }
                 let counters = self.counters.get(&new.doc);
-                if counters.is_none() && !added.contains_key(&new.doc) {
-                    let kind = if new.doc == access_doc_id(ws) {
-                        DocKind::Access
-                    } else if new.doc == index_doc_id(ws) {
-                        DocKind::Index
-                    } else {
-                        DocKind::File
-                    };
+                let snapshotted = self.staged_snapshots.iter().any(|s| s.doc == new.doc);
+                if counters.is_none() && !added.contains_key(&new.doc) && !snapshotted {
                     let record = DocRecord {
                         workspace: *ws.as_bytes(),
-                        kind,
+                        kind: doc_kind(ws, &new.doc),
                     };
                     let bytes = postcard::to_stdvec(&record)?;
                     docs.insert(*new.doc.as_bytes(), bytes.as_slice())
@@ -662,6 +702,26 @@ pub(super) struct Counters {
 
 /// A reply waiting for the commit that makes its write durable.
 pub(super) type Deferred = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A document a peer's checked chunk replaced, waiting for the next commit:
+/// its saved form becomes its snapshot, in place of its records.
+pub(super) struct StagedSnapshot {
+    pub ws: WorkspaceId,
+    pub doc: DocId,
+    pub saved: Vec<u8>,
+    pub signatures: Vec<SignedHead>,
+}
+
+/// The kind of `doc` in `ws`, from its id.
+fn doc_kind(ws: &WorkspaceId, doc: &DocId) -> DocKind {
+    if *doc == access_doc_id(ws) {
+        DocKind::Access
+    } else if *doc == index_doc_id(ws) {
+        DocKind::Index
+    } else {
+        DocKind::File
+    }
+}
 
 /// A change waiting for the next commit.
 pub(super) struct Staged {

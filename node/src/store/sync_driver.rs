@@ -17,7 +17,7 @@ use xencode_protocol::{DocId, PeerId, WorkspaceId};
 use super::NetCommand;
 use super::actor::Actor;
 use super::host::HostView;
-use super::persist::Staged;
+use super::persist::{Staged, StagedSnapshot};
 use crate::workspace::NewChange;
 
 /// The sync engine and what it talks to.
@@ -158,6 +158,21 @@ impl Actor {
                 } => {
                     access_changed |= doc == crate::workspace::access_doc_id(&workspace);
                     self.stage_remote(workspace, doc, changes, signatures);
+                }
+                Output::Snapshot {
+                    workspace,
+                    doc,
+                    saved,
+                    signatures,
+                } => {
+                    access_changed |= doc == crate::workspace::access_doc_id(&workspace);
+                    self.metrics.chunk_applied();
+                    self.disk.staged_snapshots.push(StagedSnapshot {
+                        ws: workspace,
+                        doc,
+                        saved,
+                        signatures,
+                    });
                 }
                 Output::Announce { workspace, digest } => {
                     self.send_net(NetCommand::Announce { workspace, digest });
@@ -615,5 +630,18 @@ fn trace_frame(direction: &str, peer: &PeerId, frame: &Frame) {
         Frame::Presence { files, .. } => {
             tracing::trace!(direction, %peer, files = files.len(), "presence")
         }
+        Frame::Chunk {
+            doc,
+            chunk,
+            signatures,
+            ..
+        } => tracing::trace!(
+            direction,
+            %peer,
+            %doc,
+            bytes = chunk.len(),
+            signatures = signatures.len(),
+            "document chunk"
+        ),
     }
 }

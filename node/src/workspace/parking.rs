@@ -284,6 +284,24 @@ impl FileDocs {
         }
     }
 
+    /// `saved` (a verified saved form: a checked chunk a peer sent, which
+    /// the store now keeps as the document's snapshot) is what the loaded
+    /// document parks as while its heads are still the ones saved.
+    pub fn adopt_snapshot(&mut self, id: &DocId, saved: &[u8]) {
+        let Some(heads) = saved_heads(saved) else {
+            return;
+        };
+        if let Some(Slot::Loaded { doc, was, used }) = self.slots.get_mut(id) {
+            *was = Some(Box::new(Parked {
+                saved: saved.to_vec(),
+                heads,
+                actor: doc.am.get_actor().clone(),
+                facts: None,
+            }));
+            self.recency.insert(*used, *id);
+        }
+    }
+
     /// What a listing shows of the file, if known without loading it (for
     /// the store to keep beside the snapshot).
     pub fn known_facts(&self, id: &DocId) -> Option<Facts> {

@@ -30,6 +30,271 @@ impl Engine {
             signatures,
             sent_ms,
         } = received;
+        let Some(had_message) = self.take_message(host, peer, ws, doc, message) else {
+            return;
+        };
+        self.take_changes(host, peer, ws, doc, changes, signatures, sent_ms, now_ms);
+        if had_message && !self.batch_applies {
+            self.generate(host, peer, ws, doc);
+        } else if had_message {
+            // Applied, and the sender answered, at `settle`.
+            self.deferred.entry((ws, doc)).or_default().insert(peer);
+        }
+    }
+
+    /// A document chunk (`Frame::Chunk`): loaded into a scratch document
+    /// and, when every change it adds is covered by a verified signature of
+    /// its author, follows its author's sequence, and passes the write rule
+    /// on its metadata, and it holds everything this node's copy holds, it
+    /// replaces the copy whole: no change is rebuilt, copied or applied one
+    /// by one. Otherwise — a change refused, unsigned, or not decidable
+    /// from metadata (the access document), or local changes the chunk
+    /// lacks — it is taken apart and every change it adds goes through the
+    /// per-change path, exactly as if it had come alone. Nothing unchecked
+    /// is applied either way.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn receive_chunk(
+        &mut self,
+        host: &mut impl Host,
+        peer: PeerId,
+        ws: WorkspaceId,
+        doc: DocId,
+        chunk: Vec<u8>,
+        received: super::Received,
+        now_ms: u64,
+    ) {
+        // Sized before Automerge inflates it, and one document only (a
+        // document chunk followed by change chunks would load those changes
+        // unchecked).
+        let cap = self.limits.max_pending_bytes;
+        if !crate::chunks::is_one_document(&chunk)
+            || crate::chunks::inflated_len(&chunk, cap).is_err()
+            || received.signatures.len() > super::send::MAX_CHUNK_SIGNATURES
+        {
+            self.reject_frame(
+                peer,
+                ws,
+                RejectReason::Malformed,
+                "malformed document chunk",
+            );
+            return;
+        }
+        let Some(had_message) = self.take_message(host, peer, ws, doc, received.message) else {
+            return;
+        };
+        let scratch = match guarded(|| automerge::AutoCommit::load(&chunk)) {
+            Some(Ok(scratch)) => scratch,
+            _ => {
+                self.reject_frame(
+                    peer,
+                    ws,
+                    RejectReason::Malformed,
+                    "document chunk does not load",
+                );
+                return;
+            }
+        };
+        let signatures: Vec<SignedHead> = received
+            .signatures
+            .into_iter()
+            .filter(|sig| sig.verify(&ws, &doc).is_ok())
+            .collect();
+        match self.whole_chunk(host, ws, doc, scratch, &signatures) {
+            Ok(added) => {
+                let Some(am) = host.document(&ws, &doc) else {
+                    return;
+                };
+                // Pending changes the chunk brought are done with.
+                if let Some(pending) = self.pending.get_mut(&(ws, doc)) {
+                    pending.changes.retain(|h, pc| {
+                        let keep = am.get_change_meta_by_hash(h).is_none();
+                        if !keep {
+                            self.pending_bytes -= pc.size;
+                        }
+                        keep
+                    });
+                }
+                self.seqs.remove(&doc);
+                if self.recent_signatures.len() + signatures.len() > super::MAX_RECENT_SIGNATURES {
+                    self.recent_signatures.clear();
+                }
+                for s in &signatures {
+                    self.recent_signatures
+                        .insert((doc, ChangeHash(s.hash)), s.clone());
+                }
+                self.outputs.push_back(Output::Snapshot {
+                    workspace: ws,
+                    doc,
+                    saved: chunk,
+                    signatures,
+                });
+                self.event(Event::Applied {
+                    peer,
+                    workspace: ws,
+                    doc,
+                    changes: added,
+                    sent_ms: received.sent_ms,
+                });
+                self.changed(host, &ws, &doc, Some(peer));
+                self.resolve(host, ws, doc);
+            }
+            Err(Some(changes)) => {
+                self.take_changes(
+                    host,
+                    peer,
+                    ws,
+                    doc,
+                    changes,
+                    signatures,
+                    received.sent_ms,
+                    now_ms,
+                );
+            }
+            Err(None) => {}
+        }
+        if had_message && !self.batch_applies {
+            self.generate(host, peer, ws, doc);
+        } else if had_message {
+            self.deferred.entry((ws, doc)).or_default().insert(peer);
+        }
+    }
+
+    /// Puts `scratch` in place of `doc` if it may go whole: how many changes
+    /// it added. Else the raw changes it adds, to be checked one by one
+    /// (`Err(None)`: it adds nothing).
+    fn whole_chunk(
+        &mut self,
+        host: &mut impl Host,
+        ws: WorkspaceId,
+        doc: DocId,
+        mut scratch: automerge::AutoCommit,
+        signatures: &[SignedHead],
+    ) -> Result<usize, Option<Vec<Vec<u8>>>> {
+        let Some(am) = host.document(&ws, &doc) else {
+            return Err(None);
+        };
+        let local = am.get_heads();
+        let holds_ours = local
+            .iter()
+            .all(|h| scratch.get_change_meta_by_hash(h).is_some());
+        // What the chunk adds: every change not here (all past our heads,
+        // when it holds everything we hold).
+        let added: Vec<automerge::ChangeMetadata<'static>> = if holds_ours {
+            scratch
+                .get_changes_meta(&local)
+                .into_iter()
+                .map(automerge::ChangeMetadata::into_owned)
+                .collect()
+        } else {
+            scratch
+                .get_changes_meta(&[])
+                .into_iter()
+                .filter(|m| am.get_change_meta_by_hash(&m.hash).is_none())
+                .map(automerge::ChangeMetadata::into_owned)
+                .collect()
+        };
+        if added.is_empty() {
+            return Err(None);
+        }
+        let whole = holds_ours && self.chunk_passes(host, ws, doc, &added, signatures);
+        let Some(am) = host.document(&ws, &doc) else {
+            return Err(None);
+        };
+        if whole {
+            scratch.set_actor(am.get_actor().clone());
+            *am = scratch;
+            return Ok(added.len());
+        }
+        // Taken apart, in causal order (metadata comes in it).
+        Err(Some(
+            added
+                .iter()
+                .filter_map(|m| {
+                    guarded(|| scratch.get_change_by_hash(&m.hash))
+                        .flatten()
+                        .map(|c| c.raw_bytes().to_vec())
+                })
+                .collect(),
+        ))
+    }
+
+    /// Whether every change in `added` (a chunk's, past our heads) is
+    /// covered by a signature of its author, follows its author's last
+    /// sequence number here, and is allowed by the write rule.
+    fn chunk_passes(
+        &mut self,
+        host: &mut impl Host,
+        ws: WorkspaceId,
+        doc: DocId,
+        added: &[automerge::ChangeMetadata<'static>],
+        signatures: &[SignedHead],
+    ) -> bool {
+        let index: BTreeMap<ChangeHash, usize> =
+            added.iter().enumerate().map(|(i, m)| (m.hash, i)).collect();
+        let mut author: Vec<Option<[u8; 32]>> = vec![None; added.len()];
+        for sig in signatures {
+            let actor = ActorId::from(sig.actor().as_slice());
+            let mut stack = vec![ChangeHash(sig.hash)];
+            let mut seen = BTreeSet::new();
+            while let Some(h) = stack.pop() {
+                if !seen.insert(h) {
+                    continue;
+                }
+                if let Some(&i) = index.get(&h) {
+                    if *added[i].actor == actor && author[i].is_none() {
+                        author[i] = Some(sig.author);
+                    }
+                    stack.extend(added[i].deps.iter().copied());
+                }
+            }
+        }
+        // Sequence numbers: each author's added changes continue its last
+        // one here, with no gap or repeat.
+        let Some(am) = host.document(&ws, &doc) else {
+            return false;
+        };
+        let mut last: BTreeMap<ActorId, u64> = BTreeMap::new();
+        for m in added {
+            last.entry(m.actor.clone().into_owned()).or_insert(0);
+        }
+        for meta in am.get_changes_meta(&[]) {
+            if let Some(seq) = last.get_mut(meta.actor.as_ref()) {
+                *seq = (*seq).max(meta.seq);
+            }
+        }
+        let mut seqs: BTreeMap<&ActorId, Vec<u64>> = BTreeMap::new();
+        for m in added {
+            seqs.entry(m.actor.as_ref()).or_default().push(m.seq);
+        }
+        for (actor, mut s) in seqs {
+            s.sort_unstable();
+            let from = last.get(actor).copied().unwrap_or(0);
+            if s.iter()
+                .enumerate()
+                .any(|(i, seq)| *seq != from + 1 + i as u64)
+            {
+                return false;
+            }
+        }
+        added.iter().zip(&author).all(|(m, a)| {
+            a.is_some_and(|a| {
+                host.may_write(&ws, &doc, &a, crate::policy::Written::Meta(m))
+                    == WriteDecision::Allow
+            })
+        })
+    }
+
+    /// The checks every sync or chunk frame passes first, then its sync
+    /// message given to Automerge: `None` when the frame is refused or
+    /// dropped, else whether it carried a message.
+    fn take_message(
+        &mut self,
+        host: &mut impl Host,
+        peer: PeerId,
+        ws: WorkspaceId,
+        doc: DocId,
+        message: Option<Vec<u8>>,
+    ) -> Option<bool> {
         let may_write = self
             .sessions
             .get(&(peer, ws))
@@ -40,11 +305,11 @@ impl Engine {
             // this node lacks; creating it would only let a viewer fill the
             // workspace with empty documents. Dropped without a strike: an
             // honest viewer may simply have heard of the document first.
-            return;
+            return None;
         }
         if host.document(&ws, &doc).is_none() {
             self.strike(peer, "sync for a document this node will not hold");
-            return;
+            return None;
         }
         // Decode the sync message first: a frame whose message is bad is
         // refused whole, its changes included.
@@ -58,7 +323,7 @@ impl Engine {
                     RejectReason::Malformed,
                     "undecodable sync message",
                 );
-                return;
+                return None;
             }
         };
         if msg.as_ref().is_some_and(|m| !m.changes.is_empty()) {
@@ -71,20 +336,16 @@ impl Engine {
                 RejectReason::InSyncMessage,
                 "changes inside a sync message",
             );
-            return;
+            return None;
         }
         // The sync message goes to Automerge before the changes are applied:
         // applying first would make Automerge believe the sender already knows
         // our new heads, and it would never acknowledge them.
         let had_message = msg.is_some();
         if let Some(msg) = msg {
-            let Some(session) = self.sessions.get_mut(&(peer, ws)) else {
-                return;
-            };
+            let session = self.sessions.get_mut(&(peer, ws))?;
             let ds = session.doc(host, &peer, doc);
-            let Some(am) = host.document(&ws, &doc) else {
-                return;
-            };
+            let am = host.document(&ws, &doc)?;
             let received = guarded(|| am.sync().receive_sync_message(&mut ds.state, msg));
             crate::apply::forget_patches(am);
             if !matches!(received, Some(Ok(()))) {
@@ -93,6 +354,23 @@ impl Engine {
                 self.strike(peer, "sync message refused by Automerge");
             }
         }
+        Some(had_message)
+    }
+
+    /// Received changes and signatures into the pending buffer, checked,
+    /// and applied when ready (at `settle` when applies are batched).
+    #[allow(clippy::too_many_arguments)]
+    fn take_changes(
+        &mut self,
+        host: &mut impl Host,
+        peer: PeerId,
+        ws: WorkspaceId,
+        doc: DocId,
+        changes: Vec<Vec<u8>>,
+        signatures: Vec<SignedHead>,
+        sent_ms: u64,
+        now_ms: u64,
+    ) {
         let Some(am) = host.document(&ws, &doc) else {
             return;
         };
@@ -172,18 +450,11 @@ impl Engine {
             }
         }
         if self.batch_applies {
-            // Applied, and the sender answered, at `settle`.
-            let owed = self.deferred.entry((ws, doc)).or_default();
-            if had_message {
-                owed.insert(peer);
-            }
+            // Applied at `settle`.
+            self.deferred.entry((ws, doc)).or_default();
             return;
         }
         self.resolve(host, ws, doc);
-
-        if had_message {
-            self.generate(host, peer, ws, doc);
-        }
     }
 
     /// Refuses a whole frame: counted under `reason`, and a strike.
@@ -279,7 +550,7 @@ impl Engine {
         let mut refused: Vec<ChangeHash> = Vec::new();
         for (hash, pc) in &pending.changes {
             if let Some(author) = pc.verified {
-                match host.may_write(&ws, &doc, &author, &pc.change) {
+                match host.may_write(&ws, &doc, &author, (&pc.change).into()) {
                     WriteDecision::Allow => {
                         allowed.insert(*hash);
                     }

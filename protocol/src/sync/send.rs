@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::sync::{Capability, ChunkList, SyncDoc};
+use automerge::transaction::Transactable;
 use automerge::{Change, ChangeHash};
 use libp2p_identity::PeerId;
 
@@ -69,6 +70,23 @@ impl Engine {
         } else {
             ds.idle = None;
         }
+        if let Some((chunk, signatures)) = self.as_chunk(host, ws, doc, new.len()) {
+            self.send(
+                peer,
+                Frame::Chunk {
+                    workspace: ws,
+                    doc,
+                    message: Some(message),
+                    chunk,
+                    signatures,
+                    sent_ms: self.now_ms,
+                },
+            );
+            return;
+        }
+        let Some(am) = host.document(&ws, &doc) else {
+            return;
+        };
         let recent = &self.recent_local;
         let changes = causal_order(
             new.iter()
@@ -118,7 +136,71 @@ impl Engine {
             );
         }
     }
+
+    /// The whole document as one chunk, with a signature for each author's
+    /// newest change, when the `sending` changes Automerge chose are most of
+    /// it: at least [`CHUNK_MIN_CHANGES`] and more than a third of its
+    /// changes (Automerge's own rule for sending the whole document). A
+    /// document chunk stores the changes' metadata in columns and no
+    /// hashes, a few bytes per small change where a raw change carries its
+    /// 32-byte dependency hash and its actor. `None`: send changes (too
+    /// few, too large for a frame, uncommitted operations, or an author's
+    /// newest change without a signature here).
+    fn as_chunk(
+        &mut self,
+        host: &mut impl Host,
+        ws: WorkspaceId,
+        doc: DocId,
+        sending: usize,
+    ) -> Option<(Vec<u8>, Vec<SignedHead>)> {
+        if sending < CHUNK_MIN_CHANGES {
+            return None;
+        }
+        let am = host.document(&ws, &doc)?;
+        if am.pending_ops() > 0 {
+            return None;
+        }
+        let mut newest: BTreeMap<Vec<u8>, (u64, ChangeHash)> = BTreeMap::new();
+        let mut total = 0usize;
+        for meta in guarded(|| am.get_changes_meta(&[]))? {
+            total += 1;
+            let e = newest
+                .entry(meta.actor.to_bytes().to_vec())
+                .or_insert((0, meta.hash));
+            if meta.seq >= e.0 {
+                *e = (meta.seq, meta.hash);
+            }
+        }
+        if sending.saturating_mul(3) <= total || newest.len() > MAX_CHUNK_SIGNATURES {
+            return None;
+        }
+        let saved = guarded(|| am.save())?;
+        if saved.len() > MAX_CHUNK_BYTES
+            || crate::chunks::inflated_len(&saved, self.limits.max_pending_bytes).is_err()
+        {
+            return None;
+        }
+        let recent = &self.recent_signatures;
+        let signatures = newest
+            .values()
+            .map(|(_, h)| {
+                recent
+                    .get(&(doc, *h))
+                    .cloned()
+                    .or_else(|| host.signature(&ws, &doc, h))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some((saved, signatures))
+    }
 }
+
+/// Fewest changes sent as a document chunk rather than one by one.
+pub(super) const CHUNK_MIN_CHANGES: usize = 64;
+/// Largest document chunk sent (a frame holds 8 MiB); a larger document
+/// goes as changes, in frames of [`TARGET_CHANGES_BYTES`].
+const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// Most authors' signatures with one chunk.
+pub(super) const MAX_CHUNK_SIGNATURES: usize = 4096;
 
 /// The change of a document born after the session was admitted, to send
 /// with the first message. Automerge's first message for a document only

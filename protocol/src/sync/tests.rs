@@ -176,7 +176,7 @@ impl Host for TestHost {
         ws: &WorkspaceId,
         _doc: &DocId,
         author: &[u8; 32],
-        change: &Change,
+        change: crate::policy::Written<'_>,
     ) -> WriteDecision {
         let access = crate::policy::AccessDoc(&self.access);
         self.rule
@@ -194,8 +194,10 @@ struct Node {
     rejected: usize,
     /// What each peer said it has open, until its session closed.
     presence: BTreeMap<PeerId, Vec<OpenFile>>,
-    /// `Output::Persist`s: one per document per apply.
+    /// `Output::Persist`s (one per document per apply) and `Snapshot`s.
     persists: usize,
+    /// `Output::Snapshot`s: documents replaced whole by a chunk.
+    snapshots: usize,
 }
 
 /// Directed links: frames in flight for the current connection, plus frames
@@ -238,6 +240,7 @@ impl Net {
                     rejected: 0,
                     presence: BTreeMap::new(),
                     persists: 0,
+                    snapshots: 0,
                 }
             })
             .collect();
@@ -267,6 +270,9 @@ impl Net {
 
     fn drain(&mut self, i: usize) {
         while let Some(out) = self.nodes[i].engine.poll_output() {
+            if matches!(out, Output::Snapshot { .. }) {
+                self.nodes[i].snapshots += 1;
+            }
             match out {
                 Output::Send { peer, frame } => {
                     let j = self.index(&peer);
@@ -281,6 +287,9 @@ impl Net {
                     self.nodes[i].host.states.insert((peer, doc), state);
                 }
                 Output::Persist {
+                    doc, signatures, ..
+                }
+                | Output::Snapshot {
                     doc, signatures, ..
                 } => {
                     self.nodes[i].persists += 1;
@@ -416,21 +425,17 @@ impl Net {
                 self.connect(a, b);
             }
         }
+        self.quiesce()
+    }
+
+    /// Delivers on the links there are until nothing is in flight.
+    fn quiesce(&mut self) -> usize {
         let mut steps = 0;
-        loop {
-            let keys: Vec<_> = self.links.keys().copied().collect();
-            let mut any = false;
-            for (a, b) in keys {
-                while self.deliver(a, b) {
-                    any = true;
-                    steps += 1;
-                    assert!(steps < 100_000, "sync did not quiesce");
-                }
-            }
-            if !any {
-                return steps;
-            }
-        }
+        heal_watching(self, |_, _| {
+            steps += 1;
+            assert!(steps < 100_000, "sync did not quiesce");
+        });
+        steps
     }
 }
 
@@ -1409,21 +1414,50 @@ fn a_change_the_pending_buffer_dropped_is_offered_again() {
 /// `Sync` frame was about, by sender.
 fn heal_counting_syncs(net: &mut Net) -> Vec<(usize, DocId)> {
     let mut seen = Vec::new();
+    heal_watching(net, |from, frame| {
+        if let Frame::Sync { doc, .. } = frame {
+            seen.push((from, *doc));
+            assert!(seen.len() < 10_000, "sync did not quiesce");
+        }
+    });
+    seen
+}
+
+/// Delivers until nothing is in flight, showing `watch` each frame (and
+/// its sender) before it is delivered.
+fn heal_watching(net: &mut Net, mut watch: impl FnMut(usize, &Frame)) {
     loop {
         let keys: Vec<_> = net.links.keys().copied().collect();
         let mut any = false;
         for (a, b) in keys {
             while let Some(frame) = net.links.get(&(a, b)).and_then(|q| q.front()) {
-                if let Frame::Sync { doc, .. } = frame {
-                    seen.push((a, *doc));
-                }
+                watch(a, frame);
                 net.deliver(a, b);
                 any = true;
-                assert!(seen.len() < 10_000, "sync did not quiesce");
             }
         }
         if !any {
-            return seen;
+            return;
+        }
+    }
+}
+
+/// Delivers only the session handshake between `a` and `b` (their `Open`
+/// and `Accept`); everything else in flight is dropped.
+fn admit_only(net: &mut Net, a: usize, b: usize) {
+    loop {
+        let mut any = false;
+        for (x, y) in [(a, b), (b, a)] {
+            while let Some(frame) = net.links.get_mut(&(x, y)).and_then(VecDeque::pop_front) {
+                if matches!(frame, Frame::Open { .. } | Frame::Accept { .. }) {
+                    let peer = net.nodes[x].id;
+                    net.input(y, Input::Received { peer, frame });
+                    any = true;
+                }
+            }
+        }
+        if !any {
+            return;
         }
     }
 }
@@ -1506,4 +1540,139 @@ fn a_document_born_during_a_session_travels_with_its_first_message() {
     net.edit(0, LATE, &mut rng);
     net.heal();
     assert_eq!(net.nodes[0].host.heads(), net.nodes[1].host.heads());
+}
+
+/// Node 0 far ahead of node 1 on `DOCS[0]` (`ahead` changes made apart).
+fn one_far_behind(seed: u64, ahead: usize) -> (Net, SmallRng) {
+    let (mut net, mut rng) = two_in_step(seed);
+    net.disconnect(0, 1);
+    for _ in 0..ahead {
+        net.edit(0, DOCS[0], &mut rng);
+    }
+    (net, rng)
+}
+
+#[test]
+fn a_peer_far_behind_catches_up_by_one_checked_chunk() {
+    let (mut net, _) = one_far_behind(11, 150);
+    let persists = net.nodes[1].persists;
+    let mut chunks = Vec::new();
+    let mut changes_sent = 0;
+    net.connect(0, 1);
+    heal_watching(&mut net, |from, frame| match frame {
+        Frame::Chunk { doc, chunk, .. } => chunks.push((from, *doc, chunk.len())),
+        Frame::Sync { changes, .. } => changes_sent += changes.len(),
+        _ => {}
+    });
+    assert_eq!(chunks.len(), 1, "one chunk: {chunks:?}");
+    assert_eq!((chunks[0].0, chunks[0].1), (0, DOCS[0]));
+    assert_eq!(changes_sent, 0, "no change went one by one");
+    assert_eq!(net.nodes[0].host.heads(), net.nodes[1].host.heads());
+    assert_eq!(net.nodes[1].rejected, 0);
+    assert_eq!(net.nodes[1].persists - persists, 1, "kept in one piece");
+    assert_eq!(
+        net.nodes[1].snapshots, 1,
+        "the chunk replaced the copy whole"
+    );
+    // The chunk's signatures are kept: node 1 relays them to a third.
+    let head = net.nodes[0].host.heads()[&DOCS[0]][0];
+    assert!(net.nodes[1].host.sigs.contains_key(&(DOCS[0], head)));
+    // After it, single edits go as changes again, both ways.
+    let mut rng = SmallRng::seed_from_u64(12);
+    net.edit(1, DOCS[0], &mut rng);
+    net.edit(0, DOCS[0], &mut rng);
+    net.heal();
+    assert_eq!(net.nodes[0].host.heads(), net.nodes[1].host.heads());
+}
+
+#[test]
+fn a_chunk_lacking_our_own_changes_is_taken_apart_and_every_change_checked() {
+    let (mut net, mut rng) = one_far_behind(13, 150);
+    // Node 1 changed the document too, apart: the chunk cannot replace it.
+    net.edit(1, DOCS[0], &mut rng);
+    let mut chunks = 0;
+    net.connect(0, 1);
+    heal_watching(&mut net, |_, frame| {
+        chunks += usize::from(matches!(frame, Frame::Chunk { .. }));
+    });
+    assert!(chunks >= 1, "the history went as a chunk");
+    assert_eq!(net.nodes[0].host.heads(), net.nodes[1].host.heads());
+    assert_eq!(net.nodes[0].rejected + net.nodes[1].rejected, 0);
+    assert_eq!(net.nodes[1].snapshots, 0, "applied change by change");
+}
+
+#[test]
+fn a_forged_change_hidden_in_a_chunk_is_refused_and_nothing_unchecked_applies() {
+    // Nodes 0 and 1 may write; node 2 may not.
+    let mut net = Net::new(3, 2);
+    let mut rng = SmallRng::seed_from_u64(21);
+    net.edit(0, DOCS[0], &mut rng);
+    net.heal();
+    // Node 1 away; node 0 writes a lot, which node 2 receives.
+    net.disconnect(0, 1);
+    net.disconnect(1, 2);
+    for _ in 0..100 {
+        net.edit(0, DOCS[0], &mut rng);
+    }
+    net.quiesce();
+    let genuine = net.nodes[0].host.heads()[&DOCS[0]][0];
+    let genuine_sig = net.nodes[2].host.sigs[&(DOCS[0], genuine)].clone();
+    // Node 2 adds a change of its own, validly signed by itself, and hands
+    // node 1 the whole document as a chunk.
+    net.nodes[2].host.put(DOCS[0], "shared", "forged".into());
+    let am = net.nodes[2].host.docs.get_mut(&DOCS[0]).expect("doc");
+    let forged = am.get_heads()[0];
+    let chunk = am.save();
+    let own_sig = net.nodes[2].host.sigs[&(DOCS[0], forged)].clone();
+    net.connect(1, 2);
+    admit_only(&mut net, 1, 2);
+    let from = net.nodes[2].id;
+    let send = |chunk: Vec<u8>, signatures: Vec<SignedHead>| Input::Received {
+        peer: from,
+        frame: Frame::Chunk {
+            workspace: WS,
+            doc: DOCS[0],
+            message: None,
+            chunk,
+            signatures,
+            sent_ms: 0,
+        },
+    };
+    let before = net.nodes[1].host.heads();
+    // Not one document (a change chunk after it would load unchecked):
+    // refused whole as malformed.
+    let mut two = chunk.clone();
+    two.extend_from_slice(
+        net.nodes[2]
+            .host
+            .docs
+            .get_mut(&DOCS[0])
+            .expect("doc")
+            .get_last_local_change()
+            .expect("change")
+            .raw_bytes(),
+    );
+    net.input(1, send(two, vec![genuine_sig.clone(), own_sig.clone()]));
+    assert_eq!(net.nodes[1].host.heads(), before, "nothing applied");
+    // Without signatures: nothing is covered, nothing applied.
+    net.input(1, send(chunk.clone(), Vec::new()));
+    assert_eq!(
+        net.nodes[1].host.heads(),
+        before,
+        "nothing unsigned applied"
+    );
+    // With every signature: the chunk is taken apart; node 0's changes
+    // pass one by one, node 2's is refused by the write rule.
+    let rejected = net.nodes[1].rejected;
+    net.input(1, send(chunk, vec![genuine_sig, own_sig]));
+    let am = net.nodes[1].host.docs.get_mut(&DOCS[0]).expect("doc");
+    assert!(
+        am.get_change_meta_by_hash(&genuine).is_some(),
+        "the genuine history applied"
+    );
+    assert!(
+        am.get_change_meta_by_hash(&forged).is_none(),
+        "the forged change never applied"
+    );
+    assert!(net.nodes[1].rejected > rejected, "the refusal was counted");
 }
