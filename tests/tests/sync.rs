@@ -505,3 +505,59 @@ async fn an_analysis_run_on_one_node_reaches_its_teammates() {
     let viewer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(viewer["stored"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_in_step_resumes_without_resyncing_every_document() {
+    let t = team().await;
+    let ws = t.ws.clone();
+    const FILES: usize = 30;
+    for i in 0..FILES {
+        let path = format!("f{i}.txt");
+        assert_eq!(put(&t.a, &ws, &path, "x").await, reqwest::StatusCode::OK);
+    }
+    let nodes = [&t.a, &t.b, &t.c];
+    assert!(wait_for(CONVERGE, || converged(&nodes, &ws)).await);
+    // B received every file from A. Settled, C gone: nothing in flight when
+    // B stops in an orderly way.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = t.c.stop();
+    let (b_dir, b_port) = (t.b.dir.clone(), t.b.p2p_port);
+    let status = t.b.stop();
+    assert!(status.success(), "B stopped cleanly: {status}");
+    let b = Node::start_with(&b_dir, b_port, &[t.a.addr()]).expect("b restarts");
+    // The session with A opens again...
+    assert!(
+        wait_for(CONVERGE, || async {
+            let peers = b.get_json("/api/v1/peers").await;
+            let list = peers["peers"].as_array().cloned().unwrap_or_default();
+            let syncing = list
+                .iter()
+                .filter(|p| {
+                    p["workspaces"]
+                        .as_array()
+                        .is_some_and(|w| w.iter().any(|x| x["syncing"] == true))
+                })
+                .count();
+            syncing >= 1
+        })
+        .await,
+        "B's sessions reopened:\n{}",
+        b.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // ...and costs no sync message for the documents still in step: B
+    // kept the session's sync states when it stopped, and counts what it
+    // received from A as shared with A. (Without either, B sends one
+    // message per document: 32 here.)
+    let sent = b
+        .metric("xencode_sync_messages_total{direction=\"out\"}")
+        .await;
+    assert!(
+        sent < (FILES as f64) / 2.0,
+        "B sent {sent} frames on reconnecting in step:\n{}",
+        b.log_text()
+    );
+    assert!(put(&t.a, &ws, "after.txt", "y").await == reqwest::StatusCode::OK);
+    let nodes = [&t.a, &b];
+    assert!(wait_for(CONVERGE, || converged(&nodes, &ws)).await);
+}

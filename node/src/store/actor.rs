@@ -147,6 +147,12 @@ impl Actor {
             self.publish_documents();
         }
         self.settle_engine();
+        // Sessions end with the node: their sync states are kept, so the
+        // next start resumes the documents in step with each peer instead
+        // of syncing every one afresh (`docs/protocol.md`, sessions).
+        for peer in self.sync.engine.connected_peers() {
+            self.run_engine(Input::Disconnected { peer });
+        }
         self.flush();
         tracing::info!("store closed");
     }

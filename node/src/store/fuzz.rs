@@ -503,7 +503,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     // same from a viewer must change nothing.
     if let Some(doc) = mine.files.all_mut().next() {
         let saved = doc.am.save();
-        out.push(("automerge_changes", join(0x41, std::slice::from_ref(&saved))));
+        out.push((
+            "automerge_changes",
+            join(0x41, std::slice::from_ref(&saved)),
+        ));
         out.push(("viewer_frames", join(0x41, &[saved])));
     }
     // Sync messages as a peer generates them, against this node's file doc.

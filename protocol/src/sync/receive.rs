@@ -128,6 +128,11 @@ impl Engine {
                     saved: chunk,
                     signatures,
                 });
+                // Every head now came from the peer's own document.
+                if let Some(heads) = host.heads(&ws, &doc) {
+                    let heads: BTreeSet<ChangeHash> = heads.into_iter().collect();
+                    self.advance_shared(host, peer, ws, doc, &heads);
+                }
                 self.event(Event::Applied {
                     peer,
                     workspace: ws,
@@ -630,6 +635,7 @@ impl Engine {
 
         let mut applied_raw = Vec::new();
         let mut sources: BTreeMap<PeerId, (usize, u64)> = BTreeMap::new();
+        let mut sent_by: BTreeMap<PeerId, BTreeSet<ChangeHash>> = BTreeMap::new();
         if !ready.is_empty() {
             let batch: Vec<PendingChange> = ready
                 .iter()
@@ -658,6 +664,7 @@ impl Engine {
                     let source = sources.entry(pc.from).or_insert((0, u64::MAX));
                     source.0 += 1;
                     source.1 = source.1.min(pc.sent_ms);
+                    sent_by.entry(pc.from).or_default().insert(pc.change.hash());
                     applied_raw.push(pc.raw);
                 } else {
                     *rejected
@@ -695,6 +702,9 @@ impl Engine {
             changes: applied_raw,
             signatures,
         });
+        for (peer, hashes) in sent_by {
+            self.advance_shared(host, peer, ws, doc, &hashes);
+        }
         let mut first_source = None;
         for (peer, (count, sent_ms)) in sources {
             first_source.get_or_insert(peer);
@@ -708,6 +718,40 @@ impl Engine {
         }
         self.changed(host, &ws, &doc, first_source);
         true
+    }
+
+    /// What Automerge's own `receive_sync_message` does after applying a
+    /// message's changes (`advance_heads`), which applying them outside it
+    /// skips: the heads `peer` sent us (it has them, and now so do we) join
+    /// the heads shared with it, and shared heads no longer heads leave.
+    /// Without it, a node that only received a document never counted it
+    /// shared, so every restart synced every such document afresh (a
+    /// message each, and a bloom filter of its whole history).
+    fn advance_shared(
+        &mut self,
+        host: &mut impl Host,
+        peer: PeerId,
+        ws: WorkspaceId,
+        doc: DocId,
+        sent: &BTreeSet<ChangeHash>,
+    ) {
+        let Some(heads) = host.heads(&ws, &doc) else {
+            return;
+        };
+        let Some(ds) = self
+            .sessions
+            .get_mut(&(peer, ws))
+            .and_then(|s| s.docs.get_mut(&doc))
+        else {
+            return;
+        };
+        let mut shared: Vec<ChangeHash> = heads
+            .into_iter()
+            .filter(|h| sent.contains(h) || ds.state.shared_heads.contains(h))
+            .collect();
+        shared.sort_unstable();
+        shared.dedup();
+        ds.state.shared_heads = shared;
     }
 
     /// Drops pending changes that waited longer than the limit.
