@@ -133,8 +133,17 @@ async fn two_browsers_edit_one_file_live() -> anyhow::Result<()> {
         pb.type_text(&editor_b, "[B] ").await?;
         pa.type_text(&editor_a, ", and more").await?;
         let want = "[B] Hello from A, and more";
-        pa.wait_value("#editor", SYNC, |v| v == want).await?;
-        pb.wait_value("#editor", SYNC, |v| v == want).await?;
+        for (page, name) in [(&pa, "A"), (&pb, "B")] {
+            if let Err(e) = page.wait_value("#editor", SYNC, |v| v == want).await {
+                // Whether the nodes or the page fell behind.
+                let held = |f: Option<Vec<u8>>| f.map(|b| String::from_utf8_lossy(&b).into_owned());
+                let (in_a, in_b) = (
+                    held(a.file(&ws, "notes.md").await),
+                    held(b.file(&ws, "notes.md").await),
+                );
+                anyhow::bail!("{name}'s page: {e}\nA's node holds {in_a:?}, B's node {in_b:?}");
+            }
+        }
         let cursor = pb
             .exec(
                 "return document.getElementById('editor').selectionStart;",
