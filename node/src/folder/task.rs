@@ -341,10 +341,15 @@ impl Task {
         self.watcher = None;
         for rx in std::mem::take(&mut self.saving) {
             if let Ok(Err(e)) = rx.await {
-                self.error(format!("cannot save the folder's records: {e}"));
+                self.records_not_saved(e);
             }
         }
         tracing::info!(dir = %self.link.dir, "stopped syncing the folder");
+    }
+
+    /// A commit of the folder's sync records failed.
+    fn records_not_saved(&mut self, e: crate::store::StoreError) {
+        self.error(format!("cannot save the folder's records: {e}"));
     }
 
     /// Notes what a node event means for this folder; whether it concerns it.

@@ -108,13 +108,17 @@ impl Persistence {
 
     /// Whether nothing waits for a commit.
     pub(super) fn is_idle(&self) -> bool {
+        self.only_audit_staged() && self.audit_staged.is_empty()
+    }
+
+    /// Whether nothing but audit entries waits for a commit.
+    fn only_audit_staged(&self) -> bool {
         self.deferred.is_empty()
             && self.staged.is_empty()
             && self.staged_snapshots.is_empty()
             && self.staged_memberships.is_empty()
             && self.staged_sync_states.is_empty()
             && self.staged_folders.is_empty()
-            && self.audit_staged.is_empty()
     }
 
     /// After a commit: the documents whose snapshots it wrote have no
@@ -376,13 +380,7 @@ impl Persistence {
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(classify)?;
         // Only allowed-read audit entries: durable with the next durable commit.
-        let audit_only = self.deferred.is_empty()
-            && self.staged.is_empty()
-            && self.staged_snapshots.is_empty()
-            && self.staged_memberships.is_empty()
-            && self.staged_sync_states.is_empty()
-            && self.staged_folders.is_empty()
-            && self.audit_staged.iter().all(|d| d.allow);
+        let audit_only = self.only_audit_staged() && self.audit_staged.iter().all(|d| d.allow);
         tx.set_durability(if audit_only {
             Durability::None
         } else {
@@ -407,12 +405,7 @@ impl Persistence {
             let mut snapshots = tx.open_table(SNAPSHOTS).map_err(classify)?;
             for snap in &self.staged_snapshots {
                 let key = *snap.doc.as_bytes();
-                for sig in &snap.signatures {
-                    let bytes = postcard::to_stdvec(sig)?;
-                    signatures
-                        .insert((key, sig.hash), bytes.as_slice())
-                        .map_err(classify)?;
-                }
+                put_signatures(&mut signatures, key, &snap.signatures)?;
                 let next = match self.counters.get(&snap.doc) {
                     Some(c) => c.next,
                     None => {
@@ -435,12 +428,7 @@ impl Persistence {
             drop(snapshots);
             for staged in &mut self.staged {
                 let (ws, new) = (&staged.ws, &mut staged.change);
-                for sig in &staged.signatures {
-                    let bytes = postcard::to_stdvec(sig)?;
-                    signatures
-                        .insert((*new.doc.as_bytes(), sig.hash), bytes.as_slice())
-                        .map_err(classify)?;
-                }
+                put_signatures(&mut signatures, *new.doc.as_bytes(), &staged.signatures)?;
                 let counters = self.counters.get(&new.doc);
                 let snapshotted = self.staged_snapshots.iter().any(|s| s.doc == new.doc);
                 if counters.is_none() && !added.contains_key(&new.doc) && !snapshotted {
@@ -710,6 +698,21 @@ pub(super) struct StagedSnapshot {
     pub doc: DocId,
     pub saved: Vec<u8>,
     pub signatures: Vec<SignedHead>,
+}
+
+/// Writes the author signatures of `doc`'s changes.
+fn put_signatures(
+    table: &mut redb::Table<'_, ([u8; 16], [u8; 32]), &[u8]>,
+    doc: [u8; 16],
+    signatures: &[SignedHead],
+) -> Result<(), StoreError> {
+    for sig in signatures {
+        let bytes = postcard::to_stdvec(sig)?;
+        table
+            .insert((doc, sig.hash), bytes.as_slice())
+            .map_err(classify)?;
+    }
+    Ok(())
 }
 
 /// The kind of `doc` in `ws`, from its id.

@@ -34,11 +34,18 @@ impl Engine {
             return;
         };
         self.take_changes(host, peer, ws, doc, changes, signatures, sent_ms, now_ms);
-        if had_message && !self.batch_applies {
-            self.generate(host, peer, ws, doc);
-        } else if had_message {
-            // Applied, and the sender answered, at `settle`.
+        if had_message {
+            self.answer(host, peer, ws, doc);
+        }
+    }
+
+    /// Answers `peer`'s sync message for `doc` once its frame is taken in:
+    /// now, or at `settle` (after the apply) when applies are batched.
+    fn answer(&mut self, host: &mut impl Host, peer: PeerId, ws: WorkspaceId, doc: DocId) {
+        if self.batch_applies {
             self.deferred.entry((ws, doc)).or_default().insert(peer);
+        } else {
+            self.generate(host, peer, ws, doc);
         }
     }
 
@@ -115,13 +122,7 @@ impl Engine {
                     });
                 }
                 self.seqs.remove(&doc);
-                if self.recent_signatures.len() + signatures.len() > super::MAX_RECENT_SIGNATURES {
-                    self.recent_signatures.clear();
-                }
-                for s in &signatures {
-                    self.recent_signatures
-                        .insert((doc, ChangeHash(s.hash)), s.clone());
-                }
+                self.remember_signatures(doc, &signatures);
                 self.outputs.push_back(Output::Snapshot {
                     workspace: ws,
                     doc,
@@ -157,10 +158,8 @@ impl Engine {
             }
             Err(None) => {}
         }
-        if had_message && !self.batch_applies {
-            self.generate(host, peer, ws, doc);
-        } else if had_message {
-            self.deferred.entry((ws, doc)).or_default().insert(peer);
+        if had_message {
+            self.answer(host, peer, ws, doc);
         }
     }
 
@@ -239,17 +238,14 @@ impl Engine {
         let mut author: Vec<Option<[u8; 32]>> = vec![None; added.len()];
         for sig in signatures {
             let actor = ActorId::from(sig.actor().as_slice());
-            let mut stack = vec![ChangeHash(sig.hash)];
-            let mut seen = BTreeSet::new();
-            while let Some(h) = stack.pop() {
-                if !seen.insert(h) {
-                    continue;
-                }
+            let reached = covered(ChangeHash(sig.hash), &actor, |h| {
+                index
+                    .get(h)
+                    .map(|&i| (added[i].actor.as_ref(), added[i].deps.as_slice()))
+            });
+            for h in reached {
                 if let Some(&i) = index.get(&h) {
-                    if *added[i].actor == actor && author[i].is_none() {
-                        author[i] = Some(sig.author);
-                    }
-                    stack.extend(added[i].deps.iter().copied());
+                    author[i].get_or_insert(sig.author);
                 }
             }
         }
@@ -258,15 +254,7 @@ impl Engine {
         let Some(am) = host.document(&ws, &doc) else {
             return false;
         };
-        let mut last: BTreeMap<ActorId, u64> = BTreeMap::new();
-        for m in added {
-            last.entry(m.actor.clone().into_owned()).or_insert(0);
-        }
-        for meta in am.get_changes_meta(&[]) {
-            if let Some(seq) = last.get_mut(meta.actor.as_ref()) {
-                *seq = (*seq).max(meta.seq);
-            }
-        }
+        let last = last_seqs(am);
         let mut seqs: BTreeMap<&ActorId, Vec<u64>> = BTreeMap::new();
         for m in added {
             seqs.entry(m.actor.as_ref()).or_default().push(m.seq);
@@ -462,6 +450,19 @@ impl Engine {
         self.resolve(host, ws, doc);
     }
 
+    /// Keeps signatures just received for `doc` in memory (bounded: cleared
+    /// when full), so a change relayed before they are persisted travels
+    /// with them.
+    fn remember_signatures(&mut self, doc: DocId, signatures: &[SignedHead]) {
+        if self.recent_signatures.len() + signatures.len() > super::MAX_RECENT_SIGNATURES {
+            self.recent_signatures.clear();
+        }
+        for s in signatures {
+            self.recent_signatures
+                .insert((doc, ChangeHash(s.hash)), s.clone());
+        }
+    }
+
     /// Refuses a whole frame: counted under `reason`, and a strike.
     fn reject_frame(&mut self, peer: PeerId, ws: WorkspaceId, reason: RejectReason, why: &str) {
         self.event(Event::Rejected {
@@ -529,17 +530,17 @@ impl Engine {
             let head = ChangeHash(sig.hash);
             if pending.changes.contains_key(&head) {
                 let actor = ActorId::from(sig.actor().as_slice());
-                let mut stack = vec![head];
-                let mut seen = BTreeSet::new();
-                while let Some(h) = stack.pop() {
-                    if !seen.insert(h) {
-                        continue;
-                    }
-                    if let Some(pc) = pending.changes.get_mut(&h) {
-                        if pc.actor == actor && pc.verified.is_none() {
-                            pc.verified = Some(sig.author);
-                        }
-                        stack.extend(pc.change.deps().iter().copied());
+                let reached = covered(head, &actor, |h| {
+                    pending
+                        .changes
+                        .get(h)
+                        .map(|pc| (&pc.actor, pc.change.deps()))
+                });
+                for h in reached {
+                    if let Some(pc) = pending.changes.get_mut(&h)
+                        && pc.verified.is_none()
+                    {
+                        pc.verified = Some(sig.author);
                     }
                 }
                 pending.covering.insert(head, sig);
@@ -578,14 +579,7 @@ impl Engine {
         let Some(am) = host.document(&ws, &doc) else {
             return false;
         };
-        let seqs = self.seqs.entry(doc).or_insert_with(|| {
-            let mut m: BTreeMap<ActorId, u64> = BTreeMap::new();
-            for meta in am.get_changes_meta(&[]) {
-                let e = m.entry(meta.actor.into_owned()).or_default();
-                *e = (*e).max(meta.seq);
-            }
-            m
-        });
+        let seqs = self.seqs.entry(doc).or_insert_with(|| last_seqs(am));
         let mut ready: Vec<ChangeHash> = Vec::new();
         let mut ready_set: BTreeSet<ChangeHash> = BTreeSet::new();
         let mut next_seq: BTreeMap<ActorId, u64> = BTreeMap::new();
@@ -689,13 +683,7 @@ impl Engine {
         if applied_raw.is_empty() {
             return false;
         }
-        if self.recent_signatures.len() + signatures.len() > super::MAX_RECENT_SIGNATURES {
-            self.recent_signatures.clear();
-        }
-        for s in &signatures {
-            self.recent_signatures
-                .insert((doc, ChangeHash(s.hash)), s.clone());
-        }
+        self.remember_signatures(doc, &signatures);
         self.outputs.push_back(Output::Persist {
             workspace: ws,
             doc,
@@ -814,6 +802,43 @@ impl Engine {
             self.generate(host, peer, ws, doc);
         }
     }
+}
+
+/// Each actor's last sequence number in `am`.
+fn last_seqs(am: &mut automerge::AutoCommit) -> BTreeMap<ActorId, u64> {
+    let mut m: BTreeMap<ActorId, u64> = BTreeMap::new();
+    for meta in am.get_changes_meta(&[]) {
+        let e = m.entry(meta.actor.into_owned()).or_default();
+        *e = (*e).max(meta.seq);
+    }
+    m
+}
+
+/// The changes a signature on `head` by `actor` covers: walking
+/// dependencies back from the head through `graph` (a change's actor and
+/// dependencies, for the changes being checked; the walk stops at any
+/// other), every change of `actor` reached. One signature per author thus
+/// vouches for the author's earlier changes before it.
+fn covered<'a>(
+    head: ChangeHash,
+    actor: &ActorId,
+    graph: impl Fn(&ChangeHash) -> Option<(&'a ActorId, &'a [ChangeHash])>,
+) -> Vec<ChangeHash> {
+    let mut out = Vec::new();
+    let mut stack = vec![head];
+    let mut seen = BTreeSet::new();
+    while let Some(h) = stack.pop() {
+        if !seen.insert(h) {
+            continue;
+        }
+        if let Some((by, deps)) = graph(&h) {
+            if by == actor {
+                out.push(h);
+            }
+            stack.extend(deps.iter().copied());
+        }
+    }
+    out
 }
 
 /// Applies `changes`, or leaves `am` exactly as it was: an error or a panic

@@ -118,10 +118,7 @@ impl Engine {
         for (i, frame) in frames.into_iter().enumerate() {
             let recent = &self.recent_signatures;
             let signatures = covering_signatures(&ws, &doc, &frame, |h| {
-                recent
-                    .get(&(doc, *h))
-                    .cloned()
-                    .or_else(|| host.signature(&ws, &doc, h))
+                known_signature(recent, host, &ws, &doc, h)
             });
             self.send(
                 peer,
@@ -183,15 +180,25 @@ impl Engine {
         let recent = &self.recent_signatures;
         let signatures = newest
             .values()
-            .map(|(_, h)| {
-                recent
-                    .get(&(doc, *h))
-                    .cloned()
-                    .or_else(|| host.signature(&ws, &doc, h))
-            })
+            .map(|(_, h)| known_signature(recent, host, &ws, &doc, h))
             .collect::<Option<Vec<_>>>()?;
         Some((saved, signatures))
     }
+}
+
+/// The author signature of a change, from those just received (not yet
+/// persisted) or the host's store.
+fn known_signature(
+    recent: &BTreeMap<(DocId, ChangeHash), SignedHead>,
+    host: &impl Host,
+    ws: &WorkspaceId,
+    doc: &DocId,
+    hash: &ChangeHash,
+) -> Option<SignedHead> {
+    recent
+        .get(&(*doc, *hash))
+        .cloned()
+        .or_else(|| host.signature(ws, doc, hash))
 }
 
 /// Fewest changes sent as a document chunk rather than one by one.

@@ -504,14 +504,14 @@ impl Task {
             Err(tokio::sync::oneshot::error::TryRecvError::Closed) => false,
         });
         for e in failed {
-            self.error(format!("cannot save the folder's records: {e}"));
+            self.records_not_saved(e);
         }
         if records.is_empty() {
             return;
         }
         match self.store.folder_record_queued(dir, records).await {
             Ok(rx) => self.saving.push(rx),
-            Err(e) => self.error(format!("cannot save the folder's records: {e}")),
+            Err(e) => self.records_not_saved(e),
         }
     }
 
