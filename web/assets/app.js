@@ -539,6 +539,24 @@ function isLow(c) { return c >= 0xdc00 && c <= 0xdfff; }
 // Unicode scalar values in a string (the API counts those).
 function scalars(s) { let n = 0; for (const _ of s) n++; return n; }
 
+// The UTF-16 index of the `n`th Unicode scalar value of `s` (its length past the end).
+function utf16At(s, n) {
+  let i = 0;
+  for (const ch of s) { if (n-- <= 0) break; i += ch.length; }
+  return i;
+}
+
+// `text` with the API's edits applied in order (positions in scalar values,
+// each relative to the text the ones before it left).
+function applyEdits(text, edits) {
+  for (const e of edits) {
+    const start = utf16At(text, e.pos);
+    const end = start + utf16At(text.slice(start), e.delete || 0);
+    text = text.slice(0, start) + (e.insert || '') + text.slice(end);
+  }
+  return text;
+}
+
 // Where a cursor at `pos` goes when `d` is applied before, at or after it.
 function moveCursor(pos, d) {
   if (pos <= d.start) return pos;
@@ -590,11 +608,43 @@ async function fileView(id, path) {
 
   // `shadow` is the text the node holds as far as we know: everything
   // acknowledged plus what is queued. Keystrokes become splices against it,
-  // sent one request at a time, in order.
+  // sent one request at a time, in order. A writer's page also knows the
+  // version (`base`, the file's heads) its acknowledged text is: edits go
+  // with it, so the node places them in that text and merges what arrived
+  // since (a position counted in a text without a teammate's latest
+  // keystrokes would land in the wrong place), and answers with the edits
+  // that bring the page to the merged text.
   let shadow = text;
+  let base = null;
   const queue = [];
   let inflight = false;
   let refreshWanted = false;
+  const spliceUrl = `/api/v1/workspaces/${enc(id)}/splice`;
+  if (!readOnly) {
+    // The text and its version at once: the catch-up from the empty text.
+    try {
+      const r = await api('POST', spliceUrl, { path, edits: [], base: [] });
+      if (editor.value === shadow && !queue.length) {
+        const fresh = applyEdits('', r.catch_up || []);
+        if (fresh !== editor.value) takeText(fresh);
+        base = r.heads;
+      }
+    } catch (_) { /* without a version, edits go as before */ }
+  }
+
+  // Puts `fresh` in the editor, keeping the cursor and selection where they
+  // were relative to the text around them.
+  function takeText(fresh) {
+    const d = diff(editor.value, fresh);
+    const focused = document.activeElement === editor;
+    const [s, e, dir] = [editor.selectionStart, editor.selectionEnd, editor.selectionDirection];
+    const top = editor.scrollTop;
+    editor.value = fresh;
+    shadow = fresh;
+    editor.setSelectionRange(moveCursor(s, d), moveCursor(e, d), dir);
+    editor.scrollTop = top;
+    if (focused) editor.focus();
+  }
 
   const pump = async () => {
     if (inflight || !queue.length) {
@@ -605,13 +655,26 @@ async function fileView(id, path) {
     const edits = queue.splice(0, queue.length);
     status.textContent = 'saving…';
     try {
-      await api('POST', `/api/v1/workspaces/${enc(id)}/splice`, { path, edits });
+      const r = await api('POST', spliceUrl, base ? { path, edits, base } : { path, edits });
+      if (base && r.mine) {
+        if (!queue.length && editor.value === shadow) {
+          // Nothing typed since: take the teammates' edits too.
+          const fresh = applyEdits(shadow, r.catch_up || []);
+          if (fresh !== editor.value) takeText(fresh);
+          base = r.heads;
+        } else {
+          // Typed since, against the text at `mine`: sent next with it.
+          base = r.mine;
+          refreshWanted = true;
+        }
+      }
       status.textContent = 'saved';
       status.className = 'pill';
     } catch (e) {
       status.textContent = 'not saved';
       status.className = 'pill bad';
       toast(`Your edit was not saved: ${e.message}`);
+      base = null; // the page's text is no longer its version's
       refreshWanted = true; // resync with what the node holds
     } finally {
       inflight = false;
@@ -632,35 +695,37 @@ async function fileView(id, path) {
     pump();
   });
 
-  // Takes the node's text when no local edit is on its way, keeping the
-  // cursor and selection where they were relative to the text around them.
+  // Takes the node's text when no local edit is on its way: a writer's
+  // page asks for the edits since its version, a reader's fetches the text.
   let fetching = false;
   const refresh = async () => {
     refreshWanted = true;
     if (inflight || queue.length || fetching) return;
     refreshWanted = false;
     let fresh;
+    let heads = null;
+    const from = editor.value;
     fetching = true;
     try {
-      const r = await fetch(url, { credentials: 'same-origin', cache: 'no-store' });
-      if (!r.ok) return;
-      fresh = await r.text();
+      if (!readOnly) {
+        // From the page's version, or (none known) from the empty text.
+        const r = await api('POST', spliceUrl, { path, edits: [], base: base || [] });
+        fresh = applyEdits(base ? from : '', r.catch_up || []);
+        heads = r.heads;
+      } else {
+        const r = await fetch(url, { credentials: 'same-origin', cache: 'no-store' });
+        if (!r.ok) return;
+        fresh = await r.text();
+      }
     } catch (_) { return; } finally {
       fetching = false;
       // Events that came during the fetch may be newer than what it got.
       if (refreshWanted && !inflight && !queue.length) setTimeout(refresh, 0);
     }
-    if (inflight || queue.length || editor.value !== shadow) { refreshWanted = true; return; }
+    if (inflight || queue.length || editor.value !== shadow || editor.value !== from) { refreshWanted = true; return; }
+    if (heads) base = heads;
     if (fresh === editor.value) return;
-    const d = diff(editor.value, fresh);
-    const focused = document.activeElement === editor;
-    const [s, e, dir] = [editor.selectionStart, editor.selectionEnd, editor.selectionDirection];
-    const top = editor.scrollTop;
-    editor.value = fresh;
-    shadow = fresh;
-    editor.setSelectionRange(moveCursor(s, d), moveCursor(e, d), dir);
-    editor.scrollTop = top;
-    if (focused) editor.focus();
+    takeText(fresh);
   };
 
   analyzeBtn.addEventListener('click', () => busy(analyzeBtn, () => analyze(id, path, ai.checked, results, () => editor.value)));
