@@ -175,23 +175,13 @@ impl ApiState {
 
     /// Addresses peers can reach this node at, each ending in `/p2p/<id>`.
     fn listen_addrs(&self) -> Vec<String> {
-        let id = &self.inner.node.peer_id;
-        self.inner
+        let listen = self
+            .inner
             .net
             .get()
             .and_then(|n| n.listen.read().ok().map(|l| l.clone()))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|a| {
-                // Circuit addresses end in this node's id already; other
-                // `/p2p/` parts name the relay.
-                if a.ends_with(&format!("/p2p/{id}")) {
-                    a
-                } else {
-                    format!("{a}/p2p/{id}")
-                }
-            })
-            .collect()
+            .unwrap_or_default();
+        crate::net::advertised(&listen, &self.inner.node.peer_id)
     }
 
     /// Whether peers can dial this node, as AutoNAT found.

@@ -189,7 +189,31 @@ pub struct Net {
     loopback_only: bool,
     /// Peers to try hole punching with again, on a new relayed connection.
     punch_retries: reach::PunchRetries,
+    /// When to sign a new address card: a moment after the listen
+    /// addresses last changed, so a burst of changes makes one card.
+    card_due: Option<Instant>,
 }
+
+/// Addresses a node advertises, each ending in `/p2p/<id>`: its listen
+/// addresses (circuit ones end in its id already; other `/p2p/` parts name
+/// the relay).
+pub fn advertised(listen: &[String], id: &str) -> Vec<String> {
+    listen
+        .iter()
+        .map(|a| {
+            if a.ends_with(&format!("/p2p/{id}")) {
+                a.clone()
+            } else {
+                format!("{a}/p2p/{id}")
+            }
+        })
+        .collect()
+}
+
+/// Addresses remembered per peer at most (the newest first).
+const MAX_PEER_ADDRS: usize = 16;
+/// Wait after the listen addresses change before a new card is signed.
+const CARD_SETTLE: Duration = Duration::from_secs(2);
 
 impl Net {
     /// Builds the swarm and starts listening.
@@ -308,6 +332,7 @@ impl Net {
             links: Links::default(),
             loopback_only,
             punch_retries: reach::PunchRetries::default(),
+            card_due: None,
         })
     }
 
@@ -334,6 +359,7 @@ impl Net {
                     let _ = self.store.net_input(Input::Tick).await;
                     self.redial_due();
                     self.reach_tick();
+                    self.sign_card_if_due().await;
                 }
             }
         }
@@ -357,6 +383,55 @@ impl Net {
             if !entry.addrs.contains(&a) {
                 entry.addrs.push(a);
             }
+        }
+        if entry.addrs.len() > MAX_PEER_ADDRS {
+            let extra = entry.addrs.len() - MAX_PEER_ADDRS;
+            entry.addrs.drain(..extra);
+        }
+    }
+
+    /// A member's signed card says where it is now: those addresses come
+    /// first (older ones stay behind them, within the bound), and a member
+    /// not connected is dialled at once.
+    fn moved(&mut self, peer: PeerId, addrs: &[String]) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        let mut fresh: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        let entry = self.redial.entry(peer).or_insert_with(|| Redial {
+            addrs: Vec::new(),
+            backoff: Duration::from_secs(1),
+            next: Instant::now(),
+        });
+        for a in entry.addrs.drain(..) {
+            if !fresh.contains(&a) {
+                fresh.push(a);
+            }
+        }
+        fresh.truncate(MAX_PEER_ADDRS);
+        entry.addrs = fresh;
+        entry.backoff = Duration::from_secs(1);
+        entry.next = Instant::now() + entry.backoff;
+        if !self.swarm.is_connected(&peer) {
+            self.dial(peer);
+        }
+    }
+
+    /// Signs a new address card once the listen addresses settled.
+    async fn sign_card_if_due(&mut self) {
+        if self.card_due.is_none_or(|due| due > Instant::now()) {
+            return;
+        }
+        self.card_due = None;
+        let listen = self
+            .info
+            .listen
+            .read()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        let addrs = advertised(&listen, &self.swarm.local_peer_id().to_string());
+        if let Err(e) = self.store.own_addresses(addrs).await {
+            tracing::debug!(error = %e, "no new address card: the store is closed");
         }
     }
 
@@ -419,6 +494,7 @@ impl Net {
                 }
                 self.redial_due();
             }
+            NetCommand::Moved { peer, addrs } => self.moved(peer, &addrs),
             NetCommand::Dial { peer, addrs } => {
                 self.remember(&peer.to_string(), &addrs);
                 if !self.swarm.is_connected(&peer) {
@@ -586,6 +662,7 @@ impl Net {
                 if let Ok(mut l) = self.info.listen.write() {
                     l.push(address.to_string());
                 }
+                self.card_due = Some(Instant::now() + CARD_SETTLE);
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 tracing::info!(%address, "no longer listening");
@@ -593,6 +670,7 @@ impl Net {
                 if let Ok(mut l) = self.info.listen.write() {
                     l.retain(|a| *a != address);
                 }
+                self.card_due = Some(Instant::now() + CARD_SETTLE);
             }
             SwarmEvent::ListenerClosed {
                 listener_id,

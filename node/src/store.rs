@@ -16,6 +16,7 @@
 mod actor;
 pub mod audit;
 pub mod backup;
+mod cards;
 pub mod folders;
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]
@@ -201,6 +202,9 @@ pub enum NetCommand {
     Disconnect { peer: PeerId, reason: String },
     /// Dial a peer at these addresses (and keep redialing it).
     Dial { peer: PeerId, addrs: Vec<String> },
+    /// A member's newest signed addresses: tried first from now on, and
+    /// dialled now if the member is not connected.
+    Moved { peer: PeerId, addrs: Vec<String> },
     /// Follow a workspace's gossip topic.
     Subscribe { workspace: WorkspaceId },
     /// Publish a heads digest on a workspace's gossip topic.
@@ -421,6 +425,11 @@ pub(crate) enum Command {
     PeerAddress {
         peer: PeerId,
         addr: String,
+    },
+    /// The addresses this node can be reached at changed: members hear a
+    /// new signed card.
+    OwnAddresses {
+        addrs: Vec<String>,
     },
     Invite {
         ws: WorkspaceId,
@@ -920,6 +929,15 @@ impl Store {
     pub async fn attach_net(&self, tx: mpsc::Sender<NetCommand>) -> Result<(), StoreError> {
         self.tx
             .send(Command::AttachNet { tx })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Tells the store where this node can be reached now (each address
+    /// ending in `/p2p/<this node>`): it signs a new address card.
+    pub async fn own_addresses(&self, addrs: Vec<String>) -> Result<(), StoreError> {
+        self.net_tx
+            .send(Command::OwnAddresses { addrs })
             .await
             .map_err(|_| StoreError::Closed)
     }

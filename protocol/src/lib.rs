@@ -10,6 +10,7 @@ pub mod analysis;
 pub mod api;
 pub mod apply;
 pub mod capability;
+pub mod card;
 pub mod chunks;
 pub mod envelope;
 pub mod ids;

@@ -47,6 +47,7 @@ use automerge::sync;
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use libp2p_identity::PeerId;
 
+use crate::card::AddressCard;
 use crate::envelope::SignedHead;
 use crate::ids::{DocId, WorkspaceId};
 use crate::policy::AdmitError;
@@ -192,6 +193,13 @@ pub enum Input {
         workspace: WorkspaceId,
         files: Vec<OpenFile>,
     },
+    /// This node's own address card, newly signed (its addresses changed,
+    /// or the card grew old): every member with a session hears it, and
+    /// every session that opens later.
+    OwnAddresses { card: AddressCard },
+    /// Members' cards kept from before (the host's store), held and told to
+    /// sessions that open, not passed on now.
+    KnownAddresses { cards: Vec<AddressCard> },
     /// Time passed.
     Tick,
 }
@@ -345,6 +353,9 @@ pub enum Event {
         workspace: WorkspaceId,
         files: Vec<OpenFile>,
     },
+    /// A verified card of `peer`, a member, newer than any held before:
+    /// where to dial it now. The host keeps it for after a restart.
+    AddressCard { peer: PeerId, card: AddressCard },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -432,6 +443,10 @@ pub struct Engine {
     now_ms: u64,
     /// What this node has open in editors, per workspace (never empty).
     presence: BTreeMap<WorkspaceId, Vec<OpenFile>>,
+    /// This node's own address card.
+    own_card: Option<AddressCard>,
+    /// Members' latest address cards.
+    cards: BTreeMap<PeerId, AddressCard>,
     /// Per peer, our clock minus the peer's as its recent frames showed it
     /// (`now - sent_ms`, the one-way delay included): see
     /// [`Engine::clock_offset`].
@@ -471,6 +486,7 @@ const MAX_RECENT_SIGNATURES: usize = 65_536;
 const MAX_RECENT_LOCAL: usize = 4096;
 const MAX_RECENT_LOCAL_BYTES: usize = 16 << 20;
 
+mod addresses;
 mod presence;
 mod receive;
 mod send;
@@ -774,6 +790,8 @@ impl Engine {
                 digest,
             } => self.announced(host, peer, workspace, digest, now_ms),
             Input::Presence { workspace, files } => self.local_presence(workspace, files),
+            Input::OwnAddresses { card } => self.own_card(card),
+            Input::KnownAddresses { cards } => self.known_cards(cards, now_ms),
             Input::Tick => {
                 self.settle(host, now_ms);
                 self.expire(host, now_ms);
@@ -896,6 +914,7 @@ impl Engine {
                 }
             }
             Frame::Presence { files, .. } => self.peer_presence(peer, ws, files),
+            Frame::Addresses { cards, .. } => self.peer_cards(host, peer, ws, cards, now_ms),
             Frame::Sync {
                 doc,
                 message,
@@ -1000,6 +1019,7 @@ impl Engine {
             workspace: ws,
         });
         self.greet_with_presence(peer, ws);
+        self.greet_with_cards(host, peer, ws);
         for doc in host.documents(&ws) {
             if !self.resumes_in_step(host, peer, ws, doc) {
                 self.generate(host, peer, ws, doc);

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::card::{AddressCard, MAX_CARD_ADDR_BYTES, MAX_CARD_ADDRS};
 use crate::envelope::SignedHead;
 use crate::ids::{DocId, WorkspaceId};
 
@@ -28,6 +29,9 @@ pub const MAX_REASON_BYTES: usize = 512;
 pub const MAX_PRESENCE_FILES: usize = 64;
 /// Longest cursor (an Automerge cursor's text form) accepted.
 pub const MAX_CURSOR_BYTES: usize = 128;
+
+/// Address cards one frame may carry.
+pub const MAX_FRAME_CARDS: usize = 64;
 
 /// Largest gossip announcement accepted, in bytes.
 pub const MAX_ANNOUNCEMENT_BYTES: usize = 64;
@@ -119,6 +123,13 @@ pub enum Frame {
         signatures: Vec<SignedHead>,
         sent_ms: u64,
     },
+    /// Members' signed address cards: the sender's own, and the latest it
+    /// holds of other members of `workspace` (`card.rs`, `docs/protocol.md`,
+    /// "Finding a member that moved").
+    Addresses {
+        workspace: WorkspaceId,
+        cards: Vec<AddressCard>,
+    },
 }
 
 /// A file open in an editor on the sending node.
@@ -141,7 +152,8 @@ impl Frame {
             | Frame::Sync { workspace, .. }
             | Frame::Chunk { workspace, .. }
             | Frame::Close { workspace }
-            | Frame::Presence { workspace, .. } => *workspace,
+            | Frame::Presence { workspace, .. }
+            | Frame::Addresses { workspace, .. } => *workspace,
         }
     }
 }
@@ -196,6 +208,17 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
         {
             Err(WireError::FieldTooLarge("presence path or cursor"))
         }
+        Frame::Addresses { cards, .. } if cards.len() > MAX_FRAME_CARDS => {
+            Err(WireError::FieldTooLarge("address cards"))
+        }
+        Frame::Addresses { cards, .. }
+            if cards.iter().any(|c| {
+                c.addrs.len() > MAX_CARD_ADDRS
+                    || c.addrs.iter().any(|a| a.len() > MAX_CARD_ADDR_BYTES)
+            }) =>
+        {
+            Err(WireError::FieldTooLarge("address card"))
+        }
         _ => Ok(frame),
     }
 }
@@ -245,6 +268,15 @@ mod tests {
                 chunk: vec![0x85, 0x6f, 0x4a, 0x83],
                 signatures: Vec::new(),
                 sent_ms: 7,
+            },
+            Frame::Addresses {
+                workspace: WorkspaceId::from_bytes([1; 16]),
+                cards: vec![AddressCard {
+                    key: [3; 32],
+                    addrs: vec!["/ip4/10.0.0.2/tcp/7000".into()],
+                    at_ms: 9,
+                    signature: vec![5; 64],
+                }],
             },
         ];
         for f in frames {
@@ -299,6 +331,38 @@ mod tests {
             decode(&bytes),
             Err(WireError::FieldTooLarge("presence files"))
         );
+        let card = AddressCard {
+            key: [3; 32],
+            addrs: Vec::new(),
+            at_ms: 0,
+            signature: vec![0; 64],
+        };
+        let crowd = Frame::Addresses {
+            workspace: WorkspaceId::from_bytes([1; 16]),
+            cards: vec![card.clone(); MAX_FRAME_CARDS + 1],
+        };
+        let bytes = postcard::to_stdvec(&crowd).expect("encode");
+        assert_eq!(
+            decode(&bytes),
+            Err(WireError::FieldTooLarge("address cards"))
+        );
+        for addrs in [
+            vec!["/ip4/1.1.1.1".to_owned(); MAX_CARD_ADDRS + 1],
+            vec!["/".repeat(MAX_CARD_ADDR_BYTES + 1)],
+        ] {
+            let long = Frame::Addresses {
+                workspace: WorkspaceId::from_bytes([1; 16]),
+                cards: vec![AddressCard {
+                    addrs,
+                    ..card.clone()
+                }],
+            };
+            let bytes = postcard::to_stdvec(&long).expect("encode");
+            assert_eq!(
+                decode(&bytes),
+                Err(WireError::FieldTooLarge("address card"))
+            );
+        }
         for (path, cursor) in [
             ("a".repeat(crate::path::MAX_PATH_BYTES + 1), None),
             ("a".into(), Some("1".repeat(MAX_CURSOR_BYTES + 1))),

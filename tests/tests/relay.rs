@@ -246,3 +246,70 @@ async fn a_circuit_over_its_byte_limit_is_cut_and_the_members_reconnect() {
     assert!(reopened, "R:\n{}", r.log_text());
     assert!(xencode_tests::health_ok(&r.api_url));
 }
+
+/// Whether `node` has a connection to `peer` now.
+async fn connected(node: &Node, peer: &Node) -> bool {
+    peer_entry(node, &peer.peer_id).await["connected"] == true
+}
+
+/// B and C both move (new ports) while away; each reaches only A, which
+/// stayed. Their signed address cards travel through A, so B and C find
+/// each other where they are now and sync without A; after a restart the
+/// kept card still finds C.
+#[tokio::test(flavor = "multi_thread")]
+async fn members_that_moved_find_each_other_through_a_teammates_cards() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = Node::start_with(&tmp.path().join("a"), free_port(), &[]).expect("start A");
+    let b = Node::start_with(&tmp.path().join("b"), free_port(), &[]).expect("start B");
+    let c = Node::start_with(&tmp.path().join("c"), free_port(), &[]).expect("start C");
+    let ws = last_line(&a.cli(&["workspace", "create", "moving"]));
+    invite_and_join(&a, &ws, &b, "developer");
+    invite_and_join(&a, &ws, &c, "developer");
+    ok_stdout(&put_file(&a, &ws, "start.txt", b"hello\n"));
+    let joined = wait_for(SETTLE, || async {
+        has_file(&b, &ws, "start.txt", b"hello\n").await
+            && has_file(&c, &ws, "start.txt", b"hello\n").await
+    })
+    .await;
+    assert!(joined, "B:\n{}\nC:\n{}", b.log_text(), c.log_text());
+
+    // Both move: new ports, so every address anyone had for them is stale.
+    let (bdir, cdir) = (b.dir.clone(), c.dir.clone());
+    b.stop();
+    c.stop();
+    let b = Node::start_with(&bdir, free_port(), &[]).expect("restart B elsewhere");
+    let c = Node::start_with(&cdir, free_port(), &[]).expect("restart C elsewhere");
+    let found = wait_for(SETTLE, || async {
+        connected(&b, &c).await && connected(&c, &b).await
+    })
+    .await;
+    assert!(
+        found,
+        "B and C never found each other:\nA:\n{}\nB:\n{}\nC:\n{}",
+        a.log_text(),
+        b.log_text(),
+        c.log_text()
+    );
+
+    // Without A, B and C sync with each other.
+    a.stop();
+    ok_stdout(&put_file(&b, &ws, "from-b.txt", b"moved B\n"));
+    let direct = wait_for(SETTLE, || async {
+        has_file(&c, &ws, "from-b.txt", b"moved B\n").await
+    })
+    .await;
+    assert!(direct, "C:\n{}", c.log_text());
+
+    // B restarts (same new port) with A gone: its kept card of C is all it
+    // has to find C by.
+    let port = b.p2p_port;
+    b.stop();
+    ok_stdout(&put_file(&c, &ws, "from-c.txt", b"still here\n"));
+    let b = Node::start_with(&bdir, port, &[]).expect("restart B");
+    let again = wait_for(SETTLE, || async {
+        has_file(&b, &ws, "from-c.txt", b"still here\n").await
+    })
+    .await;
+    assert!(again, "B:\n{}\nC:\n{}", b.log_text(), c.log_text());
+    drop((b, c, tmp));
+}

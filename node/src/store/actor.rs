@@ -400,7 +400,9 @@ impl Actor {
                 for workspace in held {
                     self.send_net(NetCommand::Subscribe { workspace });
                 }
+                self.load_cards();
             }
+            Command::OwnAddresses { addrs } => self.sign_own_card(addrs),
             Command::PeerAddress { peer, addr } => {
                 let addrs = self.sync.peer_addrs.entry(peer).or_default();
                 if !addrs.contains(&addr) {

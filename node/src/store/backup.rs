@@ -17,8 +17,8 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefi
 
 use super::OpenError;
 use super::tables::{
-    self, AI_CACHE, AUDIT, CHANGES, DOCS, FILE_FACTS, MEMBERSHIPS, META, REFUSALS, SIGNATURES,
-    SNAPSHOTS, SYNC_STATES, WORKSPACES,
+    self, ADDRESS_CARDS, AI_CACHE, AUDIT, CHANGES, DOCS, FILE_FACTS, MEMBERSHIPS, META, REFUSALS,
+    SIGNATURES, SNAPSHOTS, SYNC_STATES, WORKSPACES,
 };
 
 /// Meta key naming the peer whose store a backup is.
@@ -92,6 +92,7 @@ pub fn write(
         copy(snapshot, &tx, AI_CACHE)?;
         copy(snapshot, &tx, AUDIT)?;
         copy(snapshot, &tx, REFUSALS)?;
+        copy(snapshot, &tx, ADDRESS_CARDS)?;
         let mut meta = tx.open_table(META)?;
         meta.insert(BACKUP_OF, peer_id.as_bytes())?;
         meta.insert(BACKUP_AT, now_ms.to_le_bytes().as_slice())?;

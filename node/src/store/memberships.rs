@@ -237,7 +237,8 @@ impl Actor {
     }
 
     pub(super) fn contacts(&self) -> Vec<(String, Vec<String>)> {
-        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        // Members' signed cards first: newer than any invitation's word.
+        let mut out: Vec<(String, Vec<String>)> = self.card_contacts();
         for m in self.members.map.values() {
             for (p, addrs) in &m.contacts {
                 out.push((p.clone(), addrs.clone()));

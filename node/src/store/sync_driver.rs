@@ -323,6 +323,10 @@ impl Actor {
                 self.heard_presence(peer, workspace, files);
                 return;
             }
+            Event::AddressCard { peer, card } => {
+                self.heard_card(peer, card);
+                return;
+            }
         };
         self.stats.publish(event);
     }
@@ -396,6 +400,9 @@ impl Actor {
     /// Addresses a peer was reached at or that an invitation named.
     fn known_addresses(&self, peer: &PeerId) -> Vec<String> {
         let mut addrs = self.sync.peer_addrs.get(peer).cloned().unwrap_or_default();
+        if let Some(card) = self.sync.engine.address_card(peer) {
+            addrs.extend(card.addrs.iter().cloned());
+        }
         let name = peer.to_string();
         for m in self.members.map.values() {
             for (p, a) in &m.contacts {
@@ -629,6 +636,9 @@ fn trace_frame(direction: &str, peer: &PeerId, frame: &Frame) {
         Frame::Close { workspace } => tracing::trace!(direction, %peer, %workspace, "close"),
         Frame::Presence { files, .. } => {
             tracing::trace!(direction, %peer, files = files.len(), "presence")
+        }
+        Frame::Addresses { cards, .. } => {
+            tracing::trace!(direction, %peer, cards = cards.len(), "address cards")
         }
         Frame::Chunk {
             doc,

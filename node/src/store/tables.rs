@@ -29,6 +29,9 @@
 //!   [`Facts`](crate::workspace::parking::Facts) of a file document as of
 //!   its snapshot (what a listing shows), so that a document parked at start
 //!   is listed without loading it. A cache: a missing entry costs a load.
+//! - `address-cards-1` (schema 8): peer id -> postcard
+//!   [`AddressCard`](xencode_protocol::card::AddressCard), the latest signed
+//!   addresses of a member, to dial it by after a restart.
 
 use std::fs;
 use std::io::Read;
@@ -43,7 +46,7 @@ use crate::workspace::DocKind;
 /// Written into `meta-1` so a foreign redb file is recognised.
 pub const FORMAT: &[u8] = b"xencode-store";
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
 pub const WORKSPACES: TableDefinition<[u8; 16], ()> = TableDefinition::new("workspaces-1");
@@ -66,6 +69,8 @@ pub const FOLDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("folders-
 pub const FOLDER_FILES: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("folder-files-1");
 pub const FILE_FACTS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("file-facts-1");
+/// Members' latest address cards (see `card.rs` in the protocol crate).
+pub const ADDRESS_CARDS: TableDefinition<&str, &[u8]> = TableDefinition::new("address-cards-1");
 
 /// This node's membership of a workspace, kept beside the documents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +105,7 @@ const MIGRATIONS: &[Migration] = &[
     migrate_4_to_5,
     migrate_5_to_6,
     migrate_6_to_7,
+    migrate_7_to_8,
 ];
 
 /// Schema 2 adds signatures, memberships and sync states (empty: stores of
@@ -140,6 +146,12 @@ fn migrate_5_to_6(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
 /// filled as documents are compacted).
 fn migrate_6_to_7(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(FILE_FACTS)?;
+    Ok(())
+}
+
+/// Schema 8 adds members' address cards (empty: filled as members meet).
+fn migrate_7_to_8(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(ADDRESS_CARDS)?;
     Ok(())
 }
 
@@ -281,6 +293,7 @@ fn initialize(db: &Database) -> Result<(), redb::Error> {
         tx.open_table(FOLDERS)?;
         tx.open_table(FOLDER_FILES)?;
         tx.open_table(FILE_FACTS)?;
+        tx.open_table(ADDRESS_CARDS)?;
     }
     tx.commit()?;
     Ok(())

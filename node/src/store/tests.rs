@@ -465,6 +465,10 @@ async fn a_schema_1_store_is_migrated_and_keeps_its_data() {
         "schema 5 added the refusal tallies"
     );
     assert!(
+        read.open_table(tables::ADDRESS_CARDS).is_ok(),
+        "schema 8 added members' address cards"
+    );
+    assert!(
         read.open_table(tables::SIGNATURES)
             .expect("signatures")
             .len()

@@ -43,6 +43,8 @@ struct TestHost {
     peers: Vec<PeerId>,
     /// When set, every admission fails.
     refuse_all: bool,
+    /// Peers that are members of no workspace here.
+    outsiders: Vec<PeerId>,
 }
 
 impl TestHost {
@@ -59,6 +61,7 @@ impl TestHost {
             states: HashMap::new(),
             peers: Vec::new(),
             refuse_all: false,
+            outsiders: Vec::new(),
         }
     }
 
@@ -147,8 +150,12 @@ impl Host for TestHost {
     fn token(&self, ws: &WorkspaceId) -> Option<Vec<u8>> {
         (*ws == WS).then(|| TOKEN.to_vec())
     }
-    fn workspaces_for(&self, _peer: &PeerId) -> Vec<WorkspaceId> {
-        vec![WS]
+    fn workspaces_for(&self, peer: &PeerId) -> Vec<WorkspaceId> {
+        if self.outsiders.contains(peer) {
+            Vec::new()
+        } else {
+            vec![WS]
+        }
     }
     fn admit(
         &mut self,
@@ -194,6 +201,8 @@ struct Node {
     rejected: usize,
     /// What each peer said it has open, until its session closed.
     presence: BTreeMap<PeerId, Vec<OpenFile>>,
+    /// Members' address cards the engine reported as new.
+    cards: Vec<(PeerId, crate::card::AddressCard)>,
     /// `Output::Persist`s (one per document per apply) and `Snapshot`s.
     persists: usize,
     /// `Output::Snapshot`s: documents replaced whole by a chunk.
@@ -239,6 +248,7 @@ impl Net {
                     engine: Engine::new(Limits::default()),
                     rejected: 0,
                     presence: BTreeMap::new(),
+                    cards: Vec::new(),
                     persists: 0,
                     snapshots: 0,
                 }
@@ -308,6 +318,9 @@ impl Net {
                 }
                 Output::Event(Event::SessionClosed { peer, .. }) => {
                     self.nodes[i].presence.remove(&peer);
+                }
+                Output::Event(Event::AddressCard { peer, card }) => {
+                    self.nodes[i].cards.push((peer, card));
                 }
                 Output::Event(_) | Output::Disconnect { .. } => {}
             }
@@ -1238,6 +1251,156 @@ fn presence_reaches_members_with_sessions_and_ends_with_the_session() {
     assert!(net.nodes[1].presence.contains_key(&zero));
     net.disconnect(0, 1);
     assert!(!net.nodes[1].presence.contains_key(&zero));
+}
+
+#[test]
+fn address_cards_reach_members_through_members_and_the_newest_wins() {
+    use crate::card::AddressCard;
+    let mut net = Net::new(3, 1);
+    let two = net.nodes[2].id;
+    let key = net.nodes[2].host.key.clone();
+    let at = |addr: &str, ms: u64| AddressCard::sign(&key, vec![addr.to_owned()], ms);
+    // Signed before any session: told when one opens. Node 2 meets only
+    // node 1 (a viewer: cards are every member's); node 0 hears it from 1.
+    net.input(
+        2,
+        Input::OwnAddresses {
+            card: at("/ip4/10.0.0.3/tcp/1", 100),
+        },
+    );
+    net.connect(1, 2);
+    net.quiesce();
+    assert_eq!(net.nodes[1].cards.len(), 1);
+    net.connect(0, 1);
+    net.quiesce();
+    assert_eq!(
+        net.nodes[0].cards,
+        vec![(two, at("/ip4/10.0.0.3/tcp/1", 100))]
+    );
+    assert_eq!(
+        net.nodes[0].engine.address_card(&two),
+        Some(&at("/ip4/10.0.0.3/tcp/1", 100))
+    );
+    // Node 2 moves: the new card goes to 1, which passes it on to 0.
+    net.input(
+        2,
+        Input::OwnAddresses {
+            card: at("/ip4/192.168.9.9/tcp/2", 200),
+        },
+    );
+    net.quiesce();
+    assert_eq!(net.nodes[0].cards.len(), 2);
+    assert_eq!(
+        net.nodes[0].engine.address_card(&two).map(|c| c.at_ms),
+        Some(200)
+    );
+    // An older card, replayed, changes nothing and goes nowhere.
+    let one = net.nodes[1].id;
+    net.input(
+        0,
+        Input::Received {
+            peer: one,
+            frame: Frame::Addresses {
+                workspace: WS,
+                cards: vec![at("/ip4/10.0.0.3/tcp/1", 100)],
+            },
+        },
+    );
+    assert_eq!(net.nodes[0].cards.len(), 2);
+    assert!(net.links[&(0, 1)].is_empty(), "nothing passed on");
+    // After a restart the kept cards are told to sessions that open.
+    let mut fresh = Engine::new(Limits::default());
+    let kept = net.nodes[0].engine.address_card(&two).cloned();
+    fresh.handle(
+        &mut net.nodes[0].host,
+        Input::KnownAddresses {
+            cards: kept.into_iter().collect(),
+        },
+        0,
+    );
+    assert_eq!(
+        fresh.address_card(&two).map(|c| c.at_ms),
+        Some(200),
+        "kept cards are held again"
+    );
+}
+
+#[test]
+fn a_forged_card_is_a_violation_and_a_strangers_card_is_neither_kept_nor_told() {
+    use crate::card::AddressCard;
+    let mut net = Net::new(3, 3);
+    net.heal();
+    let (one, two) = (net.nodes[1].id, net.nodes[2].id);
+    // Node 1 claims node 2 moved to its own address: the signature fails.
+    let mut forged = AddressCard::sign(&net.nodes[2].host.key, vec!["/ip4/1.1.1.1".into()], 5);
+    forged.addrs = vec!["/ip4/6.6.6.6/tcp/1".into()];
+    let mut disconnected = false;
+    for _ in 0..3 {
+        let node = &mut net.nodes[0];
+        node.engine.handle(
+            &mut node.host,
+            Input::Received {
+                peer: one,
+                frame: Frame::Addresses {
+                    workspace: WS,
+                    cards: vec![forged.clone()],
+                },
+            },
+            10,
+        );
+        while let Some(o) = node.engine.poll_output() {
+            disconnected |= matches!(o, Output::Disconnect { peer, .. } if peer == one);
+            assert!(!matches!(o, Output::Event(Event::AddressCard { .. })));
+        }
+    }
+    assert!(disconnected, "forging cards is a violation");
+    assert_eq!(net.nodes[0].engine.address_card(&two), None);
+
+    // A genuine card of someone who is no member here: not kept, not told.
+    let mut net = Net::new(3, 3);
+    let two = net.nodes[2].id;
+    net.nodes[0].host.outsiders.push(two);
+    net.nodes[1].host.outsiders.push(two);
+    net.connect(0, 1);
+    net.quiesce();
+    let card = AddressCard::sign(&net.nodes[2].host.key, vec!["/ip4/1.1.1.1".into()], 5);
+    let one = net.nodes[1].id;
+    net.input(
+        0,
+        Input::Received {
+            peer: one,
+            frame: Frame::Addresses {
+                workspace: WS,
+                cards: vec![card],
+            },
+        },
+    );
+    assert!(net.nodes[0].cards.is_empty());
+    assert_eq!(net.nodes[0].engine.address_card(&two), None);
+    assert!(net.links[&(0, 1)].is_empty());
+    // And cards from outside a session are a violation.
+    let node = &mut net.nodes[2];
+    node.engine
+        .handle(&mut node.host, Input::Connected { peer: one }, 0);
+    while node.engine.poll_output().is_some() {}
+    let mut struck = false;
+    for _ in 0..3 {
+        node.engine.handle(
+            &mut node.host,
+            Input::Received {
+                peer: one,
+                frame: Frame::Addresses {
+                    workspace: WS,
+                    cards: Vec::new(),
+                },
+            },
+            0,
+        );
+        while let Some(o) = node.engine.poll_output() {
+            struck |= matches!(o, Output::Disconnect { .. });
+        }
+    }
+    assert!(struck);
 }
 
 #[test]
