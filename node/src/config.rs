@@ -121,6 +121,11 @@ pub struct NetworkConfig {
     pub relays: Vec<String>,
     /// What a relay (`relay = true`) gives at most.
     pub relay_limits: RelayLimits,
+    /// Look members up by peer id (Kademlia among members) when no known
+    /// address of theirs answers. A lookup tells the asking member where
+    /// this node's other teammates are, so a node whose workspaces have
+    /// members who should not learn of each other can turn it off.
+    pub lookup: bool,
 }
 
 /// `[network.relay_limits]`: the cost a relaying node accepts. Defaults
@@ -138,6 +143,9 @@ pub struct RelayLimits {
     pub max_circuit_secs: u64,
     /// A circuit is cut after this many bytes, both ways together.
     pub max_circuit_bytes: u64,
+    /// Bytes per second the relay carries, all circuits and both ways
+    /// together (0: no limit); a circuit over it waits, it is not cut.
+    pub max_bytes_per_sec: u64,
 }
 
 impl Default for RelayLimits {
@@ -148,6 +156,7 @@ impl Default for RelayLimits {
             max_circuits_per_peer: 4,
             max_circuit_secs: 30 * 60,
             max_circuit_bytes: 256 << 20,
+            max_bytes_per_sec: 1 << 20,
         }
     }
 }
@@ -188,6 +197,7 @@ impl Default for NetworkConfig {
             relay: false,
             relays: Vec::new(),
             relay_limits: RelayLimits::default(),
+            lookup: true,
         }
     }
 }
@@ -270,6 +280,7 @@ impl Config {
                 "NETWORK_MDNS" => self.network.mdns = parse_bool(&value).map_err(bad)?,
                 "NETWORK_RELAY" => self.network.relay = parse_bool(&value).map_err(bad)?,
                 "NETWORK_RELAYS" => self.network.relays = split_list(&value),
+                "NETWORK_LOOKUP" => self.network.lookup = parse_bool(&value).map_err(bad)?,
                 "STORE_COMPACT_AFTER_CHANGES" => {
                     self.store.compact_after_changes = parse_u64(&value).map_err(bad)?
                 }

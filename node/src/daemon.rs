@@ -159,6 +159,7 @@ pub async fn run(
         relay: config.network.relay,
         relays: config.network.relays.clone(),
         relay_limits: config.network.relay_limits.clone(),
+        lookup: config.network.lookup,
     };
     let net = match Net::new(
         identity.secret_bytes(),

@@ -36,6 +36,9 @@ pub struct Metrics {
     relay_circuits: IntGauge,
     relay_requests: IntCounterVec,
     relayed_bytes: IntCounterVec,
+    relay_carried: IntCounter,
+    relay_paced: IntCounter,
+    peer_lookups: IntCounterVec,
     hole_punches: IntCounterVec,
 }
 
@@ -234,6 +237,24 @@ impl Metrics {
             ),
             &["direction"],
         )?;
+        let relay_carried = IntCounter::new(
+            "relay_carried_bytes_total",
+            "bytes this node's relay carried through members' circuits, both ways",
+        )?;
+        let relay_paced = IntCounter::new(
+            "relay_paced_total",
+            "reads of a circuit that waited for the relay's bytes-per-second limit",
+        )?;
+        let peer_lookups = IntCounterVec::new(
+            Opts::new(
+                "peer_lookups_total",
+                "Kademlia lookups of a member no known address reached, by outcome (found, not_found)",
+            ),
+            &["outcome"],
+        )?;
+        for outcome in ["found", "not_found"] {
+            peer_lookups.with_label_values(&[outcome]);
+        }
         let hole_punches = IntCounterVec::new(
             Opts::new(
                 "hole_punches_total",
@@ -256,6 +277,9 @@ impl Metrics {
         registry.register(Box::new(relay_circuits.clone()))?;
         registry.register(Box::new(relay_requests.clone()))?;
         registry.register(Box::new(relayed_bytes.clone()))?;
+        registry.register(Box::new(relay_carried.clone()))?;
+        registry.register(Box::new(relay_paced.clone()))?;
+        registry.register(Box::new(peer_lookups.clone()))?;
         registry.register(Box::new(hole_punches.clone()))?;
         Ok(Self {
             registry,
@@ -285,6 +309,9 @@ impl Metrics {
             relay_circuits,
             relay_requests,
             relayed_bytes,
+            relay_carried,
+            relay_paced,
+            peer_lookups,
             hole_punches,
         })
     }
@@ -370,6 +397,22 @@ impl Metrics {
         self.relay_requests
             .with_label_values(&[kind, outcome])
             .inc();
+    }
+
+    /// Bytes this node's relay read from one end of a circuit (it writes
+    /// them to the other).
+    pub fn relay_bytes(&self, bytes: u64) {
+        self.relay_carried.inc_by(bytes);
+    }
+
+    /// A lookup of a member by peer id ended: "found" or "not_found".
+    pub fn peer_lookup(&self, outcome: &str) {
+        self.peer_lookups.with_label_values(&[outcome]).inc();
+    }
+
+    /// A circuit's read waited for the relay's bytes-per-second limit.
+    pub fn relay_paced(&self) {
+        self.relay_paced.inc();
     }
 
     /// Sync bytes that went over a relayed connection, "in" or "out".

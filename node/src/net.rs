@@ -18,7 +18,9 @@
 //! ([`Input::Announced`]).
 
 pub(crate) mod codec;
+mod lookup;
 pub mod reach;
+mod throttle;
 
 use codec::RawFrame;
 
@@ -28,14 +30,16 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
+use libp2p::core::Transport as _;
+use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify,
-    mdns, noise, ping, relay, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify, kad,
+    mdns, noise, ping, quic, relay, tcp, yamux,
 };
 use tokio::sync::{mpsc, watch};
 use xencode_protocol::WorkspaceId;
@@ -81,6 +85,7 @@ struct Behaviour {
     relay_client: relay::client::Behaviour,
     dcutr: dcutr::Behaviour,
     autonat: autonat::Behaviour,
+    kad: Toggle<lookup::MembersOnly<kad::Behaviour<kad::store::MemoryStore>>>,
 }
 
 /// Gossipsub for announcements: signed messages, validated by us before they
@@ -144,6 +149,8 @@ pub struct NetOptions {
     /// Relays to hold reservations on (multiaddrs ending in `/p2p/<id>`).
     pub relays: Vec<String>,
     pub relay_limits: RelayLimits,
+    /// Look members up by peer id (Kademlia among members).
+    pub lookup: bool,
 }
 
 #[derive(Default)]
@@ -189,6 +196,10 @@ pub struct Net {
     loopback_only: bool,
     /// Peers to try hole punching with again, on a new relayed connection.
     punch_retries: reach::PunchRetries,
+    /// Lookups of members no address reached: running ones, and when each
+    /// member was last looked up.
+    lookups: HashMap<kad::QueryId, PeerId>,
+    looked_up: HashMap<PeerId, Instant>,
     /// When to sign a new address card: a moment after the listen
     /// addresses last changed, so a burst of changes makes one card.
     card_due: Option<Instant>,
@@ -212,6 +223,8 @@ pub fn advertised(listen: &[String], id: &str) -> Vec<String> {
 
 /// Addresses remembered per peer at most (the newest first).
 const MAX_PEER_ADDRS: usize = 16;
+/// Least time between two lookups of one member.
+const LOOKUP_EVERY: Duration = Duration::from_secs(30);
 /// Wait after the listen addresses change before a new card is signed.
 const CARD_SETTLE: Duration = Duration::from_secs(2);
 
@@ -240,11 +253,33 @@ impl Net {
                     .map_err(|_| NetError::Addr(addr.clone()))?,
             );
         }
+        // Circuits through this node's relay draw from one bucket.
+        let bucket = options
+            .relay
+            .then(|| throttle::Bucket::new(options.relay_limits.max_bytes_per_sec, metrics.clone()))
+            .flatten();
+        let kad_stats = stats.clone();
+        let use_lookup = options.lookup;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-            .map_err(|e| NetError::Transport("TCP", e.to_string()))?
-            .with_quic()
+            .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                let paced = bucket.clone();
+                let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default())
+                    .map(move |(peer, muxer), _| {
+                        (peer, StreamMuxerBox::new(throttle::Throttled::new(muxer, paced.clone())))
+                    });
+                let paced = bucket.clone();
+                let quic = quic::tokio::Transport::new(quic::Config::new(key)).map(
+                    move |(peer, conn), _| {
+                        (peer, StreamMuxerBox::new(throttle::Throttled::new(conn, paced.clone())))
+                    },
+                );
+                Ok(tcp.or_transport(quic).map(|either, _| either.into_inner()))
+            })
+            .map_err(|e| NetError::Transport("TCP and QUIC", e.to_string()))?
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| NetError::Relay(e.to_string()))?
             .with_behaviour(|key, relay_client| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
@@ -293,6 +328,9 @@ impl Net {
                     relay_client,
                     dcutr: dcutr::Behaviour::new(local),
                     autonat: autonat::Behaviour::new(local, reach::autonat_config()),
+                    kad: Toggle::from(use_lookup.then(|| {
+                        lookup::MembersOnly::new(lookup::kademlia(local), kad_stats.clone())
+                    })),
                 })
             })
             .map_err(|e| NetError::Transport("behaviour", e.to_string()))?
@@ -333,6 +371,8 @@ impl Net {
             loopback_only,
             punch_retries: reach::PunchRetries::default(),
             card_due: None,
+            lookups: HashMap::new(),
+            looked_up: HashMap::new(),
         })
     }
 
@@ -414,6 +454,66 @@ impl Net {
         entry.next = Instant::now() + entry.backoff;
         if !self.swarm.is_connected(&peer) {
             self.dial(peer);
+        }
+    }
+
+    /// Asks the members this node is connected to where `peer`, a member
+    /// whose every known address failed twice, is now (at most every 30 s).
+    fn look_up(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            return;
+        };
+        if !kad.is_member(&peer)
+            || self
+                .looked_up
+                .get(&peer)
+                .is_some_and(|at| now.duration_since(*at) < LOOKUP_EVERY)
+        {
+            return;
+        }
+        tracing::info!(%peer, "no known address of this member answers; looking it up");
+        let id = kad.inner().get_closest_peers(peer);
+        self.lookups.insert(id, peer);
+        self.looked_up.insert(peer, now);
+        if self.looked_up.len() > 4096 {
+            self.looked_up
+                .retain(|_, at| now.duration_since(*at) < LOOKUP_EVERY);
+        }
+    }
+
+    /// A lookup progressed: the member's addresses, if a teammate knew them.
+    fn looked_up(
+        &mut self,
+        id: kad::QueryId,
+        result: Result<kad::GetClosestPeersOk, kad::GetClosestPeersError>,
+        last: bool,
+    ) {
+        let Some(target) = self.lookups.get(&id).copied() else {
+            return;
+        };
+        let peers = match result {
+            Ok(ok) => ok.peers,
+            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+        };
+        let addrs: Vec<String> = peers
+            .iter()
+            .filter(|p| p.peer_id == target)
+            .flat_map(|p| p.addrs.iter().map(ToString::to_string))
+            .collect();
+        if !addrs.is_empty() {
+            tracing::info!(peer = %target, ?addrs, "a member looked up by peer id");
+            self.metrics.peer_lookup("found");
+            self.lookups.remove(&id);
+            self.moved(target, &addrs);
+        } else if last {
+            self.lookups.remove(&id);
+            self.metrics
+                .peer_lookup(if self.swarm.is_connected(&target) {
+                    "found"
+                } else {
+                    "not_found"
+                });
         }
     }
 
@@ -567,11 +667,16 @@ impl Net {
             .map(|(p, _)| *p)
             .collect();
         for peer in due {
+            let mut failed_twice = false;
             if let Some(r) = self.redial.get_mut(&peer) {
+                failed_twice = r.backoff >= Duration::from_secs(4);
                 r.next = now + r.backoff;
                 r.backoff = (r.backoff * 2).min(MAX_BACKOFF);
             }
             self.dial(peer);
+            if failed_twice {
+                self.look_up(peer);
+            }
         }
         let mut dials = Vec::new();
         for (addr, backoff, next) in &mut self.bootstrap {
@@ -782,7 +887,21 @@ impl Net {
                     .map(ToString::to_string)
                     .collect();
                 self.remember(&peer_id.to_string(), &addrs);
+                // A member goes in the lookup table, where it is reachable.
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+                    && kad.carries(&peer_id)
+                {
+                    for addr in info.listen_addrs.iter().take(16) {
+                        kad.inner().add_address(&peer_id, addr.clone());
+                    }
+                }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            })) => self.looked_up(id, result, step.last),
             SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => {
                 if let Some((kind, outcome)) = self.relay_service.event(&e) {
                     self.metrics.relay_request(kind, outcome);

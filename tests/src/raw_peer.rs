@@ -2,7 +2,8 @@
 //! byte level, so it can send what an honest node never would — garbage,
 //! oversize length prefixes, frames outside a session, stolen tokens,
 //! forged signatures — and records every frame the node sends it. It also
-//! joins gossipsub, to subscribe to topics it guesses and publish junk.
+//! joins gossipsub, to subscribe to topics it guesses and publish junk, and
+//! speaks the members' Kademlia, to ask where members are.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, Codec, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, kad, noise, tcp, yamux};
 
 /// One request as it goes on the wire: a length prefix that may lie, then
 /// the body; a node batches several frames in one request (`more`, each
@@ -120,6 +121,7 @@ impl Codec for RawCodec {
 struct RawBehaviour {
     sync: request_response::Behaviour<RawCodec>,
     gossip: gossipsub::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
 }
 
 /// A libp2p peer with the sync protocol and gossipsub.
@@ -146,6 +148,12 @@ impl RawPeer {
                 yamux::Config::default,
             )?
             .with_behaviour(|key| {
+                let local = key.public().to_peer_id();
+                let kad = kad::Behaviour::with_config(
+                    local,
+                    kad::store::MemoryStore::new(local),
+                    kad::Config::new(StreamProtocol::new("/xencode/kad/1.0.0")),
+                );
                 let gossip = gossipsub::Behaviour::new(
                     gossipsub::MessageAuthenticity::Signed(key.clone()),
                     gossipsub::ConfigBuilder::default()
@@ -163,6 +171,7 @@ impl RawPeer {
                             .with_request_timeout(Duration::from_secs(10)),
                     ),
                     gossip,
+                    kad,
                 })
             })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -219,6 +228,43 @@ impl RawPeer {
             .gossip
             .publish(gossipsub::IdentTopic::new(topic), data)
             .is_ok()
+    }
+
+    /// Asks `node` (at `addr`), by Kademlia, for the peers closest to
+    /// `target`: what it answered, within 15 s (empty if it did not).
+    pub async fn closest_peers(
+        &mut self,
+        node: &PeerId,
+        addr: &str,
+        target: PeerId,
+    ) -> anyhow::Result<Vec<PeerId>> {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        kad.add_address(node, addr.parse()?);
+        let query = kad.get_closest_peers(target);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let event = tokio::select! {
+                e = self.swarm.select_next_some() => e,
+                () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            };
+            if let SwarmEvent::Behaviour(RawBehaviourEvent::Kad(
+                kad::Event::OutboundQueryProgressed {
+                    id,
+                    result: kad::QueryResult::GetClosestPeers(result),
+                    step,
+                    ..
+                },
+            )) = event
+                && id == query
+                && step.last
+            {
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                return Ok(peers.into_iter().map(|p| p.peer_id).collect());
+            }
+        }
     }
 
     /// Drives the swarm for `dur`: acknowledges and records what arrives.

@@ -72,6 +72,17 @@ async fn a_hostile_peer_is_refused_counted_and_learns_nothing() {
     let mut raw = RawPeer::new(SECRET).expect("raw peer");
     raw.connect(&a.addr(), &a_id).await.expect("connect");
 
+    // 0. Where is B? The members' Kademlia does not run for a stranger.
+    let b_id: PeerId = b.peer_id.parse().expect("peer id");
+    let told = raw
+        .closest_peers(&a_id, &a.addr(), b_id)
+        .await
+        .expect("lookup");
+    assert!(
+        !told.contains(&b_id),
+        "a stranger learned where a member is: {told:?}"
+    );
+
     // 1. A length prefix of 100 MB with a few bytes behind it.
     raw.send(
         &a_id,

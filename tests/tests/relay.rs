@@ -247,6 +247,69 @@ async fn a_circuit_over_its_byte_limit_is_cut_and_the_members_reconnect() {
     assert!(xencode_tests::health_ok(&r.api_url));
 }
 
+/// A relay limited to 64 KiB/s carries a 384 KB file in no less than the
+/// limit allows: the circuit waits (counted), it is not cut, nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relays_bytes_per_second_limit_paces_circuits_without_cutting_them() {
+    const RATE: u64 = 64 * 1024;
+    let t = Team::start(&format!(
+        "[network.relay_limits]\nmax_bytes_per_sec = {RATE}\n"
+    ))
+    .await;
+    let (r, a, b) = (&t.r, &t.a, &t.b);
+    // A workspace R is no member of: its bytes cross only the circuit.
+    let ws = last_line(&a.cli(&["workspace", "create", "paced"]));
+    let ws = ws.as_str();
+    invite_and_join(a, ws, b, "developer");
+    let relayed = wait_for(SETTLE, || async {
+        peer_entry(a, &b.peer_id).await["connection"] == "relayed"
+    })
+    .await;
+    assert!(relayed, "{}", peer_entry(a, &b.peer_id).await);
+    let carried_before = r.metric("xencode_relay_carried_bytes_total").await;
+    let circuits = "xencode_relay_requests_total{kind=\"circuit\",outcome=\"accepted\"}";
+    let circuits_before = r.metric(circuits).await;
+    // Incompressible bytes: nothing shrinks them on the way.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let body: Vec<u8> = (0..384_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    ok_stdout(&put_file(a, ws, "paced.bin", &body));
+    let arrived = wait_for(Duration::from_secs(120), || async {
+        has_file(b, ws, "paced.bin", &body).await
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(arrived, "B:\n{}\nR:\n{}", b.log_text(), r.log_text());
+    let carried = r.metric("xencode_relay_carried_bytes_total").await - carried_before;
+    assert!(
+        carried >= body.len() as f64,
+        "the relay carried {carried} bytes"
+    );
+    assert!(r.metric("xencode_relay_paced_total").await >= 1.0);
+    // One second of burst, then the rate: (384,000 - 65,536) / 65,536 s.
+    let floor = Duration::from_secs_f64((body.len() as u64 - RATE) as f64 / RATE as f64);
+    assert!(
+        took >= floor,
+        "{took:?} is faster than the limit allows ({floor:?})"
+    );
+    // Paced, never cut: the circuit that carried A and B still does.
+    assert_eq!(
+        r.metric(circuits).await,
+        circuits_before,
+        "no new circuit was needed:\n{}",
+        r.log_text()
+    );
+    assert_eq!(peer_entry(a, &b.peer_id).await["connection"], "relayed");
+    assert!(xencode_tests::health_ok(&r.api_url));
+}
+
 /// Whether `node` has a connection to `peer` now.
 async fn connected(node: &Node, peer: &Node) -> bool {
     peer_entry(node, &peer.peer_id).await["connected"] == true
@@ -312,4 +375,48 @@ async fn members_that_moved_find_each_other_through_a_teammates_cards() {
     .await;
     assert!(again, "B:\n{}\nC:\n{}", b.log_text(), c.log_text());
     drop((b, c, tmp));
+}
+
+/// B and C share a workspace A is no member of, so no card of C ever
+/// reaches B through A. Both move while away and reach only A (a member of
+/// another workspace with each): they find each other by Kademlia through
+/// A (with `network.lookup = false` they never do).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_whose_addresses_are_all_stale_is_looked_up_through_a_teammate() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = Node::start_with(&tmp.path().join("a"), free_port(), &[]).expect("start A");
+    let b = Node::start_with(&tmp.path().join("b"), free_port(), &[]).expect("start B");
+    let c = Node::start_with(&tmp.path().join("c"), free_port(), &[]).expect("start C");
+    let with_b = last_line(&a.cli(&["workspace", "create", "a-and-b"]));
+    invite_and_join(&a, &with_b, &b, "developer");
+    let with_c = last_line(&a.cli(&["workspace", "create", "a-and-c"]));
+    invite_and_join(&a, &with_c, &c, "developer");
+    let ws = last_line(&b.cli(&["workspace", "create", "b-and-c"]));
+    invite_and_join(&b, &ws, &c, "developer");
+    ok_stdout(&put_file(&b, &ws, "start.txt", b"hello\n"));
+    let joined = wait_for(SETTLE, || async {
+        has_file(&c, &ws, "start.txt", b"hello\n").await
+    })
+    .await;
+    assert!(joined, "C:\n{}", c.log_text());
+
+    let (bdir, cdir) = (b.dir.clone(), c.dir.clone());
+    b.stop();
+    c.stop();
+    let b = Node::start_with(&bdir, free_port(), &[]).expect("restart B elsewhere");
+    let c = Node::start_with(&cdir, free_port(), &[]).expect("restart C elsewhere");
+    ok_stdout(&put_file(&b, &ws, "after.txt", b"found you\n"));
+    let found = wait_for(Duration::from_secs(90), || async {
+        has_file(&c, &ws, "after.txt", b"found you\n").await
+    })
+    .await;
+    assert!(
+        found,
+        "B and C never found each other:\nA:\n{}\nB:\n{}\nC:\n{}",
+        a.log_text(),
+        b.log_text(),
+        c.log_text()
+    );
+    assert!(connected(&b, &c).await, "B reaches C itself, not through A");
+    drop((a, tmp));
 }

@@ -21,7 +21,7 @@ pub enum Takes {
 /// forgotten silently (the unit test below counts them).
 pub fn changes(old: &Config, new: &Config) -> Vec<(&'static str, Takes)> {
     use Takes::{Live, Restart};
-    let keys: [(&'static str, bool, Takes); 18] = [
+    let keys: [(&'static str, bool, Takes); 19] = [
         ("node.name", old.node.name != new.node.name, Live),
         ("api.listen", old.api.listen != new.api.listen, Restart),
         (
@@ -57,6 +57,11 @@ pub fn changes(old: &Config, new: &Config) -> Vec<(&'static str, Takes)> {
         (
             "network.relay_limits",
             old.network.relay_limits != new.network.relay_limits,
+            Restart,
+        ),
+        (
+            "network.lookup",
+            old.network.lookup != new.network.lookup,
             Restart,
         ),
         (
@@ -177,6 +182,7 @@ mod tests {
             "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into(),
         );
         other.network.relay_limits.max_circuits += 1;
+        other.network.lookup = !all.network.lookup;
         other.store.compact_after_changes += 1;
         other.store.compact_interval_secs += 1;
         other.store.max_text_bytes += 1;
