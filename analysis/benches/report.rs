@@ -1,11 +1,13 @@
 //! What every benchmark report needs: the repository root, today's date,
-//! and writing a marked section of `docs/benchmarks.md`. Included by the
+//! writing a marked section of `docs/benchmarks.md`, percentiles, and a
+//! process's CPU time and memory. Included by the
 //! analysis crate's benches and by the node's (`node/benches/common`).
 
 #![allow(dead_code)] // each bench binary uses its own subset
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 pub type BoxError = Box<dyn std::error::Error>;
 
@@ -72,5 +74,48 @@ pub fn python_files(dir: &Path, out: &mut Vec<PathBuf>) {
         } else if p.extension().is_some_and(|x| x == "py") {
             out.push(p);
         }
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// (p50, p99) of `v`, which is sorted in place.
+pub fn percentiles(v: &mut [Duration]) -> (Duration, Duration) {
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// A process's resident memory now (`VmRSS:`) or at its peak (`VmHWM:`),
+/// in MiB; NaN if it cannot be read.
+pub fn rss_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// CPU time a process has used so far (user + system), in seconds, from
+/// `/proc/<pid>/stat` (clock ticks of 10 ms); NaN if it cannot be read.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which may hold spaces, in parentheses).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    match (ticks(11), ticks(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
     }
 }

@@ -87,6 +87,11 @@ pub fn wire_frame(data: &[u8]) {
 
 fn roundtrip(bytes: &[u8]) {
     if let Ok(frame) = wire::decode(bytes) {
+        if let Frame::Addresses { cards, .. } = &frame {
+            for card in cards {
+                let _ = card.verify(1_800_000_000_000);
+            }
+        }
         match wire::encode(&frame) {
             Ok(again) => assert_eq!(wire::decode(&again).ok(), Some(frame)),
             Err(e) => panic!("a decoded frame does not encode: {e}"),
@@ -294,6 +299,14 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             sent_ms: 1_700_000_000_000,
         },
         Frame::Close { workspace: ws },
+        Frame::Addresses {
+            workspace: ws,
+            cards: vec![xencode_protocol::card::AddressCard::sign(
+                &key,
+                vec!["/ip4/10.0.0.2/tcp/7421/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()],
+                1_700_000_000_000,
+            )],
+        },
     ];
     for f in &frames {
         if let Ok(bytes) = wire::encode(f) {

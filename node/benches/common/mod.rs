@@ -14,7 +14,8 @@ use serde::Deserialize;
 #[path = "../../../analysis/benches/report.rs"]
 mod report;
 pub mod syncthing;
-pub use report::{BoxError, repo_root, today, write_report};
+#[allow(unused_imports)] // each bench binary uses its own subset
+pub use report::{BoxError, cpu_secs, ms, percentiles, repo_root, rss_mib, today, write_report};
 pub type Edit = (usize, usize, String);
 
 #[derive(Deserialize)]
@@ -45,49 +46,6 @@ pub fn paper_trace() -> Result<Option<(Vec<Edit>, String)>, BoxError> {
     let trace: Trace = serde_json::from_str(&json)?;
     let edits = trace.txns.into_iter().flat_map(|t| t.patches).collect();
     Ok(Some((edits, trace.end_content)))
-}
-
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// (p50, p99) of `v`, which is sorted in place.
-pub fn percentiles(v: &mut [Duration]) -> (Duration, Duration) {
-    v.sort_unstable();
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99))
-}
-
-/// A process's resident memory now (`VmRSS:`) or at its peak (`VmHWM:`),
-/// in MiB; NaN if it cannot be read.
-pub fn rss_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-/// CPU time a process has used so far (user + system), in seconds, from
-/// `/proc/<pid>/stat` (clock ticks of 10 ms); NaN if it cannot be read.
-pub fn cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    // Fields after the command name (which may hold spaces, in parentheses).
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return f64::NAN;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    match (ticks(11), ticks(12)) {
-        (Some(u), Some(s)) => (u + s) / 100.0,
-        _ => f64::NAN,
-    }
 }
 
 /// Polls `node` every `every` until `path` of `ws` holds `want`; how long
