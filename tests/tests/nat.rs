@@ -4,8 +4,9 @@
 //! that was not asked for. A and B can be dialled by nobody; A invites B and
 //! the invitation alone gets B to A, through R.
 //!
-//! A revoked member behind a NAT loses the relay: its reservation and
-//! circuits are cut and it is refused a new one.
+//! A stranger behind a NAT is refused a reservation; a revoked member
+//! behind a NAT loses the relay: its reservation and circuits are cut and
+//! it is refused a new one.
 //!
 //! Needs root, `ip` (iproute2) and `nft` (nftables). Elsewhere it skips with
 //! the reason, unless `XENCODE_REQUIRE_ALL_TESTS=1` (as in CI).
@@ -121,6 +122,37 @@ fn behind_a_symmetric_nat_sync_stays_relayed() {
     b.until("B never connected to A through R", |b| {
         connection(b, &a_id) == "relayed"
     });
+
+    // A stranger behind A's NAT, told where R is, asks it for a reservation
+    // (and to reach A through it): refused, counted, and given no circuit
+    // address.
+    let r_id = last_line(&r.cli(&["id"]));
+    let stranger = NsNode::start_args(
+        net.home(0),
+        &tmp.path().join("s"),
+        &[
+            "--listen",
+            "/ip4/0.0.0.0/tcp/7422",
+            "--no-mdns",
+            "--relay-via",
+            &format!("/ip4/198.18.1.1/tcp/7421/p2p/{r_id}"),
+            "--peer",
+            &format!("/ip4/198.18.1.1/tcp/7421/p2p/{r_id}/p2p-circuit/p2p/{a_id}"),
+        ],
+    );
+    let s_id = last_line(&stranger.cli(&["id"]));
+    r.until("R never refused the stranger's reservation", |r| {
+        r.log()
+            .lines()
+            .any(|l| l.contains("relay reservation refused") && l.contains(s_id.as_str()))
+    });
+    let listen = json(&stranger, &["status"])["listen"].to_string();
+    assert!(!listen.contains("/p2p-circuit"), "{listen}");
+    assert!(
+        connection(&a, &s_id).is_empty(),
+        "the stranger reached A through R"
+    );
+    drop(stranger);
     // Random ports defeat hole punching; the relayed connection carries on.
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
