@@ -310,6 +310,37 @@ async fn a_relays_bytes_per_second_limit_paces_circuits_without_cutting_them() {
     assert!(xencode_tests::health_ok(&r.api_url));
 }
 
+/// Three nodes on loopback, each on its own port.
+fn three() -> (tempfile::TempDir, Node, Node, Node) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let start = |name: &str| {
+        Node::start_with(&tmp.path().join(name), free_port(), &[]).expect("start a node")
+    };
+    let (a, b, c) = (start("a"), start("b"), start("c"));
+    (tmp, a, b, c)
+}
+
+/// The three nodes' logs, for a failure message.
+fn logs(a: &Node, b: &Node, c: &Node) -> String {
+    format!(
+        "A:\n{}\nB:\n{}\nC:\n{}",
+        a.log_text(),
+        b.log_text(),
+        c.log_text()
+    )
+}
+
+/// B and C stop and start again on new ports: every address anyone had
+/// for them is stale.
+fn move_both(b: Node, c: Node) -> (Node, Node) {
+    let (bdir, cdir) = (b.dir.clone(), c.dir.clone());
+    b.stop();
+    c.stop();
+    let b = Node::start_with(&bdir, free_port(), &[]).expect("restart B elsewhere");
+    let c = Node::start_with(&cdir, free_port(), &[]).expect("restart C elsewhere");
+    (b, c)
+}
+
 /// Whether `node` has a connection to `peer` now.
 async fn connected(node: &Node, peer: &Node) -> bool {
     peer_entry(node, &peer.peer_id).await["connected"] == true
@@ -321,10 +352,7 @@ async fn connected(node: &Node, peer: &Node) -> bool {
 /// kept card still finds C.
 #[tokio::test(flavor = "multi_thread")]
 async fn members_that_moved_find_each_other_through_a_teammates_cards() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let a = Node::start_with(&tmp.path().join("a"), free_port(), &[]).expect("start A");
-    let b = Node::start_with(&tmp.path().join("b"), free_port(), &[]).expect("start B");
-    let c = Node::start_with(&tmp.path().join("c"), free_port(), &[]).expect("start C");
+    let (tmp, a, b, c) = three();
     let ws = last_line(&a.cli(&["workspace", "create", "moving"]));
     invite_and_join(&a, &ws, &b, "developer");
     invite_and_join(&a, &ws, &c, "developer");
@@ -337,21 +365,16 @@ async fn members_that_moved_find_each_other_through_a_teammates_cards() {
     assert!(joined, "B:\n{}\nC:\n{}", b.log_text(), c.log_text());
 
     // Both move: new ports, so every address anyone had for them is stale.
-    let (bdir, cdir) = (b.dir.clone(), c.dir.clone());
-    b.stop();
-    c.stop();
-    let b = Node::start_with(&bdir, free_port(), &[]).expect("restart B elsewhere");
-    let c = Node::start_with(&cdir, free_port(), &[]).expect("restart C elsewhere");
+    let (b, c) = move_both(b, c);
+    let bdir = b.dir.clone();
     let found = wait_for(SETTLE, || async {
         connected(&b, &c).await && connected(&c, &b).await
     })
     .await;
     assert!(
         found,
-        "B and C never found each other:\nA:\n{}\nB:\n{}\nC:\n{}",
-        a.log_text(),
-        b.log_text(),
-        c.log_text()
+        "B and C never found each other:\n{}",
+        logs(&a, &b, &c)
     );
 
     // Without A, B and C sync with each other.
@@ -383,10 +406,7 @@ async fn members_that_moved_find_each_other_through_a_teammates_cards() {
 /// A (with `network.lookup = false` they never do).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_whose_addresses_are_all_stale_is_looked_up_through_a_teammate() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let a = Node::start_with(&tmp.path().join("a"), free_port(), &[]).expect("start A");
-    let b = Node::start_with(&tmp.path().join("b"), free_port(), &[]).expect("start B");
-    let c = Node::start_with(&tmp.path().join("c"), free_port(), &[]).expect("start C");
+    let (tmp, a, b, c) = three();
     let with_b = last_line(&a.cli(&["workspace", "create", "a-and-b"]));
     invite_and_join(&a, &with_b, &b, "developer");
     let with_c = last_line(&a.cli(&["workspace", "create", "a-and-c"]));
@@ -400,11 +420,7 @@ async fn a_member_whose_addresses_are_all_stale_is_looked_up_through_a_teammate(
     .await;
     assert!(joined, "C:\n{}", c.log_text());
 
-    let (bdir, cdir) = (b.dir.clone(), c.dir.clone());
-    b.stop();
-    c.stop();
-    let b = Node::start_with(&bdir, free_port(), &[]).expect("restart B elsewhere");
-    let c = Node::start_with(&cdir, free_port(), &[]).expect("restart C elsewhere");
+    let (b, c) = move_both(b, c);
     ok_stdout(&put_file(&b, &ws, "after.txt", b"found you\n"));
     let found = wait_for(Duration::from_secs(90), || async {
         has_file(&c, &ws, "after.txt", b"found you\n").await
@@ -412,10 +428,8 @@ async fn a_member_whose_addresses_are_all_stale_is_looked_up_through_a_teammate(
     .await;
     assert!(
         found,
-        "B and C never found each other:\nA:\n{}\nB:\n{}\nC:\n{}",
-        a.log_text(),
-        b.log_text(),
-        c.log_text()
+        "B and C never found each other:\n{}",
+        logs(&a, &b, &c)
     );
     assert!(connected(&b, &c).await, "B reaches C itself, not through A");
     drop((a, tmp));

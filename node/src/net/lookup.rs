@@ -184,6 +184,11 @@ impl<B: NetworkBehaviour> NetworkBehaviour for MembersOnly<B> {
                     }));
             }
             FromSwarm::AddressChange(e) if self.gated.contains(&e.connection_id) => {}
+            // Kademlia takes a new listen address with no connection as a
+            // reason to bootstrap, which fails with an empty table (and says
+            // so at every start); with no member connected there is nothing
+            // to bootstrap from.
+            FromSwarm::NewListenAddr(_) if self.open.is_empty() => {}
             other => self.inner.on_swarm_event(other),
         }
     }

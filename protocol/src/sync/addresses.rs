@@ -13,6 +13,8 @@
 //! - A card whose signature does not verify is a protocol violation by the
 //!   peer that sent it (a member only passes on cards it verified).
 
+use std::collections::BTreeSet;
+
 use libp2p_identity::PeerId;
 
 use super::{Engine, Event, Host};
@@ -34,24 +36,7 @@ impl Engine {
         {
             return;
         }
-        let mut told = std::collections::BTreeSet::new();
-        let sessions: Vec<(PeerId, WorkspaceId)> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.admitted.is_some())
-            .map(|(k, _)| *k)
-            .collect();
-        for (peer, ws) in sessions {
-            if told.insert(peer) {
-                self.send(
-                    peer,
-                    Frame::Addresses {
-                        workspace: ws,
-                        cards: vec![card.clone()],
-                    },
-                );
-            }
-        }
+        self.tell_card(&card, BTreeSet::new(), |_| true);
         self.own_card = Some(card);
     }
 
@@ -132,11 +117,21 @@ impl Engine {
     /// that shares a workspace with `peer`, once each.
     fn pass_on(&mut self, host: &impl Host, from: PeerId, peer: PeerId, card: &AddressCard) {
         let theirs = host.workspaces_for(&peer);
-        let mut told = std::collections::BTreeSet::from([from, peer]);
+        self.tell_card(card, BTreeSet::from([from, peer]), |w| theirs.contains(w));
+    }
+
+    /// Sends `card` once to every peer not in `told` with an admitted
+    /// session in a workspace `within` accepts.
+    fn tell_card(
+        &mut self,
+        card: &AddressCard,
+        mut told: BTreeSet<PeerId>,
+        within: impl Fn(&WorkspaceId) -> bool,
+    ) {
         let sessions: Vec<(PeerId, WorkspaceId)> = self
             .sessions
             .iter()
-            .filter(|((_, w), s)| s.admitted.is_some() && theirs.contains(w))
+            .filter(|((_, w), s)| s.admitted.is_some() && within(w))
             .map(|(k, _)| *k)
             .collect();
         for (to, ws) in sessions {
