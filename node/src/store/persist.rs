@@ -197,6 +197,9 @@ impl Persistence {
         let mut files = FileDocs::with_budget(self.options.loaded_file_docs);
         let mut access = None;
         let mut index = None;
+        // Documents to rebuild from their stored bytes: read here, built
+        // by Automerge on every core at once (`build_docs`).
+        let mut to_build: Vec<(DocKind, StoredDoc)> = Vec::new();
         for entry in docs.iter().map_err(redb::Error::from)? {
             let (k, v) = entry.map_err(redb::Error::from)?;
             let record: DocRecord = postcard::from_bytes(v.value())?;
@@ -217,11 +220,14 @@ impl Persistence {
                 files.insert_parked(doc_id, saved, heads, author.actor.clone(), known);
                 continue;
             }
-            let (am, counters) = load_doc(&snapshots, &changes, doc_id)?;
+            to_build.push((record.kind, read_doc(&snapshots, &changes, doc_id)?));
+        }
+        for (kind, built) in build_docs(to_build) {
+            let (doc_id, am, counters) = built?;
             let mut doc = Doc { id: doc_id, am };
             doc.am.set_actor(author.actor.clone());
             self.counters.set(doc_id, counters);
-            match record.kind {
+            match kind {
                 DocKind::Access => access = Some(doc),
                 DocKind::Index => index = Some(doc),
                 DocKind::File => files.insert(doc),
@@ -843,17 +849,112 @@ fn parked_doc(
     }))
 }
 
-/// Loads a document: its snapshot, then its change records in one batch.
-fn load_doc(
+/// A document as stored: its snapshot (with the last counter folded in)
+/// and its change records after it, not parsed yet.
+pub(super) struct StoredDoc {
+    id: DocId,
+    snapshot: Option<(u64, Vec<u8>)>,
+    changes: Vec<(u64, Vec<u8>)>,
+}
+
+/// Reads a document's stored bytes.
+fn read_doc(
     snapshots: &redb::ReadOnlyTable<[u8; 16], (u64, &[u8])>,
     changes: &redb::ReadOnlyTable<([u8; 16], u64), &[u8]>,
     id: DocId,
-) -> Result<(AutoCommit, Counters), LoadError> {
+) -> Result<StoredDoc, LoadError> {
     let key = *id.as_bytes();
-    let (mut am, first) = match snapshots.get(key).map_err(redb::Error::from)? {
-        Some(v) => {
-            let (upto, data) = v.value();
-            let am = std::panic::catch_unwind(|| AutoCommit::load(data))
+    let snapshot = snapshots.get(key).map_err(redb::Error::from)?.map(|v| {
+        let (upto, data) = v.value();
+        (upto, data.to_vec())
+    });
+    let mut records = Vec::new();
+    for entry in changes
+        .range((key, 0)..=(key, u64::MAX))
+        .map_err(redb::Error::from)?
+    {
+        let (k, v) = entry.map_err(redb::Error::from)?;
+        records.push((k.value().1, v.value().to_vec()));
+    }
+    Ok(StoredDoc {
+        id,
+        snapshot,
+        changes: records,
+    })
+}
+
+/// Builds the documents, in order, on as many threads as there are cores
+/// (at most 8): at a restart before compaction has folded them, thousands
+/// of documents are still change records, and Automerge rebuilds each in
+/// about half a millisecond.
+fn build_docs<K: Send>(
+    stored: Vec<(K, StoredDoc)>,
+) -> Vec<(K, Result<(DocId, AutoCommit, Counters), LoadError>)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(8);
+    if threads == 1 || stored.len() < 64 {
+        return stored
+            .into_iter()
+            .map(|(k, d)| (k, guarded_build(d)))
+            .collect();
+    }
+    let per = stored.len().div_ceil(threads);
+    let mut parts: Vec<Vec<(K, StoredDoc)>> = Vec::with_capacity(threads);
+    let mut rest = stored.into_iter();
+    loop {
+        let part: Vec<(K, StoredDoc)> = rest.by_ref().take(per).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(part);
+    }
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                scope.spawn(move || {
+                    part.into_iter()
+                        .map(|(k, d)| (k, guarded_build(d)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            // Every build is guarded, so a worker cannot panic; if one did
+            // (out of memory), the thread scope would panic the store's
+            // open as a sequential load would have.
+            .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+/// [`build_doc`], a panic anywhere in it (Automerge decoding crafted bytes)
+/// an error naming the document.
+fn guarded_build(stored: StoredDoc) -> Result<(DocId, AutoCommit, Counters), LoadError> {
+    let id = stored.id;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build_doc(stored))).unwrap_or_else(
+        |_| {
+            Err(LoadError::document(
+                id,
+                "it could not be rebuilt",
+                "Automerge panicked",
+            ))
+        },
+    )
+}
+
+/// Loads a document: its snapshot, then its change records in one batch.
+fn build_doc(stored: StoredDoc) -> Result<(DocId, AutoCommit, Counters), LoadError> {
+    let StoredDoc {
+        id,
+        snapshot,
+        changes,
+    } = stored;
+    let (mut am, first) = match snapshot {
+        Some((upto, data)) => {
+            let am = std::panic::catch_unwind(|| AutoCommit::load(&data))
                 .map_err(|_| {
                     LoadError::document(id, "its snapshot is unreadable", "Automerge panicked")
                 })?
@@ -862,17 +963,13 @@ fn load_doc(
         }
         None => (AutoCommit::new(), 0),
     };
-    let mut batch = Vec::new();
+    let mut batch = Vec::with_capacity(changes.len());
     let mut next = first;
-    for entry in changes
-        .range((key, 0)..=(key, u64::MAX))
-        .map_err(redb::Error::from)?
-    {
-        let (k, v) = entry.map_err(redb::Error::from)?;
-        let change = Change::from_bytes(v.value().to_vec())
+    for (counter, bytes) in changes {
+        let change = Change::from_bytes(bytes)
             .map_err(|e| LoadError::document(id, "a change is unreadable", e))?;
         batch.push(change);
-        next = k.value().1 + 1;
+        next = counter + 1;
     }
     let pending = batch.len() as u64;
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -880,7 +977,7 @@ fn load_doc(
     }))
     .map_err(|_| LoadError::document(id, "its changes do not apply", "Automerge panicked"))?
     .map_err(|e| LoadError::document(id, "its changes do not apply", e))?;
-    Ok((am, Counters { next, pending }))
+    Ok((id, am, Counters { next, pending }))
 }
 
 /// Whether the database still accepts write transactions.

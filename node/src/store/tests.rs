@@ -55,6 +55,55 @@ async fn text_of(store: &Store, ws: WorkspaceId, path: &str) -> String {
     String::from_utf8(f.bytes).expect("utf8")
 }
 
+/// Documents still held as change records are rebuilt on several threads
+/// at a reopen: every one comes back, in its workspace, and writes go on
+/// from where its records ended.
+#[tokio::test]
+async fn many_documents_not_yet_folded_reopen_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let (store, thread) = open(&path, 1000).expect("open");
+    let ws = store
+        .create_workspace("team".into(), 1)
+        .await
+        .expect("create")
+        .id;
+    for i in 0..200 {
+        let path = format!("src/m{i}.py");
+        store
+            .put_file(ws, p(&path), format!("n = {i}\n").into_bytes(), 2)
+            .await
+            .expect("put");
+        store
+            .splice(ws, p(&path), None, ins(0, "# two records\n"), 3)
+            .await
+            .expect("splice");
+    }
+    let before = store.workspace(ws).await.expect("show");
+    close(store, thread);
+
+    let (store, thread) = open(&path, 1000).expect("reopen");
+    assert_eq!(store.workspace(ws).await.expect("show"), before);
+    for i in [0, 63, 64, 127, 199] {
+        let path = format!("src/m{i}.py");
+        assert_eq!(
+            text_of(&store, ws, &path).await,
+            format!("# two records\nn = {i}\n")
+        );
+        store
+            .splice(ws, p(&path), None, ins(0, "!"), 4)
+            .await
+            .expect("a write after the reopen");
+    }
+    close(store, thread);
+    let (store, thread) = open(&path, 1000).expect("reopen again");
+    assert_eq!(
+        text_of(&store, ws, "src/m199.py").await,
+        "!# two records\nn = 199\n"
+    );
+    close(store, thread);
+}
+
 #[tokio::test]
 async fn everything_survives_a_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
