@@ -883,13 +883,14 @@ fn read_doc(
     })
 }
 
+/// A document rebuilt from its stored bytes, or why it could not be.
+type Built = Result<(DocId, AutoCommit, Counters), LoadError>;
+
 /// Builds the documents, in order, on as many threads as there are cores
 /// (at most 8): at a restart before compaction has folded them, thousands
 /// of documents are still change records, and Automerge rebuilds each in
 /// about half a millisecond.
-fn build_docs<K: Send>(
-    stored: Vec<(K, StoredDoc)>,
-) -> Vec<(K, Result<(DocId, AutoCommit, Counters), LoadError>)> {
+fn build_docs<K: Send>(stored: Vec<(K, StoredDoc)>) -> Vec<(K, Built)> {
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .min(8);
@@ -932,7 +933,7 @@ fn build_docs<K: Send>(
 
 /// [`build_doc`], a panic anywhere in it (Automerge decoding crafted bytes)
 /// an error naming the document.
-fn guarded_build(stored: StoredDoc) -> Result<(DocId, AutoCommit, Counters), LoadError> {
+fn guarded_build(stored: StoredDoc) -> Built {
     let id = stored.id;
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build_doc(stored))).unwrap_or_else(
         |_| {
@@ -946,7 +947,7 @@ fn guarded_build(stored: StoredDoc) -> Result<(DocId, AutoCommit, Counters), Loa
 }
 
 /// Loads a document: its snapshot, then its change records in one batch.
-fn build_doc(stored: StoredDoc) -> Result<(DocId, AutoCommit, Counters), LoadError> {
+fn build_doc(stored: StoredDoc) -> Built {
     let StoredDoc {
         id,
         snapshot,
