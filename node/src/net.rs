@@ -1203,6 +1203,20 @@ impl Net {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
         }
+        // A connection opened while its peer was a member carries the
+        // members' Kademlia; once the peer is not one, it is closed (a new
+        // connection gets no Kademlia).
+        let lapsed = self
+            .swarm
+            .behaviour()
+            .kad
+            .as_ref()
+            .map(|k| k.lapsed(&members))
+            .unwrap_or_default();
+        for peer in lapsed {
+            tracing::info!(%peer, "no longer a member: its connections, which carry the members' lookups, are closed");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
     }
 
     fn over_rate(&mut self, peer: PeerId) -> bool {

@@ -432,5 +432,16 @@ async fn a_member_whose_addresses_are_all_stale_is_looked_up_through_a_teammate(
         logs(&a, &b, &c)
     );
     assert!(connected(&b, &c).await, "B reaches C itself, not through A");
+
+    // A revokes C, a member of nothing else here: the connection that
+    // carried the members' lookups between them is closed.
+    ok_stdout(&a.cli(&["revoke", &with_c, &c.peer_id]));
+    let closed = wait_for(SETTLE, || async {
+        a.log_text()
+            .lines()
+            .any(|l| l.contains("carry the members' lookups") && l.contains(&c.peer_id))
+    })
+    .await;
+    assert!(closed, "A:\n{}", a.log_text());
     drop((a, tmp));
 }

@@ -76,6 +76,16 @@ impl<B> MembersOnly<B> {
         self.stats.members.read().is_ok_and(|m| m.contains(peer))
     }
 
+    /// Peers the inner behaviour runs on a connection to that are not in
+    /// `members` (any more).
+    pub fn lapsed(&self, members: &HashSet<PeerId>) -> Vec<PeerId> {
+        self.open
+            .keys()
+            .filter(|p| !members.contains(p))
+            .copied()
+            .collect()
+    }
+
     /// Whether the inner behaviour runs on a connection to `peer`.
     pub fn carries(&self, peer: &PeerId) -> bool {
         self.open.get(peer).is_some_and(|c| !c.is_empty())
