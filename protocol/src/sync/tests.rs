@@ -1393,6 +1393,61 @@ fn a_forged_card_is_a_violation_and_a_strangers_card_is_neither_kept_nor_told() 
     ));
 }
 
+/// Every field of a member's card, attacked by the member that passes it
+/// on: a card dated too far ahead is ignored without blame (clocks drift),
+/// addresses that are not multiaddrs are the card's owner's own word and
+/// are kept (the node dials only those that parse), and a card for another
+/// workspace's session is judged by that workspace's members.
+#[test]
+fn cards_dated_ahead_or_holding_junk_are_handled_without_harm() {
+    use crate::card::{AddressCard, MAX_CARD_CLOCK_SKEW_MS};
+    let mut net = Net::new(3, 3);
+    net.heal();
+    let (one, two) = (net.nodes[1].id, net.nodes[2].id);
+    let key = net.nodes[2].host.key.clone();
+    let send = |net: &mut Net, cards: Vec<AddressCard>| {
+        let node = &mut net.nodes[0];
+        node.engine.handle(
+            &mut node.host,
+            Input::Received {
+                peer: one,
+                frame: Frame::Addresses {
+                    workspace: WS,
+                    cards,
+                },
+            },
+            1_000,
+        );
+        let mut struck = false;
+        while let Some(o) = node.engine.poll_output() {
+            struck |= matches!(o, Output::Disconnect { .. });
+        }
+        struck
+    };
+    let ahead = AddressCard::sign(
+        &key,
+        vec!["/ip4/10.0.0.3".into()],
+        1_000 + MAX_CARD_CLOCK_SKEW_MS + 1,
+    );
+    for _ in 0..3 {
+        assert!(!send(&mut net, vec![ahead.clone()]), "no blame for a clock");
+    }
+    assert_eq!(net.nodes[0].engine.address_card(&two), None);
+    let junk = AddressCard::sign(&key, vec!["not an address".into(); 16], 900);
+    assert!(!send(&mut net, vec![junk.clone()]));
+    assert_eq!(net.nodes[0].engine.address_card(&two), Some(&junk));
+    // A workspace the session is not for: outside a session.
+    let elsewhere = Frame::Addresses {
+        workspace: WorkspaceId::from_bytes([9; 16]),
+        cards: vec![junk],
+    };
+    let struck = struck_outside_a_session(&mut net.nodes[0], one, elsewhere, |_| {});
+    assert!(
+        struck,
+        "cards for a workspace without a session are a violation"
+    );
+}
+
 /// `frame`, sent three times by `stranger` (connected, no session), gets
 /// it disconnected; `check` sees every output on the way.
 fn struck_outside_a_session(
