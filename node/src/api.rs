@@ -175,13 +175,11 @@ impl ApiState {
 
     /// Addresses peers can reach this node at, each ending in `/p2p/<id>`.
     fn listen_addrs(&self) -> Vec<String> {
-        let listen = self
-            .inner
+        self.inner
             .net
             .get()
-            .and_then(|n| n.listen.read().ok().map(|l| l.clone()))
-            .unwrap_or_default();
-        crate::net::advertised(&listen, &self.inner.node.peer_id)
+            .map(|n| n.advertised(&self.inner.node.peer_id))
+            .unwrap_or_default()
     }
 
     /// Whether peers can dial this node, as AutoNAT found.

@@ -138,6 +138,15 @@ pub struct NetInfo {
     pub reachability: RwLock<xencode_protocol::api::Reachability>,
 }
 
+impl NetInfo {
+    /// Where peers can reach this node now: its listen addresses, each
+    /// ending in `/p2p/<id>` (what invitations and address cards carry).
+    pub fn advertised(&self, id: &str) -> Vec<String> {
+        let listen = self.listen.read().map(|l| l.clone()).unwrap_or_default();
+        advertised(&listen, id)
+    }
+}
+
 /// Options of the network task.
 #[derive(Debug, Clone)]
 pub struct NetOptions {
@@ -208,7 +217,7 @@ pub struct Net {
 /// Addresses a node advertises, each ending in `/p2p/<id>`: its listen
 /// addresses (circuit ones end in its id already; other `/p2p/` parts name
 /// the relay).
-pub fn advertised(listen: &[String], id: &str) -> Vec<String> {
+fn advertised(listen: &[String], id: &str) -> Vec<String> {
     listen
         .iter()
         .map(|a| {
@@ -523,13 +532,9 @@ impl Net {
             return;
         }
         self.card_due = None;
-        let listen = self
+        let addrs = self
             .info
-            .listen
-            .read()
-            .map(|l| l.clone())
-            .unwrap_or_default();
-        let addrs = advertised(&listen, &self.swarm.local_peer_id().to_string());
+            .advertised(&self.swarm.local_peer_id().to_string());
         if let Err(e) = self.store.own_addresses(addrs).await {
             tracing::debug!(error = %e, "no new address card: the store is closed");
         }
