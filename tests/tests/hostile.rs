@@ -148,9 +148,13 @@ async fn a_hostile_peer_is_refused_counted_and_learns_nothing() {
         "developer",
     ]));
     let token = Invitation::decode(&invite).expect("invitation").token;
-    if !raw.is_connected(&a_id) {
-        raw.connect(&a.addr(), &a_id).await.expect("reconnect");
+    // Every connection A closed is gone (A forgets the peer's strikes only
+    // when its last connection is), then a fresh one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while raw.is_connected(&a_id) && std::time::Instant::now() < deadline {
+        raw.pump(Duration::from_millis(50)).await;
     }
+    raw.connect(&a.addr(), &a_id).await.expect("reconnect");
     raw.send(
         &a_id,
         frame(&Frame::Open {
