@@ -439,6 +439,26 @@ pub struct Engine {
     unannounced: BTreeSet<WorkspaceId>,
     /// When each peer was last asked to be dialed, after an announcement.
     dialed: BTreeMap<PeerId, u64>,
+    /// Announcements heard while sessions of the workspace were open: the
+    /// mesh is expected to bring those changes; the announcer is dialed only
+    /// if it has not after [`MESH_PULL_MS`]. By (announcer, workspace): when
+    /// first heard, and the digest announced last.
+    pulls: BTreeMap<(PeerId, WorkspaceId), (u64, [u8; 16])>,
+    /// When a change by each member (its signing key's peer id) was last
+    /// applied here.
+    authored: BTreeMap<PeerId, u64>,
+    /// Changes applied here from a peer in the last [`RELAY_LAZY_MS`]:
+    /// other peers hear of them first (our heads) and get them when they ask
+    /// (`send.rs`, "lazy relaying").
+    relayed: BTreeMap<(DocId, ChangeHash), u64>,
+    /// Heads a sync message of ours asked a peer for, and when: another
+    /// peer is not asked for them again until [`RELAY_LAZY_MS`] passed.
+    asked: BTreeMap<(DocId, ChangeHash), (PeerId, u64)>,
+    /// Sync messages that held changes back, due again (in full) at this
+    /// time if the peer has not had them meanwhile.
+    follow_ups: BTreeMap<(PeerId, WorkspaceId, DocId), u64>,
+    /// Set while a follow-up is generated: nothing is held back.
+    eager: bool,
     /// The time of the input being handled, stamped on frames sent.
     now_ms: u64,
     /// What this node has open in editors, per workspace (never empty).
@@ -475,6 +495,23 @@ const MAX_CLOCK_PEERS: usize = 4096;
 
 /// Least time between two dials of one peer prompted by its announcements.
 const REDIAL_AFTER_ANNOUNCE_MS: u64 = 10_000;
+
+/// How long changes announced by a member are left to come through the
+/// open sessions (the mesh) before this node dials the member itself.
+const MESH_PULL_MS: u64 = 2_000;
+
+/// How long a change received from a peer is passed on lazily: peers are
+/// told our heads and sent it when they ask, so a change that floods the
+/// mesh reaches each member about once instead of from every neighbour
+/// (each of which would otherwise push it before hearing the member has it).
+/// After this, whatever a peer still lacks is sent without being asked.
+const RELAY_LAZY_MS: u64 = 500;
+
+/// Recently relayed changes and asked-for heads kept, at most.
+const MAX_RELAYED: usize = 65_536;
+
+/// Announcements waiting for the mesh, and authors remembered, at most.
+const MAX_PULLS: usize = 4096;
 
 /// Passes over a workspace's pending documents after one frame.
 const MAX_RESOLVE_ROUNDS: usize = 8;
@@ -684,6 +721,19 @@ impl Engine {
             .collect();
         for ((peer, ws), token) in sessions {
             if let Err(why) = host.admit(&peer, &ws, &token, now_ms) {
+                // What lazy relaying held back goes first: the change that
+                // ends the session (a revocation) among it, so the peer
+                // learns why.
+                let held: Vec<DocId> = self
+                    .follow_ups
+                    .keys()
+                    .filter(|(p, w, _)| *p == peer && *w == ws)
+                    .map(|(_, _, d)| *d)
+                    .collect();
+                for doc in held {
+                    self.follow_ups.remove(&(peer, ws, doc));
+                    self.generate_in_full(host, peer, ws, doc);
+                }
                 // Keep the sync states, then refuse as on any failed admission.
                 self.close_session((peer, ws));
                 self.refuse(peer, ws, why);
@@ -795,6 +845,8 @@ impl Engine {
             Input::Tick => {
                 self.settle(host, now_ms);
                 self.expire(host, now_ms);
+                self.overdue_pulls(host, now_ms);
+                self.follow_up(host, now_ms);
                 self.revalidate(host, now_ms);
                 // Announce at most once per tick per workspace, however many
                 // local changes there were.
@@ -832,6 +884,22 @@ impl Engine {
         if !host.workspaces_for(&peer).contains(&ws) {
             return;
         }
+        // Dialing every announcer makes each writer a hub every member
+        // holds a session with. A node with sessions in the workspace gets
+        // the changes through them (each session passes on whatever its
+        // peer lacks); it pulls from the announcer only if they do not come.
+        if !self.connected.contains(&peer) && !self.peers_of(&ws).is_empty() {
+            if self.pulls.len() < MAX_PULLS || self.pulls.contains_key(&(peer, ws)) {
+                let at = self.pulls.get(&(peer, ws)).map_or(now_ms, |p| p.0);
+                self.pulls.insert((peer, ws), (at, theirs));
+            }
+            return;
+        }
+        self.pull_from(host, peer, ws, now_ms);
+    }
+
+    /// Opens a session with `peer` for `ws`, or dials it.
+    fn pull_from(&mut self, host: &mut impl Host, peer: PeerId, ws: WorkspaceId, now_ms: u64) {
         if self.connected.contains(&peer) {
             self.open(host, peer, ws);
             return;
@@ -841,6 +909,86 @@ impl Engine {
             self.dialed.insert(peer, now_ms);
             self.outputs.push_back(Output::Dial { peer });
         }
+    }
+
+    /// Announcements the mesh did not answer in [`MESH_PULL_MS`]: unless a
+    /// change by the announcer was applied here since (or just before: the
+    /// sessions can outrun the gossip) or the heads are now equal, the
+    /// announcer is pulled from directly.
+    fn overdue_pulls(&mut self, host: &mut impl Host, now_ms: u64) {
+        let due: Vec<_> = self
+            .pulls
+            .iter()
+            .filter(|(_, (at, _))| now_ms.saturating_sub(*at) >= MESH_PULL_MS)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for ((peer, ws), (at, theirs)) in due {
+            self.pulls.remove(&(peer, ws));
+            let heard = self
+                .authored
+                .get(&peer)
+                .is_some_and(|t| *t + MESH_PULL_MS >= at);
+            if heard || self.digests.get(host, &ws) == theirs {
+                continue;
+            }
+            if !host.workspaces_for(&peer).contains(&ws) {
+                continue;
+            }
+            self.pull_from(host, peer, ws, now_ms);
+        }
+    }
+
+    /// Sends in full the sync messages that held changes back
+    /// [`RELAY_LAZY_MS`] ago (to a peer that has had them since, Automerge
+    /// offers nothing), and forgets what is no longer fresh.
+    fn follow_up(&mut self, host: &mut impl Host, now_ms: u64) {
+        let fresh = |t: &u64| now_ms.saturating_sub(*t) < RELAY_LAZY_MS;
+        self.relayed.retain(|_, t| fresh(t));
+        self.asked.retain(|_, (_, t)| fresh(t));
+        let due: Vec<_> = self
+            .follow_ups
+            .iter()
+            .filter(|(_, t)| **t <= now_ms)
+            .map(|(k, _)| *k)
+            .collect();
+        for (peer, ws, doc) in due {
+            self.follow_ups.remove(&(peer, ws, doc));
+            self.generate_in_full(host, peer, ws, doc);
+        }
+    }
+
+    /// [`Engine::generate`] holding nothing back.
+    fn generate_in_full(
+        &mut self,
+        host: &mut impl Host,
+        peer: PeerId,
+        ws: WorkspaceId,
+        doc: DocId,
+    ) {
+        // The message that held changes back may be unanswered (a peer with
+        // nothing to say does not answer): Automerge would wait for that
+        // answer before it sends again.
+        if let Some(ds) = self
+            .sessions
+            .get_mut(&(peer, ws))
+            .and_then(|s| s.docs.get_mut(&doc))
+        {
+            ds.state.in_flight = false;
+        }
+        self.eager = true;
+        self.generate(host, peer, ws, doc);
+        self.eager = false;
+    }
+
+    /// A change by `author` was applied here.
+    fn heard_from(&mut self, author: &[u8; 32]) {
+        let Ok(peer) = crate::ids::peer_id_of(author) else {
+            return;
+        };
+        if self.authored.len() >= MAX_PULLS && !self.authored.contains_key(&peer) {
+            self.authored.clear();
+        }
+        self.authored.insert(peer, self.now_ms);
     }
 
     fn open(&mut self, host: &mut impl Host, peer: PeerId, ws: WorkspaceId) {

@@ -41,6 +41,21 @@ fn measure(nodes: usize, edit_for_ms: u64) -> Row {
     }
 }
 
+/// Bytes per edit per member of each kind: changes / have-need / sessions.
+fn per_edit_by_kind(p: &Report) -> String {
+    let per = |k: &str| {
+        p.bytes_by_kind.get(k).copied().unwrap_or(0) as f64
+            / p.nodes.max(1) as f64
+            / p.edits.max(1) as f64
+    };
+    format!(
+        "{:.0} / {:.0} / {:.0}",
+        per("changes"),
+        per("have_need"),
+        per("session")
+    )
+}
+
 fn svg(rows: &[Row]) -> String {
     let (w, h, pad) = (640.0, 360.0, 50.0);
     let xs: Vec<f64> = rows.iter().map(|r| (r.nodes as f64).log10()).collect();
@@ -140,20 +155,23 @@ fn main() {
     );
     let _ = writeln!(
         md,
-        "| members | edits | sync messages per member (mean / busiest) | sync bytes per member (mean / busiest) | gossip deliveries per member | max lag (changes) | converged | convergence after the last edit | simulator wall time |"
+        "| members | edits | sync messages per member (mean / busiest) | sync bytes per member (mean / busiest) | busiest / mean | bytes per edit per member | of which changes / have-need / sessions | gossip deliveries per member | max lag (changes) | converged | convergence after the last edit | simulator wall time |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &by_size {
         let p = &r.report;
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} / {} | {:.0} / {} | {:.0} | {} | {} | {} ms | {:.1} s |",
+            "| {} | {} | {:.0} / {} | {:.0} / {} | {:.1}× | {:.0} | {} | {:.0} | {} | {} | {} ms | {:.1} s |",
             r.nodes,
             p.edits,
             p.messages_mean,
             p.messages_max,
             p.bytes_mean,
             p.bytes_max,
+            p.bytes_max as f64 / p.bytes_mean.max(1.0),
+            p.bytes_mean / p.edits.max(1) as f64,
+            per_edit_by_kind(p),
             p.gossip_messages as f64 / r.nodes as f64,
             p.max_lag,
             p.converged,
@@ -164,18 +182,19 @@ fn main() {
     let _ = writeln!(md, "\nHistory length, 50 members:\n");
     let _ = writeln!(
         md,
-        "| edits | sync messages per member (mean) | sync bytes per member (mean) | bytes per edit per member |"
+        "| edits | sync messages per member (mean) | sync bytes per member (mean) | bytes per edit per member | of which changes / have-need / sessions |"
     );
-    let _ = writeln!(md, "|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|");
     for r in &by_history {
         let p = &r.report;
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {} |",
             p.edits,
             p.messages_mean,
             p.bytes_mean,
-            p.bytes_mean / p.edits.max(1) as f64
+            p.bytes_mean / p.edits.max(1) as f64,
+            per_edit_by_kind(p)
         );
     }
     let _ = writeln!(md, "\n![sync bytes per member vs team size](scale.svg)");

@@ -384,7 +384,7 @@ impl Host for SimHost {
         let verified = self
             .verified
             .entry(token.to_vec())
-            .or_insert_with(|| capability::verify(token, &root, unix_ms(now)));
+            .or_insert_with(|| capability::verify(token, &root, now));
         let access = self.docs.entry(self.team.access).or_default();
         policy::admit(
             AccessDoc(access),
@@ -392,7 +392,7 @@ impl Host for SimHost {
             Some(verified.as_ref().map_err(Clone::clone)),
             ws,
             peer,
-            unix_ms(now),
+            now,
         )
     }
     /// The node's write rule (`policy::WriteRule`) over this member's

@@ -106,6 +106,11 @@ pub struct Report {
     pub messages_max: u64,
     pub bytes_mean: f64,
     pub bytes_max: u64,
+    /// Sync bytes all members sent, by what the frames carried: `changes`
+    /// (frames with changes or a chunk, their signatures and sync message
+    /// included), `have_need` (sync messages alone), `session` (opening,
+    /// refusing, closing), `other` (presence, address cards).
+    pub bytes_by_kind: BTreeMap<&'static str, u64>,
     pub gossip_messages: u64,
     pub max_lag: u64,
     pub rejected: u64,
@@ -133,6 +138,7 @@ impl Report {
             messages_max: 0,
             bytes_mean: 0.0,
             bytes_max: 0,
+            bytes_by_kind: BTreeMap::new(),
             gossip_messages: 0,
             max_lag: 0,
             rejected: 0,
@@ -166,6 +172,7 @@ impl Report {
             "bytes_per_node: mean {:.0}, max {}",
             self.bytes_mean, self.bytes_max
         );
+        let _ = writeln!(s, "bytes_by_kind: {}", listing(&self.bytes_by_kind));
         let _ = writeln!(s, "gossip_messages: {}", self.gossip_messages);
         let _ = writeln!(s, "max_lag_changes: {}", self.max_lag);
         let _ = writeln!(s, "rejected_changes: {}", self.rejected);
@@ -193,6 +200,19 @@ impl Report {
             }
         }
         s
+    }
+}
+
+/// What a frame carries, for [`Report::bytes_by_kind`].
+fn kind(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Sync { changes, .. } if !changes.is_empty() => "changes",
+        Frame::Chunk { .. } => "changes",
+        Frame::Sync { .. } => "have_need",
+        Frame::Open { .. } | Frame::Accept { .. } | Frame::Refuse { .. } | Frame::Close { .. } => {
+            "session"
+        }
+        Frame::Presence { .. } | Frame::Addresses { .. } => "other",
     }
 }
 
@@ -225,6 +245,7 @@ pub struct Sim {
     forbidden: Vec<(DocId, ChangeHash)>,
     edits: u64,
     gossip: u64,
+    bytes_by_kind: BTreeMap<&'static str, u64>,
     rejected: u64,
     rejected_by_reason: BTreeMap<&'static str, u64>,
     attacks: BTreeMap<&'static str, u64>,
@@ -294,6 +315,7 @@ impl Sim {
             forbidden: Vec::new(),
             edits: 0,
             gossip: 0,
+            bytes_by_kind: BTreeMap::new(),
             rejected: 0,
             rejected_by_reason: BTreeMap::new(),
             attacks: BTreeMap::new(),
@@ -586,7 +608,7 @@ impl Sim {
     fn revalidate(&mut self, i: usize) {
         let now = self.now;
         let m = &mut self.members[i];
-        m.engine.revalidate(&mut m.host, now);
+        m.engine.revalidate(&mut m.host, unix_ms(now));
         self.drain(i);
     }
 
@@ -817,6 +839,7 @@ impl Sim {
             return;
         }
         let bytes = wire::encode(&frame).map_or(0, |b| b.len() as u64);
+        *self.bytes_by_kind.entry(kind(&frame)).or_default() += bytes;
         let m = &mut self.members[from];
         m.messages += 1;
         m.bytes += bytes;
@@ -876,10 +899,10 @@ impl Sim {
     fn input(&mut self, i: usize, input: Input) {
         let now = self.now;
         let m = &mut self.members[i];
-        m.engine.handle(&mut m.host, input, now);
+        m.engine.handle(&mut m.host, input, unix_ms(now));
         // The node settles at the end of each command group; here every
         // input is its own group.
-        m.engine.settle(&mut m.host, now);
+        m.engine.settle(&mut m.host, unix_ms(now));
         self.drain(i);
     }
 
@@ -894,7 +917,7 @@ impl Sim {
             }
             let now = self.now;
             let m = &mut self.members[i];
-            m.engine.revalidate(&mut m.host, now);
+            m.engine.revalidate(&mut m.host, unix_ms(now));
         }
     }
 
@@ -1093,6 +1116,7 @@ impl Sim {
             messages_max: messages.iter().copied().max().unwrap_or(0),
             bytes_mean: bytes.iter().sum::<u64>() as f64 / n,
             bytes_max: bytes.iter().copied().max().unwrap_or(0),
+            bytes_by_kind: self.bytes_by_kind.clone(),
             gossip_messages: self.gossip,
             max_lag: self.max_lag,
             rejected: self.rejected,

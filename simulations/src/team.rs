@@ -119,7 +119,10 @@ impl Team {
                 EPOCH_MS,
             )?;
         }
-        am.commit_with(CommitOptions::default().with_time(stamp(0)));
+        // The workspace was made before the run (a day before, say): its
+        // access document is no document born during a session, which the
+        // engine sends unasked (`send.rs`, `born_after`).
+        am.commit_with(CommitOptions::default().with_time(stamp(0) - 86_400));
         let change = am
             .get_last_local_change()
             .ok_or(automerge::AutomergeError::Fail)?;

@@ -630,6 +630,8 @@ impl Engine {
         let mut applied_raw = Vec::new();
         let mut sources: BTreeMap<PeerId, (usize, u64)> = BTreeMap::new();
         let mut sent_by: BTreeMap<PeerId, BTreeSet<ChangeHash>> = BTreeMap::new();
+        let mut authors = BTreeSet::new();
+        let mut relayed = Vec::new();
         if !ready.is_empty() {
             let batch: Vec<PendingChange> = ready
                 .iter()
@@ -653,6 +655,10 @@ impl Engine {
             };
             for (pc, ok) in batch.into_iter().zip(outcome) {
                 if ok {
+                    if let Some(author) = &pc.verified {
+                        authors.insert(*author);
+                    }
+                    relayed.push(pc.change.hash());
                     let e = seqs.entry(pc.actor.clone()).or_default();
                     *e = (*e).max(pc.change.seq());
                     let source = sources.entry(pc.from).or_insert((0, u64::MAX));
@@ -692,6 +698,15 @@ impl Engine {
         });
         for (peer, hashes) in sent_by {
             self.advance_shared(host, peer, ws, doc, &hashes);
+        }
+        for author in &authors {
+            self.heard_from(author);
+        }
+        if self.relayed.len() + relayed.len() > super::MAX_RELAYED {
+            self.relayed.clear();
+        }
+        for hash in relayed {
+            self.relayed.insert((doc, hash), self.now_ms);
         }
         let mut first_source = None;
         for (peer, (count, sent_ms)) in sources {

@@ -60,7 +60,49 @@ impl Engine {
         if let Some(h) = born {
             ds.state.sent_hashes.insert(h);
         }
-        let new: Vec<ChangeHash> = ds.state.sent_hashes.difference(&before).copied().collect();
+        let mut new: Vec<ChangeHash> = ds.state.sent_hashes.difference(&before).copied().collect();
+        // Lazy relaying: changes that just came from another peer are held
+        // back from a peer that has not asked for anything; it hears our
+        // heads and asks (its need), unless a neighbour brought them first.
+        // Whatever it still lacks goes in full at the follow-up.
+        let asked_nothing = ds.state.their_need.as_ref().is_none_or(|n| n.is_empty());
+        if !self.eager && asked_nothing {
+            let now = self.now_ms;
+            let held: Vec<ChangeHash> = new
+                .iter()
+                .filter(|h| {
+                    self.relayed
+                        .get(&(doc, **h))
+                        .is_some_and(|t| now.saturating_sub(*t) < super::RELAY_LAZY_MS)
+                })
+                .copied()
+                .collect();
+            if !held.is_empty() {
+                for h in &held {
+                    ds.state.sent_hashes.remove(h);
+                }
+                new.retain(|h| !held.contains(h));
+                self.follow_ups
+                    .entry((peer, ws, doc))
+                    .or_insert(now + super::RELAY_LAZY_MS);
+            }
+        }
+        // A head already asked of another peer a moment ago is not asked
+        // again: the first answer brings it (and the follow-ups, if not).
+        let now = self.now_ms;
+        msg.need.retain(|h| match self.asked.get(&(doc, *h)) {
+            Some((other, t)) if *other != peer => now.saturating_sub(*t) >= super::RELAY_LAZY_MS,
+            _ => true,
+        });
+        if self.asked.len() + msg.need.len() > super::MAX_RELAYED {
+            self.asked.clear();
+        }
+        for h in &msg.need {
+            let entry = self.asked.entry((doc, *h)).or_insert((peer, now));
+            if now.saturating_sub(entry.1) >= super::RELAY_LAZY_MS {
+                *entry = (peer, now);
+            }
+        }
         let message = msg.encode();
         if new.is_empty() {
             if ds.idle.as_ref() == Some(&message) {

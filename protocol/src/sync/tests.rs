@@ -1951,3 +1951,140 @@ fn members_who_only_received_documents_resume_in_step_with_each_other() {
     assert_eq!(from1, 0, "node 1 resynced with node 2");
     assert_eq!(net.nodes[1].host.heads(), net.nodes[2].host.heads());
 }
+
+/// Delivers until nothing is in flight, counting the frames with changes
+/// each node received.
+fn quiesce_counting_changes(net: &mut Net) -> Vec<usize> {
+    let mut received = vec![0; net.nodes.len()];
+    loop {
+        let keys: Vec<_> = net.links.keys().copied().collect();
+        let mut any = false;
+        for (a, b) in keys {
+            while let Some(frame) = net.links.get(&(a, b)).and_then(|q| q.front()) {
+                if matches!(frame, Frame::Sync { changes, .. } if !changes.is_empty()) {
+                    received[b] += 1;
+                }
+                net.deliver(a, b);
+                any = true;
+            }
+        }
+        if !any {
+            return received;
+        }
+    }
+}
+
+/// A diamond: 0 - 1 - 3, 0 - 2 - 3, and 3 - 4; node 0 the only writer,
+/// everyone in step.
+fn diamond(seed: u64) -> (Net, SmallRng) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut net = Net::new(5, 1);
+    for (a, b) in [(0, 1), (0, 2), (1, 3), (2, 3), (3, 4)] {
+        net.connect(a, b);
+    }
+    for doc in DOCS {
+        net.edit(0, doc, &mut rng);
+    }
+    net.quiesce();
+    let h0 = net.nodes[0].host.heads();
+    for i in 1..5 {
+        assert_eq!(net.nodes[i].host.heads(), h0, "node {i} in step");
+    }
+    (net, rng)
+}
+
+#[test]
+fn a_change_relayed_through_the_mesh_reaches_each_member_once() {
+    let (mut net, mut rng) = diamond(31);
+    net.edit(0, DOCS[0], &mut rng);
+    let received = quiesce_counting_changes(&mut net);
+    let h0 = net.nodes[0].host.heads();
+    for i in 1..5 {
+        assert_eq!(net.nodes[i].host.heads(), h0, "node {i} has the change");
+    }
+    // Nodes 1 and 2 both have it before node 3 does: they tell node 3 their
+    // heads, node 3 asks one of them, and only that one sends it. Passed on
+    // eagerly, it came from both.
+    assert_eq!(
+        received,
+        vec![0, 1, 1, 1, 1],
+        "frames with changes per node"
+    );
+}
+
+#[test]
+fn a_change_asked_of_a_neighbour_that_went_away_comes_from_another() {
+    let (mut net, mut rng) = diamond(32);
+    net.edit(0, DOCS[0], &mut rng);
+    // Node 0's change reaches 1 and 2; their heads reach 3, which asks 1.
+    for (a, b) in [(0, 1), (0, 2)] {
+        while net.deliver(a, b) {}
+    }
+    for (a, b) in [(1, 3), (2, 3)] {
+        while net.deliver(a, b) {}
+    }
+    let asked_of_1 = net.links[&(3, 1)].iter().any(|f| {
+        matches!(
+            f,
+            Frame::Sync {
+                message: Some(_),
+                ..
+            }
+        )
+    });
+    assert!(asked_of_1, "node 3 asks node 1");
+    // Node 1 goes away before it answers; node 2 was not asked.
+    net.disconnect(1, 3);
+    net.quiesce();
+    let h0 = net.nodes[0].host.heads();
+    assert_ne!(net.nodes[3].host.heads(), h0, "nobody has sent it yet");
+    // Node 2's follow-up sends what node 3 still lacks.
+    net.now += super::RELAY_LAZY_MS;
+    for i in 0..5 {
+        net.input(i, Input::Tick);
+    }
+    net.quiesce();
+    for i in [3, 4] {
+        assert_eq!(net.nodes[i].host.heads(), h0, "node {i} has the change");
+    }
+}
+
+#[test]
+fn a_member_with_sessions_pulls_announced_changes_through_them_and_dials_only_if_they_do_not_come()
+{
+    let mut rng = SmallRng::seed_from_u64(33);
+    let mut net = Net::new(3, 3);
+    let id2 = net.nodes[2].id;
+    net.connect(0, 1);
+    net.connect(0, 2);
+    for doc in DOCS {
+        net.edit(0, doc, &mut rng);
+    }
+    net.quiesce();
+    let announce = |digest| Input::Announced {
+        peer: id2,
+        workspace: WS,
+        digest,
+    };
+    // Node 2 writes; node 1, not connected to it but in session with node
+    // 0, hears the announcement and does not dial: node 0 passes it on.
+    net.edit(2, DOCS[1], &mut rng);
+    let theirs = digest(&mut net.nodes[2].host, &WS);
+    net.input(1, announce(theirs));
+    net.quiesce();
+    assert_eq!(net.nodes[1].host.heads(), net.nodes[2].host.heads());
+    net.now += super::MESH_PULL_MS;
+    net.input(1, Input::Tick);
+    assert!(net.dials.is_empty(), "{:?}", net.dials);
+    // Node 2 loses node 0 and writes again: nothing brings it to node 1,
+    // which dials node 2 once the mesh had its time.
+    net.disconnect(0, 2);
+    net.edit(2, DOCS[1], &mut rng);
+    let theirs = digest(&mut net.nodes[2].host, &WS);
+    net.input(1, announce(theirs));
+    net.input(1, Input::Tick);
+    assert!(net.dials.is_empty(), "the mesh gets its time first");
+    net.now += super::MESH_PULL_MS;
+    net.input(1, Input::Tick);
+    assert_eq!(net.dials, vec![(1, id2)]);
+}
