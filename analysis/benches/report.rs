@@ -46,6 +46,49 @@ pub fn write_report(name: &str, section: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Runs `script` of `tests/benches/automerge-repo/` (the automerge-repo
+/// baselines) with `args` in a scratch directory where npm installed its
+/// package; its stdout. Needs `node` and `npm`.
+pub fn automerge_repo(script: &str, args: &[String]) -> Result<String, BoxError> {
+    let src = repo_root()?.join("tests/benches/automerge-repo");
+    let dir = std::env::temp_dir().join(format!("xencode-automerge-repo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for f in ["package.json", script] {
+        std::fs::copy(src.join(f), dir.join(f))?;
+    }
+    let out = run_ok(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(&dir),
+    )
+    .and_then(|_| {
+        run_ok(
+            Command::new("node")
+                .arg(script)
+                .args(args)
+                .current_dir(&dir),
+        )
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// Runs `cmd`; its stdout, or an error with its stderr.
+pub fn run_ok(cmd: &mut Command) -> Result<String, BoxError> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The standard library of the `python3` on the PATH.
 pub fn stdlib() -> Option<PathBuf> {
     let out = Command::new("python3")

@@ -51,6 +51,7 @@ fn main() -> Result<(), BoxError> {
     );
     let ratio = node.total.as_secs_f64() / bare_batched.as_secs_f64();
     println!("ratio node / bare automerge (same batching): {ratio:.2}x");
+    let others = rt.block_on(other_traces())?;
 
     let report = format!(
         "Measured {date} on this project's CI machine kind (2 cores), release build, one run.\n\n\
@@ -82,7 +83,53 @@ fn main() -> Result<(), BoxError> {
         s99 = ms(node.single_p99),
         cm = node.commit_mean_ms,
     );
-    common::write_report("paper-trace", &report)
+    common::write_report("paper-trace", &format!("{report}{others}"))
+}
+
+/// The other real editing traces, when present: through the node and bare
+/// Automerge at the same batching, one row each.
+async fn other_traces() -> Result<String, BoxError> {
+    let mut rows = String::new();
+    let mut absent = Vec::new();
+    for (file, what) in [
+        ("seph-blog1.json.gz", "a blog post (\"CRDTs go brrr\")"),
+        (
+            "friendsforever_flat.json.gz",
+            "two users' story, linearised",
+        ),
+    ] {
+        let Some((edits, end)) = common::trace(file)? else {
+            absent.push(file);
+            continue;
+        };
+        let (bare_t, commits) = bare(&edits, BATCH, &end)?;
+        let node = through_node(&edits, &end).await?;
+        let ratio = node.total.as_secs_f64() / bare_t.as_secs_f64();
+        println!(
+            "{file}: node {:?}, bare {bare_t:?}: {ratio:.2}x",
+            node.total
+        );
+        rows.push_str(&format!(
+            "| `{file}`: {what}, {} edits | {:.2} s | {:.2} s ({commits} commits) | {ratio:.2}x |\n",
+            edits.len(),
+            node.total.as_secs_f64(),
+            bare_t.as_secs_f64(),
+        ));
+    }
+    let mut out = String::new();
+    if !rows.is_empty() {
+        out.push_str(&format!(
+            "\nOther real editing traces, the same way ({BATCH} edits per request or commit):\n\n\
+             | trace | through the node | bare Automerge | ratio |\n|---|---|---|---|\n{rows}"
+        ));
+    }
+    if !absent.is_empty() {
+        out.push_str(&format!(
+            "\nNot measured, absent from `../shared/data/editing-traces/`: {}.\n",
+            absent.join(", ")
+        ));
+    }
+    Ok(out)
 }
 
 /// Replays into a bare AutoCommit, committing every `batch` edits.

@@ -27,6 +27,8 @@ use serde_json::json;
 
 const PROPAGATION_EDITS: usize = 1_000;
 const OFFLINE_CHANGES: usize = 10_000;
+/// Trace edits made on A while B is online, in the live-edits row.
+const LIVE_EDITS: usize = 20_000;
 const BATCH: usize = 100;
 
 /// The figures of the last run before issue 17's work (2026-11-26), kept
@@ -250,6 +252,12 @@ async fn run() -> Result<(), BoxError> {
         ),
     }
 
+    // 2b. Trace edits on A while B is online, against automerge-repo.
+    if let Some((edits, _)) = common::paper_trace()? {
+        let edits = &edits[..LIVE_EDITS.min(edits.len())];
+        report.push_str(&live_edits(&team, edits).await?);
+    }
+
     // 3. Catch-up after many offline changes.
     team.a.put_file(&team.ws, "catchup.txt", Vec::new()).await?;
     team.until_b_has("catchup.txt", b"").await?;
@@ -309,6 +317,75 @@ async fn run() -> Result<(), BoxError> {
         am_bytes as f64 / OFFLINE_CHANGES as f64,
     ));
     common::write_report("sync", &report)
+}
+
+/// The text `edits` make of an empty one (positions in characters).
+fn replay(edits: &[Edit]) -> String {
+    let mut text: Vec<char> = Vec::new();
+    for (pos, del, ins) in edits {
+        let at = (*pos).min(text.len());
+        let to = (at + del).min(text.len());
+        text.splice(at..to, ins.chars());
+    }
+    text.into_iter().collect()
+}
+
+/// `edits` on A in requests of [`BATCH`], timed from the first until B
+/// serves the same text; beside automerge-repo doing the same between two
+/// clients and its sync server. A section of the report.
+async fn live_edits(team: &Team, edits: &[Edit]) -> Result<String, BoxError> {
+    let end = replay(edits);
+    team.a.put_file(&team.ws, "live.tex", Vec::new()).await?;
+    team.until_b_has("live.tex", b"").await?;
+    let started = Instant::now();
+    for chunk in edits.chunks(BATCH) {
+        team.splice("live.tex", chunk).await?;
+    }
+    let b = team.b()?;
+    while b.file(&team.ws, "live.tex").await?.as_deref() != Some(end.as_bytes()) {
+        if started.elapsed() > WAIT {
+            return Err("B never had the live edits".into());
+        }
+    }
+    let ours = started.elapsed().as_secs_f64();
+    let input = std::env::temp_dir().join(format!("xencode-live-{}.json", std::process::id()));
+    let edits_json: Vec<serde_json::Value> =
+        edits.iter().map(|(p, d, i)| json!([p, d, i])).collect();
+    std::fs::write(&input, json!({"edits": edits_json, "end": end}).to_string())?;
+    let baseline = common::automerge_repo(
+        "trace.mjs",
+        &[input.display().to_string(), BATCH.to_string()],
+    )
+    .and_then(|out| {
+        let v: serde_json::Value = serde_json::from_str(out.trim())?;
+        match (v["secs"].as_f64(), v["ok"].as_bool()) {
+            (Some(s), Some(true)) => Ok(s),
+            _ => Err(format!("unexpected baseline output: {out}").into()),
+        }
+    });
+    let _ = std::fs::remove_file(&input);
+    println!("live edits: {ours:.2} s; automerge-repo {baseline:?}");
+    let head = format!(
+        "### {} trace edits on A until B is identical\n\n\
+         B online while A takes the first {} edits of the paper trace as splice requests of \
+         {BATCH} edits, each waiting for A's durable acknowledgement; timed from the first \
+         request until B's API serves the same text. Baseline: automerge-repo 2.5 with two \
+         clients and its sync server on loopback (`tests/benches/automerge-repo/trace.mjs`), \
+         client A making the same edits in changes of {BATCH}, timed until client B's document \
+         holds the same text.\n\n\
+         | what | time | before issue 17 (the issue's report) |\n|---|---|---|\n\
+         | xencode, A → B | {ours:.2} s | 4.58 s |\n",
+        edits.len(),
+        edits.len(),
+    );
+    Ok(match baseline {
+        Ok(theirs) => format!(
+            "{head}| automerge-repo, client A → server → client B | {theirs:.2} s | 4.13 s |\n\n\
+             **Ratio {:.2}x** (below 1 is faster).\n\n",
+            ours / theirs
+        ),
+        Err(e) => format!("{head}\nThe automerge-repo baseline did not run here ({e}).\n\n"),
+    })
 }
 
 /// What one `apply_changes` call costs on the finished paper document.

@@ -17,7 +17,7 @@ mod report;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use report::{BoxError, repo_root, today, write_report};
+use report::{BoxError, today, write_report};
 use xencode_tests::Pair;
 use xencode_tests::neovim::{self, Neovim};
 
@@ -130,26 +130,10 @@ fn nvim_version() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// The baseline's (p50, p99) in ms: its script installed in a scratch
-/// directory and run with the same keystrokes and pace.
+/// The baseline's (p50, p99) in ms: its script run with the same
+/// keystrokes and pace.
 fn automerge_repo() -> Result<(f64, f64), BoxError> {
-    let src = repo_root()?.join("tests/benches/automerge-repo");
-    let dir = tempfile::tempdir()?;
-    for f in ["package.json", "keystrokes.mjs"] {
-        std::fs::copy(src.join(f), dir.path().join(f))?;
-    }
-    run_ok(
-        Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--silent"])
-            .current_dir(dir.path()),
-    )?;
-    let out = run_ok(
-        Command::new("node")
-            .arg("keystrokes.mjs")
-            .arg(KEYS.to_string())
-            .arg(EVERY_MS.to_string())
-            .current_dir(dir.path()),
-    )?;
+    let out = report::automerge_repo("keystrokes.mjs", &[KEYS.to_string(), EVERY_MS.to_string()])?;
     let v: serde_json::Value = serde_json::from_str(out.trim())?;
     match (v["p50_ms"].as_f64(), v["p99_ms"].as_f64(), v["n"].as_u64()) {
         (Some(a), Some(b), Some(n)) if n == KEYS as u64 => {
@@ -158,19 +142,4 @@ fn automerge_repo() -> Result<(f64, f64), BoxError> {
         }
         _ => Err(format!("unexpected baseline output: {out}").into()),
     }
-}
-
-fn run_ok(cmd: &mut Command) -> Result<String, BoxError> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{:?} failed: {}",
-            cmd.get_program(),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

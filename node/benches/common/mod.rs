@@ -15,7 +15,9 @@ use serde::Deserialize;
 mod report;
 pub mod syncthing;
 #[allow(unused_imports)] // each bench binary uses its own subset
-pub use report::{BoxError, cpu_secs, ms, percentiles, repo_root, rss_mib, today, write_report};
+pub use report::{
+    BoxError, automerge_repo, cpu_secs, ms, percentiles, repo_root, rss_mib, today, write_report,
+};
 pub type Edit = (usize, usize, String);
 
 #[derive(Deserialize)]
@@ -33,7 +35,16 @@ struct Txn {
 /// The automerge-paper trace's edits and final text; `None` (said on
 /// stdout) when `../shared/data` is absent.
 pub fn paper_trace() -> Result<Option<(Vec<Edit>, String)>, BoxError> {
-    let path = repo_root()?.join("../shared/data/editing-traces/automerge-paper.json.gz");
+    trace("automerge-paper.json.gz")
+}
+
+/// One of the editing traces in `../shared/data/editing-traces/` (the
+/// josephg/editing-traces format) as single edits and the final text;
+/// `None`, said on stdout, when the file is absent.
+pub fn trace(file: &str) -> Result<Option<(Vec<Edit>, String)>, BoxError> {
+    let path = repo_root()?
+        .join("../shared/data/editing-traces")
+        .join(file);
     if !path.exists() {
         println!(
             "SKIP: {} is absent; this benchmark needs it",
