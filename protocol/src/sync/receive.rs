@@ -207,6 +207,10 @@ impl Engine {
         if whole {
             scratch.set_actor(am.get_actor().clone());
             *am = scratch;
+            // Every added change passed under its author's signature.
+            for s in signatures {
+                self.heard_from(&s.author);
+            }
             return Ok(added.len());
         }
         // Taken apart, in causal order (metadata comes in it).

@@ -68,7 +68,7 @@ impl Engine {
         let asked_nothing = ds.state.their_need.as_ref().is_none_or(|n| n.is_empty());
         if !self.eager && asked_nothing {
             let now = self.now_ms;
-            let held: Vec<ChangeHash> = new
+            let held: BTreeSet<ChangeHash> = new
                 .iter()
                 .filter(|h| {
                     self.relayed
