@@ -181,13 +181,15 @@ pub async fn run(
     let (net_stop_tx, net_stop_rx) = tokio::sync::watch::channel(false);
     let net_task = tokio::spawn(net.run(net_rx, net_stop_rx));
     state.attach_net(net_info.clone());
-    // Give the transports a moment to report the addresses they bound.
-    for _ in 0..50 {
-        if net_info.listen.read().is_ok_and(|l| !l.is_empty()) || net_options.listen.is_empty() {
-            break;
+    // Give the transports a moment (up to a second) to report the
+    // addresses they bound: woken as each is added, not polled.
+    let bound = async {
+        while !net_options.listen.is_empty() && net_info.listen.read().is_ok_and(|l| l.is_empty())
+        {
+            net_info.bound.notified().await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), bound).await;
 
     // Linked folders start syncing (each its first full comparison).
     let folders = match crate::folder::Folders::start(

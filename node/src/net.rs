@@ -136,6 +136,9 @@ pub struct NetInfo {
     pub links: RwLock<HashMap<PeerId, Link>>,
     /// Whether peers can dial this node (AutoNAT).
     pub reachability: RwLock<xencode_protocol::api::Reachability>,
+    /// Notified when a listen address is added (the start waits for the
+    /// first before it says where it listens).
+    pub bound: tokio::sync::Notify,
 }
 
 impl NetInfo {
@@ -772,6 +775,7 @@ impl Net {
                 if let Ok(mut l) = self.info.listen.write() {
                     l.push(address.to_string());
                 }
+                self.info.bound.notify_one();
                 self.card_due = Some(Instant::now() + CARD_SETTLE);
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
