@@ -184,8 +184,7 @@ pub async fn run(
     // Give the transports a moment (up to a second) to report the
     // addresses they bound: woken as each is added, not polled.
     let bound = async {
-        while !net_options.listen.is_empty() && net_info.listen.read().is_ok_and(|l| l.is_empty())
-        {
+        while !net_options.listen.is_empty() && net_info.listen.read().is_ok_and(|l| l.is_empty()) {
             net_info.bound.notified().await;
         }
     };

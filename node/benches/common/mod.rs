@@ -177,6 +177,18 @@ impl Drop for NodeProcess {
 }
 
 impl NodeProcess {
+    /// Stops the node in order (SIGTERM, as Ctrl-C or systemd would) and
+    /// waits for it to exit: its sessions close and their sync states are
+    /// kept. Dropping a `NodeProcess` kills it instead.
+    pub fn stop(mut self) -> Result<(), BoxError> {
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Starts a node on data directory `home` with a free API port, mDNS
     /// off, and `extra` arguments to `node`; waits until it answers.
     pub fn start(home: &Path, extra: &[String]) -> Result<Self, BoxError> {
