@@ -53,7 +53,7 @@ pub fn automerge_repo(script: &str, args: &[String]) -> Result<String, BoxError>
     let src = repo_root()?.join("tests/benches/automerge-repo");
     let dir = std::env::temp_dir().join(format!("xencode-automerge-repo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    for f in ["package.json", script] {
+    for f in ["package.json", "pair.mjs", script] {
         std::fs::copy(src.join(f), dir.join(f))?;
     }
     let out = run_ok(

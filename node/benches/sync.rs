@@ -97,6 +97,18 @@ impl Team {
         Ok(())
     }
 
+    /// `n` one-letter splices at the end of `path` on A, one request (one
+    /// change) each; the text they make.
+    async fn type_letters(&self, path: &str, n: usize) -> Result<Vec<u8>, BoxError> {
+        let mut text = Vec::with_capacity(n);
+        for i in 0..n {
+            let ch = char::from(b'a' + (i % 26) as u8);
+            text.push(ch as u8);
+            self.splice(path, &[(i, 0, ch.to_string())]).await?;
+        }
+        Ok(text)
+    }
+
     /// Sync bytes sent and received by both nodes so far.
     async fn sync_bytes(&self) -> Result<f64, BoxError> {
         let mut total = 0.0;
@@ -274,25 +286,13 @@ async fn run() -> Result<(), BoxError> {
     team.until_b_has("orderly.txt", b"").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     team.stop_b_in_order()?;
-    let mut orderly_want = Vec::new();
-    for i in 0..OFFLINE_CHANGES {
-        let ch = char::from(b'a' + (i % 26) as u8);
-        orderly_want.push(ch as u8);
-        team.splice("orderly.txt", &[(i, 0, ch.to_string())])
-            .await?;
-    }
+    let orderly_want = team.type_letters("orderly.txt", OFFLINE_CHANGES).await?;
     team.start_b()?;
     let orderly_took = team.until_b_has("orderly.txt", &orderly_want).await?;
     team.a.put_file(&team.ws, "catchup.txt", Vec::new()).await?;
     team.until_b_has("catchup.txt", b"").await?;
     team.stop_b();
-    let mut want = Vec::new();
-    for i in 0..OFFLINE_CHANGES {
-        let ch = char::from(b'a' + (i % 26) as u8);
-        want.push(ch as u8);
-        team.splice("catchup.txt", &[(i, 0, ch.to_string())])
-            .await?;
-    }
+    let want = team.type_letters("catchup.txt", OFFLINE_CHANGES).await?;
     let before = team.sync_bytes().await?;
     team.start_b()?;
     let took = team.until_b_has("catchup.txt", &want).await?;

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use report::{BoxError, today, write_report};
-use xencode_tests::{Node, last_line, ok_stdout, put, splice};
+use xencode_tests::{Node, put, uncompacted_modules};
 
 const FILES: usize = 734;
 const EDITED: usize = 10;
@@ -57,28 +57,7 @@ async fn run() -> Result<(), BoxError> {
     // Records stay records: a threshold this burst never reaches.
     config(&home, 1_000_000)?;
     let node = Node::start(&home)?;
-    let tree = tmp.path().join("tree");
-    std::fs::create_dir_all(tree.join("src"))?;
-    for i in 0..FILES {
-        let body: String = (0..60)
-            .map(|l| format!("value_{i}_{l} = compute({l}, \"line {l} of module {i}\")\n"))
-            .collect();
-        std::fs::write(tree.join(format!("src/module_{i:04}.py")), body)?;
-    }
-    let tree_s = tree.to_str().ok_or("tree path is not UTF-8")?.to_owned();
-    let shared = node.cli(&["folder", "share", &tree_s]);
-    ok_stdout(&shared);
-    let ws = last_line(&shared);
-    ok_stdout(&node.cli(&["folder", "unlink", &tree_s]));
-    for i in 0..EDITED {
-        for s in 0..SPLICES {
-            let path = format!("src/module_{i:04}.py");
-            let status = splice(&node, &ws, &path, 0, &format!("# edit {s}\n")).await;
-            if !status.is_success() {
-                return Err(format!("splice {i}/{s}: {status}").into());
-            }
-        }
-    }
+    let ws = uncompacted_modules(&node, tmp.path(), FILES, EDITED, SPLICES).await?;
     node.stop();
 
     let (records_s, records_mib, node) = timed_start(&home, &ws).await?;

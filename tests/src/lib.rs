@@ -560,3 +560,40 @@ pub fn heads_of(detail: &serde_json::Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Issue 17's restart case on `node`: `files` Python modules of 60 lines
+/// written under `scratch/tree`, shared as a folder (one change record
+/// each) and unlinked, then the first `edited` of them spliced `splices`
+/// times each. The workspace's id.
+pub async fn uncompacted_modules(
+    node: &Node,
+    scratch: &Path,
+    files: usize,
+    edited: usize,
+    splices: usize,
+) -> Result<String> {
+    let tree = scratch.join("tree");
+    std::fs::create_dir_all(tree.join("src"))?;
+    for i in 0..files {
+        let body: String = (0..60)
+            .map(|l| format!("value_{i}_{l} = compute({l}, \"line {l} of module {i}\")\n"))
+            .collect();
+        std::fs::write(tree.join(format!("src/module_{i:04}.py")), body)?;
+    }
+    let tree_s = tree
+        .to_str()
+        .context("the tree's path is not UTF-8")?
+        .to_owned();
+    let shared = node.cli(&["folder", "share", &tree_s]);
+    ok_stdout(&shared);
+    let ws = last_line(&shared);
+    ok_stdout(&node.cli(&["folder", "unlink", &tree_s]));
+    for i in 0..edited {
+        for s in 0..splices {
+            let path = format!("src/module_{i:04}.py");
+            let status = splice(node, &ws, &path, 0, &format!("# edit {s}\n")).await;
+            anyhow::ensure!(status.is_success(), "splice {i}/{s}: {status}");
+        }
+    }
+    Ok(ws)
+}

@@ -1,7 +1,7 @@
 //! What the node acknowledged survives kill -9; bad stores stop it cleanly.
 
 use serde_json::json;
-use xencode_tests::{Node, cli, last_line, ok_stdout, put, splice};
+use xencode_tests::{Node, cli, last_line, ok_stdout, put, uncompacted_modules};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_splices_survive_kill_9_and_restart() {
@@ -141,26 +141,9 @@ async fn a_store_of_uncompacted_records_starts_in_at_most_twice_its_compacted_me
     config(1_000_000);
     let node = Node::start(&home).expect("node starts");
     // 734 modules of 60 lines, imported as a folder: one record each.
-    let tree = tmp.path().join("tree");
-    std::fs::create_dir_all(tree.join("src")).expect("src");
-    for i in 0..FILES {
-        let body: String = (0..60)
-            .map(|l| format!("value_{i}_{l} = compute({l}, \"line {l} of module {i}\")\n"))
-            .collect();
-        std::fs::write(tree.join(format!("src/module_{i:04}.py")), body).expect("write");
-    }
-    let tree_s = tree.to_str().expect("utf8").to_owned();
-    let shared = node.cli(&["folder", "share", &tree_s]);
-    ok_stdout(&shared);
-    let ws = last_line(&shared);
-    ok_stdout(&node.cli(&["folder", "unlink", &tree_s]));
-    for i in 0..EDITED {
-        for s in 0..SPLICES {
-            let path = format!("src/module_{i:04}.py");
-            let status = splice(&node, &ws, &path, 0, &format!("# edit {s}\n")).await;
-            assert!(status.is_success(), "splice {i}/{s}: {status}");
-        }
-    }
+    let ws = uncompacted_modules(&node, tmp.path(), FILES, EDITED, SPLICES)
+        .await
+        .expect("the workspace is written");
     let edited = node.file(&ws, "src/module_0000.py").await.expect("file");
     assert_eq!(node.files(&ws).await.len(), FILES);
     node.stop();
