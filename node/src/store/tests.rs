@@ -50,6 +50,15 @@ fn ins(pos: u64, text: &str) -> Vec<SpliceEdit> {
     }]
 }
 
+/// A workspace named "team", made at time 1: what most tests write into.
+async fn team(store: &Store) -> WorkspaceId {
+    store
+        .create_workspace("team".into(), 1)
+        .await
+        .expect("create")
+        .id
+}
+
 async fn text_of(store: &Store, ws: WorkspaceId, path: &str) -> String {
     let f = store.get_file(ws, p(path)).await.expect("get");
     String::from_utf8(f.bytes).expect("utf8")
@@ -63,11 +72,7 @@ async fn many_documents_not_yet_folded_reopen_whole() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("x.redb");
     let (store, thread) = open(&path, 1000).expect("open");
-    let ws = store
-        .create_workspace("team".into(), 1)
-        .await
-        .expect("create")
-        .id;
+    let ws = team(&store).await;
     for i in 0..200 {
         let path = format!("src/m{i}.py");
         store
@@ -109,11 +114,7 @@ async fn everything_survives_a_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("x.redb");
     let (store, thread) = open(&path, 1000).expect("open");
-    let ws = store
-        .create_workspace("team".into(), 1)
-        .await
-        .expect("create")
-        .id;
+    let ws = team(&store).await;
     store
         .put_file(ws, p("a.py"), b"x = 1\n".to_vec(), 2)
         .await
@@ -153,11 +154,7 @@ async fn concurrent_writers_are_all_acknowledged_and_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("x.redb");
     let (store, thread) = open(&path, 1000).expect("open");
-    let ws = store
-        .create_workspace("team".into(), 1)
-        .await
-        .expect("create")
-        .id;
+    let ws = team(&store).await;
     let mut tasks = Vec::new();
     for i in 0..40 {
         let store = store.clone();
@@ -198,11 +195,7 @@ fn records(path: &Path) -> (u64, u64) {
 /// got 25 one-character splices, each awaited: the store never idle long.
 async fn log_of_25_splices(path: &Path) -> (Store, StoreThread, WorkspaceId) {
     let (store, thread) = open(path, 10).expect("open");
-    let ws = store
-        .create_workspace("team".into(), 1)
-        .await
-        .expect("create")
-        .id;
+    let ws = team(&store).await;
     store
         .put_file(ws, p("log.txt"), Vec::new(), 1)
         .await
@@ -297,11 +290,7 @@ async fn many_small_documents_are_compacted_once_their_records_add_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("x.redb");
     let (store, thread) = open(&path, 50).expect("open");
-    let ws = store
-        .create_workspace("team".into(), 1)
-        .await
-        .expect("create")
-        .id;
+    let ws = team(&store).await;
     for i in 0..60u64 {
         store
             .put_file(
@@ -350,11 +339,7 @@ fn a_damaged_store_gives_an_error_not_a_panic_or_a_reset() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (store, thread) = open(&path, 1000).expect("open");
     rt.block_on(async {
-        let ws = store
-            .create_workspace("team".into(), 1)
-            .await
-            .expect("create")
-            .id;
+        let ws = team(&store).await;
         store
             .put_file(ws, p("a"), vec![b'a'; 20_000], 1)
             .await
@@ -627,11 +612,7 @@ async fn parking_store_with(
     file: impl Fn(usize) -> (String, Vec<u8>),
 ) -> (Store, StoreThread, WorkspaceId) {
     let (store, thread) = open_parking(path, metrics);
-    let ws = store
-        .create_workspace("team".into(), 1)
-        .await
-        .expect("create")
-        .id;
+    let ws = team(&store).await;
     for i in 1..=n {
         let (name, bytes) = file(i);
         store.put_file(ws, p(&name), bytes, 2).await.expect("put");
