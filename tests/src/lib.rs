@@ -116,8 +116,29 @@ pub fn ok_stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A free TCP port on loopback (bound and released).
+/// A free port on loopback for a node to listen on (TCP and QUIC), checked
+/// by binding both and released. Picked below Linux's ephemeral range
+/// (32768–60999): a port the kernel handed out for `:0` could be given to
+/// an outgoing connection before the node binds it (seen in CI as "Address
+/// already in use"). Each pick in this process is a new port; processes
+/// start apart by their pid.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let Ok(port) = u16::try_from(LOW + (base + n) % SPAN) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
